@@ -1,0 +1,160 @@
+// `ldmc bench ops`: forward and forward+backward times of the CPU ops that dominate an SDXL step
+// (3x3 convolutions at SDXL's channel counts, attention at 1024 and 4096 tokens, group norm),
+// each the median of several runs after a warm-up, through the same op API the models use.
+// `--json` prints one object per case with its parameters, which bench/ops_vs_torch.py reads
+// to time the same cases in PyTorch in the same run and report the ratios.
+// Tested by tests/test_cli.sh (a quick run).
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/commands.h"
+#include "core/rng.h"
+#include "core/tape.h"
+#include "core/threads.h"
+#include "ops/ops.h"
+
+typedef enum { CASE_CONV2D, CASE_ATTENTION, CASE_GROUP_NORM } case_kind;
+
+typedef struct bench_case {
+    case_kind kind;
+    const char *name;
+    int N, H, W, C;  // conv2d, group_norm: (N, H, W, C); attention: B = N, tokens = H * W
+    int O, kernel, stride, padding;  // conv2d
+    int heads;                        // attention
+    int groups;                       // group_norm
+} bench_case;
+
+static const bench_case cases[] = {
+    {CASE_CONV2D, "conv2d 3x3 320->320 64x64", 1, 64, 64, 320, .O = 320, .kernel = 3, .stride = 1, .padding = 1},
+    {CASE_CONV2D, "conv2d 3x3 640->640 32x32", 1, 32, 32, 640, .O = 640, .kernel = 3, .stride = 1, .padding = 1},
+    {CASE_CONV2D, "conv2d 3x3 1280->1280 16x16", 1, 16, 16, 1280, .O = 1280, .kernel = 3, .stride = 1, .padding = 1},
+    {CASE_CONV2D, "conv2d 3x3 s2 320->320 64x64", 1, 64, 64, 320, .O = 320, .kernel = 3, .stride = 2, .padding = 1},
+    {CASE_ATTENTION, "attention 1024 tokens 10x64", 1, 32, 32, 640, .heads = 10},
+    {CASE_ATTENTION, "attention 4096 tokens 10x64", 1, 64, 64, 640, .heads = 10},
+    {CASE_GROUP_NORM, "group_norm 32g 320ch 64x64", 1, 64, 64, 320, .groups = 32},
+    {CASE_GROUP_NORM, "group_norm 32g 1280ch 32x32", 1, 32, 32, 1280, .groups = 32},
+};
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static ldmc_tensor *random_tensor(ldmc_ctx *ctx, uint64_t seed, int ndim, const int64_t *shape) {
+    ldmc_tensor *t = ldmc_new(ctx, LDMC_F32, ndim, shape);
+    ldmc_rng rng = ldmc_rng_make(seed, 0, 0, LDMC_RNG_TEST);
+    ldmc_rng_signed_uniform(&rng, 0, (size_t)ldmc_numel(t), t->data);
+    ldmc_requires_grad(t);
+    return t;
+}
+
+// Builds the inputs, runs the forward (timed) and the backward from a random upstream gradient.
+static void run_case(ldmc_ctx *ctx, const bench_case *c, double *ms_forward, double *ms_total) {
+    ldmc_ctx_reset(ctx);
+    ldmc_tensor *out = NULL;
+    double t0 = 0;
+    if (c->kind == CASE_CONV2D) {
+        ldmc_tensor *x = random_tensor(ctx, 1, 4, (int64_t[]){c->N, c->H, c->W, c->C});
+        ldmc_tensor *w = random_tensor(ctx, 2, 4, (int64_t[]){c->O, c->kernel, c->kernel, c->C});
+        ldmc_tensor *b = random_tensor(ctx, 3, 1, (int64_t[]){c->O});
+        t0 = now_ms();
+        out = ldmc_conv2d(ctx, x, w, b, c->stride, c->padding);
+    } else if (c->kind == CASE_ATTENTION) {
+        int64_t shape[3] = {c->N, (int64_t)c->H * c->W, c->C};
+        ldmc_tensor *q = random_tensor(ctx, 1, 3, shape), *k = random_tensor(ctx, 2, 3, shape);
+        ldmc_tensor *v = random_tensor(ctx, 3, 3, shape);
+        t0 = now_ms();
+        out = ldmc_attention(ctx, q, k, v, c->heads);
+    } else {
+        ldmc_tensor *x = random_tensor(ctx, 1, 4, (int64_t[]){c->N, c->H, c->W, c->C});
+        ldmc_tensor *g = random_tensor(ctx, 2, 1, (int64_t[]){c->C});
+        ldmc_tensor *b = random_tensor(ctx, 3, 1, (int64_t[]){c->C});
+        t0 = now_ms();
+        out = ldmc_group_norm(ctx, x, g, b, c->groups, 1e-5);
+    }
+    double t1 = now_ms();
+    float *seed = ldmc_scratch(ctx, (size_t)ldmc_numel(out) * sizeof(float));
+    ldmc_rng rng = ldmc_rng_make(4, 0, 0, LDMC_RNG_TEST);
+    ldmc_rng_signed_uniform(&rng, 0, (size_t)ldmc_numel(out), seed);
+    double t2 = now_ms();
+    ldmc_backward(ctx, out, seed);
+    double t3 = now_ms();
+    *ms_forward = t1 - t0;
+    *ms_total = (t1 - t0) + (t3 - t2);
+}
+
+static int compare_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, compare_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static void print_json(const bench_case *c, double fwd, double total, int reps) {
+    static const char *kinds[] = {"conv2d", "attention", "group_norm"};
+    printf("{\"op\": \"%s\", \"name\": \"%s\", \"N\": %d, \"H\": %d, \"W\": %d, \"C\": %d, "
+           "\"O\": %d, \"kernel\": %d, \"stride\": %d, \"padding\": %d, \"heads\": %d, "
+           "\"groups\": %d, \"threads\": %d, \"reps\": %d, \"ms_forward\": %.3f, "
+           "\"ms_forward_backward\": %.3f}\n",
+           kinds[c->kind], c->name, c->N, c->H, c->W, c->C, c->O, c->kernel, c->stride, c->padding,
+           c->heads, c->groups, ldmc_threads_get(), reps, fwd, total);
+}
+
+static int bench_ops(int argc, char **argv) {
+    bool json = false;
+    int reps = 5;
+    const char *filter = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            json = true;
+        } else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
+            reps = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--filter") == 0 && i + 1 < argc) {
+            filter = argv[++i];
+        } else {
+            fprintf(stderr, "usage: ldmc bench ops [--json] [--reps N] [--filter TEXT]\n");
+            return 2;
+        }
+    }
+    if (reps < 1 || reps > 1000) {
+        fprintf(stderr, "ldmc bench ops: --reps must be 1..1000\n");
+        return 2;
+    }
+    ldmc_ctx ctx;
+    ldmc_ctx_init(&ctx, (size_t)64 << 30, (size_t)1 << 30);
+    if (!json)
+        printf("CPU ops, forward and forward+backward, median of %d runs, %d threads\n"
+               "%-32s %12s %12s\n", reps, ldmc_threads_get(), "case", "fwd ms", "fwd+bwd ms");
+    double *fwd = calloc((size_t)reps, sizeof *fwd), *total = calloc((size_t)reps, sizeof *total);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const bench_case *c = &cases[i];
+        if (filter && !strstr(c->name, filter)) continue;
+        double f, t;
+        run_case(&ctx, c, &f, &t);  // warm-up
+        for (int r = 0; r < reps; r++) run_case(&ctx, c, &fwd[r], &total[r]);
+        double f_med = median(fwd, reps), t_med = median(total, reps);
+        if (json)
+            print_json(c, f_med, t_med, reps);
+        else
+            printf("%-32s %12.2f %12.2f\n", c->name, f_med, t_med);
+        fflush(stdout);
+    }
+    if (!json)
+        printf("activation arena high-water mark: %.1f MiB\n", ctx.data.high_water / 1048576.0);
+    free(fwd);
+    free(total);
+    ldmc_ctx_free(&ctx);
+    return 0;
+}
+
+int ldmc_cmd_bench(int argc, char **argv) {
+    if (argc >= 1 && strcmp(argv[0], "ops") == 0) return bench_ops(argc - 1, argv + 1);
+    fprintf(stderr, "usage: ldmc bench ops [--json] [--reps N] [--filter TEXT]\n");
+    return 2;
+}

@@ -1,0 +1,5 @@
+// The `ldmc` subcommands. Each takes the arguments after its name and returns the exit status.
+#pragma once
+
+int ldmc_cmd_info(int argc, char **argv);
+int ldmc_cmd_bench(int argc, char **argv);

@@ -1,0 +1,36 @@
+// `ldmc`: one binary, one subcommand per job. Tested by tests/test_cli.sh.
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "core/threads.h"
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} commands[] = {
+    {"info", ldmc_cmd_info, "build, libraries, threads"},
+    {"bench", ldmc_cmd_bench, "benchmarks: `ldmc bench ops` (CPU ops, forward + backward)"},
+};
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: ldmc <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-8s %s\n", commands[i].name, commands[i].help);
+    fprintf(out, "\nenvironment: LDMC_THREADS=n sets the thread count (default: all cores)\n");
+}
+
+int main(int argc, char **argv) {
+    ldmc_blas_select_kernels(argv);
+    ldmc_threads_init_from_env();
+    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
+    fprintf(stderr, "ldmc: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

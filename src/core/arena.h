@@ -1,0 +1,32 @@
+// The per-step activation arena: a bump allocator over one reserved block of address space
+// (pages are committed on first touch), reset at every step. Marks allow a region to be released
+// (gradient checkpointing re-runs a region and drops its intermediates). The high-water mark is
+// the number a memory plan needs. Tested by tests/test_core.c.
+#pragma once
+#include <stddef.h>
+
+#define LDMC_ARENA_ALIGN 64
+
+typedef struct ldmc_arena {
+    char *base;
+    size_t capacity;   // bytes reserved
+    size_t used;       // bytes in use now
+    size_t high_water; // most bytes ever in use since creation or ldmc_arena_reset_high_water
+    const char *name;  // for messages ("activations")
+} ldmc_arena;
+
+// Reserves `capacity` bytes of address space (nothing is committed until touched).
+void ldmc_arena_init(ldmc_arena *arena, const char *name, size_t capacity);
+void ldmc_arena_free(ldmc_arena *arena);
+// Uninitialized memory, aligned to LDMC_ARENA_ALIGN. Fails (fatal) with the arena's name and
+// sizes when the reservation is exhausted.
+void *ldmc_arena_alloc(ldmc_arena *arena, size_t bytes);
+// Zeroed memory.
+void *ldmc_arena_calloc(ldmc_arena *arena, size_t bytes);
+size_t ldmc_arena_mark(const ldmc_arena *arena);
+// Releases everything allocated since `mark`.
+void ldmc_arena_release(ldmc_arena *arena, size_t mark);
+void ldmc_arena_reset(ldmc_arena *arena);
+void ldmc_arena_reset_high_water(ldmc_arena *arena);
+// True when p points into memory allocated at or above `mark`.
+int ldmc_arena_above(const ldmc_arena *arena, const void *p, size_t mark);

@@ -1,0 +1,103 @@
+// The parameter table (see params.h). Tested by tests/test_core.c.
+#include "core/params.h"
+
+#include <fnmatch.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+static const char *role_names[LDMC_ROLE_COUNT] = {"weights", "master", "grad",
+                                                   "adam_m",  "adam_v", "ema"};
+
+const char *ldmc_param_role_name(ldmc_param_role role) {
+    return (unsigned)role < LDMC_ROLE_COUNT ? role_names[role] : "?";
+}
+
+static bool any_buffer(const ldmc_params *p) {
+    for (int r = 0; r < LDMC_ROLE_COUNT; r++)
+        if (p->buffers[r]) return true;
+    return false;
+}
+
+int ldmc_params_find(const ldmc_params *p, const char *name) {
+    for (int i = 0; i < p->count; i++)
+        if (strcmp(p->items[i].name, name) == 0) return i;
+    return -1;
+}
+
+int ldmc_params_add(ldmc_params *p, const char *name, int ndim, const int64_t *shape,
+                    unsigned flags) {
+    LDMC_CHECK(!any_buffer(p), "parameter '%s' added after the buffers were allocated", name);
+    LDMC_CHECK(ldmc_params_find(p, name) < 0, "parameter '%s' added twice", name);
+    LDMC_CHECK(ndim >= 0 && ndim <= LDMC_MAX_DIMS, "parameter '%s' has rank %d", name, ndim);
+    if (p->count == p->cap) {
+        p->cap = p->cap ? 2 * p->cap : 64;
+        p->items = realloc(p->items, (size_t)p->cap * sizeof *p->items);
+        LDMC_CHECK(p->items, "out of memory for %d parameters", p->cap);
+    }
+    ldmc_param *item = &p->items[p->count];
+    *item = (ldmc_param){.ndim = ndim, .flags = flags, .offset = p->total};
+    item->name = strdup(name);
+    LDMC_CHECK(item->name, "out of memory");
+    memcpy(item->shape, shape, (size_t)ndim * sizeof *shape);
+    item->numel = ldmc_shape_numel(ndim, shape);
+    p->total += ((size_t)item->numel + 15) & ~(size_t)15;  // 64-byte aligned starts
+    return p->count++;
+}
+
+int ldmc_params_flag_matching(ldmc_params *p, const char *pattern, unsigned flag, bool on) {
+    int matched = 0;
+    for (int i = 0; i < p->count; i++) {
+        if (fnmatch(pattern, p->items[i].name, 0) != 0) continue;
+        p->items[i].flags = on ? (p->items[i].flags | flag) : (p->items[i].flags & ~flag);
+        matched++;
+    }
+    if (matched && p->buffers[LDMC_ROLE_WEIGHTS])
+        for (int i = 0; i < p->count; i++) ldmc_params_tensor(p, i);
+    return matched;
+}
+
+void ldmc_params_alloc(ldmc_params *p, ldmc_param_role role) {
+    LDMC_CHECK((unsigned)role < LDMC_ROLE_COUNT, "bad parameter role %d", (int)role);
+    if (p->buffers[role]) return;
+    size_t bytes = (p->total ? p->total : 1) * sizeof(float);
+    p->buffers[role] = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    LDMC_CHECK(p->buffers[role], "out of memory: %zu MiB for the %s buffer", bytes >> 20,
+               role_names[role]);
+    memset(p->buffers[role], 0, bytes);
+    for (int i = 0; i < p->count; i++) ldmc_params_tensor(p, i);
+}
+
+void ldmc_params_zero_grad(ldmc_params *p) {
+    if (p->buffers[LDMC_ROLE_GRAD]) memset(p->buffers[LDMC_ROLE_GRAD], 0, p->total * sizeof(float));
+}
+
+ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index) {
+    LDMC_CHECK(index >= 0 && index < p->count, "parameter index %d of %d", index, p->count);
+    ldmc_param *item = &p->items[index];
+    float *weights = p->buffers[LDMC_ROLE_WEIGHTS];
+    float *grad = p->buffers[LDMC_ROLE_GRAD];
+    bool trainable = !(item->flags & LDMC_PARAM_FROZEN) && grad;
+    item->tensor = ldmc_tensor_wrap(LDMC_F32, weights ? weights + item->offset : NULL, item->ndim,
+                                    item->shape);
+    item->tensor.grad = trainable ? grad + item->offset : NULL;
+    item->tensor.requires_grad = trainable;
+    item->tensor.is_param = true;
+    item->tensor.name = item->name;
+    return &item->tensor;
+}
+
+int64_t ldmc_params_count(const ldmc_params *p, bool trainable_only) {
+    int64_t n = 0;
+    for (int i = 0; i < p->count; i++)
+        if (!trainable_only || !(p->items[i].flags & LDMC_PARAM_FROZEN)) n += p->items[i].numel;
+    return n;
+}
+
+void ldmc_params_free(ldmc_params *p) {
+    for (int i = 0; i < p->count; i++) free(p->items[i].name);
+    free(p->items);
+    for (int r = 0; r < LDMC_ROLE_COUNT; r++) free(p->buffers[r]);
+    *p = (ldmc_params){0};
+}

@@ -1,0 +1,38 @@
+// Counter-based random numbers: Philox4x32-10 (Salmon et al., SC'11; the Random123 constants).
+// A stream is keyed by (seed, step, rank, purpose); value i of a stream is a pure function of the
+// stream and i, so any thread, any device and a resumed run draw exactly the same numbers.
+//   key  = (seed & 0xffffffff, seed >> 32)
+//   ctr  = (block & 0xffffffff, block >> 32, step, rank << 16 | purpose),  block = i / 4
+//   bits = lane i % 4 of Philox(ctr, key)
+//   uniform(i) = (bits >> 8) * 2^-24                                   in [0, 1), exact in f32
+//   signed_uniform(i) = ((bits >> 8) - 2^23) * 2^-23                   in [-1, 1), exact in f32
+//   normal(i) = Box-Muller on uniform(i & ~1), uniform(i | 1), in double, rounded to f32:
+//               sqrt(-2 ln(1 - u0)) * (i even ? cos(2π u1) : sin(2π u1))
+// Tested by tests/test_core.c (Random123 known answers, stream identities, moments).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ldmc_rng {
+    uint32_t key[2];
+    uint32_t ctr_hi[2];  // counter words 2 and 3: step, rank << 16 | purpose
+} ldmc_rng;
+
+// Purposes: one per consumer so that streams never overlap.
+enum {
+    LDMC_RNG_TEST = 0,       // test inputs and reference data
+    LDMC_RNG_DROPOUT = 1,
+    LDMC_RNG_NOISE = 2,      // diffusion noise
+    LDMC_RNG_TIMESTEP = 3,
+    LDMC_RNG_INIT = 4,       // parameter initialization
+    LDMC_RNG_DATA = 5,       // data order, crops, flips
+};
+
+void ldmc_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+
+ldmc_rng ldmc_rng_make(uint64_t seed, uint32_t step, uint32_t rank, uint32_t purpose);
+uint32_t ldmc_rng_bits(const ldmc_rng *rng, uint64_t i);
+// Fill out[0..n) with values offset .. offset+n-1 of the stream.
+void ldmc_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out);
+void ldmc_rng_signed_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out);
+void ldmc_rng_normal(const ldmc_rng *rng, uint64_t offset, size_t n, float *out);

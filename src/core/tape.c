@@ -1,0 +1,273 @@
+// Context, tape, backward and gradient checkpointing (see tape.h). Tested by
+// tests/test_autograd.c.
+#include "core/tape.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+void ldmc_ctx_init(ldmc_ctx *ctx, size_t data_bytes, size_t meta_bytes) {
+    *ctx = (ldmc_ctx){0};
+    ldmc_arena_init(&ctx->data, "activation", data_bytes);
+    ldmc_arena_init(&ctx->meta, "tensor-header", meta_bytes);
+    ctx->recording = true;
+}
+
+void ldmc_ctx_free(ldmc_ctx *ctx) {
+    ldmc_arena_free(&ctx->data);
+    ldmc_arena_free(&ctx->meta);
+    free(ctx->nodes);
+    *ctx = (ldmc_ctx){0};
+}
+
+void ldmc_ctx_reset(ldmc_ctx *ctx) {
+    ldmc_arena_reset(&ctx->data);
+    ldmc_arena_reset(&ctx->meta);
+    ctx->n_nodes = 0;
+    ctx->rng_offset = 0;
+}
+
+static ldmc_tensor *new_header(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape) {
+    ldmc_tensor *t = ldmc_arena_calloc(&ctx->meta, sizeof *t);
+    *t = ldmc_tensor_wrap(dtype, NULL, ndim, shape);
+    t->id = ++ctx->next_id;
+    return t;
+}
+
+ldmc_tensor *ldmc_new(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape) {
+    ldmc_tensor *t = new_header(ctx, dtype, ndim, shape);
+    t->data = ldmc_arena_alloc(&ctx->data, ldmc_nbytes(t));
+    return t;
+}
+
+ldmc_tensor *ldmc_zeros(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape) {
+    ldmc_tensor *t = new_header(ctx, dtype, ndim, shape);
+    t->data = ldmc_arena_calloc(&ctx->data, ldmc_nbytes(t));
+    return t;
+}
+
+ldmc_tensor *ldmc_new_like(ldmc_ctx *ctx, const ldmc_tensor *t) {
+    return ldmc_new(ctx, t->dtype, t->ndim, t->shape);
+}
+
+ldmc_tensor *ldmc_wrap(ldmc_ctx *ctx, ldmc_dtype dtype, void *data, int ndim,
+                       const int64_t *shape) {
+    ldmc_tensor *t = new_header(ctx, dtype, ndim, shape);
+    t->data = data;
+    return t;
+}
+
+ldmc_tensor *ldmc_reshape(ldmc_ctx *ctx, ldmc_tensor *t, int ndim, const int64_t *shape) {
+    LDMC_CHECK(ldmc_shape_numel(ndim, shape) == ldmc_numel(t),
+               "reshape of '%s': %lld elements cannot become %lld", t->name ? t->name : "?",
+               (long long)ldmc_numel(t), (long long)ldmc_shape_numel(ndim, shape));
+    ldmc_tensor *v = new_header(ctx, t->dtype, ndim, shape);
+    v->device = t->device;
+    v->data = t->data;
+    v->base = t->base ? t->base : t;
+    v->requires_grad = t->requires_grad;
+    v->is_param = t->is_param;
+    v->name = t->name;
+    return v;
+}
+
+void ldmc_requires_grad(ldmc_tensor *t) { t->requires_grad = true; }
+
+static ldmc_tensor *grad_owner(ldmc_tensor *t) { return t->base ? t->base : t; }
+
+float *ldmc_grad(ldmc_ctx *ctx, ldmc_tensor *t) {
+    if (!t) return NULL;
+    ldmc_tensor *owner = grad_owner(t);
+    if (!owner->requires_grad) return NULL;
+    if (!owner->grad) {
+        LDMC_CHECK(!owner->is_param, "parameter '%s' needs a gradient but has no gradient buffer",
+                   owner->name ? owner->name : "?");
+        LDMC_CHECK(!ctx->in_recompute || owner->id >= ctx->recompute_first_id,
+                   "a gradient-checkpoint region reads tensor '%s' that was not passed to "
+                   "ldmc_checkpoint as an input; its gradient would be lost",
+                   owner->name ? owner->name : "?");
+        owner->grad = ldmc_arena_calloc(&ctx->data, (size_t)ldmc_numel(owner) * sizeof(float));
+    }
+    return owner->grad;
+}
+
+float *ldmc_grad_if_any(const ldmc_tensor *t) {
+    if (!t) return NULL;
+    const ldmc_tensor *owner = t->base ? t->base : t;
+    return owner->requires_grad ? owner->grad : NULL;
+}
+
+static ldmc_node *append_node(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor **in, int n_in,
+                              ldmc_tensor **out, int n_out) {
+    if (ctx->n_nodes == ctx->cap_nodes) {
+        int cap = ctx->cap_nodes ? 2 * ctx->cap_nodes : 256;
+        ldmc_node *nodes = realloc(ctx->nodes, (size_t)cap * sizeof *nodes);
+        LDMC_CHECK(nodes, "out of memory growing the tape to %d nodes", cap);
+        ctx->nodes = nodes;
+        ctx->cap_nodes = cap;
+    }
+    ldmc_node *node = &ctx->nodes[ctx->n_nodes++];
+    node->op = op;
+    node->n_in = n_in;
+    node->n_out = n_out;
+    node->in = ldmc_arena_alloc(&ctx->meta, (size_t)(n_in > 0 ? n_in : 1) * sizeof *in);
+    node->out = ldmc_arena_alloc(&ctx->meta, (size_t)n_out * sizeof *out);
+    memcpy(node->in, in, (size_t)n_in * sizeof *in);
+    memcpy(node->out, out, (size_t)n_out * sizeof *out);
+    node->args = NULL;
+    for (int i = 0; i < n_out; i++) out[i]->requires_grad = true;
+    return node;
+}
+
+ldmc_node *ldmc_record(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor **in, int n_in,
+                       ldmc_tensor **out, int n_out) {
+    const ldmc_tensor *needs = NULL;
+    for (int i = 0; i < n_in && !needs; i++)
+        if (in[i] && in[i]->requires_grad) needs = in[i];
+    for (int i = 0; i < n_out; i++) {
+        out[i]->requires_grad = false;
+        if (!out[i]->name) out[i]->name = op->name;
+    }
+    if (!ctx->recording || !needs) return NULL;
+    LDMC_CHECK(op->backward, "op '%s' has no backward, but its input '%s' needs a gradient",
+               op->name, needs->name ? needs->name : "?");
+    return append_node(ctx, op, in, n_in, out, n_out);
+}
+
+void *ldmc_node_args(ldmc_ctx *ctx, ldmc_node *node, size_t bytes) {
+    node->args = ldmc_arena_calloc(&ctx->meta, bytes);
+    return node->args;
+}
+
+void *ldmc_scratch(ldmc_ctx *ctx, size_t bytes) { return ldmc_arena_alloc(&ctx->data, bytes); }
+
+static void run_backward(ldmc_ctx *ctx, int first, int end) {
+    for (int i = end - 1; i >= first; i--) {
+        ldmc_node *node = &ctx->nodes[i];
+        bool reached = false;
+        for (int o = 0; o < node->n_out && !reached; o++)
+            reached = ldmc_grad_if_any(node->out[o]) != NULL;
+        if (reached) node->op->backward(ctx, node);
+    }
+}
+
+void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_grads, int n) {
+    for (int k = 0; k < n; k++) {
+        float *g = ldmc_grad(ctx, outs[k]);
+        LDMC_CHECK(g, "backward from '%s', which does not depend on anything that needs a "
+                   "gradient", outs[k]->name ? outs[k]->name : "?");
+        int64_t count = ldmc_numel(outs[k]);
+        for (int64_t i = 0; i < count; i++) g[i] += seed_grads && seed_grads[k] ? seed_grads[k][i] : 1.0f;
+    }
+    bool was_recording = ctx->recording;
+    ctx->recording = false;
+    run_backward(ctx, 0, ctx->n_nodes);
+    ctx->recording = was_recording;
+}
+
+void ldmc_backward(ldmc_ctx *ctx, ldmc_tensor *loss, const float *seed_grad) {
+    ldmc_backward_many(ctx, &loss, &seed_grad, 1);
+}
+
+uint64_t ldmc_ctx_rng_take(ldmc_ctx *ctx, uint64_t count) {
+    uint64_t offset = ctx->rng_offset;
+    ctx->rng_offset += (count + 3) & ~(uint64_t)3;  // whole Philox blocks of 4
+    return offset;
+}
+
+// ---- gradient checkpointing ------------------------------------------------------------------
+
+typedef struct checkpoint_args {
+    ldmc_region_fn fn;
+    void *user;
+    uint64_t rng_offset;  // the stream position when the region first ran
+} checkpoint_args;
+
+static void checkpoint_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    const checkpoint_args *args = node->args;
+    for (int i = 0; i < node->n_in; i++) ldmc_grad(ctx, node->in[i]);  // kept below the mark
+    size_t data_mark = ldmc_arena_mark(&ctx->data), meta_mark = ldmc_arena_mark(&ctx->meta);
+    uint64_t rng_saved = ctx->rng_offset, first_id_saved = ctx->recompute_first_id;
+    bool in_recompute_saved = ctx->in_recompute;
+    int first = ctx->n_nodes;
+
+    ctx->rng_offset = args->rng_offset;
+    ctx->in_recompute = true;
+    ctx->recompute_first_id = ctx->next_id + 1;
+    ctx->recording = true;
+    ldmc_tensor **out = ldmc_arena_calloc(&ctx->meta, (size_t)node->n_out * sizeof *out);
+    args->fn(ctx, args->user, node->in, node->n_in, out, node->n_out);
+    ctx->recording = false;
+
+    bool any = false;
+    for (int o = 0; o < node->n_out; o++) {
+        float *g = ldmc_grad_if_any(node->out[o]);
+        LDMC_CHECK(ldmc_numel(out[o]) == ldmc_numel(node->out[o]),
+                   "checkpoint region output %d changed size on its re-run", o);
+        if (g && out[o]->requires_grad) {
+            grad_owner(out[o])->grad = g;  // the recorded outputs take the region's gradient
+            any = true;
+        }
+    }
+    if (any) run_backward(ctx, first, ctx->n_nodes);
+
+    ctx->n_nodes = first;
+    ldmc_arena_release(&ctx->data, data_mark);
+    ldmc_arena_release(&ctx->meta, meta_mark);
+    ctx->rng_offset = rng_saved;
+    ctx->in_recompute = in_recompute_saved;
+    ctx->recompute_first_id = first_id_saved;
+}
+
+static const ldmc_op_info checkpoint_op = {"checkpoint", checkpoint_backward};
+
+// Moves the region's outputs down to `mark`, in address order (so that no move overwrites an
+// output not yet moved), and releases everything above them.
+static void compact_outputs(ldmc_ctx *ctx, size_t mark, ldmc_tensor **out, int n_out) {
+    ldmc_tensor *sorted[64];
+    LDMC_CHECK(n_out <= 64, "checkpoint region with %d outputs (at most 64)", n_out);
+    int n = 0;
+    for (int o = 0; o < n_out; o++) {
+        if (!ldmc_arena_above(&ctx->data, out[o]->data, mark)) continue;
+        int j = n++;
+        while (j > 0 && (char *)sorted[j - 1]->data > (char *)out[o]->data) {
+            sorted[j] = sorted[j - 1];
+            j--;
+        }
+        sorted[j] = out[o];
+    }
+    ldmc_arena_release(&ctx->data, mark);
+    for (int i = 0; i < n; i++) {
+        size_t bytes = ldmc_nbytes(sorted[i]);
+        void *dst = ldmc_arena_alloc(&ctx->data, bytes);
+        LDMC_CHECK((char *)dst <= (char *)sorted[i]->data,
+                   "checkpoint region outputs overlap each other");
+        memmove(dst, sorted[i]->data, bytes);
+        sorted[i]->data = dst;
+    }
+}
+
+void ldmc_checkpoint(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor **in, int n_in,
+                     ldmc_tensor **out, int n_out) {
+    if (!ctx->recording) {
+        fn(ctx, user, in, n_in, out, n_out);
+        return;
+    }
+    uint64_t rng_offset = ctx->rng_offset;
+    size_t mark = ldmc_arena_mark(&ctx->data);
+    ctx->recording = false;
+    fn(ctx, user, in, n_in, out, n_out);
+    ctx->recording = true;
+    for (int o = 0; o < n_out; o++) {
+        for (int i = 0; i < n_in; i++)
+            LDMC_CHECK(grad_owner(out[o]) != grad_owner(in[i]),
+                       "checkpoint region returns its input %d as output %d", i, o);
+        out[o]->base = NULL;  // a view of a discarded intermediate becomes a tensor of its own
+        out[o]->is_param = false;
+    }
+    compact_outputs(ctx, mark, out, n_out);
+    ldmc_node *node = append_node(ctx, &checkpoint_op, in, n_in, out, n_out);
+    checkpoint_args *args = ldmc_node_args(ctx, node, sizeof *args);
+    *args = (checkpoint_args){.fn = fn, .user = user, .rng_offset = rng_offset};
+}

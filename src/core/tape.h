@@ -1,0 +1,108 @@
+// The execution context and the autograd tape.
+//
+// A context owns two arenas (activation data and gradients; tensor headers and node records) and
+// the tape. While recording, each op appends a node {op, inputs, outputs, args}; ldmc_backward
+// walks the nodes in reverse and calls each op's backward. The gradient rule, for every op:
+// gradients always accumulate (+=) into zero-initialized buffers, so a tensor used twice
+// (residuals, skip concatenations) receives the sum, and parameter gradients accumulate across
+// micro-batches until the trainer zeroes the flat gradient buffer.
+//
+// Gradient checkpointing: ldmc_checkpoint runs a region unrecorded, keeps only its outputs, and
+// re-runs it recorded during backward. Everything the region reads that needs a gradient must be
+// passed as an input (or be a parameter); anything else is caught by name.
+// Tested by tests/test_autograd.c.
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/arena.h"
+#include "core/tensor.h"
+
+typedef struct ldmc_ctx ldmc_ctx;
+typedef struct ldmc_node ldmc_node;
+
+typedef void (*ldmc_backward_fn)(ldmc_ctx *ctx, ldmc_node *node);
+
+// One entry per op kind: its name (used in every message about it) and its backward, or NULL
+// for ops without one (recording such an op with an input that needs a gradient is fatal).
+typedef struct ldmc_op_info {
+    const char *name;
+    ldmc_backward_fn backward;
+} ldmc_op_info;
+
+struct ldmc_node {
+    const ldmc_op_info *op;
+    ldmc_tensor **in;
+    int n_in;
+    ldmc_tensor **out;
+    int n_out;
+    void *args;  // op-specific, allocated with ldmc_node_args
+};
+
+// A region for ldmc_checkpoint: reads in[0..n_in), writes out[0..n_out) (fresh tensors).
+typedef void (*ldmc_region_fn)(ldmc_ctx *ctx, void *user, ldmc_tensor **in, int n_in,
+                               ldmc_tensor **out, int n_out);
+
+struct ldmc_ctx {
+    ldmc_arena data;  // activations, saved values, activation gradients
+    ldmc_arena meta;  // tensor headers, node argument records
+    ldmc_node *nodes;
+    int n_nodes, cap_nodes;
+    bool recording;   // record ops for backward (training); off for inference
+    uint64_t next_id;
+    // Random streams for ops such as dropout: each call draws a fresh range of the Philox stream
+    // keyed by (seed, step, rank); the offset is restored when a checkpoint region is re-run.
+    uint64_t rng_seed, rng_step, rng_offset;
+    uint32_t rng_rank;
+    // While a checkpoint region is re-run during backward: the first tensor id of the re-run.
+    uint64_t recompute_first_id;
+    bool in_recompute;
+};
+
+// data_bytes / meta_bytes: address space reserved for each arena (committed only when touched).
+void ldmc_ctx_init(ldmc_ctx *ctx, size_t data_bytes, size_t meta_bytes);
+void ldmc_ctx_free(ldmc_ctx *ctx);
+// Starts a new step: drops all activations, gradients of activations and the tape.
+void ldmc_ctx_reset(ldmc_ctx *ctx);
+
+// A fresh tensor with uninitialized (ldmc_new) or zeroed (ldmc_zeros) data in the data arena.
+ldmc_tensor *ldmc_new(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape);
+ldmc_tensor *ldmc_zeros(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape);
+ldmc_tensor *ldmc_new_like(ldmc_ctx *ctx, const ldmc_tensor *t);
+// A header over memory the caller owns (inputs, reference data). Not copied.
+ldmc_tensor *ldmc_wrap(ldmc_ctx *ctx, ldmc_dtype dtype, void *data, int ndim,
+                       const int64_t *shape);
+// A view with another shape of the same number of elements; shares data and gradient.
+ldmc_tensor *ldmc_reshape(ldmc_ctx *ctx, ldmc_tensor *t, int ndim, const int64_t *shape);
+// Marks a leaf (an input that is not a parameter) as needing a gradient.
+void ldmc_requires_grad(ldmc_tensor *t);
+
+// The f32 gradient of t, allocated zeroed on first use; NULL when t is NULL or needs none.
+float *ldmc_grad(ldmc_ctx *ctx, ldmc_tensor *t);
+// The gradient if one has been allocated, else NULL (no upstream gradient reached it).
+float *ldmc_grad_if_any(const ldmc_tensor *t);
+
+// Records a node when recording and some input needs a gradient; returns NULL otherwise.
+// Sets requires_grad on the outputs accordingly. Fatal, naming the op, when the op has no
+// backward and an input needs a gradient.
+ldmc_node *ldmc_record(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor **in, int n_in,
+                       ldmc_tensor **out, int n_out);
+// Op-specific arguments for a recorded node (zeroed; kept until the context is reset).
+void *ldmc_node_args(ldmc_ctx *ctx, ldmc_node *node, size_t bytes);
+// Scratch memory in the data arena for saved values (kept until reset).
+void *ldmc_scratch(ldmc_ctx *ctx, size_t bytes);
+
+// Seeds ∂loss/∂loss with `seed_grad` (NULL means 1 for every element: a scalar loss) and runs
+// the tape backward. Parameter gradients accumulate into the flat gradient buffer.
+void ldmc_backward(ldmc_ctx *ctx, ldmc_tensor *loss, const float *seed_grad);
+// The same from several outputs at once (an op with several outputs, or several losses).
+void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_grads, int n);
+
+// Runs `fn` as a gradient-checkpoint region (see the top of this file). When not recording, or
+// when no input needs a gradient, this is a plain call.
+void ldmc_checkpoint(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor **in, int n_in,
+                     ldmc_tensor **out, int n_out);
+
+// Reserves `count` values of the context's random stream for one op call; returns the offset
+// of the first (the counter base for rng.h).
+uint64_t ldmc_ctx_rng_take(ldmc_ctx *ctx, uint64_t count);

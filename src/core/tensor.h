@@ -1,0 +1,40 @@
+// Tensors: a dtype, a device, a shape (outermost first), contiguous data. Image-like activations
+// are channels-last, (N, H, W, C); token sequences are (N, L, C). A reshape is a view that shares
+// data and gradient with its base; anything else that moves data is an op. Gradients are f32 and
+// are reached through ldmc_grad (tape.h), never through the field directly.
+// Tested by tests/test_core.c.
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/dtype.h"
+
+#define LDMC_MAX_DIMS 6
+
+typedef enum ldmc_device { LDMC_CPU, LDMC_CUDA } ldmc_device;
+
+typedef struct ldmc_tensor {
+    ldmc_dtype dtype;
+    ldmc_device device;
+    int ndim;
+    int64_t shape[LDMC_MAX_DIMS];
+    void *data;
+    float *grad;                // f32, same numel; NULL until needed (see ldmc_grad)
+    struct ldmc_tensor *base;   // a view's base tensor (grad lives there), or NULL
+    bool requires_grad;
+    bool is_param;              // a view into the parameter table's flat buffers
+    uint64_t id;                // creation order within a context (0 for parameters)
+    const char *name;           // parameter name, or the op that made it
+} ldmc_tensor;
+
+int64_t ldmc_shape_numel(int ndim, const int64_t *shape);
+int64_t ldmc_numel(const ldmc_tensor *t);
+size_t ldmc_nbytes(const ldmc_tensor *t);
+bool ldmc_same_shape(const ldmc_tensor *a, const ldmc_tensor *b);
+// The data as f32, after checking the dtype (fatal otherwise, naming the tensor).
+float *ldmc_data_f32(const ldmc_tensor *t);
+// Formats the shape as "(2, 64, 64, 320)" into buf; returns buf.
+const char *ldmc_shape_str(const ldmc_tensor *t, char *buf, size_t size);
+// A header over existing memory (not owned), for parameters and external buffers.
+ldmc_tensor ldmc_tensor_wrap(ldmc_dtype dtype, void *data, int ndim, const int64_t *shape);

@@ -1,0 +1,37 @@
+// The CPU reference kernels: naive, readable loops (GEMMs through OpenBLAS, loops through
+// OpenMP) over raw pointers, written once in src/ops/cpu/*.inc, generic over the element type,
+// and compiled twice: *_f32 (what ops.h runs) and *_f64 (what the finite-difference tests run).
+// Shapes are outermost first; images are channels-last. Gradient rule: every backward adds (+=)
+// into its outputs; a NULL gradient pointer means "not needed" and is skipped.
+// Tested by tests/test_ops.c (against PyTorch) and tests/test_gradcheck.c (finite differences).
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/rng.h"
+
+// A 2-D convolution or pooling window over (N, H, W, C) -> (N, Ho, Wo, O).
+typedef struct ldmc_conv_geom {
+    int N, H, W, C;         // input
+    int O;                  // output channels (convolution only)
+    int kh, kw;             // window
+    int stride;
+    int pad_top, pad_bottom, pad_left, pad_right;
+    int Ho, Wo;             // output, from ldmc_conv_geom_finish
+} ldmc_conv_geom;
+
+// Fills Ho and Wo: floor((H + pads - k) / stride) + 1. Returns -1 when the window does not fit.
+int ldmc_conv_geom_finish(ldmc_conv_geom *g);
+
+#define REAL float
+#define FN(name) name##_f32
+#include "ops/cpu/decl.inc"
+#undef REAL
+#undef FN
+
+#define REAL double
+#define FN(name) name##_f64
+#include "ops/cpu/decl.inc"
+#undef REAL
+#undef FN

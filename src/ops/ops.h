@@ -1,0 +1,78 @@
+// The op API: each call checks its inputs (a clear message naming the op and the shapes), writes
+// a fresh output into the context's arena, and, when recording, puts a node on the tape whose
+// backward accumulates into every input that needs a gradient. CPU tensors are f32; the
+// kernels are in src/ops/cpu/ (and their CUDA twins in kernels/).
+// Shapes are outermost first; images are channels-last (N, H, W, C).
+// Tested by tests/test_ops.c (forward and backward against PyTorch) and tests/test_gradcheck.c.
+#pragma once
+#include <stdbool.h>
+
+#include "core/tape.h"
+
+// ---- dense ----------------------------------------------------------------------------------
+// x (..., in), w (out, in), b (out) or NULL -> (..., out)
+ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b);
+// a (B, M, K) [(B, K, M) if trans_a], b (B, K, N) [(B, N, K) if trans_b] -> (B, M, N)
+ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool trans_a,
+                         bool trans_b);
+// x (N, H, W, C), w (O, kH, kW, C), b (O) or NULL -> (N, Ho, Wo, O); symmetric padding.
+ldmc_tensor *ldmc_conv2d(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b,
+                         int stride, int padding);
+// pad = {top, bottom, left, right} (the VAE's downsampling pads (0, 1, 0, 1)).
+ldmc_tensor *ldmc_conv2d_padded(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b,
+                                int stride, const int pad[4]);
+
+// ---- normalization --------------------------------------------------------------------------
+// x (N, ..., C) with C divisible by groups; statistics over everything but N per group.
+// gamma, beta (C) or NULL.
+ldmc_tensor *ldmc_group_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma,
+                             ldmc_tensor *beta, int groups, double eps);
+// x (..., C); gamma, beta (C) or NULL.
+ldmc_tensor *ldmc_layer_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma,
+                             ldmc_tensor *beta, double eps);
+
+// ---- activations ----------------------------------------------------------------------------
+ldmc_tensor *ldmc_silu(ldmc_ctx *ctx, ldmc_tensor *x);
+// Exact (erf) GELU, or the tanh approximation.
+ldmc_tensor *ldmc_gelu(ldmc_ctx *ctx, ldmc_tensor *x, bool tanh_approx);
+// x (..., 2F) -> (..., F): first half times erf-GELU of the second half.
+ldmc_tensor *ldmc_geglu(ldmc_ctx *ctx, ldmc_tensor *x);
+// Softmax over the last dimension.
+ldmc_tensor *ldmc_softmax(ldmc_ctx *ctx, ldmc_tensor *x);
+
+// ---- attention ------------------------------------------------------------------------------
+// Scaled-dot-product attention, self or cross: q (B, Nq, C), k and v (B, Nk, C), C = heads * D,
+// head h in channels [h*D, (h+1)*D); scale 1/sqrt(D) -> (B, Nq, C).
+ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_tensor *v,
+                            int heads);
+
+// ---- elementwise ----------------------------------------------------------------------------
+ldmc_tensor *ldmc_add(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b);
+ldmc_tensor *ldmc_mul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b);
+ldmc_tensor *ldmc_scale(ldmc_ctx *ctx, ldmc_tensor *x, double s);
+// x (B, ..., C) + v broadcast over the middle dimensions; v is (B, C), (B, 1, ..., 1, C) or (C).
+ldmc_tensor *ldmc_add_broadcast(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *v);
+// Zeroes each value with probability p (from the context's Philox stream) and scales the rest
+// by 1/(1-p). p == 0 returns x itself.
+ldmc_tensor *ldmc_dropout(ldmc_ctx *ctx, ldmc_tensor *x, double p);
+
+// ---- shape ----------------------------------------------------------------------------------
+// Concatenation along the last dimension; all other dimensions equal.
+ldmc_tensor *ldmc_concat(ldmc_ctx *ctx, ldmc_tensor **xs, int n);
+// Split along the last dimension into n pieces of sizes[i] channels.
+void ldmc_split(ldmc_ctx *ctx, ldmc_tensor *x, const int *sizes, int n, ldmc_tensor **out);
+// (N, H, W, C) -> (N, 2H, 2W, C), nearest neighbour.
+ldmc_tensor *ldmc_upsample_nearest2x(ldmc_ctx *ctx, ldmc_tensor *x);
+
+// ---- pooling --------------------------------------------------------------------------------
+// (N, H, W, C) -> (N, Ho, Wo, C), square window, symmetric padding, floor output size.
+ldmc_tensor *ldmc_avg_pool2d(ldmc_ctx *ctx, ldmc_tensor *x, int kernel, int stride, int padding,
+                             bool count_include_pad);
+ldmc_tensor *ldmc_max_pool2d(ldmc_ctx *ctx, ldmc_tensor *x, int kernel, int stride, int padding);
+
+// ---- embeddings and losses ------------------------------------------------------------------
+// t (B) -> (B, dim) = [cos(t f) | sin(t f)], f_i = max_period^(-i / (dim/2)) (SDXL: 10000).
+ldmc_tensor *ldmc_timestep_embedding(ldmc_ctx *ctx, ldmc_tensor *t, int dim, double max_period);
+// Mean squared error and mean absolute error over all elements -> a scalar (shape ()).
+ldmc_tensor *ldmc_mse_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b);
+ldmc_tensor *ldmc_l1_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b);

@@ -1,0 +1,71 @@
+// SiLU, GELU, GEGLU and softmax ops (see ops.h). Kernels: src/ops/cpu/activation.inc.
+// Tested by tests/test_ops.c and tests/test_gradcheck.c.
+#include "ops/op_util.h"
+
+static void silu_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *x = node->in[0];
+    silu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x));
+}
+
+static const ldmc_op_info silu_op = {"silu", silu_backward};
+
+ldmc_tensor *ldmc_silu(ldmc_ctx *ctx, ldmc_tensor *x) {
+    ldmc_tensor *y = ldmc_new_like(ctx, x);
+    silu_forward_f32(OUT(y), DATA(x), ldmc_numel(x));
+    RECORD(ctx, &silu_op, y, x);
+    return y;
+}
+
+static void gelu_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *x = node->in[0];
+    gelu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x),
+                      *(const bool *)node->args);
+}
+
+static const ldmc_op_info gelu_op = {"gelu", gelu_backward};
+
+ldmc_tensor *ldmc_gelu(ldmc_ctx *ctx, ldmc_tensor *x, bool tanh_approx) {
+    ldmc_tensor *y = ldmc_new_like(ctx, x);
+    gelu_forward_f32(OUT(y), DATA(x), ldmc_numel(x), tanh_approx);
+    ldmc_node *node = RECORD(ctx, &gelu_op, y, x);
+    if (node) *(bool *)ldmc_node_args(ctx, node, sizeof(bool)) = tanh_approx;
+    return y;
+}
+
+static void geglu_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *x = node->in[0];
+    int F = (int)(last_dim(x) / 2);
+    geglu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x) / (2 * F), F);
+}
+
+static const ldmc_op_info geglu_op = {"geglu", geglu_backward};
+
+ldmc_tensor *ldmc_geglu(ldmc_ctx *ctx, ldmc_tensor *x) {
+    OP_CHECK(x->ndim >= 1 && last_dim(x) % 2 == 0, "geglu", x,
+             "the last dimension must be even (value and gate halves)");
+    int64_t shape[LDMC_MAX_DIMS];
+    for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
+    shape[x->ndim - 1] /= 2;
+    ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, x->ndim, shape);
+    int F = (int)shape[x->ndim - 1];
+    geglu_forward_f32(OUT(y), DATA(x), ldmc_numel(y) / (F ? F : 1), F);
+    RECORD(ctx, &geglu_op, y, x);
+    return y;
+}
+
+static void softmax_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *x = node->in[0], *y = node->out[0];
+    int C = (int)last_dim(x);
+    softmax_backward_f32(ldmc_grad(ctx, x), DOUT(y), DATA(y), ldmc_numel(x) / C, C);
+}
+
+static const ldmc_op_info softmax_op = {"softmax", softmax_backward};
+
+ldmc_tensor *ldmc_softmax(ldmc_ctx *ctx, ldmc_tensor *x) {
+    OP_CHECK(x->ndim >= 1 && last_dim(x) > 0, "softmax", x, "the last dimension must be non-empty");
+    ldmc_tensor *y = ldmc_new_like(ctx, x);
+    int C = (int)last_dim(x);
+    softmax_forward_f32(OUT(y), DATA(x), ldmc_numel(x) / C, C);
+    RECORD(ctx, &softmax_op, y, x);
+    return y;
+}

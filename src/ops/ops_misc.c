@@ -1,0 +1,61 @@
+// Timestep embedding and losses (see ops.h). Kernels: src/ops/cpu/misc.inc.
+// Tested by tests/test_ops.c and tests/test_gradcheck.c.
+#include "ops/op_util.h"
+
+typedef struct embedding_args {
+    int dim;
+    double max_period;
+} embedding_args;
+
+static void timestep_embedding_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    const embedding_args *a = node->args;
+    ldmc_tensor *t = node->in[0];
+    timestep_embedding_backward_f32(ldmc_grad(ctx, t), DOUT(node->out[0]), DATA(t),
+                                    (int)ldmc_numel(t), a->dim, a->max_period);
+}
+
+static const ldmc_op_info timestep_embedding_op = {"timestep_embedding",
+                                                   timestep_embedding_backward};
+
+ldmc_tensor *ldmc_timestep_embedding(ldmc_ctx *ctx, ldmc_tensor *t, int dim, double max_period) {
+    OP_CHECK(t->ndim == 1, "timestep_embedding", t, "the timesteps must be (B), as f32");
+    OP_CHECK(dim >= 2 && max_period > 0, "timestep_embedding", t,
+             "dim %d must be >= 2 and max_period %g positive", dim, max_period);
+    ldmc_tensor *y = NEW(ctx, t->shape[0], dim);
+    timestep_embedding_forward_f32(OUT(y), DATA(t), (int)t->shape[0], dim, max_period);
+    ldmc_node *node = RECORD(ctx, &timestep_embedding_op, y, t);
+    if (node) *(embedding_args *)ldmc_node_args(ctx, node, sizeof(embedding_args)) =
+                  (embedding_args){dim, max_period};
+    return y;
+}
+
+static void mse_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *a = node->in[0], *b = node->in[1];
+    mse_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0])[0], DATA(a), DATA(b),
+                     ldmc_numel(a));
+}
+
+static void l1_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *a = node->in[0], *b = node->in[1];
+    l1_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0])[0], DATA(a), DATA(b),
+                    ldmc_numel(a));
+}
+
+static const ldmc_op_info mse_op = {"mse_loss", mse_backward};
+static const ldmc_op_info l1_op = {"l1_loss", l1_backward};
+
+static ldmc_tensor *loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool l1) {
+    const char *name = l1 ? "l1_loss" : "mse_loss";
+    char shape[96];
+    OP_CHECK(ldmc_same_shape(a, b), name, b, "both operands must have the shape %s",
+             ldmc_shape_str(a, shape, sizeof shape));
+    ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, 0, NULL);
+    int64_t n = ldmc_numel(a);
+    OUT(y)[0] = (float)(l1 ? l1_forward_f32(DATA(a), DATA(b), n) : mse_forward_f32(DATA(a), DATA(b), n));
+    RECORD(ctx, l1 ? &l1_op : &mse_op, y, a, b);
+    return y;
+}
+
+ldmc_tensor *ldmc_mse_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) { return loss(ctx, a, b, false); }
+
+ldmc_tensor *ldmc_l1_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) { return loss(ctx, a, b, true); }

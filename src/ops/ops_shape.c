@@ -1,0 +1,96 @@
+// Concatenation and split along channels, nearest 2x upsampling (see ops.h).
+// Kernels: src/ops/cpu/elementwise.inc. Tested by tests/test_ops.c and tests/test_gradcheck.c.
+#include "ops/op_util.h"
+
+// Each input or output piece i occupies channels [offset_i, offset_i + C_i) of the whole.
+static void concat_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *y = node->out[0];
+    int total = (int)last_dim(y), off = 0;
+    int64_t M = ldmc_numel(y) / total;
+    for (int i = 0; i < node->n_in; i++) {
+        int C = (int)last_dim(node->in[i]);
+        float *dx = ldmc_grad(ctx, node->in[i]);
+        if (dx) copy_columns_f32(dx, C, 0, DOUT(y), total, off, M, C, true);
+        off += C;
+    }
+}
+
+static const ldmc_op_info concat_op = {"concat", concat_backward};
+
+ldmc_tensor *ldmc_concat(ldmc_ctx *ctx, ldmc_tensor **xs, int n) {
+    LDMC_CHECK(n >= 1, "concat: needs at least one tensor");
+    int64_t shape[LDMC_MAX_DIMS];
+    const ldmc_tensor *first = xs[0];
+    for (int d = 0; d < first->ndim; d++) shape[d] = first->shape[d];
+    int64_t total = 0;
+    char expect[96];
+    for (int i = 0; i < n; i++) {
+        bool ok = xs[i]->ndim == first->ndim && xs[i]->ndim >= 1;
+        for (int d = 0; ok && d < first->ndim - 1; d++) ok = xs[i]->shape[d] == first->shape[d];
+        OP_CHECK(ok, "concat", xs[i], "all but the last dimension must match %s",
+                 ldmc_shape_str(first, expect, sizeof expect));
+        total += last_dim(xs[i]);
+    }
+    shape[first->ndim - 1] = total;
+    ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, first->ndim, shape);
+    int64_t M = total ? ldmc_numel(y) / total : 0;
+    int off = 0;
+    for (int i = 0; i < n; i++) {
+        int C = (int)last_dim(xs[i]);
+        copy_columns_f32(OUT(y), (int)total, off, DATA(xs[i]), C, 0, M, C, false);
+        off += C;
+    }
+    ldmc_record(ctx, &concat_op, xs, n, &y, 1);
+    return y;
+}
+
+static void split_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *x = node->in[0];
+    float *dx = ldmc_grad(ctx, x);
+    int total = (int)last_dim(x), off = 0;
+    int64_t M = ldmc_numel(x) / total;
+    for (int i = 0; i < node->n_out; i++) {
+        int C = (int)last_dim(node->out[i]);
+        const float *dy = DOUT(node->out[i]);  // pieces nobody used have no gradient
+        if (dy) copy_columns_f32(dx, total, off, dy, C, 0, M, C, true);
+        off += C;
+    }
+}
+
+static const ldmc_op_info split_op = {"split", split_backward};
+
+void ldmc_split(ldmc_ctx *ctx, ldmc_tensor *x, const int *sizes, int n, ldmc_tensor **out) {
+    OP_CHECK(x->ndim >= 1 && n >= 1, "split", x, "needs a tensor of rank >= 1 and pieces");
+    int64_t sum = 0;
+    for (int i = 0; i < n; i++) sum += sizes[i] >= 0 ? sizes[i] : -1000000000;
+    OP_CHECK(sum == last_dim(x), "split", x, "the %d piece sizes add up to %lld, not the last dimension",
+             n, (long long)sum);
+    int64_t shape[LDMC_MAX_DIMS];
+    for (int d = 0; d < x->ndim; d++) shape[d] = x->shape[d];
+    int total = (int)last_dim(x), off = 0;
+    int64_t M = total ? ldmc_numel(x) / total : 0;
+    for (int i = 0; i < n; i++) {
+        shape[x->ndim - 1] = sizes[i];
+        out[i] = ldmc_new(ctx, LDMC_F32, x->ndim, shape);
+        copy_columns_f32(OUT(out[i]), sizes[i], 0, DATA(x), total, off, M, sizes[i], false);
+        off += sizes[i];
+    }
+    ldmc_record(ctx, &split_op, &x, 1, out, n);
+}
+
+static void upsample_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *x = node->in[0];
+    upsample_nearest2x_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), (int)x->shape[0],
+                                    (int)x->shape[1], (int)x->shape[2], (int)x->shape[3]);
+}
+
+static const ldmc_op_info upsample_op = {"upsample_nearest2x", upsample_backward};
+
+ldmc_tensor *ldmc_upsample_nearest2x(ldmc_ctx *ctx, ldmc_tensor *x) {
+    OP_CHECK(x->ndim == 4, "upsample_nearest2x", x, "the input must be (N, H, W, C)");
+    ldmc_tensor *y = NEW(ctx, x->shape[0], 2 * x->shape[1], 2 * x->shape[2], x->shape[3]);
+    upsample_nearest2x_forward_f32(OUT(y), DATA(x), (int)x->shape[0], (int)x->shape[1],
+                                   (int)x->shape[2], (int)x->shape[3]);
+    RECORD(ctx, &upsample_op, y, x);
+    return y;
+}

@@ -1,0 +1,148 @@
+// The test harness (see harness.h).
+#include "harness.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "core/threads.h"
+
+int test_failures;
+bool test_quiet;
+const void *test_arg;
+jmp_buf test_fatal_jump;
+char test_fatal_message[1024];
+
+void test_fail_at(const char *file, int line, const char *fmt, ...) {
+    test_failures++;
+    if (test_quiet) return;
+    va_list args;
+    va_start(args, fmt);
+    fprintf(stderr, "  FAIL %s:%d: ", file, line);
+    vfprintf(stderr, fmt, args);
+    fprintf(stderr, "\n");
+    va_end(args);
+}
+
+static void fatal_to_jump(const char *message) {
+    snprintf(test_fatal_message, sizeof test_fatal_message, "%s", message);
+    longjmp(test_fatal_jump, 1);
+}
+
+void test_expect_fatal_begin(void) {
+    test_fatal_message[0] = '\0';
+    ldmc_set_fatal_handler(fatal_to_jump);
+}
+
+void test_expect_fatal_end(void) { ldmc_set_fatal_handler(NULL); }
+
+int test_main(int argc, char **argv, const test_entry *tests, int count) {
+    ldmc_threads_init_from_env();
+    const char *filter = argc > 1 ? argv[1] : NULL;
+    int failed = 0, run = 0;
+    for (int i = 0; i < count; i++) {
+        if (filter && !strstr(tests[i].name, filter)) continue;
+        test_failures = 0;
+        test_arg = tests[i].arg;
+        tests[i].fn();
+        run++;
+        printf("%s %s\n", test_failures ? "FAIL" : "ok  ", tests[i].name);
+        fflush(stdout);
+        if (test_failures) failed++;
+    }
+    printf("%d of %d tests passed\n", run - failed, run);
+    if (run == 0) {
+        fprintf(stderr, "no test matches '%s'\n", filter ? filter : "");
+        return 1;
+    }
+    return failed ? 1 : 0;
+}
+
+double tolerance_f32(double factor, double K) { return factor * FLT_EPSILON * sqrt(K < 1 ? 1 : K); }
+
+static double rms_f32(const float *x, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return n ? sqrt(s / n) : 0;
+}
+
+bool check_close_at(const char *file, int line, const char *what, const float *got,
+                    const float *want, const int32_t *idx, int64_t n, double rtol) {
+    double scale = rms_f32(want, n), worst_ratio = 0;
+    int64_t worst = -1;
+    for (int64_t i = 0; i < n; i++) {
+        float g = got[idx ? idx[i] : i];
+        double err = fabs((double)g - want[i]), budget = rtol * (fabs(want[i]) + scale);
+        double ratio = budget > 0 ? err / budget : (err > 0 ? INFINITY : 0);
+        if (isnan(g) || isnan(want[i])) ratio = isnan(g) && isnan(want[i]) ? 0 : INFINITY;
+        if (ratio > worst_ratio || worst < 0) {
+            worst_ratio = ratio;
+            worst = i;
+        }
+    }
+    if (worst < 0) return true;
+    int64_t at = idx ? idx[worst] : worst;
+    if (worst_ratio > 1) {
+        test_fail_at(file, line, "%s: element %lld: got %.9g, want %.9g (error %.3g, %.0f%% of the "
+                     "budget %.3g = %.3g x (|want| + rms %.3g))", what, (long long)at, got[at],
+                     want[worst], fabs((double)got[at] - want[worst]), 100 * worst_ratio,
+                     rtol * (fabs(want[worst]) + scale), rtol, scale);
+        return false;
+    }
+    if (getenv("LDMC_TEST_VERBOSE"))
+        printf("    %-48s max %5.1f%% of budget (rtol %.2g)\n", what, 100 * worst_ratio, rtol);
+    return true;
+}
+
+bool check_close_f64_at(const char *file, int line, const char *what, const double *got,
+                        const double *want, int64_t n, double rtol) {
+    double s = 0, worst_ratio = 0;
+    for (int64_t i = 0; i < n; i++) s += want[i] * want[i];
+    double scale = n ? sqrt(s / n) : 0;
+    int64_t worst = -1;
+    for (int64_t i = 0; i < n; i++) {
+        double err = fabs(got[i] - want[i]), budget = rtol * (fabs(want[i]) + scale);
+        double ratio = budget > 0 ? err / budget : (err > 0 ? INFINITY : 0);
+        if (isnan(got[i]) || isnan(want[i])) ratio = INFINITY;
+        if (ratio > worst_ratio || worst < 0) {
+            worst_ratio = ratio;
+            worst = i;
+        }
+    }
+    if (worst < 0) return true;
+    if (worst_ratio > 1) {
+        test_fail_at(file, line, "%s: sample %lld: got %.12g, want %.12g (%.0f%% of the budget; "
+                     "rtol %.2g, rms %.3g)", what, (long long)worst, got[worst], want[worst],
+                     100 * worst_ratio, rtol, scale);
+        return false;
+    }
+    if (getenv("LDMC_TEST_VERBOSE"))
+        printf("    %-48s max %5.1f%% of budget (rtol %.2g)\n", what, 100 * worst_ratio, rtol);
+    return true;
+}
+
+void test_fill(float *x, int64_t n, uint64_t seed, double scale, double shift) {
+    ldmc_rng rng = ldmc_rng_make(seed, 0, 0, LDMC_RNG_TEST);
+    ldmc_rng_signed_uniform(&rng, 0, (size_t)n, x);
+    for (int64_t i = 0; i < n; i++) {
+        double v = (double)x[i] * scale;
+        x[i] = (float)(v + shift);
+    }
+}
+
+void test_fill_f64(double *x, int64_t n, uint64_t seed, double scale, double shift) {
+    float *tmp = malloc((size_t)(n ? n : 1) * sizeof *tmp);
+    test_fill(tmp, n, seed, scale, shift);
+    for (int64_t i = 0; i < n; i++) x[i] = tmp[i];
+    free(tmp);
+}
+
+void test_ctx_init(ldmc_ctx *ctx) { ldmc_ctx_init(ctx, (size_t)16 << 30, (size_t)1 << 30); }
+
+const char *test_data_dir(void) {
+    const char *dir = getenv("LDMC_TEST_DATA");
+    return dir ? dir : LDMC_TEST_DATA_DIR;
+}

@@ -1,0 +1,93 @@
+// The test harness: tests are plain functions listed in a table; CHECK records a failure with
+// file:line and carries on, REQUIRE returns from the test; EXPECT_FATAL runs a statement that
+// must fail through ldmc_fatal with a message containing a given text. Comparisons follow the
+// one tolerance rule below. A test program exits non-zero when anything failed.
+// Usage: test_x [substring]   runs the tests whose names contain the substring.
+#pragma once
+#include <setjmp.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/error.h"
+#include "core/tape.h"
+
+typedef struct test_entry {
+    const char *name;
+    void (*fn)(void);
+    const void *arg;  // handed to the test through test_arg (table-driven tests)
+} test_entry;
+
+#define TEST_ENTRY(fn) {#fn, fn, NULL}
+
+extern const void *test_arg;  // the running test's arg
+
+extern int test_failures;  // failures in the current test
+extern bool test_quiet;    // count failures without printing them (tests of the checks)
+
+void test_fail_at(const char *file, int line, const char *fmt, ...) LDMC_PRINTF(3, 4);
+#define CHECK(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) test_fail_at(__FILE__, __LINE__, __VA_ARGS__);                                \
+    } while (0)
+#define REQUIRE(cond, ...)                                                                        \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            test_fail_at(__FILE__, __LINE__, __VA_ARGS__);                                         \
+            return;                                                                                \
+        }                                                                                          \
+    } while (0)
+
+// Fatal errors inside EXPECT_FATAL land here instead of exiting.
+extern jmp_buf test_fatal_jump;
+extern char test_fatal_message[1024];
+void test_expect_fatal_begin(void);
+void test_expect_fatal_end(void);
+#define EXPECT_FATAL(stmt, text)                                                                  \
+    do {                                                                                           \
+        test_expect_fatal_begin();                                                                 \
+        if (setjmp(test_fatal_jump) == 0) {                                                        \
+            stmt;                                                                                  \
+            test_expect_fatal_end();                                                               \
+            test_fail_at(__FILE__, __LINE__, "expected a fatal error containing '%s'", (text));   \
+        } else {                                                                                   \
+            test_expect_fatal_end();                                                               \
+            CHECK(strstr(test_fatal_message, (text)) != NULL,                                      \
+                  "fatal error '%s' does not mention '%s'", test_fatal_message, (text));           \
+        }                                                                                          \
+    } while (0)
+
+int test_main(int argc, char **argv, const test_entry *tests, int count);
+
+// ---- the tolerance rule ------------------------------------------------------------------------
+// Every comparison of a computed tensor `got` with a reference `want` passes element i when
+//     |got_i - want_i| <= rtol * (|want_i| + rms(want))
+// The rms term is the scale of the tensor: an element that is small only because large terms
+// cancelled carries the absolute error of those terms. rtol comes from the error source:
+//   - float32 op vs a float64 reference:  rtol = factor * FLT_EPSILON * sqrt(K), K the longest
+//     reduction the op performs (1 for elementwise ops), factor 4 unless an op's override says
+//     otherwise (tests/test_ops.c, with the reason);
+//   - double-precision backward vs central differences with step h = 1e-4: rtol = 1e-6
+//     (truncation ~h^2 = 1e-8, rounding ~DBL_EPSILON * |loss| / h), see tests/test_gradcheck.c.
+double tolerance_f32(double factor, double K);
+#define TOLERANCE_FD 1e-6
+
+// Compares n values (at positions idx[0..n) of got when idx is not NULL); on failure prints the
+// worst element, the error and how much of the budget it used, and records a failure.
+bool check_close_at(const char *file, int line, const char *what, const float *got,
+                    const float *want, const int32_t *idx, int64_t n, double rtol);
+bool check_close_f64_at(const char *file, int line, const char *what, const double *got,
+                        const double *want, int64_t n, double rtol);
+#define CHECK_CLOSE(what, got, want, idx, n, rtol)                                                \
+    check_close_at(__FILE__, __LINE__, (what), (got), (want), (idx), (n), (rtol))
+#define CHECK_CLOSE_F64(what, got, want, n, rtol)                                                 \
+    check_close_f64_at(__FILE__, __LINE__, (what), (got), (want), (n), (rtol))
+
+// Test inputs: float32(signed_uniform(seed) * scale + shift), computed in double, exactly as
+// tests/ref/make_op_refs.py draws them (tests are built with -ffp-contract=off).
+void test_fill(float *x, int64_t n, uint64_t seed, double scale, double shift);
+void test_fill_f64(double *x, int64_t n, uint64_t seed, double scale, double shift);
+// A context with generous arenas for tests.
+void test_ctx_init(ldmc_ctx *ctx);
+// The directory of the committed reference data (tests/ref/data).
+const char *test_data_dir(void);
