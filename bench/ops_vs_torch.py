@@ -4,7 +4,8 @@
 Runs `ldmc bench ops --json` (the cases and their parameters come from ldmc, so both sides time
 exactly the same shapes), then times each case in PyTorch with the same thread count: forward,
 and forward + backward from a random upstream gradient, median of the same number of runs after
-a warm-up. PyTorch gets its best layout: NCHW and channels_last are both timed for convolutions
+a warm-up. Both use the same OpenBLAS kernels (OPENBLAS_CORETYPE as `ldmc info` reports it).
+PyTorch gets its best layout: NCHW and channels_last are both timed for convolutions
 and group norm, and the faster is the baseline. PyTorch 1.13 (Debian's python3-torch) has no
 fused scaled_dot_product_attention on the CPU, so its attention is the standard
 softmax(q k^T / sqrt(d)) v, which holds the full score matrix.
@@ -14,6 +15,7 @@ Usage: bench/ops_vs_torch.py [--ldmc build/ldmc] [--threads N] [--reps N] [--mar
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -95,6 +97,11 @@ def main():
     parser.add_argument("--markdown", action="store_true", help="print a table for docs/benchmarks.md")
     args = parser.parse_args()
 
+    # PyTorch's matrix products go through Debian's OpenBLAS too: give it the kernels ldmc uses.
+    info = subprocess.run([args.ldmc, "info"], check=True, capture_output=True, text=True).stdout
+    core = re.search(r"kernels for (\w+)", info)
+    if core:
+        os.environ["OPENBLAS_CORETYPE"] = core.group(1)
     try:
         import torch
     except ImportError:
@@ -114,8 +121,9 @@ def main():
         layout, (t_fwd, t_total) = torch_case(torch, case, args.reps)
         rows.append((case, layout, t_fwd, t_total))
 
-    header = (f"ldmc vs PyTorch {torch.__version__} on the CPU, {args.threads} threads, "
-              f"median of {args.reps} runs; ratio = ldmc time / PyTorch time (< 1: ldmc faster)")
+    header = (f"ldmc vs PyTorch {torch.__version__} on the CPU, {args.threads} threads, OpenBLAS "
+              f"kernels {os.environ.get('OPENBLAS_CORETYPE', 'auto')}, median of {args.reps} runs; "
+              f"ratio = ldmc time / PyTorch time (< 1: ldmc faster)")
     if args.markdown:
         print(header + "\n")
         print("| case | ldmc fwd ms | PyTorch fwd ms | fwd ratio | ldmc fwd+bwd ms | PyTorch fwd+bwd ms "

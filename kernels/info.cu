@@ -42,4 +42,6 @@ extern "C" void ldmc_cuda_to_host(void *dst, const void *src, size_t bytes) {
     CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 
+extern "C" void ldmc_cuda_zero(void *p, size_t bytes) { CUDA_CHECK(cudaMemset(p, 0, bytes)); }
+
 extern "C" void ldmc_cuda_synchronize(void) { CUDA_CHECK(cudaDeviceSynchronize()); }

@@ -20,6 +20,7 @@ void *ldmc_cuda_malloc(size_t bytes);
 void ldmc_cuda_free(void *p);
 void ldmc_cuda_to_device(void *dst, const void *src, size_t bytes);
 void ldmc_cuda_to_host(void *dst, const void *src, size_t bytes);
+void ldmc_cuda_zero(void *p, size_t bytes);
 void ldmc_cuda_synchronize(void);
 
 // ---- Philox streams, bit-identical to src/core/rng.c (rng.cu) --------------------------------

@@ -254,6 +254,10 @@ void ldmc_checkpoint(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor *
         fn(ctx, user, in, n_in, out, n_out);
         return;
     }
+    // The inputs are copied first: callers may pass the same array for in and out.
+    ldmc_tensor **inputs = ldmc_arena_alloc(&ctx->meta, (size_t)(n_in > 0 ? n_in : 1) * sizeof *in);
+    memcpy(inputs, in, (size_t)n_in * sizeof *in);
+    in = inputs;
     uint64_t rng_offset = ctx->rng_offset;
     size_t mark = ldmc_arena_mark(&ctx->data);
     ctx->recording = false;

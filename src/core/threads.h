@@ -16,5 +16,8 @@ void ldmc_threads_init_from_env(void);
 // (Cooperlake with AVX512-BF16). A user's own OPENBLAS_CORETYPE is left alone. Returns only
 // when no re-execution is needed or it failed.
 void ldmc_blas_select_kernels(char **argv);
+// When the environment pins OpenBLAS to AVX2 kernels on an AVX-512 CPU: a sentence saying so
+// (for `ldmc info`); NULL otherwise.
+const char *ldmc_blas_hint(void);
 // OpenBLAS's core name ("SkylakeX", "Haswell", ...).
 const char *ldmc_blas_core_name(void);

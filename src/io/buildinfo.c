@@ -47,6 +47,7 @@ void ldmc_buildinfo_print(FILE *out) {
     fprintf(out, "threads:     %d (of %d cores; set with LDMC_THREADS)\n", ldmc_threads_get(),
             omp_get_num_procs());
     fprintf(out, "OpenBLAS:    %s, kernels for %s\n", openblas_get_config(), ldmc_blas_core_name());
+    if (ldmc_blas_hint()) fprintf(out, "             note: %s\n", ldmc_blas_hint());
     unsigned h5_major = 0, h5_minor = 0, h5_release = 0;
     H5get_libversion(&h5_major, &h5_minor, &h5_release);
     fprintf(out, "libraries:   libjpeg-turbo %s, libpng %s, HDF5 %u.%u.%u, libyaml %s, cJSON %s\n",
