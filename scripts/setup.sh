@@ -7,7 +7,7 @@
 set -eu
 
 packages="build-essential cmake pkg-config git
-libopenblas-openmp-dev libomp-dev
+libopenblas-openmp-dev
 libyaml-dev libcjson-dev libturbojpeg0-dev libpng-dev libhdf5-dev libstb-dev
 libopenmpi-dev openmpi-bin"
 case "${1:-}" in

@@ -124,13 +124,19 @@ bool check_close_f64_at(const char *file, int line, const char *what, const doub
     return true;
 }
 
-void test_fill(float *x, int64_t n, uint64_t seed, double scale, double shift) {
+void test_fill_quantized(float *x, int64_t n, uint64_t seed, double scale, double shift,
+                         bool quantize) {
     ldmc_rng rng = ldmc_rng_make(seed, 0, 0, LDMC_RNG_TEST);
     ldmc_rng_signed_uniform(&rng, 0, (size_t)n, x);
     for (int64_t i = 0; i < n; i++) {
         double v = (double)x[i] * scale;
-        x[i] = (float)(v + shift);
+        v += shift;
+        x[i] = (float)(quantize ? floor(v + 0.5) : v);
     }
+}
+
+void test_fill(float *x, int64_t n, uint64_t seed, double scale, double shift) {
+    test_fill_quantized(x, n, seed, scale, shift, false);
 }
 
 void test_fill_f64(double *x, int64_t n, uint64_t seed, double scale, double shift) {
@@ -140,7 +146,7 @@ void test_fill_f64(double *x, int64_t n, uint64_t seed, double scale, double shi
     free(tmp);
 }
 
-void test_ctx_init(ldmc_ctx *ctx) { ldmc_ctx_init(ctx, (size_t)16 << 30, (size_t)1 << 30); }
+void test_ctx_init(ldmc_ctx *ctx) { ldmc_ctx_init(ctx, (size_t)4 << 30, (size_t)256 << 20); }
 
 const char *test_data_dir(void) {
     const char *dir = getenv("LDMC_TEST_DATA");

@@ -86,6 +86,9 @@ bool check_close_f64_at(const char *file, int line, const char *what, const doub
 // Test inputs: float32(signed_uniform(seed) * scale + shift), computed in double, exactly as
 // tests/ref/make_op_refs.py draws them (tests are built with -ffp-contract=off).
 void test_fill(float *x, int64_t n, uint64_t seed, double scale, double shift);
+// The same, rounded to whole numbers (floor(v + 0.5)) when quantize: inputs with ties.
+void test_fill_quantized(float *x, int64_t n, uint64_t seed, double scale, double shift,
+                         bool quantize);
 void test_fill_f64(double *x, int64_t n, uint64_t seed, double scale, double shift);
 // A context with generous arenas for tests.
 void test_ctx_init(ldmc_ctx *ctx);

@@ -180,9 +180,11 @@ static void run_case(const cJSON *json) {
         int ndim = 0;
         cJSON_ArrayForEach(d, shape) dims[ndim++] = (int64_t)d->valuedouble;
         ldmc_tensor *t = ldmc_new(&ctx, LDMC_F32, ndim, dims);
-        test_fill(t->data, ldmc_numel(t), (uint64_t)cJSON_GetObjectItem(spec, "seed")->valuedouble,
-                  cJSON_GetObjectItem(spec, "scale")->valuedouble,
-                  cJSON_GetObjectItem(spec, "shift")->valuedouble);
+        test_fill_quantized(t->data, ldmc_numel(t),
+                            (uint64_t)cJSON_GetObjectItem(spec, "seed")->valuedouble,
+                            cJSON_GetObjectItem(spec, "scale")->valuedouble,
+                            cJSON_GetObjectItem(spec, "shift")->valuedouble,
+                            cJSON_IsTrue(cJSON_GetObjectItem(spec, "quantize")));
         t->name = cJSON_GetObjectItem(spec, "name")->valuestring;
         if (cJSON_IsTrue(cJSON_GetObjectItem(spec, "grad"))) ldmc_requires_grad(t);
         c.in[c.n_in++] = t;

@@ -127,7 +127,7 @@ static int bench_ops(int argc, char **argv) {
         return 2;
     }
     ldmc_ctx ctx;
-    ldmc_ctx_init(&ctx, (size_t)64 << 30, (size_t)1 << 30);
+    ldmc_ctx_init(&ctx, (size_t)16 << 30, (size_t)256 << 20);
     if (!json)
         printf("CPU ops, forward and forward+backward, median of %d runs, %d threads\n"
                "%-32s %12s %12s\n", reps, ldmc_threads_get(), "case", "fwd ms", "fwd+bwd ms");

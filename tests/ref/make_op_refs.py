@@ -6,7 +6,7 @@ Writes tests/ref/data/ops.safetensors, read by tests/test_ops.c (CI needs no PyT
   channels-last layout, Philox seed, scale, shift) and outputs (shape, seed of the upstream
   gradient). Inputs are not stored: both sides draw them from the Philox stream
   (tests/ref/philox.py here, src/core/rng.c there) as float32(signed_uniform * scale + shift),
-  computed in double.
+  computed in double (and rounded to whole numbers for cases that want ties).
 - "<case>.out<i>": each output; "<case>.grad.<input>": the gradient of sum(out_i * R_i) with
   respect to each input, R_i drawn from the stream too. Tensors above 4096 values are stored
   at 2048 sampled positions ("<name>.idx", int32 flat indices, and the values).
@@ -32,15 +32,17 @@ SAMPLE_ABOVE, SAMPLES = 4096, 2048
 CASES = []
 
 
-def case(name, op, inputs, **params):
-    """inputs: list of (name, shape) or (name, shape, scale, shift) or with a 5th item grad=False."""
+def case(name, op, inputs, quantize=False, **params):
+    """inputs: list of (name, shape) or (name, shape, scale, shift) or with a 5th item grad=False.
+    quantize rounds the inputs to whole numbers (floor(v + 0.5)): ties, for max pooling."""
     specs = []
     for spec in inputs:
         name_i, shape = spec[0], list(spec[1])
         scale = spec[2] if len(spec) > 2 else 1.0
         shift = spec[3] if len(spec) > 3 else 0.0
         grad = spec[4] if len(spec) > 4 else True
-        specs.append({"name": name_i, "shape": shape, "scale": scale, "shift": shift, "grad": grad})
+        specs.append({"name": name_i, "shape": shape, "scale": scale, "shift": shift, "grad": grad,
+                      "quantize": quantize})
     CASES.append({"name": name, "op": op, "params": params, "inputs": specs})
 
 
@@ -131,6 +133,7 @@ case("max_pool_k3s2", "max_pool2d", [("x", (2, 9, 8, 5))], kernel=3, stride=2, p
 case("max_pool_k2s2", "max_pool2d", [("x", (1, 6, 8, 3))], kernel=2, stride=2, padding=0)
 case("max_pool_k3s1p1", "max_pool2d", [("x", (1, 5, 7, 4))], kernel=3, stride=1, padding=1)
 case("max_pool_k3s2p1", "max_pool2d", [("x", (1, 7, 7, 16))], kernel=3, stride=2, padding=1)
+case("max_pool_ties", "max_pool2d", [("x", (2, 6, 7, 3), 1.5)], quantize=True, kernel=3, stride=1, padding=1)
 case("timestep_embedding_320", "timestep_embedding", [("t", (5,), 500.0, 500.0)], dim=320,
      max_period=10000.0)
 case("timestep_embedding_odd", "timestep_embedding", [("t", (3,), 20.0, 20.0)], dim=7, max_period=10000.0)
@@ -253,7 +256,8 @@ def main():
             spec["seed"] = 1000 * (ci + 1) + ii
             n = int(np.prod(spec["shape"]))
             u = philox.signed_uniform(spec["seed"], n).astype(np.float64)
-            data = (u * spec["scale"] + spec["shift"]).astype(np.float32)  # as tests/harness.c
+            v = u * spec["scale"] + spec["shift"]
+            data = (np.floor(v + 0.5) if spec["quantize"] else v).astype(np.float32)  # as tests/harness.c
             x = torch.from_numpy(data.reshape(spec["shape"])).to(dtype)
             xs.append(x.requires_grad_(spec["grad"]))
         outs = run_op(c["op"], c["params"], xs)
