@@ -307,6 +307,9 @@ static fd_case *all_cases(int *count) {
                            .in_numel = {2 * 5 * 6, 2 * 7 * 6, 2 * 7 * 6}, .in_scale = {2, 2, 1}, .out_numel = 2 * 5 * 6, .B = 2, .Nq = 5, .Nk = 7, .H = 2, .D = 3};
     cases[n++] = (fd_case){.name = "attention_tiles", .forward = attention_f, .backward = attention_b, .n_in = 3,
                            .in_numel = {70 * 4, 70 * 4, 70 * 4}, .in_scale = {2, 2, 1}, .out_numel = 70 * 4, .B = 1, .Nq = 70, .Nk = 70, .H = 1, .D = 4};
+    // 576 output pixels of 2880-value receptive fields: two chunks of the kernel's gather
+    cases[n++] = conv_case("conv2d_chunks", geom(1, 24, 24, 320, 2, 3, 1, 1, 1, 1, 1), true);
+    cases[n++] = conv_case("conv2d_chunks_s2", geom(2, 33, 34, 320, 2, 3, 2, 1, 1, 1, 1), false);
     // SDXL's widths at tiny spatial sizes: 320 channels in 32 groups, 64-wide heads, 1280 features
     cases[n++] = conv_case("conv2d_sdxl_320", geom(1, 3, 3, 320, 320, 3, 1, 1, 1, 1, 1), true);
     cases[n++] = (fd_case){.name = "group_norm_sdxl_32g", .forward = group_norm_f, .backward = group_norm_b,

@@ -78,6 +78,12 @@ case("conv2d_sdxl_skip_320_640", "conv2d", [("x", (1, 5, 5, 320)), ("w", (640, 1
                                             ("b", (640,))], stride=1, pad=[0, 0, 0, 0])
 case("conv2d_sdxl_down_640", "conv2d", [("x", (1, 8, 8, 640)), ("w", (640, 3, 3, 640), 0.02),
                                         ("b", (640,))], stride=2, pad=[1, 1, 1, 1])
+# Wide inputs make the kernel work in several chunks of output pixels (about 8 MiB of gathered
+# rows each): chunk borders fall inside rows and between images.
+case("conv2d_chunks_k3s1", "conv2d", [("x", (2, 24, 20, 320)), ("w", (8, 3, 3, 320), 0.05), ("b", (8,))],
+     stride=1, pad=[1, 1, 1, 1])
+case("conv2d_chunks_k3s2", "conv2d", [("x", (2, 40, 38, 320)), ("w", (5, 3, 3, 320), 0.05), ("b", (5,))],
+     stride=2, pad=[1, 1, 1, 1])
 case("group_norm_odd", "group_norm", [("x", (2, 5, 7, 12), 1.0, 0.5), ("gamma", (12,)), ("beta", (12,))],
      groups=4, eps=1e-5)
 case("group_norm_noaffine", "group_norm", [("x", (2, 3, 4, 6), 2.0, -1.0)], groups=3, eps=1e-5)
