@@ -13,12 +13,6 @@
 #include "core/threads.h"
 #include "harness.h"
 
-static uint32_t bits_of(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u;
-}
-
 static float float_of(uint32_t u) {
     float x;
     memcpy(&x, &u, 4);
@@ -85,7 +79,6 @@ static void test_half_types_rounding(void) {
         CHECK(ldmc_f32_to_f16(x) == want, "f16(%a): got %04x, want %04x", x, ldmc_f32_to_f16(x), want);
     }
 #endif
-    (void)bits_of;
 }
 
 static void test_convert(void) {

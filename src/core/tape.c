@@ -158,7 +158,9 @@ void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_gr
         LDMC_CHECK(g, "backward from '%s', which does not depend on anything that needs a "
                    "gradient", outs[k]->name ? outs[k]->name : "?");
         int64_t count = ldmc_numel(outs[k]);
-        for (int64_t i = 0; i < count; i++) g[i] += seed_grads && seed_grads[k] ? seed_grads[k][i] : 1.0f;
+        const float *seed = seed_grads ? seed_grads[k] : NULL;
+#pragma omp parallel for schedule(static) if (count > 65536)
+        for (int64_t i = 0; i < count; i++) g[i] += seed ? seed[i] : 1.0f;
     }
     bool was_recording = ctx->recording;
     ctx->recording = false;
