@@ -4,11 +4,11 @@
 
 #include "core/error.h"
 
-#define CUDA_CHECK(call)                                                                          \
+#define CUDA_CHECK(call)                                                                           \
     do {                                                                                           \
         cudaError_t status_ = (call);                                                              \
         if (status_ != cudaSuccess)                                                                \
-            ldmc_fatal_at(__FILE__, __LINE__, "CUDA: %s failed: %s", #call,                       \
+            ldmc_fatal_at(__FILE__, __LINE__, "CUDA: %s failed: %s", #call,                        \
                           cudaGetErrorString(status_));                                            \
     } while (0)
 

@@ -18,7 +18,7 @@ __device__ static inline uint16_t to_bf16(float x) {
 }
 
 #define GRID_STRIDE(i, n)                                                                          \
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n);                     \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n);                      \
          i += (int64_t)gridDim.x * blockDim.x)
 
 __global__ static void silu_forward_kernel(uint16_t *y, const uint16_t *x, int64_t n) {
@@ -55,7 +55,8 @@ __global__ static void bf16_to_f32_kernel(float *dst, const uint16_t *src, int64
         CUDA_CHECK_LAUNCH(#kernel);                                                                \
     } while (0)
 
-extern "C" void ldmc_cuda_silu_forward_bf16(uint16_t *y, const uint16_t *x, int64_t n, void *stream) {
+extern "C" void ldmc_cuda_silu_forward_bf16(uint16_t *y, const uint16_t *x, int64_t n,
+                                            void *stream) {
     LAUNCH(silu_forward_kernel, n, stream, y, x, n);
 }
 

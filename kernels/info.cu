@@ -5,7 +5,7 @@
 extern "C" int ldmc_cuda_device_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
-        cudaGetLastError();  // clear the sticky "no device" error
+        cudaGetLastError(); // clear the sticky "no device" error
         return 0;
     }
     return n;

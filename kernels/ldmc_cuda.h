@@ -14,7 +14,7 @@ extern "C" {
 #endif
 
 // ---- device and memory (info.cu) -------------------------------------------------------------
-int ldmc_cuda_device_count(void);  // 0 when there is no usable device
+int ldmc_cuda_device_count(void); // 0 when there is no usable device
 void ldmc_cuda_print_info(FILE *out);
 void *ldmc_cuda_malloc(size_t bytes);
 void ldmc_cuda_free(void *p);
@@ -24,7 +24,8 @@ void ldmc_cuda_zero(void *p, size_t bytes);
 void ldmc_cuda_synchronize(void);
 
 // ---- Philox streams, bit-identical to src/core/rng.c (rng.cu) --------------------------------
-void ldmc_cuda_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out, void *stream);
+void ldmc_cuda_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out,
+                           void *stream);
 void ldmc_cuda_rng_normal(const ldmc_rng *rng, uint64_t offset, size_t n, float *out, void *stream);
 
 // ---- elementwise ops on bf16 storage with f32 math (elementwise.cu) --------------------------

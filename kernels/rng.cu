@@ -57,13 +57,15 @@ static philox_stream stream_of(const ldmc_rng *rng) {
 extern "C" void ldmc_cuda_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out,
                                       void *stream) {
     if (n == 0) return;
-    uniform_kernel<<<ldmc_blocks((int64_t)n, 256), 256, 0, ldmc_stream(stream)>>>(stream_of(rng), offset, n, out);
+    uniform_kernel<<<ldmc_blocks((int64_t)n, 256), 256, 0, ldmc_stream(stream)>>>(stream_of(rng),
+                                                                                  offset, n, out);
     CUDA_CHECK_LAUNCH("uniform");
 }
 
 extern "C" void ldmc_cuda_rng_normal(const ldmc_rng *rng, uint64_t offset, size_t n, float *out,
                                      void *stream) {
     if (n == 0) return;
-    normal_kernel<<<ldmc_blocks((int64_t)n, 256), 256, 0, ldmc_stream(stream)>>>(stream_of(rng), offset, n, out);
+    normal_kernel<<<ldmc_blocks((int64_t)n, 256), 256, 0, ldmc_stream(stream)>>>(stream_of(rng),
+                                                                                 offset, n, out);
     CUDA_CHECK_LAUNCH("normal");
 }

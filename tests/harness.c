@@ -65,7 +65,8 @@ double tolerance_f32(double factor, double K) { return factor * FLT_EPSILON * sq
 
 static double rms_f32(const float *x, int64_t n) {
     double s = 0;
-    for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    for (int64_t i = 0; i < n; i++)
+        s += (double)x[i] * x[i];
     return n ? sqrt(s / n) : 0;
 }
 
@@ -86,10 +87,11 @@ bool check_close_at(const char *file, int line, const char *what, const float *g
     if (worst < 0) return true;
     int64_t at = idx ? idx[worst] : worst;
     if (worst_ratio > 1) {
-        test_fail_at(file, line, "%s: element %lld: got %.9g, want %.9g (error %.3g, %.0f%% of the "
-                     "budget %.3g = %.3g x (|want| + rms %.3g))", what, (long long)at, got[at],
-                     want[worst], fabs((double)got[at] - want[worst]), 100 * worst_ratio,
-                     rtol * (fabs(want[worst]) + scale), rtol, scale);
+        test_fail_at(file, line,
+                     "%s: element %lld: got %.9g, want %.9g (error %.3g, %.0f%% of the "
+                     "budget %.3g = %.3g x (|want| + rms %.3g))",
+                     what, (long long)at, got[at], want[worst], fabs((double)got[at] - want[worst]),
+                     100 * worst_ratio, rtol * (fabs(want[worst]) + scale), rtol, scale);
         return false;
     }
     if (getenv("LDMC_TEST_VERBOSE"))
@@ -100,7 +102,8 @@ bool check_close_at(const char *file, int line, const char *what, const float *g
 bool check_close_f64_at(const char *file, int line, const char *what, const double *got,
                         const double *want, int64_t n, double rtol) {
     double s = 0, worst_ratio = 0;
-    for (int64_t i = 0; i < n; i++) s += want[i] * want[i];
+    for (int64_t i = 0; i < n; i++)
+        s += want[i] * want[i];
     double scale = n ? sqrt(s / n) : 0;
     int64_t worst = -1;
     for (int64_t i = 0; i < n; i++) {
@@ -114,9 +117,11 @@ bool check_close_f64_at(const char *file, int line, const char *what, const doub
     }
     if (worst < 0) return true;
     if (worst_ratio > 1) {
-        test_fail_at(file, line, "%s: sample %lld: got %.12g, want %.12g (%.0f%% of the budget; "
-                     "rtol %.2g, rms %.3g)", what, (long long)worst, got[worst], want[worst],
-                     100 * worst_ratio, rtol, scale);
+        test_fail_at(file, line,
+                     "%s: sample %lld: got %.12g, want %.12g (%.0f%% of the budget; "
+                     "rtol %.2g, rms %.3g)",
+                     what, (long long)worst, got[worst], want[worst], 100 * worst_ratio, rtol,
+                     scale);
         return false;
     }
     if (getenv("LDMC_TEST_VERBOSE"))
@@ -142,7 +147,8 @@ void test_fill(float *x, int64_t n, uint64_t seed, double scale, double shift) {
 void test_fill_f64(double *x, int64_t n, uint64_t seed, double scale, double shift) {
     float *tmp = malloc((size_t)(n ? n : 1) * sizeof *tmp);
     test_fill(tmp, n, seed, scale, shift);
-    for (int64_t i = 0; i < n; i++) x[i] = tmp[i];
+    for (int64_t i = 0; i < n; i++)
+        x[i] = tmp[i];
     free(tmp);
 }
 

@@ -15,22 +15,23 @@
 typedef struct test_entry {
     const char *name;
     void (*fn)(void);
-    const void *arg;  // handed to the test through test_arg (table-driven tests)
+    const void *arg; // handed to the test through test_arg (table-driven tests)
 } test_entry;
 
-#define TEST_ENTRY(fn) {#fn, fn, NULL}
+#define TEST_ENTRY(fn)                                                                             \
+    { #fn, fn, NULL }
 
-extern const void *test_arg;  // the running test's arg
+extern const void *test_arg; // the running test's arg
 
-extern int test_failures;  // failures in the current test
-extern bool test_quiet;    // count failures without printing them (tests of the checks)
+extern int test_failures; // failures in the current test
+extern bool test_quiet;   // count failures without printing them (tests of the checks)
 
 void test_fail_at(const char *file, int line, const char *fmt, ...) LDMC_PRINTF(3, 4);
-#define CHECK(cond, ...)                                                                          \
+#define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
         if (!(cond)) test_fail_at(__FILE__, __LINE__, __VA_ARGS__);                                \
     } while (0)
-#define REQUIRE(cond, ...)                                                                        \
+#define REQUIRE(cond, ...)                                                                         \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
             test_fail_at(__FILE__, __LINE__, __VA_ARGS__);                                         \
@@ -43,13 +44,13 @@ extern jmp_buf test_fatal_jump;
 extern char test_fatal_message[1024];
 void test_expect_fatal_begin(void);
 void test_expect_fatal_end(void);
-#define EXPECT_FATAL(stmt, text)                                                                  \
+#define EXPECT_FATAL(stmt, text)                                                                   \
     do {                                                                                           \
         test_expect_fatal_begin();                                                                 \
         if (setjmp(test_fatal_jump) == 0) {                                                        \
             stmt;                                                                                  \
             test_expect_fatal_end();                                                               \
-            test_fail_at(__FILE__, __LINE__, "expected a fatal error containing '%s'", (text));   \
+            test_fail_at(__FILE__, __LINE__, "expected a fatal error containing '%s'", (text));    \
         } else {                                                                                   \
             test_expect_fatal_end();                                                               \
             CHECK(strstr(test_fatal_message, (text)) != NULL,                                      \
@@ -78,9 +79,9 @@ bool check_close_at(const char *file, int line, const char *what, const float *g
                     const float *want, const int32_t *idx, int64_t n, double rtol);
 bool check_close_f64_at(const char *file, int line, const char *what, const double *got,
                         const double *want, int64_t n, double rtol);
-#define CHECK_CLOSE(what, got, want, idx, n, rtol)                                                \
+#define CHECK_CLOSE(what, got, want, idx, n, rtol)                                                 \
     check_close_at(__FILE__, __LINE__, (what), (got), (want), (idx), (n), (rtol))
-#define CHECK_CLOSE_F64(what, got, want, n, rtol)                                                 \
+#define CHECK_CLOSE_F64(what, got, want, n, rtol)                                                  \
     check_close_f64_at(__FILE__, __LINE__, (what), (got), (want), (n), (rtol))
 
 // Test inputs: float32(signed_uniform(seed) * scale + shift), computed in double, exactly as

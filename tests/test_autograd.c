@@ -25,7 +25,8 @@ static void test_fan_out_accumulates(void) {
     ldmc_tensor *y = ldmc_add(&ctx, ldmc_mul(&ctx, x, x), x);
     ldmc_backward(&ctx, y, NULL);
     const float *g = ldmc_grad_if_any(x), *xv = x->data;
-    for (int i = 0; i < 9; i++) CHECK(g[i] == 2 * xv[i] + 1, "dy/dx[%d] = %g, want %g", i, g[i], 2 * xv[i] + 1);
+    for (int i = 0; i < 9; i++)
+        CHECK(g[i] == 2 * xv[i] + 1, "dy/dx[%d] = %g, want %g", i, g[i], 2 * xv[i] + 1);
     ldmc_ctx_free(&ctx);
 }
 
@@ -42,7 +43,8 @@ static void test_views_and_concat_share_gradients(void) {
                                  ldmc_concat(&ctx, (ldmc_tensor *[]){scaled, scaled}, 2));
     ldmc_backward(&ctx, loss, NULL);
     const float *g = ldmc_grad_if_any(x);
-    for (int i = 0; i < 6; i++) CHECK(g[i] == 8, "gradient %g, want 2 (concat) + 6 (scaled view)", g[i]);
+    for (int i = 0; i < 6; i++)
+        CHECK(g[i] == 8, "gradient %g, want 2 (concat) + 6 (scaled view)", g[i]);
     CHECK(ldmc_grad_if_any(flat) == g, "the view's gradient is its base's");
     ldmc_ctx_free(&ctx);
 }
@@ -71,7 +73,8 @@ static void test_op_without_backward_fails_by_name(void) {
                  "op 'argmax_like_op' has no backward, but its input 'features' needs a gradient");
     // Without an input that needs a gradient the op is fine, and so is an op with a backward.
     ldmc_tensor *c = ldmc_new_like(&ctx, x);
-    CHECK(ldmc_record(&ctx, &no_backward, &c, 1, &y, 1) == NULL && !y->requires_grad, "constant input");
+    CHECK(ldmc_record(&ctx, &no_backward, &c, 1, &y, 1) == NULL && !y->requires_grad,
+          "constant input");
     CHECK(ldmc_record(&ctx, &with_backward, &x, 1, &y, 1) != NULL && y->requires_grad, "recorded");
     ldmc_ctx_free(&ctx);
 }
@@ -95,8 +98,10 @@ static void block_init(block *b, bool with_grads) {
     ldmc_params_alloc(&b->params, LDMC_ROLE_WEIGHTS);
     if (with_grads) ldmc_params_alloc(&b->params, LDMC_ROLE_GRAD);
     test_fill(b->params.buffers[LDMC_ROLE_WEIGHTS], (int64_t)b->params.total, 77, 0.3, 0);
-    ldmc_tensor **slots[] = {&b->conv1_w, &b->conv1_b, &b->norm_w, &b->norm_b, &b->conv2_w, &b->lin_w};
-    for (int i = 0; i < 6; i++) *slots[i] = ldmc_params_tensor(&b->params, i);
+    ldmc_tensor **slots[] = {&b->conv1_w, &b->conv1_b, &b->norm_w,
+                             &b->norm_b,  &b->conv2_w, &b->lin_w};
+    for (int i = 0; i < 6; i++)
+        *slots[i] = ldmc_params_tensor(&b->params, i);
     b->dropout = 0.25;
 }
 
@@ -169,7 +174,8 @@ static void test_checkpoint_gives_identical_gradients(void) {
     float loss_plain = run_step(&b, PLAIN, dx_plain, &hw);
     memcpy(g_plain, b.params.buffers[LDMC_ROLE_GRAD], n * sizeof(float));
     bool nonzero = false;
-    for (size_t i = 0; i < n; i++) nonzero |= g_plain[i] != 0;
+    for (size_t i = 0; i < n; i++)
+        nonzero |= g_plain[i] != 0;
     CHECK(nonzero, "the gradients are all zero: the test would prove nothing");
     for (chain_mode mode = PER_BLOCK; mode <= NESTED; mode++) {
         float loss = run_step(&b, mode, dx, &hw);
@@ -191,9 +197,10 @@ static void test_checkpoint_saves_activation_memory(void) {
     size_t hw_plain, hw_ckpt;
     run_step(&b, PLAIN, dx, &hw_plain);
     run_step(&b, PER_BLOCK, dx, &hw_ckpt);
-    CHECK(hw_ckpt < hw_plain, "high-water mark %zu with checkpointing, %zu without", hw_ckpt, hw_plain);
-    printf("    activation high-water: %zu bytes plain, %zu with a checkpoint per block\n", hw_plain,
-           hw_ckpt);
+    CHECK(hw_ckpt < hw_plain, "high-water mark %zu with checkpointing, %zu without", hw_ckpt,
+          hw_plain);
+    printf("    activation high-water: %zu bytes plain, %zu with a checkpoint per block\n",
+           hw_plain, hw_ckpt);
     ldmc_params_free(&b.params);
 }
 
@@ -211,7 +218,8 @@ static void test_parameter_gradients_accumulate_and_frozen_get_none(void) {
     float *grad = b.params.buffers[LDMC_ROLE_GRAD];
     size_t n = b.params.total;
     float *twice = malloc(n * sizeof *twice);
-    for (size_t i = 0; i < n; i++) twice[i] = 2 * grad[i];
+    for (size_t i = 0; i < n; i++)
+        twice[i] = 2 * grad[i];
     // A second backward without zeroing (gradient accumulation over micro-batches) doubles them,
     // up to the rounding of adding the contributions one by one.
     ldmc_ctx ctx;
@@ -233,7 +241,7 @@ static void test_parameter_gradients_accumulate_and_frozen_get_none(void) {
 static ldmc_tensor *captured;
 static void leaky_region(ldmc_ctx *ctx, void *user, ldmc_tensor **in, int n_in, ldmc_tensor **out,
                          int n_out) {
-    out[0] = ldmc_add(ctx, in[0], captured);  // reads a tensor it was not given
+    out[0] = ldmc_add(ctx, in[0], captured); // reads a tensor it was not given
 }
 
 static void test_checkpoint_misuse_is_caught(void) {
@@ -244,7 +252,8 @@ static void test_checkpoint_misuse_is_caught(void) {
     captured->name = "skip_activation";
     ldmc_tensor *y;
     ldmc_checkpoint(&ctx, leaky_region, NULL, &x, 1, &y, 1);
-    EXPECT_FATAL(ldmc_backward(&ctx, y, NULL), "reads tensor 'skip_activation' that was not passed");
+    EXPECT_FATAL(ldmc_backward(&ctx, y, NULL),
+                 "reads tensor 'skip_activation' that was not passed");
     ldmc_ctx_free(&ctx);
 }
 

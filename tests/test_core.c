@@ -52,7 +52,8 @@ static void test_half_types_rounding(void) {
     CHECK(ldmc_f32_to_bf16(1.0f + 0x1p-8f) == 0x3f80, "bf16 tie to even (down)");
     CHECK(ldmc_f32_to_bf16(1.0f + 3 * 0x1p-8f) == 0x3f82, "bf16 tie to even (up)");
     CHECK(ldmc_f32_to_bf16(1.0f + 0x1p-8f + 0x1p-20f) == 0x3f81, "bf16 above half rounds up");
-    CHECK(ldmc_f32_to_bf16(INFINITY) == 0x7f80 && ldmc_f32_to_bf16(-INFINITY) == 0xff80, "bf16 inf");
+    CHECK(ldmc_f32_to_bf16(INFINITY) == 0x7f80 && ldmc_f32_to_bf16(-INFINITY) == 0xff80,
+          "bf16 inf");
     CHECK(ldmc_f32_to_bf16(FLT_MAX) == 0x7f80, "bf16 FLT_MAX rounds to inf");
     // f16: max 65504; 65519.99 rounds to 65504, 65520 to inf
     CHECK(ldmc_f32_to_f16(65504.0f) == 0x7bff, "f16 max");
@@ -63,7 +64,8 @@ static void test_half_types_rounding(void) {
     CHECK(ldmc_f32_to_f16(0x1p-25f) == 0x0000, "half the smallest subnormal: tie to even (0)");
     CHECK(ldmc_f32_to_f16(0x1.8p-24f) == 0x0002, "1.5 x 2^-24: tie to even (2)");
     CHECK(ldmc_f32_to_f16(0x1.4p-24f) == 0x0001, "1.25 x 2^-24 rounds down");
-    CHECK(ldmc_f32_to_f16(0x1.ffcp-15f) == 0x0400, "largest subnormal carry into the smallest normal");
+    CHECK(ldmc_f32_to_f16(0x1.ffcp-15f) == 0x0400,
+          "largest subnormal carry into the smallest normal");
     CHECK(ldmc_f32_to_f16(-0.0f) == 0x8000, "negative zero");
     CHECK(ldmc_f32_to_f16(1.0f + 0x1p-11f) == 0x3c00, "f16 tie to even (down)");
     CHECK(ldmc_f32_to_f16(1.0f + 3 * 0x1p-11f) == 0x3c02, "f16 tie to even (up)");
@@ -76,7 +78,8 @@ static void test_half_types_rounding(void) {
         _Float16 h = (_Float16)x;
         uint16_t want;
         memcpy(&want, &h, 2);
-        CHECK(ldmc_f32_to_f16(x) == want, "f16(%a): got %04x, want %04x", x, ldmc_f32_to_f16(x), want);
+        CHECK(ldmc_f32_to_f16(x) == want, "f16(%a): got %04x, want %04x", x, ldmc_f32_to_f16(x),
+              want);
     }
 #endif
 }
@@ -86,7 +89,8 @@ static void test_convert(void) {
     uint16_t half[5];
     CHECK(ldmc_convert(half, LDMC_F16, src, LDMC_F32, 5) == 0, "f32 -> f16");
     CHECK(ldmc_convert(back, LDMC_F32, half, LDMC_F16, 5) == 0, "f16 -> f32");
-    for (int i = 0; i < 5; i++) CHECK(fabsf(back[i] - src[i]) <= fabsf(src[i]) * 0x1p-11f, "value %d", i);
+    for (int i = 0; i < 5; i++)
+        CHECK(fabsf(back[i] - src[i]) <= fabsf(src[i]) * 0x1p-11f, "value %d", i);
     uint16_t bf[5];
     CHECK(ldmc_convert(bf, LDMC_BF16, half, LDMC_F16, 5) == 0, "f16 -> bf16");
     CHECK(ldmc_bf16_to_f32(bf[1]) == -2.5f, "f16 -> bf16 value");
@@ -98,7 +102,8 @@ static void test_arena(void) {
     ldmc_arena a;
     ldmc_arena_init(&a, "test", 1 << 20);
     char *p = ldmc_arena_alloc(&a, 10), *q = ldmc_arena_alloc(&a, 100);
-    CHECK(((uintptr_t)p % LDMC_ARENA_ALIGN) == 0 && ((uintptr_t)q % LDMC_ARENA_ALIGN) == 0, "alignment");
+    CHECK(((uintptr_t)p % LDMC_ARENA_ALIGN) == 0 && ((uintptr_t)q % LDMC_ARENA_ALIGN) == 0,
+          "alignment");
     CHECK(q >= p + 10, "no overlap");
     size_t mark = ldmc_arena_mark(&a);
     memset(ldmc_arena_alloc(&a, 5000), 0xab, 5000);
@@ -108,7 +113,8 @@ static void test_arena(void) {
     CHECK(a.used == mark && a.high_water == high, "release keeps the high-water mark");
     unsigned char *z = ldmc_arena_calloc(&a, 5000);
     bool zero = true;
-    for (int i = 0; i < 5000; i++) zero &= z[i] == 0;
+    for (int i = 0; i < 5000; i++)
+        zero &= z[i] == 0;
     CHECK(zero, "calloc after reuse is zeroed");
     EXPECT_FATAL(ldmc_arena_alloc(&a, 2 << 20), "test arena exhausted");
     ldmc_arena_reset(&a);
@@ -129,7 +135,8 @@ static void test_philox_known_answers(void) {
         uint32_t out[4];
         ldmc_philox4x32_10(kat[k], kat[k] + 4, out);
         for (int i = 0; i < 4; i++)
-            CHECK(out[i] == kat[k][6 + i], "vector %d word %d: %08x != %08x", k, i, out[i], kat[k][6 + i]);
+            CHECK(out[i] == kat[k][6 + i], "vector %d word %d: %08x != %08x", k, i, out[i],
+                  kat[k][6 + i]);
     }
 }
 
@@ -145,7 +152,8 @@ static void test_rng_streams(void) {
     for (int i = 0; i < N; i++) {
         uint32_t bits = ldmc_rng_bits(&rng, (uint64_t)i);
         CHECK(u[i] == (float)(bits >> 8) * 0x1p-24f && u[i] >= 0 && u[i] < 1, "uniform %d", i);
-        CHECK(s[i] == (float)((int32_t)(bits >> 8) - (1 << 23)) * 0x1p-23f && s[i] >= -1 && s[i] < 1,
+        CHECK(s[i] == (float)((int32_t)(bits >> 8) - (1 << 23)) * 0x1p-23f && s[i] >= -1 &&
+                  s[i] < 1,
               "signed uniform %d", i);
         if (i >= 5) CHECK(shifted[i - 5] == u[i], "offset %d", i);
     }
@@ -156,7 +164,8 @@ static void test_rng_streams(void) {
                           ldmc_rng_make(0x123456789abcdefull, 7, 3, LDMC_RNG_DROPOUT)};
     for (int k = 0; k < 4; k++) {
         int same = 0;
-        for (int i = 0; i < 64; i++) same += ldmc_rng_bits(&others[k], (uint64_t)i) == ldmc_rng_bits(&rng, (uint64_t)i);
+        for (int i = 0; i < 64; i++)
+            same += ldmc_rng_bits(&others[k], (uint64_t)i) == ldmc_rng_bits(&rng, (uint64_t)i);
         CHECK(same < 2, "stream %d repeats the base stream (%d of 64 equal)", k, same);
     }
 }
@@ -206,8 +215,10 @@ static void test_params_table(void) {
     EXPECT_FATAL(ldmc_params_add(&p, "in.bias", 1, (int64_t[]){3}, 0), "added twice");
     CHECK(a == 0 && b == 1 && c == 2 && p.count == 3, "indices");
     CHECK(p.items[0].offset == 0 && p.items[1].offset == 16 && p.items[2].offset == 32,
-          "64-byte aligned offsets: %zu %zu %zu", p.items[0].offset, p.items[1].offset, p.items[2].offset);
-    CHECK(ldmc_params_count(&p, false) == 25, "count %lld", (long long)ldmc_params_count(&p, false));
+          "64-byte aligned offsets: %zu %zu %zu", p.items[0].offset, p.items[1].offset,
+          p.items[2].offset);
+    CHECK(ldmc_params_count(&p, false) == 25, "count %lld",
+          (long long)ldmc_params_count(&p, false));
     CHECK(ldmc_params_find(&p, "norm.weight") == 2 && ldmc_params_find(&p, "nope") < 0, "find");
     CHECK(ldmc_params_flag_matching(&p, "in.*", LDMC_PARAM_FROZEN, true) == 2, "glob match");
     CHECK(ldmc_params_count(&p, true) == 7, "trainable count");
@@ -217,8 +228,9 @@ static void test_params_table(void) {
     EXPECT_FATAL(ldmc_params_add(&p, "late", 1, (int64_t[]){1}, 0), "after the buffers");
     ldmc_tensor *w = ldmc_params_tensor(&p, 0), *n = ldmc_params_tensor(&p, 2);
     CHECK(w->data == p.buffers[LDMC_ROLE_WEIGHTS] && !w->requires_grad && !w->grad, "frozen view");
-    CHECK(n->data == p.buffers[LDMC_ROLE_WEIGHTS] + 32 && n->grad == p.buffers[LDMC_ROLE_GRAD] + 32 &&
-              n->requires_grad && n->is_param && strcmp(n->name, "norm.weight") == 0,
+    CHECK(n->data == p.buffers[LDMC_ROLE_WEIGHTS] + 32 &&
+              n->grad == p.buffers[LDMC_ROLE_GRAD] + 32 && n->requires_grad && n->is_param &&
+              strcmp(n->name, "norm.weight") == 0,
           "trainable view");
     CHECK(ldmc_params_flag_matching(&p, "in.*", LDMC_PARAM_FROZEN, false) == 2 &&
               ldmc_params_tensor(&p, 0)->requires_grad,
@@ -245,7 +257,8 @@ static void test_errors(void) {
     ldmc_err err = {0};
     CHECK(LDMC_ERR(&err, "first %d", 1) == -1 && err.failed, "LDMC_ERR returns -1");
     LDMC_ERR(&err, "second");
-    CHECK(strncmp(err.message, "first 1 (tests/test_core.c:", 27) == 0, "first message kept: %s", err.message);
+    CHECK(strncmp(err.message, "first 1 (tests/test_core.c:", 27) == 0, "first message kept: %s",
+          err.message);
     ldmc_err_clear(&err);
     CHECK(!err.failed && err.message[0] == 0, "clear");
     EXPECT_FATAL(LDMC_CHECK(1 == 2, "broken %s", "invariant"), "tests/test_core.c:");
@@ -262,12 +275,18 @@ static void test_threads(void) {
 
 int main(int argc, char **argv) {
     static const test_entry tests[] = {
-        TEST_ENTRY(test_dtype_names_and_sizes), TEST_ENTRY(test_half_types_round_trip),
-        TEST_ENTRY(test_half_types_rounding),   TEST_ENTRY(test_convert),
-        TEST_ENTRY(test_arena),                 TEST_ENTRY(test_philox_known_answers),
-        TEST_ENTRY(test_rng_streams),           TEST_ENTRY(test_rng_distributions),
-        TEST_ENTRY(test_params_table),          TEST_ENTRY(test_tensor_helpers),
-        TEST_ENTRY(test_errors),                TEST_ENTRY(test_threads),
+        TEST_ENTRY(test_dtype_names_and_sizes),
+        TEST_ENTRY(test_half_types_round_trip),
+        TEST_ENTRY(test_half_types_rounding),
+        TEST_ENTRY(test_convert),
+        TEST_ENTRY(test_arena),
+        TEST_ENTRY(test_philox_known_answers),
+        TEST_ENTRY(test_rng_streams),
+        TEST_ENTRY(test_rng_distributions),
+        TEST_ENTRY(test_params_table),
+        TEST_ENTRY(test_tensor_helpers),
+        TEST_ENTRY(test_errors),
+        TEST_ENTRY(test_threads),
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }

@@ -21,7 +21,7 @@ static void test_philox_streams_match_the_cpu(void) {
     float *cpu = malloc(N * sizeof *cpu), *gpu = malloc(N * sizeof *gpu);
     float *dev = ldmc_cuda_malloc(N * sizeof *dev);
     for (int kind = 0; kind < 2; kind++) {
-        uint64_t offset = 1 + (uint64_t)kind * 12345;  // odd: pairs straddle the start
+        uint64_t offset = 1 + (uint64_t)kind * 12345; // odd: pairs straddle the start
         if (kind == 0) {
             ldmc_rng_uniform(&rng, offset, N, cpu);
             ldmc_cuda_rng_uniform(&rng, offset, N, dev, NULL);
@@ -36,7 +36,8 @@ static void test_philox_streams_match_the_cpu(void) {
             differ++;
             // Box-Muller runs in double on both sides; a last-bit difference of double log or
             // cos can flip the float rounding, never more than one float ulp.
-            CHECK(kind == 1 && fabsf(cpu[i] - gpu[i]) <= nextafterf(fabsf(cpu[i]), INFINITY) - fabsf(cpu[i]),
+            CHECK(kind == 1 &&
+                      fabsf(cpu[i] - gpu[i]) <= nextafterf(fabsf(cpu[i]), INFINITY) - fabsf(cpu[i]),
                   "%s value %d: CPU %a, GPU %a", kind ? "normal" : "uniform", i, cpu[i], gpu[i]);
         }
         CHECK(differ <= N / 100000, "%lld of %d values differ", (long long)differ, N);
@@ -52,9 +53,10 @@ static void test_bf16_conversions_match_the_cpu(void) {
     ldmc_rng rng = ldmc_rng_make(3, 0, 0, LDMC_RNG_TEST);
     for (int i = 0; i < N; i++) {
         uint32_t bits = ldmc_rng_bits(&rng, (uint64_t)i);
-        memcpy(&x[i], &bits, 4);  // every kind of float, NaN and inf included
+        memcpy(&x[i], &bits, 4); // every kind of float, NaN and inf included
     }
-    for (int i = 0; i < N; i++) cpu[i] = ldmc_f32_to_bf16(x[i]);
+    for (int i = 0; i < N; i++)
+        cpu[i] = ldmc_f32_to_bf16(x[i]);
     float *dx = ldmc_cuda_malloc(N * sizeof *dx), *dback = ldmc_cuda_malloc(N * sizeof *dback);
     uint16_t *dh = ldmc_cuda_malloc(N * sizeof *dh);
     ldmc_cuda_to_device(dx, x, N * sizeof *x);
@@ -97,17 +99,19 @@ static void test_elementwise_ops_match_the_cpu(void) {
     round_bf16(x, N, hx);
     round_bf16(b, N, hb);
     round_bf16(dy, N, hdy);
-    uint16_t *dx = ldmc_cuda_malloc(N * 2), *db = ldmc_cuda_malloc(N * 2), *ddy = ldmc_cuda_malloc(N * 2);
+    uint16_t *dx = ldmc_cuda_malloc(N * 2), *db = ldmc_cuda_malloc(N * 2),
+             *ddy = ldmc_cuda_malloc(N * 2);
     uint16_t *dout = ldmc_cuda_malloc(N * 2);
     ldmc_cuda_to_device(dx, hx, N * 2);
     ldmc_cuda_to_device(db, hb, N * 2);
     ldmc_cuda_to_device(ddy, hdy, N * 2);
-    double rtol = 4 * BF16_EPSILON;  // the output is rounded to bf16 once: half an ulp, times 4
+    double rtol = 4 * BF16_EPSILON; // the output is rounded to bf16 once: half an ulp, times 4
 
     silu_forward_f32(want, x, N);
     ldmc_cuda_silu_forward_bf16(dout, dx, N, NULL);
     ldmc_cuda_to_host(hout, dout, N * 2);
-    for (int i = 0; i < N; i++) got[i] = ldmc_bf16_to_f32(hout[i]);
+    for (int i = 0; i < N; i++)
+        got[i] = ldmc_bf16_to_f32(hout[i]);
     CHECK_CLOSE("silu forward (bf16)", got, want, NULL, N, rtol);
 
     memset(want, 0, N * sizeof *want);
@@ -115,13 +119,15 @@ static void test_elementwise_ops_match_the_cpu(void) {
     ldmc_cuda_zero(dout, N * 2);
     ldmc_cuda_silu_backward_bf16(dout, ddy, dx, N, NULL);
     ldmc_cuda_to_host(hout, dout, N * 2);
-    for (int i = 0; i < N; i++) got[i] = ldmc_bf16_to_f32(hout[i]);
+    for (int i = 0; i < N; i++)
+        got[i] = ldmc_bf16_to_f32(hout[i]);
     CHECK_CLOSE("silu backward (bf16)", got, want, NULL, N, rtol);
 
     add_forward_f32(want, x, b, N);
     ldmc_cuda_add_bf16(dout, dx, db, N, NULL);
     ldmc_cuda_to_host(hout, dout, N * 2);
-    for (int i = 0; i < N; i++) got[i] = ldmc_bf16_to_f32(hout[i]);
+    for (int i = 0; i < N; i++)
+        got[i] = ldmc_bf16_to_f32(hout[i]);
     CHECK_CLOSE("add (bf16)", got, want, NULL, N, rtol);
 
     ldmc_cuda_free(dx);

@@ -27,7 +27,7 @@ struct fd_case {
     int64_t in_numel[MAX_IN];
     double in_scale[MAX_IN];
     int64_t out_numel;
-    bool distinct_inputs;  // well-separated values (max pooling: no argmax flips under ±h)
+    bool distinct_inputs; // well-separated values (max pooling: no argmax flips under ±h)
     // op parameters
     ldmc_conv_geom g;
     int M, N, K, B, C, G, H, D, Nq, Nk, dim;
@@ -56,8 +56,8 @@ static void conv_b(const fd_case *c, double **in, const double *dy, double **d) 
 }
 static void group_norm_f(const fd_case *c, double **in, double *out) {
     double mean[64], rstd[64];
-    group_norm_forward_f64(out, mean, rstd, in[0], c->affine ? in[1] : NULL, c->affine ? in[2] : NULL,
-                           c->B, c->M, c->C, c->G, c->eps);
+    group_norm_forward_f64(out, mean, rstd, in[0], c->affine ? in[1] : NULL,
+                           c->affine ? in[2] : NULL, c->B, c->M, c->C, c->G, c->eps);
 }
 static void group_norm_b(const fd_case *c, double **in, const double *dy, double **d) {
     double mean[64], rstd[64], *y = malloc((size_t)(c->B * c->M * c->C) * sizeof *y);
@@ -69,8 +69,8 @@ static void group_norm_b(const fd_case *c, double **in, const double *dy, double
 }
 static void layer_norm_f(const fd_case *c, double **in, double *out) {
     double mean[64], rstd[64];
-    layer_norm_forward_f64(out, mean, rstd, in[0], c->affine ? in[1] : NULL, c->affine ? in[2] : NULL,
-                           c->M, c->C, c->eps);
+    layer_norm_forward_f64(out, mean, rstd, in[0], c->affine ? in[1] : NULL,
+                           c->affine ? in[2] : NULL, c->M, c->C, c->eps);
 }
 static void layer_norm_b(const fd_case *c, double **in, const double *dy, double **d) {
     double mean[64], rstd[64], *y = malloc((size_t)(c->M * c->C) * sizeof *y);
@@ -80,7 +80,9 @@ static void layer_norm_b(const fd_case *c, double **in, const double *dy, double
                             rstd, c->affine ? in[1] : NULL, c->M, c->C);
     free(y);
 }
-static void silu_f(const fd_case *c, double **in, double *out) { silu_forward_f64(out, in[0], c->in_numel[0]); }
+static void silu_f(const fd_case *c, double **in, double *out) {
+    silu_forward_f64(out, in[0], c->in_numel[0]);
+}
 static void silu_b(const fd_case *c, double **in, const double *dy, double **d) {
     silu_backward_f64(d[0], dy, in[0], c->in_numel[0]);
 }
@@ -90,11 +92,15 @@ static void gelu_f(const fd_case *c, double **in, double *out) {
 static void gelu_b(const fd_case *c, double **in, const double *dy, double **d) {
     gelu_backward_f64(d[0], dy, in[0], c->in_numel[0], c->flag_a);
 }
-static void geglu_f(const fd_case *c, double **in, double *out) { geglu_forward_f64(out, in[0], c->M, c->N); }
+static void geglu_f(const fd_case *c, double **in, double *out) {
+    geglu_forward_f64(out, in[0], c->M, c->N);
+}
 static void geglu_b(const fd_case *c, double **in, const double *dy, double **d) {
     geglu_backward_f64(d[0], dy, in[0], c->M, c->N);
 }
-static void softmax_f(const fd_case *c, double **in, double *out) { softmax_forward_f64(out, in[0], c->M, c->C); }
+static void softmax_f(const fd_case *c, double **in, double *out) {
+    softmax_forward_f64(out, in[0], c->M, c->C);
+}
 static void softmax_b(const fd_case *c, double **in, const double *dy, double **d) {
     double *y = malloc((size_t)(c->M * c->C) * sizeof *y);
     softmax_forward_f64(y, in[0], c->M, c->C);
@@ -103,24 +109,30 @@ static void softmax_b(const fd_case *c, double **in, const double *dy, double **
 }
 static void attention_f(const fd_case *c, double **in, double *out) {
     double *lse = malloc((size_t)(c->B * c->H * c->Nq) * sizeof *lse);
-    attention_forward_f64(out, lse, in[0], in[1], in[2], c->B, c->Nq, c->Nk, c->H, c->D, 1 / sqrt(c->D));
+    attention_forward_f64(out, lse, in[0], in[1], in[2], c->B, c->Nq, c->Nk, c->H, c->D,
+                          1 / sqrt(c->D));
     free(lse);
 }
 static void attention_b(const fd_case *c, double **in, const double *dy, double **d) {
     double *lse = malloc((size_t)(c->B * c->H * c->Nq) * sizeof *lse);
     double *o = malloc((size_t)c->out_numel * sizeof *o);
-    attention_forward_f64(o, lse, in[0], in[1], in[2], c->B, c->Nq, c->Nk, c->H, c->D, 1 / sqrt(c->D));
-    attention_backward_f64(d[0], d[1], d[2], dy, in[0], in[1], in[2], o, lse, c->B, c->Nq, c->Nk, c->H,
-                           c->D, 1 / sqrt(c->D));
+    attention_forward_f64(o, lse, in[0], in[1], in[2], c->B, c->Nq, c->Nk, c->H, c->D,
+                          1 / sqrt(c->D));
+    attention_backward_f64(d[0], d[1], d[2], dy, in[0], in[1], in[2], o, lse, c->B, c->Nq, c->Nk,
+                           c->H, c->D, 1 / sqrt(c->D));
     free(lse);
     free(o);
 }
-static void add_f(const fd_case *c, double **in, double *out) { add_forward_f64(out, in[0], in[1], c->out_numel); }
+static void add_f(const fd_case *c, double **in, double *out) {
+    add_forward_f64(out, in[0], in[1], c->out_numel);
+}
 static void add_b(const fd_case *c, double **in, const double *dy, double **d) {
     accumulate_f64(d[0], dy, 1.0, c->out_numel);
     accumulate_f64(d[1], dy, 1.0, c->out_numel);
 }
-static void mul_f(const fd_case *c, double **in, double *out) { mul_forward_f64(out, in[0], in[1], c->out_numel); }
+static void mul_f(const fd_case *c, double **in, double *out) {
+    mul_forward_f64(out, in[0], in[1], c->out_numel);
+}
 static void mul_b(const fd_case *c, double **in, const double *dy, double **d) {
     mul_backward_f64(d[0], d[1], dy, in[0], in[1], c->out_numel);
 }
@@ -157,7 +169,9 @@ static void avg_pool_f(const fd_case *c, double **in, double *out) {
 static void avg_pool_b(const fd_case *c, double **in, const double *dy, double **d) {
     avg_pool2d_backward_f64(d[0], dy, &c->g, c->flag_a);
 }
-static void max_pool_f(const fd_case *c, double **in, double *out) { max_pool2d_forward_f64(out, in[0], &c->g); }
+static void max_pool_f(const fd_case *c, double **in, double *out) {
+    max_pool2d_forward_f64(out, in[0], &c->g);
+}
 static void max_pool_b(const fd_case *c, double **in, const double *dy, double **d) {
     max_pool2d_backward_f64(d[0], dy, in[0], &c->g);
 }
@@ -167,11 +181,15 @@ static void timestep_f(const fd_case *c, double **in, double *out) {
 static void timestep_b(const fd_case *c, double **in, const double *dy, double **d) {
     timestep_embedding_backward_f64(d[0], dy, in[0], c->B, c->dim, 10000.0);
 }
-static void mse_f(const fd_case *c, double **in, double *out) { out[0] = mse_forward_f64(in[0], in[1], c->in_numel[0]); }
+static void mse_f(const fd_case *c, double **in, double *out) {
+    out[0] = mse_forward_f64(in[0], in[1], c->in_numel[0]);
+}
 static void mse_b(const fd_case *c, double **in, const double *dy, double **d) {
     mse_backward_f64(d[0], d[1], dy[0], in[0], in[1], c->in_numel[0]);
 }
-static void l1_f(const fd_case *c, double **in, double *out) { out[0] = l1_forward_f64(in[0], in[1], c->in_numel[0]); }
+static void l1_f(const fd_case *c, double **in, double *out) {
+    out[0] = l1_forward_f64(in[0], in[1], c->in_numel[0]);
+}
 static void l1_b(const fd_case *c, double **in, const double *dy, double **d) {
     l1_backward_f64(d[0], d[1], dy[0], in[0], in[1], c->in_numel[0]);
 }
@@ -188,13 +206,15 @@ static void dropout_b(const fd_case *c, double **in, const double *dy, double **
 static double loss_of(const fd_case *c, double **in, double *out, const double *R) {
     c->forward(c, in, out);
     double L = 0;
-    for (int64_t i = 0; i < c->out_numel; i++) L += out[i] * R[i];
+    for (int64_t i = 0; i < c->out_numel; i++)
+        L += out[i] * R[i];
     return L;
 }
 
 // Fills x with n distinct values spaced 0.05 apart, in an order shuffled by the seed.
 static void fill_distinct(double *x, int64_t n, uint64_t seed) {
-    for (int64_t i = 0; i < n; i++) x[i] = 0.05 * (double)(i - n / 2);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = 0.05 * (double)(i - n / 2);
     ldmc_rng rng = ldmc_rng_make(seed, 0, 0, LDMC_RNG_TEST);
     for (int64_t i = n - 1; i > 0; i--) {
         int64_t j = (int64_t)(ldmc_rng_bits(&rng, (uint64_t)i) % (uint64_t)(i + 1));
@@ -215,14 +235,15 @@ static void run_fd(const fd_case *c) {
         if (c->distinct_inputs)
             fill_distinct(in[i], c->in_numel[i], 10 + (uint64_t)i);
         else
-            test_fill_f64(in[i], c->in_numel[i], 10 + (uint64_t)i, c->in_scale[i] ? c->in_scale[i] : 1, 0);
+            test_fill_f64(in[i], c->in_numel[i], 10 + (uint64_t)i,
+                          c->in_scale[i] ? c->in_scale[i] : 1, 0);
     }
     c->backward(c, in, R, din);
     for (int i = 0; i < c->n_in; i++) {
         int64_t n = c->in_numel[i], samples = n < FD_SAMPLES ? n : FD_SAMPLES;
         double analytic[FD_SAMPLES], numeric[FD_SAMPLES];
         for (int64_t s = 0; s < samples; s++) {
-            int64_t e = samples == n ? s : (s * 7919 + 13) % n;  // spread over the tensor
+            int64_t e = samples == n ? s : (s * 7919 + 13) % n; // spread over the tensor
             double saved = in[i][e], h = FD_STEP;
             in[i][e] = saved + h;
             double plus = loss_of(c, in, out, R);
@@ -246,14 +267,28 @@ static void run_fd(const fd_case *c) {
 
 static ldmc_conv_geom geom(int N, int H, int W, int C, int O, int k, int stride, int pt, int pb,
                            int pl, int pr) {
-    ldmc_conv_geom g = {.N = N, .H = H, .W = W, .C = C, .O = O, .kh = k, .kw = k, .stride = stride,
-                        .pad_top = pt, .pad_bottom = pb, .pad_left = pl, .pad_right = pr};
+    ldmc_conv_geom g = {.N = N,
+                        .H = H,
+                        .W = W,
+                        .C = C,
+                        .O = O,
+                        .kh = k,
+                        .kw = k,
+                        .stride = stride,
+                        .pad_top = pt,
+                        .pad_bottom = pb,
+                        .pad_left = pl,
+                        .pad_right = pr};
     LDMC_CHECK(ldmc_conv_geom_finish(&g) == 0, "bad test geometry");
     return g;
 }
 
 static fd_case conv_case(const char *name, ldmc_conv_geom g, bool bias) {
-    fd_case c = {.name = name, .forward = conv_f, .backward = conv_b, .g = g, .has_bias = bias,
+    fd_case c = {.name = name,
+                 .forward = conv_f,
+                 .backward = conv_b,
+                 .g = g,
+                 .has_bias = bias,
                  .n_in = bias ? 3 : 2};
     c.in_numel[0] = (int64_t)g.N * g.H * g.W * g.C;
     c.in_numel[1] = (int64_t)g.O * g.kh * g.kw * g.C;
@@ -263,9 +298,13 @@ static fd_case conv_case(const char *name, ldmc_conv_geom g, bool bias) {
 }
 
 static fd_case pool_case(const char *name, ldmc_conv_geom g, bool is_max, bool include_pad) {
-    fd_case c = {.name = name, .forward = is_max ? max_pool_f : avg_pool_f,
-                 .backward = is_max ? max_pool_b : avg_pool_b, .g = g, .n_in = 1,
-                 .flag_a = include_pad, .distinct_inputs = is_max};
+    fd_case c = {.name = name,
+                 .forward = is_max ? max_pool_f : avg_pool_f,
+                 .backward = is_max ? max_pool_b : avg_pool_b,
+                 .g = g,
+                 .n_in = 1,
+                 .flag_a = include_pad,
+                 .distinct_inputs = is_max};
     c.in_numel[0] = (int64_t)g.N * g.H * g.W * g.C;
     c.out_numel = (int64_t)g.N * g.Ho * g.Wo * g.C;
     return c;
@@ -275,12 +314,39 @@ static fd_case *all_cases(int *count) {
     static fd_case cases[64];
     int n = 0;
     // linear: x (M, K), w (N, K), b (N)
-    cases[n++] = (fd_case){.name = "linear", .forward = linear_f, .backward = linear_b, .n_in = 3, .in_numel = {5 * 7, 3 * 7, 3}, .out_numel = 5 * 3, .M = 5, .K = 7, .N = 3, .has_bias = true};
-    cases[n++] = (fd_case){.name = "linear_nobias", .forward = linear_f, .backward = linear_b, .n_in = 2, .in_numel = {4 * 6, 5 * 6}, .out_numel = 4 * 5, .M = 4, .K = 6, .N = 5};
+    cases[n++] = (fd_case){.name = "linear",
+                           .forward = linear_f,
+                           .backward = linear_b,
+                           .n_in = 3,
+                           .in_numel = {5 * 7, 3 * 7, 3},
+                           .out_numel = 5 * 3,
+                           .M = 5,
+                           .K = 7,
+                           .N = 3,
+                           .has_bias = true};
+    cases[n++] = (fd_case){.name = "linear_nobias",
+                           .forward = linear_f,
+                           .backward = linear_b,
+                           .n_in = 2,
+                           .in_numel = {4 * 6, 5 * 6},
+                           .out_numel = 4 * 5,
+                           .M = 4,
+                           .K = 6,
+                           .N = 5};
     for (int t = 0; t < 4; t++) {
         static const char *names[] = {"matmul_nn", "matmul_nt", "matmul_tn", "matmul_tt"};
-        cases[n++] = (fd_case){.name = names[t], .forward = bmm_f, .backward = bmm_b, .n_in = 2, .in_numel = {2 * 3 * 5, 2 * 5 * 4}, .out_numel = 2 * 3 * 4,
-                               .B = 2, .M = 3, .K = 5, .N = 4, .flag_a = t & 2, .flag_b = t & 1};
+        cases[n++] = (fd_case){.name = names[t],
+                               .forward = bmm_f,
+                               .backward = bmm_b,
+                               .n_in = 2,
+                               .in_numel = {2 * 3 * 5, 2 * 5 * 4},
+                               .out_numel = 2 * 3 * 4,
+                               .B = 2,
+                               .M = 3,
+                               .K = 5,
+                               .N = 4,
+                               .flag_a = t & 2,
+                               .flag_b = t & 1};
     }
     cases[n++] = conv_case("conv2d_k3s1p1", geom(2, 5, 6, 3, 4, 3, 1, 1, 1, 1, 1), true);
     cases[n++] = conv_case("conv2d_k3s2p1", geom(1, 7, 6, 3, 2, 3, 2, 1, 1, 1, 1), true);
@@ -289,56 +355,238 @@ static fd_case *all_cases(int *count) {
     cases[n++] = conv_case("conv2d_k1", geom(2, 3, 4, 5, 3, 1, 1, 0, 0, 0, 0), true);
     cases[n++] = conv_case("conv2d_k1s2", geom(1, 5, 5, 3, 2, 1, 2, 0, 0, 0, 0), false);
     // group norm (B, M pixels, C) with G groups; layer norm (M, C)
-    cases[n++] = (fd_case){.name = "group_norm", .forward = group_norm_f, .backward = group_norm_b, .n_in = 3, .in_numel = {2 * 5 * 6, 6, 6}, .in_scale = {2, 1, 1}, .out_numel = 2 * 5 * 6,
-                           .B = 2, .M = 5, .C = 6, .G = 3, .eps = 1e-5, .affine = true};
-    cases[n++] = (fd_case){.name = "group_norm_noaffine", .forward = group_norm_f, .backward = group_norm_b, .n_in = 1, .in_numel = {3 * 4 * 8}, .in_scale = {3}, .out_numel = 3 * 4 * 8,
-                           .B = 3, .M = 4, .C = 8, .G = 2, .eps = 1e-6};
-    cases[n++] = (fd_case){.name = "layer_norm", .forward = layer_norm_f, .backward = layer_norm_b, .n_in = 3, .in_numel = {4 * 7, 7, 7}, .in_scale = {2, 1, 1}, .out_numel = 4 * 7,
-                           .M = 4, .C = 7, .eps = 1e-5, .affine = true};
-    cases[n++] = (fd_case){.name = "layer_norm_noaffine", .forward = layer_norm_f, .backward = layer_norm_b, .n_in = 1, .in_numel = {3 * 5}, .in_scale = {1}, .out_numel = 3 * 5,
-                           .M = 3, .C = 5, .eps = 1e-5};
-    cases[n++] = (fd_case){.name = "silu", .forward = silu_f, .backward = silu_b, .n_in = 1, .in_numel = {37}, .in_scale = {4}, .out_numel = 37};
-    cases[n++] = (fd_case){.name = "gelu_erf", .forward = gelu_f, .backward = gelu_b, .n_in = 1, .in_numel = {37}, .in_scale = {4}, .out_numel = 37};
-    cases[n++] = (fd_case){.name = "gelu_tanh", .forward = gelu_f, .backward = gelu_b, .n_in = 1, .in_numel = {37}, .in_scale = {4}, .out_numel = 37, .flag_a = true};
-    cases[n++] = (fd_case){.name = "geglu", .forward = geglu_f, .backward = geglu_b, .n_in = 1, .in_numel = {3 * 10}, .in_scale = {3}, .out_numel = 3 * 5, .M = 3, .N = 5};
-    cases[n++] = (fd_case){.name = "softmax", .forward = softmax_f, .backward = softmax_b, .n_in = 1, .in_numel = {3 * 11}, .in_scale = {4}, .out_numel = 3 * 11, .M = 3, .C = 11};
+    cases[n++] = (fd_case){.name = "group_norm",
+                           .forward = group_norm_f,
+                           .backward = group_norm_b,
+                           .n_in = 3,
+                           .in_numel = {2 * 5 * 6, 6, 6},
+                           .in_scale = {2, 1, 1},
+                           .out_numel = 2 * 5 * 6,
+                           .B = 2,
+                           .M = 5,
+                           .C = 6,
+                           .G = 3,
+                           .eps = 1e-5,
+                           .affine = true};
+    cases[n++] = (fd_case){.name = "group_norm_noaffine",
+                           .forward = group_norm_f,
+                           .backward = group_norm_b,
+                           .n_in = 1,
+                           .in_numel = {3 * 4 * 8},
+                           .in_scale = {3},
+                           .out_numel = 3 * 4 * 8,
+                           .B = 3,
+                           .M = 4,
+                           .C = 8,
+                           .G = 2,
+                           .eps = 1e-6};
+    cases[n++] = (fd_case){.name = "layer_norm",
+                           .forward = layer_norm_f,
+                           .backward = layer_norm_b,
+                           .n_in = 3,
+                           .in_numel = {4 * 7, 7, 7},
+                           .in_scale = {2, 1, 1},
+                           .out_numel = 4 * 7,
+                           .M = 4,
+                           .C = 7,
+                           .eps = 1e-5,
+                           .affine = true};
+    cases[n++] = (fd_case){.name = "layer_norm_noaffine",
+                           .forward = layer_norm_f,
+                           .backward = layer_norm_b,
+                           .n_in = 1,
+                           .in_numel = {3 * 5},
+                           .in_scale = {1},
+                           .out_numel = 3 * 5,
+                           .M = 3,
+                           .C = 5,
+                           .eps = 1e-5};
+    cases[n++] = (fd_case){.name = "silu",
+                           .forward = silu_f,
+                           .backward = silu_b,
+                           .n_in = 1,
+                           .in_numel = {37},
+                           .in_scale = {4},
+                           .out_numel = 37};
+    cases[n++] = (fd_case){.name = "gelu_erf",
+                           .forward = gelu_f,
+                           .backward = gelu_b,
+                           .n_in = 1,
+                           .in_numel = {37},
+                           .in_scale = {4},
+                           .out_numel = 37};
+    cases[n++] = (fd_case){.name = "gelu_tanh",
+                           .forward = gelu_f,
+                           .backward = gelu_b,
+                           .n_in = 1,
+                           .in_numel = {37},
+                           .in_scale = {4},
+                           .out_numel = 37,
+                           .flag_a = true};
+    cases[n++] = (fd_case){.name = "geglu",
+                           .forward = geglu_f,
+                           .backward = geglu_b,
+                           .n_in = 1,
+                           .in_numel = {3 * 10},
+                           .in_scale = {3},
+                           .out_numel = 3 * 5,
+                           .M = 3,
+                           .N = 5};
+    cases[n++] = (fd_case){.name = "softmax",
+                           .forward = softmax_f,
+                           .backward = softmax_b,
+                           .n_in = 1,
+                           .in_numel = {3 * 11},
+                           .in_scale = {4},
+                           .out_numel = 3 * 11,
+                           .M = 3,
+                           .C = 11};
     // attention: q (B, Nq, H*D), k and v (B, Nk, H*D); 70 queries cross a 64-query tile boundary
-    cases[n++] = (fd_case){.name = "attention_cross", .forward = attention_f, .backward = attention_b, .n_in = 3,
-                           .in_numel = {2 * 5 * 6, 2 * 7 * 6, 2 * 7 * 6}, .in_scale = {2, 2, 1}, .out_numel = 2 * 5 * 6, .B = 2, .Nq = 5, .Nk = 7, .H = 2, .D = 3};
-    cases[n++] = (fd_case){.name = "attention_tiles", .forward = attention_f, .backward = attention_b, .n_in = 3,
-                           .in_numel = {70 * 4, 70 * 4, 70 * 4}, .in_scale = {2, 2, 1}, .out_numel = 70 * 4, .B = 1, .Nq = 70, .Nk = 70, .H = 1, .D = 4};
+    cases[n++] = (fd_case){.name = "attention_cross",
+                           .forward = attention_f,
+                           .backward = attention_b,
+                           .n_in = 3,
+                           .in_numel = {2 * 5 * 6, 2 * 7 * 6, 2 * 7 * 6},
+                           .in_scale = {2, 2, 1},
+                           .out_numel = 2 * 5 * 6,
+                           .B = 2,
+                           .Nq = 5,
+                           .Nk = 7,
+                           .H = 2,
+                           .D = 3};
+    cases[n++] = (fd_case){.name = "attention_tiles",
+                           .forward = attention_f,
+                           .backward = attention_b,
+                           .n_in = 3,
+                           .in_numel = {70 * 4, 70 * 4, 70 * 4},
+                           .in_scale = {2, 2, 1},
+                           .out_numel = 70 * 4,
+                           .B = 1,
+                           .Nq = 70,
+                           .Nk = 70,
+                           .H = 1,
+                           .D = 4};
     // 576 output pixels of 2880-value receptive fields: two chunks of the kernel's gather
     cases[n++] = conv_case("conv2d_chunks", geom(1, 24, 24, 320, 2, 3, 1, 1, 1, 1, 1), true);
     cases[n++] = conv_case("conv2d_chunks_s2", geom(2, 33, 34, 320, 2, 3, 2, 1, 1, 1, 1), false);
     // SDXL's widths at tiny spatial sizes: 320 channels in 32 groups, 64-wide heads, 1280 features
     cases[n++] = conv_case("conv2d_sdxl_320", geom(1, 3, 3, 320, 320, 3, 1, 1, 1, 1, 1), true);
-    cases[n++] = (fd_case){.name = "group_norm_sdxl_32g", .forward = group_norm_f, .backward = group_norm_b,
-                           .n_in = 3, .in_numel = {4 * 320, 320, 320}, .in_scale = {2, 1, 1},
-                           .out_numel = 4 * 320, .B = 1, .M = 4, .C = 320, .G = 32, .eps = 1e-5, .affine = true};
-    cases[n++] = (fd_case){.name = "layer_norm_sdxl_1280", .forward = layer_norm_f, .backward = layer_norm_b,
-                           .n_in = 3, .in_numel = {2 * 1280, 1280, 1280}, .in_scale = {2, 1, 1},
-                           .out_numel = 2 * 1280, .M = 2, .C = 1280, .eps = 1e-5, .affine = true};
-    cases[n++] = (fd_case){.name = "attention_sdxl_heads", .forward = attention_f, .backward = attention_b,
-                           .n_in = 3, .in_numel = {6 * 128, 5 * 128, 5 * 128}, .in_scale = {2, 2, 1},
-                           .out_numel = 6 * 128, .B = 1, .Nq = 6, .Nk = 5, .H = 2, .D = 64};
-    cases[n++] = (fd_case){.name = "add", .forward = add_f, .backward = add_b, .n_in = 2, .in_numel = {23, 23}, .out_numel = 23};
-    cases[n++] = (fd_case){.name = "mul", .forward = mul_f, .backward = mul_b, .n_in = 2, .in_numel = {23, 23}, .out_numel = 23};
-    cases[n++] = (fd_case){.name = "scale", .forward = scale_f, .backward = scale_b, .n_in = 1, .in_numel = {23}, .out_numel = 23, .value = -0.7};
-    cases[n++] = (fd_case){.name = "add_broadcast", .forward = bcast_f, .backward = bcast_b, .n_in = 2, .in_numel = {2 * 6 * 5, 2 * 5}, .out_numel = 2 * 6 * 5,
-                           .B = 2, .M = 6, .C = 5};
-    cases[n++] = (fd_case){.name = "concat", .forward = concat_f, .backward = concat_b, .n_in = 2, .in_numel = {4 * 3, 4 * 5}, .out_numel = 4 * 8, .M = 4, .K = 3, .N = 5};
-    fd_case up = {.name = "upsample_nearest2x", .forward = upsample_f, .backward = upsample_b, .n_in = 1, .in_numel = {2 * 3 * 4 * 3}, .out_numel = 2 * 6 * 8 * 3};
+    cases[n++] = (fd_case){.name = "group_norm_sdxl_32g",
+                           .forward = group_norm_f,
+                           .backward = group_norm_b,
+                           .n_in = 3,
+                           .in_numel = {4 * 320, 320, 320},
+                           .in_scale = {2, 1, 1},
+                           .out_numel = 4 * 320,
+                           .B = 1,
+                           .M = 4,
+                           .C = 320,
+                           .G = 32,
+                           .eps = 1e-5,
+                           .affine = true};
+    cases[n++] = (fd_case){.name = "layer_norm_sdxl_1280",
+                           .forward = layer_norm_f,
+                           .backward = layer_norm_b,
+                           .n_in = 3,
+                           .in_numel = {2 * 1280, 1280, 1280},
+                           .in_scale = {2, 1, 1},
+                           .out_numel = 2 * 1280,
+                           .M = 2,
+                           .C = 1280,
+                           .eps = 1e-5,
+                           .affine = true};
+    cases[n++] = (fd_case){.name = "attention_sdxl_heads",
+                           .forward = attention_f,
+                           .backward = attention_b,
+                           .n_in = 3,
+                           .in_numel = {6 * 128, 5 * 128, 5 * 128},
+                           .in_scale = {2, 2, 1},
+                           .out_numel = 6 * 128,
+                           .B = 1,
+                           .Nq = 6,
+                           .Nk = 5,
+                           .H = 2,
+                           .D = 64};
+    cases[n++] = (fd_case){.name = "add",
+                           .forward = add_f,
+                           .backward = add_b,
+                           .n_in = 2,
+                           .in_numel = {23, 23},
+                           .out_numel = 23};
+    cases[n++] = (fd_case){.name = "mul",
+                           .forward = mul_f,
+                           .backward = mul_b,
+                           .n_in = 2,
+                           .in_numel = {23, 23},
+                           .out_numel = 23};
+    cases[n++] = (fd_case){.name = "scale",
+                           .forward = scale_f,
+                           .backward = scale_b,
+                           .n_in = 1,
+                           .in_numel = {23},
+                           .out_numel = 23,
+                           .value = -0.7};
+    cases[n++] = (fd_case){.name = "add_broadcast",
+                           .forward = bcast_f,
+                           .backward = bcast_b,
+                           .n_in = 2,
+                           .in_numel = {2 * 6 * 5, 2 * 5},
+                           .out_numel = 2 * 6 * 5,
+                           .B = 2,
+                           .M = 6,
+                           .C = 5};
+    cases[n++] = (fd_case){.name = "concat",
+                           .forward = concat_f,
+                           .backward = concat_b,
+                           .n_in = 2,
+                           .in_numel = {4 * 3, 4 * 5},
+                           .out_numel = 4 * 8,
+                           .M = 4,
+                           .K = 3,
+                           .N = 5};
+    fd_case up = {.name = "upsample_nearest2x",
+                  .forward = upsample_f,
+                  .backward = upsample_b,
+                  .n_in = 1,
+                  .in_numel = {2 * 3 * 4 * 3},
+                  .out_numel = 2 * 6 * 8 * 3};
     up.g = geom(2, 3, 4, 3, 3, 1, 1, 0, 0, 0, 0);
     cases[n++] = up;
-    cases[n++] = pool_case("avg_pool_k3s1p1_exclude", geom(1, 5, 6, 3, 3, 3, 1, 1, 1, 1, 1), false, false);
-    cases[n++] = pool_case("avg_pool_k3s2p1_include", geom(2, 7, 5, 2, 2, 3, 2, 1, 1, 1, 1), false, true);
+    cases[n++] =
+        pool_case("avg_pool_k3s1p1_exclude", geom(1, 5, 6, 3, 3, 3, 1, 1, 1, 1, 1), false, false);
+    cases[n++] =
+        pool_case("avg_pool_k3s2p1_include", geom(2, 7, 5, 2, 2, 3, 2, 1, 1, 1, 1), false, true);
     cases[n++] = pool_case("avg_pool_k2s2", geom(1, 6, 4, 3, 3, 2, 2, 0, 0, 0, 0), false, true);
     cases[n++] = pool_case("max_pool_k3s2", geom(1, 7, 7, 3, 3, 3, 2, 0, 0, 0, 0), true, false);
     cases[n++] = pool_case("max_pool_k3s1p1", geom(2, 4, 5, 2, 2, 3, 1, 1, 1, 1, 1), true, false);
-    cases[n++] = (fd_case){.name = "timestep_embedding", .forward = timestep_f, .backward = timestep_b, .n_in = 1, .in_numel = {3}, .in_scale = {50}, .out_numel = 3 * 9, .B = 3, .dim = 9};
-    cases[n++] = (fd_case){.name = "mse_loss", .forward = mse_f, .backward = mse_b, .n_in = 2, .in_numel = {17, 17}, .out_numel = 1};
-    cases[n++] = (fd_case){.name = "l1_loss", .forward = l1_f, .backward = l1_b, .n_in = 2, .in_numel = {17, 17}, .out_numel = 1};
-    cases[n++] = (fd_case){.name = "dropout", .forward = dropout_f, .backward = dropout_b, .n_in = 1, .in_numel = {41}, .out_numel = 41, .value = 0.3};
+    cases[n++] = (fd_case){.name = "timestep_embedding",
+                           .forward = timestep_f,
+                           .backward = timestep_b,
+                           .n_in = 1,
+                           .in_numel = {3},
+                           .in_scale = {50},
+                           .out_numel = 3 * 9,
+                           .B = 3,
+                           .dim = 9};
+    cases[n++] = (fd_case){.name = "mse_loss",
+                           .forward = mse_f,
+                           .backward = mse_b,
+                           .n_in = 2,
+                           .in_numel = {17, 17},
+                           .out_numel = 1};
+    cases[n++] = (fd_case){.name = "l1_loss",
+                           .forward = l1_f,
+                           .backward = l1_b,
+                           .n_in = 2,
+                           .in_numel = {17, 17},
+                           .out_numel = 1};
+    cases[n++] = (fd_case){.name = "dropout",
+                           .forward = dropout_f,
+                           .backward = dropout_b,
+                           .n_in = 1,
+                           .in_numel = {41},
+                           .out_numel = 41,
+                           .value = 0.3};
     *count = n;
     return cases;
 }
@@ -352,7 +600,13 @@ static void wrong_scale_b(const fd_case *c, double **in, const double *dy, doubl
     d[0][3] *= 1.01;
 }
 static void test_fd_detects_a_wrong_gradient(void) {
-    fd_case c = {.name = "wrong", .forward = scale_f, .backward = wrong_scale_b, .n_in = 1, .in_numel = {23}, .out_numel = 23, .value = 0.5};
+    fd_case c = {.name = "wrong",
+                 .forward = scale_f,
+                 .backward = wrong_scale_b,
+                 .n_in = 1,
+                 .in_numel = {23},
+                 .out_numel = 23,
+                 .value = 0.5};
     int before = test_failures;
     test_quiet = true;
     run_fd(&c);
@@ -367,6 +621,7 @@ int main(int argc, char **argv) {
     test_entry tests[80];
     int count = 0;
     tests[count++] = (test_entry)TEST_ENTRY(test_fd_detects_a_wrong_gradient);
-    for (int i = 0; i < n; i++) tests[count++] = (test_entry){cases[i].name, test_fd_case, &cases[i]};
+    for (int i = 0; i < n; i++)
+        tests[count++] = (test_entry){cases[i].name, test_fd_case, &cases[i]};
     return test_main(argc, argv, tests, count);
 }

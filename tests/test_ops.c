@@ -21,9 +21,10 @@ static const struct {
     {"silu", 8, "sigmoid through expf and a division: a few ulp"},
     {"gelu", 8, "erff/tanhf/expf chains: a few ulp"},
     {"geglu", 8, "erff/expf chains: a few ulp"},
-    {"timestep_embedding", 100, "the reference computes in float32 as sgm does: t f reaches 1e3 "
-                                "rad, and one ulp of f (glibc expf vs PyTorch's vectorized exp) "
-                                "moves cos and sin by up to |t| ulp(f) ~ 1e-4"},
+    {"timestep_embedding", 100,
+     "the reference computes in float32 as sgm does: t f reaches 1e3 "
+     "rad, and one ulp of f (glibc expf vs PyTorch's vectorized exp) "
+     "moves cos and sin by up to |t| ulp(f) ~ 1e-4"},
 };
 
 static double op_factor(const char *op) {
@@ -89,10 +90,12 @@ static void run_op(ldmc_ctx *ctx, op_case *c) {
     } else if (!strcmp(op, "conv2d")) {
         const cJSON *pad = cJSON_GetObjectItemCaseSensitive(c->params, "pad");
         int p[4];
-        for (int i = 0; i < 4; i++) p[i] = cJSON_GetArrayItem(pad, i)->valueint;
+        for (int i = 0; i < 4; i++)
+            p[i] = cJSON_GetArrayItem(pad, i)->valueint;
         c->out[0] = ldmc_conv2d_padded(ctx, in[0], in[1], opt2, int_param(c, "stride"), p);
     } else if (!strcmp(op, "group_norm")) {
-        c->out[0] = ldmc_group_norm(ctx, in[0], opt1, opt2, int_param(c, "groups"), param(c, "eps"));
+        c->out[0] =
+            ldmc_group_norm(ctx, in[0], opt1, opt2, int_param(c, "groups"), param(c, "eps"));
     } else if (!strcmp(op, "layer_norm")) {
         c->out[0] = ldmc_layer_norm(ctx, in[0], opt1, opt2, param(c, "eps"));
     } else if (!strcmp(op, "silu")) {
@@ -119,7 +122,8 @@ static void run_op(ldmc_ctx *ctx, op_case *c) {
         const cJSON *sizes = cJSON_GetObjectItemCaseSensitive(c->params, "sizes");
         int s[8];
         c->n_out = cJSON_GetArraySize(sizes);
-        for (int i = 0; i < c->n_out; i++) s[i] = cJSON_GetArrayItem(sizes, i)->valueint;
+        for (int i = 0; i < c->n_out; i++)
+            s[i] = cJSON_GetArrayItem(sizes, i)->valueint;
         ldmc_split(ctx, in[0], s, c->n_out, c->out);
     } else if (!strcmp(op, "upsample_nearest2x")) {
         c->out[0] = ldmc_upsample_nearest2x(ctx, in[0]);
@@ -130,7 +134,8 @@ static void run_op(ldmc_ctx *ctx, op_case *c) {
         c->out[0] = ldmc_max_pool2d(ctx, in[0], int_param(c, "kernel"), int_param(c, "stride"),
                                     int_param(c, "padding"));
     } else if (!strcmp(op, "timestep_embedding")) {
-        c->out[0] = ldmc_timestep_embedding(ctx, in[0], int_param(c, "dim"), param(c, "max_period"));
+        c->out[0] =
+            ldmc_timestep_embedding(ctx, in[0], int_param(c, "dim"), param(c, "max_period"));
     } else if (!strcmp(op, "mse_loss")) {
         c->out[0] = ldmc_mse_loss(ctx, in[0], in[1]);
     } else if (!strcmp(op, "l1_loss")) {
@@ -145,7 +150,8 @@ static void run_op(ldmc_ctx *ctx, op_case *c) {
 }
 
 // Compares a computed tensor with its reference "<key>" (sampled at "<key>.idx" when present).
-static void compare(const op_case *c, const char *key, const float *got, int64_t numel, double rtol) {
+static void compare(const op_case *c, const char *key, const float *got, int64_t numel,
+                    double rtol) {
     ldmc_err err = {0};
     char idx_key[256];
     snprintf(idx_key, sizeof idx_key, "%s.idx", key);
@@ -160,7 +166,8 @@ static void compare(const op_case *c, const char *key, const float *got, int64_t
     CHECK(ok, "%s", err.message);
     CHECK(idx_t || n == numel, "%s: %lld values, reference has %lld", key, (long long)numel,
           (long long)n);
-    for (int64_t i = 0; ok && idx && i < n; i++) ok = idx[i] >= 0 && idx[i] < numel;
+    for (int64_t i = 0; ok && idx && i < n; i++)
+        ok = idx[i] >= 0 && idx[i] < numel;
     if (ok && (idx_t || n == numel)) CHECK_CLOSE(key, got, want, idx, n, rtol);
     free(want);
     free(idx);
@@ -212,21 +219,26 @@ static void run_case(const cJSON *json) {
         CHECK(g, "%s: no gradient reached input %s", c.name, c.in[i]->name);
         if (g) compare(&c, key, g, ldmc_numel(c.in[i]), rtol);
     }
-    for (int o = 0; o < c.n_out; o++) free(seeds[o]);
+    for (int o = 0; o < c.n_out; o++)
+        free(seeds[o]);
     ldmc_ctx_free(&ctx);
 }
 
 // Every op of ops.h must have at least one reference case.
 static void test_every_op_has_a_reference(void) {
-    static const char *ops[] = {
-        "linear", "matmul", "conv2d", "group_norm", "layer_norm", "silu", "gelu", "geglu",
-        "softmax", "attention", "add", "mul", "scale", "add_broadcast", "dropout", "concat",
-        "split", "upsample_nearest2x", "avg_pool2d", "max_pool2d", "timestep_embedding",
-        "mse_loss", "l1_loss"};
+    static const char *ops[] = {"linear",     "matmul",        "conv2d",
+                                "group_norm", "layer_norm",    "silu",
+                                "gelu",       "geglu",         "softmax",
+                                "attention",  "add",           "mul",
+                                "scale",      "add_broadcast", "dropout",
+                                "concat",     "split",         "upsample_nearest2x",
+                                "avg_pool2d", "max_pool2d",    "timestep_embedding",
+                                "mse_loss",   "l1_loss"};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
         bool found = false;
         const cJSON *c;
-        cJSON_ArrayForEach(c, cases) found |= !strcmp(cJSON_GetObjectItem(c, "op")->valuestring, ops[i]);
+        cJSON_ArrayForEach(c, cases) found |=
+            !strcmp(cJSON_GetObjectItem(c, "op")->valuestring, ops[i]);
         CHECK(found, "op %s has no reference case in ops.safetensors", ops[i]);
     }
 }

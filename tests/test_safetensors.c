@@ -8,8 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "harness.h"
 #include "core/rng.h"
+#include "harness.h"
 #include "io/safetensors.h"
 
 static char dir[256];
@@ -28,9 +28,11 @@ static const char *write_raw(const char *name, uint64_t header_len, const char *
     FILE *f = fopen(path, "wb");
     if (!f) return path;
     uint64_t len = header_len ? header_len : strlen(header);
-    for (int i = 0; i < 8; i++) fputc((int)((len >> (8 * i)) & 0xff), f);
+    for (int i = 0; i < 8; i++)
+        fputc((int)((len >> (8 * i)) & 0xff), f);
     fputs(header, f);
-    for (size_t i = 0; i < data; i++) fputc((int)(i & 0xff), f);
+    for (size_t i = 0; i < data; i++)
+        fputc((int)(i & 0xff), f);
     fclose(f);
     return path;
 }
@@ -45,8 +47,10 @@ static void expect_open_error(const char *path, const char *text) {
         return;
     }
     CHECK(strstr(err.message, path) != NULL, "the message does not name the file: %s", err.message);
-    CHECK(strstr(err.message, text) != NULL, "message '%s' does not contain '%s'", err.message, text);
-    CHECK(st.map == NULL && st.tensors == NULL && st.count == 0, "a failed open leaves state behind");
+    CHECK(strstr(err.message, text) != NULL, "message '%s' does not contain '%s'", err.message,
+          text);
+    CHECK(st.map == NULL && st.tensors == NULL && st.count == 0,
+          "a failed open leaves state behind");
 }
 
 static void test_round_trip_every_dtype(void) {
@@ -74,27 +78,34 @@ static void test_round_trip_every_dtype(void) {
     ldmc_safetensors st;
     REQUIRE(ldmc_safetensors_open(&st, path, &err) == 0, "%s", err.message);
     CHECK(st.count == 8, "%d tensors", st.count);
-    CHECK((uintptr_t)(st.data - (const unsigned char *)st.map) % 8 == 0, "data section 8-byte aligned");
+    CHECK((uintptr_t)(st.data - (const unsigned char *)st.map) % 8 == 0,
+          "data section 8-byte aligned");
     CHECK(strcmp(ldmc_safetensors_meta(&st, "note"), "quote \" and \\ survive") == 0, "metadata");
     const ldmc_st_tensor *t = ldmc_safetensors_find(&st, "f32");
     float back[6];
     REQUIRE(t && t->ndim == 2 && t->shape[1] == 3, "f32 header");
-    CHECK(ldmc_safetensors_read(&st, t, back, LDMC_F32, &err) == 0 && memcmp(back, f32, 24) == 0, "f32");
+    CHECK(ldmc_safetensors_read(&st, t, back, LDMC_F32, &err) == 0 && memcmp(back, f32, 24) == 0,
+          "f32");
     int64_t i64_back[2];
     t = ldmc_safetensors_find(&st, "i64");
     CHECK(ldmc_safetensors_read(&st, t, i64_back, LDMC_I64, &err) == 0 && i64_back[0] == i64[0],
           "i64 beyond 2^53 is exact");
     int32_t i32_back[4];
     t = ldmc_safetensors_find(&st, "i32");
-    CHECK(ldmc_safetensors_read(&st, t, i32_back, LDMC_I32, &err) == 0 && memcmp(i32_back, i32, 16) == 0, "i32");
-    CHECK(ldmc_safetensors_read(&st, t, back, LDMC_F32, &err) == -1 && strstr(err.message, "cannot be read as F32"),
+    CHECK(ldmc_safetensors_read(&st, t, i32_back, LDMC_I32, &err) == 0 &&
+              memcmp(i32_back, i32, 16) == 0,
+          "i32");
+    CHECK(ldmc_safetensors_read(&st, t, back, LDMC_F32, &err) == -1 &&
+              strstr(err.message, "cannot be read as F32"),
           "integers are not silently read as floats");
     ldmc_err_clear(&err);
     t = ldmc_safetensors_find(&st, "f16");
-    CHECK(ldmc_safetensors_read(&st, t, back, LDMC_F32, &err) == 0 && back[0] == 1 && back[1] == -2 &&
-              back[2] == 0x1p-24f, "f16 to f32");
+    CHECK(ldmc_safetensors_read(&st, t, back, LDMC_F32, &err) == 0 && back[0] == 1 &&
+              back[1] == -2 && back[2] == 0x1p-24f,
+          "f16 to f32");
     t = ldmc_safetensors_find(&st, "f32_as_bf16");
-    CHECK(t->dtype == LDMC_BF16 && ldmc_safetensors_read(&st, t, back, LDMC_F32, &err) == 0, "bf16 on disk");
+    CHECK(t->dtype == LDMC_BF16 && ldmc_safetensors_read(&st, t, back, LDMC_F32, &err) == 0,
+          "bf16 on disk");
     for (int i = 0; i < 6; i++)
         CHECK(back[i] == ldmc_bf16_to_f32(ldmc_f32_to_bf16(f32[i])), "bf16 value %d", i);
     t = ldmc_safetensors_find(&st, "scalar");
@@ -121,13 +132,15 @@ static void test_unaligned_data_section(void) {
     ldmc_err err = {0};
     REQUIRE(ldmc_safetensors_open(&st, path, &err) == 0, "%s", err.message);
     float back[2];
-    CHECK(ldmc_safetensors_read(&st, &st.tensors[0], back, LDMC_F32, &err) == 0 && back[0] == 3.25f &&
-              back[1] == -7.5f, "unaligned read");
+    CHECK(ldmc_safetensors_read(&st, &st.tensors[0], back, LDMC_F32, &err) == 0 &&
+              back[0] == 3.25f && back[1] == -7.5f,
+          "unaligned read");
     ldmc_safetensors_close(&st);
 }
 
 #define TENSOR(name, dtype, shape, begin, end)                                                     \
-    "\"" name "\":{\"dtype\":\"" dtype "\",\"shape\":" shape ",\"data_offsets\":[" #begin "," #end "]}"
+    "\"" name "\":{\"dtype\":\"" dtype "\",\"shape\":" shape ",\"data_offsets\":[" #begin "," #end \
+    "]}"
 
 static void test_missing_and_non_regular_files(void) {
     expect_open_error(path_of("does_not_exist.safetensors"), "cannot open");
@@ -144,15 +157,18 @@ static void test_too_short(void) {
 
 static void test_huge_header_length(void) {
     expect_open_error(write_raw("huge.safetensors", UINT64_MAX, "{}", 0), "header length");
-    expect_open_error(write_raw("past_end.safetensors", 4000, "{}", 0), "header length 4000 is impossible");
+    expect_open_error(write_raw("past_end.safetensors", 4000, "{}", 0),
+                      "header length 4000 is impossible");
     expect_open_error(write_raw("over_limit.safetensors", LDMC_SAFETENSORS_MAX_HEADER + 1, "{}", 0),
                       "at most 100000000");
 }
 
 static void test_bad_json(void) {
-    expect_open_error(write_raw("bad_json.safetensors", 0, "{\"a\": {\"dtype\": ", 0), "not valid JSON");
+    expect_open_error(write_raw("bad_json.safetensors", 0, "{\"a\": {\"dtype\": ", 0),
+                      "not valid JSON");
     expect_open_error(write_raw("not_object.safetensors", 0, "[1, 2]", 0), "must be a JSON object");
-    expect_open_error(write_raw("entry_not_object.safetensors", 0, "{\"a\": 5}", 0), "expected an object");
+    expect_open_error(write_raw("entry_not_object.safetensors", 0, "{\"a\": 5}", 0),
+                      "expected an object");
     expect_open_error(write_raw("bad_meta.safetensors", 0, "{\"__metadata__\": {\"k\": 1}}", 0),
                       "must be a string");
 }
@@ -162,45 +178,58 @@ static void test_unknown_dtype(void) {
                       "unsupported dtype \"F64\"");
     expect_open_error(write_raw("q8.safetensors", 0, "{" TENSOR("w", "Q8_K", "[1]", 0, 1) "}", 1),
                       "unsupported dtype");
-    expect_open_error(write_raw("no_dtype.safetensors", 0, "{\"w\":{\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
-                      "missing \"dtype\"");
+    expect_open_error(
+        write_raw("no_dtype.safetensors", 0, "{\"w\":{\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
+        "missing \"dtype\"");
 }
 
 static void test_bad_shapes(void) {
     expect_open_error(write_raw("size.safetensors", 0, "{" TENSOR("w", "F32", "[3]", 0, 8) "}", 8),
                       "need 12 bytes but data_offsets span 8");
-    expect_open_error(write_raw("negative.safetensors", 0, "{" TENSOR("w", "F32", "[-1]", 0, 4) "}", 4),
-                      "shape entry 0 is not a non-negative integer");
-    expect_open_error(write_raw("fraction.safetensors", 0, "{" TENSOR("w", "F32", "[1.5]", 0, 4) "}", 4),
-                      "not a non-negative integer");
-    expect_open_error(write_raw("rank.safetensors", 0, "{" TENSOR("w", "F32", "[1,1,1,1,1,1,1]", 0, 4) "}", 4),
-                      "rank 7");
+    expect_open_error(
+        write_raw("negative.safetensors", 0, "{" TENSOR("w", "F32", "[-1]", 0, 4) "}", 4),
+        "shape entry 0 is not a non-negative integer");
+    expect_open_error(
+        write_raw("fraction.safetensors", 0, "{" TENSOR("w", "F32", "[1.5]", 0, 4) "}", 4),
+        "not a non-negative integer");
+    expect_open_error(
+        write_raw("rank.safetensors", 0, "{" TENSOR("w", "F32", "[1,1,1,1,1,1,1]", 0, 4) "}", 4),
+        "rank 7");
     expect_open_error(write_raw("overflow.safetensors", 0,
                                 "{" TENSOR("w", "F32", "[4294967296,4294967296]", 0, 4) "}", 4),
                       "shape overflows");
-    expect_open_error(write_raw("no_shape.safetensors", 0, "{\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", 4),
+    expect_open_error(write_raw("no_shape.safetensors", 0,
+                                "{\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", 4),
                       "missing \"shape\"");
 }
 
 static void test_bad_offsets(void) {
-    expect_open_error(write_raw("beyond.safetensors", 0, "{" TENSOR("w", "F32", "[250]", 0, 1000) "}", 16),
-                      "go past the end of the data section");
-    expect_open_error(write_raw("reversed.safetensors", 0, "{" TENSOR("w", "F32", "[1]", 8, 4) "}", 16),
-                      "begin <= end");
-    expect_open_error(write_raw("three.safetensors", 0, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,8]}}", 16),
-                      "must be [begin, end]");
-    expect_open_error(write_raw("overlap.safetensors", 0,
-                                "{" TENSOR("a", "F32", "[4]", 0, 16) "," TENSOR("b", "F32", "[4]", 8, 24) "}", 24),
-                      "overlap");
-    expect_open_error(write_raw("duplicate.safetensors", 0,
-                                "{" TENSOR("a", "F32", "[1]", 0, 4) "," TENSOR("a", "F32", "[1]", 4, 8) "}", 8),
-                      "appears twice");
+    expect_open_error(
+        write_raw("beyond.safetensors", 0, "{" TENSOR("w", "F32", "[250]", 0, 1000) "}", 16),
+        "go past the end of the data section");
+    expect_open_error(
+        write_raw("reversed.safetensors", 0, "{" TENSOR("w", "F32", "[1]", 8, 4) "}", 16),
+        "begin <= end");
+    expect_open_error(
+        write_raw("three.safetensors", 0,
+                  "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,8]}}", 16),
+        "must be [begin, end]");
+    expect_open_error(
+        write_raw("overlap.safetensors", 0,
+                  "{" TENSOR("a", "F32", "[4]", 0, 16) "," TENSOR("b", "F32", "[4]", 8, 24) "}",
+                  24),
+        "overlap");
+    expect_open_error(
+        write_raw("duplicate.safetensors", 0,
+                  "{" TENSOR("a", "F32", "[1]", 0, 4) "," TENSOR("a", "F32", "[1]", 4, 8) "}", 8),
+        "appears twice");
 }
 
 // A file cut short inside its data section: the last tensor's offsets now pass the end.
 static void test_truncated_file(void) {
     float data[64] = {0};
-    ldmc_st_entry entries[] = {{"a", LDMC_F32, LDMC_F32, 1, {32}, data}, {"b", LDMC_F32, LDMC_F32, 1, {32}, data}};
+    ldmc_st_entry entries[] = {{"a", LDMC_F32, LDMC_F32, 1, {32}, data},
+                               {"b", LDMC_F32, LDMC_F32, 1, {32}, data}};
     ldmc_err err = {0};
     const char *path = path_of("truncated.safetensors");
     REQUIRE(ldmc_safetensors_write(path, entries, 2, NULL, 0, &err) == 0, "%s", err.message);
@@ -214,20 +243,24 @@ static void test_truncated_file(void) {
 
 static void test_writer_errors(void) {
     float x[1] = {0};
-    ldmc_st_entry twice[] = {{"a", LDMC_F32, LDMC_F32, 1, {1}, x}, {"a", LDMC_F32, LDMC_F32, 1, {1}, x}};
+    ldmc_st_entry twice[] = {{"a", LDMC_F32, LDMC_F32, 1, {1}, x},
+                             {"a", LDMC_F32, LDMC_F32, 1, {1}, x}};
     ldmc_err err = {0};
     CHECK(ldmc_safetensors_write(path_of("twice.safetensors"), twice, 2, NULL, 0, &err) == -1 &&
-              strstr(err.message, "given twice"), "duplicate names refused");
+              strstr(err.message, "given twice"),
+          "duplicate names refused");
     ldmc_err_clear(&err);
     CHECK(ldmc_safetensors_write("/nonexistent/dir/x.safetensors", twice, 1, NULL, 0, &err) == -1 &&
-              strstr(err.message, "cannot create"), "unwritable path: %s", err.message);
+              strstr(err.message, "cannot create"),
+          "unwritable path: %s", err.message);
 }
 
 // Random corruptions of a valid file's header and length: each must open or fail with a
 // message, never crash or read out of bounds.
 static void test_random_corruptions(void) {
     float data[24];
-    for (int i = 0; i < 24; i++) data[i] = (float)i;
+    for (int i = 0; i < 24; i++)
+        data[i] = (float)i;
     ldmc_st_entry entries[] = {{"layer.weight", LDMC_F32, LDMC_F32, 2, {4, 4}, data},
                                {"layer.bias", LDMC_F16, LDMC_F32, 1, {4}, data},
                                {"step", LDMC_I64, LDMC_I64, 0, {0}, data}};
@@ -240,7 +273,8 @@ static void test_random_corruptions(void) {
     size_t size = fread(original, 1, sizeof original, f);
     fclose(f);
     uint64_t header_len = 0;
-    for (int i = 7; i >= 0; i--) header_len = (header_len << 8) | original[i];
+    for (int i = 7; i >= 0; i--)
+        header_len = (header_len << 8) | original[i];
     ldmc_rng rng = ldmc_rng_make(2024, 0, 0, LDMC_RNG_TEST);
     const char *mutant = path_of("mutant.safetensors");
     int opened = 0, failed = 0;
@@ -250,7 +284,7 @@ static void test_random_corruptions(void) {
         int flips = 1 + (int)(ldmc_rng_bits(&rng, trial * 8) % 4);
         for (int k = 0; k < flips; k++) {
             uint32_t r = ldmc_rng_bits(&rng, trial * 8 + 1 + (uint64_t)k);
-            size_t at = (r >> 8) % (8 + header_len);  // the length and the header text
+            size_t at = (r >> 8) % (8 + header_len); // the length and the header text
             static const char interesting[] = "0123456789[]{}\",:-.eE ";
             bytes[at] = (r & 1) ? (unsigned char)interesting[(r >> 1) % (sizeof interesting - 1)]
                                 : (unsigned char)(r >> 16);
@@ -272,7 +306,8 @@ static void test_random_corruptions(void) {
             ldmc_safetensors_close(&st);
         } else {
             failed++;
-            CHECK(e.failed && strstr(e.message, mutant), "a failure without a message naming the file");
+            CHECK(e.failed && strstr(e.message, mutant),
+                  "a failure without a message naming the file");
         }
     }
     printf("    3000 corruptions: %d still valid, %d refused with a message\n", opened, failed);
@@ -280,18 +315,25 @@ static void test_random_corruptions(void) {
 }
 
 int main(int argc, char **argv) {
-    snprintf(dir, sizeof dir, "%s/ldmc_test_safetensors_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    snprintf(dir, sizeof dir, "%s/ldmc_test_safetensors_XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(dir)) {
         perror("mkdtemp");
         return 1;
     }
     static const test_entry tests[] = {
-        TEST_ENTRY(test_round_trip_every_dtype), TEST_ENTRY(test_unaligned_data_section),
-        TEST_ENTRY(test_missing_and_non_regular_files), TEST_ENTRY(test_too_short),
-        TEST_ENTRY(test_huge_header_length),    TEST_ENTRY(test_bad_json),
-        TEST_ENTRY(test_unknown_dtype),         TEST_ENTRY(test_bad_shapes),
-        TEST_ENTRY(test_bad_offsets),           TEST_ENTRY(test_truncated_file),
-        TEST_ENTRY(test_writer_errors),         TEST_ENTRY(test_random_corruptions),
+        TEST_ENTRY(test_round_trip_every_dtype),
+        TEST_ENTRY(test_unaligned_data_section),
+        TEST_ENTRY(test_missing_and_non_regular_files),
+        TEST_ENTRY(test_too_short),
+        TEST_ENTRY(test_huge_header_length),
+        TEST_ENTRY(test_bad_json),
+        TEST_ENTRY(test_unknown_dtype),
+        TEST_ENTRY(test_bad_shapes),
+        TEST_ENTRY(test_bad_offsets),
+        TEST_ENTRY(test_truncated_file),
+        TEST_ENTRY(test_writer_errors),
+        TEST_ENTRY(test_random_corruptions),
     };
     int rc = test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
     char cmd[600];

@@ -20,17 +20,21 @@ typedef enum { CASE_CONV2D, CASE_ATTENTION, CASE_GROUP_NORM } case_kind;
 typedef struct bench_case {
     case_kind kind;
     const char *name;
-    int N, H, W, C;  // conv2d, group_norm: (N, H, W, C); attention: B = N, tokens = H * W
-    int O, kernel, stride, padding;  // conv2d
-    int heads;                        // attention
-    int groups;                       // group_norm
+    int N, H, W, C; // conv2d, group_norm: (N, H, W, C); attention: B = N, tokens = H * W
+    int O, kernel, stride, padding; // conv2d
+    int heads;                      // attention
+    int groups;                     // group_norm
 } bench_case;
 
 static const bench_case cases[] = {
-    {CASE_CONV2D, "conv2d 3x3 320->320 64x64", 1, 64, 64, 320, .O = 320, .kernel = 3, .stride = 1, .padding = 1},
-    {CASE_CONV2D, "conv2d 3x3 640->640 32x32", 1, 32, 32, 640, .O = 640, .kernel = 3, .stride = 1, .padding = 1},
-    {CASE_CONV2D, "conv2d 3x3 1280->1280 16x16", 1, 16, 16, 1280, .O = 1280, .kernel = 3, .stride = 1, .padding = 1},
-    {CASE_CONV2D, "conv2d 3x3 s2 320->320 64x64", 1, 64, 64, 320, .O = 320, .kernel = 3, .stride = 2, .padding = 1},
+    {CASE_CONV2D, "conv2d 3x3 320->320 64x64", 1, 64, 64, 320, .O = 320, .kernel = 3, .stride = 1,
+     .padding = 1},
+    {CASE_CONV2D, "conv2d 3x3 640->640 32x32", 1, 32, 32, 640, .O = 640, .kernel = 3, .stride = 1,
+     .padding = 1},
+    {CASE_CONV2D, "conv2d 3x3 1280->1280 16x16", 1, 16, 16, 1280, .O = 1280, .kernel = 3,
+     .stride = 1, .padding = 1},
+    {CASE_CONV2D, "conv2d 3x3 s2 320->320 64x64", 1, 64, 64, 320, .O = 320, .kernel = 3,
+     .stride = 2, .padding = 1},
     {CASE_ATTENTION, "attention 1024 tokens 10x64", 1, 32, 32, 640, .heads = 10},
     {CASE_ATTENTION, "attention 4096 tokens 10x64", 1, 64, 64, 640, .heads = 10},
     {CASE_GROUP_NORM, "group_norm 32g 320ch 64x64", 1, 64, 64, 320, .groups = 32},
@@ -130,14 +134,16 @@ static int bench_ops(int argc, char **argv) {
     ldmc_ctx_init(&ctx, (size_t)16 << 30, (size_t)256 << 20);
     if (!json)
         printf("CPU ops, forward and forward+backward, median of %d runs, %d threads\n"
-               "%-32s %12s %12s\n", reps, ldmc_threads_get(), "case", "fwd ms", "fwd+bwd ms");
+               "%-32s %12s %12s\n",
+               reps, ldmc_threads_get(), "case", "fwd ms", "fwd+bwd ms");
     double *fwd = calloc((size_t)reps, sizeof *fwd), *total = calloc((size_t)reps, sizeof *total);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const bench_case *c = &cases[i];
         if (filter && !strstr(c->name, filter)) continue;
         double f, t;
-        run_case(&ctx, c, &f, &t);  // warm-up
-        for (int r = 0; r < reps; r++) run_case(&ctx, c, &fwd[r], &total[r]);
+        run_case(&ctx, c, &f, &t); // warm-up
+        for (int r = 0; r < reps; r++)
+            run_case(&ctx, c, &fwd[r], &total[r]);
         double f_med = median(fwd, reps), t_med = median(total, reps);
         if (json)
             print_json(c, f_med, t_med, reps);

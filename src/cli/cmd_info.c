@@ -12,7 +12,8 @@ int ldmc_cmd_info(int argc, char **argv) {
         return 0;
     }
     if (argc > 0) {
-        fprintf(stderr, "ldmc info: unexpected argument '%s' (model configs are not supported yet)\n",
+        fprintf(stderr,
+                "ldmc info: unexpected argument '%s' (model configs are not supported yet)\n",
                 argv[0]);
         return 2;
     }

@@ -40,8 +40,8 @@ void *ldmc_arena_calloc(ldmc_arena *arena, size_t bytes) {
 size_t ldmc_arena_mark(const ldmc_arena *arena) { return arena->used; }
 
 void ldmc_arena_release(ldmc_arena *arena, size_t mark) {
-    LDMC_CHECK(mark <= arena->used, "%s arena: release to %zu above the top %zu", arena->name,
-               mark, arena->used);
+    LDMC_CHECK(mark <= arena->used, "%s arena: release to %zu above the top %zu", arena->name, mark,
+               arena->used);
     arena->used = mark;
 }
 

@@ -44,8 +44,8 @@ static float bits_f32(uint32_t u) {
 
 uint16_t ldmc_f32_to_bf16(float x) {
     uint32_t u = f32_bits(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);  // quiet NaN
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u); // round to nearest, ties to even
     return (uint16_t)(u >> 16);
 }
 
@@ -55,23 +55,23 @@ uint16_t ldmc_f32_to_f16(float x) {
     uint32_t u = f32_bits(x);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
     uint32_t abs = u & 0x7fffffffu;
-    if (abs > 0x7f800000u) return sign | 0x7e00u;  // NaN
-    if (abs >= 0x47800000u) {                      // >= 65536: overflow to inf, unless it rounds
-        return sign | 0x7c00u;                     // (65520 and up round to inf as well)
+    if (abs > 0x7f800000u) return sign | 0x7e00u; // NaN
+    if (abs >= 0x47800000u) {                     // >= 65536: overflow to inf, unless it rounds
+        return sign | 0x7c00u;                    // (65520 and up round to inf as well)
     }
-    if (abs >= 0x38800000u) {  // normal f16 range: 2^-14 and up
+    if (abs >= 0x38800000u) { // normal f16 range: 2^-14 and up
         uint32_t mant = abs & 0x7fffffu;
-        uint32_t exp = (abs >> 23) - 112;  // rebias 127 -> 15
+        uint32_t exp = (abs >> 23) - 112; // rebias 127 -> 15
         uint32_t h = (exp << 10) | (mant >> 13);
         uint32_t rest = mant & 0x1fffu;
-        if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;  // may carry into inf: correct
+        if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++; // may carry into inf: correct
         return sign | (uint16_t)h;
     }
-    if (abs < 0x33000000u) return sign;  // below half the smallest subnormal: zero
+    if (abs < 0x33000000u) return sign; // below half the smallest subnormal: zero
     // Subnormal f16: value = m * 2^-24, m in [0, 1024).
     uint32_t exp = abs >> 23;
     uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
-    uint32_t shift = 126 - exp;  // 113 - exp gives 2^-24 units, plus 13 bits of mantissa
+    uint32_t shift = 126 - exp; // 113 - exp gives 2^-24 units, plus 13 bits of mantissa
     uint32_t h = mant >> shift;
     uint32_t rest = mant & ((1u << shift) - 1u);
     uint32_t half = 1u << (shift - 1);
@@ -84,7 +84,7 @@ float ldmc_f16_to_f32(uint16_t x) {
     uint32_t exp = (x >> 10) & 0x1fu;
     uint32_t mant = x & 0x3ffu;
     if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (mant << 13));
-    if (exp == 0) {  // zero or subnormal: m * 2^-24, exact in f32
+    if (exp == 0) { // zero or subnormal: m * 2^-24, exact in f32
         float v = (float)mant * 0x1p-24f;
         return sign ? -v : v;
     }
@@ -120,6 +120,7 @@ int ldmc_convert(void *dst, ldmc_dtype dst_dtype, const void *src, ldmc_dtype sr
         return 0;
     }
     if (!is_float(dst_dtype) || !is_float(src_dtype)) return -1;
-    for (size_t i = 0; i < n; i++) store_float(dst, dst_dtype, i, load_float(src, src_dtype, i));
+    for (size_t i = 0; i < n; i++)
+        store_float(dst, dst_dtype, i, load_float(src, src_dtype, i));
     return 0;
 }

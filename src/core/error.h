@@ -20,7 +20,8 @@ extern "C" {
 
 // A fatal error: formats "file:line: message", hands it to the handler (which may longjmp), and
 // exits with status 1 if the handler returns or none is set.
-LDMC_NORETURN void ldmc_fatal_at(const char *file, int line, const char *fmt, ...) LDMC_PRINTF(3, 4);
+LDMC_NORETURN void ldmc_fatal_at(const char *file, int line, const char *fmt, ...)
+    LDMC_PRINTF(3, 4);
 #define LDMC_FATAL(...) ldmc_fatal_at(__FILE__, __LINE__, __VA_ARGS__)
 // Always on, whatever NDEBUG says: a runtime condition, not a debugging aid.
 #define LDMC_CHECK(cond, ...)                                                                      \

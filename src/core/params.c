@@ -8,7 +8,7 @@
 #include "core/error.h"
 
 static const char *role_names[LDMC_ROLE_COUNT] = {"weights", "master", "grad",
-                                                   "adam_m",  "adam_v", "ema"};
+                                                  "adam_m",  "adam_v", "ema"};
 
 const char *ldmc_param_role_name(ldmc_param_role role) {
     return (unsigned)role < LDMC_ROLE_COUNT ? role_names[role] : "?";
@@ -42,7 +42,7 @@ int ldmc_params_add(ldmc_params *p, const char *name, int ndim, const int64_t *s
     LDMC_CHECK(item->name, "out of memory");
     memcpy(item->shape, shape, (size_t)ndim * sizeof *shape);
     item->numel = ldmc_shape_numel(ndim, shape);
-    p->total += ((size_t)item->numel + 15) & ~(size_t)15;  // 64-byte aligned starts
+    p->total += ((size_t)item->numel + 15) & ~(size_t)15; // 64-byte aligned starts
     return p->count++;
 }
 
@@ -54,7 +54,8 @@ int ldmc_params_flag_matching(ldmc_params *p, const char *pattern, unsigned flag
         matched++;
     }
     if (matched && p->buffers[LDMC_ROLE_WEIGHTS])
-        for (int i = 0; i < p->count; i++) ldmc_params_tensor(p, i);
+        for (int i = 0; i < p->count; i++)
+            ldmc_params_tensor(p, i);
     return matched;
 }
 
@@ -66,7 +67,8 @@ void ldmc_params_alloc(ldmc_params *p, ldmc_param_role role) {
     LDMC_CHECK(p->buffers[role], "out of memory: %zu MiB for the %s buffer", bytes >> 20,
                role_names[role]);
     memset(p->buffers[role], 0, bytes);
-    for (int i = 0; i < p->count; i++) ldmc_params_tensor(p, i);
+    for (int i = 0; i < p->count; i++)
+        ldmc_params_tensor(p, i);
 }
 
 void ldmc_params_zero_grad(ldmc_params *p) {
@@ -96,8 +98,10 @@ int64_t ldmc_params_count(const ldmc_params *p, bool trainable_only) {
 }
 
 void ldmc_params_free(ldmc_params *p) {
-    for (int i = 0; i < p->count; i++) free(p->items[i].name);
+    for (int i = 0; i < p->count; i++)
+        free(p->items[i].name);
     free(p->items);
-    for (int r = 0; r < LDMC_ROLE_COUNT; r++) free(p->buffers[r]);
+    for (int r = 0; r < LDMC_ROLE_COUNT; r++)
+        free(p->buffers[r]);
     *p = (ldmc_params){0};
 }

@@ -10,13 +10,13 @@
 #include "core/tensor.h"
 
 enum {
-    LDMC_PARAM_NO_DECAY = 1u << 0,  // norms, biases, embeddings: AdamW skips weight decay
-    LDMC_PARAM_FROZEN = 1u << 1,    // no gradient, not updated
+    LDMC_PARAM_NO_DECAY = 1u << 0, // norms, biases, embeddings: AdamW skips weight decay
+    LDMC_PARAM_FROZEN = 1u << 1,   // no gradient, not updated
 };
 
 typedef enum ldmc_param_role {
-    LDMC_ROLE_WEIGHTS,  // what the forward reads (f32 on the CPU)
-    LDMC_ROLE_MASTER,   // fp32 master copy (GPU training with bf16 weights)
+    LDMC_ROLE_WEIGHTS, // what the forward reads (f32 on the CPU)
+    LDMC_ROLE_MASTER,  // fp32 master copy (GPU training with bf16 weights)
     LDMC_ROLE_GRAD,
     LDMC_ROLE_ADAM_M,
     LDMC_ROLE_ADAM_V,
@@ -28,17 +28,17 @@ typedef struct ldmc_param {
     char *name;
     int ndim;
     int64_t shape[LDMC_MAX_DIMS];
-    size_t offset;  // in elements, into every role's buffer
+    size_t offset; // in elements, into every role's buffer
     int64_t numel;
     unsigned flags;
-    ldmc_tensor tensor;  // view: data in the weights, gradient in the gradient buffer
+    ldmc_tensor tensor; // view: data in the weights, gradient in the gradient buffer
 } ldmc_param;
 
 typedef struct ldmc_params {
     ldmc_param *items;
     int count, cap;
-    size_t total;                      // elements per role buffer, padding included
-    float *buffers[LDMC_ROLE_COUNT];   // NULL until allocated
+    size_t total;                    // elements per role buffer, padding included
+    float *buffers[LDMC_ROLE_COUNT]; // NULL until allocated
 } ldmc_params;
 
 const char *ldmc_param_role_name(ldmc_param_role role);

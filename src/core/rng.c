@@ -50,7 +50,8 @@ uint32_t ldmc_rng_bits(const ldmc_rng *rng, uint64_t i) {
 
 void ldmc_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out) {
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t k = 0; k < n; k++) out[k] = (float)(ldmc_rng_bits(rng, offset + k) >> 8) * 0x1p-24f;
+    for (size_t k = 0; k < n; k++)
+        out[k] = (float)(ldmc_rng_bits(rng, offset + k) >> 8) * 0x1p-24f;
 }
 
 void ldmc_rng_signed_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out) {
@@ -71,5 +72,6 @@ static float box_muller(const ldmc_rng *rng, uint64_t i) {
 
 void ldmc_rng_normal(const ldmc_rng *rng, uint64_t offset, size_t n, float *out) {
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t k = 0; k < n; k++) out[k] = box_muller(rng, offset + k);
+    for (size_t k = 0; k < n; k++)
+        out[k] = box_muller(rng, offset + k);
 }

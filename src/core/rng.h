@@ -15,17 +15,17 @@
 
 typedef struct ldmc_rng {
     uint32_t key[2];
-    uint32_t ctr_hi[2];  // counter words 2 and 3: step, rank << 16 | purpose
+    uint32_t ctr_hi[2]; // counter words 2 and 3: step, rank << 16 | purpose
 } ldmc_rng;
 
 // Purposes: one per consumer so that streams never overlap.
 enum {
-    LDMC_RNG_TEST = 0,       // test inputs and reference data
+    LDMC_RNG_TEST = 0, // test inputs and reference data
     LDMC_RNG_DROPOUT = 1,
-    LDMC_RNG_NOISE = 2,      // diffusion noise
+    LDMC_RNG_NOISE = 2, // diffusion noise
     LDMC_RNG_TIMESTEP = 3,
-    LDMC_RNG_INIT = 4,       // parameter initialization
-    LDMC_RNG_DATA = 5,       // data order, crops, flips
+    LDMC_RNG_INIT = 4, // parameter initialization
+    LDMC_RNG_DATA = 5, // data order, crops, flips
 };
 
 void ldmc_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);

@@ -116,7 +116,8 @@ static ldmc_node *append_node(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor
     memcpy(node->in, in, (size_t)n_in * sizeof *in);
     memcpy(node->out, out, (size_t)n_out * sizeof *out);
     node->args = NULL;
-    for (int i = 0; i < n_out; i++) out[i]->requires_grad = true;
+    for (int i = 0; i < n_out; i++)
+        out[i]->requires_grad = true;
     return node;
 }
 
@@ -155,12 +156,15 @@ static void run_backward(ldmc_ctx *ctx, int first, int end) {
 void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_grads, int n) {
     for (int k = 0; k < n; k++) {
         float *g = ldmc_grad(ctx, outs[k]);
-        LDMC_CHECK(g, "backward from '%s', which does not depend on anything that needs a "
-                   "gradient", outs[k]->name ? outs[k]->name : "?");
+        LDMC_CHECK(g,
+                   "backward from '%s', which does not depend on anything that needs a "
+                   "gradient",
+                   outs[k]->name ? outs[k]->name : "?");
         int64_t count = ldmc_numel(outs[k]);
         const float *seed = seed_grads ? seed_grads[k] : NULL;
 #pragma omp parallel for schedule(static) if (count > 65536)
-        for (int64_t i = 0; i < count; i++) g[i] += seed ? seed[i] : 1.0f;
+        for (int64_t i = 0; i < count; i++)
+            g[i] += seed ? seed[i] : 1.0f;
     }
     bool was_recording = ctx->recording;
     ctx->recording = false;
@@ -174,7 +178,7 @@ void ldmc_backward(ldmc_ctx *ctx, ldmc_tensor *loss, const float *seed_grad) {
 
 uint64_t ldmc_ctx_rng_take(ldmc_ctx *ctx, uint64_t count) {
     uint64_t offset = ctx->rng_offset;
-    ctx->rng_offset += (count + 3) & ~(uint64_t)3;  // whole Philox blocks of 4
+    ctx->rng_offset += (count + 3) & ~(uint64_t)3; // whole Philox blocks of 4
     return offset;
 }
 
@@ -183,12 +187,13 @@ uint64_t ldmc_ctx_rng_take(ldmc_ctx *ctx, uint64_t count) {
 typedef struct checkpoint_args {
     ldmc_region_fn fn;
     void *user;
-    uint64_t rng_offset;  // the stream position when the region first ran
+    uint64_t rng_offset; // the stream position when the region first ran
 } checkpoint_args;
 
 static void checkpoint_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const checkpoint_args *args = node->args;
-    for (int i = 0; i < node->n_in; i++) ldmc_grad(ctx, node->in[i]);  // kept below the mark
+    for (int i = 0; i < node->n_in; i++)
+        ldmc_grad(ctx, node->in[i]); // kept below the mark
     size_t data_mark = ldmc_arena_mark(&ctx->data), meta_mark = ldmc_arena_mark(&ctx->meta);
     uint64_t rng_saved = ctx->rng_offset, first_id_saved = ctx->recompute_first_id;
     bool in_recompute_saved = ctx->in_recompute;
@@ -208,7 +213,7 @@ static void checkpoint_backward(ldmc_ctx *ctx, ldmc_node *node) {
         LDMC_CHECK(ldmc_numel(out[o]) == ldmc_numel(node->out[o]),
                    "checkpoint region output %d changed size on its re-run", o);
         if (g && out[o]->requires_grad) {
-            grad_owner(out[o])->grad = g;  // the recorded outputs take the region's gradient
+            grad_owner(out[o])->grad = g; // the recorded outputs take the region's gradient
             any = true;
         }
     }
@@ -269,7 +274,7 @@ void ldmc_checkpoint(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor *
         for (int i = 0; i < n_in; i++)
             LDMC_CHECK(grad_owner(out[o]) != grad_owner(in[i]),
                        "checkpoint region returns its input %d as output %d", i, o);
-        out[o]->base = NULL;  // a view of a discarded intermediate becomes a tensor of its own
+        out[o]->base = NULL; // a view of a discarded intermediate becomes a tensor of its own
         out[o]->is_param = false;
     }
     compact_outputs(ctx, mark, out, n_out);

@@ -36,7 +36,7 @@ struct ldmc_node {
     int n_in;
     ldmc_tensor **out;
     int n_out;
-    void *args;  // op-specific, allocated with ldmc_node_args
+    void *args; // op-specific, allocated with ldmc_node_args
 };
 
 // A region for ldmc_checkpoint: reads in[0..n_in), writes out[0..n_out) (fresh tensors).
@@ -44,11 +44,11 @@ typedef void (*ldmc_region_fn)(ldmc_ctx *ctx, void *user, ldmc_tensor **in, int 
                                ldmc_tensor **out, int n_out);
 
 struct ldmc_ctx {
-    ldmc_arena data;  // activations, saved values, activation gradients
-    ldmc_arena meta;  // tensor headers, node argument records
+    ldmc_arena data; // activations, saved values, activation gradients
+    ldmc_arena meta; // tensor headers, node argument records
     ldmc_node *nodes;
     int n_nodes, cap_nodes;
-    bool recording;   // record ops for backward (training); off for inference
+    bool recording; // record ops for backward (training); off for inference
     uint64_t next_id;
     // Random streams for ops such as dropout: each call draws a fresh range of the Philox stream
     // keyed by (seed, step, rank); the offset is restored when a checkpoint region is re-run.
@@ -70,8 +70,7 @@ ldmc_tensor *ldmc_new(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *
 ldmc_tensor *ldmc_zeros(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape);
 ldmc_tensor *ldmc_new_like(ldmc_ctx *ctx, const ldmc_tensor *t);
 // A header over memory the caller owns (inputs, reference data). Not copied.
-ldmc_tensor *ldmc_wrap(ldmc_ctx *ctx, ldmc_dtype dtype, void *data, int ndim,
-                       const int64_t *shape);
+ldmc_tensor *ldmc_wrap(ldmc_ctx *ctx, ldmc_dtype dtype, void *data, int ndim, const int64_t *shape);
 // A view with another shape of the same number of elements; shares data and gradient.
 ldmc_tensor *ldmc_reshape(ldmc_ctx *ctx, ldmc_tensor *t, int ndim, const int64_t *shape);
 // Marks a leaf (an input that is not a parameter) as needing a gradient.

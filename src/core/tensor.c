@@ -7,7 +7,8 @@
 
 int64_t ldmc_shape_numel(int ndim, const int64_t *shape) {
     int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= shape[i];
+    for (int i = 0; i < ndim; i++)
+        n *= shape[i];
     return n;
 }
 
@@ -26,9 +27,8 @@ bool ldmc_same_shape(const ldmc_tensor *a, const ldmc_tensor *b) {
 
 float *ldmc_data_f32(const ldmc_tensor *t) {
     LDMC_CHECK(t->dtype == LDMC_F32 && t->device == LDMC_CPU,
-               "tensor '%s' is %s on %s; this CPU op needs f32 on the CPU",
-               t->name ? t->name : "?", ldmc_dtype_name(t->dtype),
-               t->device == LDMC_CPU ? "the CPU" : "the GPU");
+               "tensor '%s' is %s on %s; this CPU op needs f32 on the CPU", t->name ? t->name : "?",
+               ldmc_dtype_name(t->dtype), t->device == LDMC_CPU ? "the CPU" : "the GPU");
     return t->data;
 }
 

@@ -20,12 +20,12 @@ typedef struct ldmc_tensor {
     int ndim;
     int64_t shape[LDMC_MAX_DIMS];
     void *data;
-    float *grad;                // f32, same numel; NULL until needed (see ldmc_grad)
-    struct ldmc_tensor *base;   // a view's base tensor (grad lives there), or NULL
+    float *grad;              // f32, same numel; NULL until needed (see ldmc_grad)
+    struct ldmc_tensor *base; // a view's base tensor (grad lives there), or NULL
     bool requires_grad;
-    bool is_param;              // a view into the parameter table's flat buffers
-    uint64_t id;                // creation order within a context (0 for parameters)
-    const char *name;           // parameter name, or the op that made it
+    bool is_param;    // a view into the parameter table's flat buffers
+    uint64_t id;      // creation order within a context (0 for parameters)
+    const char *name; // parameter name, or the op that made it
 } ldmc_tensor;
 
 int64_t ldmc_shape_numel(int ndim, const int64_t *shape);

@@ -33,7 +33,8 @@ static const char *better_core(void) {
     __builtin_cpu_init();
     bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-    if (avx2_core && avx512) return __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
+    if (avx2_core && avx512)
+        return __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
 #endif
     return NULL;
 }
@@ -43,14 +44,16 @@ void ldmc_blas_select_kernels(char **argv) {
     if (!core) return;
     setenv("OPENBLAS_CORETYPE", core, 1);
     execv("/proc/self/exe", argv);
-    unsetenv("OPENBLAS_CORETYPE");  // exec failed: carry on with the AVX2 kernels
+    unsetenv("OPENBLAS_CORETYPE"); // exec failed: carry on with the AVX2 kernels
 }
 
 const char *ldmc_blas_hint(void) {
     static char hint[160];
     const char *set = getenv("OPENBLAS_CORETYPE"), *core = better_core();
     if (!set || !core) return NULL;
-    snprintf(hint, sizeof hint, "OPENBLAS_CORETYPE=%s is set, but this CPU runs OpenBLAS's %s "
-             "(AVX-512) kernels about twice as fast: unset it", set, core);
+    snprintf(hint, sizeof hint,
+             "OPENBLAS_CORETYPE=%s is set, but this CPU runs OpenBLAS's %s "
+             "(AVX-512) kernels about twice as fast: unset it",
+             set, core);
     return hint;
 }

@@ -13,7 +13,8 @@
 #include <unistd.h>
 
 static void free_contents(ldmc_safetensors *st) {
-    for (int i = 0; i < st->count; i++) free(st->tensors[i].name);
+    for (int i = 0; i < st->count; i++)
+        free(st->tensors[i].name);
     for (int i = 0; i < st->meta_count; i++) {
         free(st->meta[i].key);
         free(st->meta[i].value);
@@ -67,8 +68,10 @@ static int parse_tensor(ldmc_safetensors *st, const cJSON *entry, ldmc_st_tensor
     if (!cJSON_IsString(dtype))
         return LDMC_ERR(err, "%s: tensor '%s': missing \"dtype\" string", st->path, name);
     if (ldmc_dtype_parse(dtype->valuestring, &t->dtype) != 0)
-        return LDMC_ERR(err, "%s: tensor '%s': unsupported dtype \"%s\" (expected F32, F16, BF16, "
-                        "I32 or I64)", st->path, name, dtype->valuestring);
+        return LDMC_ERR(err,
+                        "%s: tensor '%s': unsupported dtype \"%s\" (expected F32, F16, BF16, "
+                        "I32 or I64)",
+                        st->path, name, dtype->valuestring);
     if (!cJSON_IsArray(shape))
         return LDMC_ERR(err, "%s: tensor '%s': missing \"shape\" array", st->path, name);
     t->ndim = cJSON_GetArraySize(shape);
@@ -92,16 +95,19 @@ static int parse_tensor(ldmc_safetensors *st, const cJSON *entry, ldmc_st_tensor
                         name);
     int64_t begin = json_whole(offsets->child), end = json_whole(offsets->child->next);
     if (begin < 0 || end < 0 || begin > end)
-        return LDMC_ERR(err, "%s: tensor '%s': data_offsets must be whole numbers with begin <= end",
+        return LDMC_ERR(err,
+                        "%s: tensor '%s': data_offsets must be whole numbers with begin <= end",
                         st->path, name);
     if ((uint64_t)end > st->data_size)
-        return LDMC_ERR(err, "%s: tensor '%s': data_offsets [%" PRId64 ", %" PRId64 ") go past the "
+        return LDMC_ERR(err,
+                        "%s: tensor '%s': data_offsets [%" PRId64 ", %" PRId64 ") go past the "
                         "end of the data section (%" PRIu64 " bytes; file truncated?)",
                         st->path, name, begin, end, st->data_size);
     if ((uint64_t)(end - begin) != bytes)
-        return LDMC_ERR(err, "%s: tensor '%s': shape and dtype %s need %" PRIu64 " bytes but "
-                        "data_offsets span %" PRId64, st->path, name, ldmc_dtype_name(t->dtype),
-                        bytes, end - begin);
+        return LDMC_ERR(err,
+                        "%s: tensor '%s': shape and dtype %s need %" PRIu64 " bytes but "
+                        "data_offsets span %" PRId64,
+                        st->path, name, ldmc_dtype_name(t->dtype), bytes, end - begin);
     t->begin = (uint64_t)begin;
     t->end = (uint64_t)end;
     t->data = st->data + begin;
@@ -112,7 +118,9 @@ static int parse_tensor(ldmc_safetensors *st, const cJSON *entry, ldmc_st_tensor
 
 static int compare_begin(const void *a, const void *b) {
     const ldmc_st_tensor *x = a, *y = b;
-    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : (x->end > y->end) - (x->end < y->end);
+    return x->begin < y->begin   ? -1
+           : x->begin > y->begin ? 1
+                                 : (x->end > y->end) - (x->end < y->end);
 }
 
 static int parse_header(ldmc_safetensors *st, const char *json, size_t len, ldmc_err *err) {
@@ -153,9 +161,11 @@ static int parse_header(ldmc_safetensors *st, const char *json, size_t len, ldmc
         for (int i = 1; i < st->count && rc == 0; i++) {
             const ldmc_st_tensor *prev = &st->tensors[i - 1], *cur = &st->tensors[i];
             if (cur->begin < prev->end && cur->end > cur->begin && prev->end > prev->begin)
-                rc = LDMC_ERR(err, "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 ") and '%s' [%" PRIu64
-                              ", %" PRIu64 ") overlap", st->path, prev->name, prev->begin,
-                              prev->end, cur->name, cur->begin, cur->end);
+                rc = LDMC_ERR(err,
+                              "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 ") and '%s' [%" PRIu64
+                              ", %" PRIu64 ") overlap",
+                              st->path, prev->name, prev->begin, prev->end, cur->name, cur->begin,
+                              cur->end);
         }
     }
 done:
@@ -180,8 +190,10 @@ int ldmc_safetensors_open(ldmc_safetensors *st, const char *path, ldmc_err *err)
     }
     if (sb.st_size < 8) {
         close(fd);
-        LDMC_ERR(err, "%s: %lld bytes is too short for a safetensors file (the 8-byte header "
-                 "length is missing)", path, (long long)sb.st_size);
+        LDMC_ERR(err,
+                 "%s: %lld bytes is too short for a safetensors file (the 8-byte header "
+                 "length is missing)",
+                 path, (long long)sb.st_size);
         goto fail;
     }
     st->map_size = (size_t)sb.st_size;
@@ -194,11 +206,13 @@ int ldmc_safetensors_open(ldmc_safetensors *st, const char *path, ldmc_err *err)
     }
     const unsigned char *bytes = st->map;
     uint64_t header_len = 0;
-    for (int i = 7; i >= 0; i--) header_len = (header_len << 8) | bytes[i];
+    for (int i = 7; i >= 0; i--)
+        header_len = (header_len << 8) | bytes[i];
     if (header_len > LDMC_SAFETENSORS_MAX_HEADER || header_len > st->map_size - 8) {
-        LDMC_ERR(err, "%s: header length %" PRIu64 " is impossible (file has %zu bytes after the "
-                 "length; the format allows at most %" PRIu64 ")", path, header_len,
-                 st->map_size - 8, LDMC_SAFETENSORS_MAX_HEADER);
+        LDMC_ERR(err,
+                 "%s: header length %" PRIu64 " is impossible (file has %zu bytes after the "
+                 "length; the format allows at most %" PRIu64 ")",
+                 path, header_len, st->map_size - 8, LDMC_SAFETENSORS_MAX_HEADER);
         goto fail;
     }
     st->data = bytes + 8 + header_len;
@@ -245,7 +259,7 @@ int ldmc_safetensors_read(const ldmc_safetensors *st, const ldmc_st_tensor *t, v
 static cJSON *whole_number(uint64_t v) {
     char buf[32];
     snprintf(buf, sizeof buf, "%" PRIu64, v);
-    return cJSON_CreateRaw(buf);  // exact for any 64-bit value, unlike a JSON double
+    return cJSON_CreateRaw(buf); // exact for any 64-bit value, unlike a JSON double
 }
 
 static char *build_header(const ldmc_st_entry *entries, int count, const ldmc_st_meta *meta,
@@ -254,7 +268,8 @@ static char *build_header(const ldmc_st_entry *entries, int count, const ldmc_st
     if (!root) return NULL;
     if (meta_count > 0) {
         cJSON *m = cJSON_AddObjectToObject(root, "__metadata__");
-        for (int i = 0; m && i < meta_count; i++) cJSON_AddStringToObject(m, meta[i].key, meta[i].value);
+        for (int i = 0; m && i < meta_count; i++)
+            cJSON_AddStringToObject(m, meta[i].key, meta[i].value);
     }
     uint64_t offset = 0;
     for (int i = 0; i < count; i++) {
@@ -263,11 +278,13 @@ static char *build_header(const ldmc_st_entry *entries, int count, const ldmc_st
         cJSON *obj = cJSON_AddObjectToObject(root, e->name);
         cJSON *shape = obj ? cJSON_AddArrayToObject(obj, "shape") : NULL;
         cJSON *offsets = obj ? cJSON_AddArrayToObject(obj, "data_offsets") : NULL;
-        if (!shape || !offsets || !cJSON_AddStringToObject(obj, "dtype", ldmc_dtype_name(e->dtype))) {
+        if (!shape || !offsets ||
+            !cJSON_AddStringToObject(obj, "dtype", ldmc_dtype_name(e->dtype))) {
             cJSON_Delete(root);
             return NULL;
         }
-        for (int d = 0; d < e->ndim; d++) cJSON_AddItemToArray(shape, whole_number((uint64_t)e->shape[d]));
+        for (int d = 0; d < e->ndim; d++)
+            cJSON_AddItemToArray(shape, whole_number((uint64_t)e->shape[d]));
         cJSON_AddItemToArray(offsets, whole_number(offset));
         cJSON_AddItemToArray(offsets, whole_number(offset + bytes));
         offset += bytes;
@@ -281,7 +298,8 @@ static int write_all(FILE *f, const void *p, size_t n) { return fwrite(p, 1, n, 
 
 static int write_tensor(FILE *f, const ldmc_st_entry *e) {
     int64_t n = ldmc_shape_numel(e->ndim, e->shape);
-    if (e->dtype == e->src_dtype) return write_all(f, e->data, (size_t)n * ldmc_dtype_size(e->dtype));
+    if (e->dtype == e->src_dtype)
+        return write_all(f, e->data, (size_t)n * ldmc_dtype_size(e->dtype));
     enum { CHUNK = 16384 };
     _Alignas(64) unsigned char buf[CHUNK * 8];
     size_t src_size = ldmc_dtype_size(e->src_dtype), dst_size = ldmc_dtype_size(e->dtype);
@@ -306,7 +324,7 @@ int ldmc_safetensors_write(const char *path, const ldmc_st_entry *entries, int c
     }
     char *json = build_header(entries, count, meta, meta_count);
     if (!json) return LDMC_ERR(err, "%s: out of memory building the header", path);
-    size_t len = strlen(json), padded = (len + 7) & ~(size_t)7;  // data starts 8-byte aligned
+    size_t len = strlen(json), padded = (len + 7) & ~(size_t)7; // data starts 8-byte aligned
     char tmp[4096];
     if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) {
         free(json);
@@ -318,11 +336,14 @@ int ldmc_safetensors_write(const char *path, const ldmc_st_entry *entries, int c
         return LDMC_ERR(err, "%s: cannot create: %s", tmp, strerror(errno));
     }
     unsigned char len_bytes[8];
-    for (int i = 0; i < 8; i++) len_bytes[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        len_bytes[i] = (unsigned char)((uint64_t)padded >> (8 * i));
     int rc = write_all(f, len_bytes, 8) | write_all(f, json, len);
-    for (size_t i = len; i < padded && rc == 0; i++) rc = write_all(f, " ", 1);
+    for (size_t i = len; i < padded && rc == 0; i++)
+        rc = write_all(f, " ", 1);
     free(json);
-    for (int i = 0; i < count && rc == 0; i++) rc = write_tensor(f, &entries[i]);
+    for (int i = 0; i < count && rc == 0; i++)
+        rc = write_tensor(f, &entries[i]);
     if (rc == 0) rc = fflush(f) == 0 && fsync(fileno(f)) == 0 ? 0 : -1;
     int saved_errno = errno;
     if (fclose(f) != 0) rc = -1;

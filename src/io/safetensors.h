@@ -21,8 +21,8 @@ typedef struct ldmc_st_tensor {
     ldmc_dtype dtype;
     int ndim;
     int64_t shape[LDMC_MAX_DIMS];
-    uint64_t begin, end;  // byte offsets into the data section
-    const void *data;     // inside the mapping; not necessarily aligned
+    uint64_t begin, end; // byte offsets into the data section
+    const void *data;    // inside the mapping; not necessarily aligned
 } ldmc_st_tensor;
 
 typedef struct ldmc_st_meta {
@@ -33,9 +33,9 @@ typedef struct ldmc_safetensors {
     char *path;
     void *map;
     size_t map_size;
-    const unsigned char *data;  // the data section
+    const unsigned char *data; // the data section
     uint64_t data_size;
-    ldmc_st_tensor *tensors;    // in file order of their offsets
+    ldmc_st_tensor *tensors; // in file order of their offsets
     int count;
     ldmc_st_meta *meta;
     int meta_count;

@@ -13,12 +13,12 @@
 
 // A 2-D convolution or pooling window over (N, H, W, C) -> (N, Ho, Wo, O).
 typedef struct ldmc_conv_geom {
-    int N, H, W, C;         // input
-    int O;                  // output channels (convolution only)
-    int kh, kw;             // window
+    int N, H, W, C; // input
+    int O;          // output channels (convolution only)
+    int kh, kw;     // window
     int stride;
     int pad_top, pad_bottom, pad_left, pad_right;
-    int Ho, Wo;             // output, from ldmc_conv_geom_finish
+    int Ho, Wo; // output, from ldmc_conv_geom_finish
 } ldmc_conv_geom;
 
 // Fills Ho and Wo: floor((H + pads - k) / stride) + 1. Returns -1 when the window does not fit.

@@ -14,7 +14,7 @@
 #define TENSORS(...) ((ldmc_tensor *[]){__VA_ARGS__})
 #define COUNT_TENSORS(...) ((int)(sizeof(TENSORS(__VA_ARGS__)) / sizeof(ldmc_tensor *)))
 // Records the node for op with the given inputs and one output.
-#define RECORD(ctx, op, out, ...)                                                                 \
+#define RECORD(ctx, op, out, ...)                                                                  \
     ldmc_record((ctx), (op), TENSORS(__VA_ARGS__), COUNT_TENSORS(__VA_ARGS__), TENSORS(out), 1)
 
 static inline const float *DATA(const ldmc_tensor *t) { return t ? ldmc_data_f32(t) : NULL; }
@@ -23,13 +23,13 @@ static inline float *OUT(const ldmc_tensor *t) { return ldmc_data_f32(t); }
 static inline const float *DOUT(const ldmc_tensor *t) { return ldmc_grad_if_any(t); }
 
 // Fatal error naming the op and the offending tensor's shape.
-#define OP_CHECK(cond, op_name, t, ...)                                                           \
+#define OP_CHECK(cond, op_name, t, ...)                                                            \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
             char shape_[96], msg_[256];                                                            \
             snprintf(msg_, sizeof msg_, __VA_ARGS__);                                              \
-            LDMC_FATAL("%s: %s (got '%s' with shape %s)", (op_name), msg_,                        \
-                       (t)->name ? (t)->name : "?", ldmc_shape_str((t), shape_, sizeof shape_));  \
+            LDMC_FATAL("%s: %s (got '%s' with shape %s)", (op_name), msg_,                         \
+                       (t)->name ? (t)->name : "?", ldmc_shape_str((t), shape_, sizeof shape_));   \
         }                                                                                          \
     } while (0)
 

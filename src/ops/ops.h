@@ -13,11 +13,10 @@
 // x (..., in), w (out, in), b (out) or NULL -> (..., out)
 ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b);
 // a (B, M, K) [(B, K, M) if trans_a], b (B, K, N) [(B, N, K) if trans_b] -> (B, M, N)
-ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool trans_a,
-                         bool trans_b);
+ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool trans_a, bool trans_b);
 // x (N, H, W, C), w (O, kH, kW, C), b (O) or NULL -> (N, Ho, Wo, O); symmetric padding.
-ldmc_tensor *ldmc_conv2d(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b,
-                         int stride, int padding);
+ldmc_tensor *ldmc_conv2d(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b, int stride,
+                         int padding);
 // pad = {top, bottom, left, right} (the VAE's downsampling pads (0, 1, 0, 1)).
 ldmc_tensor *ldmc_conv2d_padded(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b,
                                 int stride, const int pad[4]);
@@ -25,11 +24,11 @@ ldmc_tensor *ldmc_conv2d_padded(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, l
 // ---- normalization --------------------------------------------------------------------------
 // x (N, ..., C) with C divisible by groups; statistics over everything but N per group.
 // gamma, beta (C) or NULL.
-ldmc_tensor *ldmc_group_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma,
-                             ldmc_tensor *beta, int groups, double eps);
+ldmc_tensor *ldmc_group_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma, ldmc_tensor *beta,
+                             int groups, double eps);
 // x (..., C); gamma, beta (C) or NULL.
-ldmc_tensor *ldmc_layer_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma,
-                             ldmc_tensor *beta, double eps);
+ldmc_tensor *ldmc_layer_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma, ldmc_tensor *beta,
+                             double eps);
 
 // ---- activations ----------------------------------------------------------------------------
 ldmc_tensor *ldmc_silu(ldmc_ctx *ctx, ldmc_tensor *x);

@@ -44,7 +44,8 @@ ldmc_tensor *ldmc_geglu(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim >= 1 && last_dim(x) % 2 == 0, "geglu", x,
              "the last dimension must be even (value and gate halves)");
     int64_t shape[LDMC_MAX_DIMS];
-    for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
+    for (int i = 0; i < x->ndim; i++)
+        shape[i] = x->shape[i];
     shape[x->ndim - 1] /= 2;
     ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, x->ndim, shape);
     int F = (int)shape[x->ndim - 1];

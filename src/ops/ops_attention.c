@@ -6,15 +6,15 @@
 
 typedef struct attention_args {
     int B, Nq, Nk, H, D;
-    float *lse;  // (B, H, Nq), saved by forward
+    float *lse; // (B, H, Nq), saved by forward
 } attention_args;
 
 static void attention_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const attention_args *a = node->args;
     ldmc_tensor *q = node->in[0], *k = node->in[1], *v = node->in[2], *o = node->out[0];
-    attention_backward_f32(ldmc_grad(ctx, q), ldmc_grad(ctx, k), ldmc_grad(ctx, v), DOUT(o), DATA(q),
-                           DATA(k), DATA(v), DATA(o), a->lse, a->B, a->Nq, a->Nk, a->H, a->D,
-                           1.0 / sqrt((double)a->D));
+    attention_backward_f32(ldmc_grad(ctx, q), ldmc_grad(ctx, k), ldmc_grad(ctx, v), DOUT(o),
+                           DATA(q), DATA(k), DATA(v), DATA(o), a->lse, a->B, a->Nq, a->Nk, a->H,
+                           a->D, 1.0 / sqrt((double)a->D));
 }
 
 static const ldmc_op_info attention_op = {"attention", attention_backward};
@@ -25,10 +25,14 @@ ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_
     int64_t C = q->shape[2];
     OP_CHECK(heads > 0 && C % heads == 0, "attention", q, "C must be divisible by %d heads", heads);
     OP_CHECK(k->ndim == 3 && k->shape[0] == q->shape[0] && k->shape[2] == C, "attention", k,
-             "k must be (B, Nk, C) with B = %lld and C = %lld", (long long)q->shape[0], (long long)C);
+             "k must be (B, Nk, C) with B = %lld and C = %lld", (long long)q->shape[0],
+             (long long)C);
     OP_CHECK(ldmc_same_shape(k, v), "attention", v, "v must have k's shape");
-    attention_args a = {.B = (int)q->shape[0], .Nq = (int)q->shape[1], .Nk = (int)k->shape[1],
-                        .H = heads, .D = (int)(C / heads)};
+    attention_args a = {.B = (int)q->shape[0],
+                        .Nq = (int)q->shape[1],
+                        .Nk = (int)k->shape[1],
+                        .H = heads,
+                        .D = (int)(C / heads)};
     OP_CHECK(a.Nk > 0, "attention", k, "there must be at least one key");
     a.lse = ldmc_scratch(ctx, (size_t)a.B * a.H * a.Nq * sizeof(float));
     ldmc_tensor *o = ldmc_new_like(ctx, q);

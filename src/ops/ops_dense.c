@@ -17,10 +17,12 @@ ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_ten
     OP_CHECK(w->ndim == 2, "linear", w, "the weight must be (out, in)");
     OP_CHECK(x->ndim >= 1 && last_dim(x) == w->shape[1], "linear", x,
              "the last dimension must be the weight's in = %lld", (long long)w->shape[1]);
-    if (b) OP_CHECK(ldmc_numel(b) == w->shape[0], "linear", b, "the bias must have out = %lld values",
-                    (long long)w->shape[0]);
+    if (b)
+        OP_CHECK(ldmc_numel(b) == w->shape[0], "linear", b, "the bias must have out = %lld values",
+                 (long long)w->shape[0]);
     int64_t shape[LDMC_MAX_DIMS];
-    for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
+    for (int i = 0; i < x->ndim; i++)
+        shape[i] = x->shape[i];
     shape[x->ndim - 1] = w->shape[0];
     ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, x->ndim, shape);
     linear_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), (int)(ldmc_numel(x) / w->shape[1]),
@@ -79,12 +81,22 @@ ldmc_tensor *ldmc_conv2d_padded(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, l
     OP_CHECK(x->ndim == 4 && x->shape[3] == w->shape[3], "conv2d", x,
              "the input must be (N, H, W, C) with C = %lld, the weight's last dimension",
              (long long)w->shape[3]);
-    if (b) OP_CHECK(ldmc_numel(b) == w->shape[0], "conv2d", b, "the bias must have O = %lld values",
-                    (long long)w->shape[0]);
+    if (b)
+        OP_CHECK(ldmc_numel(b) == w->shape[0], "conv2d", b, "the bias must have O = %lld values",
+                 (long long)w->shape[0]);
     ldmc_conv_geom g = {
-        .N = (int)x->shape[0], .H = (int)x->shape[1], .W = (int)x->shape[2], .C = (int)x->shape[3],
-        .O = (int)w->shape[0], .kh = (int)w->shape[1], .kw = (int)w->shape[2], .stride = stride,
-        .pad_top = pad[0], .pad_bottom = pad[1], .pad_left = pad[2], .pad_right = pad[3],
+        .N = (int)x->shape[0],
+        .H = (int)x->shape[1],
+        .W = (int)x->shape[2],
+        .C = (int)x->shape[3],
+        .O = (int)w->shape[0],
+        .kh = (int)w->shape[1],
+        .kw = (int)w->shape[2],
+        .stride = stride,
+        .pad_top = pad[0],
+        .pad_bottom = pad[1],
+        .pad_left = pad[2],
+        .pad_right = pad[3],
     };
     OP_CHECK(ldmc_conv_geom_finish(&g) == 0, "conv2d", x,
              "a %dx%d window with stride %d and padding (%d, %d, %d, %d) does not fit", g.kh, g.kw,
@@ -96,7 +108,8 @@ ldmc_tensor *ldmc_conv2d_padded(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, l
     return y;
 }
 
-ldmc_tensor *ldmc_conv2d(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b,
-                         int stride, int padding) {
-    return ldmc_conv2d_padded(ctx, x, w, b, stride, (const int[4]){padding, padding, padding, padding});
+ldmc_tensor *ldmc_conv2d(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b, int stride,
+                         int padding) {
+    return ldmc_conv2d_padded(ctx, x, w, b, stride,
+                              (const int[4]){padding, padding, padding, padding});
 }

@@ -80,7 +80,8 @@ ldmc_tensor *ldmc_add_broadcast(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *v) {
     a.B = vector ? 1 : (int)x->shape[0];
     OP_CHECK(last_dim(v) == a.C && ldmc_numel(v) == (int64_t)a.B * a.C &&
                  (vector || v->shape[0] == x->shape[0]),
-             "add_broadcast", v, "v must be (C), (B, C) or (B, 1, ..., 1, C) for x of B = %lld, C = %d",
+             "add_broadcast", v,
+             "v must be (C), (B, C) or (B, 1, ..., 1, C) for x of B = %lld, C = %d",
              (long long)x->shape[0], a.C);
     a.P = ldmc_numel(x) / a.B / a.C;
     ldmc_tensor *y = ldmc_new_like(ctx, x);

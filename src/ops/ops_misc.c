@@ -24,8 +24,9 @@ ldmc_tensor *ldmc_timestep_embedding(ldmc_ctx *ctx, ldmc_tensor *t, int dim, dou
     ldmc_tensor *y = NEW(ctx, t->shape[0], dim);
     timestep_embedding_forward_f32(OUT(y), DATA(t), (int)t->shape[0], dim, max_period);
     ldmc_node *node = RECORD(ctx, &timestep_embedding_op, y, t);
-    if (node) *(embedding_args *)ldmc_node_args(ctx, node, sizeof(embedding_args)) =
-                  (embedding_args){dim, max_period};
+    if (node)
+        *(embedding_args *)ldmc_node_args(ctx, node, sizeof(embedding_args)) =
+            (embedding_args){dim, max_period};
     return y;
 }
 
@@ -51,11 +52,16 @@ static ldmc_tensor *loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool l1)
              ldmc_shape_str(a, shape, sizeof shape));
     ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, 0, NULL);
     int64_t n = ldmc_numel(a);
-    OUT(y)[0] = (float)(l1 ? l1_forward_f32(DATA(a), DATA(b), n) : mse_forward_f32(DATA(a), DATA(b), n));
+    OUT(y)
+    [0] = (float)(l1 ? l1_forward_f32(DATA(a), DATA(b), n) : mse_forward_f32(DATA(a), DATA(b), n));
     RECORD(ctx, l1 ? &l1_op : &mse_op, y, a, b);
     return y;
 }
 
-ldmc_tensor *ldmc_mse_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) { return loss(ctx, a, b, false); }
+ldmc_tensor *ldmc_mse_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
+    return loss(ctx, a, b, false);
+}
 
-ldmc_tensor *ldmc_l1_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) { return loss(ctx, a, b, true); }
+ldmc_tensor *ldmc_l1_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
+    return loss(ctx, a, b, true);
+}

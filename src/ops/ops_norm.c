@@ -18,12 +18,13 @@ static void group_norm_backward(ldmc_ctx *ctx, ldmc_node *node) {
 static const ldmc_op_info group_norm_op = {"group_norm", group_norm_backward};
 
 static void check_affine(const char *op, const ldmc_tensor *p, int64_t C) {
-    if (p) OP_CHECK(ldmc_numel(p) == C, op, p, "the affine parameter must have C = %lld values",
-                    (long long)C);
+    if (p)
+        OP_CHECK(ldmc_numel(p) == C, op, p, "the affine parameter must have C = %lld values",
+                 (long long)C);
 }
 
-ldmc_tensor *ldmc_group_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma,
-                             ldmc_tensor *beta, int groups, double eps) {
+ldmc_tensor *ldmc_group_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma, ldmc_tensor *beta,
+                             int groups, double eps) {
     OP_CHECK(x->ndim >= 2, "group_norm", x, "the input must be (N, ..., C)");
     int64_t C = last_dim(x);
     OP_CHECK(groups > 0 && C % groups == 0, "group_norm", x, "C must be divisible by %d groups",
@@ -51,8 +52,8 @@ static void layer_norm_backward(ldmc_ctx *ctx, ldmc_node *node) {
 
 static const ldmc_op_info layer_norm_op = {"layer_norm", layer_norm_backward};
 
-ldmc_tensor *ldmc_layer_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma,
-                             ldmc_tensor *beta, double eps) {
+ldmc_tensor *ldmc_layer_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma, ldmc_tensor *beta,
+                             double eps) {
     OP_CHECK(x->ndim >= 1, "layer_norm", x, "the input must be (..., C)");
     int64_t C = last_dim(x);
     check_affine("layer_norm", gamma, C);

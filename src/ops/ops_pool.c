@@ -29,10 +29,18 @@ static ldmc_tensor *pool(ldmc_ctx *ctx, ldmc_tensor *x, int kernel, int stride, 
     OP_CHECK(padding >= 0 && 2 * padding <= kernel, name, x,
              "padding %d must be at most half the kernel %d", padding, kernel);
     pool_args a = {.count_include_pad = count_include_pad};
-    a.g = (ldmc_conv_geom){.N = (int)x->shape[0], .H = (int)x->shape[1], .W = (int)x->shape[2],
-                           .C = (int)x->shape[3], .O = (int)x->shape[3], .kh = kernel, .kw = kernel,
-                           .stride = stride, .pad_top = padding, .pad_bottom = padding,
-                           .pad_left = padding, .pad_right = padding};
+    a.g = (ldmc_conv_geom){.N = (int)x->shape[0],
+                           .H = (int)x->shape[1],
+                           .W = (int)x->shape[2],
+                           .C = (int)x->shape[3],
+                           .O = (int)x->shape[3],
+                           .kh = kernel,
+                           .kw = kernel,
+                           .stride = stride,
+                           .pad_top = padding,
+                           .pad_bottom = padding,
+                           .pad_left = padding,
+                           .pad_right = padding};
     OP_CHECK(ldmc_conv_geom_finish(&a.g) == 0, name, x,
              "a %dx%d window with stride %d and padding %d does not fit", kernel, kernel, stride,
              padding);

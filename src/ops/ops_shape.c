@@ -21,12 +21,14 @@ ldmc_tensor *ldmc_concat(ldmc_ctx *ctx, ldmc_tensor **xs, int n) {
     LDMC_CHECK(n >= 1, "concat: needs at least one tensor");
     int64_t shape[LDMC_MAX_DIMS];
     const ldmc_tensor *first = xs[0];
-    for (int d = 0; d < first->ndim; d++) shape[d] = first->shape[d];
+    for (int d = 0; d < first->ndim; d++)
+        shape[d] = first->shape[d];
     int64_t total = 0;
     char expect[96];
     for (int i = 0; i < n; i++) {
         bool ok = xs[i]->ndim == first->ndim && xs[i]->ndim >= 1;
-        for (int d = 0; ok && d < first->ndim - 1; d++) ok = xs[i]->shape[d] == first->shape[d];
+        for (int d = 0; ok && d < first->ndim - 1; d++)
+            ok = xs[i]->shape[d] == first->shape[d];
         OP_CHECK(ok, "concat", xs[i], "all but the last dimension must match %s",
                  ldmc_shape_str(first, expect, sizeof expect));
         total += last_dim(xs[i]);
@@ -51,7 +53,7 @@ static void split_backward(ldmc_ctx *ctx, ldmc_node *node) {
     int64_t M = ldmc_numel(x) / total;
     for (int i = 0; i < node->n_out; i++) {
         int C = (int)last_dim(node->out[i]);
-        const float *dy = DOUT(node->out[i]);  // pieces nobody used have no gradient
+        const float *dy = DOUT(node->out[i]); // pieces nobody used have no gradient
         if (dy) copy_columns_f32(dx, total, off, dy, C, 0, M, C, true);
         off += C;
     }
@@ -62,11 +64,13 @@ static const ldmc_op_info split_op = {"split", split_backward};
 void ldmc_split(ldmc_ctx *ctx, ldmc_tensor *x, const int *sizes, int n, ldmc_tensor **out) {
     OP_CHECK(x->ndim >= 1 && n >= 1, "split", x, "needs a tensor of rank >= 1 and pieces");
     int64_t sum = 0;
-    for (int i = 0; i < n; i++) sum += sizes[i] >= 0 ? sizes[i] : -1000000000;
-    OP_CHECK(sum == last_dim(x), "split", x, "the %d piece sizes add up to %lld, not the last dimension",
-             n, (long long)sum);
+    for (int i = 0; i < n; i++)
+        sum += sizes[i] >= 0 ? sizes[i] : -1000000000;
+    OP_CHECK(sum == last_dim(x), "split", x,
+             "the %d piece sizes add up to %lld, not the last dimension", n, (long long)sum);
     int64_t shape[LDMC_MAX_DIMS];
-    for (int d = 0; d < x->ndim; d++) shape[d] = x->shape[d];
+    for (int d = 0; d < x->ndim; d++)
+        shape[d] = x->shape[d];
     int total = (int)last_dim(x), off = 0;
     int64_t M = total ? ldmc_numel(x) / total : 0;
     for (int i = 0; i < n; i++) {
