@@ -271,11 +271,12 @@ void ldmc_checkpoint(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor *
     fn(ctx, user, in, n_in, out, n_out);
     ctx->recording = true;
     for (int o = 0; o < n_out; o++) {
+        LDMC_CHECK(!out[o]->is_param, "checkpoint region returns parameter '%s' as output %d",
+                   out[o]->name ? out[o]->name : "?", o);
         for (int i = 0; i < n_in; i++)
             LDMC_CHECK(grad_owner(out[o]) != grad_owner(in[i]),
                        "checkpoint region returns its input %d as output %d", i, o);
         out[o]->base = NULL; // a view of a discarded intermediate becomes a tensor of its own
-        out[o]->is_param = false;
     }
     compact_outputs(ctx, mark, out, n_out);
     ldmc_node *node = append_node(ctx, &checkpoint_op, in, n_in, out, n_out);
