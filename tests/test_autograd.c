@@ -79,6 +79,30 @@ static void test_op_without_backward_fails_by_name(void) {
     ldmc_ctx_free(&ctx);
 }
 
+// Wrong shapes stop with a message naming the op, what it expected and what it got.
+static void test_shape_errors_name_the_op(void) {
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    ldmc_tensor *x = input(&ctx, 4, (int64_t[]){1, 8, 8, 3}, 1);
+    ldmc_tensor *w = input(&ctx, 4, (int64_t[]){4, 3, 3, 5}, 2);
+    x->name = "latents";
+    EXPECT_FATAL(ldmc_conv2d(&ctx, x, w, NULL, 1, 1),
+                 "conv2d: the input must be (N, H, W, C) with C = 5, the weight's last dimension "
+                 "(got 'latents' with shape (1, 8, 8, 3))");
+    EXPECT_FATAL(ldmc_conv2d(&ctx, x, input(&ctx, 4, (int64_t[]){4, 9, 9, 3}, 3), NULL, 1, 0),
+                 "does not fit");
+    EXPECT_FATAL(ldmc_linear(&ctx, x, input(&ctx, 2, (int64_t[]){4, 5}, 4), NULL),
+                 "linear: the last dimension must be the weight's in = 5");
+    EXPECT_FATAL(ldmc_group_norm(&ctx, x, NULL, NULL, 2, 1e-5), "divisible by 2 groups");
+    ldmc_tensor *q = input(&ctx, 3, (int64_t[]){1, 4, 10}, 5);
+    EXPECT_FATAL(ldmc_attention(&ctx, q, q, q, 3), "attention: C must be divisible by 3 heads");
+    ldmc_tensor *pieces[2];
+    EXPECT_FATAL(ldmc_split(&ctx, q, (const int[]){12, -2}, 2, pieces), "negative size -2");
+    EXPECT_FATAL(ldmc_add(&ctx, x, q), "add: both operands must have the shape (1, 8, 8, 3)");
+    EXPECT_FATAL(ldmc_dropout(&ctx, x, 1.0), "p = 1 must be in [0, 1)");
+    ldmc_ctx_free(&ctx);
+}
+
 // ---- a small block with parameters, for the parameter and checkpointing tests -------------------
 
 typedef struct block {
@@ -263,6 +287,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_views_and_concat_share_gradients),
         TEST_ENTRY(test_inference_records_nothing),
         TEST_ENTRY(test_op_without_backward_fails_by_name),
+        TEST_ENTRY(test_shape_errors_name_the_op),
         TEST_ENTRY(test_checkpoint_gives_identical_gradients),
         TEST_ENTRY(test_checkpoint_saves_activation_memory),
         TEST_ENTRY(test_parameter_gradients_accumulate_and_frozen_get_none),

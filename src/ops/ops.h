@@ -1,7 +1,7 @@
 // The op API: each call checks its inputs (a clear message naming the op and the shapes), writes
 // a fresh output into the context's arena, and, when recording, puts a node on the tape whose
 // backward accumulates into every input that needs a gradient. CPU tensors are f32; the
-// kernels are in src/ops/cpu/ (and their CUDA twins in kernels/).
+// kernels are in src/ops/cpu/; their CUDA twins go in kernels/.
 // Shapes are outermost first; images are channels-last (N, H, W, C).
 // Tested by tests/test_ops.c (forward and backward against PyTorch) and tests/test_gradcheck.c.
 #pragma once

@@ -64,8 +64,10 @@ static const ldmc_op_info split_op = {"split", split_backward};
 void ldmc_split(ldmc_ctx *ctx, ldmc_tensor *x, const int *sizes, int n, ldmc_tensor **out) {
     OP_CHECK(x->ndim >= 1 && n >= 1, "split", x, "needs a tensor of rank >= 1 and pieces");
     int64_t sum = 0;
-    for (int i = 0; i < n; i++)
-        sum += sizes[i] >= 0 ? sizes[i] : -1000000000;
+    for (int i = 0; i < n; i++) {
+        OP_CHECK(sizes[i] >= 0, "split", x, "piece %d has the negative size %d", i, sizes[i]);
+        sum += sizes[i];
+    }
     OP_CHECK(sum == last_dim(x), "split", x,
              "the %d piece sizes add up to %lld, not the last dimension", n, (long long)sum);
     int64_t shape[LDMC_MAX_DIMS];
