@@ -9,7 +9,8 @@ set -eu
 packages="build-essential cmake pkg-config git
 libopenblas-openmp-dev
 libyaml-dev libcjson-dev libturbojpeg0-dev libpng-dev libhdf5-dev libstb-dev
-libopenmpi-dev openmpi-bin"
+libopenmpi-dev openmpi-bin
+python3 python3-numpy"
 case "${1:-}" in
     --reference) packages="$packages python3 python3-numpy python3-torch" ;;
     "") ;;

@@ -72,7 +72,14 @@ static double rms_f32(const float *x, int64_t n) {
 
 bool check_close_at(const char *file, int line, const char *what, const float *got,
                     const float *want, const int32_t *idx, int64_t n, double rtol) {
+    return check_close_scaled_at(file, line, what, got, want, idx, n, rtol, 0);
+}
+
+bool check_close_scaled_at(const char *file, int line, const char *what, const float *got,
+                           const float *want, const int32_t *idx, int64_t n, double rtol,
+                           double min_scale) {
     double scale = rms_f32(want, n), worst_ratio = 0;
+    if (scale < min_scale) scale = min_scale;
     int64_t worst = -1;
     for (int64_t i = 0; i < n; i++) {
         float g = got[idx ? idx[i] : i];

@@ -81,6 +81,14 @@ bool check_close_f64_at(const char *file, int line, const char *what, const doub
                         const double *want, int64_t n, double rtol);
 #define CHECK_CLOSE(what, got, want, idx, n, rtol)                                                 \
     check_close_at(__FILE__, __LINE__, (what), (got), (want), (idx), (n), (rtol))
+// The same with the scale term at least `min_scale`: for a tensor that is zero in exact
+// arithmetic (a bias feeding a one-channel GroupNorm group, a query attending to one key), the
+// terms that cancelled have the scale of the model's other gradients, not the result's.
+bool check_close_scaled_at(const char *file, int line, const char *what, const float *got,
+                           const float *want, const int32_t *idx, int64_t n, double rtol,
+                           double min_scale);
+#define CHECK_CLOSE_SCALED(what, got, want, idx, n, rtol, min_scale) \
+    check_close_scaled_at(__FILE__, __LINE__, (what), (got), (want), (idx), (n), (rtol), (min_scale))
 #define CHECK_CLOSE_F64(what, got, want, n, rtol)                                                  \
     check_close_f64_at(__FILE__, __LINE__, (what), (got), (want), (n), (rtol))
 

@@ -1,5 +1,6 @@
 #!/bin/sh
-# The `ldmc` command line: usage and exit codes, `ldmc info`, and a quick `ldmc bench ops` run.
+# The `ldmc` command line: usage and exit codes, `ldmc info` (build; model configs, their exact
+# parameter counts and memory plans), `ldmc init` and `ldmc convert` errors, a quick `ldmc bench ops`.
 # Usage: tests/test_cli.sh path/to/ldmc
 set -u
 ldmc=${1:?usage: test_cli.sh path/to/ldmc}
@@ -24,7 +25,29 @@ for field in "build:" "threads:" "OpenBLAS:" "libraries:" "libjpeg-turbo" "HDF5"
     grep -q "$field" /tmp/ldmc_cli_out.$$ || fail "ldmc info lacks '$field'"
 done
 LDMC_THREADS=1 "$ldmc" info | grep -q "threads:     1 " || fail "LDMC_THREADS=1 not honoured"
-expect_status 2 "$ldmc" info unexpected-argument
+expect_status 2 "$ldmc" info --bogus
+
+# Model configs: module summaries and the exact parameter counts, without allocating weights.
+configs=$(dirname "$0")/../configs
+for pair in sdxl_base:2,567,463,684 sdxl_refiner:2,259,526,660 sdxl_vae:83,653,863; do
+    expect_status 0 "$ldmc" info "$configs/${pair%%:*}.yaml"
+    grep -q "^parameters: ${pair#*:}$" /tmp/ldmc_cli_out.$$ || fail "${pair%%:*}: not ${pair#*:} parameters"
+done
+"$ldmc" info "$configs/sdxl_refiner.yaml" | grep -q "middle_block .*SpatialTransformer 1536 (24 heads, depth 4)" ||
+    fail "the refiner's middle transformer is missing from the summary"
+expect_status 0 "$ldmc" info "$configs/sdxl_base.yaml" --batch 8 --res 1024 1024
+grep -q "batch 8 at 1024x1024 (latent 128x128)" /tmp/ldmc_cli_out.$$ || fail "no memory plan"
+grep -q "activations with gradient checkpointing" /tmp/ldmc_cli_out.$$ || fail "no checkpointed plan"
+expect_status 2 "$ldmc" info "$configs/sdxl_base.yaml" --batch 8 --res 1000 1000
+expect_status 1 "$ldmc" info /nonexistent.yaml
+grep -q "/nonexistent.yaml: cannot open" /tmp/ldmc_cli_out.$$ || fail "a missing config is not named"
+
+# init and convert: usage errors are exit code 2, bad files exit code 1 with the file named.
+expect_status 2 "$ldmc" init
+expect_status 2 "$ldmc" convert only-one-argument
+expect_status 2 "$ldmc" convert a b --config "$configs/tiny_vae.yaml" --dtype f8
+expect_status 1 "$ldmc" convert /nonexistent.safetensors /tmp/x.safetensors --config "$configs/tiny_vae.yaml"
+grep -q "/nonexistent.safetensors: cannot open" /tmp/ldmc_cli_out.$$ || fail "a missing checkpoint is not named"
 
 expect_status 0 "$ldmc" bench ops --reps 1 --filter group_norm --json
 lines=$(grep -c '"op": "group_norm".*"ms_forward_backward": [0-9.]*}' /tmp/ldmc_cli_out.$$)

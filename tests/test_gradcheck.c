@@ -137,7 +137,7 @@ static void mul_b(const fd_case *c, double **in, const double *dy, double **d) {
     mul_backward_f64(d[0], d[1], dy, in[0], in[1], c->out_numel);
 }
 static void scale_f(const fd_case *c, double **in, double *out) {
-    scale_forward_f64(out, in[0], c->value, c->out_numel);
+    affine_forward_f64(out, in[0], c->value, 0.25, c->out_numel);
 }
 static void scale_b(const fd_case *c, double **in, const double *dy, double **d) {
     accumulate_f64(d[0], dy, c->value, c->out_numel);
@@ -148,6 +148,38 @@ static void bcast_f(const fd_case *c, double **in, double *out) {
 static void bcast_b(const fd_case *c, double **in, const double *dy, double **d) {
     add_broadcast_backward_f64(d[0], d[1], dy, c->B, c->M, c->C);
 }
+static void sub_f(const fd_case *c, double **in, double *out) { sub_forward_f64(out, in[0], in[1], c->out_numel); }
+static void sub_b(const fd_case *c, double **in, const double *dy, double **d) {
+    accumulate_f64(d[0], dy, 1.0, c->out_numel);
+    accumulate_f64(d[1], dy, -1.0, c->out_numel);
+}
+static void exp_f(const fd_case *c, double **in, double *out) { exp_forward_f64(out, in[0], c->out_numel); }
+static void exp_b(const fd_case *c, double **in, const double *dy, double **d) {
+    double *y = malloc((size_t)c->out_numel * sizeof *y);
+    exp_forward_f64(y, in[0], c->out_numel);
+    mul_backward_f64(d[0], NULL, dy, NULL, y, c->out_numel);
+    free(y);
+}
+static void clamp_f(const fd_case *c, double **in, double *out) {
+    clamp_forward_f64(out, in[0], -0.5, 0.7, c->out_numel);
+}
+static void clamp_b(const fd_case *c, double **in, const double *dy, double **d) {
+    clamp_backward_f64(d[0], dy, in[0], -0.5, 0.7, c->out_numel);
+}
+static void sum_rows_f(const fd_case *c, double **in, double *out) {
+    sum_rows_forward_f64(out, in[0], c->B, c->M);
+}
+static void sum_rows_b(const fd_case *c, double **in, const double *dy, double **d) {
+    sum_rows_backward_f64(d[0], dy, c->B, c->M);
+}
+static const int64_t embedding_labels[5] = {3, 0, 3, 6, 1};  // a repeated label accumulates
+static void embedding_f(const fd_case *c, double **in, double *out) {
+    embedding_forward_f64(out, in[0], embedding_labels, 5, c->C);
+}
+static void embedding_b(const fd_case *c, double **in, const double *dy, double **d) {
+    embedding_backward_f64(d[0], dy, embedding_labels, 5, c->C);
+}
+
 // concat of two pieces of K and N channels over M rows, and its inverse, split
 static void concat_f(const fd_case *c, double **in, double *out) {
     copy_columns_f64(out, c->K + c->N, 0, in[0], c->K, 0, c->M, c->K, false);
@@ -526,6 +558,11 @@ static fd_case *all_cases(int *count) {
                            .in_numel = {23},
                            .out_numel = 23,
                            .value = -0.7};
+    cases[n++] = (fd_case){.name = "sub", .forward = sub_f, .backward = sub_b, .n_in = 2, .in_numel = {19, 19}, .out_numel = 19};
+    cases[n++] = (fd_case){.name = "exp", .forward = exp_f, .backward = exp_b, .n_in = 1, .in_numel = {19}, .in_scale = {3}, .out_numel = 19};
+    cases[n++] = (fd_case){.name = "clamp", .forward = clamp_f, .backward = clamp_b, .n_in = 1, .in_numel = {29}, .out_numel = 29};
+    cases[n++] = (fd_case){.name = "sum_rows", .forward = sum_rows_f, .backward = sum_rows_b, .n_in = 1, .in_numel = {3 * 7}, .out_numel = 3, .B = 3, .M = 7};
+    cases[n++] = (fd_case){.name = "embedding", .forward = embedding_f, .backward = embedding_b, .n_in = 1, .in_numel = {7 * 4}, .out_numel = 5 * 4, .C = 4};
     cases[n++] = (fd_case){.name = "add_broadcast",
                            .forward = bcast_f,
                            .backward = bcast_b,

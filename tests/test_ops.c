@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/rng.h"
 #include "harness.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
@@ -70,6 +71,7 @@ static double reduction_length(const op_case *c) {
     if (!strcmp(op, "softmax")) return dim(x, -1);
     if (!strcmp(op, "attention")) return fmax(fmax(dim(x, 1), dim(c->in[1], 1)), dim(x, 2));
     if (!strcmp(op, "add_broadcast")) return n / dim(x, -1);
+    if (!strcmp(op, "sum_rows")) return n / dim(x, 0);
     if (!strcmp(op, "avg_pool2d") || !strcmp(op, "max_pool2d"))
         return (double)int_param(c, "kernel") * int_param(c, "kernel");
     if (!strcmp(op, "upsample_nearest2x")) return 4;
@@ -114,6 +116,18 @@ static void run_op(ldmc_ctx *ctx, op_case *c) {
         c->out[0] = ldmc_mul(ctx, in[0], in[1]);
     } else if (!strcmp(op, "scale")) {
         c->out[0] = ldmc_scale(ctx, in[0], param(c, "s"));
+    } else if (!strcmp(op, "sub")) {
+        c->out[0] = ldmc_sub(ctx, in[0], in[1]);
+    } else if (!strcmp(op, "affine")) {
+        c->out[0] = ldmc_affine(ctx, in[0], param(c, "a"), param(c, "b"));
+    } else if (!strcmp(op, "exp")) {
+        c->out[0] = ldmc_exp(ctx, in[0]);
+    } else if (!strcmp(op, "clamp")) {
+        c->out[0] = ldmc_clamp(ctx, in[0], param(c, "lo"), param(c, "hi"));
+    } else if (!strcmp(op, "sum_rows")) {
+        c->out[0] = ldmc_sum_rows(ctx, in[0]);
+    } else if (!strcmp(op, "embedding")) {
+        c->out[0] = ldmc_embedding(ctx, in[0], in[1]);
     } else if (!strcmp(op, "add_broadcast")) {
         c->out[0] = ldmc_add_broadcast(ctx, in[0], in[1]);
     } else if (!strcmp(op, "concat")) {
@@ -186,15 +200,23 @@ static void run_case(const cJSON *json) {
         int64_t dims[LDMC_MAX_DIMS];
         int ndim = 0;
         cJSON_ArrayForEach(d, shape) dims[ndim++] = (int64_t)d->valuedouble;
-        ldmc_tensor *t = ldmc_new(&ctx, LDMC_F32, ndim, dims);
+        const cJSON *labels = cJSON_GetObjectItem(spec, "labels");
+        ldmc_tensor *t = ldmc_new(&ctx, labels ? LDMC_I64 : LDMC_F32, ndim, dims);
+        t->name = cJSON_GetObjectItem(spec, "name")->valuestring;
+        c.in[c.n_in++] = t;
+        if (labels) {  // as make_op_refs.py: Philox bits modulo the label count
+            ldmc_rng rng = ldmc_rng_make((uint64_t)cJSON_GetObjectItem(spec, "seed")->valuedouble,
+                                         0, 0, LDMC_RNG_TEST);
+            for (int64_t i = 0; i < ldmc_numel(t); i++)
+                ((int64_t *)t->data)[i] = ldmc_rng_bits(&rng, (uint64_t)i) % (uint64_t)labels->valuedouble;
+            continue;
+        }
         test_fill_quantized(t->data, ldmc_numel(t),
                             (uint64_t)cJSON_GetObjectItem(spec, "seed")->valuedouble,
                             cJSON_GetObjectItem(spec, "scale")->valuedouble,
                             cJSON_GetObjectItem(spec, "shift")->valuedouble,
                             cJSON_IsTrue(cJSON_GetObjectItem(spec, "quantize")));
-        t->name = cJSON_GetObjectItem(spec, "name")->valuestring;
         if (cJSON_IsTrue(cJSON_GetObjectItem(spec, "grad"))) ldmc_requires_grad(t);
-        c.in[c.n_in++] = t;
     }
     run_op(&ctx, &c);
     double rtol = tolerance_f32(op_factor(c.op), reduction_length(&c));

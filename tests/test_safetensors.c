@@ -59,14 +59,14 @@ static void test_round_trip_every_dtype(void) {
     int32_t i32[4] = {1, -2, 2147483647, -2147483647 - 1};
     int64_t i64[2] = {9007199254740993LL, -5};
     ldmc_st_entry entries[] = {
-        {"f32", LDMC_F32, LDMC_F32, 2, {2, 3}, f32},
-        {"f16", LDMC_F16, LDMC_F16, 1, {3}, f16},
-        {"bf16", LDMC_BF16, LDMC_BF16, 2, {1, 2}, bf16},
-        {"i32", LDMC_I32, LDMC_I32, 1, {4}, i32},
-        {"i64", LDMC_I64, LDMC_I64, 1, {2}, i64},
-        {"f32_as_bf16", LDMC_BF16, LDMC_F32, 1, {6}, f32},
-        {"scalar", LDMC_F32, LDMC_F32, 0, {0}, f32},
-        {"empty", LDMC_F32, LDMC_F32, 2, {0, 4}, f32},
+        {"f32", LDMC_F32, LDMC_F32, 2, {2, 3}, f32, NULL},
+        {"f16", LDMC_F16, LDMC_F16, 1, {3}, f16, NULL},
+        {"bf16", LDMC_BF16, LDMC_BF16, 2, {1, 2}, bf16, NULL},
+        {"i32", LDMC_I32, LDMC_I32, 1, {4}, i32, NULL},
+        {"i64", LDMC_I64, LDMC_I64, 1, {2}, i64, NULL},
+        {"f32_as_bf16", LDMC_BF16, LDMC_F32, 1, {6}, f32, NULL},
+        {"scalar", LDMC_F32, LDMC_F32, 0, {0}, f32, NULL},
+        {"empty", LDMC_F32, LDMC_F32, 2, {0, 4}, f32, NULL},
     };
     ldmc_st_meta meta[] = {{"format", "pt"}, {"note", "quote \" and \\ survive"}};
     ldmc_err err = {0};
@@ -228,8 +228,8 @@ static void test_bad_offsets(void) {
 // A file cut short inside its data section: the last tensor's offsets now pass the end.
 static void test_truncated_file(void) {
     float data[64] = {0};
-    ldmc_st_entry entries[] = {{"a", LDMC_F32, LDMC_F32, 1, {32}, data},
-                               {"b", LDMC_F32, LDMC_F32, 1, {32}, data}};
+    ldmc_st_entry entries[] = {{"a", LDMC_F32, LDMC_F32, 1, {32}, data, NULL},
+                               {"b", LDMC_F32, LDMC_F32, 1, {32}, data, NULL}};
     ldmc_err err = {0};
     const char *path = path_of("truncated.safetensors");
     REQUIRE(ldmc_safetensors_write(path, entries, 2, NULL, 0, &err) == 0, "%s", err.message);
@@ -243,8 +243,8 @@ static void test_truncated_file(void) {
 
 static void test_writer_errors(void) {
     float x[1] = {0};
-    ldmc_st_entry twice[] = {{"a", LDMC_F32, LDMC_F32, 1, {1}, x},
-                             {"a", LDMC_F32, LDMC_F32, 1, {1}, x}};
+    ldmc_st_entry twice[] = {{"a", LDMC_F32, LDMC_F32, 1, {1}, x, NULL},
+                             {"a", LDMC_F32, LDMC_F32, 1, {1}, x, NULL}};
     ldmc_err err = {0};
     CHECK(ldmc_safetensors_write(path_of("twice.safetensors"), twice, 2, NULL, 0, &err) == -1 &&
               strstr(err.message, "given twice"),
@@ -261,9 +261,9 @@ static void test_random_corruptions(void) {
     float data[24];
     for (int i = 0; i < 24; i++)
         data[i] = (float)i;
-    ldmc_st_entry entries[] = {{"layer.weight", LDMC_F32, LDMC_F32, 2, {4, 4}, data},
-                               {"layer.bias", LDMC_F16, LDMC_F32, 1, {4}, data},
-                               {"step", LDMC_I64, LDMC_I64, 0, {0}, data}};
+    ldmc_st_entry entries[] = {{"layer.weight", LDMC_F32, LDMC_F32, 2, {4, 4}, data, NULL},
+                               {"layer.bias", LDMC_F16, LDMC_F32, 1, {4}, data, NULL},
+                               {"step", LDMC_I64, LDMC_I64, 0, {0}, data, NULL}};
     ldmc_st_meta meta[] = {{"format", "pt"}};
     ldmc_err err = {0};
     const char *path = path_of("valid.safetensors");

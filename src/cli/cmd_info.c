@@ -1,23 +1,150 @@
-// `ldmc info`: what this build is and what it links. (Model configs and memory plans join it
-// with the models.) Tested by tests/test_cli.sh.
+// `ldmc info [CONFIG [--keys] [--batch B --res H W]]`: what this build is; or a model config's
+// module summary and exact parameter count (nothing allocated), its checkpoint keys, and the
+// memory plan of a training step from a dry run. Tested by tests/test_cli.sh.
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/commands.h"
 #include "io/buildinfo.h"
+#include "io/checkpoint.h"
+#include "nn/plan.h"
+
+static const char *usage_text =
+    "usage: ldmc info                     build options, library versions, threads\n"
+    "       ldmc info CONFIG [--keys] [--batch B --res H W]\n"
+    "  CONFIG          a model config (configs/sdxl_base.yaml, ...): module summary, exact\n"
+    "                  parameter count, without allocating the weights\n"
+    "  --keys          list every parameter's checkpoint key and official shape\n"
+    "  --batch B --res H W   memory plan of a training step at H x W pixels (a UNet works on\n"
+    "                  the H/8 x W/8 latent of the SDXL autoencoder)\n";
+
+// 2567463684 -> "2,567,463,684"
+static const char *grouped(int64_t v, char *buf, size_t size) {
+    char digits[32];
+    int n = snprintf(digits, sizeof digits, "%lld", (long long)v), len = 0;
+    for (int i = 0; i < n && (size_t)len + 2 < size; i++) {
+        buf[len++] = digits[i];
+        if ((n - 1 - i) % 3 == 0 && i != n - 1 && digits[i] != '-') buf[len++] = ',';
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+static void print_keys(const ldmc_params *p) {
+    ldmc_key_map official = {.layout = LDMC_LAYOUT_OFFICIAL};
+    for (int i = 0; i < p->count; i++) {
+        int64_t shape[LDMC_MAX_DIMS];
+        int ndim = ldmc_file_shape(&p->items[i], &official, shape);
+        printf("%s [", p->items[i].name);
+        for (int d = 0; d < ndim; d++) printf(d ? ", %lld" : "%lld", (long long)shape[d]);
+        printf("]\n");
+    }
+}
+
+static double gib(size_t bytes) { return (double)bytes / (1u << 30); }
+
+static void print_plan(const ldmc_memory_plan *m, int batch, int H, int W, int h, int w) {
+    char buf[32];
+    printf("memory plan: one training step, batch %d at %dx%d", batch, H, W);
+    if (h != H) printf(" (latent %dx%d)", h, w);
+    printf(", f32 on the CPU, AdamW\n");
+    printf("  parameters    %s (%s trainable)\n", grouped(m->parameters, buf, sizeof buf),
+           grouped(m->trainable, buf + 16, sizeof buf - 16));
+    printf("  weights       %9.2f GiB\n", gib(m->weights));
+    printf("  gradients     %9.2f GiB\n", gib(m->gradients));
+    printf("  AdamW m, v    %9.2f GiB\n", gib(m->optimizer));
+    size_t fixed = m->weights + m->gradients + m->optimizer;
+    printf("  activations   %9.2f GiB   total %.2f GiB\n", gib(m->activations),
+           gib(fixed + m->activations));
+    printf("  activations with gradient checkpointing %9.2f GiB   total %.2f GiB\n",
+           gib(m->activations_checkpointed), gib(fixed + m->activations_checkpointed));
+    printf("  (activations: the arena's high-water mark in a dry run of forward, loss and backward;"
+           " bf16 activations on the GPU take about half)\n");
+}
 
 int ldmc_cmd_info(int argc, char **argv) {
-    if (argc > 0 && (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "--help") == 0)) {
-        printf("usage: ldmc info\n  prints the build options, library versions and thread count\n");
+    const char *config = NULL;
+    bool keys = false;
+    int batch = 0, H = 0, W = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(usage_text, stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--keys")) {
+            keys = true;
+        } else if (!strcmp(argv[i], "--batch") && i + 1 < argc) {
+            batch = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--res") && i + 2 < argc) {
+            H = atoi(argv[++i]);
+            W = atoi(argv[++i]);
+        } else if (argv[i][0] != '-' && !config) {
+            config = argv[i];
+        } else {
+            fprintf(stderr, "ldmc info: unexpected argument '%s'\n%s", argv[i], usage_text);
+            return 2;
+        }
+    }
+    if (!config) {
+        if (keys || batch || H) {
+            fprintf(stderr, "ldmc info: --keys, --batch and --res need a CONFIG\n");
+            return 2;
+        }
+        printf("ldmc 0.1.0\n");
+        ldmc_buildinfo_print(stdout);
         return 0;
     }
-    if (argc > 0) {
-        fprintf(stderr,
-                "ldmc info: unexpected argument '%s' (model configs are not supported yet)\n",
-                argv[0]);
+    if ((batch || H || W) && (batch < 1 || H < 8 || W < 8)) {
+        fprintf(stderr, "ldmc info: a memory plan needs --batch B (>= 1) and --res H W (>= 8)\n");
         return 2;
     }
-    printf("ldmc 0.1.0\n");
-    ldmc_buildinfo_print(stdout);
-    return 0;
+    ldmc_model_config cfg;
+    ldmc_err err = {0};
+    if (ldmc_model_config_load(config, &cfg, &err) != 0) {
+        fprintf(stderr, "ldmc info: %s\n", err.message);
+        return 1;
+    }
+    char buf[32];
+    int rc = 0;
+    if (cfg.has_unet) {
+        ldmc_unet u;
+        ldmc_unet_init(&u, &cfg.unet);
+        if (keys) {
+            print_keys(&u.params);
+        } else {
+            ldmc_unet_print_summary(&u, stdout);
+            printf("parameters: %s\n", grouped(ldmc_params_count(&u.params, false), buf, sizeof buf));
+        }
+        int align = 8 << (cfg.unet.levels - 1);
+        if (batch && (H % align || W % align)) {
+            fprintf(stderr, "ldmc info: --res must be a multiple of %d for this UNet\n", align);
+            rc = 2;
+        } else if (batch) {
+            ldmc_memory_plan plan;
+            ldmc_unet_plan(&u, batch, H / 8, W / 8, &plan);
+            print_plan(&plan, batch, H, W, H / 8, W / 8);
+        }
+        ldmc_unet_free(&u);
+    }
+    if (cfg.has_vae && rc == 0) {
+        ldmc_vae v;
+        ldmc_vae_init(&v, &cfg.vae);
+        if (keys) {
+            print_keys(&v.params);
+        } else {
+            ldmc_vae_print_summary(&v, stdout);
+            printf("parameters: %s\n", grouped(ldmc_params_count(&v.params, false), buf, sizeof buf));
+        }
+        int align = 1 << (cfg.vae.levels - 1);
+        if (batch && (H % align || W % align)) {
+            fprintf(stderr, "ldmc info: --res must be a multiple of %d for this VAE\n", align);
+            rc = 2;
+        } else if (batch) {
+            ldmc_memory_plan plan;
+            ldmc_vae_plan(&v, batch, H, W, &plan);
+            print_plan(&plan, batch, H, W, H, W);
+        }
+        ldmc_vae_free(&v);
+    }
+    return rc;
 }

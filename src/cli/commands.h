@@ -3,3 +3,5 @@
 
 int ldmc_cmd_info(int argc, char **argv);
 int ldmc_cmd_bench(int argc, char **argv);
+int ldmc_cmd_convert(int argc, char **argv);
+int ldmc_cmd_init(int argc, char **argv);

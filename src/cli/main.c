@@ -10,7 +10,11 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *help;
 } commands[] = {
-    {"info", ldmc_cmd_info, "build, libraries, threads"},
+    {"info", ldmc_cmd_info, "build, libraries, threads; or a model config's summary, parameter "
+                            "count, checkpoint keys and memory plan"},
+    {"init", ldmc_cmd_init, "write a config's freshly initialized weights"},
+    {"convert", ldmc_cmd_convert, "model weights between the official and diffusers layouts "
+                                  "and between dtypes"},
     {"bench", ldmc_cmd_bench, "benchmarks: `ldmc bench ops` (CPU ops, forward + backward)"},
 };
 

@@ -15,6 +15,14 @@ void ldmc_arena_init(ldmc_arena *arena, const char *name, size_t capacity) {
     *arena = (ldmc_arena){.base = p, .capacity = capacity, .name = name};
 }
 
+void ldmc_arena_init_virtual(ldmc_arena *arena, const char *name, size_t capacity) {
+    capacity = (capacity + 4095) & ~(size_t)4095;
+    void *p = mmap(NULL, capacity, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    LDMC_CHECK(p != MAP_FAILED, "cannot reserve %zu GiB of address space for the %s arena",
+               capacity >> 30, name);
+    *arena = (ldmc_arena){.base = p, .capacity = capacity, .name = name, .virtual_only = true};
+}
+
 void ldmc_arena_free(ldmc_arena *arena) {
     if (arena->base) munmap(arena->base, arena->capacity);
     *arena = (ldmc_arena){0};
@@ -33,7 +41,7 @@ void *ldmc_arena_alloc(ldmc_arena *arena, size_t bytes) {
 
 void *ldmc_arena_calloc(ldmc_arena *arena, size_t bytes) {
     void *p = ldmc_arena_alloc(arena, bytes);
-    memset(p, 0, bytes);
+    if (!arena->virtual_only) memset(p, 0, bytes);
     return p;
 }
 

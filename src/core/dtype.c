@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <string.h>
+#include <strings.h>
 
 static const struct {
     const char *name;
@@ -28,6 +29,21 @@ int ldmc_dtype_parse(const char *name, ldmc_dtype *out) {
         }
     }
     return -1;
+}
+
+int ldmc_dtype_from_name(const char *name, ldmc_dtype *out) {
+    static const struct {
+        const char *name;
+        ldmc_dtype dtype;
+    } names[] = {{"f32", LDMC_F32},  {"fp32", LDMC_F32}, {"float32", LDMC_F32}, {"f16", LDMC_F16},
+                 {"fp16", LDMC_F16}, {"float16", LDMC_F16}, {"bf16", LDMC_BF16},
+                 {"bfloat16", LDMC_BF16}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcasecmp(name, names[i].name) == 0) {
+            *out = names[i].dtype;
+            return 0;
+        }
+    return ldmc_dtype_parse(name, out);
 }
 
 static uint32_t f32_bits(float x) {

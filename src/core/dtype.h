@@ -20,6 +20,10 @@ const char *ldmc_dtype_name(ldmc_dtype dtype);
 // Parses the safetensors spelling; returns -1 for anything else.
 int ldmc_dtype_parse(const char *name, ldmc_dtype *out);
 
+// Parses a user's dtype name: f32/fp32/float32, f16/fp16/float16, bf16/bfloat16 (any case), or
+// the safetensors spelling. Returns -1 for anything else.
+int ldmc_dtype_from_name(const char *name, ldmc_dtype *out);
+
 uint16_t ldmc_f32_to_bf16(float x);
 float ldmc_bf16_to_f32(uint16_t x);
 uint16_t ldmc_f32_to_f16(float x);

@@ -37,7 +37,7 @@ ldmc_fatal_handler ldmc_set_fatal_handler(ldmc_fatal_handler handler);
 // was expected, followed by the library location in parentheses.
 typedef struct ldmc_err {
     bool failed;
-    char message[768];
+    char message[2048];
 } ldmc_err;
 
 // Records the message (only the first one; later ones are dropped) and returns -1 so that callers

@@ -2,10 +2,13 @@
 #include "core/params.h"
 
 #include <fnmatch.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "core/error.h"
+#include "core/rng.h"
 
 static const char *role_names[LDMC_ROLE_COUNT] = {"weights", "master", "grad",
                                                   "adam_m",  "adam_v", "ema"};
@@ -42,6 +45,8 @@ int ldmc_params_add(ldmc_params *p, const char *name, int ndim, const int64_t *s
     LDMC_CHECK(item->name, "out of memory");
     memcpy(item->shape, shape, (size_t)ndim * sizeof *shape);
     item->numel = ldmc_shape_numel(ndim, shape);
+    item->init = LDMC_INIT_FAN_IN;
+    item->fan_in = ndim > 0 && shape[0] > 0 ? item->numel / shape[0] : 1;
     p->total += ((size_t)item->numel + 15) & ~(size_t)15; // 64-byte aligned starts
     return p->count++;
 }
@@ -71,8 +76,55 @@ void ldmc_params_alloc(ldmc_params *p, ldmc_param_role role) {
         ldmc_params_tensor(p, i);
 }
 
+static size_t reserved_bytes(const ldmc_params *p) {
+    return ((p->total ? p->total : 1) * sizeof(float) + 4095) & ~(size_t)4095;
+}
+
+void ldmc_params_reserve(ldmc_params *p, ldmc_param_role role) {
+    LDMC_CHECK((unsigned)role < LDMC_ROLE_COUNT, "bad parameter role %d", (int)role);
+    if (p->buffers[role]) return;
+    void *m = mmap(NULL, reserved_bytes(p), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    LDMC_CHECK(m != MAP_FAILED, "cannot reserve %zu MiB of address space for the %s buffer",
+               reserved_bytes(p) >> 20, role_names[role]);
+    p->buffers[role] = m;
+    p->reserved[role] = true;
+    for (int i = 0; i < p->count; i++) ldmc_params_tensor(p, i);
+}
+
+void ldmc_params_set_init(ldmc_params *p, int index, ldmc_param_init init, int64_t fan_in) {
+    LDMC_CHECK(index >= 0 && index < p->count, "parameter index %d of %d", index, p->count);
+    p->items[index].init = init;
+    p->items[index].fan_in = fan_in > 0 ? fan_in : 1;
+}
+
+void ldmc_params_init(ldmc_params *p, uint64_t seed) {
+    float *weights = p->buffers[LDMC_ROLE_WEIGHTS];
+    LDMC_CHECK(weights && !p->reserved[LDMC_ROLE_WEIGHTS], "initializing unallocated weights");
+    for (int i = 0; i < p->count; i++) {
+        const ldmc_param *item = &p->items[i];
+        float *w = weights + item->offset;
+        size_t n = (size_t)item->numel;
+        ldmc_rng rng = ldmc_rng_make(seed ^ ldmc_hash_name(item->name), 0, 0, LDMC_RNG_INIT);
+        switch (item->init) {
+        case LDMC_INIT_ZERO: memset(w, 0, n * sizeof *w); break;
+        case LDMC_INIT_ONE:
+            for (size_t k = 0; k < n; k++) w[k] = 1;
+            break;
+        case LDMC_INIT_NORMAL: ldmc_rng_normal(&rng, 0, n, w); break;
+        case LDMC_INIT_FAN_IN: {
+            float bound = (float)(1.0 / sqrt((double)item->fan_in));
+            ldmc_rng_signed_uniform(&rng, 0, n, w);
+            for (size_t k = 0; k < n; k++) w[k] *= bound;
+            break;
+        }
+        }
+    }
+}
+
 void ldmc_params_zero_grad(ldmc_params *p) {
-    if (p->buffers[LDMC_ROLE_GRAD]) memset(p->buffers[LDMC_ROLE_GRAD], 0, p->total * sizeof(float));
+    if (p->buffers[LDMC_ROLE_GRAD] && !p->reserved[LDMC_ROLE_GRAD])
+        memset(p->buffers[LDMC_ROLE_GRAD], 0, p->total * sizeof(float));
 }
 
 ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index) {
@@ -101,7 +153,11 @@ void ldmc_params_free(ldmc_params *p) {
     for (int i = 0; i < p->count; i++)
         free(p->items[i].name);
     free(p->items);
-    for (int r = 0; r < LDMC_ROLE_COUNT; r++)
-        free(p->buffers[r]);
+    for (int r = 0; r < LDMC_ROLE_COUNT; r++) {
+        if (p->reserved[r])
+            munmap(p->buffers[r], reserved_bytes(p));
+        else
+            free(p->buffers[r]);
+    }
     *p = (ldmc_params){0};
 }

@@ -24,6 +24,15 @@ typedef enum ldmc_param_role {
     LDMC_ROLE_COUNT
 } ldmc_param_role;
 
+// How ldmc_params_init fills a parameter: PyTorch's defaults for the layer it belongs to, and
+// the zero initialization generative-models gives some layers (zero_module).
+typedef enum ldmc_param_init {
+    LDMC_INIT_FAN_IN,  // uniform in ±1/sqrt(fan_in): nn.Linear and nn.Conv2d weights and biases
+    LDMC_INIT_ZERO,    // zero_module layers; norm biases
+    LDMC_INIT_ONE,     // norm gains
+    LDMC_INIT_NORMAL,  // N(0, 1): nn.Embedding
+} ldmc_param_init;
+
 typedef struct ldmc_param {
     char *name;
     int ndim;
@@ -31,6 +40,8 @@ typedef struct ldmc_param {
     size_t offset; // in elements, into every role's buffer
     int64_t numel;
     unsigned flags;
+    ldmc_param_init init;
+    int64_t fan_in;     // for LDMC_INIT_FAN_IN: the layer's inputs per output
     ldmc_tensor tensor; // view: data in the weights, gradient in the gradient buffer
 } ldmc_param;
 
@@ -39,6 +50,7 @@ typedef struct ldmc_params {
     int count, cap;
     size_t total;                    // elements per role buffer, padding included
     float *buffers[LDMC_ROLE_COUNT]; // NULL until allocated
+    bool reserved[LDMC_ROLE_COUNT];    // address space only (ldmc_params_reserve)
 } ldmc_params;
 
 const char *ldmc_param_role_name(ldmc_param_role role);
@@ -51,6 +63,15 @@ int ldmc_params_find(const ldmc_params *p, const char *name);
 int ldmc_params_flag_matching(ldmc_params *p, const char *pattern, unsigned flag, bool on);
 // Allocates a role's buffer, zeroed (idempotent), and re-binds the tensor views.
 void ldmc_params_alloc(ldmc_params *p, ldmc_param_role role);
+// Reserves a role's buffer as inaccessible address space: for dry runs (memory plans) of models
+// too large to hold. Nothing may read or write it.
+void ldmc_params_reserve(ldmc_params *p, ldmc_param_role role);
+// Sets how a parameter is initialized (the default is LDMC_INIT_FAN_IN with fan_in = numel /
+// shape[0]).
+void ldmc_params_set_init(ldmc_params *p, int index, ldmc_param_init init, int64_t fan_in);
+// Fills the weights buffer: each parameter from its own Philox stream, keyed by the seed and the
+// hash of its name (so adding a parameter changes no other), purpose LDMC_RNG_INIT.
+void ldmc_params_init(ldmc_params *p, uint64_t seed);
 // Zeroes the gradient buffer.
 void ldmc_params_zero_grad(ldmc_params *p);
 ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index);

@@ -28,6 +28,9 @@ enum {
     LDMC_RNG_DATA = 5, // data order, crops, flips
 };
 
+// FNV-1a (64-bit) of a string: a stable per-name key, e.g. for a parameter's initialization stream.
+uint64_t ldmc_hash_name(const char *name);
+
 void ldmc_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
 ldmc_rng ldmc_rng_make(uint64_t seed, uint32_t step, uint32_t rank, uint32_t purpose);

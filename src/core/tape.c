@@ -14,6 +14,14 @@ void ldmc_ctx_init(ldmc_ctx *ctx, size_t data_bytes, size_t meta_bytes) {
     ctx->recording = true;
 }
 
+void ldmc_ctx_init_dry_run(ldmc_ctx *ctx, size_t data_bytes) {
+    *ctx = (ldmc_ctx){0};
+    ldmc_arena_init_virtual(&ctx->data, "activation (dry run)", data_bytes);
+    ldmc_arena_init(&ctx->meta, "tensor-header", (size_t)1 << 30);
+    ctx->recording = true;
+    ctx->dry_run = true;
+}
+
 void ldmc_ctx_free(ldmc_ctx *ctx) {
     ldmc_arena_free(&ctx->data);
     ldmc_arena_free(&ctx->meta);
@@ -143,13 +151,20 @@ void *ldmc_node_args(ldmc_ctx *ctx, ldmc_node *node, size_t bytes) {
 
 void *ldmc_scratch(ldmc_ctx *ctx, size_t bytes) { return ldmc_arena_alloc(&ctx->data, bytes); }
 
+static void checkpoint_backward(ldmc_ctx *ctx, ldmc_node *node);
+
 static void run_backward(ldmc_ctx *ctx, int first, int end) {
     for (int i = end - 1; i >= first; i--) {
         ldmc_node *node = &ctx->nodes[i];
         bool reached = false;
         for (int o = 0; o < node->n_out && !reached; o++)
             reached = ldmc_grad_if_any(node->out[o]) != NULL;
-        if (reached) node->op->backward(ctx, node);
+        if (!reached) continue;
+        if (ctx->dry_run && node->op->backward != checkpoint_backward) {
+            for (int k = 0; k < node->n_in; k++) ldmc_grad(ctx, node->in[k]); // allocations only
+            continue;
+        }
+        node->op->backward(ctx, node);
     }
 }
 
@@ -162,6 +177,7 @@ void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_gr
                    outs[k]->name ? outs[k]->name : "?");
         int64_t count = ldmc_numel(outs[k]);
         const float *seed = seed_grads ? seed_grads[k] : NULL;
+        if (ctx->dry_run) continue;
 #pragma omp parallel for schedule(static) if (count > 65536)
         for (int64_t i = 0; i < count; i++)
             g[i] += seed ? seed[i] : 1.0f;
@@ -250,7 +266,7 @@ static void compact_outputs(ldmc_ctx *ctx, size_t mark, ldmc_tensor **out, int n
         void *dst = ldmc_arena_alloc(&ctx->data, bytes);
         LDMC_CHECK((char *)dst <= (char *)sorted[i]->data,
                    "checkpoint region outputs overlap each other");
-        memmove(dst, sorted[i]->data, bytes);
+        if (!ctx->dry_run) memmove(dst, sorted[i]->data, bytes);
         sorted[i]->data = dst;
     }
 }

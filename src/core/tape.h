@@ -49,6 +49,7 @@ struct ldmc_ctx {
     ldmc_node *nodes;
     int n_nodes, cap_nodes;
     bool recording; // record ops for backward (training); off for inference
+    bool dry_run;   // shapes and memory only: ops allocate but compute nothing (memory plans)
     uint64_t next_id;
     // Random streams for ops such as dropout: each call draws a fresh range of the Philox stream
     // keyed by (seed, step, rank); the offset is restored when a checkpoint region is re-run.
@@ -61,6 +62,10 @@ struct ldmc_ctx {
 
 // data_bytes / meta_bytes: address space reserved for each arena (committed only when touched).
 void ldmc_ctx_init(ldmc_ctx *ctx, size_t data_bytes, size_t meta_bytes);
+// A dry-run context: every tensor and gradient is allocated as in a real step, in address space
+// that is never touched, and no kernel runs; data.high_water is then the step's activation
+// memory. Inputs made with ldmc_new in it must not be written either.
+void ldmc_ctx_init_dry_run(ldmc_ctx *ctx, size_t data_bytes);
 void ldmc_ctx_free(ldmc_ctx *ctx);
 // Starts a new step: drops all activations, gradients of activations and the tape.
 void ldmc_ctx_reset(ldmc_ctx *ctx);

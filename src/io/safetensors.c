@@ -296,21 +296,33 @@ static char *build_header(const ldmc_st_entry *entries, int count, const ldmc_st
 
 static int write_all(FILE *f, const void *p, size_t n) { return fwrite(p, 1, n, f) == n ? 0 : -1; }
 
+// Converts through an aligned buffer: the source may sit unaligned in a mapped file.
 static int write_tensor(FILE *f, const ldmc_st_entry *e) {
     int64_t n = ldmc_shape_numel(e->ndim, e->shape);
-    if (e->dtype == e->src_dtype)
-        return write_all(f, e->data, (size_t)n * ldmc_dtype_size(e->dtype));
-    enum { CHUNK = 16384 };
-    _Alignas(64) unsigned char buf[CHUNK * 8];
     size_t src_size = ldmc_dtype_size(e->src_dtype), dst_size = ldmc_dtype_size(e->dtype);
-    for (int64_t i = 0; i < n; i += CHUNK) {
-        size_t k = (size_t)(n - i < CHUNK ? n - i : CHUNK);
-        if (ldmc_convert(buf, e->dtype, (const unsigned char *)e->data + (size_t)i * src_size,
-                         e->src_dtype, k) != 0 ||
-            write_all(f, buf, k * dst_size) != 0)
-            return -1;
+    const unsigned char *src = e->data;
+    void *produced = NULL;
+    if (e->produce) {
+        produced = malloc((size_t)(n ? n : 1) * src_size);
+        if (!produced) return -1;
+        e->produce(e, produced);
+        src = produced;
     }
-    return 0;
+    int rc = 0;
+    if (e->dtype == e->src_dtype) {
+        rc = write_all(f, src, (size_t)n * dst_size);
+    } else {
+        enum { CHUNK = 16384 };
+        _Alignas(64) unsigned char in[CHUNK * 8], out[CHUNK * 8];
+        for (int64_t i = 0; i < n && rc == 0; i += CHUNK) {
+            size_t k = (size_t)(n - i < CHUNK ? n - i : CHUNK);
+            memcpy(in, src + (size_t)i * src_size, k * src_size);
+            rc = ldmc_convert(out, e->dtype, in, e->src_dtype, k) != 0 ? -1
+                                                                     : write_all(f, out, k * dst_size);
+        }
+    }
+    free(produced);
+    return rc;
 }
 
 int ldmc_safetensors_write(const char *path, const ldmc_st_entry *entries, int count,

@@ -52,7 +52,9 @@ int64_t ldmc_st_numel(const ldmc_st_tensor *t);
 int ldmc_safetensors_read(const ldmc_safetensors *st, const ldmc_st_tensor *t, void *dst,
                           ldmc_dtype dst_dtype, ldmc_err *err);
 
-// One tensor to write: `data` holds numel values of `src_dtype`; the file gets `dtype`.
+// One tensor to write: `data` holds numel values of `src_dtype` (any alignment); the file gets
+// `dtype`. Or, when `produce` is set, it fills a temporary buffer of numel src_dtype values
+// just before the tensor is written (a layout change without a copy of the whole model).
 typedef struct ldmc_st_entry {
     const char *name;
     ldmc_dtype dtype;
@@ -60,6 +62,7 @@ typedef struct ldmc_st_entry {
     int ndim;
     int64_t shape[LDMC_MAX_DIMS];
     const void *data;
+    void (*produce)(const struct ldmc_st_entry *e, void *dst);
 } ldmc_st_entry;
 
 // Writes the tensors in the given order, with optional metadata (meta_count key/value pairs).

@@ -22,6 +22,10 @@ static inline float *OUT(const ldmc_tensor *t) { return ldmc_data_f32(t); }
 // The upstream gradient of an output that backward reached.
 static inline const float *DOUT(const ldmc_tensor *t) { return ldmc_grad_if_any(t); }
 
+// Guards every forward kernel: a dry run (ctx->dry_run, for memory plans) allocates every tensor
+// as a real run would but computes nothing.
+#define COMPUTE(ctx) if (!(ctx)->dry_run)
+
 // Fatal error naming the op and the offending tensor's shape.
 #define OP_CHECK(cond, op_name, t, ...)                                                            \
     do {                                                                                           \

@@ -48,7 +48,17 @@ ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_
 // ---- elementwise ----------------------------------------------------------------------------
 ldmc_tensor *ldmc_add(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b);
 ldmc_tensor *ldmc_mul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b);
+ldmc_tensor *ldmc_sub(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b);
 ldmc_tensor *ldmc_scale(ldmc_ctx *ctx, ldmc_tensor *x, double s);
+// a x + b with scalars a, b.
+ldmc_tensor *ldmc_affine(ldmc_ctx *ctx, ldmc_tensor *x, double a, double b);
+ldmc_tensor *ldmc_exp(ldmc_ctx *ctx, ldmc_tensor *x);
+// min(max(x, lo), hi); the gradient passes where lo <= x <= hi.
+ldmc_tensor *ldmc_clamp(ldmc_ctx *ctx, ldmc_tensor *x, double lo, double hi);
+// x (B, ...) -> (B): the sum of each sample's values.
+ldmc_tensor *ldmc_sum_rows(ldmc_ctx *ctx, ldmc_tensor *x);
+// Rows of a table (N, D) picked by labels (B) of I64 -> (B, D). A label outside [0, N) is fatal.
+ldmc_tensor *ldmc_embedding(ldmc_ctx *ctx, ldmc_tensor *table, ldmc_tensor *labels);
 // x (B, ..., C) + v broadcast over the middle dimensions; v is (B, C), (B, 1, ..., 1, C) or (C).
 ldmc_tensor *ldmc_add_broadcast(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *v);
 // Zeroes each value with probability p (from the context's Philox stream) and scales the rest

@@ -11,7 +11,7 @@ static const ldmc_op_info silu_op = {"silu", silu_backward};
 
 ldmc_tensor *ldmc_silu(ldmc_ctx *ctx, ldmc_tensor *x) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    silu_forward_f32(OUT(y), DATA(x), ldmc_numel(x));
+    COMPUTE(ctx) silu_forward_f32(OUT(y), DATA(x), ldmc_numel(x));
     RECORD(ctx, &silu_op, y, x);
     return y;
 }
@@ -26,7 +26,7 @@ static const ldmc_op_info gelu_op = {"gelu", gelu_backward};
 
 ldmc_tensor *ldmc_gelu(ldmc_ctx *ctx, ldmc_tensor *x, bool tanh_approx) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    gelu_forward_f32(OUT(y), DATA(x), ldmc_numel(x), tanh_approx);
+    COMPUTE(ctx) gelu_forward_f32(OUT(y), DATA(x), ldmc_numel(x), tanh_approx);
     ldmc_node *node = RECORD(ctx, &gelu_op, y, x);
     if (node) *(bool *)ldmc_node_args(ctx, node, sizeof(bool)) = tanh_approx;
     return y;
@@ -49,7 +49,7 @@ ldmc_tensor *ldmc_geglu(ldmc_ctx *ctx, ldmc_tensor *x) {
     shape[x->ndim - 1] /= 2;
     ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, x->ndim, shape);
     int F = (int)shape[x->ndim - 1];
-    geglu_forward_f32(OUT(y), DATA(x), ldmc_numel(y) / (F ? F : 1), F);
+    COMPUTE(ctx) geglu_forward_f32(OUT(y), DATA(x), ldmc_numel(y) / (F ? F : 1), F);
     RECORD(ctx, &geglu_op, y, x);
     return y;
 }
@@ -66,7 +66,7 @@ ldmc_tensor *ldmc_softmax(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim >= 1 && last_dim(x) > 0, "softmax", x, "the last dimension must be non-empty");
     ldmc_tensor *y = ldmc_new_like(ctx, x);
     int C = (int)last_dim(x);
-    softmax_forward_f32(OUT(y), DATA(x), ldmc_numel(x) / C, C);
+    COMPUTE(ctx) softmax_forward_f32(OUT(y), DATA(x), ldmc_numel(x) / C, C);
     RECORD(ctx, &softmax_op, y, x);
     return y;
 }

@@ -36,7 +36,7 @@ ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_
     OP_CHECK(a.Nk > 0, "attention", k, "there must be at least one key");
     a.lse = ldmc_scratch(ctx, (size_t)a.B * a.H * a.Nq * sizeof(float));
     ldmc_tensor *o = ldmc_new_like(ctx, q);
-    attention_forward_f32(OUT(o), a.lse, DATA(q), DATA(k), DATA(v), a.B, a.Nq, a.Nk, a.H, a.D,
+    COMPUTE(ctx) attention_forward_f32(OUT(o), a.lse, DATA(q), DATA(k), DATA(v), a.B, a.Nq, a.Nk, a.H, a.D,
                           1.0 / sqrt((double)a.D));
     ldmc_node *node = RECORD(ctx, &attention_op, o, q, k, v);
     if (node) *(attention_args *)ldmc_node_args(ctx, node, sizeof a) = a;

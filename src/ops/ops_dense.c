@@ -25,7 +25,7 @@ ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_ten
         shape[i] = x->shape[i];
     shape[x->ndim - 1] = w->shape[0];
     ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, x->ndim, shape);
-    linear_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), (int)(ldmc_numel(x) / w->shape[1]),
+    COMPUTE(ctx) linear_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), (int)(ldmc_numel(x) / w->shape[1]),
                        (int)w->shape[1], (int)w->shape[0]);
     RECORD(ctx, &linear_op, y, x, w, b);
     return y;
@@ -59,7 +59,7 @@ ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool tra
     OP_CHECK(b->shape[trans_b ? 2 : 1] == args.K, "matmul", b, "the inner dimension must be K = %d",
              args.K);
     ldmc_tensor *c = NEW(ctx, args.B, args.M, args.N);
-    bmm_forward_f32(OUT(c), DATA(a), DATA(b), args.B, args.M, args.N, args.K, trans_a, trans_b);
+    COMPUTE(ctx) bmm_forward_f32(OUT(c), DATA(a), DATA(b), args.B, args.M, args.N, args.K, trans_a, trans_b);
     ldmc_node *node = RECORD(ctx, &matmul_op, c, a, b);
     if (node) *(matmul_args *)ldmc_node_args(ctx, node, sizeof args) = args;
     return c;
@@ -102,7 +102,7 @@ ldmc_tensor *ldmc_conv2d_padded(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, l
              "a %dx%d window with stride %d and padding (%d, %d, %d, %d) does not fit", g.kh, g.kw,
              stride, pad[0], pad[1], pad[2], pad[3]);
     ldmc_tensor *y = NEW(ctx, g.N, g.Ho, g.Wo, g.O);
-    conv2d_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), &g);
+    COMPUTE(ctx) conv2d_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), &g);
     ldmc_node *node = RECORD(ctx, &conv2d_op, y, x, w, b);
     if (node) *(ldmc_conv_geom *)ldmc_node_args(ctx, node, sizeof g) = g;
     return y;

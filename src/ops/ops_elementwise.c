@@ -23,7 +23,7 @@ static const ldmc_op_info add_op = {"add", add_backward};
 ldmc_tensor *ldmc_add(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     check_same("add", a, b);
     ldmc_tensor *y = ldmc_new_like(ctx, a);
-    add_forward_f32(OUT(y), DATA(a), DATA(b), ldmc_numel(a));
+    COMPUTE(ctx) add_forward_f32(OUT(y), DATA(a), DATA(b), ldmc_numel(a));
     RECORD(ctx, &add_op, y, a, b);
     return y;
 }
@@ -39,23 +39,119 @@ static const ldmc_op_info mul_op = {"mul", mul_backward};
 ldmc_tensor *ldmc_mul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     check_same("mul", a, b);
     ldmc_tensor *y = ldmc_new_like(ctx, a);
-    mul_forward_f32(OUT(y), DATA(a), DATA(b), ldmc_numel(a));
+    COMPUTE(ctx) mul_forward_f32(OUT(y), DATA(a), DATA(b), ldmc_numel(a));
     RECORD(ctx, &mul_op, y, a, b);
     return y;
 }
 
-static void scale_backward(ldmc_ctx *ctx, ldmc_node *node) {
+static void sub_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    const float *dy = DOUT(node->out[0]);
+    int64_t n = ldmc_numel(node->out[0]);
+    float *da = ldmc_grad(ctx, node->in[0]), *db = ldmc_grad(ctx, node->in[1]);
+    if (da) accumulate_f32(da, dy, 1.0, n);
+    if (db) accumulate_f32(db, dy, -1.0, n);
+}
+
+static const ldmc_op_info sub_op = {"sub", sub_backward};
+
+ldmc_tensor *ldmc_sub(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
+    check_same("sub", a, b);
+    ldmc_tensor *y = ldmc_new_like(ctx, a);
+    COMPUTE(ctx) sub_forward_f32(OUT(y), DATA(a), DATA(b), ldmc_numel(a));
+    RECORD(ctx, &sub_op, y, a, b);
+    return y;
+}
+
+static void affine_backward(ldmc_ctx *ctx, ldmc_node *node) {
     float *dx = ldmc_grad(ctx, node->in[0]);
     accumulate_f32(dx, DOUT(node->out[0]), *(const double *)node->args, ldmc_numel(node->in[0]));
 }
 
-static const ldmc_op_info scale_op = {"scale", scale_backward};
+static const ldmc_op_info affine_op = {"affine", affine_backward};
 
-ldmc_tensor *ldmc_scale(ldmc_ctx *ctx, ldmc_tensor *x, double s) {
+ldmc_tensor *ldmc_affine(ldmc_ctx *ctx, ldmc_tensor *x, double a, double b) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    scale_forward_f32(OUT(y), DATA(x), s, ldmc_numel(x));
-    ldmc_node *node = RECORD(ctx, &scale_op, y, x);
-    if (node) *(double *)ldmc_node_args(ctx, node, sizeof(double)) = s;
+    COMPUTE(ctx) affine_forward_f32(OUT(y), DATA(x), a, b, ldmc_numel(x));
+    ldmc_node *node = RECORD(ctx, &affine_op, y, x);
+    if (node) *(double *)ldmc_node_args(ctx, node, sizeof(double)) = a;
+    return y;
+}
+
+ldmc_tensor *ldmc_scale(ldmc_ctx *ctx, ldmc_tensor *x, double s) { return ldmc_affine(ctx, x, s, 0); }
+
+// d exp(x) = exp(x) dx: the output is the saved value.
+static void exp_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    mul_backward_f32(ldmc_grad(ctx, node->in[0]), NULL, DOUT(node->out[0]), NULL,
+                     DATA(node->out[0]), ldmc_numel(node->in[0]));
+}
+
+static const ldmc_op_info exp_op = {"exp", exp_backward};
+
+ldmc_tensor *ldmc_exp(ldmc_ctx *ctx, ldmc_tensor *x) {
+    ldmc_tensor *y = ldmc_new_like(ctx, x);
+    COMPUTE(ctx) exp_forward_f32(OUT(y), DATA(x), ldmc_numel(x));
+    RECORD(ctx, &exp_op, y, x);
+    return y;
+}
+
+typedef struct clamp_args {
+    double lo, hi;
+} clamp_args;
+
+static void clamp_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    const clamp_args *a = node->args;
+    ldmc_tensor *x = node->in[0];
+    clamp_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), a->lo, a->hi, ldmc_numel(x));
+}
+
+static const ldmc_op_info clamp_op = {"clamp", clamp_backward};
+
+ldmc_tensor *ldmc_clamp(ldmc_ctx *ctx, ldmc_tensor *x, double lo, double hi) {
+    OP_CHECK(lo <= hi, "clamp", x, "the bounds [%g, %g] are reversed", lo, hi);
+    ldmc_tensor *y = ldmc_new_like(ctx, x);
+    COMPUTE(ctx) clamp_forward_f32(OUT(y), DATA(x), lo, hi, ldmc_numel(x));
+    ldmc_node *node = RECORD(ctx, &clamp_op, y, x);
+    if (node) *(clamp_args *)ldmc_node_args(ctx, node, sizeof(clamp_args)) = (clamp_args){lo, hi};
+    return y;
+}
+
+static void sum_rows_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *x = node->in[0];
+    int64_t B = x->shape[0];
+    sum_rows_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), B, B ? ldmc_numel(x) / B : 0);
+}
+
+static const ldmc_op_info sum_rows_op = {"sum_rows", sum_rows_backward};
+
+ldmc_tensor *ldmc_sum_rows(ldmc_ctx *ctx, ldmc_tensor *x) {
+    OP_CHECK(x->ndim >= 1, "sum_rows", x, "the input must be (B, ...)");
+    int64_t B = x->shape[0];
+    ldmc_tensor *y = NEW(ctx, B);
+    COMPUTE(ctx) sum_rows_forward_f32(OUT(y), DATA(x), B, B ? ldmc_numel(x) / B : 0);
+    RECORD(ctx, &sum_rows_op, y, x);
+    return y;
+}
+
+static void embedding_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *table = node->in[0], *labels = node->in[1];
+    embedding_backward_f32(ldmc_grad(ctx, table), DOUT(node->out[0]), labels->data,
+                           ldmc_numel(labels), (int)table->shape[1]);
+}
+
+static const ldmc_op_info embedding_op = {"embedding", embedding_backward};
+
+ldmc_tensor *ldmc_embedding(ldmc_ctx *ctx, ldmc_tensor *table, ldmc_tensor *labels) {
+    OP_CHECK(table->ndim == 2, "embedding", table, "the table must be (N, D)");
+    OP_CHECK(labels->ndim == 1 && labels->dtype == LDMC_I64, "embedding", labels,
+             "the labels must be (B) of I64");
+    const int64_t *l = labels->data, B = labels->shape[0], N = table->shape[0];
+    for (int64_t b = 0; b < B && !ctx->dry_run; b++)
+        OP_CHECK(l[b] >= 0 && l[b] < N, "embedding", labels,
+                 "label %lld at %lld is outside [0, %lld)", (long long)l[b], (long long)b,
+                 (long long)N);
+    ldmc_tensor *y = NEW(ctx, B, table->shape[1]);
+    COMPUTE(ctx) embedding_forward_f32(OUT(y), DATA(table), l, B, (int)table->shape[1]);
+    RECORD(ctx, &embedding_op, y, table, labels);
     return y;
 }
 
@@ -85,7 +181,7 @@ ldmc_tensor *ldmc_add_broadcast(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *v) {
              (long long)x->shape[0], a.C);
     a.P = ldmc_numel(x) / a.B / a.C;
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    add_broadcast_forward_f32(OUT(y), DATA(x), DATA(v), a.B, a.P, a.C);
+    COMPUTE(ctx) add_broadcast_forward_f32(OUT(y), DATA(x), DATA(v), a.B, a.P, a.C);
     ldmc_node *node = RECORD(ctx, &add_broadcast_op, y, x, v);
     if (node) *(broadcast_args *)ldmc_node_args(ctx, node, sizeof a) = a;
     return y;
@@ -113,7 +209,7 @@ ldmc_tensor *ldmc_dropout(ldmc_ctx *ctx, ldmc_tensor *x, double p) {
                                            LDMC_RNG_DROPOUT),
                       .offset = ldmc_ctx_rng_take(ctx, (uint64_t)ldmc_numel(x))};
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    dropout_forward_f32(OUT(y), DATA(x), ldmc_numel(x), p, &a.rng, a.offset);
+    COMPUTE(ctx) dropout_forward_f32(OUT(y), DATA(x), ldmc_numel(x), p, &a.rng, a.offset);
     ldmc_node *node = RECORD(ctx, &dropout_op, y, x);
     if (node) *(dropout_args *)ldmc_node_args(ctx, node, sizeof a) = a;
     return y;

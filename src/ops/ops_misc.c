@@ -22,7 +22,7 @@ ldmc_tensor *ldmc_timestep_embedding(ldmc_ctx *ctx, ldmc_tensor *t, int dim, dou
     OP_CHECK(dim >= 2 && max_period > 0, "timestep_embedding", t,
              "dim %d must be >= 2 and max_period %g positive", dim, max_period);
     ldmc_tensor *y = NEW(ctx, t->shape[0], dim);
-    timestep_embedding_forward_f32(OUT(y), DATA(t), (int)t->shape[0], dim, max_period);
+    COMPUTE(ctx) timestep_embedding_forward_f32(OUT(y), DATA(t), (int)t->shape[0], dim, max_period);
     ldmc_node *node = RECORD(ctx, &timestep_embedding_op, y, t);
     if (node)
         *(embedding_args *)ldmc_node_args(ctx, node, sizeof(embedding_args)) =
@@ -52,8 +52,9 @@ static ldmc_tensor *loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool l1)
              ldmc_shape_str(a, shape, sizeof shape));
     ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, 0, NULL);
     int64_t n = ldmc_numel(a);
-    OUT(y)
-    [0] = (float)(l1 ? l1_forward_f32(DATA(a), DATA(b), n) : mse_forward_f32(DATA(a), DATA(b), n));
+    float *value = OUT(y);
+    COMPUTE(ctx) *value = (float)(l1 ? l1_forward_f32(DATA(a), DATA(b), n)
+                                     : mse_forward_f32(DATA(a), DATA(b), n));
     RECORD(ctx, l1 ? &l1_op : &mse_op, y, a, b);
     return y;
 }

@@ -36,7 +36,7 @@ ldmc_tensor *ldmc_group_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma, 
     a.mean = ldmc_scratch(ctx, (size_t)a.N * a.G * sizeof(float));
     a.rstd = ldmc_scratch(ctx, (size_t)a.N * a.G * sizeof(float));
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    group_norm_forward_f32(OUT(y), a.mean, a.rstd, DATA(x), DATA(gamma), DATA(beta), a.N, a.P, a.C,
+    COMPUTE(ctx) group_norm_forward_f32(OUT(y), a.mean, a.rstd, DATA(x), DATA(gamma), DATA(beta), a.N, a.P, a.C,
                            a.G, eps);
     ldmc_node *node = RECORD(ctx, &group_norm_op, y, x, gamma, beta);
     if (node) *(norm_args *)ldmc_node_args(ctx, node, sizeof a) = a;
@@ -62,7 +62,7 @@ ldmc_tensor *ldmc_layer_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma, 
     a.mean = ldmc_scratch(ctx, (size_t)a.N * sizeof(float));
     a.rstd = ldmc_scratch(ctx, (size_t)a.N * sizeof(float));
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    layer_norm_forward_f32(OUT(y), a.mean, a.rstd, DATA(x), DATA(gamma), DATA(beta), a.N, a.C, eps);
+    COMPUTE(ctx) layer_norm_forward_f32(OUT(y), a.mean, a.rstd, DATA(x), DATA(gamma), DATA(beta), a.N, a.C, eps);
     ldmc_node *node = RECORD(ctx, &layer_norm_op, y, x, gamma, beta);
     if (node) *(norm_args *)ldmc_node_args(ctx, node, sizeof a) = a;
     return y;

@@ -45,9 +45,9 @@ static ldmc_tensor *pool(ldmc_ctx *ctx, ldmc_tensor *x, int kernel, int stride, 
              "a %dx%d window with stride %d and padding %d does not fit", kernel, kernel, stride,
              padding);
     ldmc_tensor *y = NEW(ctx, a.g.N, a.g.Ho, a.g.Wo, a.g.C);
-    if (is_max)
+    if (is_max && !ctx->dry_run)
         max_pool2d_forward_f32(OUT(y), DATA(x), &a.g);
-    else
+    else if (!ctx->dry_run)
         avg_pool2d_forward_f32(OUT(y), DATA(x), &a.g, count_include_pad);
     ldmc_node *node = RECORD(ctx, is_max ? &max_pool_op : &avg_pool_op, y, x);
     if (node) *(pool_args *)ldmc_node_args(ctx, node, sizeof a) = a;

@@ -39,7 +39,7 @@ ldmc_tensor *ldmc_concat(ldmc_ctx *ctx, ldmc_tensor **xs, int n) {
     int off = 0;
     for (int i = 0; i < n; i++) {
         int C = (int)last_dim(xs[i]);
-        copy_columns_f32(OUT(y), (int)total, off, DATA(xs[i]), C, 0, M, C, false);
+        COMPUTE(ctx) copy_columns_f32(OUT(y), (int)total, off, DATA(xs[i]), C, 0, M, C, false);
         off += C;
     }
     ldmc_record(ctx, &concat_op, xs, n, &y, 1);
@@ -78,7 +78,7 @@ void ldmc_split(ldmc_ctx *ctx, ldmc_tensor *x, const int *sizes, int n, ldmc_ten
     for (int i = 0; i < n; i++) {
         shape[x->ndim - 1] = sizes[i];
         out[i] = ldmc_new(ctx, LDMC_F32, x->ndim, shape);
-        copy_columns_f32(OUT(out[i]), sizes[i], 0, DATA(x), total, off, M, sizes[i], false);
+        COMPUTE(ctx) copy_columns_f32(OUT(out[i]), sizes[i], 0, DATA(x), total, off, M, sizes[i], false);
         off += sizes[i];
     }
     ldmc_record(ctx, &split_op, &x, 1, out, n);
@@ -95,7 +95,7 @@ static const ldmc_op_info upsample_op = {"upsample_nearest2x", upsample_backward
 ldmc_tensor *ldmc_upsample_nearest2x(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim == 4, "upsample_nearest2x", x, "the input must be (N, H, W, C)");
     ldmc_tensor *y = NEW(ctx, x->shape[0], 2 * x->shape[1], 2 * x->shape[2], x->shape[3]);
-    upsample_nearest2x_forward_f32(OUT(y), DATA(x), (int)x->shape[0], (int)x->shape[1],
+    COMPUTE(ctx) upsample_nearest2x_forward_f32(OUT(y), DATA(x), (int)x->shape[0], (int)x->shape[1],
                                    (int)x->shape[2], (int)x->shape[3]);
     RECORD(ctx, &upsample_op, y, x);
     return y;

@@ -32,7 +32,7 @@ SAMPLE_ABOVE, SAMPLES = 4096, 2048
 CASES = []
 
 
-def case(name, op, inputs, quantize=False, **params):
+def case(name, op, inputs, quantize=False, labels=None, **params):
     """inputs: list of (name, shape) or (name, shape, scale, shift) or with a 5th item grad=False.
     quantize rounds the inputs to whole numbers (floor(v + 0.5)): ties, for max pooling."""
     specs = []
@@ -43,6 +43,8 @@ def case(name, op, inputs, quantize=False, **params):
         grad = spec[4] if len(spec) > 4 else True
         specs.append({"name": name_i, "shape": shape, "scale": scale, "shift": shift, "grad": grad,
                       "quantize": quantize})
+    if labels:  # an I64 input of whole numbers bits % n: (name, shape, n)
+        specs.append({"name": labels[0], "shape": list(labels[1]), "labels": labels[2], "grad": False})
     CASES.append({"name": name, "op": op, "params": params, "inputs": specs})
 
 
@@ -117,6 +119,12 @@ case("attention_sdxl_cross_1280", "attention", [("q", (2, 16, 1280), 3.0), ("k",
 case("add_odd", "add", [("a", (3, 5, 7)), ("b", (3, 5, 7))])
 case("mul_odd", "mul", [("a", (3, 5, 7)), ("b", (3, 5, 7))])
 case("scale_odd", "scale", [("x", (3, 5, 7))], s=0.37)
+case("sub_odd", "sub", [("a", (3, 5, 7)), ("b", (3, 5, 7))])
+case("affine_odd", "affine", [("x", (4, 9))], a=-1.75, b=0.5)
+case("exp_odd", "exp", [("x", (5, 11), 4.0)])
+case("clamp_logvar", "clamp", [("x", (3, 40), 40.0, -5.0)], lo=-30.0, hi=20.0)
+case("sum_rows_odd", "sum_rows", [("x", (3, 4, 5, 6))])
+case("embedding_classes", "embedding", [("table", (10, 7))], labels=("labels", (6,), 10))
 case("add_broadcast_bc", "add_broadcast", [("x", (2, 3, 4, 6)), ("v", (2, 6))])
 case("add_broadcast_b11c", "add_broadcast", [("x", (2, 3, 4, 6)), ("v", (2, 1, 1, 6))])
 case("add_broadcast_c", "add_broadcast", [("x", (2, 5, 8)), ("v", (8,))])
@@ -205,6 +213,18 @@ def run_op(op, p, xs):
         return [xs[0] * xs[1]]
     if op == "scale":
         return [xs[0] * p["s"]]
+    if op == "sub":
+        return [xs[0] - xs[1]]
+    if op == "affine":
+        return [xs[0] * p["a"] + p["b"]]
+    if op == "exp":
+        return [torch.exp(xs[0])]
+    if op == "clamp":
+        return [torch.clamp(xs[0], p["lo"], p["hi"])]
+    if op == "sum_rows":
+        return [xs[0].reshape(xs[0].shape[0], -1).sum(dim=1)]
+    if op == "embedding":
+        return [F.embedding(xs[1], xs[0])]
     if op == "add_broadcast":
         x, v = xs
         if v.dim() > 1:
@@ -261,6 +281,10 @@ def main():
         for ii, spec in enumerate(c["inputs"]):
             spec["seed"] = 1000 * (ci + 1) + ii
             n = int(np.prod(spec["shape"]))
+            if "labels" in spec:  # as tests/test_ops.c: Philox bits modulo the label count
+                bits = philox.stream_bits(spec["seed"], n).astype(np.int64) % spec["labels"]
+                xs.append(torch.from_numpy(bits.reshape(spec["shape"])))
+                continue
             u = philox.signed_uniform(spec["seed"], n).astype(np.float64)
             v = u * spec["scale"] + spec["shift"]
             data = (np.floor(v + 0.5) if spec["quantize"] else v).astype(np.float32)  # as tests/harness.c

@@ -1,0 +1,98 @@
+// `ldmc convert IN OUT --config CONFIG [--to official|diffusers] [--dtype f32|f16|bf16]`:
+// converts model weights between the official single-file layout and the diffusers folder
+// layout, and between dtypes. Every tensor is checked against the config's models first; an
+// official output keeps the input's other tensors (conditioner.*) byte for byte.
+// Tested by tests/test_cli.sh and tests/test_checkpoint.c.
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli/commands.h"
+#include "io/model_files.h"
+
+static const char *usage_text =
+    "usage: ldmc convert IN OUT --config CONFIG [--to official|diffusers] [--dtype f32|f16|bf16]\n"
+    "  IN      an official .safetensors file, or a diffusers folder (unet/, vae/)\n"
+    "  OUT     the file or folder to write (default layout: the other one)\n"
+    "  CONFIG  the models in IN (configs/sdxl_base.yaml, a config with unet: and vae:, ...)\n"
+    "  --dtype the dtype to write (default: the input's)\n";
+
+int ldmc_cmd_convert(int argc, char **argv) {
+    const char *in = NULL, *out = NULL, *config = NULL, *to = NULL, *dtype_name = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(usage_text, stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--config") && i + 1 < argc) {
+            config = argv[++i];
+        } else if (!strcmp(argv[i], "--to") && i + 1 < argc) {
+            to = argv[++i];
+        } else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
+            dtype_name = argv[++i];
+        } else if (argv[i][0] != '-' && (!in || !out)) {
+            *(in ? &out : &in) = argv[i];
+        } else {
+            fprintf(stderr, "ldmc convert: unexpected argument '%s'\n%s", argv[i], usage_text);
+            return 2;
+        }
+    }
+    if (!in || !out || !config) {
+        fprintf(stderr, "%s", usage_text);
+        return 2;
+    }
+    ldmc_dtype dtype = LDMC_F32;
+    if (dtype_name && ldmc_dtype_from_name(dtype_name, &dtype) != 0) {
+        fprintf(stderr, "ldmc convert: unknown dtype '%s' (f32, f16 or bf16)\n", dtype_name);
+        return 2;
+    }
+    ldmc_model_config cfg;
+    ldmc_err err = {0};
+    if (ldmc_model_config_load(config, &cfg, &err) != 0) {
+        fprintf(stderr, "ldmc convert: %s\n", err.message);
+        return 1;
+    }
+    struct stat sb;
+    ldmc_layout from = stat(in, &sb) == 0 && S_ISDIR(sb.st_mode) ? LDMC_LAYOUT_DIFFUSERS
+                                                                 : LDMC_LAYOUT_OFFICIAL;
+    ldmc_layout layout = from == LDMC_LAYOUT_OFFICIAL ? LDMC_LAYOUT_DIFFUSERS : LDMC_LAYOUT_OFFICIAL;
+    if (to && strcmp(to, "official") && strcmp(to, "diffusers")) {
+        fprintf(stderr, "ldmc convert: --to takes official or diffusers, not '%s'\n", to);
+        return 2;
+    }
+    if (to) layout = strcmp(to, "official") ? LDMC_LAYOUT_DIFFUSERS : LDMC_LAYOUT_OFFICIAL;
+
+    static ldmc_unet u;
+    static ldmc_vae v;
+    int rc = 0;
+    ldmc_dtype input_dtype = LDMC_F32;
+    if (cfg.has_unet) {
+        ldmc_unet_init(&u, &cfg.unet);
+        ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
+        rc = ldmc_load_unet(&u, in, NULL, &err);
+    }
+    if (cfg.has_vae && rc == 0) {
+        ldmc_vae_init(&v, &cfg.vae);
+        ldmc_params_alloc(&v.params, LDMC_ROLE_WEIGHTS);
+        rc = ldmc_load_vae(&v, in, NULL, &err);
+    }
+    ldmc_safetensors source = {0};
+    ldmc_layout source_layout;
+    if (rc == 0) rc = ldmc_open_model_file(in, !cfg.has_unet, &source, &source_layout, &err);
+    if (rc == 0 && source.count) input_dtype = source.tensors[0].dtype;
+    if (!dtype_name) dtype = input_dtype == LDMC_F16 || input_dtype == LDMC_BF16 ? input_dtype : LDMC_F32;
+    // Only an official input has other tensors to pass through to an official output.
+    bool passthrough = source_layout == LDMC_LAYOUT_OFFICIAL && layout == LDMC_LAYOUT_OFFICIAL;
+    if (rc == 0)
+        rc = ldmc_save_models(out, layout, cfg.has_unet ? &u : NULL, cfg.has_vae ? &v : NULL, dtype,
+                              LDMC_ROLE_WEIGHTS, passthrough ? &source : NULL, &err);
+    if (source.map) ldmc_safetensors_close(&source);
+    if (cfg.has_unet) ldmc_unet_free(&u);
+    if (cfg.has_vae) ldmc_vae_free(&v);
+    if (rc != 0) {
+        fprintf(stderr, "ldmc convert: %s\n", err.message);
+        return 1;
+    }
+    printf("wrote %s (%s layout, %s)\n", out, layout == LDMC_LAYOUT_OFFICIAL ? "official" : "diffusers",
+           ldmc_dtype_name(dtype));
+    return 0;
+}

@@ -1,0 +1,70 @@
+// `ldmc init CONFIG OUT [--seed N] [--to official|diffusers] [--dtype f32|f16|bf16]`: writes the
+// freshly initialized weights of the config's models (PyTorch's default initialization, with
+// generative-models' zero-initialized layers), the starting point of training from scratch.
+// Tested by tests/test_cli.sh and tests/test_official_layout.sh.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "io/model_files.h"
+
+static const char *usage_text =
+    "usage: ldmc init CONFIG OUT [--seed N] [--to official|diffusers] [--dtype f32|f16|bf16]\n";
+
+int ldmc_cmd_init(int argc, char **argv) {
+    const char *config = NULL, *out = NULL, *to = "official", *dtype_name = "f32";
+    unsigned long long seed = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(usage_text, stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--seed") && i + 1 < argc) {
+            seed = strtoull(argv[++i], NULL, 10);
+        } else if (!strcmp(argv[i], "--to") && i + 1 < argc) {
+            to = argv[++i];
+        } else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
+            dtype_name = argv[++i];
+        } else if (argv[i][0] != '-' && (!config || !out)) {
+            *(config ? &out : &config) = argv[i];
+        } else {
+            fprintf(stderr, "ldmc init: unexpected argument '%s'\n%s", argv[i], usage_text);
+            return 2;
+        }
+    }
+    ldmc_dtype dtype;
+    if (!config || !out || (strcmp(to, "official") && strcmp(to, "diffusers")) ||
+        ldmc_dtype_from_name(dtype_name, &dtype) != 0) {
+        fprintf(stderr, "%s", usage_text);
+        return 2;
+    }
+    ldmc_model_config cfg;
+    ldmc_err err = {0};
+    if (ldmc_model_config_load(config, &cfg, &err) != 0) {
+        fprintf(stderr, "ldmc init: %s\n", err.message);
+        return 1;
+    }
+    static ldmc_unet u;
+    static ldmc_vae v;
+    if (cfg.has_unet) {
+        ldmc_unet_init(&u, &cfg.unet);
+        ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
+        ldmc_params_init(&u.params, seed);
+    }
+    if (cfg.has_vae) {
+        ldmc_vae_init(&v, &cfg.vae);
+        ldmc_params_alloc(&v.params, LDMC_ROLE_WEIGHTS);
+        ldmc_params_init(&v.params, seed);
+    }
+    ldmc_layout layout = strcmp(to, "official") ? LDMC_LAYOUT_DIFFUSERS : LDMC_LAYOUT_OFFICIAL;
+    int rc = ldmc_save_models(out, layout, cfg.has_unet ? &u : NULL, cfg.has_vae ? &v : NULL,
+                              dtype, LDMC_ROLE_WEIGHTS, NULL, &err);
+    if (cfg.has_unet) ldmc_unet_free(&u);
+    if (cfg.has_vae) ldmc_vae_free(&v);
+    if (rc != 0) {
+        fprintf(stderr, "ldmc init: %s\n", err.message);
+        return 1;
+    }
+    printf("wrote %s (%s layout, %s, seed %llu)\n", out, to, ldmc_dtype_name(dtype), seed);
+    return 0;
+}
