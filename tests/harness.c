@@ -9,6 +9,7 @@
 
 #include "core/rng.h"
 #include "core/threads.h"
+#include "nn/model_config.h"
 
 int test_failures;
 bool test_quiet;
@@ -164,4 +165,13 @@ void test_ctx_init(ldmc_ctx *ctx) { ldmc_ctx_init(ctx, (size_t)4 << 30, (size_t)
 const char *test_data_dir(void) {
     const char *dir = getenv("LDMC_TEST_DATA");
     return dir ? dir : LDMC_TEST_DATA_DIR;
+}
+
+ldmc_model_config test_model_config(const char *file) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", LDMC_CONFIG_DIR, file);
+    ldmc_model_config cfg;
+    ldmc_err err = {0};
+    LDMC_CHECK(ldmc_model_config_load(path, &cfg, &err) == 0, "%s", err.message);
+    return cfg;
 }

@@ -103,3 +103,5 @@ void test_fill_f64(double *x, int64_t n, uint64_t seed, double scale, double shi
 void test_ctx_init(ldmc_ctx *ctx);
 // The directory of the committed reference data (tests/ref/data).
 const char *test_data_dir(void);
+// A bundled model config (configs/<file>); fatal if it does not load.
+struct ldmc_model_config test_model_config(const char *file);

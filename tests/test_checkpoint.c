@@ -20,17 +20,8 @@ static const char *path_of(const char *name) {
     return p;
 }
 
-static ldmc_model_config load_config(const char *file) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", LDMC_CONFIG_DIR, file);
-    ldmc_model_config cfg;
-    ldmc_err err = {0};
-    LDMC_CHECK(ldmc_model_config_load(path, &cfg, &err) == 0, "%s", err.message);
-    return cfg;
-}
-
 static void new_unet(ldmc_unet *u, uint64_t seed) {
-    ldmc_model_config cfg = load_config("tiny_unet_text.yaml");
+    ldmc_model_config cfg = test_model_config("tiny_unet_text.yaml");
     ldmc_unet_init(u, &cfg.unet);
     ldmc_params_alloc(&u->params, LDMC_ROLE_WEIGHTS);
     if (seed) ldmc_params_init(&u->params, seed);
@@ -42,7 +33,7 @@ static void new_unet(ldmc_unet *u, uint64_t seed) {
 }
 
 static void new_vae(ldmc_vae *v, uint64_t seed) {
-    ldmc_model_config cfg = load_config("tiny_vae.yaml");
+    ldmc_model_config cfg = test_model_config("tiny_vae.yaml");
     ldmc_vae_init(v, &cfg.vae);
     ldmc_params_alloc(&v->params, LDMC_ROLE_WEIGHTS);
     if (seed) ldmc_params_init(&v->params, seed);
@@ -173,7 +164,7 @@ static void test_diffusers_round_trip(void) {
 // Renames that diffusers' convert_ldm_unet_checkpoint / convert_ldm_vae_checkpoint apply to the
 // SDXL checkpoints (../shared/reference/sdxl-facts.md §9).
 static void test_diffusers_names_of_sdxl(void) {
-    ldmc_model_config base = load_config("sdxl_base.yaml"), vae = load_config("sdxl_vae.yaml");
+    ldmc_model_config base = test_model_config("sdxl_base.yaml"), vae = test_model_config("sdxl_vae.yaml");
     static const char *const unet_pairs[][2] = {
         {"time_embed.0.weight", "time_embedding.linear_1.weight"},
         {"label_emb.0.2.bias", "add_embedding.linear_2.bias"},
@@ -310,7 +301,7 @@ static void test_mismatches_are_named(void) {
     expect_load_error(&target, write_damaged(&u, WRONG_DTYPE), NULL,
                       (const char *[]){"out.2.bias is I32 (4)"}, 1);
     // A model of another shape: every difference counted, the first few named.
-    ldmc_model_config other = load_config("tiny_unet_class.yaml");
+    ldmc_model_config other = test_model_config("tiny_unet_class.yaml");
     ldmc_unet cls;
     ldmc_unet_init(&cls, &other.unet);
     ldmc_params_alloc(&cls.params, LDMC_ROLE_WEIGHTS);
@@ -366,7 +357,7 @@ static void test_bad_files_and_folders(void) {
     CHECK(ldmc_load_unet(&u, path_of("junk.safetensors"), NULL, &err) == -1 &&
               strstr(err.message, "junk.safetensors"), "%s", err.message);
     // Class-conditional UNets have no diffusers layout: refused with the reason.
-    ldmc_model_config other = load_config("tiny_unet_class.yaml");
+    ldmc_model_config other = test_model_config("tiny_unet_class.yaml");
     ldmc_unet cls;
     ldmc_unet_init(&cls, &other.unet);
     ldmc_params_alloc(&cls.params, LDMC_ROLE_WEIGHTS);

@@ -199,22 +199,24 @@ static double model_rtol(double K, int depth) { return tolerance_f32(4.0 * depth
 
 // ---- the cases --------------------------------------------------------------------------------------
 
-static ldmc_unet_config load_unet_config(const char *file) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", LDMC_CONFIG_DIR, file);
-    ldmc_model_config cfg;
-    ldmc_err err = {0};
-    LDMC_CHECK(ldmc_model_config_load(path, &cfg, &err) == 0, "%s", err.message);
-    return cfg.unet;
+// The parameters get weights and gradient buffers, the weights the test initialization.
+static void ready_for_training(ldmc_params *p) {
+    ldmc_params_alloc(p, LDMC_ROLE_WEIGHTS);
+    ldmc_params_alloc(p, LDMC_ROLE_GRAD);
+    init_weights(p);
 }
 
-static ldmc_vae_config load_vae_config(const char *file) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", LDMC_CONFIG_DIR, file);
-    ldmc_model_config cfg;
-    ldmc_err err = {0};
-    LDMC_CHECK(ldmc_model_config_load(path, &cfg, &err) == 0, "%s", err.message);
-    return cfg.vae;
+// The case's UNet (its config file is the case's `config` parameter), ready for training.
+static void case_unet(ldmc_unet *u, const cJSON *c) {
+    ldmc_model_config cfg = test_model_config(param_str(c, "config"));
+    ldmc_unet_init(u, &cfg.unet);
+    ready_for_training(&u->params);
+}
+
+static void case_vae(ldmc_vae *v, const cJSON *c) {
+    ldmc_model_config cfg = test_model_config(param_str(c, "config"));
+    ldmc_vae_init(v, &cfg.vae);
+    ready_for_training(&v->params);
 }
 
 // One UNet training step; returns the loss tensor.
@@ -244,12 +246,8 @@ static ldmc_tensor *unet_step(ldmc_ctx *ctx, ldmc_unet *u, const cJSON *c, ldmc_
 
 static void run_unet_case(const char *name, double K, int depth) {
     const cJSON *c = find_case(name);
-    ldmc_unet_config cfg = load_unet_config(param_str(c, "config"));
     ldmc_unet u;
-    ldmc_unet_init(&u, &cfg);
-    ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
-    ldmc_params_alloc(&u.params, LDMC_ROLE_GRAD);
-    init_weights(&u.params);
+    case_unet(&u, c);
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
     ldmc_tensor *x, *context, *out;
@@ -270,12 +268,8 @@ static void test_unet_class(void) { run_unet_case("unet_class", 9 * 128, 13); }
 
 static void test_vae(void) {
     const cJSON *c = find_case("vae");
-    ldmc_vae_config cfg = load_vae_config(param_str(c, "config"));
     ldmc_vae v;
-    ldmc_vae_init(&v, &cfg);
-    ldmc_params_alloc(&v.params, LDMC_ROLE_WEIGHTS);
-    ldmc_params_alloc(&v.params, LDMC_ROLE_GRAD);
-    init_weights(&v.params);
+    case_vae(&v, c);
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
     ldmc_tensor *x = draw(&ctx, c, "x", LDMC_F32), *noise = draw(&ctx, c, "noise", LDMC_F32);
@@ -306,9 +300,7 @@ static void run_resblock_case(const char *name) {
     ldmc_resblock r;
     ldmc_resblock_init(&r, &p, "", (int)param_num(c, "in_ch"), (int)param_num(c, "out_ch"),
                        (int)param_num(c, "emb_ch"));
-    ldmc_params_alloc(&p, LDMC_ROLE_WEIGHTS);
-    ldmc_params_alloc(&p, LDMC_ROLE_GRAD);
-    init_weights(&p);
+    ready_for_training(&p);
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
     ldmc_tensor *x = draw(&ctx, c, "x", LDMC_F32), *emb = draw(&ctx, c, "emb", LDMC_F32);
@@ -334,9 +326,7 @@ static void run_transformer_case(const char *name) {
     int ch = (int)param_num(c, "channels");
     ldmc_spatial_transformer_init(&st, &p, "", ch, 64, (int)param_num(c, "depth"),
                                   (int)param_num(c, "context_dim"));
-    ldmc_params_alloc(&p, LDMC_ROLE_WEIGHTS);
-    ldmc_params_alloc(&p, LDMC_ROLE_GRAD);
-    init_weights(&p);
+    ready_for_training(&p);
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
     ldmc_tensor *x = draw(&ctx, c, "x", LDMC_F32), *context = draw(&ctx, c, "context", LDMC_F32);
@@ -364,12 +354,8 @@ static void test_transformer_1280(void) { run_transformer_case("transformer_1280
 // Checkpointing every ResBlock and SpatialTransformer changes memory, not the numbers.
 static void test_unet_checkpointing_gives_identical_gradients(void) {
     const cJSON *c = find_case("unet_text");
-    ldmc_unet_config cfg = load_unet_config(param_str(c, "config"));
     ldmc_unet u;
-    ldmc_unet_init(&u, &cfg);
-    ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
-    ldmc_params_alloc(&u.params, LDMC_ROLE_GRAD);
-    init_weights(&u.params);
+    case_unet(&u, c);
     size_t n = u.params.total;
     float *plain = malloc(n * sizeof *plain);
     size_t high[2];
@@ -396,12 +382,8 @@ static void test_unet_checkpointing_gives_identical_gradients(void) {
 
 static void test_vae_checkpointing_gives_identical_gradients(void) {
     const cJSON *c = find_case("vae");
-    ldmc_vae_config cfg = load_vae_config(param_str(c, "config"));
     ldmc_vae v;
-    ldmc_vae_init(&v, &cfg);
-    ldmc_params_alloc(&v.params, LDMC_ROLE_WEIGHTS);
-    ldmc_params_alloc(&v.params, LDMC_ROLE_GRAD);
-    init_weights(&v.params);
+    case_vae(&v, c);
     size_t n = v.params.total, high[2];
     float *plain = malloc(n * sizeof *plain);
     for (int run = 0; run < 2; run++) {
@@ -429,16 +411,13 @@ static void test_vae_checkpointing_gives_identical_gradients(void) {
 // The dry run of a memory plan allocates what a real step allocates.
 static void test_memory_plan_matches_a_real_step(void) {
     const cJSON *c = find_case("unet_text");
-    ldmc_unet_config cfg = load_unet_config(param_str(c, "config"));
+    ldmc_unet_config cfg = test_model_config(param_str(c, "config")).unet;
     ldmc_unet u;
     ldmc_unet_init(&u, &cfg);
     ldmc_memory_plan plan;
     ldmc_unet_plan(&u, 2, 8, 8, &plan);  // reserves the weights: plan on a model of its own
     ldmc_unet_free(&u);
-    ldmc_unet_init(&u, &cfg);
-    ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
-    ldmc_params_alloc(&u.params, LDMC_ROLE_GRAD);
-    init_weights(&u.params);
+    case_unet(&u, c);
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
     ldmc_tensor *x = ldmc_zeros(&ctx, LDMC_F32, 4, (int64_t[]){2, 8, 8, 4});
