@@ -167,6 +167,32 @@ const char *test_data_dir(void) {
     return dir ? dir : LDMC_TEST_DATA_DIR;
 }
 
+static char tmpdir[512];
+
+static void remove_tmpdir(void) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+}
+
+const char *test_tmpdir(void) {
+    if (!tmpdir[0]) {
+        snprintf(tmpdir, sizeof tmpdir, "%s/ldmc_test_XXXXXX",
+                 getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+        LDMC_CHECK(mkdtemp(tmpdir), "cannot create a temporary directory %s", tmpdir);
+        atexit(remove_tmpdir);
+    }
+    return tmpdir;
+}
+
+const char *test_tmp_path(const char *name) {
+    static char path[8][1024];
+    static int next;
+    char *p = path[next++ % 8];
+    snprintf(p, sizeof path[0], "%s/%s", test_tmpdir(), name);
+    return p;
+}
+
 ldmc_model_config test_model_config(const char *file) {
     char path[512];
     snprintf(path, sizeof path, "%s/%s", LDMC_CONFIG_DIR, file);

@@ -87,8 +87,9 @@ bool check_close_f64_at(const char *file, int line, const char *what, const doub
 bool check_close_scaled_at(const char *file, int line, const char *what, const float *got,
                            const float *want, const int32_t *idx, int64_t n, double rtol,
                            double min_scale);
-#define CHECK_CLOSE_SCALED(what, got, want, idx, n, rtol, min_scale) \
-    check_close_scaled_at(__FILE__, __LINE__, (what), (got), (want), (idx), (n), (rtol), (min_scale))
+#define CHECK_CLOSE_SCALED(what, got, want, idx, n, rtol, min_scale)                               \
+    check_close_scaled_at(__FILE__, __LINE__, (what), (got), (want), (idx), (n), (rtol),           \
+                          (min_scale))
 #define CHECK_CLOSE_F64(what, got, want, n, rtol)                                                  \
     check_close_f64_at(__FILE__, __LINE__, (what), (got), (want), (n), (rtol))
 
@@ -103,5 +104,9 @@ void test_fill_f64(double *x, int64_t n, uint64_t seed, double scale, double shi
 void test_ctx_init(ldmc_ctx *ctx);
 // The directory of the committed reference data (tests/ref/data).
 const char *test_data_dir(void);
+// A temporary directory for this test program, made on first use and removed (with everything
+// in it) when the program exits; and <that directory>/<name> (8 rotating buffers).
+const char *test_tmpdir(void);
+const char *test_tmp_path(const char *name);
 // A bundled model config (configs/<file>); fatal if it does not load.
 struct ldmc_model_config test_model_config(const char *file);

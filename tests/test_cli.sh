@@ -55,6 +55,22 @@ lines=$(grep -c '"op": "group_norm".*"ms_forward_backward": [0-9.]*}' /tmp/ldmc_
 expect_status 2 "$ldmc" bench ops --reps 0
 expect_status 2 "$ldmc" bench nothing
 
+# train, cache, demo-data: usage errors exit 2; bad configs exit 1 with the file and key named.
+expect_status 0 "$ldmc" train --help
+grep -q "usage: ldmc train CONFIG" /tmp/ldmc_cli_out.$$ || fail "train --help"
+expect_status 2 "$ldmc" train
+expect_status 2 "$ldmc" cache "$configs/demo.yaml"
+expect_status 2 "$ldmc" demo-data
+expect_status 1 "$ldmc" train "$configs/demo.yaml" --set optim.lr=-1
+grep -q "demo.yaml (--set): optim.lr: -1 is outside" /tmp/ldmc_cli_out.$$ || fail "a bad override is not named"
+expect_status 1 "$ldmc" train /nonexistent.yaml
+grep -q "/nonexistent.yaml: cannot open" /tmp/ldmc_cli_out.$$ || fail "a missing training config is not named"
+shapes=$(mktemp -d)
+expect_status 0 "$ldmc" demo-data "$shapes" --per-class 3
+[ "$(find "$shapes" -name '*.png' -o -name '*.jpg' | wc -l)" -eq 12 ] || fail "demo-data: not 12 pictures"
+for c in circle cross square triangle; do [ -d "$shapes/$c" ] || fail "demo-data: no $c folder"; done
+rm -rf "$shapes"
+
 rm -f /tmp/ldmc_cli_out.$$
 if [ "$failures" -ne 0 ]; then
     echo "$failures CLI check(s) failed" >&2

@@ -180,6 +180,20 @@ static void embedding_b(const fd_case *c, double **in, const double *dy, double 
     embedding_backward_f64(d[0], dy, embedding_labels, 5, c->C);
 }
 
+static const float row_weights[3] = {0.5f, 1.0f, 2.25f};
+static void mse_rows_f(const fd_case *c, double **in, double *out) {
+    out[0] = mse_rows_forward_f64(in[0], in[1], row_weights, 3, c->in_numel[0] / 3);
+}
+static void mse_rows_b(const fd_case *c, double **in, const double *dy, double **d) {
+    mse_rows_backward_f64(d[0], d[1], dy[0], in[0], in[1], row_weights, 3, c->in_numel[0] / 3);
+}
+static void scale_rows_f(const fd_case *c, double **in, double *out) {
+    scale_rows_forward_f64(out, in[0], row_weights, 3, c->out_numel / 3);
+}
+static void scale_rows_b(const fd_case *c, double **in, const double *dy, double **d) {
+    scale_rows_backward_f64(d[0], dy, row_weights, 3, c->out_numel / 3);
+}
+
 // concat of two pieces of K and N channels over M rows, and its inverse, split
 static void concat_f(const fd_case *c, double **in, double *out) {
     copy_columns_f64(out, c->K + c->N, 0, in[0], c->K, 0, c->M, c->K, false);
@@ -563,6 +577,8 @@ static fd_case *all_cases(int *count) {
     cases[n++] = (fd_case){.name = "clamp", .forward = clamp_f, .backward = clamp_b, .n_in = 1, .in_numel = {29}, .out_numel = 29};
     cases[n++] = (fd_case){.name = "sum_rows", .forward = sum_rows_f, .backward = sum_rows_b, .n_in = 1, .in_numel = {3 * 7}, .out_numel = 3, .B = 3, .M = 7};
     cases[n++] = (fd_case){.name = "embedding", .forward = embedding_f, .backward = embedding_b, .n_in = 1, .in_numel = {7 * 4}, .out_numel = 5 * 4, .C = 4};
+    cases[n++] = (fd_case){.name = "mse_loss_weighted", .forward = mse_rows_f, .backward = mse_rows_b, .n_in = 2, .in_numel = {3 * 5, 3 * 5}, .out_numel = 1};
+    cases[n++] = (fd_case){.name = "scale_rows", .forward = scale_rows_f, .backward = scale_rows_b, .n_in = 1, .in_numel = {3 * 4}, .out_numel = 3 * 4};
     cases[n++] = (fd_case){.name = "add_broadcast",
                            .forward = bcast_f,
                            .backward = bcast_b,

@@ -76,7 +76,7 @@ static double reduction_length(const op_case *c) {
         return (double)int_param(c, "kernel") * int_param(c, "kernel");
     if (!strcmp(op, "upsample_nearest2x")) return 4;
     if (!strcmp(op, "timestep_embedding")) return int_param(c, "dim");
-    if (!strcmp(op, "mse_loss") || !strcmp(op, "l1_loss")) return n;
+    if (!strcmp(op, "mse_loss") || !strcmp(op, "l1_loss") || !strcmp(op, "mse_loss_weighted")) return n;
     return 1;
 }
 
@@ -154,6 +154,14 @@ static void run_op(ldmc_ctx *ctx, op_case *c) {
         c->out[0] = ldmc_mse_loss(ctx, in[0], in[1]);
     } else if (!strcmp(op, "l1_loss")) {
         c->out[0] = ldmc_l1_loss(ctx, in[0], in[1]);
+    } else if (!strcmp(op, "mse_loss_weighted") || !strcmp(op, "scale_rows")) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(c->params, strcmp(op, "scale_rows") ? "weights" : "s");
+        float w[16];
+        int n = cJSON_GetArraySize(list);
+        LDMC_CHECK(n <= 16, "case %s: too many weights", c->name);
+        for (int i = 0; i < n; i++) w[i] = (float)cJSON_GetArrayItem(list, i)->valuedouble;
+        c->out[0] = strcmp(op, "scale_rows") ? ldmc_mse_loss_weighted(ctx, in[0], in[1], w)
+                                             : ldmc_scale_rows(ctx, in[0], w);
     } else if (!strcmp(op, "dropout")) {
         ctx->rng_seed = (uint64_t)param(c, "seed");
         ctx->rng_step = (uint64_t)param(c, "step");

@@ -14,6 +14,7 @@
 #include "core/tape.h"
 #include "core/threads.h"
 #include "ops/ops.h"
+#include "train/trainer.h"
 
 typedef enum { CASE_CONV2D, CASE_ATTENTION, CASE_GROUP_NORM } case_kind;
 
@@ -159,8 +160,72 @@ static int bench_ops(int argc, char **argv) {
     return 0;
 }
 
+static const char *step_usage =
+    "usage: ldmc bench step TRAIN_CONFIG [--res H W] [--reps N] [--json] [--set key=value ...]\n";
+
+// One training step of a training config's models (everything but the data loader), median of
+// N after a warm-up: the number bench/step_vs_torch.py sets next to PyTorch's.
+static int bench_step(int argc, char **argv) {
+    const char *config = NULL;
+    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
+    int n_sets = 0, reps = 10, H = 0, W = 0;
+    bool json = false;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+            json = true;
+        } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
+            reps = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--res") && i + 2 < argc) {
+            H = atoi(argv[++i]);
+            W = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--set") && i + 1 < argc) {
+            sets[n_sets++] = argv[++i];
+        } else if (argv[i][0] != '-' && !config) {
+            config = argv[i];
+        } else {
+            config = NULL;
+            break;
+        }
+    }
+    if (!config || reps < 1 || reps > 1000) {
+        fputs(step_usage, stderr);
+        free(sets);
+        return 2;
+    }
+    ldmc_train_config cfg;
+    ldmc_err err = {0};
+    int rc = ldmc_train_config_load(config, sets, n_sets, &cfg, &err);
+    free(sets);
+    if (rc != 0) {
+        fprintf(stderr, "ldmc bench step: %s\n", err.message);
+        return 1;
+    }
+    if (!H || !W) H = cfg.sample_height, W = cfg.sample_width;
+    double *ms = calloc((size_t)reps, sizeof *ms);
+    rc = H > 0 && W > 0
+             ? ldmc_train_bench(&cfg, H, W, reps, ms, &err)
+             : LDMC_ERR(&err, "%s: no sample size in the config: pass --res H W", config);
+    if (rc == 0) {
+        double med = median(ms, reps);
+        if (json)
+            printf("{\"config\": \"%s\", \"task\": \"%s\", \"batch\": %d, \"height\": %d, "
+                   "\"width\": %d, \"threads\": %d, \"reps\": %d, \"ms_step\": %.3f}\n",
+                   config, cfg.task == LDMC_TASK_VAE ? "vae" : "diffusion", cfg.batch_size, H, W,
+                   ldmc_threads_get(), reps, med);
+        else
+            printf("%s: one training step, batch %d at %dx%d, %d threads: %.2f ms (median of %d)\n",
+                   config, cfg.batch_size, H, W, ldmc_threads_get(), med, reps);
+    } else {
+        fprintf(stderr, "ldmc bench step: %s\n", err.message);
+    }
+    free(ms);
+    ldmc_train_config_free(&cfg);
+    return rc == 0 ? 0 : 1;
+}
+
 int ldmc_cmd_bench(int argc, char **argv) {
     if (argc >= 1 && strcmp(argv[0], "ops") == 0) return bench_ops(argc - 1, argv + 1);
-    fprintf(stderr, "usage: ldmc bench ops [--json] [--reps N] [--filter TEXT]\n");
+    if (argc >= 1 && strcmp(argv[0], "step") == 0) return bench_step(argc - 1, argv + 1);
+    fprintf(stderr, "usage: ldmc bench ops [--json] [--reps N] [--filter TEXT]\n%s", step_usage);
     return 2;
 }

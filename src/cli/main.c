@@ -10,18 +10,25 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *help;
 } commands[] = {
-    {"info", ldmc_cmd_info, "build, libraries, threads; or a model config's summary, parameter "
-                            "count, checkpoint keys and memory plan"},
+    {"train", ldmc_cmd_train,
+     "train a UNet or a VAE from a config (configs/demo.yaml, the recipes)"},
+    {"cache", ldmc_cmd_cache, "encode a training config's images into an HDF5 latent cache"},
+    {"demo-data", ldmc_cmd_demo_data,
+     "draw the demo dataset: shapes of four classes, varied sizes"},
+    {"info", ldmc_cmd_info,
+     "build, libraries, threads; or a model config's summary, parameter "
+     "count, checkpoint keys and memory plan"},
     {"init", ldmc_cmd_init, "write a config's freshly initialized weights"},
-    {"convert", ldmc_cmd_convert, "model weights between the official and diffusers layouts "
-                                  "and between dtypes"},
+    {"convert", ldmc_cmd_convert,
+     "model weights between the official and diffusers layouts "
+     "and between dtypes"},
     {"bench", ldmc_cmd_bench, "benchmarks: `ldmc bench ops` (CPU ops, forward + backward)"},
 };
 
 static void usage(FILE *out) {
     fprintf(out, "usage: ldmc <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(out, "  %-8s %s\n", commands[i].name, commands[i].help);
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].help);
     fprintf(out, "\nenvironment: LDMC_THREADS=n sets the thread count (default: all cores)\n");
 }
 

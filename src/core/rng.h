@@ -24,8 +24,12 @@ enum {
     LDMC_RNG_DROPOUT = 1,
     LDMC_RNG_NOISE = 2, // diffusion noise
     LDMC_RNG_TIMESTEP = 3,
-    LDMC_RNG_INIT = 4, // parameter initialization
-    LDMC_RNG_DATA = 5, // data order, crops, flips
+    LDMC_RNG_INIT = 4,      // parameter initialization
+    LDMC_RNG_DATA = 5,      // data order: shuffles of samples and batches
+    LDMC_RNG_AUGMENT = 6,   // per-sample crops and flips
+    LDMC_RNG_COND_DROP = 7, // conditioning dropout for classifier-free guidance
+    LDMC_RNG_SAMPLE = 8,    // the sampler's starting noise
+    LDMC_RNG_LATENT = 9,    // draws from the VAE posterior (z = mean + std ε) in training
 };
 
 // FNV-1a (64-bit) of a string: a stable per-name key, e.g. for a parameter's initialization stream.

@@ -16,7 +16,8 @@
 #include "nn/unet.h"
 #include "nn/vae.h"
 
-// ---- the name-mapping tables ----------------------------------------------------------------------
+// ---- the name-mapping tables
+// ----------------------------------------------------------------------
 
 typedef struct key_rename {
     const char *official, *diffusers;
@@ -24,22 +25,29 @@ typedef struct key_rename {
 
 // Inside a UNet ResBlock.
 static const key_rename unet_resnet_renames[] = {
-    {"in_layers.0.", "norm1."},        {"in_layers.2.", "conv1."},
+    {"in_layers.0.", "norm1."},          {"in_layers.2.", "conv1."},
     {"emb_layers.1.", "time_emb_proj."}, {"out_layers.0.", "norm2."},
-    {"out_layers.3.", "conv2."},       {"skip_connection.", "conv_shortcut."},
+    {"out_layers.3.", "conv2."},         {"skip_connection.", "conv_shortcut."},
 };
 
 // Inside a VAE ResnetBlock and the VAE's mid attention (whose 1x1 convs become linear weights).
 static const key_rename vae_renames[] = {
-    {"nin_shortcut.", "conv_shortcut."}, {"norm.", "group_norm."}, {"q.", "to_q."},
-    {"k.", "to_k."},                   {"v.", "to_v."},        {"proj_out.", "to_out.0."},
+    {"nin_shortcut.", "conv_shortcut."},
+    {"norm.", "group_norm."},
+    {"q.", "to_q."},
+    {"k.", "to_k."},
+    {"v.", "to_v."},
+    {"proj_out.", "to_out.0."},
 };
 
 // Top-level UNet names.
 static const key_rename unet_top_renames[] = {
-    {"time_embed.0.", "time_embedding.linear_1."}, {"time_embed.2.", "time_embedding.linear_2."},
-    {"label_emb.0.0.", "add_embedding.linear_1."}, {"label_emb.0.2.", "add_embedding.linear_2."},
-    {"input_blocks.0.0.", "conv_in."},             {"out.0.", "conv_norm_out."},
+    {"time_embed.0.", "time_embedding.linear_1."},
+    {"time_embed.2.", "time_embedding.linear_2."},
+    {"label_emb.0.0.", "add_embedding.linear_1."},
+    {"label_emb.0.2.", "add_embedding.linear_2."},
+    {"input_blocks.0.0.", "conv_in."},
+    {"out.0.", "conv_norm_out."},
     {"out.2.", "conv_out."},
 };
 
@@ -67,7 +75,8 @@ static const char *renamed(const key_rename *table, size_t count, const char *re
     return buf;
 }
 
-#define RENAMED(table, rest, buf) renamed(table, sizeof table / sizeof table[0], rest, buf, sizeof buf)
+#define RENAMED(table, rest, buf)                                                                  \
+    renamed(table, sizeof table / sizeof table[0], rest, buf, sizeof buf)
 
 // key is an official UNet key without "model.diffusion_model.".
 static int unet_diffusers_key(const ldmc_unet_config *c, const char *key, char *out, size_t size) {
@@ -79,9 +88,11 @@ static int unet_diffusers_key(const ldmc_unet_config *c, const char *key, char *
             return put(out, size, "%s", RENAMED(unet_top_renames, key, buf));
     if (sscanf(key, "input_blocks.%d.%d.%n", &i, &j, &n) == 2 && n > 0 && i >= 1) {
         int level = (i - 1) / per_level, slot = (i - 1) % per_level;
-        if (slot == c->num_res_blocks)  // the level's downsampling conv, key `op`
-            return strncmp(key + n, "op.", 3) ? -1
-                   : put(out, size, "down_blocks.%d.downsamplers.0.conv.%s", level, key + n + 3);
+        if (slot == c->num_res_blocks) // the level's downsampling conv, key `op`
+            return strncmp(key + n, "op.", 3)
+                       ? -1
+                       : put(out, size, "down_blocks.%d.downsamplers.0.conv.%s", level,
+                             key + n + 3);
         if (j == 0)
             return put(out, size, "down_blocks.%d.resnets.%d.%s", level, slot,
                        RENAMED(unet_resnet_renames, key + n, buf));
@@ -97,11 +108,11 @@ static int unet_diffusers_key(const ldmc_unet_config *c, const char *key, char *
         if (j == 0)
             return put(out, size, "up_blocks.%d.resnets.%d.%s", level, slot,
                        RENAMED(unet_resnet_renames, key + n, buf));
-        if (strncmp(key + n, "conv.", 5) == 0)  // the level's upsampling conv
+        if (strncmp(key + n, "conv.", 5) == 0) // the level's upsampling conv
             return put(out, size, "up_blocks.%d.upsamplers.0.conv.%s", level, key + n + 5);
         return put(out, size, "up_blocks.%d.attentions.%d.%s", level, slot, key + n);
     }
-    return -1;  // e.g. a class embedding: diffusers' UNet has no such conditioner
+    return -1; // e.g. a class embedding: diffusers' UNet has no such conditioner
 }
 
 // key is an official VAE key without "first_stage_model.".
@@ -121,11 +132,13 @@ static int vae_diffusers_key(const ldmc_vae_config *c, const char *key, char *ou
                    RENAMED(vae_renames, key + n, buf));
     if (sscanf(key, "decoder.up.%d.upsample.%n", &i, &n) == 1 && n > 0)
         return put(out, size, "decoder.up_blocks.%d.upsamplers.0.%s", c->levels - 1 - i, key + n);
-    const char *rest = key + 8;  // after "encoder." or "decoder."
+    const char *rest = key + 8; // after "encoder." or "decoder."
     if (strncmp(rest, "mid.block_1.", 12) == 0)
-        return put(out, size, "%s.mid_block.resnets.0.%s", coder, RENAMED(vae_renames, rest + 12, buf));
+        return put(out, size, "%s.mid_block.resnets.0.%s", coder,
+                   RENAMED(vae_renames, rest + 12, buf));
     if (strncmp(rest, "mid.block_2.", 12) == 0)
-        return put(out, size, "%s.mid_block.resnets.1.%s", coder, RENAMED(vae_renames, rest + 12, buf));
+        return put(out, size, "%s.mid_block.resnets.1.%s", coder,
+                   RENAMED(vae_renames, rest + 12, buf));
     if (strncmp(rest, "mid.attn_1.", 11) == 0) {
         const char *r = RENAMED(vae_renames, rest + 11, buf);
         *flatten = strncmp(r, "group_norm.", 11) != 0 && strstr(r, ".weight") != NULL;
@@ -133,7 +146,7 @@ static int vae_diffusers_key(const ldmc_vae_config *c, const char *key, char *ou
     }
     if (strncmp(rest, "norm_out.", 9) == 0)
         return put(out, size, "%s.conv_norm_out.%s", coder, rest + 9);
-    return put(out, size, "%s", key);  // conv_in, conv_out, quant_conv, post_quant_conv
+    return put(out, size, "%s", key); // conv_in, conv_out, quant_conv, post_quant_conv
 }
 
 int ldmc_map_key(const ldmc_key_map *map, const char *official, char *out, size_t size,
@@ -168,7 +181,8 @@ int ldmc_file_shape(const ldmc_param *param, const ldmc_key_map *map, int64_t *s
     return 4;
 }
 
-// ---- loading --------------------------------------------------------------------------------------
+// ---- loading
+// --------------------------------------------------------------------------------------
 
 // Up to LIST_SHOWN names per kind of problem are named; the rest are counted.
 enum { LIST_SHOWN = 4 };
@@ -214,7 +228,7 @@ static bool is_float(ldmc_dtype d) { return d == LDMC_F32 || d == LDMC_F16 || d 
 static int read_param(const ldmc_safetensors *st, const ldmc_st_tensor *t, const ldmc_param *param,
                       float *dst, ldmc_err *err) {
     if (!(param->flags & LDMC_PARAM_CONV) || t->ndim == 2 ||
-        (param->shape[1] == 1 && param->shape[2] == 1))  // 1x1: the two layouts coincide
+        (param->shape[1] == 1 && param->shape[2] == 1)) // 1x1: the two layouts coincide
         return ldmc_safetensors_read(st, t, dst, LDMC_F32, err);
     float *tmp = malloc((size_t)param->numel * sizeof *tmp);
     if (!tmp) return LDMC_ERR(err, "%s: out of memory reading '%s'", st->path, t->name);
@@ -228,8 +242,11 @@ static int read_param(const ldmc_safetensors *st, const ldmc_st_tensor *t, const
 
 int ldmc_load_weights(ldmc_params *p, const ldmc_safetensors *st, const ldmc_key_map *map,
                       const char *domain, const ldmc_load_options *opt, ldmc_err *err) {
-    float *weights = p->buffers[LDMC_ROLE_WEIGHTS];
-    if (!weights) return LDMC_ERR(err, "%s: the model's weights are not allocated", st->path);
+    ldmc_param_role role = opt ? opt->role : LDMC_ROLE_WEIGHTS;
+    float *weights = p->buffers[role];
+    if (!weights)
+        return LDMC_ERR(err, "%s: the model's %s buffer is not allocated", st->path,
+                        ldmc_param_role_name(role));
     problem_list missing = {.what = "missing"}, unexpected = {.what = "unexpected"},
                  wrong = {.what = "with the wrong shape or dtype"},
                  unmapped = {.what = "without an equivalent in this layout"};
@@ -260,7 +277,8 @@ int ldmc_load_weights(ldmc_params *p, const ldmc_safetensors *st, const ldmc_key
         int64_t shape[LDMC_MAX_DIMS];
         int ndim = ldmc_file_shape(param, map, shape);
         bool same = ndim == t->ndim && is_float(t->dtype);
-        for (int d = 0; same && d < ndim; d++) same = shape[d] == t->shape[d];
+        for (int d = 0; same && d < ndim; d++)
+            same = shape[d] == t->shape[d];
         if (!same)
             note(&wrong, "%s is %s %s, the model needs F32/F16/BF16 %s", key,
                  ldmc_dtype_name(t->dtype), shape_text(t->ndim, t->shape, a, sizeof a),
@@ -285,26 +303,31 @@ int ldmc_load_weights(ldmc_params *p, const ldmc_safetensors *st, const ldmc_key
         rc = LDMC_ERR(err, "%s", text);
     }
     for (int i = 0; rc == 0 && i < p->count; i++)
-        if (found[i]) rc = read_param(st, found[i], &p->items[i], weights + p->items[i].offset, err);
+        if (found[i])
+            rc = read_param(st, found[i], &p->items[i], weights + p->items[i].offset, err);
     if (opt && opt->n_new) *opt->n_new = n_new;
     free(found);
     free(used);
     return rc;
 }
 
-// ---- saving ---------------------------------------------------------------------------------------
+// ---- saving
+// ---------------------------------------------------------------------------------------
 
-void ldmc_conv_to_official(float *dst, const float *src, int64_t O, int64_t kh, int64_t kw, int64_t C) {
+void ldmc_conv_to_official(float *dst, const float *src, int64_t O, int64_t kh, int64_t kw,
+                           int64_t C) {
     for (int64_t o = 0; o < O; o++)
         for (int64_t c = 0; c < C; c++)
-            for (int64_t i = 0; i < kh * kw; i++) dst[(o * C + c) * kh * kw + i] = src[(o * kh * kw + i) * C + c];
+            for (int64_t i = 0; i < kh * kw; i++)
+                dst[(o * C + c) * kh * kw + i] = src[(o * kh * kw + i) * C + c];
 }
 
 void ldmc_conv_from_official(float *dst, const float *src, int64_t O, int64_t kh, int64_t kw,
                              int64_t C) {
     for (int64_t o = 0; o < O; o++)
         for (int64_t c = 0; c < C; c++)
-            for (int64_t i = 0; i < kh * kw; i++) dst[(o * kh * kw + i) * C + c] = src[(o * C + c) * kh * kw + i];
+            for (int64_t i = 0; i < kh * kw; i++)
+                dst[(o * kh * kw + i) * C + c] = src[(o * C + c) * kh * kw + i];
 }
 
 // The entry's `data` is the parameter (O, kH, kW, C), `shape` the file's (O, C, kH, kW).
@@ -318,7 +341,8 @@ int ldmc_save_weights(const char *path, const ldmc_save_part *parts, int n_parts
         return LDMC_ERR(err, "%s: weights are saved as F32, F16 or BF16, not %s", path,
                         ldmc_dtype_name(dtype));
     int total = passthrough ? passthrough->count : 0;
-    for (int k = 0; k < n_parts; k++) total += parts[k].params->count;
+    for (int k = 0; k < n_parts; k++)
+        total += parts[k].params->count;
     ldmc_st_entry *entries = calloc((size_t)(total ? total : 1), sizeof *entries);
     char *names = calloc((size_t)(total ? total : 1), 512);
     if (!entries || !names) {
@@ -345,7 +369,9 @@ int ldmc_save_weights(const char *path, const ldmc_save_part *parts, int n_parts
                               param->name);
                 break;
             }
-            *e = (ldmc_st_entry){.name = name, .dtype = dtype, .src_dtype = LDMC_F32,
+            *e = (ldmc_st_entry){.name = name,
+                                 .dtype = dtype,
+                                 .src_dtype = LDMC_F32,
                                  .data = buffer + param->offset};
             e->ndim = ldmc_file_shape(param, &parts[k].map, e->shape);
             bool spatial = (param->flags & LDMC_PARAM_CONV) && !flatten &&
@@ -357,11 +383,15 @@ int ldmc_save_weights(const char *path, const ldmc_save_part *parts, int n_parts
     for (int i = 0; rc == 0 && passthrough && i < passthrough->count; i++) {
         const ldmc_st_tensor *t = &passthrough->tensors[i];
         bool written = false;
-        for (int j = 0; j < n && !written; j++) written = strcmp(entries[j].name, t->name) == 0;
+        for (int j = 0; j < n && !written; j++)
+            written = strcmp(entries[j].name, t->name) == 0;
         if (written) continue;
         ldmc_st_entry *e = &entries[n++];
-        *e = (ldmc_st_entry){.name = t->name, .dtype = t->dtype, .src_dtype = t->dtype,
-                             .ndim = t->ndim, .data = t->data};
+        *e = (ldmc_st_entry){.name = t->name,
+                             .dtype = t->dtype,
+                             .src_dtype = t->dtype,
+                             .ndim = t->ndim,
+                             .data = t->data};
         memcpy(e->shape, t->shape, sizeof e->shape);
     }
     ldmc_st_meta meta[] = {{"format", "pt"}, {"written_by", "ldmc"}};
@@ -371,29 +401,34 @@ int ldmc_save_weights(const char *path, const ldmc_save_part *parts, int n_parts
     return rc;
 }
 
-// ---- diffusers configs ----------------------------------------------------------------------------
+// ---- diffusers configs
+// ----------------------------------------------------------------------------
 
 static cJSON *int_array(const int *values, int n) {
     cJSON *a = cJSON_CreateArray();
-    for (int i = 0; a && i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(values[i]));
+    for (int i = 0; a && i < n; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(values[i]));
     return a;
 }
 
 static cJSON *string_array(const char *const *values, int n) {
     cJSON *a = cJSON_CreateArray();
-    for (int i = 0; a && i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateString(values[i]));
+    for (int i = 0; a && i < n; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(values[i]));
     return a;
 }
 
 static cJSON *unet_config_json(const ldmc_unet_config *c, ldmc_err *err) {
     if (c->n_classes) {
         LDMC_ERR(err, "class-conditional UNets have no diffusers layout (their class embedding is "
-                 "a conditioner)");
+                      "a conditioner)");
         return NULL;
     }
     if (c->transformer_depth_middle != c->transformer_depth[c->levels - 1]) {
-        LDMC_ERR(err, "diffusers gives the middle block the last level's transformer depth (%d), "
-                 "not %d", c->transformer_depth[c->levels - 1], c->transformer_depth_middle);
+        LDMC_ERR(err,
+                 "diffusers gives the middle block the last level's transformer depth (%d), "
+                 "not %d",
+                 c->transformer_depth[c->levels - 1], c->transformer_depth_middle);
         return NULL;
     }
     bool text_time = c->n_vector > 0;
@@ -432,7 +467,8 @@ static cJSON *unet_config_json(const ldmc_unet_config *c, ldmc_err *err) {
     cJSON_AddNumberToObject(j, "norm_eps", 1e-5);
     cJSON_AddNumberToObject(j, "norm_num_groups", 32);
     cJSON_AddNumberToObject(j, "out_channels", c->out_channels);
-    cJSON_AddItemToObject(j, "transformer_layers_per_block", int_array(c->transformer_depth, c->levels));
+    cJSON_AddItemToObject(j, "transformer_layers_per_block",
+                          int_array(c->transformer_depth, c->levels));
     cJSON_AddItemToObject(j, "up_block_types", string_array(up, c->levels));
     cJSON_AddBoolToObject(j, "use_linear_projection", true);
     return j;
@@ -462,7 +498,9 @@ static cJSON *vae_config_json(const ldmc_vae_config *c) {
 }
 
 char *ldmc_diffusers_config_json(const ldmc_key_map *map, ldmc_err *err) {
-    cJSON *j = map->unet ? unet_config_json(map->unet, err) : map->vae ? vae_config_json(map->vae) : NULL;
+    cJSON *j = map->unet  ? unet_config_json(map->unet, err)
+               : map->vae ? vae_config_json(map->vae)
+                          : NULL;
     if (!j) {
         if (!map->unet && !map->vae) LDMC_ERR(err, "no model config for the diffusers config.json");
         return NULL;

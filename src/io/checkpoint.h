@@ -23,8 +23,8 @@ typedef enum ldmc_layout { LDMC_LAYOUT_OFFICIAL, LDMC_LAYOUT_DIFFUSERS } ldmc_la
 // How a parameter table's official keys map to a file's keys.
 typedef struct ldmc_key_map {
     ldmc_layout layout;
-    const ldmc_unet_config *unet;  // for the diffusers names of a UNet table, or
-    const ldmc_vae_config *vae;    // of a VAE table
+    const ldmc_unet_config *unet; // for the diffusers names of a UNet table, or
+    const ldmc_vae_config *vae;   // of a VAE table
 } ldmc_key_map;
 
 // The file key of an official key; `flatten_1x1` is set when the file stores a 1x1 convolution
@@ -33,9 +33,10 @@ int ldmc_map_key(const ldmc_key_map *map, const char *official, char *out, size_
                  bool *flatten_1x1);
 
 typedef struct ldmc_load_options {
-    const char *const *may_be_new;  // glob patterns of parameters the file may lack
+    const char *const *may_be_new; // glob patterns of parameters the file may lack
     int n_may_be_new;
-    int *n_new;                     // out: how many parameters kept their values (may be NULL)
+    int *n_new;           // out: how many parameters kept their values (may be NULL)
+    ldmc_param_role role; // the buffer to fill (LDMC_ROLE_WEIGHTS unless EMA weights)
 } ldmc_load_options;
 
 // Loads every parameter of `p` (its weights buffer must exist) from `st`. `domain` is the key
@@ -48,7 +49,7 @@ int ldmc_load_weights(ldmc_params *p, const ldmc_safetensors *st, const ldmc_key
 typedef struct ldmc_save_part {
     const ldmc_params *params;
     ldmc_key_map map;
-    ldmc_param_role role;  // LDMC_ROLE_WEIGHTS, or LDMC_ROLE_EMA for the averaged weights
+    ldmc_param_role role; // LDMC_ROLE_WEIGHTS, or LDMC_ROLE_EMA for the averaged weights
 } ldmc_save_part;
 
 // Writes the parts' parameters in `dtype` (F32, F16 or BF16), in table order, followed by every
@@ -57,7 +58,8 @@ int ldmc_save_weights(const char *path, const ldmc_save_part *parts, int n_parts
                       const ldmc_safetensors *passthrough, ldmc_err *err);
 
 // Convolution weights between ldmc's (O, kH, kW, C) and the official (O, C, kH, kW).
-void ldmc_conv_to_official(float *dst, const float *src, int64_t O, int64_t kh, int64_t kw, int64_t C);
+void ldmc_conv_to_official(float *dst, const float *src, int64_t O, int64_t kh, int64_t kw,
+                           int64_t C);
 void ldmc_conv_from_official(float *dst, const float *src, int64_t O, int64_t kh, int64_t kw,
                              int64_t C);
 

@@ -21,7 +21,8 @@ static ldmc_cfg *new_node(ldmc_cfg_kind kind, int line, ldmc_cfg *parent, const 
 
 static void free_tree(ldmc_cfg *n) {
     if (!n) return;
-    for (int i = 0; i < n->count; i++) free_tree(n->items[i]);
+    for (int i = 0; i < n->count; i++)
+        free_tree(n->items[i]);
     free(n->items);
     free(n->key);
     free(n->value);
@@ -198,7 +199,8 @@ const ldmc_cfg *ldmc_cfg_get(const ldmc_cfg *map, const char *key) {
 const char *ldmc_cfg_path(const ldmc_cfg *node, char *buf, int size) {
     const ldmc_cfg *chain[64];
     int n = 0;
-    for (const ldmc_cfg *c = node; c && c->parent && n < 64; c = c->parent) chain[n++] = c;
+    for (const ldmc_cfg *c = node; c && c->parent && n < 64; c = c->parent)
+        chain[n++] = c;
     int len = 0;
     buf[0] = '\0';
     for (int i = n - 1; i >= 0 && len < size; i--) {
@@ -207,7 +209,8 @@ const char *ldmc_cfg_path(const ldmc_cfg *node, char *buf, int size) {
             len += snprintf(buf + len, (size_t)(size - len), "%s%s", len ? "." : "", c->key);
         } else {
             int index = 0;
-            while (index < c->parent->count && c->parent->items[index] != c) index++;
+            while (index < c->parent->count && c->parent->items[index] != c)
+                index++;
             len += snprintf(buf + len, (size_t)(size - len), "[%d]", index);
         }
     }
@@ -220,6 +223,9 @@ int ldmc_cfg_error(const ldmc_cfg *node, ldmc_err *err, const char *fmt, ...) {
     va_start(args, fmt);
     vsnprintf(message, sizeof message, fmt, args);
     va_end(args);
+    if (node->line == 0) // a value set on the command line (ldmc_cfg_set)
+        return LDMC_ERR(err, "%s (--set): %s: %s", node->file,
+                        ldmc_cfg_path(node, path, sizeof path), message);
     return LDMC_ERR(err, "%s:%d: %s: %s", node->file, node->line,
                     ldmc_cfg_path(node, path, sizeof path), message);
 }
@@ -227,12 +233,14 @@ int ldmc_cfg_error(const ldmc_cfg *node, ldmc_err *err, const char *fmt, ...) {
 int ldmc_cfg_check_keys(const ldmc_cfg *map, const char *const *allowed, ldmc_err *err) {
     for (int i = 0; i < map->count; i++) {
         bool known = false;
-        for (const char *const *a = allowed; *a && !known; a++) known = strcmp(*a, map->items[i]->key) == 0;
+        for (const char *const *a = allowed; *a && !known; a++)
+            known = strcmp(*a, map->items[i]->key) == 0;
         if (known) continue;
         char list[512];
         int len = 0;
         for (const char *const *a = allowed; *a && len < (int)sizeof list; a++)
-            len += snprintf(list + len, sizeof list - (size_t)len, "%s%s", a == allowed ? "" : ", ", *a);
+            len += snprintf(list + len, sizeof list - (size_t)len, "%s%s", a == allowed ? "" : ", ",
+                            *a);
         return ldmc_cfg_error(map->items[i], err, "unknown key (expected one of: %s)", list);
     }
     return 0;
@@ -321,4 +329,132 @@ int ldmc_cfg_int_list(const ldmc_cfg *map, const char *key, bool required, bool 
         if (parse_int(n->items[i], min, max, &out[i], err) != 0) return -1;
     *count = n->count;
     return 0;
+}
+
+static ldmc_cfg *child(ldmc_cfg *map, const char *key) {
+    for (int i = 0; i < map->count; i++)
+        if (strcmp(map->items[i]->key, key) == 0) return map->items[i];
+    return NULL;
+}
+
+// Moves a parsed override's nodes into the tree's file (the parse's own is freed) with line 0,
+// which messages print as "(--set)".
+static void adopt(ldmc_cfg *n, const char *file) {
+    n->file = file;
+    n->line = 0;
+    for (int i = 0; i < n->count; i++)
+        adopt(n->items[i], file);
+}
+
+int ldmc_cfg_set(ldmc_cfg *root, const char *path, const char *value, ldmc_err *err) {
+    char buf[256];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf || !*path)
+        return LDMC_ERR(err, "--set %s: not a key path", path);
+    // The value is parsed as YAML on its own ("x: <value>"), so lists and maps work too.
+    size_t n = strlen(value) + 8;
+    char *doc = malloc(n);
+    if (!doc) return LDMC_ERR(err, "out of memory");
+    snprintf(doc, n, "x: %s\n", value);
+    ldmc_cfg *parsed = ldmc_cfg_parse(doc, "--set", err);
+    free(doc);
+    if (!parsed) return -1;
+    ldmc_cfg *node = root, *v = parsed->items[0];
+    int rc = 0;
+    for (char *part = strtok(buf, "."), *next; part && rc == 0; part = next) {
+        next = strtok(NULL, ".");
+        if (node->kind != LDMC_CFG_MAP) {
+            rc = LDMC_ERR(err, "--set %s: '%s' is inside a value that is not a map", path, part);
+            break;
+        }
+        ldmc_cfg *c = child(node, part);
+        if (!next) { // the leaf: replace or add
+            if (c) {
+                for (int i = 0; i < node->count; i++)
+                    if (node->items[i] == c) node->items[i] = v;
+                free_tree(c);
+            } else if (add_item(node, v) != 0) {
+                rc = LDMC_ERR(err, "out of memory");
+                break;
+            }
+            v->key = strdup(part);
+            v->parent = node;
+            adopt(v, node->file);
+            parsed->count = 0; // v now belongs to the tree
+            break;
+        }
+        if (!c) {
+            c = new_node(LDMC_CFG_MAP, 0, node, node->file);
+            if (!c || add_item(node, c) != 0) {
+                rc = LDMC_ERR(err, "out of memory");
+                break;
+            }
+            c->key = strdup(part);
+        }
+        node = c;
+    }
+    for (int i = 0; i < parsed->count; i++)
+        free_tree(parsed->items[i]);
+    parsed->count = 0;
+    free(parsed->items);
+    free((char *)parsed->file);
+    free(parsed);
+    return rc;
+}
+
+// A scalar as YAML reads it back: plain when that is safe, else double-quoted.
+static void write_scalar(const char *v, FILE *out) {
+    bool plain = *v && !strchr(" \t-?:,[]{}#&*!|>'\"%@`", v[0]) && v[strlen(v) - 1] != ' ' &&
+                 !strstr(v, ": ") && !strstr(v, " #") && !strpbrk(v, "\n\"\\");
+    if (plain) {
+        fputs(v, out);
+        return;
+    }
+    fputc('"', out);
+    for (const char *c = v; *c; c++) {
+        if (*c == '"' || *c == '\\') fputc('\\', out);
+        if (*c == '\n')
+            fputs("\\n", out);
+        else
+            fputc(*c, out);
+    }
+    fputc('"', out);
+}
+
+static void write_node(const ldmc_cfg *n, FILE *out, int indent) {
+    if (n->kind == LDMC_CFG_SCALAR) {
+        fputc(' ', out);
+        write_scalar(n->value, out);
+        fputc('\n', out);
+        return;
+    }
+    if (n->kind == LDMC_CFG_LIST) {
+        bool flat = true;
+        for (int i = 0; i < n->count; i++)
+            flat &= n->items[i]->kind == LDMC_CFG_SCALAR;
+        if (flat) {
+            fprintf(out, " [");
+            for (int i = 0; i < n->count; i++) {
+                if (i) fputs(", ", out);
+                write_scalar(n->items[i]->value, out);
+            }
+            fprintf(out, "]\n");
+            return;
+        }
+        fprintf(out, "\n");
+        for (int i = 0; i < n->count; i++) {
+            fprintf(out, "%*s-", indent, "");
+            write_node(n->items[i], out, indent + 2);
+        }
+        return;
+    }
+    if (n->parent) fprintf(out, "\n");
+    for (int i = 0; i < n->count; i++) {
+        fprintf(out, "%*s%s:", indent, "", n->items[i]->key);
+        write_node(n->items[i], out, indent + 2);
+    }
+}
+
+int ldmc_cfg_write(const ldmc_cfg *root, FILE *out) {
+    write_node(root, out, 0);
+    return ferror(out) ? -1 : 0;
 }

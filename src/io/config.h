@@ -5,6 +5,7 @@
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "core/error.h"
 
@@ -12,19 +13,26 @@ typedef enum ldmc_cfg_kind { LDMC_CFG_SCALAR, LDMC_CFG_LIST, LDMC_CFG_MAP } ldmc
 
 typedef struct ldmc_cfg {
     ldmc_cfg_kind kind;
-    char *key;    // the key of a map entry, NULL otherwise
-    char *value;  // a scalar's text
-    int line;     // 1-based line in the file
-    struct ldmc_cfg **items;  // map entries or list items
+    char *key;               // the key of a map entry, NULL otherwise
+    char *value;             // a scalar's text
+    int line;                // 1-based line in the file
+    struct ldmc_cfg **items; // map entries or list items
     int count;
     struct ldmc_cfg *parent;
-    const char *file;  // shared by every node of a tree (owned by the root)
+    const char *file; // shared by every node of a tree (owned by the root)
 } ldmc_cfg;
 
 // Loads a file (or a string, named `name` in messages). NULL on error.
 ldmc_cfg *ldmc_cfg_load(const char *path, ldmc_err *err);
 ldmc_cfg *ldmc_cfg_parse(const char *text, const char *name, ldmc_err *err);
 void ldmc_cfg_free(ldmc_cfg *root);
+
+// Sets "a.b.c" to the scalar `value` (YAML-parsed: `[1, 2]` becomes a list), creating maps on
+// the way: command-line overrides (--set optim.lr=1e-4). Fails naming the path when a part of it
+// is not a map.
+int ldmc_cfg_set(ldmc_cfg *root, const char *path, const char *value, ldmc_err *err);
+// Writes the tree back as YAML (the resolved config saved with each checkpoint).
+int ldmc_cfg_write(const ldmc_cfg *root, FILE *out);
 
 // The entry `key` of a map, or NULL.
 const ldmc_cfg *ldmc_cfg_get(const ldmc_cfg *map, const char *key);

@@ -10,16 +10,17 @@
 #include "core/error.h"
 #include "ops/ops.h"
 
-#define GN_EPS_RESBLOCK 1e-5      // normalization() = GroupNorm32, PyTorch's default eps
-#define GN_EPS_TRANSFORMER 1e-6   // SpatialTransformer's Normalize()
-#define LN_EPS 1e-5               // BasicTransformerBlock's LayerNorms
+#define GN_EPS_RESBLOCK 1e-5    // normalization() = GroupNorm32, PyTorch's default eps
+#define GN_EPS_TRANSFORMER 1e-6 // SpatialTransformer's Normalize()
+#define LN_EPS 1e-5             // BasicTransformerBlock's LayerNorms
 
 // ---- ResBlock -----------------------------------------------------------------------------------
 
-void ldmc_resblock_init(ldmc_resblock *r, ldmc_params *p, const char *prefix, int in_ch,
-                        int out_ch, int emb_ch) {
+void ldmc_resblock_init(ldmc_resblock *r, ldmc_params *p, const char *prefix, int in_ch, int out_ch,
+                        int emb_ch) {
     char buf[256];
-    *r = (ldmc_resblock){.params = p, .in_ch = in_ch, .out_ch = out_ch, .has_skip = in_ch != out_ch};
+    *r =
+        (ldmc_resblock){.params = p, .in_ch = in_ch, .out_ch = out_ch, .has_skip = in_ch != out_ch};
     nn_group_norm_init(&r->in_norm, p, nn_name(buf, sizeof buf, prefix, "in_layers.0"), in_ch,
                        GN_EPS_RESBLOCK);
     nn_conv_init(&r->in_conv, p, nn_name(buf, sizeof buf, prefix, "in_layers.2"), in_ch, out_ch, 3,
@@ -28,8 +29,8 @@ void ldmc_resblock_init(ldmc_resblock *r, ldmc_params *p, const char *prefix, in
                    true);
     nn_group_norm_init(&r->out_norm, p, nn_name(buf, sizeof buf, prefix, "out_layers.0"), out_ch,
                        GN_EPS_RESBLOCK);
-    nn_conv_init(&r->out_conv, p, nn_name(buf, sizeof buf, prefix, "out_layers.3"), out_ch,
-                 out_ch, 3, 1, NULL);
+    nn_conv_init(&r->out_conv, p, nn_name(buf, sizeof buf, prefix, "out_layers.3"), out_ch, out_ch,
+                 3, 1, NULL);
     nn_zero_init(p, r->out_conv.weight, r->out_conv.bias);
     if (r->has_skip)
         nn_conv_init(&r->skip, p, nn_name(buf, sizeof buf, prefix, "skip_connection"), in_ch,
@@ -41,9 +42,9 @@ ldmc_tensor *ldmc_resblock_forward(ldmc_ctx *ctx, const ldmc_resblock *r, ldmc_t
                                    ldmc_tensor *emb_act) {
     const ldmc_params *p = r->params;
     ldmc_tensor *h = ldmc_silu(ctx, nn_norm_forward(ctx, p, &r->in_norm, x));
-    h = nn_conv_forward(ctx, p, &r->in_conv, h);                       // (B, H, W, out)
+    h = nn_conv_forward(ctx, p, &r->in_conv, h); // (B, H, W, out)
     h = ldmc_add_broadcast(ctx, h, nn_linear_forward(ctx, p, &r->emb, emb_act));
-    h = ldmc_silu(ctx, nn_norm_forward(ctx, p, &r->out_norm, h));      // dropout 0
+    h = ldmc_silu(ctx, nn_norm_forward(ctx, p, &r->out_norm, h)); // dropout 0
     h = nn_conv_forward(ctx, p, &r->out_conv, h);
     ldmc_tensor *skip = r->has_skip ? nn_conv_forward(ctx, p, &r->skip, x) : x;
     return ldmc_add(ctx, skip, h);
@@ -54,7 +55,8 @@ static void resblock_region(ldmc_ctx *ctx, void *user, ldmc_tensor **in, int n_i
     out[0] = ldmc_resblock_forward(ctx, user, in[0], in[1]);
 }
 
-// ---- SpatialTransformer ---------------------------------------------------------------------------
+// ---- SpatialTransformer
+// ---------------------------------------------------------------------------
 
 static void attention_init(ldmc_attention_block *a, ldmc_params *p, const char *prefix, int dim,
                            int context_dim, int heads) {
@@ -77,16 +79,15 @@ static ldmc_tensor *attention_forward(ldmc_ctx *ctx, const ldmc_params *p,
     return nn_linear_forward(ctx, p, &a->to_out, ldmc_attention(ctx, q, k, v, a->heads));
 }
 
-void ldmc_spatial_transformer_init(ldmc_spatial_transformer *st, ldmc_params *p,
-                                   const char *prefix, int channels, int head_channels,
-                                   int depth, int context_dim) {
+void ldmc_spatial_transformer_init(ldmc_spatial_transformer *st, ldmc_params *p, const char *prefix,
+                                   int channels, int head_channels, int depth, int context_dim) {
     char buf[256], block[256];
     *st = (ldmc_spatial_transformer){.params = p, .channels = channels, .depth = depth};
     int heads = channels / head_channels;
     nn_group_norm_init(&st->norm, p, nn_name(buf, sizeof buf, prefix, "norm"), channels,
                        GN_EPS_TRANSFORMER);
-    nn_linear_init(&st->proj_in, p, nn_name(buf, sizeof buf, prefix, "proj_in"), channels,
-                   channels, true);
+    nn_linear_init(&st->proj_in, p, nn_name(buf, sizeof buf, prefix, "proj_in"), channels, channels,
+                   true);
     st->blocks = calloc((size_t)depth, sizeof *st->blocks);
     LDMC_CHECK(st->blocks, "out of memory");
     // In sgm's registration order, which is the state-dict order: attn1, ff, attn2, norms.
@@ -101,9 +102,12 @@ void ldmc_spatial_transformer_init(ldmc_spatial_transformer *st, ldmc_params *p,
                        channels, true);
         attention_init(&b->attn2, p, nn_name(buf, sizeof buf, block, "attn2"), channels,
                        context_dim ? context_dim : channels, heads);
-        nn_layer_norm_init(&b->norm1, p, nn_name(buf, sizeof buf, block, "norm1"), channels, LN_EPS);
-        nn_layer_norm_init(&b->norm2, p, nn_name(buf, sizeof buf, block, "norm2"), channels, LN_EPS);
-        nn_layer_norm_init(&b->norm3, p, nn_name(buf, sizeof buf, block, "norm3"), channels, LN_EPS);
+        nn_layer_norm_init(&b->norm1, p, nn_name(buf, sizeof buf, block, "norm1"), channels,
+                           LN_EPS);
+        nn_layer_norm_init(&b->norm2, p, nn_name(buf, sizeof buf, block, "norm2"), channels,
+                           LN_EPS);
+        nn_layer_norm_init(&b->norm3, p, nn_name(buf, sizeof buf, block, "norm3"), channels,
+                           LN_EPS);
     }
     nn_linear_init(&st->proj_out, p, nn_name(buf, sizeof buf, prefix, "proj_out"), channels,
                    channels, true);
@@ -119,12 +123,13 @@ void ldmc_spatial_transformer_free(ldmc_spatial_transformer *st) {
 static ldmc_tensor *transformer_block_forward(ldmc_ctx *ctx, const ldmc_params *p,
                                               const ldmc_transformer_block *b, ldmc_tensor *h,
                                               ldmc_tensor *context) {
-    h = ldmc_add(ctx, attention_forward(ctx, p, &b->attn1, nn_norm_forward(ctx, p, &b->norm1, h),
-                                        NULL), h);
-    h = ldmc_add(ctx, attention_forward(ctx, p, &b->attn2, nn_norm_forward(ctx, p, &b->norm2, h),
-                                        context), h);
-    ldmc_tensor *ff = ldmc_geglu(ctx, nn_linear_forward(ctx, p, &b->ff_proj,
-                                                        nn_norm_forward(ctx, p, &b->norm3, h)));
+    h = ldmc_add(
+        ctx, attention_forward(ctx, p, &b->attn1, nn_norm_forward(ctx, p, &b->norm1, h), NULL), h);
+    h = ldmc_add(
+        ctx, attention_forward(ctx, p, &b->attn2, nn_norm_forward(ctx, p, &b->norm2, h), context),
+        h);
+    ldmc_tensor *ff = ldmc_geglu(
+        ctx, nn_linear_forward(ctx, p, &b->ff_proj, nn_norm_forward(ctx, p, &b->norm3, h)));
     return ldmc_add(ctx, nn_linear_forward(ctx, p, &b->ff_out, ff), h);
 }
 
@@ -177,12 +182,13 @@ void ldmc_unet_init(ldmc_unet *u, const ldmc_unet_config *cfg) {
     *u = (ldmc_unet){.cfg = *cfg, .class_table = -1};
     const ldmc_unet_config *c = &u->cfg;
     ldmc_params *p = &u->params;
-    const int C = c->model_channels, E = 4 * C;  // E = time_embed_dim
+    const int C = c->model_channels, E = 4 * C; // E = time_embed_dim
     char prefix[256];
     nn_linear_init(&u->time1, p, LDMC_UNET_PREFIX "time_embed.0", C, E, true);
     nn_linear_init(&u->time2, p, LDMC_UNET_PREFIX "time_embed.2", E, E, true);
     if (c->n_vector) {
-        nn_linear_init(&u->label1, p, LDMC_UNET_PREFIX "label_emb.0.0", c->adm_in_channels, E, true);
+        nn_linear_init(&u->label1, p, LDMC_UNET_PREFIX "label_emb.0.0", c->adm_in_channels, E,
+                       true);
         nn_linear_init(&u->label2, p, LDMC_UNET_PREFIX "label_emb.0.2", E, E, true);
     }
     int max_input = 1 + c->levels * (c->num_res_blocks + 1);
@@ -193,8 +199,8 @@ void ldmc_unet_init(ldmc_unet *u, const ldmc_unet_config *cfg) {
 
     // input_blocks.0: conv_in
     ldmc_unet_block *b = &u->input[u->n_input++];
-    nn_conv_init(&add_layer(b, LDMC_UNET_CONV_IN)->conv, p,
-                 LDMC_UNET_PREFIX "input_blocks.0.0", c->in_channels, C, 3, 1, NULL);
+    nn_conv_init(&add_layer(b, LDMC_UNET_CONV_IN)->conv, p, LDMC_UNET_PREFIX "input_blocks.0.0",
+                 c->in_channels, C, 3, 1, NULL);
     int ch = C, n_skip = 0;
     b->out_channels = skip_channels[n_skip++] = ch;
     for (int level = 0; level < c->levels; level++) {
@@ -207,7 +213,7 @@ void ldmc_unet_init(ldmc_unet *u, const ldmc_unet_config *cfg) {
                 add_transformer(u, b, prefix, ch, c->transformer_depth[level]);
             b->out_channels = skip_channels[n_skip++] = ch;
         }
-        if (level != c->levels - 1) {  // Downsample: conv 3x3, stride 2, padding 1 (key `op`)
+        if (level != c->levels - 1) { // Downsample: conv 3x3, stride 2, padding 1 (key `op`)
             snprintf(prefix, sizeof prefix, LDMC_UNET_PREFIX "input_blocks.%d.0.op", u->n_input);
             b = &u->input[u->n_input++];
             nn_conv_init(&add_layer(b, LDMC_UNET_DOWN)->conv, p, prefix, ch, ch, 3, 2, NULL);
@@ -216,7 +222,8 @@ void ldmc_unet_init(ldmc_unet *u, const ldmc_unet_config *cfg) {
     }
     // The middle block always has a transformer, whatever attention_resolutions says.
     add_resblock(u, &u->middle, LDMC_UNET_PREFIX "middle_block", ch, ch);
-    add_transformer(u, &u->middle, LDMC_UNET_PREFIX "middle_block", ch, c->transformer_depth_middle);
+    add_transformer(u, &u->middle, LDMC_UNET_PREFIX "middle_block", ch,
+                    c->transformer_depth_middle);
     add_resblock(u, &u->middle, LDMC_UNET_PREFIX "middle_block", ch, ch);
     u->middle.out_channels = ch;
 
@@ -229,7 +236,7 @@ void ldmc_unet_init(ldmc_unet *u, const ldmc_unet_config *cfg) {
             ch = C * c->channel_mult[level];
             if (ldmc_unet_level_has_attention(c, level))
                 add_transformer(u, b, prefix, ch, c->transformer_depth[level]);
-            if (level > 0 && r == c->num_res_blocks) {  // Upsample: nearest 2x + conv (key `conv`)
+            if (level > 0 && r == c->num_res_blocks) { // Upsample: nearest 2x + conv (key `conv`)
                 char name[300];
                 snprintf(name, sizeof name, "%s.%d.conv", prefix, b->n_layers);
                 nn_conv_init(&add_layer(b, LDMC_UNET_UP)->conv, p, name, ch, ch, 3, 1, NULL);
@@ -242,9 +249,9 @@ void ldmc_unet_init(ldmc_unet *u, const ldmc_unet_config *cfg) {
     nn_conv_init(&u->out_conv, p, LDMC_UNET_PREFIX "out.2", ch, c->out_channels, 3, 1, NULL);
     nn_zero_init(p, u->out_conv.weight, u->out_conv.bias);
     if (c->n_classes)
-        u->class_table = ldmc_params_add(p, LDMC_CLASS_EMBED_KEY, 2,
-                                         (int64_t[]){c->n_classes, c->class_dim},
-                                         LDMC_PARAM_NO_DECAY);
+        u->class_table =
+            ldmc_params_add(p, LDMC_CLASS_EMBED_KEY, 2, (int64_t[]){c->n_classes, c->class_dim},
+                            LDMC_PARAM_NO_DECAY);
     if (c->n_classes) ldmc_params_set_init(p, u->class_table, LDMC_INIT_NORMAL, 1);
 }
 
@@ -254,8 +261,10 @@ static void free_block(ldmc_unet_block *b) {
 }
 
 void ldmc_unet_free(ldmc_unet *u) {
-    for (int i = 0; i < u->n_input; i++) free_block(&u->input[i]);
-    for (int i = 0; i < u->n_output; i++) free_block(&u->output[i]);
+    for (int i = 0; i < u->n_input; i++)
+        free_block(&u->input[i]);
+    for (int i = 0; i < u->n_output; i++)
+        free_block(&u->output[i]);
     free_block(&u->middle);
     free(u->input);
     free(u->output);
@@ -323,15 +332,17 @@ ldmc_tensor *ldmc_unet_forward(ldmc_ctx *ctx, const ldmc_unet *u, ldmc_tensor *x
     const ldmc_unet_config *c = &u->cfg;
     // emb (B, 4C) = time_embed(timestep_embedding(t)) + label_emb(vector)
     ldmc_tensor *emb = ldmc_timestep_embedding(ctx, t, c->model_channels, 10000.0);
-    emb = nn_linear_forward(ctx, p, &u->time2, ldmc_silu(ctx, nn_linear_forward(ctx, p, &u->time1, emb)));
+    emb = nn_linear_forward(ctx, p, &u->time2,
+                            ldmc_silu(ctx, nn_linear_forward(ctx, p, &u->time1, emb)));
     if (c->n_vector) {
         ldmc_tensor *y = nn_linear_forward(ctx, p, &u->label1, cond->vector);
         emb = ldmc_add(ctx, emb, nn_linear_forward(ctx, p, &u->label2, ldmc_silu(ctx, y)));
     }
-    ldmc_tensor *emb_act = ldmc_silu(ctx, emb);  // every ResBlock's emb_layers begin with SiLU
+    ldmc_tensor *emb_act = ldmc_silu(ctx, emb); // every ResBlock's emb_layers begin with SiLU
     ldmc_tensor *context = cond ? cond->context : NULL;
-    if (c->n_classes) {  // the class embedding is a one-token context (B, 1, dim)
+    if (c->n_classes) { // the class embedding is a one-token context (B, 1, dim)
         ldmc_tensor *e = ldmc_embedding(ctx, nn_param(p, u->class_table), cond->class_labels);
+        if (cond->class_keep) e = ldmc_scale_rows(ctx, e, cond->class_keep);
         context = ldmc_reshape(ctx, e, 3, (int64_t[]){e->shape[0], 1, e->shape[1]});
     }
     ldmc_tensor **skips = ldmc_arena_alloc(&ctx->meta, (size_t)u->n_input * sizeof *skips);
@@ -396,7 +407,8 @@ static void print_block(const char *name, const ldmc_unet_block *b, int ds, FILE
 void ldmc_unet_print_summary(const ldmc_unet *u, FILE *out) {
     const ldmc_unet_config *c = &u->cfg;
     fprintf(out, "UNet: %d levels, widths", c->levels);
-    for (int i = 0; i < c->levels; i++) fprintf(out, " %d", c->model_channels * c->channel_mult[i]);
+    for (int i = 0; i < c->levels; i++)
+        fprintf(out, " %d", c->model_channels * c->channel_mult[i]);
     fprintf(out, ", time embedding %d", 4 * c->model_channels);
     if (c->n_vector) {
         fprintf(out, ", vector %d = [", c->adm_in_channels);

@@ -19,25 +19,25 @@
 typedef struct ldmc_resblock {
     const ldmc_params *params;
     int in_ch, out_ch;
-    nn_norm in_norm;    // in_layers.0 (32 groups, eps 1e-5)
-    nn_conv in_conv;    // in_layers.2
-    nn_linear emb;      // emb_layers.1
-    nn_norm out_norm;   // out_layers.0
-    nn_conv out_conv;   // out_layers.3
+    nn_norm in_norm;  // in_layers.0 (32 groups, eps 1e-5)
+    nn_conv in_conv;  // in_layers.2
+    nn_linear emb;    // emb_layers.1
+    nn_norm out_norm; // out_layers.0
+    nn_conv out_conv; // out_layers.3
     bool has_skip;
-    nn_conv skip;       // skip_connection (1x1)
+    nn_conv skip; // skip_connection (1x1)
 } ldmc_resblock;
 
 typedef struct ldmc_attention_block {
-    nn_linear to_q, to_k, to_v, to_out;  // q, k, v without bias; to_out.0 with bias
+    nn_linear to_q, to_k, to_v, to_out; // q, k, v without bias; to_out.0 with bias
     int heads;
 } ldmc_attention_block;
 
 // Pre-norm block: self-attention, cross-attention on the context, GEGLU feed-forward.
 typedef struct ldmc_transformer_block {
-    nn_norm norm1, norm2, norm3;         // LayerNorm, eps 1e-5
+    nn_norm norm1, norm2, norm3; // LayerNorm, eps 1e-5
     ldmc_attention_block attn1, attn2;
-    nn_linear ff_proj, ff_out;           // ff.net.0.proj (C -> 8C), ff.net.2 (4C -> C)
+    nn_linear ff_proj, ff_out; // ff.net.0.proj (C -> 8C), ff.net.2 (4C -> C)
 } ldmc_transformer_block;
 
 // GN (eps 1e-6) -> proj_in -> depth x block -> proj_out, plus the input.
@@ -61,7 +61,7 @@ typedef struct ldmc_unet_layer {
     ldmc_unet_layer_kind kind;
     ldmc_resblock res;
     ldmc_spatial_transformer st;
-    nn_conv conv;  // conv_in, the downsampling conv (op) or the upsampling conv (conv)
+    nn_conv conv; // conv_in, the downsampling conv (op) or the upsampling conv (conv)
 } ldmc_unet_layer;
 
 // One of sgm's TimestepEmbedSequential blocks: up to three layers.
@@ -73,24 +73,28 @@ typedef struct ldmc_unet_block {
 
 typedef struct ldmc_unet {
     ldmc_unet_config cfg;
-    ldmc_params params;  // owned; official keys
-    nn_linear time1, time2;    // time_embed.0, time_embed.2
-    nn_linear label1, label2;  // label_emb.0.0, label_emb.0.2 (when the config has a vector)
-    int class_table;           // conditioner.embedders.0.embedding.weight, or -1
+    ldmc_params params;       // owned; official keys
+    nn_linear time1, time2;   // time_embed.0, time_embed.2
+    nn_linear label1, label2; // label_emb.0.0, label_emb.0.2 (when the config has a vector)
+    int class_table;          // conditioner.embedders.0.embedding.weight, or -1
     int n_input, n_output;
     ldmc_unet_block *input, middle, *output;
-    nn_norm out_norm;          // out.0
-    nn_conv out_conv;          // out.2
-    bool checkpointing;        // each ResBlock and SpatialTransformer a checkpoint region
+    nn_norm out_norm;   // out.0
+    nn_conv out_conv;   // out.2
+    bool checkpointing; // each ResBlock and SpatialTransformer a checkpoint region
 } ldmc_unet;
 
 // The conditioning of one forward pass. context (B, L, context_dim) for text models, or
 // class_labels (B) of I64 for class-conditional ones; vector (B, adm_in_channels) when the config
 // has vector parts (see ldmc_unet_vector).
+// class_keep (B), when not NULL, multiplies each sample's class embedding: 0 drops it to zeros,
+// as generative-models' conditioning dropout (ucg_rate) does in training and as the unconditional
+// branch of classifier-free guidance asks for.
 typedef struct ldmc_unet_cond {
     ldmc_tensor *context;
     ldmc_tensor *class_labels;
     ldmc_tensor *vector;
+    const float *class_keep;
 } ldmc_unet_cond;
 
 // Builds the module tree and registers its parameters (shapes only: no weights allocated). The
@@ -110,14 +114,13 @@ ldmc_tensor *ldmc_unet_vector(ldmc_ctx *ctx, const ldmc_unet_config *cfg,
                               ldmc_tensor *const parts[LDMC_VECTOR_PART_COUNT]);
 
 // Building blocks, for block-level tests. `prefix` is the block's key prefix.
-void ldmc_resblock_init(ldmc_resblock *r, ldmc_params *p, const char *prefix, int in_ch,
-                        int out_ch, int emb_ch);
+void ldmc_resblock_init(ldmc_resblock *r, ldmc_params *p, const char *prefix, int in_ch, int out_ch,
+                        int emb_ch);
 // emb_act is SiLU(emb), computed once per forward and shared by all ResBlocks.
 ldmc_tensor *ldmc_resblock_forward(ldmc_ctx *ctx, const ldmc_resblock *r, ldmc_tensor *x,
                                    ldmc_tensor *emb_act);
-void ldmc_spatial_transformer_init(ldmc_spatial_transformer *st, ldmc_params *p,
-                                   const char *prefix, int channels, int head_channels,
-                                   int depth, int context_dim);
+void ldmc_spatial_transformer_init(ldmc_spatial_transformer *st, ldmc_params *p, const char *prefix,
+                                   int channels, int head_channels, int depth, int context_dim);
 void ldmc_spatial_transformer_free(ldmc_spatial_transformer *st);
 ldmc_tensor *ldmc_spatial_transformer_forward(ldmc_ctx *ctx, const ldmc_spatial_transformer *st,
                                               ldmc_tensor *x, ldmc_tensor *context);

@@ -85,3 +85,9 @@ ldmc_tensor *ldmc_timestep_embedding(ldmc_ctx *ctx, ldmc_tensor *t, int dim, dou
 // Mean squared error and mean absolute error over all elements -> a scalar (shape ()).
 ldmc_tensor *ldmc_mse_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b);
 ldmc_tensor *ldmc_l1_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b);
+// Σ_b weights[b] mean_i (a - b)² / B over samples (B, ...) -> a scalar: the diffusion loss with
+// per-sample weights (min-SNR-γ); `weights` (B) is copied, not differentiated.
+ldmc_tensor *ldmc_mse_loss_weighted(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b,
+                                    const float *weights);
+// x (B, ...) with each sample multiplied by a constant: s (B) is copied, not differentiated.
+ldmc_tensor *ldmc_scale_rows(ldmc_ctx *ctx, ldmc_tensor *x, const float *s);

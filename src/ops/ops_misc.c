@@ -1,5 +1,7 @@
 // Timestep embedding and losses (see ops.h). Kernels: src/ops/cpu/misc.inc.
 // Tested by tests/test_ops.c and tests/test_gradcheck.c.
+#include <string.h>
+
 #include "ops/op_util.h"
 
 typedef struct embedding_args {
@@ -53,8 +55,8 @@ static ldmc_tensor *loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool l1)
     ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, 0, NULL);
     int64_t n = ldmc_numel(a);
     float *value = OUT(y);
-    COMPUTE(ctx) *value = (float)(l1 ? l1_forward_f32(DATA(a), DATA(b), n)
-                                     : mse_forward_f32(DATA(a), DATA(b), n));
+    COMPUTE(ctx) *value =
+        (float)(l1 ? l1_forward_f32(DATA(a), DATA(b), n) : mse_forward_f32(DATA(a), DATA(b), n));
     RECORD(ctx, l1 ? &l1_op : &mse_op, y, a, b);
     return y;
 }
@@ -65,4 +67,60 @@ ldmc_tensor *ldmc_mse_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
 
 ldmc_tensor *ldmc_l1_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     return loss(ctx, a, b, true);
+}
+
+// Per-sample constants of the weighted loss and of row scaling, kept for backward.
+typedef struct rows_args {
+    float *w;
+} rows_args;
+
+static float *copy_rows(ldmc_ctx *ctx, const float *w, int64_t B) {
+    float *copy = ldmc_arena_alloc(&ctx->meta, (size_t)(B ? B : 1) * sizeof *copy);
+    memcpy(copy, w, (size_t)B * sizeof *copy);
+    return copy;
+}
+
+static void mse_weighted_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *a = node->in[0], *b = node->in[1];
+    int64_t B = a->shape[0];
+    mse_rows_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0])[0], DATA(a),
+                          DATA(b), ((const rows_args *)node->args)->w, B, ldmc_numel(a) / B);
+}
+
+static const ldmc_op_info mse_weighted_op = {"mse_loss_weighted", mse_weighted_backward};
+
+ldmc_tensor *ldmc_mse_loss_weighted(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b,
+                                    const float *weights) {
+    char shape[96];
+    OP_CHECK(ldmc_same_shape(a, b) && a->ndim >= 1 && a->shape[0] > 0, "mse_loss_weighted", b,
+             "both operands must have the shape %s, with samples first",
+             ldmc_shape_str(a, shape, sizeof shape));
+    int64_t B = a->shape[0];
+    float *w = copy_rows(ctx, weights, B);
+    ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, 0, NULL);
+    float *value = OUT(y);
+    COMPUTE(ctx) *value = (float)mse_rows_forward_f32(DATA(a), DATA(b), w, B, ldmc_numel(a) / B);
+    ldmc_node *node = RECORD(ctx, &mse_weighted_op, y, a, b);
+    if (node) ((rows_args *)ldmc_node_args(ctx, node, sizeof(rows_args)))->w = w;
+    return y;
+}
+
+static void scale_rows_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    ldmc_tensor *x = node->in[0];
+    int64_t B = x->shape[0];
+    scale_rows_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]),
+                            ((const rows_args *)node->args)->w, B, ldmc_numel(x) / B);
+}
+
+static const ldmc_op_info scale_rows_op = {"scale_rows", scale_rows_backward};
+
+ldmc_tensor *ldmc_scale_rows(ldmc_ctx *ctx, ldmc_tensor *x, const float *s) {
+    OP_CHECK(x->ndim >= 1, "scale_rows", x, "the input must be (B, ...)");
+    int64_t B = x->shape[0];
+    float *w = copy_rows(ctx, s, B);
+    ldmc_tensor *y = ldmc_new_like(ctx, x);
+    COMPUTE(ctx) scale_rows_forward_f32(OUT(y), DATA(x), w, B, B ? ldmc_numel(x) / B : 0);
+    ldmc_node *node = RECORD(ctx, &scale_rows_op, y, x);
+    if (node) ((rows_args *)ldmc_node_args(ctx, node, sizeof(rows_args)))->w = w;
+    return y;
 }

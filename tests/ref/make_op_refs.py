@@ -155,6 +155,8 @@ case("timestep_embedding_256_fourier", "timestep_embedding", [("t", (4,), 512.0,
      max_period=10000.0)
 case("mse_odd", "mse_loss", [("a", (3, 5, 7)), ("b", (3, 5, 7))])
 case("l1_odd", "l1_loss", [("a", (3, 5, 7)), ("b", (3, 5, 7))])
+case("mse_weighted_min_snr", "mse_loss_weighted", [("a", (3, 4, 5)), ("b", (3, 4, 5))], weights=[0.5, 1.0, 2.25])
+case("scale_rows_mask", "scale_rows", [("x", (3, 2, 7))], s=[0.0, 1.0, -2.5])
 case("dropout_p01", "dropout", [("x", (4, 9, 33))], p=0.1, seed=1234, step=7)
 
 
@@ -254,6 +256,12 @@ def run_op(op, p, xs):
         return [F.mse_loss(xs[0], xs[1])]
     if op == "l1_loss":
         return [F.l1_loss(xs[0], xs[1])]
+    if op == "mse_loss_weighted":
+        w = torch.tensor(p["weights"], dtype=xs[0].dtype).reshape(-1, *([1] * (xs[0].dim() - 1)))
+        return [(w * (xs[0] - xs[1]) ** 2).mean()]
+    if op == "scale_rows":
+        s = torch.tensor(p["s"], dtype=xs[0].dtype).reshape(-1, *([1] * (xs[0].dim() - 1)))
+        return [xs[0] * s]
     if op == "dropout":  # the mask is ldmc's Philox stream (rng.h): keep where uniform >= p
         n = xs[0].numel()
         u = philox.uniform(p["seed"], n, offset=0, step=p["step"], purpose=1)

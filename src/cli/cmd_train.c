@@ -1,0 +1,55 @@
+// `ldmc train CONFIG [--set key=value ...] [--resume latest|DIR]`: trains a UNet or a VAE as the
+// config describes (docs/training.md). Tested by tests/test_train.c and tests/test_cli.sh.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "train/trainer.h"
+
+static const char *usage_text =
+    "usage: ldmc train CONFIG [--set key.path=value ...] [--resume latest|CHECKPOINT_DIR]\n"
+    "  --set      overrides a config value (repeatable), e.g. --set optim.lr=5e-5\n"
+    "  --resume   continues a run from its newest checkpoint (latest) or a given one\n";
+
+int ldmc_cmd_train(int argc, char **argv) {
+    const char *config = NULL, *resume = NULL;
+    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
+    int n_sets = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(usage_text, stdout);
+            free(sets);
+            return 0;
+        } else if (!strcmp(argv[i], "--set") && i + 1 < argc) {
+            sets[n_sets++] = argv[++i];
+        } else if (!strcmp(argv[i], "--resume") && i + 1 < argc) {
+            resume = argv[++i];
+        } else if (argv[i][0] != '-' && !config) {
+            config = argv[i];
+        } else {
+            fprintf(stderr, "ldmc train: unexpected argument '%s'\n%s", argv[i], usage_text);
+            free(sets);
+            return 2;
+        }
+    }
+    if (!config) {
+        fputs(usage_text, stderr);
+        free(sets);
+        return 2;
+    }
+    ldmc_train_config cfg;
+    ldmc_train_result result;
+    ldmc_err err = {0};
+    int rc = ldmc_train_config_load(config, sets, n_sets, &cfg, &err);
+    free(sets);
+    if (rc == 0) {
+        rc = ldmc_train(&cfg, resume, &result, &err);
+        ldmc_train_config_free(&cfg);
+    }
+    if (rc != 0) {
+        fprintf(stderr, "ldmc train: %s\n", err.message);
+        return 1;
+    }
+    return 0;
+}

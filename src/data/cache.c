@@ -1,0 +1,293 @@
+// The HDF5 latent cache (see cache.h). Tested by tests/test_train.c.
+#include "data/cache.h"
+
+#include <hdf5.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ---- reading
+// --------------------------------------------------------------------------------------
+
+static int read_attr(hid_t obj, const char *name, hid_t type, void *out) {
+    if (H5Aexists(obj, name) <= 0) return -1;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0) return -1;
+    herr_t rc = H5Aread(a, type, out);
+    H5Aclose(a);
+    return rc < 0 ? -1 : 0;
+}
+
+static int64_t rows_of(hid_t group, const char *name, int rank, hsize_t *dims) {
+    if (H5Lexists(group, name, H5P_DEFAULT) <= 0) return -1;
+    hid_t d = H5Dopen2(group, name, H5P_DEFAULT);
+    if (d < 0) return -1;
+    hid_t space = H5Dget_space(d);
+    int got = H5Sget_simple_extent_ndims(space);
+    if (got == rank) H5Sget_simple_extent_dims(space, dims, NULL);
+    H5Sclose(space);
+    H5Dclose(d);
+    return got == rank ? (int64_t)dims[0] : -1;
+}
+
+int ldmc_cache_open(ldmc_cache *c, const char *path, ldmc_err *err) {
+    *c = (ldmc_cache){.hdf5_file = -1};
+    snprintf(c->path, sizeof c->path, "%s", path);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL); // errors become messages here, not HDF5's stack dumps
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return LDMC_ERR(err, "%s: not a readable HDF5 file", path);
+    c->hdf5_file = f;
+    char format[64] = "";
+    hid_t str = H5Tcopy(H5T_C_S1);
+    H5Tset_size(str, sizeof format);
+    int ok = read_attr(f, "format", str, format) == 0 &&
+             !strncmp(format, "ldmc latent cache 1", 19) &&
+             read_attr(f, "scale_factor", H5T_NATIVE_DOUBLE, &c->scale_factor) == 0 &&
+             read_attr(f, "latent_channels", H5T_NATIVE_INT, &c->channels) == 0;
+    H5Tclose(str);
+    if (!ok) {
+        ldmc_cache_close(c);
+        return LDMC_ERR(err,
+                        "%s: not an ldmc latent cache (format, scale_factor, latent_channels "
+                        "attributes expected)",
+                        path);
+    }
+    hid_t buckets = H5Gopen2(f, "buckets", H5P_DEFAULT);
+    hsize_t n_links = 0;
+    H5G_info_t info;
+    if (buckets < 0 || H5Gget_info(buckets, &info) < 0 || (n_links = info.nlinks) == 0 ||
+        n_links > LDMC_MAX_BUCKETS) {
+        if (buckets >= 0) H5Gclose(buckets);
+        ldmc_cache_close(c);
+        return LDMC_ERR(err, "%s: no /buckets groups", path);
+    }
+    int rc = 0;
+    for (hsize_t i = 0; i < n_links && rc == 0; i++) {
+        char name[64];
+        H5Lget_name_by_idx(buckets, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name,
+                           H5P_DEFAULT);
+        ldmc_cache_group *g = &c->groups[c->n_groups];
+        hid_t grp = H5Gopen2(buckets, name, H5P_DEFAULT);
+        hsize_t dims[4], d2[2], d1[1];
+        int64_t n = rows_of(grp, "mean", 4, dims);
+        bool good = grp >= 0 && sscanf(name, "%dx%d", &g->height, &g->width) == 2 && n >= 0 &&
+                    rows_of(grp, "std", 4, dims) == n && rows_of(grp, "c_size", 2, d2) == n &&
+                    rows_of(grp, "c_crop", 2, d2) == n && rows_of(grp, "c_target", 2, d2) == n &&
+                    rows_of(grp, "class", 1, d1) == n && (int)dims[3] == c->channels;
+        if (grp >= 0) H5Gclose(grp);
+        if (!good) {
+            rc = LDMC_ERR(err,
+                          "%s: group /buckets/%s lacks mean, std, c_size, c_crop, c_target or "
+                          "class of matching sizes",
+                          path, name);
+            break;
+        }
+        g->h = (int)dims[1];
+        g->w = (int)dims[2];
+        g->count = n;
+        g->first = c->count;
+        c->count += n;
+        c->n_groups++;
+    }
+    H5Gclose(buckets);
+    if (rc != 0) ldmc_cache_close(c);
+    return rc;
+}
+
+void ldmc_cache_close(ldmc_cache *c) {
+    if (c->hdf5_file >= 0) H5Fclose((hid_t)c->hdf5_file);
+    c->hdf5_file = -1;
+}
+
+int ldmc_cache_group_of(const ldmc_cache *c, int64_t index) {
+    for (int g = 0; g < c->n_groups; g++)
+        if (index >= c->groups[g].first && index < c->groups[g].first + c->groups[g].count)
+            return g;
+    return -1;
+}
+
+void ldmc_cache_buckets(const ldmc_cache *c, ldmc_buckets *out) {
+    out->count = c->n_groups;
+    for (int g = 0; g < c->n_groups; g++) {
+        out->height[g] = c->groups[g].height;
+        out->width[g] = c->groups[g].width;
+    }
+}
+
+// One row of a dataset with `rank` dimensions.
+static int read_row(hid_t group, const char *name, hid_t type, int rank, int64_t row, void *out) {
+    hid_t d = H5Dopen2(group, name, H5P_DEFAULT);
+    if (d < 0) return -1;
+    hid_t space = H5Dget_space(d);
+    hsize_t dims[4], start[4] = {(hsize_t)row, 0, 0, 0}, count[4];
+    H5Sget_simple_extent_dims(space, dims, NULL);
+    for (int i = 0; i < rank; i++)
+        count[i] = i ? dims[i] : 1;
+    H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, count, NULL);
+    hid_t mem = H5Screate_simple(rank, count, NULL);
+    herr_t rc = H5Dread(d, type, mem, space, H5P_DEFAULT, out);
+    H5Sclose(mem);
+    H5Sclose(space);
+    H5Dclose(d);
+    return rc < 0 ? -1 : 0;
+}
+
+int ldmc_cache_read(const ldmc_cache *c, int64_t index, ldmc_cache_entry *e, ldmc_err *err) {
+    int g = ldmc_cache_group_of(c, index);
+    if (g < 0) return LDMC_ERR(err, "%s: entry %lld does not exist", c->path, (long long)index);
+    char name[96];
+    snprintf(name, sizeof name, "buckets/%dx%d", c->groups[g].height, c->groups[g].width);
+    hid_t grp = H5Gopen2((hid_t)c->hdf5_file, name, H5P_DEFAULT);
+    int64_t row = index - c->groups[g].first;
+    int rc =
+        grp >= 0 && read_row(grp, "mean", H5T_NATIVE_FLOAT, 4, row, e->mean) == 0 &&
+                read_row(grp, "std", H5T_NATIVE_FLOAT, 4, row, e->std) == 0 &&
+                read_row(grp, "c_size", H5T_NATIVE_INT32, 2, row, e->c_size) == 0 &&
+                read_row(grp, "c_crop", H5T_NATIVE_INT32, 2, row, e->c_crop) == 0 &&
+                read_row(grp, "c_target", H5T_NATIVE_INT32, 2, row, e->c_target) == 0 &&
+                read_row(grp, "class", H5T_NATIVE_INT64, 1, row, &e->class_id) == 0
+            ? 0
+            : LDMC_ERR(err, "%s: cannot read entry %lld of /%s", c->path, (long long)index, name);
+    if (grp >= 0) H5Gclose(grp);
+    return rc;
+}
+
+// ---- writing
+// --------------------------------------------------------------------------------------
+
+struct ldmc_cache_writer {
+    hid_t file, group;
+    hid_t mean, std, c_size, c_crop, c_target, class_id, sample, caption;
+    int64_t row, count;
+    int h, w, channels;
+    char path[1024];
+};
+
+static hid_t make_dataset(hid_t group, const char *name, hid_t type, int rank,
+                          const hsize_t *dims) {
+    hid_t space = H5Screate_simple(rank, dims, NULL);
+    hid_t d = H5Dcreate2(group, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Sclose(space);
+    return d;
+}
+
+static int write_attr(hid_t obj, const char *name, hid_t type, const void *value) {
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t rc = a >= 0 ? H5Awrite(a, type, value) : -1;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(space);
+    return rc < 0 ? -1 : 0;
+}
+
+int ldmc_cache_create(ldmc_cache_writer **out, const char *path, double scale_factor, int channels,
+                      ldmc_err *err) {
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    ldmc_cache_writer *w = calloc(1, sizeof *w);
+    if (!w) return LDMC_ERR(err, "out of memory");
+    snprintf(w->path, sizeof w->path, "%s", path);
+    w->channels = channels;
+    w->group = -1;
+    w->file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (w->file < 0) {
+        free(w);
+        return LDMC_ERR(err, "%s: cannot create the HDF5 file", path);
+    }
+    hid_t str = H5Tcopy(H5T_C_S1);
+    const char format[64] = "ldmc latent cache 1";
+    H5Tset_size(str, sizeof format);
+    int rc = write_attr(w->file, "format", str, format) |
+             write_attr(w->file, "scale_factor", H5T_NATIVE_DOUBLE, &scale_factor) |
+             write_attr(w->file, "latent_channels", H5T_NATIVE_INT, &channels);
+    H5Tclose(str);
+    hid_t buckets = H5Gcreate2(w->file, "buckets", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (buckets >= 0) H5Gclose(buckets);
+    if (rc != 0 || buckets < 0) {
+        H5Fclose(w->file);
+        free(w);
+        return LDMC_ERR(err, "%s: cannot write the cache header", path);
+    }
+    *out = w;
+    return 0;
+}
+
+static void close_group(ldmc_cache_writer *w) {
+    hid_t *ds[] = {&w->mean,     &w->std,      &w->c_size, &w->c_crop,
+                   &w->c_target, &w->class_id, &w->sample, &w->caption};
+    for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
+        if (*ds[i] > 0) H5Dclose(*ds[i]), *ds[i] = -1;
+    if (w->group >= 0) H5Gclose(w->group);
+    w->group = -1;
+}
+
+int ldmc_cache_begin_group(ldmc_cache_writer *w, int height, int width, int h, int lw,
+                           int64_t count, ldmc_err *err) {
+    close_group(w);
+    char name[96];
+    snprintf(name, sizeof name, "buckets/%dx%d", height, width);
+    w->group = H5Gcreate2(w->file, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t lat[4] = {(hsize_t)count, (hsize_t)h, (hsize_t)lw, (hsize_t)w->channels},
+            pair[2] = {(hsize_t)count, 2}, one[1] = {(hsize_t)count};
+    hid_t str = H5Tcopy(H5T_C_S1);
+    H5Tset_size(str, H5T_VARIABLE);
+    w->mean = make_dataset(w->group, "mean", H5T_NATIVE_FLOAT, 4, lat);
+    w->std = make_dataset(w->group, "std", H5T_NATIVE_FLOAT, 4, lat);
+    w->c_size = make_dataset(w->group, "c_size", H5T_NATIVE_INT32, 2, pair);
+    w->c_crop = make_dataset(w->group, "c_crop", H5T_NATIVE_INT32, 2, pair);
+    w->c_target = make_dataset(w->group, "c_target", H5T_NATIVE_INT32, 2, pair);
+    w->class_id = make_dataset(w->group, "class", H5T_NATIVE_INT64, 1, one);
+    w->sample = make_dataset(w->group, "sample", H5T_NATIVE_INT32, 1, one);
+    w->caption = make_dataset(w->group, "caption", str, 1, one);
+    H5Tclose(str);
+    w->row = 0;
+    w->count = count;
+    w->h = h;
+    w->w = lw;
+    if (w->group < 0 || w->mean < 0 || w->std < 0 || w->c_size < 0 || w->c_crop < 0 ||
+        w->c_target < 0 || w->class_id < 0 || w->sample < 0 || w->caption < 0)
+        return LDMC_ERR(err, "%s: cannot create /%s", w->path, name);
+    return 0;
+}
+
+static int write_row(hid_t d, hid_t type, int rank, int64_t row, const void *data) {
+    hid_t space = H5Dget_space(d);
+    hsize_t dims[4], start[4] = {(hsize_t)row, 0, 0, 0}, count[4];
+    H5Sget_simple_extent_dims(space, dims, NULL);
+    for (int i = 0; i < rank; i++)
+        count[i] = i ? dims[i] : 1;
+    H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, count, NULL);
+    hid_t mem = H5Screate_simple(rank, count, NULL);
+    herr_t rc = H5Dwrite(d, type, mem, space, H5P_DEFAULT, data);
+    H5Sclose(mem);
+    H5Sclose(space);
+    return rc < 0 ? -1 : 0;
+}
+
+int ldmc_cache_append(ldmc_cache_writer *w, const float *mean, const float *std,
+                      const int32_t c_size[2], const int32_t c_crop[2], const int32_t c_target[2],
+                      int64_t class_id, int32_t sample, const char *caption, ldmc_err *err) {
+    if (w->row >= w->count)
+        return LDMC_ERR(err, "%s: more entries than the group was sized for", w->path);
+    hid_t str = H5Tcopy(H5T_C_S1);
+    H5Tset_size(str, H5T_VARIABLE);
+    const char *text = caption ? caption : "";
+    int rc = write_row(w->mean, H5T_NATIVE_FLOAT, 4, w->row, mean) |
+             write_row(w->std, H5T_NATIVE_FLOAT, 4, w->row, std) |
+             write_row(w->c_size, H5T_NATIVE_INT32, 2, w->row, c_size) |
+             write_row(w->c_crop, H5T_NATIVE_INT32, 2, w->row, c_crop) |
+             write_row(w->c_target, H5T_NATIVE_INT32, 2, w->row, c_target) |
+             write_row(w->class_id, H5T_NATIVE_INT64, 1, w->row, &class_id) |
+             write_row(w->sample, H5T_NATIVE_INT32, 1, w->row, &sample) |
+             write_row(w->caption, str, 1, w->row, &text);
+    H5Tclose(str);
+    w->row++;
+    return rc ? LDMC_ERR(err, "%s: write failed", w->path) : 0;
+}
+
+int ldmc_cache_finish(ldmc_cache_writer *w, ldmc_err *err) {
+    close_group(w);
+    herr_t rc = H5Fclose(w->file);
+    char path[1024];
+    snprintf(path, sizeof path, "%s", w->path);
+    free(w);
+    return rc < 0 ? LDMC_ERR(err, "%s: cannot finish the file", path) : 0;
+}

@@ -1,0 +1,60 @@
+// The latent cache: a dataset encoded once by the VAE, in HDF5, so that diffusion training reads
+// latents instead of decoding and encoding images every step. One group per bucket,
+// /buckets/<H>x<W>, with
+//   mean, std   (N, h, w, C) f32: the posterior of each (image, variant), unscaled; the trainer
+//               draws z = mean + std ε per step and multiplies by the scale factor
+//   c_size, c_crop, c_target (N, 2) i32: the micro-conditioning of the crop that was encoded
+//   class (N) i64, sample (N) i32 (the image's index in the dataset), caption (N) strings
+// and the root attributes format, scale_factor, latent_channels. Text-embedding datasets join
+// the groups with the text encoders. Variants: each image once, or also flipped (c_crop follows).
+// Tested by tests/test_train.c.
+#pragma once
+#include <stdint.h>
+
+#include "core/error.h"
+#include "data/buckets.h"
+#include "data/dataset.h"
+
+typedef struct ldmc_cache_group {
+    int height, width; // pixels
+    int h, w;          // latent
+    int64_t count;
+    int64_t first; // global index of its first entry
+} ldmc_cache_group;
+
+typedef struct ldmc_cache {
+    int64_t hdf5_file; // hid_t
+    char path[1024];
+    double scale_factor;
+    int channels;
+    int n_groups;
+    ldmc_cache_group groups[LDMC_MAX_BUCKETS];
+    int64_t count; // entries over all groups
+} ldmc_cache;
+
+// One entry as it is read back.
+typedef struct ldmc_cache_entry {
+    float *mean, *std; // (h, w, C) each, caller's buffers
+    int32_t c_size[2], c_crop[2], c_target[2];
+    int64_t class_id;
+} ldmc_cache_entry;
+
+// Opens a cache and checks its structure (a clear error naming the file and what is missing).
+int ldmc_cache_open(ldmc_cache *c, const char *path, ldmc_err *err);
+void ldmc_cache_close(ldmc_cache *c);
+// The group of global entry `index`, and the entry itself.
+int ldmc_cache_group_of(const ldmc_cache *c, int64_t index);
+int ldmc_cache_read(const ldmc_cache *c, int64_t index, ldmc_cache_entry *e, ldmc_err *err);
+// The groups as a bucket list (in pixels), group g being bucket g: for the loader.
+void ldmc_cache_buckets(const ldmc_cache *c, ldmc_buckets *out);
+
+// Writing, group by group: begin a group, append entries, end it.
+typedef struct ldmc_cache_writer ldmc_cache_writer;
+int ldmc_cache_create(ldmc_cache_writer **w, const char *path, double scale_factor, int channels,
+                      ldmc_err *err);
+int ldmc_cache_begin_group(ldmc_cache_writer *w, int height, int width, int h, int lw,
+                           int64_t count, ldmc_err *err);
+int ldmc_cache_append(ldmc_cache_writer *w, const float *mean, const float *std,
+                      const int32_t c_size[2], const int32_t c_crop[2], const int32_t c_target[2],
+                      int64_t class_id, int32_t sample, const char *caption, ldmc_err *err);
+int ldmc_cache_finish(ldmc_cache_writer *w, ldmc_err *err);

@@ -1,0 +1,272 @@
+// Scanning image folders (see dataset.h). Tested by tests/test_data.c.
+#include "data/dataset.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "data/image.h"
+
+static bool is_image_name(const char *name) {
+    const char *dot = strrchr(name, '.');
+    return dot &&
+           (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png"));
+}
+
+static int compare_strings(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+typedef struct string_list {
+    char **items;
+    int count, cap;
+} string_list;
+
+static int push(string_list *l, char *s) {
+    if (!s) return -1;
+    if (l->count == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        char **items = realloc(l->items, (size_t)l->cap * sizeof *items);
+        if (!items) return -1;
+        l->items = items;
+    }
+    l->items[l->count++] = s;
+    return 0;
+}
+
+static void free_list(string_list *l) {
+    for (int i = 0; i < l->count; i++)
+        free(l->items[i]);
+    free(l->items);
+}
+
+static char *join(const char *a, const char *b) {
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *s = malloc(n);
+    if (s) snprintf(s, n, "%s/%s", a, b);
+    return s;
+}
+
+static bool is_dir(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+// Image files under dir (recursively when `recurse`), appended to `out` (sorted later).
+static int list_images(const char *dir, bool recurse, string_list *out, int depth, ldmc_err *err) {
+    DIR *d = opendir(dir);
+    if (!d) return LDMC_ERR(err, "%s: cannot open the folder: %s", dir, strerror(errno));
+    struct dirent *e;
+    int rc = 0;
+    while (rc == 0 && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char *path = join(dir, e->d_name);
+        if (!path) {
+            rc = LDMC_ERR(err, "out of memory");
+        } else if (is_dir(path)) {
+            if (recurse && depth < 16) rc = list_images(path, true, out, depth + 1, err);
+            free(path);
+        } else if (is_image_name(e->d_name)) {
+            if (push(out, path) != 0) rc = LDMC_ERR(err, "out of memory");
+        } else {
+            free(path);
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+int ldmc_dataset_keep_min_size(ldmc_dataset *d, int min_side) {
+    int kept = 0;
+    for (int i = 0; i < d->count; i++) {
+        ldmc_sample *s = &d->items[i];
+        if (s->original_height >= min_side && s->original_width >= min_side) {
+            d->items[kept++] = *s;
+        } else {
+            free(s->path);
+            free(s->caption);
+        }
+    }
+    int removed = d->count - kept;
+    d->count = kept;
+    return removed;
+}
+
+void ldmc_dataset_note_skip(ldmc_dataset *d, const char *reason) {
+    if (d->skipped < LDMC_SKIP_NAMED) d->skip_reasons[d->skipped] = strdup(reason);
+    d->skipped++;
+}
+
+static char *read_caption(const char *image_path) {
+    const char *dot = strrchr(image_path, '.');
+    size_t stem = (size_t)(dot - image_path);
+    char *txt = malloc(stem + 5);
+    if (!txt) return NULL;
+    memcpy(txt, image_path, stem);
+    memcpy(txt + stem, ".txt", 5);
+    FILE *f = fopen(txt, "r");
+    free(txt);
+    if (!f) return NULL;
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    return strdup(buf);
+}
+
+// Probes the file and, when it is an image, adds a sample.
+static int add_sample(ldmc_dataset *d, int *cap, const char *path, int class_id, char *caption,
+                      int orig_h, int orig_w) {
+    ldmc_err err = {0};
+    int w, h;
+    if (ldmc_image_probe(path, &w, &h, &err) != 0) {
+        ldmc_dataset_note_skip(d, err.message);
+        free(caption);
+        return 0;
+    }
+    if (d->count == *cap) {
+        *cap = *cap ? 2 * *cap : 256;
+        ldmc_sample *items = realloc(d->items, (size_t)*cap * sizeof *items);
+        if (!items) return -1;
+        d->items = items;
+    }
+    d->items[d->count++] = (ldmc_sample){.path = strdup(path),
+                                         .height = h,
+                                         .width = w,
+                                         .original_height = orig_h > 0 ? orig_h : h,
+                                         .original_width = orig_w > 0 ? orig_w : w,
+                                         .class_id = class_id,
+                                         .caption = caption};
+    return 0;
+}
+
+static int scan_metadata(ldmc_dataset *d, const char *meta_path, ldmc_err *err) {
+    FILE *f = fopen(meta_path, "r");
+    if (!f) return LDMC_ERR(err, "%s: cannot open: %s", meta_path, strerror(errno));
+    char *line = NULL;
+    size_t len = 0;
+    int lineno = 0, cap = 0, max_class = -1, rc = 0;
+    while (rc == 0 && getline(&line, &len, f) > 0) {
+        lineno++;
+        if (strspn(line, " \t\r\n") == strlen(line)) continue;
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *file = cJSON_GetObjectItemCaseSensitive(j, "file");
+        char reason[512];
+        if (!cJSON_IsString(file)) {
+            snprintf(reason, sizeof reason, "%s:%d: not a JSON object with a \"file\" string",
+                     meta_path, lineno);
+            ldmc_dataset_note_skip(d, reason);
+            cJSON_Delete(j);
+            continue;
+        }
+        const cJSON *caption = cJSON_GetObjectItemCaseSensitive(j, "caption");
+        const cJSON *cls = cJSON_GetObjectItemCaseSensitive(j, "class");
+        const cJSON *size = cJSON_GetObjectItemCaseSensitive(j, "original_size");
+        int class_id = cJSON_IsNumber(cls) && cls->valuedouble >= 0 ? (int)cls->valuedouble : -1;
+        int oh = 0, ow = 0;
+        if (cJSON_IsArray(size) && cJSON_GetArraySize(size) == 2) {
+            oh = (int)cJSON_GetArrayItem(size, 0)->valuedouble;
+            ow = (int)cJSON_GetArrayItem(size, 1)->valuedouble;
+        }
+        char *path = join(d->root, file->valuestring);
+        if (class_id > max_class) max_class = class_id;
+        rc = path
+                 ? add_sample(d, &cap, path, class_id,
+                              cJSON_IsString(caption) ? strdup(caption->valuestring) : NULL, oh, ow)
+                 : -1;
+        free(path);
+        cJSON_Delete(j);
+        if (rc) rc = LDMC_ERR(err, "out of memory");
+    }
+    free(line);
+    fclose(f);
+    d->n_classes = max_class + 1;
+    return rc;
+}
+
+static int scan_folders(ldmc_dataset *d, ldmc_labels labels, ldmc_err *err) {
+    string_list classes = {0};
+    int cap = 0, rc = 0;
+    if (labels == LDMC_LABELS_FOLDERS) {
+        DIR *dir = opendir(d->root);
+        if (!dir) return LDMC_ERR(err, "%s: cannot open the folder: %s", d->root, strerror(errno));
+        struct dirent *e;
+        while (rc == 0 && (e = readdir(dir))) {
+            if (e->d_name[0] == '.') continue;
+            char *path = join(d->root, e->d_name);
+            if (path && is_dir(path)) rc = push(&classes, strdup(e->d_name));
+            free(path);
+        }
+        closedir(dir);
+        if (rc == 0 && classes.count == 0)
+            rc = LDMC_ERR(err, "%s: class folders expected (one subfolder per class), none found",
+                          d->root);
+        qsort(classes.items, (size_t)classes.count, sizeof *classes.items, compare_strings);
+    } else {
+        rc = push(&classes, strdup(""));
+    }
+    for (int c = 0; rc == 0 && c < classes.count; c++) {
+        string_list files = {0};
+        char *dir =
+            labels == LDMC_LABELS_FOLDERS ? join(d->root, classes.items[c]) : strdup(d->root);
+        rc = dir ? list_images(dir, labels != LDMC_LABELS_FOLDERS, &files, 0, err) : -1;
+        qsort(files.items, (size_t)files.count, sizeof *files.items, compare_strings);
+        for (int i = 0; rc == 0 && i < files.count; i++)
+            rc = add_sample(d, &cap, files.items[i], labels == LDMC_LABELS_FOLDERS ? c : -1,
+                            read_caption(files.items[i]), 0, 0);
+        free(dir);
+        free_list(&files);
+    }
+    if (labels == LDMC_LABELS_FOLDERS) {
+        d->n_classes = classes.count;
+        d->class_names = classes.items; // owned by the dataset now
+        classes.items = NULL;
+        classes.count = 0;
+    }
+    free_list(&classes);
+    return rc;
+}
+
+int ldmc_dataset_scan(const char *root, ldmc_labels labels, ldmc_dataset *out, ldmc_err *err) {
+    *out = (ldmc_dataset){.root = strdup(root)};
+    if (!out->root) return LDMC_ERR(err, "out of memory");
+    if (!is_dir(root)) {
+        ldmc_dataset_free(out);
+        return LDMC_ERR(err, "%s: not a folder of images", root);
+    }
+    int rc;
+    if (labels == LDMC_LABELS_METADATA) {
+        char *meta = join(root, "metadata.jsonl");
+        rc = meta ? scan_metadata(out, meta, err) : LDMC_ERR(err, "out of memory");
+        free(meta);
+    } else {
+        rc = scan_folders(out, labels, err);
+    }
+    if (rc == 0 && out->count == 0)
+        rc = LDMC_ERR(err, "%s: no readable images (%d files skipped%s%s)", root, out->skipped,
+                      out->skipped ? ", e.g. " : "", out->skipped ? out->skip_reasons[0] : "");
+    if (rc != 0) ldmc_dataset_free(out);
+    return rc;
+}
+
+void ldmc_dataset_free(ldmc_dataset *d) {
+    for (int i = 0; i < d->count; i++) {
+        free(d->items[i].path);
+        free(d->items[i].caption);
+    }
+    free(d->items);
+    for (int i = 0; d->class_names && i < d->n_classes; i++)
+        free(d->class_names[i]);
+    free(d->class_names);
+    for (int i = 0; i < d->skipped && i < LDMC_SKIP_NAMED; i++)
+        free(d->skip_reasons[i]);
+    free(d->root);
+    *d = (ldmc_dataset){0};
+}

@@ -1,0 +1,32 @@
+// Images: JPEG through libjpeg-turbo's TurboJPEG API (with its DCT scaling when the picture is much
+// larger than needed), PNG through libpng; antialiased resizing through stb_image_resize
+// (Debian's libstb); PNG writing for sample grids. Pixels are 8-bit RGB, row-major (H, W, 3).
+// A file that cannot be read, is truncated or corrupt gets an error naming it, never a crash.
+// Tested by tests/test_data.c.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+
+typedef struct ldmc_image {
+    int width, height;
+    uint8_t *pixels; // (height, width, 3)
+} ldmc_image;
+
+// The size from the file's header alone (JPEG or PNG, by content).
+int ldmc_image_probe(const char *path, int *width, int *height, ldmc_err *err);
+// Decodes to RGB. For a JPEG at least min_width x min_height, the largest DCT scale-down that
+// keeps both sides at or above those minimums is used (0, 0: full size).
+int ldmc_image_load(const char *path, int min_width, int min_height, ldmc_image *out,
+                    ldmc_err *err);
+void ldmc_image_free(ldmc_image *img);
+// Antialiased resampling (Mitchell filter in linear light, as stb_image_resize's sRGB path does).
+int ldmc_image_resize(const ldmc_image *src, int width, int height, ldmc_image *out);
+
+int ldmc_png_write(const char *path, const uint8_t *rgb, int width, int height, ldmc_err *err);
+// PNG bytes in memory (free with free()), for TensorBoard images.
+int ldmc_png_encode(const uint8_t *rgb, int width, int height, uint8_t **out, size_t *size);
+// Writes a JPEG (quality 1..100), for generated data.
+int ldmc_jpeg_write(const char *path, const uint8_t *rgb, int width, int height, int quality,
+                    ldmc_err *err);

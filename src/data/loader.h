@@ -1,0 +1,69 @@
+// The batch loader: worker threads decode, resize, crop and flip (Algorithm 1) the batches the
+// sampler plans, ahead of the trainer, into a bounded ring of prefetched batches; batches come
+// out in order whatever the threads' timing, so a run is the same with 1 or 8 workers. The time
+// the trainer spends waiting is counted. A file that fails to decode now (it was readable at scan
+// time) is left out of its batch, counted and named in the dataset's skip list. With a latent
+// cache instead of images, the workers read posterior moments (one bucket per cache group).
+// Tested by tests/test_data.c.
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "data/buckets.h"
+#include "data/cache.h"
+#include "data/dataset.h"
+#include "data/microcond.h"
+#include "data/sampler.h"
+
+typedef struct ldmc_batch {
+    int64_t position; // this rank's batch number since the start of training
+    int64_t epoch;
+    int bucket, n, height, width;
+    float *pixels;      // (n, height, width, 3) in [-1, 1] (images)
+    int lh, lw, lc;     // latent height, width and channels (cache)
+    float *mean, *std;  // (n, lh, lw, lc) each: the posterior of each entry (cache)
+    int32_t *c_size;    // (n, 2): original (height, width)
+    int32_t *c_crop;    // (n, 2): (top, left)
+    int32_t *c_target;  // (n, 2): (height, width)
+    int64_t *class_ids; // (n)
+    const char **captions;
+    int *samples; // (n) dataset indices
+    int failed;   // samples of the planned batch that could not be decoded
+} ldmc_batch;
+
+typedef struct ldmc_loader_options {
+    int batch_size;
+    int threads;  // decoding workers (>= 1)
+    int prefetch; // batches prepared ahead (>= 1)
+    double flip;  // probability of a horizontal flip
+    uint64_t seed;
+    int rank, world;
+    const ldmc_cache *cache; // read latents from this cache instead of images (data is NULL)
+} ldmc_loader_options;
+
+typedef struct ldmc_loader ldmc_loader;
+
+// Assigns every sample of `data` to a bucket, plans epochs and starts the workers at this rank's
+// batch number `start_position` (0 for a new run; the saved position when resuming). With
+// opt->cache, `data` is NULL and `buckets` must list the cache's groups in order
+// (ldmc_cache_buckets).
+int ldmc_loader_start(ldmc_loader **out, ldmc_dataset *data, const ldmc_buckets *buckets,
+                      const ldmc_loader_options *opt, int64_t start_position, ldmc_err *err);
+// The next batch, valid until the following call.
+const ldmc_batch *ldmc_loader_next(ldmc_loader *l);
+const ldmc_sampler *ldmc_loader_sampler(const ldmc_loader *l);
+// Seconds the caller has spent blocked in ldmc_loader_next since the start.
+double ldmc_loader_wait_seconds(const ldmc_loader *l);
+// Samples left out of batches so far because they could not be read (also named in the
+// dataset's skip list for images).
+int64_t ldmc_loader_failures(const ldmc_loader *l);
+void ldmc_loader_stop(ldmc_loader *l);
+
+// The random draws of a sample's crop and flip in an epoch (u in [0, 1), for ldmc_crop_plan).
+void ldmc_crop_draws(uint64_t seed, int64_t epoch, int sample, double flip_probability,
+                     double *u_top, double *u_left, bool *flip);
+// Decodes and conditions one sample as the loader does (Algorithm 1 with the sample's own
+// random crop and flip draws for the epoch) into `pixels` (target_h, target_w, 3) in [-1, 1].
+int ldmc_load_sample(const ldmc_dataset *data, int sample, int64_t epoch, int target_h,
+                     int target_w, double flip_probability, uint64_t seed, float *pixels,
+                     ldmc_crop *plan, ldmc_err *err);

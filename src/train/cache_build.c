@@ -1,0 +1,131 @@
+// Building a latent cache (see cache_build.h).
+#include "train/cache_build.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/tape.h"
+#include "data/buckets.h"
+#include "data/cache.h"
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "io/model_files.h"
+#include "nn/vae.h"
+#include "ops/ops.h"
+
+int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_variants,
+                     ldmc_err *err) {
+    if (cfg->from_cache)
+        return LDMC_ERR(err, "%s: data.source is already a cache", cfg->source_path);
+    const ldmc_vae_config *vc = cfg->task == LDMC_TASK_VAE ? &cfg->model.vae : &cfg->vae;
+    if (!cfg->vae_weights[0])
+        return LDMC_ERR(err, "%s: `vae_weights` is required to encode the images",
+                        cfg->source_path);
+    static ldmc_vae vae; // large: not on the stack
+    ldmc_vae_init(&vae, vc);
+    ldmc_params_alloc(&vae.params, LDMC_ROLE_WEIGHTS);
+    ldmc_dataset data;
+    ldmc_buckets buckets;
+    ldmc_cache_writer *w = NULL;
+    int rc = ldmc_load_vae(&vae, cfg->vae_weights, NULL, err);
+    if (rc != 0) {
+        ldmc_vae_free(&vae);
+        return -1;
+    }
+    if (ldmc_dataset_scan(cfg->data_path, cfg->labels, &data, err) != 0) {
+        ldmc_vae_free(&vae);
+        return -1;
+    }
+    if (cfg->min_size > 0)
+        printf("%d images with a side below data.min_size %d left out\n",
+               ldmc_dataset_keep_min_size(&data, cfg->min_size), cfg->min_size);
+    rc = cfg->bucket_file[0] ? ldmc_buckets_load(cfg->bucket_file, &buckets, err)
+                             : ldmc_buckets_generate(cfg->bucket_pixels, cfg->bucket_multiple,
+                                                     cfg->bucket_max_ratio, &buckets, err);
+    int f = 1 << (vc->levels - 1), variants = flip_variants ? 2 : 1;
+    for (int b = 0; rc == 0 && b < buckets.count; b++)
+        if (buckets.height[b] % f || buckets.width[b] % f)
+            rc = LDMC_ERR(err, "bucket %dx%d: the VAE needs multiples of %d", buckets.height[b],
+                          buckets.width[b], f);
+    int *fill = calloc((size_t)buckets.count + 1, sizeof *fill);
+    if (rc == 0 && !fill) rc = LDMC_ERR(err, "out of memory");
+    for (int i = 0; rc == 0 && i < data.count; i++) {
+        data.items[i].bucket =
+            ldmc_bucket_assign(&buckets, data.items[i].height, data.items[i].width);
+        fill[data.items[i].bucket]++;
+    }
+    if (rc == 0) rc = ldmc_cache_create(&w, out, vc->scale_factor, vc->embed_dim, err);
+    ldmc_ctx ctx;
+    ldmc_ctx_init(&ctx, (size_t)64 << 30, (size_t)1 << 30);
+    ctx.recording = false;
+    int chunk = cfg->batch_size, written = 0, failed = 0;
+    double sum = 0, sum2 = 0, count = 0; // over the posterior means: the latent scale
+    for (int b = 0; rc == 0 && b < buckets.count; b++) {
+        if (!fill[b]) continue;
+        int H = buckets.height[b], W = buckets.width[b], h = H / f, lw = W / f;
+        // Decode first (images can fail), then size the group by what decoded.
+        int n = fill[b] * variants, got = 0;
+        float *pixels = malloc((size_t)n * H * W * 3 * sizeof(float));
+        ldmc_crop *plans = malloc((size_t)n * sizeof *plans);
+        int *index = malloc((size_t)n * sizeof *index);
+        if (!pixels || !plans || !index) rc = LDMC_ERR(err, "out of memory for bucket %dx%d", H, W);
+        for (int i = 0; rc == 0 && i < data.count; i++) {
+            if (data.items[i].bucket != b) continue;
+            for (int v = 0; v < variants; v++) {
+                ldmc_err e = {0};
+                if (ldmc_load_sample(&data, i, 0, H, W, v ? 1.0 : 0.0, cfg->seed,
+                                     pixels + (size_t)got * H * W * 3, &plans[got], &e) != 0) {
+                    ldmc_dataset_note_skip(&data, e.message);
+                    failed++;
+                    break;
+                }
+                index[got++] = i;
+            }
+        }
+        if (rc == 0 && got) rc = ldmc_cache_begin_group(w, H, W, h, lw, got, err);
+        for (int i0 = 0; rc == 0 && i0 < got; i0 += chunk) {
+            int m = got - i0 < chunk ? got - i0 : chunk;
+            ldmc_ctx_reset(&ctx);
+            ldmc_tensor *x = ldmc_wrap(&ctx, LDMC_F32, pixels + (size_t)i0 * H * W * 3, 4,
+                                       (int64_t[]){m, H, W, 3});
+            ldmc_vae_posterior q = ldmc_vae_encode(&ctx, &vae, x);
+            ldmc_tensor *std = ldmc_exp(&ctx, ldmc_scale(&ctx, q.logvar, 0.5));
+            size_t per = (size_t)h * lw * vc->embed_dim;
+            for (size_t k = 0; k < (size_t)m * per; k++) {
+                double v = ((float *)q.mean->data)[k];
+                sum += v, sum2 += v * v, count++;
+            }
+            for (int k = 0; rc == 0 && k < m; k++) {
+                const ldmc_crop *p = &plans[i0 + k];
+                const ldmc_sample *s = &data.items[index[i0 + k]];
+                rc = ldmc_cache_append(w, (float *)q.mean->data + k * per,
+                                       (float *)std->data + k * per, p->c_size, p->c_crop,
+                                       p->c_target, s->class_id, index[i0 + k], s->caption, err);
+            }
+            written += m;
+        }
+        if (rc == 0 && got) printf("  %5d x %-5d %6d latents\n", H, W, got);
+        free(pixels);
+        free(plans);
+        free(index);
+    }
+    if (w && ldmc_cache_finish(w, rc == 0 ? err : &(ldmc_err){0}) != 0) rc = -1;
+    if (rc == 0 && count > 1) {
+        double mean = sum / count, sd = sqrt(fmax(sum2 / count - mean * mean, 0));
+        printf(
+            "latents: mean %.4f, standard deviation %.4f (a VAE trained for this data would take "
+            "scale_factor %.5f = 1/std; the config has %g)\n",
+            mean, sd, sd > 0 ? 1 / sd : 0, vc->scale_factor);
+    }
+    if (rc == 0)
+        printf("cache: %s, %d latents of %d images (%s), %d failed to decode, %d skipped at scan\n",
+               out, written, data.count, flip_variants ? "each also flipped" : "one crop each",
+               failed, data.skipped);
+    ldmc_ctx_free(&ctx);
+    free(fill);
+    ldmc_dataset_free(&data);
+    ldmc_vae_free(&vae);
+    return rc;
+}

@@ -1,0 +1,88 @@
+// AdamW, learning rate, clipping, EMA (see optim.h). Tested by tests/test_train.c.
+#include "train/optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "core/error.h"
+
+double ldmc_lr_at(const ldmc_lr_schedule *s, int64_t step) {
+    if (s->warmup_steps > 0 && step < s->warmup_steps)
+        return s->lr * (double)(step + 1) / (double)s->warmup_steps;
+    if (s->shape == LDMC_LR_CONSTANT || s->total_steps <= s->warmup_steps) return s->lr;
+    double progress = (double)(step - s->warmup_steps) / (double)(s->total_steps - s->warmup_steps);
+    if (progress > 1) progress = 1;
+    return s->min_lr + 0.5 * (s->lr - s->min_lr) * (1 + cos(M_PI * progress));
+}
+
+static bool trainable(const ldmc_param *item) { return !(item->flags & LDMC_PARAM_FROZEN); }
+
+double ldmc_grad_norm(const ldmc_params *p) {
+    const float *g = p->buffers[LDMC_ROLE_GRAD];
+    LDMC_CHECK(g, "gradient norm without a gradient buffer");
+    double *partial = calloc((size_t)(p->count ? p->count : 1), sizeof *partial);
+    LDMC_CHECK(partial, "out of memory");
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int i = 0; i < p->count; i++) {
+        if (!trainable(&p->items[i])) continue;
+        const float *gi = g + p->items[i].offset;
+        double s = 0;
+        for (int64_t k = 0; k < p->items[i].numel; k++)
+            s += (double)gi[k] * gi[k];
+        partial[i] = s;
+    }
+    double total = 0;
+    for (int i = 0; i < p->count; i++)
+        total += partial[i]; // in table order: deterministic
+    free(partial);
+    return sqrt(total);
+}
+
+void ldmc_grad_scale(ldmc_params *p, double factor) {
+    float *g = p->buffers[LDMC_ROLE_GRAD];
+    float f = (float)factor;
+#pragma omp parallel for schedule(static)
+    for (size_t k = 0; k < p->total; k++)
+        g[k] *= f;
+}
+
+void ldmc_adamw_step(ldmc_params *p, const ldmc_adamw *opt, double lr, int64_t step) {
+    float *w = p->buffers[LDMC_ROLE_WEIGHTS], *g = p->buffers[LDMC_ROLE_GRAD];
+    float *m = p->buffers[LDMC_ROLE_ADAM_M], *v = p->buffers[LDMC_ROLE_ADAM_V];
+    LDMC_CHECK(w && g && m && v && step >= 1, "AdamW needs weights, gradients, m and v (step %lld)",
+               (long long)step);
+    const double c1 = 1 - pow(opt->beta1, (double)step), c2 = 1 - pow(opt->beta2, (double)step);
+    const float b1 = (float)opt->beta1, b2 = (float)opt->beta2;
+    for (int i = 0; i < p->count; i++) {
+        const ldmc_param *item = &p->items[i];
+        if (!trainable(item)) continue;
+        // PyTorch's AdamW: decoupled decay first, w -= lr wd w, then the Adam step.
+        const float decay =
+            (item->flags & LDMC_PARAM_NO_DECAY) ? 1.0f : (float)(1 - lr * opt->weight_decay);
+        const float step_size = (float)(lr / c1), denom_scale = (float)(1 / sqrt(c2)),
+                    eps = (float)opt->eps;
+        float *wi = w + item->offset, *gi = g + item->offset, *mi = m + item->offset,
+              *vi = v + item->offset;
+#pragma omp parallel for schedule(static) if (item->numel > 65536)
+        for (int64_t k = 0; k < item->numel; k++) {
+            float grad = gi[k];
+            mi[k] = b1 * mi[k] + (1 - b1) * grad;
+            vi[k] = b2 * vi[k] + (1 - b2) * grad * grad;
+            wi[k] = wi[k] * decay - step_size * mi[k] / (sqrtf(vi[k]) * denom_scale + eps);
+        }
+    }
+}
+
+double ldmc_ema_decay(double decay, int64_t updates) {
+    double warm = (1.0 + (double)updates) / (10.0 + (double)updates);
+    return warm < decay ? warm : decay;
+}
+
+void ldmc_ema_update(ldmc_params *p, double decay) {
+    float *w = p->buffers[LDMC_ROLE_WEIGHTS], *e = p->buffers[LDMC_ROLE_EMA];
+    LDMC_CHECK(w && e, "EMA update needs the weights and the EMA buffer");
+    const float d = (float)decay, one_minus = (float)(1 - decay);
+#pragma omp parallel for schedule(static)
+    for (size_t k = 0; k < p->total; k++)
+        e[k] = d * e[k] + one_minus * w[k];
+}

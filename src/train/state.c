@@ -1,0 +1,294 @@
+// Training checkpoints (see state.h). Tested by tests/test_train.c.
+#define _XOPEN_SOURCE 700
+#include "train/state.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int ldmc_mkdirs(const char *path, ldmc_err *err) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return LDMC_ERR(err, "%s: cannot create: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+        return LDMC_ERR(err, "%s: cannot create: %s", buf, strerror(errno));
+    return 0;
+}
+
+static int fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static int remove_tree(const char *path) {
+    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+// A test hook: LDMC_CHECKPOINT_KILL_POINT=<name>[@<step>] kills the process (SIGKILL) at that
+// point of a checkpoint write (of that step only, when given), to prove that a crash there leaves
+// the previous checkpoints loadable. Points: model, optimizer, before-rename, saved.
+static void maybe_die(const char *point, int64_t step) {
+    const char *want = getenv("LDMC_CHECKPOINT_KILL_POINT");
+    if (!want) return;
+    size_t n = strlen(point);
+    if (strncmp(want, point, n) != 0) return;
+    if (want[n] == '\0' || (want[n] == '@' && strtoll(want + n + 1, NULL, 10) == step))
+        raise(SIGKILL);
+}
+
+static int write_text(const char *path, const char *text, ldmc_err *err) {
+    FILE *f = fopen(path, "w");
+    if (!f) return LDMC_ERR(err, "%s: cannot create: %s", path, strerror(errno));
+    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0) ok = 0;
+    return ok ? 0 : LDMC_ERR(err, "%s: cannot write: %s", path, strerror(errno));
+}
+
+// adam_m.<key>, adam_v.<key>: flat f32 vectors in table order.
+static int save_optimizer(const char *path, const ldmc_params *p, ldmc_err *err) {
+    ldmc_st_entry *e = calloc((size_t)(2 * p->count + 1), sizeof *e);
+    char *names = calloc((size_t)(2 * p->count + 1), 512);
+    if (!e || !names) {
+        free(e);
+        free(names);
+        return LDMC_ERR(err, "out of memory");
+    }
+    int n = 0;
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < p->count; i++) {
+            char *name = names + (size_t)n * 512;
+            snprintf(name, 512, "%s.%s", r ? "adam_v" : "adam_m", p->items[i].name);
+            e[n] = (ldmc_st_entry){.name = name,
+                                   .dtype = LDMC_F32,
+                                   .src_dtype = LDMC_F32,
+                                   .ndim = 1,
+                                   .shape = {p->items[i].numel},
+                                   .data = p->buffers[r ? LDMC_ROLE_ADAM_V : LDMC_ROLE_ADAM_M] +
+                                           p->items[i].offset};
+            n++;
+        }
+    int rc = ldmc_safetensors_write(path, e, n, NULL, 0, err);
+    free(e);
+    free(names);
+    return rc;
+}
+
+static int load_optimizer(const char *path, ldmc_params *p, ldmc_err *err) {
+    ldmc_safetensors st;
+    if (ldmc_safetensors_open(&st, path, err) != 0) return -1;
+    int rc = 0;
+    for (int r = 0; r < 2 && rc == 0; r++)
+        for (int i = 0; i < p->count && rc == 0; i++) {
+            char name[512];
+            snprintf(name, sizeof name, "%s.%s", r ? "adam_v" : "adam_m", p->items[i].name);
+            const ldmc_st_tensor *t = ldmc_safetensors_find(&st, name);
+            if (!t || t->dtype != LDMC_F32 || ldmc_st_numel(t) != p->items[i].numel)
+                rc = LDMC_ERR(err, "%s: '%s' is missing or has the wrong size for this model", path,
+                              name);
+            else
+                rc = ldmc_safetensors_read(&st, t,
+                                           p->buffers[r ? LDMC_ROLE_ADAM_V : LDMC_ROLE_ADAM_M] +
+                                               p->items[i].offset,
+                                           LDMC_F32, err);
+        }
+    ldmc_safetensors_close(&st);
+    return rc;
+}
+
+static int step_of(const char *name) {
+    int step = -1, n = 0;
+    if (sscanf(name, "step-%d%n", &step, &n) == 1 && name[n] == '\0') return step;
+    return -1;
+}
+
+static int compare_steps(const void *a, const void *b) {
+    return step_of(*(char *const *)a) - step_of(*(char *const *)b);
+}
+
+// The complete checkpoint directories, oldest first.
+static int list_checkpoints(const char *root, char ***names) {
+    DIR *d = opendir(root);
+    *names = NULL;
+    if (!d) return 0;
+    int n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (step_of(e->d_name) < 0) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            *names = realloc(*names, (size_t)cap * sizeof **names);
+        }
+        (*names)[n++] = strdup(e->d_name);
+    }
+    closedir(d);
+    qsort(*names, (size_t)n, sizeof **names, compare_steps);
+    return n;
+}
+
+int ldmc_state_clean(const char *out_dir) {
+    char root[4096], path[4200];
+    snprintf(root, sizeof root, "%s/checkpoints", out_dir);
+    DIR *d = opendir(root);
+    if (!d) return 0;
+    int removed = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (len > 4 && !strcmp(e->d_name + len - 4, ".tmp")) {
+            snprintf(path, sizeof path, "%s/%s", root, e->d_name);
+            removed += remove_tree(path) == 0;
+        }
+    }
+    closedir(d);
+    return removed;
+}
+
+int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_train_state *st,
+                    const char *config_yaml, int keep, char *saved_path, ldmc_err *err) {
+    char root[4000], final[4100], tmp[4200], file[4400];
+    snprintf(root, sizeof root, "%s/checkpoints", out_dir);
+    snprintf(final, sizeof final, "%s/step-%08lld", root, (long long)st->step);
+    snprintf(tmp, sizeof tmp, "%s.tmp", final);
+    if (ldmc_mkdirs(root, err) != 0) return -1;
+    remove_tree(tmp);
+    if (mkdir(tmp, 0777) != 0) return LDMC_ERR(err, "%s: cannot create: %s", tmp, strerror(errno));
+    ldmc_save_part weights = {m->params, m->map, LDMC_ROLE_WEIGHTS},
+                   ema = {m->params, m->map, LDMC_ROLE_EMA};
+    snprintf(file, sizeof file, "%s/model.safetensors", tmp);
+    if (ldmc_save_weights(file, &weights, 1, LDMC_F32, NULL, err) != 0) return -1;
+    maybe_die("model", st->step);
+    if (m->ema) {
+        snprintf(file, sizeof file, "%s/ema.safetensors", tmp);
+        if (ldmc_save_weights(file, &ema, 1, LDMC_F32, NULL, err) != 0) return -1;
+    }
+    snprintf(file, sizeof file, "%s/optimizer.safetensors", tmp);
+    if (save_optimizer(file, m->params, err) != 0) return -1;
+    maybe_die("optimizer", st->step);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "step", (double)st->step);
+    cJSON_AddNumberToObject(j, "batches", (double)st->batches);
+    cJSON_AddNumberToObject(j, "skipped_steps", (double)st->skipped_steps);
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)st->seed);
+    cJSON_AddStringToObject(j, "seed", seed); // a string: 64-bit seeds do not fit a double
+    cJSON_AddBoolToObject(j, "ema", m->ema);
+    // Every random draw is Philox keyed by (seed, step, rank, purpose): the seed and the step are
+    // the whole generator state; the data position is the batch count.
+    cJSON_AddStringToObject(j, "rng", "philox4x32-10 keyed by (seed, step, rank, purpose)");
+    cJSON_AddStringToObject(j, "format", "ldmc training checkpoint 1");
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    snprintf(file, sizeof file, "%s/state.json", tmp);
+    int rc = text ? write_text(file, text, err) : LDMC_ERR(err, "out of memory");
+    free(text);
+    snprintf(file, sizeof file, "%s/config.yaml", tmp);
+    if (rc == 0) rc = write_text(file, config_yaml ? config_yaml : "", err);
+    if (rc != 0) return -1;
+    maybe_die("before-rename", st->step);
+    if (fsync_path(tmp) != 0) return LDMC_ERR(err, "%s: cannot sync: %s", tmp, strerror(errno));
+    remove_tree(final); // a run that rewrites a step it already saved
+    if (rename(tmp, final) != 0)
+        return LDMC_ERR(err, "%s: cannot rename into place: %s", final, strerror(errno));
+    fsync_path(root);
+    maybe_die("saved", st->step);
+    if (saved_path) snprintf(saved_path, 4200, "%s", final);
+    char **names;
+    int n = list_checkpoints(root, &names);
+    for (int i = 0; i < n; i++) {
+        if (i < n - keep) {
+            snprintf(file, sizeof file, "%s/%s", root, names[i]);
+            remove_tree(file);
+        }
+        free(names[i]);
+    }
+    free(names);
+    return 0;
+}
+
+int ldmc_state_latest(const char *out_dir, char *path, size_t size, ldmc_err *err) {
+    char root[4096];
+    snprintf(root, sizeof root, "%s/checkpoints", out_dir);
+    char **names;
+    int n = list_checkpoints(root, &names);
+    if (n == 0) {
+        free(names);
+        return LDMC_ERR(err, "%s: no checkpoint to resume from", root);
+    }
+    snprintf(path, size, "%s/%s", root, names[n - 1]);
+    for (int i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return 0;
+}
+
+int ldmc_state_load(const char *dir, ldmc_state_model *m, ldmc_train_state *st, ldmc_err *err) {
+    char file[4200];
+    snprintf(file, sizeof file, "%s/state.json", dir);
+    FILE *f = fopen(file, "r");
+    if (!f)
+        return LDMC_ERR(err, "%s: cannot open: %s (not a checkpoint directory?)", file,
+                        strerror(errno));
+    char text[4096];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    cJSON *j = cJSON_Parse(text);
+    const cJSON *step = cJSON_GetObjectItem(j, "step"),
+                *batches = cJSON_GetObjectItem(j, "batches");
+    const cJSON *skipped = cJSON_GetObjectItem(j, "skipped_steps"),
+                *seed = cJSON_GetObjectItem(j, "seed");
+    const cJSON *ema = cJSON_GetObjectItem(j, "ema");
+    if (!cJSON_IsNumber(step) || !cJSON_IsNumber(batches) || !cJSON_IsString(seed)) {
+        cJSON_Delete(j);
+        return LDMC_ERR(err, "%s: expected {step, batches, seed, ...}", file);
+    }
+    *st = (ldmc_train_state){.step = (int64_t)step->valuedouble,
+                             .batches = (int64_t)batches->valuedouble,
+                             .skipped_steps =
+                                 cJSON_IsNumber(skipped) ? (int64_t)skipped->valuedouble : 0,
+                             .seed = strtoull(seed->valuestring, NULL, 10)};
+    bool has_ema = cJSON_IsTrue(ema);
+    cJSON_Delete(j);
+    ldmc_safetensors sf;
+    snprintf(file, sizeof file, "%s/model.safetensors", dir);
+    if (ldmc_safetensors_open(&sf, file, err) != 0) return -1;
+    int rc = ldmc_load_weights(m->params, &sf, &m->map, "", NULL, err);
+    ldmc_safetensors_close(&sf);
+    if (rc == 0 && m->ema) {
+        if (!has_ema)
+            return LDMC_ERR(err, "%s: the run has EMA on but the checkpoint has no EMA weights",
+                            dir);
+        ldmc_load_options into_ema = {.role = LDMC_ROLE_EMA};
+        snprintf(file, sizeof file, "%s/ema.safetensors", dir);
+        rc = ldmc_safetensors_open(&sf, file, err);
+        if (rc == 0) {
+            rc = ldmc_load_weights(m->params, &sf, &m->map, "", &into_ema, err);
+            ldmc_safetensors_close(&sf);
+        }
+    }
+    snprintf(file, sizeof file, "%s/optimizer.safetensors", dir);
+    if (rc == 0) rc = load_optimizer(file, m->params, err);
+    return rc;
+}

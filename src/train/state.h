@@ -1,0 +1,43 @@
+// Training checkpoints: one directory per save, <out>/checkpoints/step-00001000/, holding
+//   model.safetensors      the weights, official layout (loads in other tools as it is)
+//   ema.safetensors        the EMA weights, official layout (when EMA is on)
+//   optimizer.safetensors  AdamW's m and v per parameter ("adam_m.<key>", "adam_v.<key>")
+//   state.json             step, batches consumed (the data position), counters, seed
+//   config.yaml            the resolved config of the run
+// written into step-...tmp, every file fsynced, then renamed into place and the parent fsynced:
+// a crash (kill -9 included) leaves the previous checkpoints as they were and at most a .tmp
+// directory, which `latest` ignores and the next run removes. Only the newest `keep` are kept.
+// Tested by tests/test_train.c (resume is bit-identical; a kill during a write).
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "core/params.h"
+#include "io/checkpoint.h"
+
+typedef struct ldmc_train_state {
+    int64_t step;          // optimizer steps done
+    int64_t batches;       // batches this rank has consumed: where the data resumes
+    int64_t skipped_steps; // steps skipped for a non-finite loss or gradient
+    uint64_t seed;
+} ldmc_train_state;
+
+// The checkpoint's model part: a parameter table and how its keys appear in files.
+typedef struct ldmc_state_model {
+    ldmc_params *params;
+    ldmc_key_map map;
+    bool ema; // the EMA buffer exists and is saved
+} ldmc_state_model;
+
+int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_train_state *st,
+                    const char *config_yaml, int keep, char *saved_path, ldmc_err *err);
+// (saved_path, when not NULL, receives the directory written: room for 4200 bytes.)
+// The newest complete checkpoint under <out>/checkpoints, into `path`; -1 when there is none.
+int ldmc_state_latest(const char *out_dir, char *path, size_t size, ldmc_err *err);
+// Loads weights, EMA, optimizer state and counters from a checkpoint directory.
+int ldmc_state_load(const char *dir, ldmc_state_model *m, ldmc_train_state *st, ldmc_err *err);
+// Removes <out>/checkpoints/*.tmp left by a crash; returns how many.
+int ldmc_state_clean(const char *out_dir);
+// Creates a directory and its parents (mkdir -p).
+int ldmc_mkdirs(const char *path, ldmc_err *err);

@@ -1,0 +1,73 @@
+// Training configs: the YAML a run is described by (configs/demo.yaml and the recipes), with
+// command-line overrides (--set optim.lr=1e-4) applied before it is read. Every key, its default
+// and its meaning: docs/training.md. Paths are relative to the config file's folder.
+// Tested by tests/test_train.c.
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "data/dataset.h"
+#include "diffusion/diffusion.h"
+#include "io/config.h"
+#include "nn/model_config.h"
+#include "train/optim.h"
+
+#define LDMC_MAX_PATTERNS 16
+#define LDMC_PATH_MAX 1024
+
+typedef enum ldmc_task { LDMC_TASK_DIFFUSION, LDMC_TASK_VAE } ldmc_task;
+typedef enum ldmc_nonfinite { LDMC_NONFINITE_SKIP, LDMC_NONFINITE_STOP } ldmc_nonfinite;
+
+typedef struct ldmc_train_config {
+    ldmc_task task;
+    char source_path[LDMC_PATH_MAX]; // the config file itself
+    ldmc_model_config model;         // the trained model (unet for diffusion, vae for vae)
+    bool has_vae;                    // diffusion: the autoencoder for images and samples
+    ldmc_vae_config vae;
+    char vae_weights[LDMC_PATH_MAX];     // its weights (official file or diffusers folder)
+    char init[LDMC_PATH_MAX];            // weights to start from ("" for a fresh initialization)
+    char *new_params[LDMC_MAX_PATTERNS]; // globs allowed to be missing from init
+    int n_new_params;
+    char *freeze[LDMC_MAX_PATTERNS]; // globs of frozen parameters
+    int n_freeze;
+    // data
+    bool from_cache;
+    char data_path[LDMC_PATH_MAX]; // image folder, or the HDF5 latent cache
+    ldmc_labels labels;
+    char bucket_file[LDMC_PATH_MAX]; // a bucket list file, or "" to generate:
+    int bucket_pixels, bucket_multiple;
+    double bucket_max_ratio;
+    int batch_size, workers, prefetch;
+    double flip;
+    int min_size; // leave out images with a side below this (0: keep all)
+    // diffusion
+    ldmc_noise_options noise;
+    double cond_dropout;
+    // optimizer
+    ldmc_adamw adamw;
+    ldmc_lr_schedule lr;
+    double grad_clip; // 0: off
+    int accumulation;
+    ldmc_nonfinite nonfinite;
+    double ema_decay; // 0: no EMA
+    // vae task
+    double kl_weight;
+    // run
+    int64_t steps;
+    uint64_t seed;
+    char out[LDMC_PATH_MAX];
+    int64_t checkpoint_every, log_every, sample_every;
+    int keep;
+    int threads; // 0: LDMC_THREADS or all cores
+    bool checkpointing;
+    // sample grids
+    int sample_steps;
+    double sample_cfg;
+    int sample_per_class, sample_height, sample_width;
+    char *resolved_yaml; // the config as run, overrides applied
+} ldmc_train_config;
+
+// Loads `path`, applies `overrides` ("key.path=value" each), and fills `out`.
+int ldmc_train_config_load(const char *path, const char *const *overrides, int n_overrides,
+                           ldmc_train_config *out, ldmc_err *err);
+void ldmc_train_config_free(ldmc_train_config *c);
