@@ -76,7 +76,8 @@ static double reduction_length(const op_case *c) {
         return (double)int_param(c, "kernel") * int_param(c, "kernel");
     if (!strcmp(op, "upsample_nearest2x")) return 4;
     if (!strcmp(op, "timestep_embedding")) return int_param(c, "dim");
-    if (!strcmp(op, "mse_loss") || !strcmp(op, "l1_loss") || !strcmp(op, "mse_loss_weighted")) return n;
+    if (!strcmp(op, "mse_loss") || !strcmp(op, "l1_loss") || !strcmp(op, "mse_loss_weighted"))
+        return n;
     return 1;
 }
 
@@ -155,11 +156,13 @@ static void run_op(ldmc_ctx *ctx, op_case *c) {
     } else if (!strcmp(op, "l1_loss")) {
         c->out[0] = ldmc_l1_loss(ctx, in[0], in[1]);
     } else if (!strcmp(op, "mse_loss_weighted") || !strcmp(op, "scale_rows")) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(c->params, strcmp(op, "scale_rows") ? "weights" : "s");
+        const cJSON *list =
+            cJSON_GetObjectItemCaseSensitive(c->params, strcmp(op, "scale_rows") ? "weights" : "s");
         float w[16];
         int n = cJSON_GetArraySize(list);
         LDMC_CHECK(n <= 16, "case %s: too many weights", c->name);
-        for (int i = 0; i < n; i++) w[i] = (float)cJSON_GetArrayItem(list, i)->valuedouble;
+        for (int i = 0; i < n; i++)
+            w[i] = (float)cJSON_GetArrayItem(list, i)->valuedouble;
         c->out[0] = strcmp(op, "scale_rows") ? ldmc_mse_loss_weighted(ctx, in[0], in[1], w)
                                              : ldmc_scale_rows(ctx, in[0], w);
     } else if (!strcmp(op, "dropout")) {
@@ -212,11 +215,12 @@ static void run_case(const cJSON *json) {
         ldmc_tensor *t = ldmc_new(&ctx, labels ? LDMC_I64 : LDMC_F32, ndim, dims);
         t->name = cJSON_GetObjectItem(spec, "name")->valuestring;
         c.in[c.n_in++] = t;
-        if (labels) {  // as make_op_refs.py: Philox bits modulo the label count
+        if (labels) { // as make_op_refs.py: Philox bits modulo the label count
             ldmc_rng rng = ldmc_rng_make((uint64_t)cJSON_GetObjectItem(spec, "seed")->valuedouble,
                                          0, 0, LDMC_RNG_TEST);
             for (int64_t i = 0; i < ldmc_numel(t); i++)
-                ((int64_t *)t->data)[i] = ldmc_rng_bits(&rng, (uint64_t)i) % (uint64_t)labels->valuedouble;
+                ((int64_t *)t->data)[i] =
+                    ldmc_rng_bits(&rng, (uint64_t)i) % (uint64_t)labels->valuedouble;
             continue;
         }
         test_fill_quantized(t->data, ldmc_numel(t),
@@ -263,7 +267,10 @@ static void test_every_op_has_a_reference(void) {
                                 "scale",      "add_broadcast", "dropout",
                                 "concat",     "split",         "upsample_nearest2x",
                                 "avg_pool2d", "max_pool2d",    "timestep_embedding",
-                                "mse_loss",   "l1_loss"};
+                                "mse_loss",   "l1_loss",       "sub",
+                                "affine",     "exp",           "clamp",
+                                "sum_rows",   "embedding",     "mse_loss_weighted",
+                                "scale_rows"};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
         bool found = false;
         const cJSON *c;
@@ -271,6 +278,31 @@ static void test_every_op_has_a_reference(void) {
             !strcmp(cJSON_GetObjectItem(c, "op")->valuestring, ops[i]);
         CHECK(found, "op %s has no reference case in ops.safetensors", ops[i]);
     }
+}
+
+// A NaN or infinity entering softmax or attention comes out as NaN (the trainer's non-finite
+// check relies on it), without undefined behaviour in the vectorized exp.
+static void test_nonfinite_inputs_propagate(void) {
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    ctx.recording = false;
+    ldmc_tensor *x = ldmc_new(&ctx, LDMC_F32, 2, (int64_t[]){2, 8});
+    ldmc_tensor *q = ldmc_new(&ctx, LDMC_F32, 3, (int64_t[]){1, 4, 8});
+    float *xd = x->data, *qd = q->data;
+    for (int i = 0; i < 16; i++)
+        xd[i] = 0.1f * (float)i;
+    for (int i = 0; i < 32; i++)
+        qd[i] = 0.05f * (float)i;
+    xd[3] = NAN;
+    xd[12] = INFINITY;
+    qd[5] = NAN;
+    float *sm = ldmc_softmax(&ctx, x)->data, *at = ldmc_attention(&ctx, q, q, q, 2)->data;
+    CHECK(isnan(sm[0]) && isnan(sm[7]) && !isfinite(sm[8]), "softmax of a row with NaN/inf");
+    bool any_nan = false;
+    for (int i = 0; i < 32; i++)
+        any_nan |= isnan(at[i]);
+    CHECK(any_nan, "attention with a NaN input has NaN outputs");
+    ldmc_ctx_free(&ctx);
 }
 
 static void test_case(void) { run_case(test_arg); }
@@ -291,9 +323,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s: no case list in the metadata\n", path);
         return 1;
     }
-    test_entry *tests = calloc((size_t)cJSON_GetArraySize(cases) + 1, sizeof *tests);
+    test_entry *tests = calloc((size_t)cJSON_GetArraySize(cases) + 2, sizeof *tests);
     int n = 0;
     tests[n++] = (test_entry)TEST_ENTRY(test_every_op_has_a_reference);
+    tests[n++] = (test_entry)TEST_ENTRY(test_nonfinite_inputs_propagate);
     const cJSON *c;
     cJSON_ArrayForEach(c, cases) {
         tests[n++] = (test_entry){cJSON_GetObjectItem(c, "name")->valuestring, test_case, c};
