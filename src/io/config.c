@@ -376,6 +376,7 @@ int ldmc_cfg_set(ldmc_cfg *root, const char *path, const char *value, ldmc_err *
                 rc = LDMC_ERR(err, "out of memory");
                 break;
             }
+            free(v->key); // "x", the key it was parsed under
             v->key = strdup(part);
             v->parent = node;
             adopt(v, node->file);
