@@ -194,12 +194,9 @@ static int bench_step(int argc, char **argv) {
     }
     ldmc_train_config cfg;
     ldmc_err err = {0};
-    int rc = ldmc_train_config_load(config, sets, n_sets, &cfg, &err);
+    int rc = ldmc_cli_train_config("bench step", config, sets, n_sets, &cfg);
     free(sets);
-    if (rc != 0) {
-        fprintf(stderr, "ldmc bench step: %s\n", err.message);
-        return 1;
-    }
+    if (rc != 0) return 1;
     if (!H || !W) H = cfg.sample_height, W = cfg.sample_width;
     double *ms = calloc((size_t)reps, sizeof *ms);
     rc = H > 0 && W > 0

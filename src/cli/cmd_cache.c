@@ -40,15 +40,11 @@ int ldmc_cmd_cache(int argc, char **argv) {
     }
     ldmc_train_config cfg;
     ldmc_err err = {0};
-    int rc = ldmc_train_config_load(config, sets, n_sets, &cfg, &err);
+    int rc = ldmc_cli_train_config("cache", config, sets, n_sets, &cfg);
     free(sets);
-    if (rc == 0) {
-        rc = ldmc_cache_build(&cfg, out, flip, &err);
-        ldmc_train_config_free(&cfg);
-    }
-    if (rc != 0) {
-        fprintf(stderr, "ldmc cache: %s\n", err.message);
-        return 1;
-    }
-    return 0;
+    if (rc != 0) return 1;
+    rc = ldmc_cache_build(&cfg, out, flip, &err);
+    ldmc_train_config_free(&cfg);
+    if (rc != 0) fprintf(stderr, "ldmc cache: %s\n", err.message);
+    return rc == 0 ? 0 : 1;
 }

@@ -12,6 +12,14 @@ static const char *usage_text =
     "  --set      overrides a config value (repeatable), e.g. --set optim.lr=5e-5\n"
     "  --resume   continues a run from its newest checkpoint (latest) or a given one\n";
 
+int ldmc_cli_train_config(const char *command, const char *path, const char *const *sets,
+                          int n_sets, ldmc_train_config *cfg) {
+    ldmc_err err = {0};
+    if (ldmc_train_config_load(path, sets, n_sets, cfg, &err) == 0) return 0;
+    fprintf(stderr, "ldmc %s: %s\n", command, err.message);
+    return -1;
+}
+
 int ldmc_cmd_train(int argc, char **argv) {
     const char *config = NULL, *resume = NULL;
     const char **sets = calloc((size_t)argc + 1, sizeof *sets);
@@ -41,15 +49,11 @@ int ldmc_cmd_train(int argc, char **argv) {
     ldmc_train_config cfg;
     ldmc_train_result result;
     ldmc_err err = {0};
-    int rc = ldmc_train_config_load(config, sets, n_sets, &cfg, &err);
+    int rc = ldmc_cli_train_config("train", config, sets, n_sets, &cfg);
     free(sets);
-    if (rc == 0) {
-        rc = ldmc_train(&cfg, resume, &result, &err);
-        ldmc_train_config_free(&cfg);
-    }
-    if (rc != 0) {
-        fprintf(stderr, "ldmc train: %s\n", err.message);
-        return 1;
-    }
-    return 0;
+    if (rc != 0) return 1;
+    rc = ldmc_train(&cfg, resume, &result, &err);
+    ldmc_train_config_free(&cfg);
+    if (rc != 0) fprintf(stderr, "ldmc train: %s\n", err.message);
+    return rc == 0 ? 0 : 1;
 }

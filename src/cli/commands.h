@@ -8,3 +8,9 @@ int ldmc_cmd_init(int argc, char **argv);
 int ldmc_cmd_train(int argc, char **argv);
 int ldmc_cmd_cache(int argc, char **argv);
 int ldmc_cmd_demo_data(int argc, char **argv);
+
+// For the commands that read a training config (train, cache, bench step): loads it with the
+// --set overrides; on failure prints "ldmc <command>: <message>" and returns -1.
+struct ldmc_train_config;
+int ldmc_cli_train_config(const char *command, const char *path, const char *const *sets,
+                          int n_sets, struct ldmc_train_config *cfg);

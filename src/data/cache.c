@@ -2,6 +2,7 @@
 #include "data/cache.h"
 
 #include <hdf5.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -113,10 +114,8 @@ void ldmc_cache_buckets(const ldmc_cache *c, ldmc_buckets *out) {
     }
 }
 
-// One row of a dataset with `rank` dimensions.
-static int read_row(hid_t group, const char *name, hid_t type, int rank, int64_t row, void *out) {
-    hid_t d = H5Dopen2(group, name, H5P_DEFAULT);
-    if (d < 0) return -1;
+// Reads (or writes) row `row` of a dataset with `rank` dimensions.
+static int transfer_row(hid_t d, hid_t type, int rank, int64_t row, void *data, bool write) {
     hid_t space = H5Dget_space(d);
     hsize_t dims[4], start[4] = {(hsize_t)row, 0, 0, 0}, count[4];
     H5Sget_simple_extent_dims(space, dims, NULL);
@@ -124,11 +123,19 @@ static int read_row(hid_t group, const char *name, hid_t type, int rank, int64_t
         count[i] = i ? dims[i] : 1;
     H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, count, NULL);
     hid_t mem = H5Screate_simple(rank, count, NULL);
-    herr_t rc = H5Dread(d, type, mem, space, H5P_DEFAULT, out);
+    herr_t rc = write ? H5Dwrite(d, type, mem, space, H5P_DEFAULT, data)
+                      : H5Dread(d, type, mem, space, H5P_DEFAULT, data);
     H5Sclose(mem);
     H5Sclose(space);
-    H5Dclose(d);
     return rc < 0 ? -1 : 0;
+}
+
+static int read_row(hid_t group, const char *name, hid_t type, int rank, int64_t row, void *out) {
+    hid_t d = H5Dopen2(group, name, H5P_DEFAULT);
+    if (d < 0) return -1;
+    int rc = transfer_row(d, type, rank, row, out, false);
+    H5Dclose(d);
+    return rc;
 }
 
 int ldmc_cache_read(const ldmc_cache *c, int64_t index, ldmc_cache_entry *e, ldmc_err *err) {
@@ -249,17 +256,7 @@ int ldmc_cache_begin_group(ldmc_cache_writer *w, int height, int width, int h, i
 }
 
 static int write_row(hid_t d, hid_t type, int rank, int64_t row, const void *data) {
-    hid_t space = H5Dget_space(d);
-    hsize_t dims[4], start[4] = {(hsize_t)row, 0, 0, 0}, count[4];
-    H5Sget_simple_extent_dims(space, dims, NULL);
-    for (int i = 0; i < rank; i++)
-        count[i] = i ? dims[i] : 1;
-    H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, count, NULL);
-    hid_t mem = H5Screate_simple(rank, count, NULL);
-    herr_t rc = H5Dwrite(d, type, mem, space, H5P_DEFAULT, data);
-    H5Sclose(mem);
-    H5Sclose(space);
-    return rc < 0 ? -1 : 0;
+    return transfer_row(d, type, rank, row, (void *)data, true);
 }
 
 int ldmc_cache_append(ldmc_cache_writer *w, const float *mean, const float *std,

@@ -162,13 +162,19 @@ int ldmc_image_resize(const ldmc_image *src, int width, int height, ldmc_image *
     return 0;
 }
 
-int ldmc_png_encode(const uint8_t *rgb, int width, int height, uint8_t **out, size_t *size) {
+// libpng's simplified-API description of an 8-bit RGB picture.
+static png_image rgb_png(int width, int height) {
     png_image image;
     memset(&image, 0, sizeof image);
     image.version = PNG_IMAGE_VERSION;
     image.width = (png_uint_32)width;
     image.height = (png_uint_32)height;
     image.format = PNG_FORMAT_RGB;
+    return image;
+}
+
+int ldmc_png_encode(const uint8_t *rgb, int width, int height, uint8_t **out, size_t *size) {
+    png_image image = rgb_png(width, height);
     png_alloc_size_t n = 0;
     if (!png_image_write_to_memory(&image, NULL, &n, 0, rgb, 0, NULL)) return -1;
     *out = malloc(n);
@@ -182,12 +188,7 @@ int ldmc_png_encode(const uint8_t *rgb, int width, int height, uint8_t **out, si
 }
 
 int ldmc_png_write(const char *path, const uint8_t *rgb, int width, int height, ldmc_err *err) {
-    png_image image;
-    memset(&image, 0, sizeof image);
-    image.version = PNG_IMAGE_VERSION;
-    image.width = (png_uint_32)width;
-    image.height = (png_uint_32)height;
-    image.format = PNG_FORMAT_RGB;
+    png_image image = rgb_png(width, height);
     if (!png_image_write_to_file(&image, path, 0, rgb, 0, NULL))
         return LDMC_ERR(err, "%s: cannot write the PNG: %s", path, image.message);
     return 0;
