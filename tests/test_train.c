@@ -2,11 +2,13 @@
 // configs; TensorBoard records; the latent cache; and whole runs of tiny models: a resumed run
 // (after a kill -9) is bit-identical to an uninterrupted one, a kill during a checkpoint write
 // leaves the previous checkpoint loadable, bad images are counted, non-finite steps handled.
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -464,6 +466,16 @@ static void test_resume_after_kill_is_bit_identical(void) {
     // a new run refuses an out folder that holds checkpoints
     CHECK(run_in_process(killed, NULL, &r, &err) != 0 && strstr(err.message, "--resume latest"),
           "%s", err.message);
+    ldmc_err_clear(&err);
+    // resuming a finished run does nothing, and says so
+    CHECK(run_in_process(killed, "latest", &r, &err) == 0 && r.steps == 6, "%s", err.message);
+    // a second run into a folder in use is refused
+    snprintf(path, sizeof path, "%s/killed/lock", fixture);
+    int fd = open(path, O_RDWR);
+    REQUIRE(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0, "cannot take %s", path);
+    CHECK(run_in_process(killed, "latest", &r, &err) != 0 && strstr(err.message, "another run"),
+          "%s", err.message);
+    close(fd);
 }
 
 // A kill in the middle of writing a checkpoint leaves the previous one whole.

@@ -3,11 +3,13 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,6 +56,7 @@ typedef struct trainer {
     int64_t images;         // images consumed by this run
     int sample_h, sample_w; // preview size in pixels
     bool bench;             // ldmc_train_bench: random weights, no files
+    int lock_fd;            // <out>/lock, held while the run lasts
 } trainer;
 
 static volatile sig_atomic_t interrupted;
@@ -665,6 +668,19 @@ static int resume_from(trainer *T, const char *resume, ldmc_err *err) {
     return 0;
 }
 
+// One run per output folder: <out>/lock is held (flock) for the run's life, and released by the
+// kernel however the process ends.
+static int lock_out(trainer *T, ldmc_err *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/lock", T->cfg->out);
+    T->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (T->lock_fd < 0) return LDMC_ERR(err, "%s: cannot create: %s", path, strerror(errno));
+    if (flock(T->lock_fd, LOCK_EX | LOCK_NB) != 0)
+        return LDMC_ERR(err, "%s: another run is using this folder (%s is locked)", T->cfg->out,
+                        path);
+    return 0;
+}
+
 static int refuse_existing(const ldmc_train_config *cfg, ldmc_err *err) {
     char path[4200];
     ldmc_err ignore = {0};
@@ -687,6 +703,7 @@ static void free_trainer(trainer *T) {
     if (T->have_tb) ldmc_tensorboard_close(&T->tb);
     ldmc_ctx_free(&T->ctx);
     ldmc_ctx_free(&T->enc);
+    if (T->lock_fd > 0) close(T->lock_fd);
 }
 
 static void mean_of_tenths(const double *loss, int64_t n, double *first, double *last) {
@@ -714,6 +731,7 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
     T->enc.recording = false;
     double *losses = NULL;
     int rc = ldmc_mkdirs(cfg->out, err);
+    if (rc == 0) rc = lock_out(T, err);
     if (rc == 0 && !resume) rc = refuse_existing(cfg, err);
     if (rc == 0) {
         int removed = ldmc_state_clean(cfg->out);
@@ -722,6 +740,17 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
         rc = setup_models(T, err);
     }
     if (rc == 0 && resume) rc = resume_from(T, resume, err);
+    if (rc == 0 && T->st.step >= cfg->steps) {
+        printf("the run is at step %lld already, train.steps is %lld: nothing to do (raise "
+               "train.steps to train on)\n",
+               (long long)T->st.step, (long long)cfg->steps);
+        *result = (ldmc_train_result){.steps = T->st.step,
+                                      .skipped_steps = T->st.skipped_steps,
+                                      .first_loss = NAN,
+                                      .last_loss = NAN};
+        free_trainer(T);
+        return 0;
+    }
     if (rc == 0) rc = setup_data(T, err);
     if (rc == 0) rc = open_metrics(T, err);
     if (rc == 0) {
@@ -842,7 +871,8 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
             t_window = t, wait_window = waited, images_window = 0, loss_window = 0,
             loss_window_n = 0;
         }
-        if (last && (T->st.step % cfg->sample_every == 0 || final)) {
+        // (an interrupted run saves its checkpoint at once, without a preview)
+        if (last && (T->st.step % cfg->sample_every == 0 || T->st.step == cfg->steps)) {
             bool swap = !T->vae_task && cfg->ema_decay > 0;
             if (swap) swap_ema(T->params);
             rc = write_preview(T, last, result->last_grid, err);
