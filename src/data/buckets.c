@@ -8,11 +8,11 @@
 #include <string.h>
 
 int ldmc_buckets_load(const char *path, ldmc_buckets *out, ldmc_err *err) {
+    out->count = 0;
     FILE *f = fopen(path, "r");
     if (!f) return LDMC_ERR(err, "%s: cannot open: %s", path, strerror(errno));
     char line[256];
     int lineno = 0, rc = 0;
-    out->count = 0;
     while (rc == 0 && fgets(line, sizeof line, f)) {
         lineno++;
         char *hash = strchr(line, '#');

@@ -263,10 +263,10 @@ const ldmc_sampler *ldmc_loader_sampler(const ldmc_loader *l) { return &l->sampl
 
 double ldmc_loader_wait_seconds(const ldmc_loader *l) { return l->waited; }
 
-int64_t ldmc_loader_failures(const ldmc_loader *l) {
-    pthread_mutex_lock((pthread_mutex_t *)&l->lock);
+int64_t ldmc_loader_failures(ldmc_loader *l) {
+    pthread_mutex_lock(&l->lock);
     int64_t n = l->failures;
-    pthread_mutex_unlock((pthread_mutex_t *)&l->lock);
+    pthread_mutex_unlock(&l->lock);
     return n;
 }
 

@@ -56,7 +56,7 @@ const ldmc_sampler *ldmc_loader_sampler(const ldmc_loader *l);
 double ldmc_loader_wait_seconds(const ldmc_loader *l);
 // Samples left out of batches so far because they could not be read (also named in the
 // dataset's skip list for images).
-int64_t ldmc_loader_failures(const ldmc_loader *l);
+int64_t ldmc_loader_failures(ldmc_loader *l);
 void ldmc_loader_stop(ldmc_loader *l);
 
 // The random draws of a sample's crop and flip in an epoch (u in [0, 1), for ldmc_crop_plan).

@@ -41,14 +41,8 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
     if (cfg->min_size > 0)
         printf("%d images with a side below data.min_size %d left out\n",
                ldmc_dataset_keep_min_size(&data, cfg->min_size), cfg->min_size);
-    rc = cfg->bucket_file[0] ? ldmc_buckets_load(cfg->bucket_file, &buckets, err)
-                             : ldmc_buckets_generate(cfg->bucket_pixels, cfg->bucket_multiple,
-                                                     cfg->bucket_max_ratio, &buckets, err);
     int f = 1 << (vc->levels - 1), variants = flip_variants ? 2 : 1;
-    for (int b = 0; rc == 0 && b < buckets.count; b++)
-        if (buckets.height[b] % f || buckets.width[b] % f)
-            rc = LDMC_ERR(err, "bucket %dx%d: the VAE needs multiples of %d", buckets.height[b],
-                          buckets.width[b], f);
+    rc = ldmc_train_config_buckets(cfg, f, &buckets, err);
     int *fill = calloc((size_t)buckets.count + 1, sizeof *fill);
     if (rc == 0 && !fill) rc = LDMC_ERR(err, "out of memory");
     for (int i = 0; rc == 0 && i < data.count; i++) {

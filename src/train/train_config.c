@@ -338,3 +338,16 @@ void ldmc_train_config_free(ldmc_train_config *c) {
     c->n_new_params = c->n_freeze = 0;
     c->resolved_yaml = NULL;
 }
+
+int ldmc_train_config_buckets(const ldmc_train_config *c, int align, ldmc_buckets *out,
+                              ldmc_err *err) {
+    int rc = c->bucket_file[0] ? ldmc_buckets_load(c->bucket_file, out, err)
+                               : ldmc_buckets_generate(c->bucket_pixels, c->bucket_multiple,
+                                                       c->bucket_max_ratio, out, err);
+    for (int b = 0; rc == 0 && b < out->count; b++)
+        if (out->height[b] % align || out->width[b] % align)
+            rc = LDMC_ERR(err, "%s: bucket %dx%d: the models need sides that are multiples of %d",
+                          c->bucket_file[0] ? c->bucket_file : c->source_path, out->height[b],
+                          out->width[b], align);
+    return rc;
+}

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "data/buckets.h"
 #include "data/dataset.h"
 #include "diffusion/diffusion.h"
 #include "io/config.h"
@@ -71,3 +72,7 @@ typedef struct ldmc_train_config {
 int ldmc_train_config_load(const char *path, const char *const *overrides, int n_overrides,
                            ldmc_train_config *out, ldmc_err *err);
 void ldmc_train_config_free(ldmc_train_config *c);
+// The run's bucket list (data.buckets: a file, or generated), every side checked to be a multiple
+// of `align` (the models' total downsampling), the offending bucket named otherwise.
+int ldmc_train_config_buckets(const ldmc_train_config *c, int align, ldmc_buckets *out,
+                              ldmc_err *err);

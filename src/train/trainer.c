@@ -40,6 +40,8 @@ typedef struct trainer {
     ldmc_key_map map;
     ldmc_schedule sched;
     int vae_factor; // image pixels per latent pixel
+    int align;      // image sides must be multiples of this (VAE and UNet downsampling)
+
     // data
     ldmc_dataset data;
     bool have_data;
@@ -137,6 +139,7 @@ static int setup_models(trainer *T, ldmc_err *err) {
                             cfg->source_path, T->vae.cfg.embed_dim, cfg->model.unet.in_channels);
     }
     T->vae_factor = 1 << (T->vae.cfg.levels - 1);
+    T->align = T->vae_task ? T->vae_factor : T->vae_factor << (cfg->model.unet.levels - 1);
     ldmc_params *p = T->params;
     ldmc_params_alloc(p, LDMC_ROLE_WEIGHTS);
     for (int i = 0; i < cfg->n_freeze; i++)
@@ -184,7 +187,6 @@ static void print_bucket_fill(const trainer *T, const ldmc_sampler *s) {
 
 static int setup_data(trainer *T, ldmc_err *err) {
     const ldmc_train_config *cfg = T->cfg;
-    int align = T->vae_task ? T->vae_factor : T->vae_factor << (cfg->model.unet.levels - 1);
     if (cfg->from_cache) {
         if (T->vae_task)
             return LDMC_ERR(err, "%s: the vae task trains on images, not a latent cache",
@@ -222,17 +224,7 @@ static int setup_data(trainer *T, ldmc_err *err) {
             printf("  %d images with a side below data.min_size %d left out\n",
                    ldmc_dataset_keep_min_size(&T->data, cfg->min_size), cfg->min_size);
         if (T->data.count == 0) return LDMC_ERR(err, "%s: no readable images", cfg->data_path);
-        int rc = cfg->bucket_file[0]
-                     ? ldmc_buckets_load(cfg->bucket_file, &T->buckets, err)
-                     : ldmc_buckets_generate(cfg->bucket_pixels, cfg->bucket_multiple,
-                                             cfg->bucket_max_ratio, &T->buckets, err);
-        if (rc != 0) return -1;
-        for (int b = 0; b < T->buckets.count; b++)
-            if (T->buckets.height[b] % align || T->buckets.width[b] % align)
-                return LDMC_ERR(err,
-                                "%s: bucket %dx%d: the models need sides that are multiples of %d",
-                                cfg->bucket_file[0] ? cfg->bucket_file : cfg->source_path,
-                                T->buckets.height[b], T->buckets.width[b], align);
+        if (ldmc_train_config_buckets(cfg, T->align, &T->buckets, err) != 0) return -1;
     }
     if (!T->vae_task && cfg->model.unet.n_classes) {
         int n = T->have_data ? T->data.n_classes : cfg->model.unet.n_classes;
@@ -263,9 +255,9 @@ static int setup_data(trainer *T, ldmc_err *err) {
         int b = ldmc_bucket_assign(&T->buckets, 1, 1);
         T->sample_h = T->buckets.height[b], T->sample_w = T->buckets.width[b];
     }
-    if (!T->vae_task && (T->sample_h % align || T->sample_w % align))
+    if (!T->vae_task && (T->sample_h % T->align || T->sample_w % T->align))
         return LDMC_ERR(err, "%s: sample size %dx%d: the models need multiples of %d",
-                        cfg->source_path, T->sample_h, T->sample_w, align);
+                        cfg->source_path, T->sample_h, T->sample_w, T->align);
     return 0;
 }
 
@@ -718,10 +710,10 @@ static void mean_of_tenths(const double *loss, int64_t n, double *first, double 
     *last = nb ? b / nb : NAN;
 }
 
-int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_result *result,
-               ldmc_err *err) {
-    trainer T_ = {.cfg = cfg, .vae_task = cfg->task == LDMC_TASK_VAE}, *T = &T_;
-    *result = (ldmc_train_result){0};
+// What a run and a benchmark start with: threads, the schedule, the two contexts (the training
+// step's, recording; the frozen encoder's and previews', not recording).
+static void trainer_begin(trainer *T, const ldmc_train_config *cfg, bool bench) {
+    *T = (trainer){.cfg = cfg, .vae_task = cfg->task == LDMC_TASK_VAE, .bench = bench};
     T->st.seed = cfg->seed;
     if (cfg->threads > 0) ldmc_threads_set(cfg->threads);
     ldmc_schedule_sdxl(&T->sched);
@@ -729,6 +721,13 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
     ldmc_ctx_init(&T->enc, DATA_ARENA, META_ARENA);
     T->ctx.recording = true;
     T->enc.recording = false;
+}
+
+int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_result *result,
+               ldmc_err *err) {
+    trainer T_, *T = &T_;
+    trainer_begin(T, cfg, false);
+    *result = (ldmc_train_result){0};
     double *losses = NULL;
     int rc = ldmc_mkdirs(cfg->out, err);
     if (rc == 0) rc = lock_out(T, err);
@@ -934,16 +933,12 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
 
 int ldmc_train_bench(const ldmc_train_config *cfg, int height, int width, int reps, double *ms,
                      ldmc_err *err) {
-    trainer T_ = {.cfg = cfg, .vae_task = cfg->task == LDMC_TASK_VAE, .bench = true}, *T = &T_;
-    if (cfg->threads > 0) ldmc_threads_set(cfg->threads);
-    ldmc_schedule_sdxl(&T->sched);
-    ldmc_ctx_init(&T->ctx, DATA_ARENA, META_ARENA);
-    ldmc_ctx_init(&T->enc, DATA_ARENA, META_ARENA);
-    T->enc.recording = false;
+    trainer T_, *T = &T_;
+    trainer_begin(T, cfg, true);
     int B = cfg->batch_size, rc = setup_models(T, err);
-    int align = T->vae_task ? T->vae_factor : T->vae_factor << (cfg->model.unet.levels - 1);
-    if (rc == 0 && (height % align || width % align))
-        rc = LDMC_ERR(err, "bench: %dx%d: the models need multiples of %d", height, width, align);
+    if (rc == 0 && (height % T->align || width % T->align))
+        rc =
+            LDMC_ERR(err, "bench: %dx%d: the models need multiples of %d", height, width, T->align);
     ldmc_batch b = {.n = B, .height = height, .width = width};
     b.pixels = malloc((size_t)B * height * width * 3 * sizeof(float));
     b.c_size = malloc((size_t)B * 2 * sizeof(int32_t));
