@@ -225,6 +225,10 @@ ldmc_vae_posterior ldmc_vae_encode(ldmc_ctx *ctx, const ldmc_vae *v, ldmc_tensor
     return (ldmc_vae_posterior){.mean = halves[0], .logvar = ldmc_clamp(ctx, halves[1], -30, 20)};
 }
 
+ldmc_tensor *ldmc_vae_std(ldmc_ctx *ctx, const ldmc_vae_posterior *q) {
+    return ldmc_exp(ctx, ldmc_scale(ctx, q->logvar, 0.5));
+}
+
 ldmc_tensor *ldmc_vae_sample(ldmc_ctx *ctx, const ldmc_vae_posterior *q, ldmc_tensor *noise) {
     if (!noise) {
         noise = ldmc_new_like(ctx, q->mean);
@@ -233,7 +237,7 @@ ldmc_tensor *ldmc_vae_sample(ldmc_ctx *ctx, const ldmc_vae_posterior *q, ldmc_te
         uint64_t n = (uint64_t)ldmc_numel(noise), offset = ldmc_ctx_rng_take(ctx, n);
         if (!ctx->dry_run) ldmc_rng_normal(&rng, offset, (size_t)n, noise->data);
     }
-    ldmc_tensor *std = ldmc_exp(ctx, ldmc_scale(ctx, q->logvar, 0.5));
+    ldmc_tensor *std = ldmc_vae_std(ctx, q);
     return ldmc_add(ctx, q->mean, ldmc_mul(ctx, std, noise));
 }
 

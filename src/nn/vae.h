@@ -64,6 +64,8 @@ void ldmc_vae_free(ldmc_vae *v);
 // x (B, H, W, in_channels), H and W divisible by 2^(levels-1) -> the posterior over
 // (B, H/f, W/f, embed_dim), f = 2^(levels-1).
 ldmc_vae_posterior ldmc_vae_encode(ldmc_ctx *ctx, const ldmc_vae *v, ldmc_tensor *x);
+// The posterior's standard deviation exp(logvar / 2).
+ldmc_tensor *ldmc_vae_std(ldmc_ctx *ctx, const ldmc_vae_posterior *q);
 // mean + exp(logvar / 2) * noise; noise (like mean) or NULL to draw it from the context's
 // Philox stream (purpose LDMC_RNG_NOISE).
 ldmc_tensor *ldmc_vae_sample(ldmc_ctx *ctx, const ldmc_vae_posterior *q, ldmc_tensor *noise);

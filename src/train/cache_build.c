@@ -85,7 +85,7 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
             ldmc_tensor *x = ldmc_wrap(&ctx, LDMC_F32, pixels + (size_t)i0 * H * W * 3, 4,
                                        (int64_t[]){m, H, W, 3});
             ldmc_vae_posterior q = ldmc_vae_encode(&ctx, &vae, x);
-            ldmc_tensor *std = ldmc_exp(&ctx, ldmc_scale(&ctx, q.logvar, 0.5));
+            ldmc_tensor *std = ldmc_vae_std(&ctx, &q);
             size_t per = (size_t)h * lw * vc->embed_dim;
             for (size_t k = 0; k < (size_t)m * per; k++) {
                 double v = ((float *)q.mean->data)[k];

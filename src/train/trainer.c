@@ -314,7 +314,7 @@ static double diffusion_micro(trainer *T, const ldmc_batch *b, uint32_t micro) {
         ldmc_tensor *x =
             ldmc_wrap(&T->enc, LDMC_F32, b->pixels, 4, (int64_t[]){B, b->height, b->width, 3});
         ldmc_vae_posterior q = ldmc_vae_encode(&T->enc, &T->vae, x);
-        ldmc_tensor *std = ldmc_exp(&T->enc, ldmc_scale(&T->enc, q.logvar, 0.5));
+        ldmc_tensor *std = ldmc_vae_std(&T->enc, &q);
         h = (int)q.mean->shape[1], w = (int)q.mean->shape[2];
         z = ldmc_scratch(&T->ctx, (size_t)B * h * w * C * sizeof(float));
         draw_latents(T, q.mean->data, std->data, (int64_t)B * h * w * C, micro, z);
