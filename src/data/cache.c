@@ -30,6 +30,9 @@ static int64_t rows_of(hid_t group, const char *name, int rank, hsize_t *dims) {
     return got == rank ? (int64_t)dims[0] : -1;
 }
 
+static const char *const entry_datasets[6] = {"mean",   "std",      "c_size",
+                                              "c_crop", "c_target", "class"};
+
 int ldmc_cache_open(ldmc_cache *c, const char *path, ldmc_err *err) {
     *c = (ldmc_cache){.hdf5_file = -1};
     snprintf(c->path, sizeof c->path, "%s", path);
@@ -74,7 +77,10 @@ int ldmc_cache_open(ldmc_cache *c, const char *path, ldmc_err *err) {
                     rows_of(grp, "std", 4, dims) == n && rows_of(grp, "c_size", 2, d2) == n &&
                     rows_of(grp, "c_crop", 2, d2) == n && rows_of(grp, "c_target", 2, d2) == n &&
                     rows_of(grp, "class", 1, d1) == n && (int)dims[3] == c->channels;
+        for (int k = 0; good && k < 6; k++)
+            good = (g->datasets[k] = H5Dopen2(grp, entry_datasets[k], H5P_DEFAULT)) >= 0;
         if (grp >= 0) H5Gclose(grp);
+        c->n_groups++; // (closed with the cache, whatever it holds)
         if (!good) {
             rc = LDMC_ERR(err,
                           "%s: group /buckets/%s lacks mean, std, c_size, c_crop, c_target or "
@@ -87,7 +93,6 @@ int ldmc_cache_open(ldmc_cache *c, const char *path, ldmc_err *err) {
         g->count = n;
         g->first = c->count;
         c->count += n;
-        c->n_groups++;
     }
     H5Gclose(buckets);
     if (rc != 0) ldmc_cache_close(c);
@@ -95,6 +100,10 @@ int ldmc_cache_open(ldmc_cache *c, const char *path, ldmc_err *err) {
 }
 
 void ldmc_cache_close(ldmc_cache *c) {
+    for (int g = 0; g < c->n_groups; g++)
+        for (int k = 0; k < 6; k++)
+            if (c->groups[g].datasets[k] > 0) H5Dclose((hid_t)c->groups[g].datasets[k]);
+    c->n_groups = 0;
     if (c->hdf5_file >= 0) H5Fclose((hid_t)c->hdf5_file);
     c->hdf5_file = -1;
 }
@@ -130,32 +139,20 @@ static int transfer_row(hid_t d, hid_t type, int rank, int64_t row, void *data, 
     return rc < 0 ? -1 : 0;
 }
 
-static int read_row(hid_t group, const char *name, hid_t type, int rank, int64_t row, void *out) {
-    hid_t d = H5Dopen2(group, name, H5P_DEFAULT);
-    if (d < 0) return -1;
-    int rc = transfer_row(d, type, rank, row, out, false);
-    H5Dclose(d);
-    return rc;
-}
-
 int ldmc_cache_read(const ldmc_cache *c, int64_t index, ldmc_cache_entry *e, ldmc_err *err) {
     int g = ldmc_cache_group_of(c, index);
     if (g < 0) return LDMC_ERR(err, "%s: entry %lld does not exist", c->path, (long long)index);
-    char name[96];
-    snprintf(name, sizeof name, "buckets/%dx%d", c->groups[g].height, c->groups[g].width);
-    hid_t grp = H5Gopen2((hid_t)c->hdf5_file, name, H5P_DEFAULT);
+    const int64_t *d = c->groups[g].datasets;
     int64_t row = index - c->groups[g].first;
-    int rc =
-        grp >= 0 && read_row(grp, "mean", H5T_NATIVE_FLOAT, 4, row, e->mean) == 0 &&
-                read_row(grp, "std", H5T_NATIVE_FLOAT, 4, row, e->std) == 0 &&
-                read_row(grp, "c_size", H5T_NATIVE_INT32, 2, row, e->c_size) == 0 &&
-                read_row(grp, "c_crop", H5T_NATIVE_INT32, 2, row, e->c_crop) == 0 &&
-                read_row(grp, "c_target", H5T_NATIVE_INT32, 2, row, e->c_target) == 0 &&
-                read_row(grp, "class", H5T_NATIVE_INT64, 1, row, &e->class_id) == 0
-            ? 0
-            : LDMC_ERR(err, "%s: cannot read entry %lld of /%s", c->path, (long long)index, name);
-    if (grp >= 0) H5Gclose(grp);
-    return rc;
+    if (transfer_row(d[0], H5T_NATIVE_FLOAT, 4, row, e->mean, false) == 0 &&
+        transfer_row(d[1], H5T_NATIVE_FLOAT, 4, row, e->std, false) == 0 &&
+        transfer_row(d[2], H5T_NATIVE_INT32, 2, row, e->c_size, false) == 0 &&
+        transfer_row(d[3], H5T_NATIVE_INT32, 2, row, e->c_crop, false) == 0 &&
+        transfer_row(d[4], H5T_NATIVE_INT32, 2, row, e->c_target, false) == 0 &&
+        transfer_row(d[5], H5T_NATIVE_INT64, 1, row, &e->class_id, false) == 0)
+        return 0;
+    return LDMC_ERR(err, "%s: cannot read entry %lld of /buckets/%dx%d", c->path, (long long)index,
+                    c->groups[g].height, c->groups[g].width);
 }
 
 // ---- writing

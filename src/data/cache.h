@@ -19,7 +19,9 @@ typedef struct ldmc_cache_group {
     int height, width; // pixels
     int h, w;          // latent
     int64_t count;
-    int64_t first; // global index of its first entry
+    int64_t first;       // global index of its first entry
+    int64_t datasets[6]; // hid_t of mean, std, c_size, c_crop, c_target, class: open while the
+                         // cache is, so a read selects a row and nothing more
 } ldmc_cache_group;
 
 typedef struct ldmc_cache {
