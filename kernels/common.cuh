@@ -1,8 +1,12 @@
-// Shared by the .cu files: checked CUDA calls that keep the file and line, launch helpers.
+// Shared by the .cu files: checked CUDA calls that keep the file and line, bf16 loads and stores,
+// launch helpers, block reductions.
 #pragma once
 #include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
 
 #include "core/error.h"
+#include "kernels/ldmc_cuda.h"
 
 #define CUDA_CHECK(call)                                                                           \
     do {                                                                                           \
@@ -20,4 +24,70 @@ static inline unsigned ldmc_blocks(int64_t n, int threads) {
     return (unsigned)(b < 65535 * 32 ? (b > 0 ? b : 1) : 65535 * 32);
 }
 
-static inline cudaStream_t ldmc_stream(void *s) { return (cudaStream_t)s; }
+// The compute stream every launcher uses (runtime.cu).
+static inline cudaStream_t ldmc_stream(void) { return (cudaStream_t)ldmc_cuda_stream(); }
+
+// bf16 as raw 16-bit patterns (the C side's uint16_t): the upper half of an f32.
+__device__ __forceinline__ float bf16_load(const uint16_t *p, int64_t i) {
+    return __uint_as_float((uint32_t)p[i] << 16);
+}
+
+// Round to nearest even, NaN kept quiet: the same bits as ldmc_f32_to_bf16 (src/core/dtype.c).
+__device__ __forceinline__ uint16_t bf16_from(float x) {
+    uint32_t u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+// A value of a tensor that is bf16 or f32 (losses take either).
+__device__ __forceinline__ float load_any(const void *p, bool is_f32, int64_t i) {
+    return is_f32 ? ((const float *)p)[i] : bf16_load((const uint16_t *)p, i);
+}
+
+#define GRID_STRIDE(i, n)                                                                          \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (int64_t)(n);           \
+         i += (int64_t)gridDim.x * blockDim.x)
+
+// One thread per element (grid-stride), 256 threads a block, on the compute stream.
+#define LAUNCH_1D(kernel, n, ...)                                                                  \
+    do {                                                                                           \
+        if ((n) > 0) {                                                                             \
+            kernel<<<ldmc_blocks((n), 256), 256, 0, ldmc_stream()>>>(__VA_ARGS__);               \
+            CUDA_CHECK_LAUNCH(#kernel);                                                            \
+        }                                                                                          \
+    } while (0)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// The sum over a block (blockDim.x a multiple of 32, at most 1024), returned to every thread.
+// `shared` holds 32 floats. Fixed order: the same result on every run.
+__device__ __forceinline__ float block_sum(float v, float *shared) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads(); // shared may still be read from a previous call
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float *shared) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : -INFINITY;
+    return warp_max(v);
+}

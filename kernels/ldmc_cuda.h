@@ -1,43 +1,214 @@
-// The C interface of the CUDA kernels (kernels/*.cu): plain C types only, streams as void *.
-// Every launcher checks its launch and reports failures with file:line through ldmc_fatal.
-// Each kernel has a CPU twin in src/ops or src/core; tests/test_cuda.c compares the two
-// (ctest -L cuda, on a machine with a GPU).
+// The C interface of the CUDA kernels (kernels/*.cu): plain C types only.
+//
+// Conventions, for every launcher below:
+// - It runs on ldmc's compute stream (ldmc_cuda_stream()) and returns without waiting; copies to
+//   the host wait for the stream. Failures are fatal with the .cu file and line.
+// - Activations and working weights are bf16, passed as uint16_t bit patterns; all math is f32.
+// - Gradients are f32 and every backward ADDS into them (+=), as the CPU kernels do; a NULL
+//   gradient pointer means "not needed" and is skipped.
+// - Shapes and argument meanings are those of the CPU twin of the same name in
+//   src/ops/cpu/decl.inc (images channels-last (N, H, W, C), tokens (B, L, C)).
+// - Temporary memory (bf16 copies of gradients for tensor-core GEMMs, cuDNN workspaces, score
+//   tiles) comes from one device workspace that grows to the largest request (ldmc_cuda_workspace).
+// tests/test_cuda.c checks every op against the CPU through the op API (ctest -L cuda).
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
 #include "core/rng.h"
+#include "ops/cpu_kernels.h" // ldmc_conv_geom
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-// ---- device and memory (info.cu) -------------------------------------------------------------
+// ---- runtime: device, streams, memory (runtime.cu) -------------------------------------------
 int ldmc_cuda_device_count(void); // 0 when there is no usable device
 void ldmc_cuda_print_info(FILE *out);
+void *ldmc_cuda_stream(void); // the compute stream (created on first use)
 void *ldmc_cuda_malloc(size_t bytes);
 void ldmc_cuda_free(void *p);
+// Page-locked host memory, for batches copied while the GPU computes.
+void *ldmc_cuda_host_alloc(size_t bytes);
+void ldmc_cuda_host_free(void *p);
+// Host -> device in order on the compute stream (src may be reused when this returns).
 void ldmc_cuda_to_device(void *dst, const void *src, size_t bytes);
+// Device -> host: waits for the compute stream, then copies.
 void ldmc_cuda_to_host(void *dst, const void *src, size_t bytes);
+void ldmc_cuda_copy(void *dst, const void *src, size_t bytes); // device -> device
 void ldmc_cuda_zero(void *p, size_t bytes);
+// Host (page-locked) -> device on the copy stream; ldmc_cuda_wait_copies makes the compute
+// stream wait for every copy issued so far.
+void ldmc_cuda_copy_async(void *dst, const void *src_pinned, size_t bytes);
+void ldmc_cuda_wait_copies(void);
 void ldmc_cuda_synchronize(void);
+// The shared device workspace, at least `bytes` (valid until the next call that grows it).
+void *ldmc_cuda_workspace(size_t bytes);
+size_t ldmc_cuda_workspace_bytes(void);
+// Bytes of device memory in use by this process, and the device's total.
+void ldmc_cuda_memory(size_t *used, size_t *total);
+const char *ldmc_cuda_device_name(void);
+// The cuBLAS handle (cublasHandle_t) bound to the compute stream.
+void *ldmc_cuda_cublas(void);
 
 // ---- Philox streams, bit-identical to src/core/rng.c (rng.cu) --------------------------------
-void ldmc_cuda_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out,
-                           void *stream);
-void ldmc_cuda_rng_normal(const ldmc_rng *rng, uint64_t offset, size_t n, float *out, void *stream);
+void ldmc_cuda_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out);
+void ldmc_cuda_rng_normal(const ldmc_rng *rng, uint64_t offset, size_t n, float *out);
+// The diffusion noising of src/diffusion/diffusion.c on the device: eps from the NOISE stream at
+// `noise_offset` (n = B * per_sample values) plus offset noise (B * C values from the next even
+// offset), then per sample b: x_t = sa[b] z + sb[b] eps', target = eps' (epsilon) or
+// sa[b] eps' - sb[b] z (v). z is f32; x_t is bf16; target is f32; sa, sb (B) are device doubles.
+void ldmc_cuda_noise_batch(const ldmc_rng *noise_rng, uint64_t noise_offset, const float *z,
+                           const double *sa, const double *sb, int B, int64_t per_sample, int C,
+                           float offset_noise, bool predict_v, uint16_t *x_t, float *target);
 
-// ---- elementwise ops on bf16 storage with f32 math (elementwise.cu) --------------------------
-// y = x * sigmoid(x); dx += dy * sigmoid(x) (1 + x (1 - sigmoid(x)))
-void ldmc_cuda_silu_forward_bf16(uint16_t *y, const uint16_t *x, int64_t n, void *stream);
-void ldmc_cuda_silu_backward_bf16(uint16_t *dx, const uint16_t *dy, const uint16_t *x, int64_t n,
-                                  void *stream);
-// y = a + b
-void ldmc_cuda_add_bf16(uint16_t *y, const uint16_t *a, const uint16_t *b, int64_t n, void *stream);
-// f32 <-> bf16 conversions (round to nearest even, as src/core/dtype.c)
-void ldmc_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n, void *stream);
-void ldmc_cuda_bf16_to_f32(float *dst, const uint16_t *src, int64_t n, void *stream);
+// ---- conversions and elementwise ops (elementwise.cu) ----------------------------------------
+void ldmc_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n);
+void ldmc_cuda_bf16_to_f32(float *dst, const uint16_t *src, int64_t n);
+// dst += s * src (f32); dst = s * dst
+void ldmc_cuda_accumulate(float *dst, const float *src, float s, int64_t n);
+void ldmc_cuda_scale_f32(float *x, float s, int64_t n);
+void ldmc_cuda_fill_f32(float *x, float value, int64_t n);
+void ldmc_cuda_add_forward(uint16_t *y, const uint16_t *a, const uint16_t *b, int64_t n);
+void ldmc_cuda_sub_forward(uint16_t *y, const uint16_t *a, const uint16_t *b, int64_t n);
+void ldmc_cuda_mul_forward(uint16_t *y, const uint16_t *a, const uint16_t *b, int64_t n);
+void ldmc_cuda_mul_backward(float *da, float *db, const float *dy, const uint16_t *a,
+                            const uint16_t *b, int64_t n);
+void ldmc_cuda_affine_forward(uint16_t *y, const uint16_t *x, float a, float b, int64_t n);
+void ldmc_cuda_exp_forward(uint16_t *y, const uint16_t *x, int64_t n);
+// dx += dy * y (y = exp(x), as saved)
+void ldmc_cuda_exp_backward(float *dx, const float *dy, const uint16_t *y, int64_t n);
+void ldmc_cuda_clamp_forward(uint16_t *y, const uint16_t *x, float lo, float hi, int64_t n);
+void ldmc_cuda_clamp_backward(float *dx, const float *dy, const uint16_t *x, float lo, float hi,
+                              int64_t n);
+// y (B) f32 = Σ x (B, n)
+void ldmc_cuda_sum_rows_forward(float *y, const uint16_t *x, int64_t B, int64_t n);
+void ldmc_cuda_sum_rows_backward(float *dx, const float *dy, int64_t B, int64_t n);
+// labels: I64 on the device, already checked to lie in [0, N)
+void ldmc_cuda_embedding_forward(uint16_t *y, const uint16_t *table, const int64_t *labels,
+                                 int64_t B, int D);
+void ldmc_cuda_embedding_backward(float *dtable, const float *dy, const int64_t *labels, int64_t B,
+                                  int D);
+void ldmc_cuda_add_broadcast_forward(uint16_t *y, const uint16_t *x, const uint16_t *v, int B,
+                                     int64_t P, int C);
+void ldmc_cuda_add_broadcast_backward(float *dx, float *dv, const float *dy, int B, int64_t P,
+                                      int C);
+// s: B f32 values on the device
+void ldmc_cuda_scale_rows_forward(uint16_t *y, const uint16_t *x, const float *s, int64_t B,
+                                  int64_t n);
+void ldmc_cuda_scale_rows_backward(float *dx, const float *dy, const float *s, int64_t B,
+                                   int64_t n);
+void ldmc_cuda_dropout_forward(uint16_t *y, const uint16_t *x, int64_t n, double p,
+                               const ldmc_rng *rng, uint64_t offset);
+void ldmc_cuda_dropout_backward(float *dx, const float *dy, int64_t n, double p,
+                                const ldmc_rng *rng, uint64_t offset);
+
+// ---- losses (elementwise.cu): a and b are bf16 or f32 (a_f32, b_f32); results are f32 --------
+// *out (device) = mean (a - b)², mean |a - b|, or (1/(B n)) Σ_b w[b] Σ_i (a - b)² (w on the device)
+void ldmc_cuda_mse_forward(float *out, const void *a, bool a_f32, const void *b, bool b_f32,
+                           int64_t n);
+void ldmc_cuda_l1_forward(float *out, const void *a, bool a_f32, const void *b, bool b_f32,
+                          int64_t n);
+void ldmc_cuda_mse_rows_forward(float *out, const void *a, bool a_f32, const void *b, bool b_f32,
+                                const float *w, int64_t B, int64_t n);
+// g: the device scalar ∂L/∂loss
+void ldmc_cuda_mse_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
+                            const void *b, bool b_f32, int64_t n);
+void ldmc_cuda_l1_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
+                           const void *b, bool b_f32, int64_t n);
+void ldmc_cuda_mse_rows_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
+                                 const void *b, bool b_f32, const float *w, int64_t B, int64_t n);
+
+// ---- activations (activation.cu) --------------------------------------------------------------
+void ldmc_cuda_silu_forward(uint16_t *y, const uint16_t *x, int64_t n);
+void ldmc_cuda_silu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n);
+void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n, bool tanh_approx);
+void ldmc_cuda_gelu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n,
+                             bool tanh_approx);
+void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t M, int F);
+void ldmc_cuda_geglu_backward(float *dx, const float *dy, const uint16_t *x, int64_t M, int F);
+void ldmc_cuda_softmax_forward(uint16_t *y, const uint16_t *x, int64_t M, int C);
+void ldmc_cuda_softmax_backward(float *dx, const float *dy, const uint16_t *y, int64_t M, int C);
+
+// ---- dense: cuBLAS, bf16 in, f32 accumulation (dense.cu) ---------------------------------------
+void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
+                              int64_t M, int in, int out);
+void ldmc_cuda_linear_backward(float *dx, float *dw, float *db, const float *dy, const uint16_t *x,
+                               const uint16_t *w, int64_t M, int in, int out);
+void ldmc_cuda_bmm_forward(uint16_t *c, const uint16_t *a, const uint16_t *b, int B, int M, int N,
+                           int K, bool trans_a, bool trans_b);
+void ldmc_cuda_bmm_backward(float *da, float *db, const float *dc, const uint16_t *a,
+                            const uint16_t *b, int B, int M, int N, int K, bool trans_a,
+                            bool trans_b);
+// Σ over rows of (M, C) f32 added into out (C): bias gradients
+void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C);
+
+// ---- convolution: cuDNN on NHWC bf16 (conv.cu) -------------------------------------------------
+void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
+                              const ldmc_conv_geom *g);
+void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const uint16_t *x,
+                               const uint16_t *w, const ldmc_conv_geom *g);
+
+// ---- normalization (norm.cu): mean and rstd are f32, saved for backward ------------------------
+void ldmc_cuda_group_norm_forward(uint16_t *y, float *mean, float *rstd, const uint16_t *x,
+                                  const uint16_t *gamma, const uint16_t *beta, int N, int64_t P,
+                                  int C, int G, float eps);
+void ldmc_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                   const uint16_t *x, const float *mean, const float *rstd,
+                                   const uint16_t *gamma, int N, int64_t P, int C, int G);
+void ldmc_cuda_layer_norm_forward(uint16_t *y, float *mean, float *rstd, const uint16_t *x,
+                                  const uint16_t *gamma, const uint16_t *beta, int64_t M, int C,
+                                  float eps);
+void ldmc_cuda_layer_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                   const uint16_t *x, const float *mean, const float *rstd,
+                                   const uint16_t *gamma, int64_t M, int C);
+
+// ---- attention (attention.cu): lse (B, H, Nq) f32; never a score matrix for every query -------
+void ldmc_cuda_attention_forward(uint16_t *o, float *lse, const uint16_t *q, const uint16_t *k,
+                                 const uint16_t *v, int B, int Nq, int Nk, int H, int D,
+                                 float scale);
+void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                                  const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                  const uint16_t *o, const float *lse, int B, int Nq, int Nk,
+                                  int H, int D, float scale);
+
+// ---- shape, pooling, embeddings (shape.cu) -----------------------------------------------------
+// Columns [src_off, src_off + C) of src (M, src_C) to columns [dst_off, ...) of dst (M, dst_C):
+// copied (bf16) or added (f32 gradients).
+void ldmc_cuda_copy_columns(uint16_t *dst, int dst_C, int dst_off, const uint16_t *src, int src_C,
+                            int src_off, int64_t M, int C);
+void ldmc_cuda_add_columns(float *dst, int dst_C, int dst_off, const float *src, int src_C,
+                           int src_off, int64_t M, int C);
+void ldmc_cuda_upsample_nearest2x_forward(uint16_t *y, const uint16_t *x, int N, int H, int W,
+                                          int C);
+void ldmc_cuda_upsample_nearest2x_backward(float *dx, const float *dy, int N, int H, int W, int C);
+void ldmc_cuda_avg_pool2d_forward(uint16_t *y, const uint16_t *x, const ldmc_conv_geom *g,
+                                  bool count_include_pad);
+void ldmc_cuda_avg_pool2d_backward(float *dx, const float *dy, const ldmc_conv_geom *g,
+                                   bool count_include_pad);
+void ldmc_cuda_max_pool2d_forward(uint16_t *y, const uint16_t *x, const ldmc_conv_geom *g);
+void ldmc_cuda_max_pool2d_backward(float *dx, const float *dy, const uint16_t *x,
+                                   const ldmc_conv_geom *g);
+// t (B) f32 -> y (B, dim) bf16
+void ldmc_cuda_timestep_embedding_forward(uint16_t *y, const float *t, int B, int dim,
+                                          float max_period);
+void ldmc_cuda_timestep_embedding_backward(float *dt, const float *dy, const float *t, int B,
+                                           int dim, float max_period);
+
+// ---- optimizer over the flat parameter buffers (optim.cu) -------------------------------------
+// Σ x² over n f32 values, in double, in a fixed order (the same result on every run).
+double ldmc_cuda_sum_squares(const float *x, size_t n);
+// One AdamW update of n values, PyTorch's order: master = master * decay - step_size m̂ / ...,
+// then the bf16 working copy from the master.
+void ldmc_cuda_adamw(float *master, uint16_t *weights, const float *grad, float *m, float *v,
+                     int64_t n, float decay, float step_size, float denom_scale, float beta1,
+                     float beta2, float eps);
+// ema = d ema + (1 - d) master
+void ldmc_cuda_ema(float *ema, const float *master, int64_t n, float d);
+// Exchanges a and b (n f32 values each).
+void ldmc_cuda_swap_f32(float *a, float *b, int64_t n);
 
 #ifdef __cplusplus
 }

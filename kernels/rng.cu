@@ -1,71 +1,51 @@
-// Philox4x32-10 streams on the GPU: the same counter layout and the same uniform and
-// Box-Muller formulas as src/core/rng.c, so a seed gives the same noise on either device.
-// Tested by tests/test_cuda.c against the CPU stream.
+// Philox4x32-10 streams on the GPU (philox.cuh), so a seed gives the same noise on either device,
+// and the diffusion noising of src/diffusion/diffusion.c. Tested by tests/test_cuda.c against
+// the CPU stream and ldmc_noise_batch.
 #include "kernels/common.cuh"
 #include "kernels/ldmc_cuda.h"
+#include "kernels/philox.cuh"
 
-struct philox_stream {
-    uint32_t key0, key1, ctr2, ctr3;
-};
-
-__device__ static uint32_t philox_bits(philox_stream s, uint64_t i) {
-    uint64_t blk = i >> 2;
-    uint32_t c0 = (uint32_t)blk, c1 = (uint32_t)(blk >> 32), c2 = s.ctr2, c3 = s.ctr3;
-    uint32_t k0 = s.key0, k1 = s.key1;
-#pragma unroll
-    for (int round = 0; round < 10; round++) {
-        uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-        uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-        uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-        c1 = lo1;
-        c3 = lo0;
-        c0 = n0;
-        c2 = n2;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    switch (i & 3) {
-    case 0: return c0;
-    case 1: return c1;
-    case 2: return c2;
-    default: return c3;
-    }
+__global__ static void uniform_kernel(philox_stream s, uint64_t offset, int64_t n, float *out) {
+    GRID_STRIDE(k, n) { out[k] = philox_uniform(s, offset + (uint64_t)k); }
 }
 
-__global__ static void uniform_kernel(philox_stream s, uint64_t offset, size_t n, float *out) {
-    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n;
-         k += (size_t)gridDim.x * blockDim.x)
-        out[k] = (float)(philox_bits(s, offset + k) >> 8) * 0x1p-24f;
+__global__ static void normal_kernel(philox_stream s, uint64_t offset, int64_t n, float *out) {
+    GRID_STRIDE(k, n) { out[k] = philox_normal(s, offset + (uint64_t)k); }
 }
 
-__global__ static void normal_kernel(philox_stream s, uint64_t offset, size_t n, float *out) {
-    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n;
-         k += (size_t)gridDim.x * blockDim.x) {
-        uint64_t i = offset + k;
-        double u0 = (double)(philox_bits(s, i & ~(uint64_t)1) >> 8) * 0x1p-24;
-        double u1 = (double)(philox_bits(s, i | 1) >> 8) * 0x1p-24;
-        double r = sqrt(-2.0 * log(1.0 - u0));
-        double a = 2.0 * 3.14159265358979323846 * u1;
-        out[k] = (float)(r * ((i & 1) ? sin(a) : cos(a)));
+extern "C" void ldmc_cuda_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out) {
+    LAUNCH_1D(uniform_kernel, (int64_t)n, philox_of(rng), offset, (int64_t)n, out);
+}
+
+extern "C" void ldmc_cuda_rng_normal(const ldmc_rng *rng, uint64_t offset, size_t n, float *out) {
+    LAUNCH_1D(normal_kernel, (int64_t)n, philox_of(rng), offset, (int64_t)n, out);
+}
+
+// One thread per latent value, in the CPU's order and precision: eps' = eps + o offset[b, c] in f32,
+// then x_t and the target in double from the per-sample sqrt(alpha-bar) and sqrt(1 - alpha-bar).
+__global__ static void noise_kernel(philox_stream s, uint64_t noise_offset, uint64_t offset_start,
+                                    const float *z, const double *sa, const double *sb,
+                                    int64_t per_sample, int C, int64_t n, float offset_noise,
+                                    bool predict_v, uint16_t *x_t, float *target) {
+    GRID_STRIDE(k, n) {
+        int64_t b = k / per_sample, c = (k % per_sample) % C;
+        // explicit roundings: no fused multiply-adds, as the CPU (C11, fp-contract off) computes
+        float eps = __fadd_rn(philox_normal(s, noise_offset + (uint64_t)k),
+                              __fmul_rn(offset_noise,
+                                        philox_normal(s, offset_start + (uint64_t)(b * C + c))));
+        double a = sa[b], sd = sb[b], zk = z[k];
+        x_t[k] = bf16_from((float)__dadd_rn(__dmul_rn(a, zk), __dmul_rn(sd, eps)));
+        target[k] = predict_v ? (float)__dsub_rn(__dmul_rn(a, eps), __dmul_rn(sd, zk)) : eps;
     }
 }
 
-static philox_stream stream_of(const ldmc_rng *rng) {
-    return philox_stream{rng->key[0], rng->key[1], rng->ctr_hi[0], rng->ctr_hi[1]};
-}
-
-extern "C" void ldmc_cuda_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out,
-                                      void *stream) {
-    if (n == 0) return;
-    uniform_kernel<<<ldmc_blocks((int64_t)n, 256), 256, 0, ldmc_stream(stream)>>>(stream_of(rng),
-                                                                                  offset, n, out);
-    CUDA_CHECK_LAUNCH("uniform");
-}
-
-extern "C" void ldmc_cuda_rng_normal(const ldmc_rng *rng, uint64_t offset, size_t n, float *out,
-                                     void *stream) {
-    if (n == 0) return;
-    normal_kernel<<<ldmc_blocks((int64_t)n, 256), 256, 0, ldmc_stream(stream)>>>(stream_of(rng),
-                                                                                 offset, n, out);
-    CUDA_CHECK_LAUNCH("normal");
+extern "C" void ldmc_cuda_noise_batch(const ldmc_rng *noise_rng, uint64_t noise_offset,
+                                      const float *z, const double *sa, const double *sb, int B,
+                                      int64_t per_sample, int C, float offset_noise,
+                                      bool predict_v, uint16_t *x_t, float *target) {
+    int64_t n = (int64_t)B * per_sample;
+    // the offsets follow the n values of eps, from the next even index (a whole normal pair)
+    uint64_t offset_start = noise_offset + (((uint64_t)n + 1) & ~(uint64_t)1);
+    LAUNCH_1D(noise_kernel, n, philox_of(noise_rng), noise_offset, offset_start, z, sa, sb,
+              per_sample, C, n, offset_noise, predict_v, x_t, target);
 }

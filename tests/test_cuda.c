@@ -1,18 +1,48 @@
-// The CUDA kernels (kernels/*.cu) against their CPU twins: Philox streams bit for bit, bf16
-// conversions bit for bit, and the elementwise ops within the bf16 tolerance (harness.h's rule
-// with bf16's epsilon, 2^-7, in place of float's). Needs a GPU: `ctest -L cuda`; without one
-// it reports itself skipped (exit code 77).
+// The GPU against the CPU (ctest -L cuda; without a device the program reports itself skipped,
+// exit code 77):
+//   - Philox streams and bf16 conversions bit for bit, the diffusion noising kernel against
+//     ldmc_noise_batch (the same seed gives the same noise on both devices);
+//   - every op of src/ops through the op API, forward and the gradient of every input, on the
+//     same inputs (f32 values that bf16 holds exactly, so both devices start from identical
+//     numbers) with SDXL's channel counts at small spatial sizes;
+//   - AdamW, EMA and the gradient norm over the flat buffers;
+//   - a training step of the tiny UNet (class- and text-conditioned) and the tiny VAE.
+//
+// The tolerance is harness.h's rule, |got - want| <= rtol (|want| + rms(want)), with one formula
+// for rtol: rtol = factor * 2^-7 (bf16's epsilon in place of float's), K = 1. The GPU rounds
+// each output to bf16 once (half an epsilon), and rounds an f32 gradient to bf16 once before a
+// tensor-core GEMM; f32 accumulation keeps the sum's own error far below that, so the bound does
+// not grow with the reduction length. factor is 4, or 8 for ops whose backward chains two
+// roundings (a recomputed bf16 probability times a bf16-rounded gradient: attention, softmax;
+// statistics of bf16 data: the norms), each case says which. Whole models compare by gradient
+// direction and size (cosine, norm ratio), since tens of bf16 roundings compound.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/device.h"
 #include "core/dtype.h"
+#include "core/params.h"
 #include "core/rng.h"
+#include "diffusion/diffusion.h"
 #include "harness.h"
 #include "kernels/ldmc_cuda.h"
+#include "nn/model_config.h"
+#include "nn/unet.h"
+#include "nn/vae.h"
 #include "ops/cpu_kernels.h"
+#include "ops/ops.h"
+#include "train/optim.h"
 
 #define BF16_EPSILON 0x1p-7
+
+static double bf16_rtol(double factor) { return factor * BF16_EPSILON; }
+
+static void gpu_ctx_init(ldmc_ctx *ctx) {
+    ldmc_ctx_init_device(ctx, LDMC_CUDA, (size_t)2 << 30, (size_t)256 << 20);
+}
+
+// ---- bit-exact pieces ---------------------------------------------------------------------------
 
 enum { N = 1 << 20 };
 
@@ -24,10 +54,10 @@ static void test_philox_streams_match_the_cpu(void) {
         uint64_t offset = 1 + (uint64_t)kind * 12345; // odd: pairs straddle the start
         if (kind == 0) {
             ldmc_rng_uniform(&rng, offset, N, cpu);
-            ldmc_cuda_rng_uniform(&rng, offset, N, dev, NULL);
+            ldmc_cuda_rng_uniform(&rng, offset, N, dev);
         } else {
             ldmc_rng_normal(&rng, offset, N, cpu);
-            ldmc_cuda_rng_normal(&rng, offset, N, dev, NULL);
+            ldmc_cuda_rng_normal(&rng, offset, N, dev);
         }
         ldmc_cuda_to_host(gpu, dev, N * sizeof *gpu);
         int64_t differ = 0;
@@ -60,8 +90,8 @@ static void test_bf16_conversions_match_the_cpu(void) {
     float *dx = ldmc_cuda_malloc(N * sizeof *dx), *dback = ldmc_cuda_malloc(N * sizeof *dback);
     uint16_t *dh = ldmc_cuda_malloc(N * sizeof *dh);
     ldmc_cuda_to_device(dx, x, N * sizeof *x);
-    ldmc_cuda_f32_to_bf16(dh, dx, N, NULL);
-    ldmc_cuda_bf16_to_f32(dback, dh, N, NULL);
+    ldmc_cuda_f32_to_bf16(dh, dx, N);
+    ldmc_cuda_bf16_to_f32(dback, dh, N);
     ldmc_cuda_to_host(gpu, dh, N * sizeof *gpu);
     ldmc_cuda_to_host(back, dback, N * sizeof *back);
     int bad = 0;
@@ -81,60 +111,614 @@ static void test_bf16_conversions_match_the_cpu(void) {
     free(gpu);
 }
 
-// Rounds f32 values to bf16 (what the GPU stores) and back.
-static void round_bf16(float *x, int64_t n, uint16_t *bits) {
-    for (int64_t i = 0; i < n; i++) {
-        bits[i] = ldmc_f32_to_bf16(x[i]);
-        x[i] = ldmc_bf16_to_f32(bits[i]);
+// The GPU's noising (ε + offset noise from the NOISE stream, x_t in bf16, the f32 target) against
+// ldmc_noise_batch for both predictions.
+static void test_noise_batch_matches_the_cpu(void) {
+    ldmc_schedule s;
+    ldmc_schedule_sdxl(&s);
+    const int B = 3, h = 16, w = 12, C = 4;
+    const int64_t n = (int64_t)B * h * w * C;
+    float *z = malloc(n * sizeof *z), *x_t = malloc(n * sizeof *x_t), *tg = malloc(n * sizeof *tg);
+    float *gx = malloc(n * sizeof *gx), *gt = malloc(n * sizeof *gt), t[3], wt[3], t2[3], w2[3];
+    double sa[3], sb[3];
+    test_fill(z, n, 5, 2, 0);
+    for (int v = 0; v < 2; v++) {
+        ldmc_noise_options o = {.prediction = v ? LDMC_PREDICT_V : LDMC_PREDICT_EPS,
+                                .offset_noise = 0.05, .t_min = 0, .t_max = 1000,
+                                .min_snr_gamma = 5};
+        ldmc_noise_batch(&s, &o, z, B, h, w, C, 11, 7, 0, 1, x_t, tg, t, wt);
+        ldmc_noise_timesteps(&s, &o, B, 11, 7, 0, 1, t2, w2, sa, sb);
+        for (int b = 0; b < B; b++)
+            CHECK(t[b] == t2[b] && wt[b] == w2[b], "sample %d: timestep or weight differs", b);
+        float *dz = ldmc_cuda_malloc(n * 4), *dtg = ldmc_cuda_malloc(n * 4);
+        uint16_t *dx = ldmc_cuda_malloc(n * 2), *hx = malloc(n * 2);
+        double *dab = ldmc_cuda_malloc(2 * B * sizeof(double));
+        ldmc_cuda_to_device(dz, z, n * 4);
+        ldmc_cuda_to_device(dab, sa, B * sizeof(double));
+        ldmc_cuda_to_device(dab + B, sb, B * sizeof(double));
+        ldmc_rng noise = ldmc_rng_make(11, 7, 0, LDMC_RNG_NOISE);
+        ldmc_cuda_noise_batch(&noise, (uint64_t)1 << 40, dz, dab, dab + B, B, (int64_t)h * w * C, C,
+                              0.05f, v == 1, dx, dtg);
+        ldmc_cuda_to_host(hx, dx, n * 2);
+        ldmc_cuda_to_host(gt, dtg, n * 4);
+        int64_t differ = 0;
+        for (int64_t i = 0; i < n; i++) {
+            gx[i] = ldmc_bf16_to_f32(hx[i]);
+            // the same ε but, rarely, a last-bit Box-Muller difference (see the Philox test)
+            differ += gt[i] != tg[i] || hx[i] != ldmc_f32_to_bf16(x_t[i]);
+        }
+        CHECK(differ <= 2, "%s: %lld of %lld values differ", v ? "v" : "eps", (long long)differ,
+              (long long)n);
+        CHECK_CLOSE("noised latents", gx, x_t, NULL, n, bf16_rtol(1));
+        CHECK_CLOSE("target", gt, tg, NULL, n, 1e-6);
+        ldmc_cuda_free(dz), ldmc_cuda_free(dtg), ldmc_cuda_free(dx), ldmc_cuda_free(dab);
+        free(hx);
     }
+    free(z), free(x_t), free(tg), free(gx), free(gt);
 }
 
-static void test_elementwise_ops_match_the_cpu(void) {
-    float *x = malloc(N * sizeof *x), *b = malloc(N * sizeof *b), *dy = malloc(N * sizeof *dy);
-    float *want = malloc(N * sizeof *want), *got = malloc(N * sizeof *got);
-    uint16_t *hx = malloc(N * 2), *hb = malloc(N * 2), *hdy = malloc(N * 2), *hout = malloc(N * 2);
-    test_fill(x, N, 1, 6, 0);
-    test_fill(b, N, 2, 1, 0);
-    test_fill(dy, N, 3, 1, 0);
-    round_bf16(x, N, hx);
-    round_bf16(b, N, hb);
-    round_bf16(dy, N, hdy);
-    uint16_t *dx = ldmc_cuda_malloc(N * 2), *db = ldmc_cuda_malloc(N * 2),
-             *ddy = ldmc_cuda_malloc(N * 2);
-    uint16_t *dout = ldmc_cuda_malloc(N * 2);
-    ldmc_cuda_to_device(dx, hx, N * 2);
-    ldmc_cuda_to_device(db, hb, N * 2);
-    ldmc_cuda_to_device(ddy, hdy, N * 2);
-    double rtol = 4 * BF16_EPSILON; // the output is rounded to bf16 once: half an ulp, times 4
+// ---- every op through the op API --------------------------------------------------------------
 
-    silu_forward_f32(want, x, N);
-    ldmc_cuda_silu_forward_bf16(dout, dx, N, NULL);
-    ldmc_cuda_to_host(hout, dout, N * 2);
-    for (int i = 0; i < N; i++)
-        got[i] = ldmc_bf16_to_f32(hout[i]);
-    CHECK_CLOSE("silu forward (bf16)", got, want, NULL, N, rtol);
+enum { MAX_IN = 4 };
+typedef enum { IN_BF16, IN_F32, IN_LABELS, IN_F32_CONST } in_kind;
 
-    memset(want, 0, N * sizeof *want);
-    silu_backward_f32(want, dy, x, N);
-    ldmc_cuda_zero(dout, N * 2);
-    ldmc_cuda_silu_backward_bf16(dout, ddy, dx, N, NULL);
-    ldmc_cuda_to_host(hout, dout, N * 2);
-    for (int i = 0; i < N; i++)
-        got[i] = ldmc_bf16_to_f32(hout[i]);
-    CHECK_CLOSE("silu backward (bf16)", got, want, NULL, N, rtol);
+typedef struct op_input {
+    int ndim;
+    int64_t shape[4];
+    in_kind kind;   // BF16: an activation (bf16 on the GPU); F32: f32 on both (timesteps, a
+                    // loss target); LABELS: I64 in [0, label_max); F32_CONST: f32, no gradient
+    double scale;   // values uniform in [-scale, scale) + shift
+    double shift;
+    int label_max;
+} op_input;
 
-    add_forward_f32(want, x, b, N);
-    ldmc_cuda_add_bf16(dout, dx, db, N, NULL);
-    ldmc_cuda_to_host(hout, dout, N * 2);
-    for (int i = 0; i < N; i++)
-        got[i] = ldmc_bf16_to_f32(hout[i]);
-    CHECK_CLOSE("add (bf16)", got, want, NULL, N, rtol);
+typedef struct op_case {
+    const char *name;
+    ldmc_tensor *(*run)(ldmc_ctx *ctx, ldmc_tensor **in);
+    int n_in;
+    op_input in[MAX_IN];
+    double factor; // rtol = factor * 2^-7
+} op_case;
 
-    ldmc_cuda_free(dx);
-    ldmc_cuda_free(db);
-    ldmc_cuda_free(ddy);
-    ldmc_cuda_free(dout);
-    free(x), free(b), free(dy), free(want), free(got), free(hx), free(hb), free(hdy), free(hout);
+#define T4(a, b, c, d) 4, {a, b, c, d}
+#define T3(a, b, c) 3, {a, b, c}
+#define T2(a, b) 2, {a, b}
+#define T1(a) 1, {a}
+
+static ldmc_tensor *run_linear(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_linear(c, in[0], in[1], in[2]);
+}
+static ldmc_tensor *run_matmul_nn(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_matmul(c, in[0], in[1], false, false);
+}
+static ldmc_tensor *run_matmul_tt(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_matmul(c, in[0], in[1], true, true);
+}
+static ldmc_tensor *run_matmul_nt(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_matmul(c, in[0], in[1], false, true);
+}
+static ldmc_tensor *run_conv3(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_conv2d(c, in[0], in[1], in[2], 1, 1);
+}
+static ldmc_tensor *run_conv3_s2(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_conv2d(c, in[0], in[1], in[2], 2, 1);
+}
+static ldmc_tensor *run_conv_vae_down(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_conv2d_padded(c, in[0], in[1], in[2], 2, (const int[4]){0, 1, 0, 1});
+}
+static ldmc_tensor *run_conv1(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_conv2d(c, in[0], in[1], in[2], 1, 0);
+}
+static ldmc_tensor *run_group_norm(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_group_norm(c, in[0], in[1], in[2], 32, 1e-5);
+}
+static ldmc_tensor *run_group_norm_plain(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_group_norm(c, in[0], NULL, NULL, 32, 1e-6);
+}
+static ldmc_tensor *run_layer_norm(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_layer_norm(c, in[0], in[1], in[2], 1e-5);
+}
+static ldmc_tensor *run_silu(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_silu(c, in[0]); }
+static ldmc_tensor *run_gelu(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_gelu(c, in[0], false); }
+static ldmc_tensor *run_gelu_tanh(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_gelu(c, in[0], true);
+}
+static ldmc_tensor *run_geglu(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_geglu(c, in[0]); }
+static ldmc_tensor *run_softmax(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_softmax(c, in[0]); }
+static ldmc_tensor *run_attention10(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_attention(c, in[0], in[1], in[2], 10);
+}
+static ldmc_tensor *run_attention1(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_attention(c, in[0], in[1], in[2], 1);
+}
+static ldmc_tensor *run_add(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_add(c, in[0], in[1]); }
+static ldmc_tensor *run_sub(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_sub(c, in[0], in[1]); }
+static ldmc_tensor *run_mul(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_mul(c, in[0], in[1]); }
+static ldmc_tensor *run_affine(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_affine(c, in[0], -0.75, 0.5);
+}
+static ldmc_tensor *run_exp(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_exp(c, in[0]); }
+static ldmc_tensor *run_clamp(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_clamp(c, in[0], -0.5, 0.75);
+}
+static ldmc_tensor *run_sum_rows(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_sum_rows(c, in[0]); }
+static ldmc_tensor *run_embedding(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_embedding(c, in[0], in[1]);
+}
+static ldmc_tensor *run_add_broadcast(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_add_broadcast(c, in[0], in[1]);
+}
+static ldmc_tensor *run_dropout(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_dropout(c, in[0], 0.25);
+}
+static ldmc_tensor *run_concat(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_concat(c, (ldmc_tensor *[]){in[0], in[1], in[0]}, 3);
+}
+// split, then the pieces concatenated in another order: both ops and their backward
+static ldmc_tensor *run_split(ldmc_ctx *c, ldmc_tensor **in) {
+    ldmc_tensor *p[3];
+    ldmc_split(c, in[0], (const int[]){320, 640, 320}, 3, p);
+    return ldmc_concat(c, (ldmc_tensor *[]){p[2], p[0], p[1]}, 3);
+}
+static ldmc_tensor *run_upsample(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_upsample_nearest2x(c, in[0]);
+}
+static ldmc_tensor *run_avg_pool(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_avg_pool2d(c, in[0], 3, 2, 1, false);
+}
+static ldmc_tensor *run_avg_pool_pad(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_avg_pool2d(c, in[0], 3, 2, 1, true);
+}
+static ldmc_tensor *run_max_pool(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_max_pool2d(c, in[0], 3, 2, 1);
+}
+static ldmc_tensor *run_timestep(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_timestep_embedding(c, in[0], 320, 10000);
+}
+static ldmc_tensor *run_mse(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_mse_loss(c, in[0], in[1]); }
+static ldmc_tensor *run_l1(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_l1_loss(c, in[0], in[1]); }
+static ldmc_tensor *run_mse_weighted(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_mse_loss_weighted(c, in[0], in[1], (const float[]){0.5f, 2.0f});
+}
+static ldmc_tensor *run_scale_rows(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_scale_rows(c, in[0], (const float[]){0.0f, 1.5f});
+}
+
+#define ACT(...) {__VA_ARGS__, IN_BF16, 1, 0, 0}
+#define F32IN(...) {__VA_ARGS__, IN_F32, 1, 0, 0}
+
+static const op_case op_cases[] = {
+    {"linear 320->640, 77 tokens", run_linear, 3,
+     {ACT(T3(2, 77, 320)), ACT(T2(640, 320)), ACT(T1(640))}, 4},
+    {"matmul", run_matmul_nn, 2, {ACT(T3(3, 40, 64)), ACT(T3(3, 64, 50))}, 4},
+    {"matmul a^T b^T", run_matmul_tt, 2, {ACT(T3(3, 64, 40)), ACT(T3(3, 50, 64))}, 4},
+    {"matmul a b^T", run_matmul_nt, 2, {ACT(T3(2, 33, 64)), ACT(T3(2, 47, 64))}, 4},
+    {"conv2d 3x3 320->320", run_conv3, 3,
+     {ACT(T4(2, 12, 10, 320)), ACT(T4(320, 3, 3, 320)), ACT(T1(320))}, 4},
+    {"conv2d 3x3 stride 2 640->640", run_conv3_s2, 3,
+     {ACT(T4(1, 12, 12, 640)), ACT(T4(640, 3, 3, 640)), ACT(T1(640))}, 4},
+    {"conv2d VAE downsample pads (0,1,0,1)", run_conv_vae_down, 3,
+     {ACT(T4(2, 10, 14, 128)), ACT(T4(128, 3, 3, 128)), ACT(T1(128))}, 4},
+    {"conv2d 1x1 1280->640", run_conv1, 3,
+     {ACT(T4(1, 8, 8, 1280)), ACT(T4(640, 1, 1, 1280)), ACT(T1(640))}, 4},
+    {"conv2d 3x3 3->128 (the VAE's first)", run_conv3, 3,
+     {ACT(T4(2, 16, 16, 3)), ACT(T4(128, 3, 3, 3)), ACT(T1(128))}, 4},
+    // statistics of bf16 data, x - mean cancels: factor 8
+    {"group_norm 32 groups 320", run_group_norm, 3,
+     {{T4(2, 9, 11, 320), IN_BF16, 2, 0.5, 0}, ACT(T1(320)), ACT(T1(320))}, 8},
+    {"group_norm 32 groups 1280 no affine", run_group_norm_plain, 1,
+     {ACT(T4(1, 6, 6, 1280))}, 8},
+    {"layer_norm 640", run_layer_norm, 3, {ACT(T3(2, 77, 640)), ACT(T1(640)), ACT(T1(640))}, 8},
+    {"silu", run_silu, 1, {{T2(64, 320), IN_BF16, 6, 0, 0}}, 4},
+    {"gelu", run_gelu, 1, {{T2(64, 320), IN_BF16, 4, 0, 0}}, 4},
+    {"gelu tanh", run_gelu_tanh, 1, {{T2(64, 320), IN_BF16, 4, 0, 0}}, 4},
+    {"geglu 2x1280", run_geglu, 1, {{T3(2, 16, 2560), IN_BF16, 3, 0, 0}}, 4},
+    {"softmax 77", run_softmax, 1, {{T3(2, 30, 77), IN_BF16, 4, 0, 0}}, 8},
+    {"softmax 1000", run_softmax, 1, {{T2(5, 1000), IN_BF16, 4, 0, 0}}, 8},
+    // bf16 probabilities and a bf16 copy of the output gradient in backward: factor 8
+    {"self-attention 10 heads x 64, 256 tokens", run_attention10, 3,
+     {ACT(T3(2, 256, 640)), ACT(T3(2, 256, 640)), ACT(T3(2, 256, 640))}, 8},
+    {"cross-attention 10 heads, 77 keys", run_attention10, 3,
+     {ACT(T3(2, 100, 640)), ACT(T3(2, 77, 640)), ACT(T3(2, 77, 640))}, 8},
+    {"attention 1 head x 512 (the VAE's)", run_attention1, 3,
+     {ACT(T3(1, 200, 512)), ACT(T3(1, 200, 512)), ACT(T3(1, 200, 512))}, 8},
+    {"add", run_add, 2, {ACT(T2(100, 320)), ACT(T2(100, 320))}, 4},
+    {"sub", run_sub, 2, {ACT(T2(100, 320)), ACT(T2(100, 320))}, 4},
+    {"mul", run_mul, 2, {ACT(T2(100, 320)), ACT(T2(100, 320))}, 4},
+    {"affine", run_affine, 1, {ACT(T2(100, 320))}, 4},
+    {"exp", run_exp, 1, {{T2(100, 320), IN_BF16, 3, 0, 0}}, 4},
+    {"clamp", run_clamp, 1, {ACT(T2(100, 320))}, 4},
+    {"sum_rows", run_sum_rows, 1, {ACT(T4(3, 8, 8, 4))}, 4},
+    {"embedding", run_embedding, 2,
+     {ACT(T2(10, 1280)), {T1(6), IN_LABELS, 0, 0, 10}}, 4},
+    {"add_broadcast (B, C)", run_add_broadcast, 2, {ACT(T4(2, 5, 7, 640)), ACT(T2(2, 640))}, 4},
+    {"add_broadcast (C)", run_add_broadcast, 2, {ACT(T3(2, 35, 320)), ACT(T1(320))}, 4},
+    {"dropout", run_dropout, 1, {ACT(T2(100, 320))}, 4},
+    {"concat", run_concat, 2, {ACT(T4(2, 4, 4, 320)), ACT(T4(2, 4, 4, 640))}, 4},
+    {"split", run_split, 1, {ACT(T3(2, 16, 1280))}, 4},
+    {"upsample nearest 2x", run_upsample, 1, {ACT(T4(2, 5, 6, 640))}, 4},
+    {"avg_pool 3x3 s2", run_avg_pool, 1, {ACT(T4(2, 9, 8, 64))}, 4},
+    {"avg_pool 3x3 s2 count_include_pad", run_avg_pool_pad, 1, {ACT(T4(2, 9, 8, 64))}, 4},
+    {"max_pool 3x3 s2", run_max_pool, 1, {ACT(T4(2, 9, 8, 64))}, 4},
+    {"timestep_embedding 320", run_timestep, 1, {{T1(4), IN_F32, 500, 499, 0}}, 4},
+    {"mse (bf16 output, f32 target)", run_mse, 2, {ACT(T4(2, 8, 8, 4)), F32IN(T4(2, 8, 8, 4))}, 4},
+    {"l1", run_l1, 2, {ACT(T4(2, 8, 8, 3)), ACT(T4(2, 8, 8, 3))}, 4},
+    {"mse weighted", run_mse_weighted, 2, {ACT(T4(2, 8, 8, 4)), F32IN(T4(2, 8, 8, 4))}, 4},
+    {"scale_rows", run_scale_rows, 1, {ACT(T3(2, 16, 320))}, 4},
+};
+
+typedef struct op_result {
+    float *out;
+    int64_t n_out;
+    float *grad[MAX_IN]; // NULL where the input takes no gradient
+} op_result;
+
+// The case's inputs as host f32 (bf16-exact for activations) or I64 values.
+static void *make_input(const op_input *in, int64_t n, uint64_t seed) {
+    if (in->kind == IN_LABELS) {
+        int64_t *l = malloc((size_t)n * sizeof *l);
+        for (int64_t i = 0; i < n; i++)
+            l[i] = (i * 7 + 3) % in->label_max; // repeats: the backward sums them
+        return l;
+    }
+    float *x = malloc((size_t)n * sizeof *x);
+    test_fill(x, n, seed, in->scale, in->shift);
+    if (in->kind == IN_BF16)
+        for (int64_t i = 0; i < n; i++)
+            x[i] = ldmc_bf16_to_f32(ldmc_f32_to_bf16(x[i]));
+    return x;
+}
+
+static void to_host_f32(float *dst, const float *src, int64_t n, ldmc_device device) {
+    if (device == LDMC_CUDA)
+        ldmc_cuda_to_host(dst, src, (size_t)n * sizeof *dst);
+    else
+        memcpy(dst, src, (size_t)n * sizeof *dst);
+}
+
+static op_result run_op(ldmc_ctx *ctx, const op_case *c, void **host, const float *upstream) {
+    ldmc_tensor *in[MAX_IN];
+    op_result r = {0};
+    for (int i = 0; i < c->n_in; i++) {
+        const op_input *d = &c->in[i];
+        ldmc_dtype dtype = d->kind == IN_LABELS ? LDMC_I64
+                           : d->kind == IN_BF16 ? ctx->act_dtype
+                                                : LDMC_F32;
+        in[i] = ldmc_input(ctx, dtype, d->ndim, d->shape, host[i],
+                           d->kind == IN_LABELS ? LDMC_I64 : LDMC_F32);
+        in[i]->name = "input";
+        if (d->kind == IN_BF16 || d->kind == IN_F32) ldmc_requires_grad(in[i]);
+    }
+    ldmc_tensor *out = c->run(ctx, in);
+    r.n_out = ldmc_numel(out);
+    r.out = malloc((size_t)r.n_out * sizeof *r.out);
+    ldmc_read_f32(out, r.out);
+    ldmc_backward(ctx, out, upstream);
+    for (int i = 0; i < c->n_in; i++) {
+        const float *g = ldmc_grad_if_any(in[i]);
+        if (!g) continue;
+        int64_t n = ldmc_numel(in[i]);
+        r.grad[i] = malloc((size_t)n * sizeof(float));
+        to_host_f32(r.grad[i], g, n, ctx->device);
+    }
+    return r;
+}
+
+static void test_ops_match_the_cpu(void) {
+    const op_case *c = test_arg;
+    void *host[MAX_IN];
+    for (int i = 0; i < c->n_in; i++)
+        host[i] = make_input(&c->in[i], ldmc_shape_numel(c->in[i].ndim, c->in[i].shape),
+                             100 + (uint64_t)i);
+    ldmc_ctx cpu, gpu;
+    test_ctx_init(&cpu);
+    gpu_ctx_init(&gpu);
+    // the upstream gradient: random, the same on both devices (sized by a CPU dry pass)
+    ldmc_tensor *probe_in[MAX_IN];
+    ldmc_ctx probe;
+    ldmc_ctx_init_dry_run(&probe, (size_t)1 << 34);
+    for (int i = 0; i < c->n_in; i++)
+        probe_in[i] = ldmc_input(&probe, c->in[i].kind == IN_LABELS ? LDMC_I64 : LDMC_F32,
+                                 c->in[i].ndim, c->in[i].shape, host[i],
+                                 c->in[i].kind == IN_LABELS ? LDMC_I64 : LDMC_F32);
+    int64_t n_out = ldmc_numel(c->run(&probe, probe_in));
+    ldmc_ctx_free(&probe);
+    float *up = malloc((size_t)n_out * sizeof *up);
+    test_fill(up, n_out, 99, 1, 0);
+
+    op_result want = run_op(&cpu, c, host, up), got = run_op(&gpu, c, host, up);
+    double rtol = bf16_rtol(c->factor);
+    char what[160];
+    REQUIRE(want.n_out == got.n_out, "%s: %lld outputs on the GPU, %lld on the CPU", c->name,
+            (long long)got.n_out, (long long)want.n_out);
+    snprintf(what, sizeof what, "%s forward", c->name);
+    CHECK_CLOSE(what, got.out, want.out, NULL, want.n_out, rtol);
+    for (int i = 0; i < c->n_in; i++) {
+        CHECK(!want.grad[i] == !got.grad[i], "%s: input %d has a gradient on one device only",
+              c->name, i);
+        if (!want.grad[i] || !got.grad[i]) continue;
+        snprintf(what, sizeof what, "%s gradient of input %d", c->name, i);
+        CHECK_CLOSE(what, got.grad[i], want.grad[i], NULL,
+                    ldmc_shape_numel(c->in[i].ndim, c->in[i].shape), rtol);
+    }
+    for (int i = 0; i < c->n_in; i++) {
+        free(host[i]);
+        free(want.grad[i]);
+        free(got.grad[i]);
+    }
+    free(want.out);
+    free(got.out);
+    free(up);
+    ldmc_ctx_free(&cpu);
+    ldmc_ctx_free(&gpu);
+}
+
+// ---- the optimizer over the flat buffers --------------------------------------------------------
+
+static void fill_role(ldmc_params *p, ldmc_param_role role, uint64_t seed, double scale) {
+    test_fill(p->buffers[role], (int64_t)p->total, seed, scale, 0);
+}
+
+static double rel_l2(const float *a, const float *b, size_t n) {
+    double d = 0, s = 0;
+    for (size_t i = 0; i < n; i++)
+        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), s += (double)b[i] * b[i];
+    return sqrt(d / (s > 0 ? s : 1));
+}
+
+static void test_adamw_ema_and_norm_match_the_cpu(void) {
+    ldmc_params cpu = {0}, gpu = {0};
+    ldmc_params *both[2] = {&cpu, &gpu};
+    for (int k = 0; k < 2; k++) {
+        ldmc_params *p = both[k];
+        ldmc_params_add(p, "w", 2, (int64_t[]){300, 70}, 0);
+        ldmc_params_add(p, "bias", 1, (int64_t[]){70}, LDMC_PARAM_NO_DECAY);
+        ldmc_params_add(p, "frozen", 1, (int64_t[]){33}, LDMC_PARAM_FROZEN);
+        for (int r = 0; r < LDMC_ROLE_COUNT; r++)
+            if (r != LDMC_ROLE_MASTER) ldmc_params_alloc(p, (ldmc_param_role)r);
+        fill_role(p, LDMC_ROLE_WEIGHTS, 1, 1);
+        fill_role(p, LDMC_ROLE_ADAM_M, 2, 0.01);
+        fill_role(p, LDMC_ROLE_ADAM_V, 3, 1e-4);
+        for (size_t i = 0; i < p->total; i++) // v must be non-negative
+            p->buffers[LDMC_ROLE_ADAM_V][i] = fabsf(p->buffers[LDMC_ROLE_ADAM_V][i]);
+        fill_role(p, LDMC_ROLE_EMA, 4, 1);
+    }
+    ldmc_params_to_device(&gpu);
+    // the same gradients on both: written on the host, uploaded (frozen ones stay zero)
+    float *g = calloc(cpu.total, sizeof *g); // padding between tensors stays zero
+    for (int i = 0; i < 2; i++)
+        test_fill(g + cpu.items[i].offset, cpu.items[i].numel, 5 + (uint64_t)i, 0.1, 0);
+    memcpy(cpu.buffers[LDMC_ROLE_GRAD], g, cpu.total * sizeof *g);
+    ldmc_cuda_to_device(gpu.device[LDMC_ROLE_GRAD], g, cpu.total * sizeof *g);
+    double n_cpu = ldmc_grad_norm(&cpu), n_gpu = ldmc_grad_norm(&gpu);
+    CHECK(fabs(n_cpu - n_gpu) <= 1e-9 * n_cpu, "gradient norm: CPU %.12g, GPU %.12g", n_cpu, n_gpu);
+    ldmc_grad_scale(&cpu, 0.5);
+    ldmc_grad_scale(&gpu, 0.5);
+    ldmc_adamw opt = {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01};
+    for (int step = 1; step <= 3; step++) {
+        ldmc_adamw_step(&cpu, &opt, 1e-3, step);
+        ldmc_adamw_step(&gpu, &opt, 1e-3, step);
+        ldmc_ema_update(&cpu, 0.9);
+        ldmc_ema_update(&gpu, 0.9);
+    }
+    ldmc_params_to_host(&gpu); // master, m, v, EMA
+    // the same f32 formulas; only a fused multiply-add or a library sqrtf can differ in a last bit
+    for (int r = 0; r < LDMC_ROLE_COUNT; r++) {
+        if (r == LDMC_ROLE_MASTER || r == LDMC_ROLE_GRAD) continue;
+        double e = rel_l2(gpu.buffers[r], cpu.buffers[r], cpu.total);
+        CHECK(e <= 1e-6, "%s after 3 AdamW steps: relative difference %.3g",
+              ldmc_param_role_name((ldmc_param_role)r), e);
+    }
+    // the bf16 working copy is the master rounded
+    uint16_t *w16 = malloc(cpu.total * sizeof *w16);
+    ldmc_cuda_to_host(w16, gpu.device[LDMC_ROLE_WEIGHTS], cpu.total * sizeof *w16);
+    int64_t off = 0;
+    for (size_t i = 0; i < cpu.total; i++)
+        off += w16[i] != ldmc_f32_to_bf16(gpu.buffers[LDMC_ROLE_WEIGHTS][i]);
+    CHECK(off == 0, "%lld bf16 weights are not the rounded master", (long long)off);
+    // the frozen parameter did not move
+    const ldmc_param *fz = &cpu.items[2];
+    for (int64_t i = 0; i < fz->numel; i++)
+        CHECK(gpu.buffers[LDMC_ROLE_WEIGHTS][fz->offset + i] ==
+                  cpu.buffers[LDMC_ROLE_WEIGHTS][fz->offset + i],
+              "frozen value %lld moved", (long long)i);
+    free(w16);
+    free(g);
+    ldmc_params_free(&cpu);
+    ldmc_params_free(&gpu);
+}
+
+// ---- whole training steps of the tiny models ----------------------------------------------------
+
+// Cosine and norm ratio of two gradient buffers: bf16 compounds through a whole model, so the
+// direction and the size are what must agree (and the loss, to bf16's precision).
+static void check_gradients(const char *what, const float *got, const float *want, size_t n) {
+    double dot = 0, gg = 0, ww = 0;
+    for (size_t i = 0; i < n; i++)
+        dot += (double)got[i] * want[i], gg += (double)got[i] * got[i],
+            ww += (double)want[i] * want[i];
+    double cosine = dot / sqrt(gg * ww + 1e-300), ratio = sqrt(gg / (ww + 1e-300));
+    CHECK(cosine >= 0.995 && fabs(ratio - 1) <= 0.03,
+          "%s: GPU vs CPU parameter gradients: cosine %.5f (>= 0.995), norm ratio %.4f (1 +- "
+          "0.03)",
+          what, cosine, ratio);
+}
+
+static void ready(ldmc_params *p) {
+    ldmc_params_alloc(p, LDMC_ROLE_WEIGHTS);
+    ldmc_params_alloc(p, LDMC_ROLE_GRAD);
+    ldmc_params_alloc(p, LDMC_ROLE_ADAM_M);
+    ldmc_params_alloc(p, LDMC_ROLE_ADAM_V);
+    ldmc_params_init(p, 1234);
+    // bf16-exact weights: both devices start from the same numbers
+    for (size_t i = 0; i < p->total; i++)
+        p->buffers[LDMC_ROLE_WEIGHTS][i] =
+            ldmc_bf16_to_f32(ldmc_f32_to_bf16(p->buffers[LDMC_ROLE_WEIGHTS][i]));
+}
+
+static float *bf16_exact(int64_t n, uint64_t seed, double scale) {
+    float *x = malloc((size_t)n * sizeof *x);
+    test_fill(x, n, seed, scale, 0);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = ldmc_bf16_to_f32(ldmc_f32_to_bf16(x[i]));
+    return x;
+}
+
+static double unet_step(ldmc_ctx *ctx, ldmc_unet *u, int B, int H, int W) {
+    const ldmc_unet_config *c = &u->cfg;
+    int64_t n = (int64_t)B * H * W * c->in_channels;
+    float *x = bf16_exact(n, 1, 1), *target = bf16_exact(n, 2, 1), t[2] = {17, 803};
+    int64_t labels[2] = {1, 3};
+    ldmc_unet_cond cond = {0};
+    ldmc_tensor *parts[LDMC_VECTOR_PART_COUNT] = {0};
+    float *pooled = NULL, *ctxv = NULL, sizes[4] = {512, 768, 1024, 1024}, crops[4] = {0, 16, 8, 0};
+    for (int i = 0; i < c->n_vector; i++) {
+        ldmc_vector_part part = c->vector[i];
+        int k = ldmc_vector_part_scalars(part);
+        if (!k) {
+            pooled = bf16_exact((int64_t)B * c->pooled_dim, 3, 1);
+            parts[part] = ldmc_input(ctx, ctx->act_dtype, 2, (int64_t[]){B, c->pooled_dim},
+                                     pooled, LDMC_F32);
+        } else {
+            parts[part] = ldmc_input(ctx, LDMC_F32, 2, (int64_t[]){B, k},
+                                     part == LDMC_VECTOR_CROP_COORDS ? crops : sizes, LDMC_F32);
+        }
+    }
+    if (c->n_vector) cond.vector = ldmc_unet_vector(ctx, c, parts);
+    if (c->n_classes) {
+        cond.class_labels = ldmc_input(ctx, LDMC_I64, 1, (int64_t[]){B}, labels, LDMC_I64);
+    } else if (c->context_dim) {
+        ctxv = bf16_exact((int64_t)B * 77 * c->context_dim, 4, 1);
+        cond.context = ldmc_input(ctx, ctx->act_dtype, 3, (int64_t[]){B, 77, c->context_dim},
+                                  ctxv, LDMC_F32);
+    }
+    int64_t shape[4] = {B, H, W, c->in_channels};
+    ldmc_tensor *xin = ldmc_input(ctx, ctx->act_dtype, 4, shape, x, LDMC_F32);
+    ldmc_tensor *tin = ldmc_input(ctx, LDMC_F32, 1, (int64_t[]){B}, t, LDMC_F32);
+    ldmc_tensor *out = ldmc_unet_forward(ctx, u, xin, tin, &cond);
+    ldmc_tensor *loss =
+        ldmc_mse_loss(ctx, out, ldmc_input(ctx, LDMC_F32, 4, shape, target, LDMC_F32));
+    double value = ldmc_read_scalar(loss);
+    ldmc_backward(ctx, loss, NULL);
+    free(x), free(target), free(pooled), free(ctxv);
+    return value;
+}
+
+static void check_unet_step(const char *config) {
+    ldmc_model_config mc = test_model_config(config);
+    ldmc_unet cpu_u, gpu_u;
+    ldmc_unet_init(&cpu_u, &mc.unet);
+    ldmc_unet_init(&gpu_u, &mc.unet);
+    ready(&cpu_u.params);
+    ready(&gpu_u.params);
+    ldmc_params_to_device(&gpu_u.params);
+    ldmc_ctx cpu, gpu;
+    test_ctx_init(&cpu);
+    gpu_ctx_init(&gpu);
+    double l_cpu = unet_step(&cpu, &cpu_u, 2, 16, 16), l_gpu = unet_step(&gpu, &gpu_u, 2, 16, 16);
+    CHECK(fabs(l_gpu - l_cpu) <= 0.02 * fabs(l_cpu), "%s loss: CPU %.6f, GPU %.6f", config, l_cpu,
+          l_gpu);
+    size_t n = cpu_u.params.total;
+    float *g = malloc(n * sizeof *g);
+    ldmc_cuda_to_host(g, gpu_u.params.device[LDMC_ROLE_GRAD], n * sizeof *g);
+    check_gradients(config, g, cpu_u.params.buffers[LDMC_ROLE_GRAD], n);
+    // one AdamW step from those gradients: the f32 masters move alike
+    ldmc_adamw opt = {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01};
+    float *before = malloc(n * sizeof *before);
+    memcpy(before, cpu_u.params.buffers[LDMC_ROLE_WEIGHTS], n * sizeof *before);
+    ldmc_adamw_step(&cpu_u.params, &opt, 1e-3, 1);
+    ldmc_adamw_step(&gpu_u.params, &opt, 1e-3, 1);
+    ldmc_params_to_host(&gpu_u.params);
+    for (size_t i = 0; i < n; i++) {
+        g[i] = gpu_u.params.buffers[LDMC_ROLE_WEIGHTS][i] - before[i];
+        before[i] = cpu_u.params.buffers[LDMC_ROLE_WEIGHTS][i] - before[i];
+    }
+    double dot = 0, gg = 0, ww = 0;
+    for (size_t i = 0; i < n; i++)
+        dot += (double)g[i] * before[i], gg += (double)g[i] * g[i], ww += (double)before[i] * before[i];
+    // Adam's first step is lr sign(g): a gradient element near zero may flip sign on bf16 noise
+    CHECK(dot / sqrt(gg * ww + 1e-300) >= 0.9, "%s: the AdamW updates differ in direction (cosine %.4f)",
+          config, dot / sqrt(gg * ww + 1e-300));
+    free(g);
+    free(before);
+    ldmc_ctx_free(&cpu);
+    ldmc_ctx_free(&gpu);
+    ldmc_unet_free(&cpu_u);
+    ldmc_unet_free(&gpu_u);
+}
+
+static void test_tiny_unet_class_step_matches_the_cpu(void) {
+    check_unet_step("tiny_unet_class.yaml");
+}
+
+static void test_tiny_unet_text_step_matches_the_cpu(void) {
+    check_unet_step("tiny_unet_text.yaml");
+}
+
+static double vae_step(ldmc_ctx *ctx, ldmc_vae *v, const float *x, const int64_t *shape) {
+    ldmc_tensor *xin = ldmc_input(ctx, ctx->act_dtype, 4, shape, x, LDMC_F32);
+    ldmc_vae_posterior q = ldmc_vae_encode(ctx, v, xin);
+    ldmc_tensor *eps = ldmc_new_like(ctx, q.mean);
+    ldmc_rng rng = ldmc_rng_make(5, 0, 0, LDMC_RNG_LATENT);
+    ldmc_fill_normal(eps, &rng, 0);
+    ldmc_tensor *rec = ldmc_vae_decode(ctx, v, ldmc_vae_sample(ctx, &q, eps));
+    ldmc_tensor *l1 = ldmc_l1_loss(ctx, rec, xin), *kl = ldmc_vae_kl(ctx, &q);
+    double value = ldmc_read_scalar(l1);
+    float s_kl[2] = {1e-3f, 1e-3f};
+    ldmc_backward_many(ctx, (ldmc_tensor *[]){l1, kl}, (const float *[]){NULL, s_kl}, 2);
+    return value;
+}
+
+static void test_tiny_vae_step_matches_the_cpu(void) {
+    ldmc_model_config mc = test_model_config("tiny_vae.yaml");
+    ldmc_vae cpu_v, gpu_v;
+    ldmc_vae_init(&cpu_v, &mc.vae);
+    ldmc_vae_init(&gpu_v, &mc.vae);
+    ready(&cpu_v.params);
+    ready(&gpu_v.params);
+    ldmc_params_to_device(&gpu_v.params);
+    ldmc_ctx cpu, gpu;
+    test_ctx_init(&cpu);
+    gpu_ctx_init(&gpu);
+    int64_t shape[4] = {2, 32, 24, mc.vae.in_channels};
+    float *x = bf16_exact(ldmc_shape_numel(4, shape), 7, 1);
+    double l_cpu = vae_step(&cpu, &cpu_v, x, shape), l_gpu = vae_step(&gpu, &gpu_v, x, shape);
+    CHECK(fabs(l_gpu - l_cpu) <= 0.02 * fabs(l_cpu), "VAE L1: CPU %.6f, GPU %.6f", l_cpu, l_gpu);
+    size_t n = cpu_v.params.total;
+    float *g = malloc(n * sizeof *g);
+    ldmc_cuda_to_host(g, gpu_v.params.device[LDMC_ROLE_GRAD], n * sizeof *g);
+    check_gradients("tiny VAE", g, cpu_v.params.buffers[LDMC_ROLE_GRAD], n);
+    free(g);
+    free(x);
+    ldmc_ctx_free(&cpu);
+    ldmc_ctx_free(&gpu);
+    ldmc_vae_free(&cpu_v);
+    ldmc_vae_free(&gpu_v);
+}
+
+// A gradient-checkpointed step moves region outputs inside the GPU arena (overlapping copies)
+// and re-runs regions during backward: the same gradients as without checkpointing.
+static void test_checkpointing_on_the_gpu_changes_nothing(void) {
+    ldmc_model_config mc = test_model_config("tiny_unet_text.yaml");
+    ldmc_unet u;
+    ldmc_unet_init(&u, &mc.unet);
+    ready(&u.params);
+    ldmc_params_to_device(&u.params);
+    size_t n = u.params.total;
+    float *plain = malloc(n * sizeof *plain), *ckpt = malloc(n * sizeof *ckpt);
+    for (int k = 0; k < 2; k++) {
+        ldmc_ctx gpu;
+        gpu_ctx_init(&gpu);
+        u.checkpointing = k == 1;
+        ldmc_params_zero_grad(&u.params);
+        unet_step(&gpu, &u, 2, 16, 16);
+        ldmc_cuda_to_host(k ? ckpt : plain, u.params.device[LDMC_ROLE_GRAD], n * sizeof(float));
+        ldmc_ctx_free(&gpu);
+    }
+    CHECK_CLOSE("checkpointed gradients", ckpt, plain, NULL, (int64_t)n, 1e-6);
+    free(plain);
+    free(ckpt);
+    ldmc_unet_free(&u);
 }
 
 int main(int argc, char **argv) {
@@ -143,10 +727,18 @@ int main(int argc, char **argv) {
         return 77;
     }
     ldmc_cuda_print_info(stdout);
-    static const test_entry tests[] = {
-        TEST_ENTRY(test_philox_streams_match_the_cpu),
-        TEST_ENTRY(test_bf16_conversions_match_the_cpu),
-        TEST_ENTRY(test_elementwise_ops_match_the_cpu),
-    };
-    return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
+    enum { N_OPS = sizeof op_cases / sizeof op_cases[0] };
+    static test_entry tests[8 + N_OPS];
+    int n = 0;
+    tests[n++] = (test_entry)TEST_ENTRY(test_philox_streams_match_the_cpu);
+    tests[n++] = (test_entry)TEST_ENTRY(test_bf16_conversions_match_the_cpu);
+    tests[n++] = (test_entry)TEST_ENTRY(test_noise_batch_matches_the_cpu);
+    for (int i = 0; i < N_OPS; i++)
+        tests[n++] = (test_entry){op_cases[i].name, test_ops_match_the_cpu, &op_cases[i]};
+    tests[n++] = (test_entry)TEST_ENTRY(test_adamw_ema_and_norm_match_the_cpu);
+    tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_class_step_matches_the_cpu);
+    tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_text_step_matches_the_cpu);
+    tests[n++] = (test_entry)TEST_ENTRY(test_tiny_vae_step_matches_the_cpu);
+    tests[n++] = (test_entry)TEST_ENTRY(test_checkpointing_on_the_gpu_changes_nothing);
+    return test_main(argc, argv, tests, n);
 }

@@ -15,6 +15,7 @@ typedef struct ldmc_arena {
     size_t high_water; // most bytes ever in use since creation or ldmc_arena_reset_high_water
     const char *name;  // for messages ("activations")
     bool virtual_only; // address space only, never touched: for dry runs that measure memory
+    bool device;       // GPU memory (one cudaMalloc of `capacity`): never touched by the host
 } ldmc_arena;
 
 // Reserves `capacity` bytes of address space (nothing is committed until touched).
@@ -22,11 +23,14 @@ void ldmc_arena_init(ldmc_arena *arena, const char *name, size_t capacity);
 // Reserves inaccessible address space: allocations are counted (used, high-water mark) but the
 // memory must never be touched; a dry run uses it to measure a step without the memory.
 void ldmc_arena_init_virtual(ldmc_arena *arena, const char *name, size_t capacity);
+// Allocates `capacity` bytes of GPU memory up front (a GPU cannot commit pages on touch; the
+// trainer sizes it from a dry run's high-water mark). Fatal in a build without CUDA.
+void ldmc_arena_init_device(ldmc_arena *arena, const char *name, size_t capacity);
 void ldmc_arena_free(ldmc_arena *arena);
 // Uninitialized memory, aligned to LDMC_ARENA_ALIGN. Fails (fatal) with the arena's name and
 // sizes when the reservation is exhausted.
 void *ldmc_arena_alloc(ldmc_arena *arena, size_t bytes);
-// Zeroed memory (not touched in a virtual-only arena).
+// Zeroed memory (not touched in a virtual-only arena; zeroed on the GPU in a device arena).
 void *ldmc_arena_calloc(ldmc_arena *arena, size_t bytes);
 size_t ldmc_arena_mark(const ldmc_arena *arena);
 // Releases everything allocated since `mark`.

@@ -8,6 +8,9 @@
 #include <sys/mman.h>
 
 #include "core/error.h"
+#ifdef LDMC_HAVE_CUDA
+#include "kernels/ldmc_cuda.h"
+#endif
 #include "core/rng.h"
 
 static const char *role_names[LDMC_ROLE_COUNT] = {"weights", "master", "grad",
@@ -123,6 +126,12 @@ void ldmc_params_init(ldmc_params *p, uint64_t seed) {
 }
 
 void ldmc_params_zero_grad(ldmc_params *p) {
+#ifdef LDMC_HAVE_CUDA
+    if (p->on_device) {
+        if (p->device[LDMC_ROLE_GRAD]) ldmc_cuda_zero(p->device[LDMC_ROLE_GRAD], p->total * 4);
+        return;
+    }
+#endif
     if (p->buffers[LDMC_ROLE_GRAD] && !p->reserved[LDMC_ROLE_GRAD])
         memset(p->buffers[LDMC_ROLE_GRAD], 0, p->total * sizeof(float));
 }
@@ -136,6 +145,14 @@ ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index) {
     item->tensor = ldmc_tensor_wrap(LDMC_F32, weights ? weights + item->offset : NULL, item->ndim,
                                     item->shape);
     item->tensor.grad = trainable ? grad + item->offset : NULL;
+    if (p->on_device) {
+        uint16_t *w16 = p->device[LDMC_ROLE_WEIGHTS];
+        float *g = p->device[LDMC_ROLE_GRAD];
+        trainable = !(item->flags & LDMC_PARAM_FROZEN) && g;
+        item->tensor = ldmc_tensor_wrap(LDMC_BF16, w16 + item->offset, item->ndim, item->shape);
+        item->tensor.device = LDMC_CUDA;
+        item->tensor.grad = trainable ? g + item->offset : NULL;
+    }
     item->tensor.requires_grad = trainable;
     item->tensor.is_param = true;
     item->tensor.name = item->name;
@@ -149,7 +166,62 @@ int64_t ldmc_params_count(const ldmc_params *p, bool trainable_only) {
     return n;
 }
 
+#ifdef LDMC_HAVE_CUDA
+static void upload_roles(ldmc_params *p) {
+    const size_t n = p->total, bytes = n * sizeof(float);
+    ldmc_cuda_to_device(p->device[LDMC_ROLE_MASTER], p->buffers[LDMC_ROLE_WEIGHTS], bytes);
+    ldmc_cuda_f32_to_bf16(p->device[LDMC_ROLE_WEIGHTS], p->device[LDMC_ROLE_MASTER], (int64_t)n);
+    for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++)
+        if (p->device[r]) ldmc_cuda_to_device(p->device[r], p->buffers[r], bytes);
+    if (p->device[LDMC_ROLE_GRAD]) ldmc_cuda_zero(p->device[LDMC_ROLE_GRAD], bytes);
+}
+#endif
+
+void ldmc_params_to_device(ldmc_params *p) {
+#ifdef LDMC_HAVE_CUDA
+    LDMC_CHECK(!p->on_device, "parameters already on the GPU");
+    LDMC_CHECK(p->buffers[LDMC_ROLE_WEIGHTS] && !p->reserved[LDMC_ROLE_WEIGHTS],
+               "parameters moved to the GPU before their weights exist");
+    const size_t n = p->total ? p->total : 1;
+    p->device[LDMC_ROLE_WEIGHTS] = ldmc_cuda_malloc(n * sizeof(uint16_t));
+    p->device[LDMC_ROLE_MASTER] = ldmc_cuda_malloc(n * sizeof(float));
+    for (int r = LDMC_ROLE_GRAD; r < LDMC_ROLE_COUNT; r++)
+        if (p->buffers[r] && !p->reserved[r]) p->device[r] = ldmc_cuda_malloc(n * sizeof(float));
+    upload_roles(p);
+    p->on_device = true;
+    for (int i = 0; i < p->count; i++)
+        ldmc_params_tensor(p, i);
+#else
+    (void)p;
+    LDMC_FATAL("parameters on the GPU: this build of ldmc has no CUDA (LDMC_CUDA=OFF)");
+#endif
+}
+
+void ldmc_params_upload(ldmc_params *p) {
+#ifdef LDMC_HAVE_CUDA
+    if (p->on_device) upload_roles(p);
+#else
+    (void)p;
+#endif
+}
+
+void ldmc_params_to_host(ldmc_params *p) {
+#ifdef LDMC_HAVE_CUDA
+    if (!p->on_device) return;
+    const size_t bytes = p->total * sizeof(float);
+    ldmc_cuda_to_host(p->buffers[LDMC_ROLE_WEIGHTS], p->device[LDMC_ROLE_MASTER], bytes);
+    for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++)
+        if (p->device[r]) ldmc_cuda_to_host(p->buffers[r], p->device[r], bytes);
+#else
+    (void)p;
+#endif
+}
+
 void ldmc_params_free(ldmc_params *p) {
+#ifdef LDMC_HAVE_CUDA
+    for (int r = 0; r < LDMC_ROLE_COUNT; r++)
+        ldmc_cuda_free(p->device[r]);
+#endif
     for (int i = 0; i < p->count; i++)
         free(p->items[i].name);
     free(p->items);

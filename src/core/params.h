@@ -51,6 +51,10 @@ typedef struct ldmc_params {
     size_t total;                    // elements per role buffer, padding included
     float *buffers[LDMC_ROLE_COUNT]; // NULL until allocated
     bool reserved[LDMC_ROLE_COUNT];    // address space only (ldmc_params_reserve)
+    // GPU copies (ldmc_params_to_device): WEIGHTS in bf16, every other role in f32. While
+    // on_device, the tensor views point there and the host buffers are the checkpoint side.
+    void *device[LDMC_ROLE_COUNT];
+    bool on_device;
 } ldmc_params;
 
 const char *ldmc_param_role_name(ldmc_param_role role);
@@ -75,6 +79,14 @@ void ldmc_params_init(ldmc_params *p, uint64_t seed);
 // Zeroes the gradient buffer.
 void ldmc_params_zero_grad(ldmc_params *p);
 ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index);
+// Moves training to the GPU: allocates the GPU buffers (bf16 working weights, an f32 master copy,
+// gradients, and Adam m, v and EMA where the host has them), uploads the host's values (the host
+// weights become the master) and points the tensor views at the GPU. Fatal without CUDA.
+void ldmc_params_to_device(ldmc_params *p);
+// Copies the GPU's master weights, m, v and EMA into the host buffers (for a checkpoint).
+void ldmc_params_to_host(ldmc_params *p);
+// Uploads the host buffers again (after a checkpoint was loaded into them).
+void ldmc_params_upload(ldmc_params *p);
 // Count of parameter elements (padding excluded); frozen ones excluded when trainable_only.
 int64_t ldmc_params_count(const ldmc_params *p, bool trainable_only);
 void ldmc_params_free(ldmc_params *p);

@@ -6,20 +6,39 @@
 #include <string.h>
 
 #include "core/error.h"
+#ifdef LDMC_HAVE_CUDA
+#include "kernels/ldmc_cuda.h"
+#endif
 
-void ldmc_ctx_init(ldmc_ctx *ctx, size_t data_bytes, size_t meta_bytes) {
+void ldmc_ctx_init_device(ldmc_ctx *ctx, ldmc_device device, size_t data_bytes,
+                          size_t meta_bytes) {
     *ctx = (ldmc_ctx){0};
-    ldmc_arena_init(&ctx->data, "activation", data_bytes);
+    if (device == LDMC_CUDA)
+        ldmc_arena_init_device(&ctx->data, "GPU activation", data_bytes);
+    else
+        ldmc_arena_init(&ctx->data, "activation", data_bytes);
     ldmc_arena_init(&ctx->meta, "tensor-header", meta_bytes);
+    ctx->device = device;
+    ctx->act_dtype = device == LDMC_CUDA ? LDMC_BF16 : LDMC_F32;
     ctx->recording = true;
 }
 
-void ldmc_ctx_init_dry_run(ldmc_ctx *ctx, size_t data_bytes) {
+void ldmc_ctx_init(ldmc_ctx *ctx, size_t data_bytes, size_t meta_bytes) {
+    ldmc_ctx_init_device(ctx, LDMC_CPU, data_bytes, meta_bytes);
+}
+
+void ldmc_ctx_init_dry_run_device(ldmc_ctx *ctx, ldmc_device device, size_t data_bytes) {
     *ctx = (ldmc_ctx){0};
     ldmc_arena_init_virtual(&ctx->data, "activation (dry run)", data_bytes);
     ldmc_arena_init(&ctx->meta, "tensor-header", (size_t)1 << 30);
+    ctx->device = device;
+    ctx->act_dtype = device == LDMC_CUDA ? LDMC_BF16 : LDMC_F32;
     ctx->recording = true;
     ctx->dry_run = true;
+}
+
+void ldmc_ctx_init_dry_run(ldmc_ctx *ctx, size_t data_bytes) {
+    ldmc_ctx_init_dry_run_device(ctx, LDMC_CPU, data_bytes);
 }
 
 void ldmc_ctx_free(ldmc_ctx *ctx) {
@@ -40,6 +59,7 @@ static ldmc_tensor *new_header(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const 
     ldmc_tensor *t = ldmc_arena_calloc(&ctx->meta, sizeof *t);
     *t = ldmc_tensor_wrap(dtype, NULL, ndim, shape);
     t->id = ++ctx->next_id;
+    t->device = ctx->device;
     return t;
 }
 
@@ -168,6 +188,23 @@ static void run_backward(ldmc_ctx *ctx, int first, int end) {
     }
 }
 
+// g += seed (or 1) for a gradient in GPU memory: the values go up through a scratch buffer.
+static void seed_device(ldmc_ctx *ctx, float *g, const float *seed, int64_t count) {
+#ifdef LDMC_HAVE_CUDA
+    size_t mark = ldmc_arena_mark(&ctx->data);
+    float *tmp = ldmc_arena_alloc(&ctx->data, (size_t)count * sizeof(float));
+    if (seed)
+        ldmc_cuda_to_device(tmp, seed, (size_t)count * sizeof(float));
+    else
+        ldmc_cuda_fill_f32(tmp, 1.0f, count);
+    ldmc_cuda_accumulate(g, tmp, 1.0f, count);
+    ldmc_arena_release(&ctx->data, mark);
+#else
+    (void)ctx, (void)g, (void)seed, (void)count;
+    LDMC_FATAL("backward on the GPU in a build without CUDA");
+#endif
+}
+
 void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_grads, int n) {
     for (int k = 0; k < n; k++) {
         float *g = ldmc_grad(ctx, outs[k]);
@@ -178,6 +215,10 @@ void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_gr
         int64_t count = ldmc_numel(outs[k]);
         const float *seed = seed_grads ? seed_grads[k] : NULL;
         if (ctx->dry_run) continue;
+        if (ctx->device == LDMC_CUDA) {
+            seed_device(ctx, g, seed, count);
+            continue;
+        }
 #pragma omp parallel for schedule(static) if (count > 65536)
         for (int64_t i = 0; i < count; i++)
             g[i] += seed ? seed[i] : 1.0f;
@@ -245,6 +286,26 @@ static void checkpoint_backward(ldmc_ctx *ctx, ldmc_node *node) {
 
 static const ldmc_op_info checkpoint_op = {"checkpoint", checkpoint_backward};
 
+// memmove on the context's device: a GPU copy between overlapping ranges goes through the
+// workspace, as cudaMemcpy does not allow overlap.
+static void move_data(ldmc_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    if (dst == src || bytes == 0) return;
+#ifdef LDMC_HAVE_CUDA
+    if (ctx->device == LDMC_CUDA) {
+        if ((const char *)dst + bytes <= (const char *)src) {
+            ldmc_cuda_copy(dst, src, bytes);
+        } else {
+            void *tmp = ldmc_cuda_workspace(bytes);
+            ldmc_cuda_copy(tmp, src, bytes);
+            ldmc_cuda_copy(dst, tmp, bytes);
+        }
+        return;
+    }
+#endif
+    (void)ctx;
+    memmove(dst, src, bytes);
+}
+
 // Moves the region's outputs down to `mark`, in address order (so that no move overwrites an
 // output not yet moved), and releases everything above them.
 static void compact_outputs(ldmc_ctx *ctx, size_t mark, ldmc_tensor **out, int n_out) {
@@ -266,7 +327,7 @@ static void compact_outputs(ldmc_ctx *ctx, size_t mark, ldmc_tensor **out, int n
         void *dst = ldmc_arena_alloc(&ctx->data, bytes);
         LDMC_CHECK((char *)dst <= (char *)sorted[i]->data,
                    "checkpoint region outputs overlap each other");
-        if (!ctx->dry_run) memmove(dst, sorted[i]->data, bytes);
+        if (!ctx->dry_run) move_data(ctx, dst, sorted[i]->data, bytes);
         sorted[i]->data = dst;
     }
 }

@@ -48,6 +48,8 @@ struct ldmc_ctx {
     ldmc_arena meta; // tensor headers, node argument records
     ldmc_node *nodes;
     int n_nodes, cap_nodes;
+    ldmc_device device;  // where the data arena lives and every new tensor with it
+    ldmc_dtype act_dtype; // what ops write: f32 on the CPU, bf16 on the GPU
     bool recording; // record ops for backward (training); off for inference
     bool dry_run;   // shapes and memory only: ops allocate but compute nothing (memory plans)
     uint64_t next_id;
@@ -66,15 +68,21 @@ void ldmc_ctx_init(ldmc_ctx *ctx, size_t data_bytes, size_t meta_bytes);
 // that is never touched, and no kernel runs; data.high_water is then the step's activation
 // memory. Inputs made with ldmc_new in it must not be written either.
 void ldmc_ctx_init_dry_run(ldmc_ctx *ctx, size_t data_bytes);
+// The same for a device: LDMC_CUDA allocates the data arena in GPU memory up front (activations in
+// bf16, gradients in f32); the dry run of a GPU step measures bf16 activations without a GPU.
+void ldmc_ctx_init_device(ldmc_ctx *ctx, ldmc_device device, size_t data_bytes, size_t meta_bytes);
+void ldmc_ctx_init_dry_run_device(ldmc_ctx *ctx, ldmc_device device, size_t data_bytes);
 void ldmc_ctx_free(ldmc_ctx *ctx);
 // Starts a new step: drops all activations, gradients of activations and the tape.
 void ldmc_ctx_reset(ldmc_ctx *ctx);
 
-// A fresh tensor with uninitialized (ldmc_new) or zeroed (ldmc_zeros) data in the data arena.
+// A fresh tensor with uninitialized (ldmc_new) or zeroed (ldmc_zeros) data in the data arena, on
+// the context's device.
 ldmc_tensor *ldmc_new(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape);
 ldmc_tensor *ldmc_zeros(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape);
 ldmc_tensor *ldmc_new_like(ldmc_ctx *ctx, const ldmc_tensor *t);
-// A header over memory the caller owns (inputs, reference data). Not copied.
+// A header over memory the caller owns (inputs, reference data), on the context's device. Not
+// copied.
 ldmc_tensor *ldmc_wrap(ldmc_ctx *ctx, ldmc_dtype dtype, void *data, int ndim, const int64_t *shape);
 // A view with another shape of the same number of elements; shares data and gradient.
 ldmc_tensor *ldmc_reshape(ldmc_ctx *ctx, ldmc_tensor *t, int ndim, const int64_t *shape);

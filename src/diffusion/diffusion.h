@@ -26,6 +26,13 @@ void ldmc_noise_batch(const ldmc_schedule *s, const ldmc_noise_options *o, const
                       int h, int w, int C, uint64_t seed, uint32_t step, uint32_t rank,
                       uint32_t stream, float *x_t, float *target, float *t, float *weight);
 
+// The per-sample part of ldmc_noise_batch: t (B), weight (B), and sa = √ᾱ_t, sb = √(1-ᾱ_t) (B)
+// in double, for the GPU's noising kernel (ldmc_cuda_noise_batch), which draws ε and the offsets
+// from the NOISE stream at (stream << 40) as ldmc_noise_batch does.
+void ldmc_noise_timesteps(const ldmc_schedule *s, const ldmc_noise_options *o, int B,
+                          uint64_t seed, uint32_t step, uint32_t rank, uint32_t stream, float *t,
+                          float *weight, double *sa, double *sb);
+
 // The timesteps DDIM visits, descending (981, 961, ..., 1 for 50 of 1000). Returns how many.
 int ldmc_ddim_timesteps(const ldmc_schedule *s, int n, int *out);
 // One DDIM step from x (at timestep t) given the model's output, to the previous timestep

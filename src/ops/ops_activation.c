@@ -4,29 +4,47 @@
 
 static void silu_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
-    silu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x));
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_silu_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), BF(x), ldmc_numel(x)));
+    else
+        silu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x));
 }
 
 static const ldmc_op_info silu_op = {"silu", silu_backward};
 
 ldmc_tensor *ldmc_silu(ldmc_ctx *ctx, ldmc_tensor *x) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    COMPUTE(ctx) silu_forward_f32(OUT(y), DATA(x), ldmc_numel(x));
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_silu_forward(BF(y), BF(x), ldmc_numel(x)));
+        else
+            silu_forward_f32(OUT(y), DATA(x), ldmc_numel(x));
+    }
     RECORD(ctx, &silu_op, y, x);
     return y;
 }
 
 static void gelu_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
-    gelu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x),
-                      *(const bool *)node->args);
+    bool tanh_approx = *(const bool *)node->args;
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_gelu_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), BF(x), ldmc_numel(x),
+                                    tanh_approx));
+    else
+        gelu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x),
+                          tanh_approx);
 }
 
 static const ldmc_op_info gelu_op = {"gelu", gelu_backward};
 
 ldmc_tensor *ldmc_gelu(ldmc_ctx *ctx, ldmc_tensor *x, bool tanh_approx) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    COMPUTE(ctx) gelu_forward_f32(OUT(y), DATA(x), ldmc_numel(x), tanh_approx);
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_gelu_forward(BF(y), BF(x), ldmc_numel(x), tanh_approx));
+        else
+            gelu_forward_f32(OUT(y), DATA(x), ldmc_numel(x), tanh_approx);
+    }
     ldmc_node *node = RECORD(ctx, &gelu_op, y, x);
     if (node) *(bool *)ldmc_node_args(ctx, node, sizeof(bool)) = tanh_approx;
     return y;
@@ -35,7 +53,11 @@ ldmc_tensor *ldmc_gelu(ldmc_ctx *ctx, ldmc_tensor *x, bool tanh_approx) {
 static void geglu_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
     int F = (int)(last_dim(x) / 2);
-    geglu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x) / (2 * F), F);
+    int64_t M = ldmc_numel(x) / (2 * F);
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_geglu_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), BF(x), M, F));
+    else
+        geglu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), M, F);
 }
 
 static const ldmc_op_info geglu_op = {"geglu", geglu_backward};
@@ -47,9 +69,15 @@ ldmc_tensor *ldmc_geglu(ldmc_ctx *ctx, ldmc_tensor *x) {
     for (int i = 0; i < x->ndim; i++)
         shape[i] = x->shape[i];
     shape[x->ndim - 1] /= 2;
-    ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, x->ndim, shape);
+    ldmc_tensor *y = ldmc_new(ctx, ctx->act_dtype, x->ndim, shape);
     int F = (int)shape[x->ndim - 1];
-    COMPUTE(ctx) geglu_forward_f32(OUT(y), DATA(x), ldmc_numel(y) / (F ? F : 1), F);
+    int64_t M = ldmc_numel(y) / (F ? F : 1);
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_geglu_forward(BF(y), BF(x), M, F));
+        else
+            geglu_forward_f32(OUT(y), DATA(x), M, F);
+    }
     RECORD(ctx, &geglu_op, y, x);
     return y;
 }
@@ -57,7 +85,10 @@ ldmc_tensor *ldmc_geglu(ldmc_ctx *ctx, ldmc_tensor *x) {
 static void softmax_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0], *y = node->out[0];
     int C = (int)last_dim(x);
-    softmax_backward_f32(ldmc_grad(ctx, x), DOUT(y), DATA(y), ldmc_numel(x) / C, C);
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_softmax_backward(ldmc_grad(ctx, x), DOUT(y), BF(y), ldmc_numel(x) / C, C));
+    else
+        softmax_backward_f32(ldmc_grad(ctx, x), DOUT(y), DATA(y), ldmc_numel(x) / C, C);
 }
 
 static const ldmc_op_info softmax_op = {"softmax", softmax_backward};
@@ -66,7 +97,12 @@ ldmc_tensor *ldmc_softmax(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim >= 1 && last_dim(x) > 0, "softmax", x, "the last dimension must be non-empty");
     ldmc_tensor *y = ldmc_new_like(ctx, x);
     int C = (int)last_dim(x);
-    COMPUTE(ctx) softmax_forward_f32(OUT(y), DATA(x), ldmc_numel(x) / C, C);
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_softmax_forward(BF(y), BF(x), ldmc_numel(x) / C, C));
+        else
+            softmax_forward_f32(OUT(y), DATA(x), ldmc_numel(x) / C, C);
+    }
     RECORD(ctx, &softmax_op, y, x);
     return y;
 }

@@ -12,9 +12,15 @@ typedef struct attention_args {
 static void attention_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const attention_args *a = node->args;
     ldmc_tensor *q = node->in[0], *k = node->in[1], *v = node->in[2], *o = node->out[0];
-    attention_backward_f32(ldmc_grad(ctx, q), ldmc_grad(ctx, k), ldmc_grad(ctx, v), DOUT(o),
-                           DATA(q), DATA(k), DATA(v), DATA(o), a->lse, a->B, a->Nq, a->Nk, a->H,
-                           a->D, 1.0 / sqrt((double)a->D));
+    const double scale = 1.0 / sqrt((double)a->D);
+    if (ON_GPU(q))
+        GPU(ldmc_cuda_attention_backward(ldmc_grad(ctx, q), ldmc_grad(ctx, k), ldmc_grad(ctx, v),
+                                         DOUT(o), BF(q), BF(k), BF(v), BF(o), a->lse, a->B, a->Nq,
+                                         a->Nk, a->H, a->D, (float)scale));
+    else
+        attention_backward_f32(ldmc_grad(ctx, q), ldmc_grad(ctx, k), ldmc_grad(ctx, v), DOUT(o),
+                               DATA(q), DATA(k), DATA(v), DATA(o), a->lse, a->B, a->Nq, a->Nk,
+                               a->H, a->D, scale);
 }
 
 static const ldmc_op_info attention_op = {"attention", attention_backward};
@@ -36,8 +42,15 @@ ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_
     OP_CHECK(a.Nk > 0, "attention", k, "there must be at least one key");
     a.lse = ldmc_scratch(ctx, (size_t)a.B * a.H * a.Nq * sizeof(float));
     ldmc_tensor *o = ldmc_new_like(ctx, q);
-    COMPUTE(ctx) attention_forward_f32(OUT(o), a.lse, DATA(q), DATA(k), DATA(v), a.B, a.Nq, a.Nk, a.H, a.D,
-                          1.0 / sqrt((double)a.D));
+    const double scale = 1.0 / sqrt((double)a.D);
+    COMPUTE(ctx) {
+        if (ON_GPU(q))
+            GPU(ldmc_cuda_attention_forward(BF(o), a.lse, BF(q), BF(k), BF(v), a.B, a.Nq, a.Nk, a.H,
+                                            a.D, (float)scale));
+        else
+            attention_forward_f32(OUT(o), a.lse, DATA(q), DATA(k), DATA(v), a.B, a.Nq, a.Nk, a.H,
+                                  a.D, scale);
+    }
     ldmc_node *node = RECORD(ctx, &attention_op, o, q, k, v);
     if (node) *(attention_args *)ldmc_node_args(ctx, node, sizeof a) = a;
     return o;

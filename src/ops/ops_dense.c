@@ -7,8 +7,14 @@
 static void linear_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0], *w = node->in[1], *b = node->in[2];
     int in = (int)w->shape[1], out = (int)w->shape[0];
-    linear_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, w), ldmc_grad(ctx, b), DOUT(node->out[0]),
-                        DATA(x), DATA(w), (int)(ldmc_numel(x) / in), in, out);
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_linear_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, w), ldmc_grad(ctx, b),
+                                      DOUT(node->out[0]), BF(x), BF(w), ldmc_numel(x) / in, in,
+                                      out));
+    else
+        linear_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, w), ldmc_grad(ctx, b),
+                            DOUT(node->out[0]), DATA(x), DATA(w), (int)(ldmc_numel(x) / in), in,
+                            out);
 }
 
 static const ldmc_op_info linear_op = {"linear", linear_backward};
@@ -24,9 +30,16 @@ ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_ten
     for (int i = 0; i < x->ndim; i++)
         shape[i] = x->shape[i];
     shape[x->ndim - 1] = w->shape[0];
-    ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, x->ndim, shape);
-    COMPUTE(ctx) linear_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), (int)(ldmc_numel(x) / w->shape[1]),
-                       (int)w->shape[1], (int)w->shape[0]);
+    ldmc_tensor *y = ldmc_new(ctx, ctx->act_dtype, x->ndim, shape);
+    int64_t M = ldmc_numel(x) / w->shape[1];
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_linear_forward(BF(y), BF(x), BF(w), BF(b), M, (int)w->shape[1],
+                                         (int)w->shape[0]));
+        else
+            linear_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), (int)M, (int)w->shape[1],
+                               (int)w->shape[0]);
+    }
     RECORD(ctx, &linear_op, y, x, w, b);
     return y;
 }
@@ -40,9 +53,13 @@ typedef struct matmul_args {
 
 static void matmul_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const matmul_args *a = node->args;
-    bmm_backward_f32(ldmc_grad(ctx, node->in[0]), ldmc_grad(ctx, node->in[1]), DOUT(node->out[0]),
-                     DATA(node->in[0]), DATA(node->in[1]), a->B, a->M, a->N, a->K, a->trans_a,
-                     a->trans_b);
+    ldmc_tensor *x = node->in[0], *y = node->in[1];
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_bmm_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, y), DOUT(node->out[0]), BF(x),
+                                   BF(y), a->B, a->M, a->N, a->K, a->trans_a, a->trans_b));
+    else
+        bmm_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, y), DOUT(node->out[0]), DATA(x),
+                         DATA(y), a->B, a->M, a->N, a->K, a->trans_a, a->trans_b);
 }
 
 static const ldmc_op_info matmul_op = {"matmul", matmul_backward};
@@ -59,7 +76,14 @@ ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool tra
     OP_CHECK(b->shape[trans_b ? 2 : 1] == args.K, "matmul", b, "the inner dimension must be K = %d",
              args.K);
     ldmc_tensor *c = NEW(ctx, args.B, args.M, args.N);
-    COMPUTE(ctx) bmm_forward_f32(OUT(c), DATA(a), DATA(b), args.B, args.M, args.N, args.K, trans_a, trans_b);
+    COMPUTE(ctx) {
+        if (ON_GPU(a))
+            GPU(ldmc_cuda_bmm_forward(BF(c), BF(a), BF(b), args.B, args.M, args.N, args.K, trans_a,
+                                      trans_b));
+        else
+            bmm_forward_f32(OUT(c), DATA(a), DATA(b), args.B, args.M, args.N, args.K, trans_a,
+                            trans_b);
+    }
     ldmc_node *node = RECORD(ctx, &matmul_op, c, a, b);
     if (node) *(matmul_args *)ldmc_node_args(ctx, node, sizeof args) = args;
     return c;
@@ -69,8 +93,12 @@ ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool tra
 
 static void conv2d_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0], *w = node->in[1], *b = node->in[2];
-    conv2d_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, w), ldmc_grad(ctx, b), DOUT(node->out[0]),
-                        DATA(x), DATA(w), node->args);
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_conv2d_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, w), ldmc_grad(ctx, b),
+                                      DOUT(node->out[0]), BF(x), BF(w), node->args));
+    else
+        conv2d_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, w), ldmc_grad(ctx, b),
+                            DOUT(node->out[0]), DATA(x), DATA(w), node->args);
 }
 
 static const ldmc_op_info conv2d_op = {"conv2d", conv2d_backward};
@@ -102,7 +130,12 @@ ldmc_tensor *ldmc_conv2d_padded(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, l
              "a %dx%d window with stride %d and padding (%d, %d, %d, %d) does not fit", g.kh, g.kw,
              stride, pad[0], pad[1], pad[2], pad[3]);
     ldmc_tensor *y = NEW(ctx, g.N, g.Ho, g.Wo, g.O);
-    COMPUTE(ctx) conv2d_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), &g);
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_conv2d_forward(BF(y), BF(x), BF(w), BF(b), &g));
+        else
+            conv2d_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), &g);
+    }
     ldmc_node *node = RECORD(ctx, &conv2d_op, y, x, w, b);
     if (node) *(ldmc_conv_geom *)ldmc_node_args(ctx, node, sizeof g) = g;
     return y;

@@ -1,6 +1,8 @@
 // Elementwise ops: add, mul, scale, broadcast add, dropout (see ops.h).
 // Kernels: src/ops/cpu/elementwise.inc, misc.inc. Tested by tests/test_ops.c and
 // tests/test_gradcheck.c.
+#include <stdlib.h>
+
 #include "ops/op_util.h"
 
 static void check_same(const char *op, const ldmc_tensor *a, const ldmc_tensor *b) {
@@ -12,10 +14,8 @@ static void check_same(const char *op, const ldmc_tensor *a, const ldmc_tensor *
 static void add_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const float *dy = DOUT(node->out[0]);
     int64_t n = ldmc_numel(node->out[0]);
-    for (int i = 0; i < 2; i++) {
-        float *d = ldmc_grad(ctx, node->in[i]);
-        if (d) accumulate_f32(d, dy, 1.0, n);
-    }
+    for (int i = 0; i < 2; i++)
+        accumulate_on(node->in[i], ldmc_grad(ctx, node->in[i]), dy, 1.0, n);
 }
 
 static const ldmc_op_info add_op = {"add", add_backward};
@@ -23,15 +23,24 @@ static const ldmc_op_info add_op = {"add", add_backward};
 ldmc_tensor *ldmc_add(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     check_same("add", a, b);
     ldmc_tensor *y = ldmc_new_like(ctx, a);
-    COMPUTE(ctx) add_forward_f32(OUT(y), DATA(a), DATA(b), ldmc_numel(a));
+    COMPUTE(ctx) {
+        if (ON_GPU(a))
+            GPU(ldmc_cuda_add_forward(BF(y), BF(a), BF(b), ldmc_numel(a)));
+        else
+            add_forward_f32(OUT(y), DATA(a), DATA(b), ldmc_numel(a));
+    }
     RECORD(ctx, &add_op, y, a, b);
     return y;
 }
 
 static void mul_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *a = node->in[0], *b = node->in[1];
-    mul_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), DATA(a), DATA(b),
-                     ldmc_numel(a));
+    if (ON_GPU(a))
+        GPU(ldmc_cuda_mul_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), BF(a),
+                                   BF(b), ldmc_numel(a)));
+    else
+        mul_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), DATA(a),
+                         DATA(b), ldmc_numel(a));
 }
 
 static const ldmc_op_info mul_op = {"mul", mul_backward};
@@ -39,7 +48,12 @@ static const ldmc_op_info mul_op = {"mul", mul_backward};
 ldmc_tensor *ldmc_mul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     check_same("mul", a, b);
     ldmc_tensor *y = ldmc_new_like(ctx, a);
-    COMPUTE(ctx) mul_forward_f32(OUT(y), DATA(a), DATA(b), ldmc_numel(a));
+    COMPUTE(ctx) {
+        if (ON_GPU(a))
+            GPU(ldmc_cuda_mul_forward(BF(y), BF(a), BF(b), ldmc_numel(a)));
+        else
+            mul_forward_f32(OUT(y), DATA(a), DATA(b), ldmc_numel(a));
+    }
     RECORD(ctx, &mul_op, y, a, b);
     return y;
 }
@@ -47,9 +61,8 @@ ldmc_tensor *ldmc_mul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
 static void sub_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const float *dy = DOUT(node->out[0]);
     int64_t n = ldmc_numel(node->out[0]);
-    float *da = ldmc_grad(ctx, node->in[0]), *db = ldmc_grad(ctx, node->in[1]);
-    if (da) accumulate_f32(da, dy, 1.0, n);
-    if (db) accumulate_f32(db, dy, -1.0, n);
+    accumulate_on(node->in[0], ldmc_grad(ctx, node->in[0]), dy, 1.0, n);
+    accumulate_on(node->in[1], ldmc_grad(ctx, node->in[1]), dy, -1.0, n);
 }
 
 static const ldmc_op_info sub_op = {"sub", sub_backward};
@@ -57,21 +70,32 @@ static const ldmc_op_info sub_op = {"sub", sub_backward};
 ldmc_tensor *ldmc_sub(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     check_same("sub", a, b);
     ldmc_tensor *y = ldmc_new_like(ctx, a);
-    COMPUTE(ctx) sub_forward_f32(OUT(y), DATA(a), DATA(b), ldmc_numel(a));
+    COMPUTE(ctx) {
+        if (ON_GPU(a))
+            GPU(ldmc_cuda_sub_forward(BF(y), BF(a), BF(b), ldmc_numel(a)));
+        else
+            sub_forward_f32(OUT(y), DATA(a), DATA(b), ldmc_numel(a));
+    }
     RECORD(ctx, &sub_op, y, a, b);
     return y;
 }
 
 static void affine_backward(ldmc_ctx *ctx, ldmc_node *node) {
-    float *dx = ldmc_grad(ctx, node->in[0]);
-    accumulate_f32(dx, DOUT(node->out[0]), *(const double *)node->args, ldmc_numel(node->in[0]));
+    ldmc_tensor *x = node->in[0];
+    accumulate_on(x, ldmc_grad(ctx, x), DOUT(node->out[0]), *(const double *)node->args,
+                  ldmc_numel(x));
 }
 
 static const ldmc_op_info affine_op = {"affine", affine_backward};
 
 ldmc_tensor *ldmc_affine(ldmc_ctx *ctx, ldmc_tensor *x, double a, double b) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    COMPUTE(ctx) affine_forward_f32(OUT(y), DATA(x), a, b, ldmc_numel(x));
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_affine_forward(BF(y), BF(x), (float)a, (float)b, ldmc_numel(x)));
+        else
+            affine_forward_f32(OUT(y), DATA(x), a, b, ldmc_numel(x));
+    }
     ldmc_node *node = RECORD(ctx, &affine_op, y, x);
     if (node) *(double *)ldmc_node_args(ctx, node, sizeof(double)) = a;
     return y;
@@ -81,15 +105,23 @@ ldmc_tensor *ldmc_scale(ldmc_ctx *ctx, ldmc_tensor *x, double s) { return ldmc_a
 
 // d exp(x) = exp(x) dx: the output is the saved value.
 static void exp_backward(ldmc_ctx *ctx, ldmc_node *node) {
-    mul_backward_f32(ldmc_grad(ctx, node->in[0]), NULL, DOUT(node->out[0]), NULL,
-                     DATA(node->out[0]), ldmc_numel(node->in[0]));
+    ldmc_tensor *x = node->in[0], *y = node->out[0];
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_exp_backward(ldmc_grad(ctx, x), DOUT(y), BF(y), ldmc_numel(x)));
+    else
+        mul_backward_f32(ldmc_grad(ctx, x), NULL, DOUT(y), NULL, DATA(y), ldmc_numel(x));
 }
 
 static const ldmc_op_info exp_op = {"exp", exp_backward};
 
 ldmc_tensor *ldmc_exp(ldmc_ctx *ctx, ldmc_tensor *x) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    COMPUTE(ctx) exp_forward_f32(OUT(y), DATA(x), ldmc_numel(x));
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_exp_forward(BF(y), BF(x), ldmc_numel(x)));
+        else
+            exp_forward_f32(OUT(y), DATA(x), ldmc_numel(x));
+    }
     RECORD(ctx, &exp_op, y, x);
     return y;
 }
@@ -101,7 +133,12 @@ typedef struct clamp_args {
 static void clamp_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const clamp_args *a = node->args;
     ldmc_tensor *x = node->in[0];
-    clamp_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), a->lo, a->hi, ldmc_numel(x));
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_clamp_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), BF(x), (float)a->lo,
+                                     (float)a->hi, ldmc_numel(x)));
+    else
+        clamp_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), a->lo, a->hi,
+                           ldmc_numel(x));
 }
 
 static const ldmc_op_info clamp_op = {"clamp", clamp_backward};
@@ -109,7 +146,12 @@ static const ldmc_op_info clamp_op = {"clamp", clamp_backward};
 ldmc_tensor *ldmc_clamp(ldmc_ctx *ctx, ldmc_tensor *x, double lo, double hi) {
     OP_CHECK(lo <= hi, "clamp", x, "the bounds [%g, %g] are reversed", lo, hi);
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    COMPUTE(ctx) clamp_forward_f32(OUT(y), DATA(x), lo, hi, ldmc_numel(x));
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_clamp_forward(BF(y), BF(x), (float)lo, (float)hi, ldmc_numel(x)));
+        else
+            clamp_forward_f32(OUT(y), DATA(x), lo, hi, ldmc_numel(x));
+    }
     ldmc_node *node = RECORD(ctx, &clamp_op, y, x);
     if (node) *(clamp_args *)ldmc_node_args(ctx, node, sizeof(clamp_args)) = (clamp_args){lo, hi};
     return y;
@@ -117,25 +159,37 @@ ldmc_tensor *ldmc_clamp(ldmc_ctx *ctx, ldmc_tensor *x, double lo, double hi) {
 
 static void sum_rows_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
-    int64_t B = x->shape[0];
-    sum_rows_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), B, B ? ldmc_numel(x) / B : 0);
+    int64_t B = x->shape[0], n = B ? ldmc_numel(x) / B : 0;
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_sum_rows_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), B, n));
+    else
+        sum_rows_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), B, n);
 }
 
 static const ldmc_op_info sum_rows_op = {"sum_rows", sum_rows_backward};
 
 ldmc_tensor *ldmc_sum_rows(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim >= 1, "sum_rows", x, "the input must be (B, ...)");
-    int64_t B = x->shape[0];
-    ldmc_tensor *y = NEW(ctx, B);
-    COMPUTE(ctx) sum_rows_forward_f32(OUT(y), DATA(x), B, B ? ldmc_numel(x) / B : 0);
+    int64_t B = x->shape[0], n = B ? ldmc_numel(x) / B : 0;
+    ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, 1, (int64_t[]){B}); // sums stay f32 on the GPU
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_sum_rows_forward(DF(y), BF(x), B, n));
+        else
+            sum_rows_forward_f32(OUT(y), DATA(x), B, n);
+    }
     RECORD(ctx, &sum_rows_op, y, x);
     return y;
 }
 
 static void embedding_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *table = node->in[0], *labels = node->in[1];
-    embedding_backward_f32(ldmc_grad(ctx, table), DOUT(node->out[0]), labels->data,
-                           ldmc_numel(labels), (int)table->shape[1]);
+    if (ON_GPU(table))
+        GPU(ldmc_cuda_embedding_backward(ldmc_grad(ctx, table), DOUT(node->out[0]), labels->data,
+                                         ldmc_numel(labels), (int)table->shape[1]));
+    else
+        embedding_backward_f32(ldmc_grad(ctx, table), DOUT(node->out[0]), labels->data,
+                               ldmc_numel(labels), (int)table->shape[1]);
 }
 
 static const ldmc_op_info embedding_op = {"embedding", embedding_backward};
@@ -144,13 +198,30 @@ ldmc_tensor *ldmc_embedding(ldmc_ctx *ctx, ldmc_tensor *table, ldmc_tensor *labe
     OP_CHECK(table->ndim == 2, "embedding", table, "the table must be (N, D)");
     OP_CHECK(labels->ndim == 1 && labels->dtype == LDMC_I64, "embedding", labels,
              "the labels must be (B) of I64");
-    const int64_t *l = labels->data, B = labels->shape[0], N = table->shape[0];
+    OP_CHECK(labels->device == table->device, "embedding", labels,
+             "the labels must be on the table's device");
+    const int64_t B = labels->shape[0], N = table->shape[0];
+    const int64_t *l = labels->data;
+    int64_t *host = NULL;
+    if (ON_GPU(labels) && !ctx->dry_run) { // a few values, checked on the host
+        host = malloc((size_t)(B ? B : 1) * sizeof *host);
+        LDMC_CHECK(host, "out of memory");
+        GPU(ldmc_cuda_to_host(host, labels->data, (size_t)B * sizeof *host));
+        l = host;
+    }
     for (int64_t b = 0; b < B && !ctx->dry_run; b++)
         OP_CHECK(l[b] >= 0 && l[b] < N, "embedding", labels,
                  "label %lld at %lld is outside [0, %lld)", (long long)l[b], (long long)b,
                  (long long)N);
+    free(host);
     ldmc_tensor *y = NEW(ctx, B, table->shape[1]);
-    COMPUTE(ctx) embedding_forward_f32(OUT(y), DATA(table), l, B, (int)table->shape[1]);
+    COMPUTE(ctx) {
+        if (ON_GPU(table))
+            GPU(ldmc_cuda_embedding_forward(BF(y), BF(table), labels->data, B,
+                                            (int)table->shape[1]));
+        else
+            embedding_forward_f32(OUT(y), DATA(table), labels->data, B, (int)table->shape[1]);
+    }
     RECORD(ctx, &embedding_op, y, table, labels);
     return y;
 }
@@ -163,8 +234,13 @@ typedef struct broadcast_args {
 
 static void add_broadcast_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const broadcast_args *a = node->args;
-    add_broadcast_backward_f32(ldmc_grad(ctx, node->in[0]), ldmc_grad(ctx, node->in[1]),
-                               DOUT(node->out[0]), a->B, a->P, a->C);
+    ldmc_tensor *x = node->in[0], *v = node->in[1];
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_add_broadcast_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, v),
+                                             DOUT(node->out[0]), a->B, a->P, a->C));
+    else
+        add_broadcast_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, v), DOUT(node->out[0]), a->B,
+                                   a->P, a->C);
 }
 
 static const ldmc_op_info add_broadcast_op = {"add_broadcast", add_broadcast_backward};
@@ -181,7 +257,12 @@ ldmc_tensor *ldmc_add_broadcast(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *v) {
              (long long)x->shape[0], a.C);
     a.P = ldmc_numel(x) / a.B / a.C;
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    COMPUTE(ctx) add_broadcast_forward_f32(OUT(y), DATA(x), DATA(v), a.B, a.P, a.C);
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_add_broadcast_forward(BF(y), BF(x), BF(v), a.B, a.P, a.C));
+        else
+            add_broadcast_forward_f32(OUT(y), DATA(x), DATA(v), a.B, a.P, a.C);
+    }
     ldmc_node *node = RECORD(ctx, &add_broadcast_op, y, x, v);
     if (node) *(broadcast_args *)ldmc_node_args(ctx, node, sizeof a) = a;
     return y;
@@ -195,8 +276,13 @@ typedef struct dropout_args {
 
 static void dropout_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const dropout_args *a = node->args;
-    dropout_backward_f32(ldmc_grad(ctx, node->in[0]), DOUT(node->out[0]), ldmc_numel(node->in[0]),
-                         a->p, &a->rng, a->offset);
+    ldmc_tensor *x = node->in[0];
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_dropout_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), ldmc_numel(x),
+                                       a->p, &a->rng, a->offset));
+    else
+        dropout_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), ldmc_numel(x), a->p, &a->rng,
+                             a->offset);
 }
 
 static const ldmc_op_info dropout_op = {"dropout", dropout_backward};
@@ -209,7 +295,12 @@ ldmc_tensor *ldmc_dropout(ldmc_ctx *ctx, ldmc_tensor *x, double p) {
                                            LDMC_RNG_DROPOUT),
                       .offset = ldmc_ctx_rng_take(ctx, (uint64_t)ldmc_numel(x))};
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    COMPUTE(ctx) dropout_forward_f32(OUT(y), DATA(x), ldmc_numel(x), p, &a.rng, a.offset);
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_dropout_forward(BF(y), BF(x), ldmc_numel(x), p, &a.rng, a.offset));
+        else
+            dropout_forward_f32(OUT(y), DATA(x), ldmc_numel(x), p, &a.rng, a.offset);
+    }
     ldmc_node *node = RECORD(ctx, &dropout_op, y, x);
     if (node) *(dropout_args *)ldmc_node_args(ctx, node, sizeof a) = a;
     return y;

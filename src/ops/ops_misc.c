@@ -12,8 +12,13 @@ typedef struct embedding_args {
 static void timestep_embedding_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const embedding_args *a = node->args;
     ldmc_tensor *t = node->in[0];
-    timestep_embedding_backward_f32(ldmc_grad(ctx, t), DOUT(node->out[0]), DATA(t),
-                                    (int)ldmc_numel(t), a->dim, a->max_period);
+    if (ON_GPU(t))
+        GPU(ldmc_cuda_timestep_embedding_backward(ldmc_grad(ctx, t), DOUT(node->out[0]), DF(t),
+                                                  (int)ldmc_numel(t), a->dim,
+                                                  (float)a->max_period));
+    else
+        timestep_embedding_backward_f32(ldmc_grad(ctx, t), DOUT(node->out[0]), DATA(t),
+                                        (int)ldmc_numel(t), a->dim, a->max_period);
 }
 
 static const ldmc_op_info timestep_embedding_op = {"timestep_embedding",
@@ -24,7 +29,13 @@ ldmc_tensor *ldmc_timestep_embedding(ldmc_ctx *ctx, ldmc_tensor *t, int dim, dou
     OP_CHECK(dim >= 2 && max_period > 0, "timestep_embedding", t,
              "dim %d must be >= 2 and max_period %g positive", dim, max_period);
     ldmc_tensor *y = NEW(ctx, t->shape[0], dim);
-    COMPUTE(ctx) timestep_embedding_forward_f32(OUT(y), DATA(t), (int)t->shape[0], dim, max_period);
+    COMPUTE(ctx) {
+        if (ON_GPU(t)) // timesteps stay f32 on the GPU: bf16 cannot hold 999
+            GPU(ldmc_cuda_timestep_embedding_forward(BF(y), DF(t), (int)t->shape[0], dim,
+                                                     (float)max_period));
+        else
+            timestep_embedding_forward_f32(OUT(y), DATA(t), (int)t->shape[0], dim, max_period);
+    }
     ldmc_node *node = RECORD(ctx, &timestep_embedding_op, y, t);
     if (node)
         *(embedding_args *)ldmc_node_args(ctx, node, sizeof(embedding_args)) =
@@ -32,14 +43,38 @@ ldmc_tensor *ldmc_timestep_embedding(ldmc_ctx *ctx, ldmc_tensor *t, int dim, dou
     return y;
 }
 
+// Loss operands on the GPU: bf16 (a model's output) or f32 (a target kept in full precision).
+static void loss_operands(const ldmc_tensor *a, const ldmc_tensor *b, const void **pa, bool *fa,
+                          const void **pb, bool *fb) {
+    *fa = a->dtype == LDMC_F32, *fb = b->dtype == LDMC_F32;
+    *pa = *fa ? (const void *)DF(a) : (const void *)BF(a);
+    *pb = *fb ? (const void *)DF(b) : (const void *)BF(b);
+}
+
 static void mse_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *a = node->in[0], *b = node->in[1];
+    if (ON_GPU(a)) {
+        bool fa, fb;
+        const void *pa, *pb;
+        loss_operands(a, b, &pa, &fa, &pb, &fb);
+        GPU(ldmc_cuda_mse_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), pa, fa,
+                                   pb, fb, ldmc_numel(a)));
+        return;
+    }
     mse_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0])[0], DATA(a), DATA(b),
                      ldmc_numel(a));
 }
 
 static void l1_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *a = node->in[0], *b = node->in[1];
+    if (ON_GPU(a)) {
+        bool fa, fb;
+        const void *pa, *pb;
+        loss_operands(a, b, &pa, &fa, &pb, &fb);
+        GPU(ldmc_cuda_l1_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), pa, fa,
+                                  pb, fb, ldmc_numel(a)));
+        return;
+    }
     l1_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0])[0], DATA(a), DATA(b),
                     ldmc_numel(a));
 }
@@ -54,9 +89,20 @@ static ldmc_tensor *loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool l1)
              ldmc_shape_str(a, shape, sizeof shape));
     ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, 0, NULL);
     int64_t n = ldmc_numel(a);
-    float *value = OUT(y);
-    COMPUTE(ctx) *value =
-        (float)(l1 ? l1_forward_f32(DATA(a), DATA(b), n) : mse_forward_f32(DATA(a), DATA(b), n));
+    COMPUTE(ctx) {
+        if (ON_GPU(a)) {
+            bool fa, fb;
+            const void *pa, *pb;
+            loss_operands(a, b, &pa, &fa, &pb, &fb);
+            if (l1)
+                GPU(ldmc_cuda_l1_forward(DF(y), pa, fa, pb, fb, n));
+            else
+                GPU(ldmc_cuda_mse_forward(DF(y), pa, fa, pb, fb, n));
+        } else {
+            *OUT(y) = (float)(l1 ? l1_forward_f32(DATA(a), DATA(b), n)
+                                 : mse_forward_f32(DATA(a), DATA(b), n));
+        }
+    }
     RECORD(ctx, l1 ? &l1_op : &mse_op, y, a, b);
     return y;
 }
@@ -70,11 +116,17 @@ ldmc_tensor *ldmc_l1_loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
 }
 
 // Per-sample constants of the weighted loss and of row scaling, kept for backward.
+// On the GPU, w is a copy in GPU memory.
 typedef struct rows_args {
     float *w;
 } rows_args;
 
 static float *copy_rows(ldmc_ctx *ctx, const float *w, int64_t B) {
+    if (ctx->device == LDMC_CUDA) {
+        float *copy = ldmc_scratch(ctx, (size_t)(B ? B : 1) * sizeof *copy);
+        if (!ctx->dry_run) GPU(ldmc_cuda_to_device(copy, w, (size_t)B * sizeof *copy));
+        return copy;
+    }
     float *copy = ldmc_arena_alloc(&ctx->meta, (size_t)(B ? B : 1) * sizeof *copy);
     memcpy(copy, w, (size_t)B * sizeof *copy);
     return copy;
@@ -83,8 +135,17 @@ static float *copy_rows(ldmc_ctx *ctx, const float *w, int64_t B) {
 static void mse_weighted_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *a = node->in[0], *b = node->in[1];
     int64_t B = a->shape[0];
+    const float *w = ((const rows_args *)node->args)->w;
+    if (ON_GPU(a)) {
+        bool fa, fb;
+        const void *pa, *pb;
+        loss_operands(a, b, &pa, &fa, &pb, &fb);
+        GPU(ldmc_cuda_mse_rows_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]),
+                                        pa, fa, pb, fb, w, B, ldmc_numel(a) / B));
+        return;
+    }
     mse_rows_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0])[0], DATA(a),
-                          DATA(b), ((const rows_args *)node->args)->w, B, ldmc_numel(a) / B);
+                          DATA(b), w, B, ldmc_numel(a) / B);
 }
 
 static const ldmc_op_info mse_weighted_op = {"mse_loss_weighted", mse_weighted_backward};
@@ -98,8 +159,16 @@ ldmc_tensor *ldmc_mse_loss_weighted(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *
     int64_t B = a->shape[0];
     float *w = copy_rows(ctx, weights, B);
     ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, 0, NULL);
-    float *value = OUT(y);
-    COMPUTE(ctx) *value = (float)mse_rows_forward_f32(DATA(a), DATA(b), w, B, ldmc_numel(a) / B);
+    COMPUTE(ctx) {
+        if (ON_GPU(a)) {
+            bool fa, fb;
+            const void *pa, *pb;
+            loss_operands(a, b, &pa, &fa, &pb, &fb);
+            GPU(ldmc_cuda_mse_rows_forward(DF(y), pa, fa, pb, fb, w, B, ldmc_numel(a) / B));
+        } else {
+            *OUT(y) = (float)mse_rows_forward_f32(DATA(a), DATA(b), w, B, ldmc_numel(a) / B);
+        }
+    }
     ldmc_node *node = RECORD(ctx, &mse_weighted_op, y, a, b);
     if (node) ((rows_args *)ldmc_node_args(ctx, node, sizeof(rows_args)))->w = w;
     return y;
@@ -108,8 +177,12 @@ ldmc_tensor *ldmc_mse_loss_weighted(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *
 static void scale_rows_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
     int64_t B = x->shape[0];
-    scale_rows_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]),
-                            ((const rows_args *)node->args)->w, B, ldmc_numel(x) / B);
+    const float *w = ((const rows_args *)node->args)->w;
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_scale_rows_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), w, B,
+                                          ldmc_numel(x) / B));
+    else
+        scale_rows_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), w, B, ldmc_numel(x) / B);
 }
 
 static const ldmc_op_info scale_rows_op = {"scale_rows", scale_rows_backward};
@@ -119,7 +192,12 @@ ldmc_tensor *ldmc_scale_rows(ldmc_ctx *ctx, ldmc_tensor *x, const float *s) {
     int64_t B = x->shape[0];
     float *w = copy_rows(ctx, s, B);
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    COMPUTE(ctx) scale_rows_forward_f32(OUT(y), DATA(x), w, B, B ? ldmc_numel(x) / B : 0);
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_scale_rows_forward(BF(y), BF(x), w, B, B ? ldmc_numel(x) / B : 0));
+        else
+            scale_rows_forward_f32(OUT(y), DATA(x), w, B, B ? ldmc_numel(x) / B : 0);
+    }
     ldmc_node *node = RECORD(ctx, &scale_rows_op, y, x);
     if (node) ((rows_args *)ldmc_node_args(ctx, node, sizeof(rows_args)))->w = w;
     return y;

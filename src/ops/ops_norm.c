@@ -10,9 +10,14 @@ typedef struct norm_args {
 static void group_norm_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const norm_args *a = node->args;
     ldmc_tensor *x = node->in[0], *gamma = node->in[1], *beta = node->in[2];
-    group_norm_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, gamma), ldmc_grad(ctx, beta),
-                            DOUT(node->out[0]), DATA(x), a->mean, a->rstd, DATA(gamma), a->N, a->P,
-                            a->C, a->G);
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_group_norm_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, gamma),
+                                          ldmc_grad(ctx, beta), DOUT(node->out[0]), BF(x), a->mean,
+                                          a->rstd, BF(gamma), a->N, a->P, a->C, a->G));
+    else
+        group_norm_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, gamma), ldmc_grad(ctx, beta),
+                                DOUT(node->out[0]), DATA(x), a->mean, a->rstd, DATA(gamma), a->N,
+                                a->P, a->C, a->G);
 }
 
 static const ldmc_op_info group_norm_op = {"group_norm", group_norm_backward};
@@ -36,8 +41,14 @@ ldmc_tensor *ldmc_group_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma, 
     a.mean = ldmc_scratch(ctx, (size_t)a.N * a.G * sizeof(float));
     a.rstd = ldmc_scratch(ctx, (size_t)a.N * a.G * sizeof(float));
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    COMPUTE(ctx) group_norm_forward_f32(OUT(y), a.mean, a.rstd, DATA(x), DATA(gamma), DATA(beta), a.N, a.P, a.C,
-                           a.G, eps);
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_group_norm_forward(BF(y), a.mean, a.rstd, BF(x), BF(gamma), BF(beta),
+                                             a.N, a.P, a.C, a.G, (float)eps));
+        else
+            group_norm_forward_f32(OUT(y), a.mean, a.rstd, DATA(x), DATA(gamma), DATA(beta), a.N,
+                                   a.P, a.C, a.G, eps);
+    }
     ldmc_node *node = RECORD(ctx, &group_norm_op, y, x, gamma, beta);
     if (node) *(norm_args *)ldmc_node_args(ctx, node, sizeof a) = a;
     return y;
@@ -46,8 +57,14 @@ ldmc_tensor *ldmc_group_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma, 
 static void layer_norm_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const norm_args *a = node->args;
     ldmc_tensor *x = node->in[0], *gamma = node->in[1], *beta = node->in[2];
-    layer_norm_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, gamma), ldmc_grad(ctx, beta),
-                            DOUT(node->out[0]), DATA(x), a->mean, a->rstd, DATA(gamma), a->N, a->C);
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_layer_norm_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, gamma),
+                                          ldmc_grad(ctx, beta), DOUT(node->out[0]), BF(x), a->mean,
+                                          a->rstd, BF(gamma), a->N, a->C));
+    else
+        layer_norm_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, gamma), ldmc_grad(ctx, beta),
+                                DOUT(node->out[0]), DATA(x), a->mean, a->rstd, DATA(gamma), a->N,
+                                a->C);
 }
 
 static const ldmc_op_info layer_norm_op = {"layer_norm", layer_norm_backward};
@@ -62,7 +79,14 @@ ldmc_tensor *ldmc_layer_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma, 
     a.mean = ldmc_scratch(ctx, (size_t)a.N * sizeof(float));
     a.rstd = ldmc_scratch(ctx, (size_t)a.N * sizeof(float));
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    COMPUTE(ctx) layer_norm_forward_f32(OUT(y), a.mean, a.rstd, DATA(x), DATA(gamma), DATA(beta), a.N, a.C, eps);
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_layer_norm_forward(BF(y), a.mean, a.rstd, BF(x), BF(gamma), BF(beta), a.N,
+                                             a.C, (float)eps));
+        else
+            layer_norm_forward_f32(OUT(y), a.mean, a.rstd, DATA(x), DATA(gamma), DATA(beta), a.N,
+                                   a.C, eps);
+    }
     ldmc_node *node = RECORD(ctx, &layer_norm_op, y, x, gamma, beta);
     if (node) *(norm_args *)ldmc_node_args(ctx, node, sizeof a) = a;
     return y;

@@ -9,14 +9,22 @@ typedef struct pool_args {
 
 static void avg_pool_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const pool_args *a = node->args;
-    avg_pool2d_backward_f32(ldmc_grad(ctx, node->in[0]), DOUT(node->out[0]), &a->g,
-                            a->count_include_pad);
+    ldmc_tensor *x = node->in[0];
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_avg_pool2d_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), &a->g,
+                                          a->count_include_pad));
+    else
+        avg_pool2d_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), &a->g,
+                                a->count_include_pad);
 }
 
 static void max_pool_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const pool_args *a = node->args;
-    max_pool2d_backward_f32(ldmc_grad(ctx, node->in[0]), DOUT(node->out[0]), DATA(node->in[0]),
-                            &a->g);
+    ldmc_tensor *x = node->in[0];
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_max_pool2d_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), BF(x), &a->g));
+    else
+        max_pool2d_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), &a->g);
 }
 
 static const ldmc_op_info avg_pool_op = {"avg_pool2d", avg_pool_backward};
@@ -45,10 +53,16 @@ static ldmc_tensor *pool(ldmc_ctx *ctx, ldmc_tensor *x, int kernel, int stride, 
              "a %dx%d window with stride %d and padding %d does not fit", kernel, kernel, stride,
              padding);
     ldmc_tensor *y = NEW(ctx, a.g.N, a.g.Ho, a.g.Wo, a.g.C);
-    if (is_max && !ctx->dry_run)
-        max_pool2d_forward_f32(OUT(y), DATA(x), &a.g);
-    else if (!ctx->dry_run)
-        avg_pool2d_forward_f32(OUT(y), DATA(x), &a.g, count_include_pad);
+    COMPUTE(ctx) {
+        if (ON_GPU(x) && is_max)
+            GPU(ldmc_cuda_max_pool2d_forward(BF(y), BF(x), &a.g));
+        else if (ON_GPU(x))
+            GPU(ldmc_cuda_avg_pool2d_forward(BF(y), BF(x), &a.g, count_include_pad));
+        else if (is_max)
+            max_pool2d_forward_f32(OUT(y), DATA(x), &a.g);
+        else
+            avg_pool2d_forward_f32(OUT(y), DATA(x), &a.g, count_include_pad);
+    }
     ldmc_node *node = RECORD(ctx, is_max ? &max_pool_op : &avg_pool_op, y, x);
     if (node) *(pool_args *)ldmc_node_args(ctx, node, sizeof a) = a;
     return y;

@@ -2,6 +2,28 @@
 // Kernels: src/ops/cpu/elementwise.inc. Tested by tests/test_ops.c and tests/test_gradcheck.c.
 #include "ops/op_util.h"
 
+// Copies (forward, bf16 or f32 by device) or adds (backward, f32 gradients) columns.
+static void copy_cols(const ldmc_tensor *where, void *dst, int dst_C, int dst_off, const void *src,
+                      int src_C, int src_off, int64_t M, int C) {
+    if (ON_GPU(where))
+        GPU(ldmc_cuda_copy_columns(dst, dst_C, dst_off, src, src_C, src_off, M, C));
+    else
+        copy_columns_f32(dst, dst_C, dst_off, src, src_C, src_off, M, C, false);
+}
+
+static void add_cols(const ldmc_tensor *where, float *dst, int dst_C, int dst_off,
+                     const float *src, int src_C, int src_off, int64_t M, int C) {
+    if (ON_GPU(where))
+        GPU(ldmc_cuda_add_columns(dst, dst_C, dst_off, src, src_C, src_off, M, C));
+    else
+        copy_columns_f32(dst, dst_C, dst_off, src, src_C, src_off, M, C, true);
+}
+
+// The data pointer for a copy kernel, after checking the tensor is where `where` is.
+static void *cols_data(const ldmc_tensor *where, const ldmc_tensor *t) {
+    return ON_GPU(where) ? (void *)BF(t) : (void *)DATA(t);
+}
+
 // Each input or output piece i occupies channels [offset_i, offset_i + C_i) of the whole.
 static void concat_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *y = node->out[0];
@@ -10,7 +32,7 @@ static void concat_backward(ldmc_ctx *ctx, ldmc_node *node) {
     for (int i = 0; i < node->n_in; i++) {
         int C = (int)last_dim(node->in[i]);
         float *dx = ldmc_grad(ctx, node->in[i]);
-        if (dx) copy_columns_f32(dx, C, 0, DOUT(y), total, off, M, C, true);
+        if (dx) add_cols(y, dx, C, 0, DOUT(y), total, off, M, C);
         off += C;
     }
 }
@@ -34,12 +56,12 @@ ldmc_tensor *ldmc_concat(ldmc_ctx *ctx, ldmc_tensor **xs, int n) {
         total += last_dim(xs[i]);
     }
     shape[first->ndim - 1] = total;
-    ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, first->ndim, shape);
+    ldmc_tensor *y = ldmc_new(ctx, ctx->act_dtype, first->ndim, shape);
     int64_t M = total ? ldmc_numel(y) / total : 0;
     int off = 0;
     for (int i = 0; i < n; i++) {
         int C = (int)last_dim(xs[i]);
-        COMPUTE(ctx) copy_columns_f32(OUT(y), (int)total, off, DATA(xs[i]), C, 0, M, C, false);
+        COMPUTE(ctx) copy_cols(y, cols_data(y, y), (int)total, off, cols_data(y, xs[i]), C, 0, M, C);
         off += C;
     }
     ldmc_record(ctx, &concat_op, xs, n, &y, 1);
@@ -54,7 +76,7 @@ static void split_backward(ldmc_ctx *ctx, ldmc_node *node) {
     for (int i = 0; i < node->n_out; i++) {
         int C = (int)last_dim(node->out[i]);
         const float *dy = DOUT(node->out[i]); // pieces nobody used have no gradient
-        if (dy) copy_columns_f32(dx, total, off, dy, C, 0, M, C, true);
+        if (dy) add_cols(x, dx, total, off, dy, C, 0, M, C);
         off += C;
     }
 }
@@ -77,8 +99,9 @@ void ldmc_split(ldmc_ctx *ctx, ldmc_tensor *x, const int *sizes, int n, ldmc_ten
     int64_t M = total ? ldmc_numel(x) / total : 0;
     for (int i = 0; i < n; i++) {
         shape[x->ndim - 1] = sizes[i];
-        out[i] = ldmc_new(ctx, LDMC_F32, x->ndim, shape);
-        COMPUTE(ctx) copy_columns_f32(OUT(out[i]), sizes[i], 0, DATA(x), total, off, M, sizes[i], false);
+        out[i] = ldmc_new(ctx, ctx->act_dtype, x->ndim, shape);
+        COMPUTE(ctx) copy_cols(x, cols_data(x, out[i]), sizes[i], 0, cols_data(x, x), total, off, M,
+                               sizes[i]);
         off += sizes[i];
     }
     ldmc_record(ctx, &split_op, &x, 1, out, n);
@@ -86,8 +109,12 @@ void ldmc_split(ldmc_ctx *ctx, ldmc_tensor *x, const int *sizes, int n, ldmc_ten
 
 static void upsample_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
-    upsample_nearest2x_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), (int)x->shape[0],
-                                    (int)x->shape[1], (int)x->shape[2], (int)x->shape[3]);
+    int N = (int)x->shape[0], H = (int)x->shape[1], W = (int)x->shape[2], C = (int)x->shape[3];
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_upsample_nearest2x_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), N, H, W,
+                                                  C));
+    else
+        upsample_nearest2x_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), N, H, W, C);
 }
 
 static const ldmc_op_info upsample_op = {"upsample_nearest2x", upsample_backward};
@@ -95,8 +122,13 @@ static const ldmc_op_info upsample_op = {"upsample_nearest2x", upsample_backward
 ldmc_tensor *ldmc_upsample_nearest2x(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim == 4, "upsample_nearest2x", x, "the input must be (N, H, W, C)");
     ldmc_tensor *y = NEW(ctx, x->shape[0], 2 * x->shape[1], 2 * x->shape[2], x->shape[3]);
-    COMPUTE(ctx) upsample_nearest2x_forward_f32(OUT(y), DATA(x), (int)x->shape[0], (int)x->shape[1],
-                                   (int)x->shape[2], (int)x->shape[3]);
+    int N = (int)x->shape[0], H = (int)x->shape[1], W = (int)x->shape[2], C = (int)x->shape[3];
+    COMPUTE(ctx) {
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_upsample_nearest2x_forward(BF(y), BF(x), N, H, W, C));
+        else
+            upsample_nearest2x_forward_f32(OUT(y), DATA(x), N, H, W, C);
+    }
     RECORD(ctx, &upsample_op, y, x);
     return y;
 }

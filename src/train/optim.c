@@ -5,6 +5,9 @@
 #include <stdlib.h>
 
 #include "core/error.h"
+#ifdef LDMC_HAVE_CUDA
+#include "kernels/ldmc_cuda.h"
+#endif
 
 double ldmc_lr_at(const ldmc_lr_schedule *s, int64_t step) {
     if (s->warmup_steps > 0 && step < s->warmup_steps)
@@ -18,6 +21,11 @@ double ldmc_lr_at(const ldmc_lr_schedule *s, int64_t step) {
 static bool trainable(const ldmc_param *item) { return !(item->flags & LDMC_PARAM_FROZEN); }
 
 double ldmc_grad_norm(const ldmc_params *p) {
+#ifdef LDMC_HAVE_CUDA
+    // frozen parameters and the padding between tensors never receive a gradient: the whole
+    // buffer's sum is the trainable one
+    if (p->on_device) return sqrt(ldmc_cuda_sum_squares(p->device[LDMC_ROLE_GRAD], p->total));
+#endif
     const float *g = p->buffers[LDMC_ROLE_GRAD];
     LDMC_CHECK(g, "gradient norm without a gradient buffer");
     double *partial = calloc((size_t)(p->count ? p->count : 1), sizeof *partial);
@@ -39,6 +47,12 @@ double ldmc_grad_norm(const ldmc_params *p) {
 }
 
 void ldmc_grad_scale(ldmc_params *p, double factor) {
+#ifdef LDMC_HAVE_CUDA
+    if (p->on_device) {
+        ldmc_cuda_scale_f32(p->device[LDMC_ROLE_GRAD], (float)factor, (int64_t)p->total);
+        return;
+    }
+#endif
     float *g = p->buffers[LDMC_ROLE_GRAD];
     float f = (float)factor;
 #pragma omp parallel for schedule(static)
@@ -61,6 +75,18 @@ void ldmc_adamw_step(ldmc_params *p, const ldmc_adamw *opt, double lr, int64_t s
             (item->flags & LDMC_PARAM_NO_DECAY) ? 1.0f : (float)(1 - lr * opt->weight_decay);
         const float step_size = (float)(lr / c1), denom_scale = (float)(1 / sqrt(c2)),
                     eps = (float)opt->eps;
+#ifdef LDMC_HAVE_CUDA
+        if (p->on_device) { // the f32 master steps; the bf16 working copy follows
+            const size_t o = item->offset;
+            ldmc_cuda_adamw((float *)p->device[LDMC_ROLE_MASTER] + o,
+                            (uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + o,
+                            (float *)p->device[LDMC_ROLE_GRAD] + o,
+                            (float *)p->device[LDMC_ROLE_ADAM_M] + o,
+                            (float *)p->device[LDMC_ROLE_ADAM_V] + o, item->numel, decay,
+                            step_size, denom_scale, b1, b2, eps);
+            continue;
+        }
+#endif
         float *wi = w + item->offset, *gi = g + item->offset, *mi = m + item->offset,
               *vi = v + item->offset;
 #pragma omp parallel for schedule(static) if (item->numel > 65536)
@@ -78,7 +104,36 @@ double ldmc_ema_decay(double decay, int64_t updates) {
     return warm < decay ? warm : decay;
 }
 
+void ldmc_ema_swap(ldmc_params *p) {
+#ifdef LDMC_HAVE_CUDA
+    if (p->on_device) {
+        if (!p->device[LDMC_ROLE_EMA]) return;
+        ldmc_cuda_swap_f32(p->device[LDMC_ROLE_MASTER], p->device[LDMC_ROLE_EMA],
+                           (int64_t)p->total);
+        ldmc_cuda_f32_to_bf16(p->device[LDMC_ROLE_WEIGHTS], p->device[LDMC_ROLE_MASTER],
+                              (int64_t)p->total);
+        return;
+    }
+#endif
+    float *w = p->buffers[LDMC_ROLE_WEIGHTS], *e = p->buffers[LDMC_ROLE_EMA];
+    if (!e) return;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < p->total; i++) {
+        float t = w[i];
+        w[i] = e[i];
+        e[i] = t;
+    }
+}
+
 void ldmc_ema_update(ldmc_params *p, double decay) {
+#ifdef LDMC_HAVE_CUDA
+    if (p->on_device) {
+        LDMC_CHECK(p->device[LDMC_ROLE_EMA], "EMA update without an EMA buffer on the GPU");
+        ldmc_cuda_ema(p->device[LDMC_ROLE_EMA], p->device[LDMC_ROLE_MASTER], (int64_t)p->total,
+                      (float)decay);
+        return;
+    }
+#endif
     float *w = p->buffers[LDMC_ROLE_WEIGHTS], *e = p->buffers[LDMC_ROLE_EMA];
     LDMC_CHECK(w && e, "EMA update needs the weights and the EMA buffer");
     const float d = (float)decay, one_minus = (float)(1 - decay);

@@ -39,5 +39,9 @@ void ldmc_adamw_step(ldmc_params *p, const ldmc_adamw *opt, double lr, int64_t s
 // The EMA decay after `updates` updates: min(decay, (1 + updates) / (10 + updates)), as LDM's
 // LitEma warms it up.
 double ldmc_ema_decay(double decay, int64_t updates);
-// ema = d ema + (1 - d) weights for every parameter (frozen ones too: they are copied).
+// ema = d ema + (1 - d) weights for every parameter (frozen ones too: they are copied). On the
+// GPU the EMA follows the f32 master weights.
 void ldmc_ema_update(ldmc_params *p, double decay);
+// Exchanges the weights and the EMA weights (to sample with the averaged model, and back); on the
+// GPU the master and EMA buffers, then the bf16 working copy. No-op without an EMA buffer.
+void ldmc_ema_swap(ldmc_params *p);

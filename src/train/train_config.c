@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/device.h"
+
 // path relative to the config's folder, unless absolute
 static void resolve(const char *config_path, const char *value, char *out) {
     if (value[0] == '/' || !strcmp(value, "")) {
@@ -252,11 +254,9 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
         ldmc_cfg_bool(train, "checkpointing", false, &c->checkpointing, err) ||
         get_string(train, "device", false, &device, err))
         return -1;
-    if (strcmp(device, "cpu"))
+    if (ldmc_device_parse(device, &c->device) != 0)
         return ldmc_cfg_error(ldmc_cfg_get(train, "device"), err,
-                              "device '%s': this build trains on the cpu (the GPU trainer comes "
-                              "with the CUDA backend)",
-                              device);
+                              "device '%s': expected cpu or cuda", device);
     c->seed = (uint64_t)seed;
     const ldmc_cfg *sample = ldmc_cfg_get(root, "sample");
     if (sample) {

@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/tensor.h"
+
 #include "data/buckets.h"
 #include "data/dataset.h"
 #include "diffusion/diffusion.h"
@@ -60,6 +62,7 @@ typedef struct ldmc_train_config {
     int64_t checkpoint_every, log_every, sample_every;
     int keep;
     int threads; // 0: LDMC_THREADS or all cores
+    ldmc_device device; // train.device: cpu, or cuda (bf16 activations, fp32 master weights)
     bool checkpointing;
     // sample grids
     int sample_steps;

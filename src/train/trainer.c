@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/device.h"
 #include "core/rng.h"
 #include "core/tape.h"
 #include "core/threads.h"
@@ -26,9 +27,15 @@
 #include "ops/ops.h"
 #include "train/canvas.h"
 #include "train/state.h"
+#ifdef LDMC_HAVE_CUDA
+#include "kernels/ldmc_cuda.h"
+#endif
 
 #define DATA_ARENA ((size_t)64 << 30) // address space; only what a step touches is committed
 #define META_ARENA ((size_t)2 << 30)
+// GPU memory left outside the activation arena: the shared workspace (bf16 copies of gradients,
+// attention score tiles, cuDNN's workspaces) and the libraries' own allocations.
+#define GPU_HEADROOM ((size_t)3 << 30)
 
 typedef struct trainer {
     const ldmc_train_config *cfg;
@@ -49,8 +56,12 @@ typedef struct trainer {
     bool have_cache;
     ldmc_buckets buckets;
     ldmc_loader *loader;
-    // run
-    ldmc_ctx ctx, enc;
+    // run: `ctx` records the training step; `enc` runs the frozen encoder and the previews
+    // unrecorded: its own context on the CPU, the same one on the GPU (one arena over the free
+    // memory; the encoder's outputs are read out before the step reuses it); `host` holds a
+    // step's host arrays (noise, conditioning) on either device.
+    ldmc_ctx ctx, enc_ctx, host;
+    ldmc_ctx *enc;
     ldmc_train_state st;
     FILE *metrics;
     ldmc_tensorboard tb;
@@ -265,16 +276,16 @@ static int setup_data(trainer *T, ldmc_err *err) {
 // --------------------------------------------------------------------------------
 
 // The vector conditioning from the batch's micro-conditioning (aesthetic score: 6, the value
-// SDXL's refiner is usually sampled with; datasets do not carry one yet).
-static ldmc_tensor *vector_cond(ldmc_ctx *ctx, const ldmc_unet_config *c, int B,
+// SDXL's refiner is usually sampled with; datasets do not carry one yet), built on the host and
+// put where ctx computes.
+static ldmc_tensor *vector_cond(trainer *T, ldmc_ctx *ctx, const ldmc_unet_config *c, int B,
                                 const int32_t *c_size, const int32_t *c_crop,
                                 const int32_t *c_target) {
     ldmc_tensor *parts[LDMC_VECTOR_PART_COUNT] = {0};
     for (int i = 0; i < c->n_vector; i++) {
         ldmc_vector_part part = c->vector[i];
         int k = ldmc_vector_part_scalars(part);
-        ldmc_tensor *t = ldmc_new(ctx, LDMC_F32, 2, (int64_t[]){B, k});
-        float *d = t->data;
+        float *d = ldmc_scratch(&T->host, (size_t)B * k * sizeof(float));
         const int32_t *src = part == LDMC_VECTOR_ORIGINAL_SIZE ? c_size
                              : part == LDMC_VECTOR_CROP_COORDS ? c_crop
                              : part == LDMC_VECTOR_TARGET_SIZE ? c_target
@@ -282,7 +293,8 @@ static ldmc_tensor *vector_cond(ldmc_ctx *ctx, const ldmc_unet_config *c, int B,
         for (int b = 0; b < B; b++)
             for (int j = 0; j < k; j++)
                 d[b * k + j] = src ? (float)src[b * 2 + j] : 6.0f;
-        parts[part] = t;
+        // the raw sizes (up to 4096) stay f32: the embedding of each scalar is computed from it
+        parts[part] = ldmc_input(ctx, LDMC_F32, 2, (int64_t[]){B, k}, d, LDMC_F32);
     }
     return ldmc_unet_vector(ctx, c, parts);
 }
@@ -297,41 +309,92 @@ static void draw_latents(const trainer *T, const float *mean, const float *std, 
         z[i] = s * (mean[i] + std[i] * z[i]);
 }
 
+// The noised batch: x_t (in the context's activation dtype), the f32 target and timesteps, the
+// per-sample loss weights (host). On the GPU the noise is drawn there (the same Philox values).
+static void noise_inputs(trainer *T, const float *z, int B, int h, int w, int C, uint32_t micro,
+                         ldmc_tensor **x_t, ldmc_tensor **target, ldmc_tensor **t,
+                         float **weight) {
+    const ldmc_train_config *cfg = T->cfg;
+    ldmc_ctx *ctx = &T->ctx;
+    int64_t shape[4] = {B, h, w, C}, n = (int64_t)B * h * w * C;
+    float *tv = ldmc_scratch(&T->host, (size_t)B * sizeof(float));
+    *weight = ldmc_scratch(&T->host, (size_t)B * sizeof(float));
+    if (ctx->device == LDMC_CPU) {
+        float *xv = ldmc_scratch(&T->host, (size_t)n * sizeof(float)),
+              *gv = ldmc_scratch(&T->host, (size_t)n * sizeof(float));
+        ldmc_noise_batch(&T->sched, &cfg->noise, z, B, h, w, C, cfg->seed, (uint32_t)T->st.step, 0,
+                         micro, xv, gv, tv, *weight);
+        *x_t = ldmc_input(ctx, LDMC_F32, 4, shape, xv, LDMC_F32);
+        *target = ldmc_input(ctx, LDMC_F32, 4, shape, gv, LDMC_F32);
+    } else {
+        double *sa = ldmc_scratch(&T->host, (size_t)B * sizeof(double)),
+               *sb = ldmc_scratch(&T->host, (size_t)B * sizeof(double));
+        ldmc_noise_timesteps(&T->sched, &cfg->noise, B, cfg->seed, (uint32_t)T->st.step, 0, micro,
+                             tv, *weight, sa, sb);
+        *x_t = ldmc_new(ctx, ctx->act_dtype, 4, shape);
+        *target = ldmc_new(ctx, LDMC_F32, 4, shape);
+        ldmc_tensor *zd = ldmc_input(ctx, LDMC_F32, 4, shape, z, LDMC_F32);
+        double *sad = ldmc_scratch(ctx, (size_t)2 * B * sizeof(double));
+#ifdef LDMC_HAVE_CUDA
+        ldmc_cuda_to_device(sad, sa, (size_t)B * sizeof(double));
+        ldmc_cuda_to_device(sad + B, sb, (size_t)B * sizeof(double));
+        ldmc_rng noise = ldmc_rng_make(cfg->seed, (uint32_t)T->st.step, 0, LDMC_RNG_NOISE);
+        ldmc_cuda_noise_batch(&noise, (uint64_t)micro << 40, zd->data, sad, sad + B, B,
+                              (int64_t)h * w * C, C, (float)cfg->noise.offset_noise,
+                              cfg->noise.prediction == LDMC_PREDICT_V, (*x_t)->data,
+                              (*target)->data);
+#else
+        (void)zd, (void)sad, (void)n;
+#endif
+    }
+    *t = ldmc_input(ctx, LDMC_F32, 1, (int64_t[]){B}, tv, LDMC_F32);
+}
+
+// Runs fn's ops in the encoder/preview context without recording them.
+static void enc_begin(trainer *T, bool *was_recording) {
+    *was_recording = T->enc->recording;
+    T->enc->recording = false;
+    ldmc_ctx_reset(T->enc);
+}
+
 // Forward and backward of one diffusion micro-batch; returns the loss.
 static double diffusion_micro(trainer *T, const ldmc_batch *b, uint32_t micro) {
     const ldmc_train_config *cfg = T->cfg;
     const ldmc_unet_config *uc = &cfg->model.unet;
     int B = b->n, C = uc->in_channels, h, w;
     float *z;
-    ldmc_ctx_reset(&T->ctx);
-    T->ctx.rng_seed = cfg->seed, T->ctx.rng_step = (uint64_t)T->st.step, T->ctx.rng_rank = 0;
+    ldmc_ctx_reset(&T->host);
     if (T->have_cache) {
         h = b->lh, w = b->lw;
-        z = ldmc_scratch(&T->ctx, (size_t)B * h * w * C * sizeof(float));
+        z = ldmc_scratch(&T->host, (size_t)B * h * w * C * sizeof(float));
         draw_latents(T, b->mean, b->std, (int64_t)B * h * w * C, micro, z);
     } else { // encode the images with the frozen VAE, outside the tape
-        ldmc_ctx_reset(&T->enc);
-        ldmc_tensor *x =
-            ldmc_wrap(&T->enc, LDMC_F32, b->pixels, 4, (int64_t[]){B, b->height, b->width, 3});
-        ldmc_vae_posterior q = ldmc_vae_encode(&T->enc, &T->vae, x);
-        ldmc_tensor *std = ldmc_vae_std(&T->enc, &q);
+        bool rec;
+        enc_begin(T, &rec);
+        ldmc_tensor *x = ldmc_input(T->enc, T->enc->act_dtype, 4,
+                                    (int64_t[]){B, b->height, b->width, 3}, b->pixels, LDMC_F32);
+        ldmc_vae_posterior q = ldmc_vae_encode(T->enc, &T->vae, x);
+        ldmc_tensor *std = ldmc_vae_std(T->enc, &q);
         h = (int)q.mean->shape[1], w = (int)q.mean->shape[2];
-        z = ldmc_scratch(&T->ctx, (size_t)B * h * w * C * sizeof(float));
-        draw_latents(T, q.mean->data, std->data, (int64_t)B * h * w * C, micro, z);
+        int64_t n = (int64_t)B * h * w * C;
+        float *mean = ldmc_scratch(&T->host, (size_t)n * sizeof(float)),
+              *sd = ldmc_scratch(&T->host, (size_t)n * sizeof(float));
+        ldmc_read_f32(q.mean, mean);
+        ldmc_read_f32(std, sd);
+        T->enc->recording = rec;
+        z = ldmc_scratch(&T->host, (size_t)n * sizeof(float));
+        draw_latents(T, mean, sd, n, micro, z);
     }
-    int64_t shape[4] = {B, h, w, C};
-    ldmc_tensor *x_t = ldmc_new(&T->ctx, LDMC_F32, 4, shape),
-                *target = ldmc_new(&T->ctx, LDMC_F32, 4, shape);
-    ldmc_tensor *t = ldmc_new(&T->ctx, LDMC_F32, 1, (int64_t[]){B});
-    float *weight = ldmc_scratch(&T->ctx, (size_t)B * sizeof(float));
-    ldmc_noise_batch(&T->sched, &cfg->noise, z, B, h, w, C, cfg->seed, (uint32_t)T->st.step, 0,
-                     micro, x_t->data, target->data, t->data, weight);
+    ldmc_ctx_reset(&T->ctx); // (on the GPU, after the encoder's outputs were read out of it)
+    T->ctx.rng_seed = cfg->seed, T->ctx.rng_step = (uint64_t)T->st.step, T->ctx.rng_rank = 0;
+    ldmc_tensor *x_t, *target, *t;
+    float *weight;
+    noise_inputs(T, z, B, h, w, C, micro, &x_t, &target, &t, &weight);
     ldmc_unet_cond cond = {0};
     if (uc->n_classes) {
-        cond.class_labels = ldmc_new(&T->ctx, LDMC_I64, 1, (int64_t[]){B});
-        memcpy(cond.class_labels->data, b->class_ids, (size_t)B * sizeof(int64_t));
+        cond.class_labels = ldmc_input(&T->ctx, LDMC_I64, 1, (int64_t[]){B}, b->class_ids, LDMC_I64);
         if (cfg->cond_dropout > 0) {
-            float *keep = ldmc_scratch(&T->ctx, (size_t)B * sizeof(float));
+            float *keep = ldmc_scratch(&T->host, (size_t)B * sizeof(float));
             ldmc_rng rng = ldmc_rng_make(cfg->seed, (uint32_t)T->st.step, 0, LDMC_RNG_COND_DROP);
             ldmc_rng_uniform(&rng, (uint64_t)micro << 40, (size_t)B, keep);
             for (int i = 0; i < B; i++)
@@ -339,10 +402,11 @@ static double diffusion_micro(trainer *T, const ldmc_batch *b, uint32_t micro) {
             cond.class_keep = keep;
         }
     }
-    if (uc->n_vector) cond.vector = vector_cond(&T->ctx, uc, B, b->c_size, b->c_crop, b->c_target);
+    if (uc->n_vector)
+        cond.vector = vector_cond(T, &T->ctx, uc, B, b->c_size, b->c_crop, b->c_target);
     ldmc_tensor *out = ldmc_unet_forward(&T->ctx, &T->unet, x_t, t, &cond);
     ldmc_tensor *loss = ldmc_mse_loss_weighted(&T->ctx, out, target, weight);
-    double value = *(float *)loss->data;
+    double value = ldmc_read_scalar(loss);
     if (isfinite(value)) {
         float seed = 1.0f / (float)cfg->accumulation;
         ldmc_backward(&T->ctx, loss, &seed);
@@ -357,22 +421,25 @@ static double vae_micro(trainer *T, const ldmc_batch *b, uint32_t micro) {
     const ldmc_train_config *cfg = T->cfg;
     int B = b->n;
     ldmc_ctx_reset(&T->ctx);
+    ldmc_ctx_reset(&T->host);
     T->ctx.rng_seed = cfg->seed, T->ctx.rng_step = (uint64_t)T->st.step, T->ctx.rng_rank = 0;
-    ldmc_tensor *x =
-        ldmc_wrap(&T->ctx, LDMC_F32, b->pixels, 4, (int64_t[]){B, b->height, b->width, 3});
+    ldmc_tensor *x = ldmc_input(&T->ctx, T->ctx.act_dtype, 4,
+                                (int64_t[]){B, b->height, b->width, 3}, b->pixels, LDMC_F32);
     ldmc_vae_posterior q = ldmc_vae_encode(&T->ctx, &T->vae, x);
     ldmc_tensor *eps = ldmc_new_like(&T->ctx, q.mean);
     ldmc_rng rng = ldmc_rng_make(cfg->seed, (uint32_t)T->st.step, 0, LDMC_RNG_LATENT);
-    ldmc_rng_normal(&rng, (uint64_t)micro << 40, (size_t)ldmc_numel(eps), eps->data);
+    ldmc_fill_normal(eps, &rng, (uint64_t)micro << 40);
     ldmc_tensor *rec = ldmc_vae_decode(&T->ctx, &T->vae, ldmc_vae_sample(&T->ctx, &q, eps));
     ldmc_tensor *l1 = ldmc_l1_loss(&T->ctx, rec, x), *kl = ldmc_vae_kl(&T->ctx, &q);
     double elements = (double)b->height * b->width * 3, kl_mean = 0;
+    float *kl_values = ldmc_scratch(&T->host, (size_t)B * sizeof(float));
+    ldmc_read_f32(kl, kl_values);
     for (int i = 0; i < B; i++)
-        kl_mean += ((float *)kl->data)[i] / B;
-    double value = *(float *)l1->data + cfg->kl_weight * kl_mean / elements;
+        kl_mean += kl_values[i] / B;
+    double value = ldmc_read_scalar(l1) + cfg->kl_weight * kl_mean / elements;
     if (isfinite(value)) {
         float s_l1 = (float)(elements / cfg->accumulation);
-        float *s_kl = ldmc_scratch(&T->ctx, (size_t)B * sizeof(float));
+        float *s_kl = ldmc_scratch(&T->host, (size_t)B * sizeof(float));
         for (int i = 0; i < B; i++)
             s_kl[i] = (float)(cfg->kl_weight / B / cfg->accumulation);
         ldmc_backward_many(&T->ctx, (ldmc_tensor *[]){l1, kl}, (const float *[]){&s_l1, s_kl}, 2);
@@ -390,17 +457,6 @@ static void update(trainer *T, double norm, double lr, int64_t updates) {
 }
 
 // ---- previews -----------------------------------------------------------------------------------
-
-// Swaps the weights and the EMA weights (for sampling with the averaged model, and back).
-static void swap_ema(ldmc_params *p) {
-    float *w = p->buffers[LDMC_ROLE_WEIGHTS], *e = p->buffers[LDMC_ROLE_EMA];
-    if (!e) return;
-    for (size_t i = 0; i < p->total; i++) {
-        float t = w[i];
-        w[i] = e[i];
-        e[i] = t;
-    }
-}
 
 // DDIM with classifier-free guidance from fixed noise: `per_class` samples of each of the first
 // classes (rows), or of the unconditional model. Decoded by the VAE into `images` (n, H, W, 3).
@@ -426,44 +482,55 @@ static int sample_images(trainer *T, int rows, int per_row, int H, int W, float 
     T->ctx.recording = false;
     for (int k = 0; k < steps; k++) {
         ldmc_ctx_reset(&T->ctx);
-        ldmc_tensor *xin = ldmc_new(&T->ctx, LDMC_F32, 4, (int64_t[]){B, h, w, C});
-        ldmc_tensor *t = ldmc_new(&T->ctx, LDMC_F32, 1, (int64_t[]){B});
-        memcpy(xin->data, x, (size_t)n * per * sizeof(float));
-        if (guided) memcpy((float *)xin->data + n * per, x, (size_t)n * per * sizeof(float));
+        ldmc_ctx_reset(&T->host);
+        float *xv = ldmc_scratch(&T->host, (size_t)B * per * sizeof(float));
+        float *tv = ldmc_scratch(&T->host, (size_t)B * sizeof(float));
+        memcpy(xv, x, (size_t)n * per * sizeof(float));
+        if (guided) memcpy(xv + n * per, x, (size_t)n * per * sizeof(float));
         for (int i = 0; i < B; i++)
-            ((float *)t->data)[i] = (float)ts[k];
+            tv[i] = (float)ts[k];
+        ldmc_tensor *xin =
+            ldmc_input(&T->ctx, T->ctx.act_dtype, 4, (int64_t[]){B, h, w, C}, xv, LDMC_F32);
+        ldmc_tensor *t = ldmc_input(&T->ctx, LDMC_F32, 1, (int64_t[]){B}, tv, LDMC_F32);
         ldmc_unet_cond cond = {0};
-        int32_t *size = ldmc_scratch(&T->ctx, (size_t)B * 2 * sizeof(int32_t));
-        int32_t *crop = ldmc_scratch(&T->ctx, (size_t)B * 2 * sizeof(int32_t));
+        int32_t *size = ldmc_scratch(&T->host, (size_t)B * 2 * sizeof(int32_t));
+        int32_t *crop = ldmc_scratch(&T->host, (size_t)B * 2 * sizeof(int32_t));
         for (int i = 0; i < B; i++)
             size[2 * i] = H, size[2 * i + 1] = W, crop[2 * i] = crop[2 * i + 1] = 0;
         if (uc->n_classes) {
-            cond.class_labels = ldmc_new(&T->ctx, LDMC_I64, 1, (int64_t[]){B});
-            float *keep = ldmc_scratch(&T->ctx, (size_t)B * sizeof(float));
+            int64_t *labels = ldmc_scratch(&T->host, (size_t)B * sizeof(int64_t));
+            float *keep = ldmc_scratch(&T->host, (size_t)B * sizeof(float));
             for (int i = 0; i < B; i++) {
-                ((int64_t *)cond.class_labels->data)[i] = (i % n) / per_row;
+                labels[i] = (i % n) / per_row;
                 keep[i] = i < n ? 1.0f : 0.0f; // the second half: the unconditional branch
             }
+            cond.class_labels = ldmc_input(&T->ctx, LDMC_I64, 1, (int64_t[]){B}, labels, LDMC_I64);
             cond.class_keep = keep;
         }
-        if (uc->n_vector) cond.vector = vector_cond(&T->ctx, uc, B, size, crop, size);
+        if (uc->n_vector) cond.vector = vector_cond(T, &T->ctx, uc, B, size, crop, size);
         ldmc_tensor *out = ldmc_unet_forward(&T->ctx, &T->unet, xin, t, &cond);
-        float *eps = out->data;
+        float *eps = ldmc_scratch(&T->host, (size_t)B * per * sizeof(float));
+        ldmc_read_f32(out, eps);
         if (guided) ldmc_cfg_combine(eps + n * per, eps, cfg->sample_cfg, eps, n * per);
         ldmc_ddim_step(&T->sched, cfg->noise.prediction, ts[k], k + 1 < steps ? ts[k + 1] : -1, eps,
                        x, n * per);
     }
+    T->ctx.recording = was_recording;
     // decode, a few images at a time
     for (int i0 = 0; i0 < n; i0 += 4) {
         int m = n - i0 < 4 ? n - i0 : 4;
-        ldmc_ctx_reset(&T->enc);
-        ldmc_tensor *z = ldmc_new(&T->enc, LDMC_F32, 4, (int64_t[]){m, h, w, C});
+        bool rec;
+        enc_begin(T, &rec);
+        ldmc_ctx_reset(&T->host);
+        float *zv = ldmc_scratch(&T->host, (size_t)m * per * sizeof(float));
         for (int64_t i = 0; i < m * per; i++)
-            ((float *)z->data)[i] = x[i0 * per + i] / (float)T->vae.cfg.scale_factor;
-        ldmc_tensor *img = ldmc_vae_decode(&T->enc, &T->vae, z);
-        memcpy(images + (size_t)i0 * H * W * 3, img->data, (size_t)m * H * W * 3 * sizeof(float));
+            zv[i] = x[i0 * per + i] / (float)T->vae.cfg.scale_factor;
+        ldmc_tensor *z =
+            ldmc_input(T->enc, T->enc->act_dtype, 4, (int64_t[]){m, h, w, C}, zv, LDMC_F32);
+        ldmc_tensor *img = ldmc_vae_decode(T->enc, &T->vae, z);
+        ldmc_read_f32(img, images + (size_t)i0 * H * W * 3);
+        T->enc->recording = rec;
     }
-    T->ctx.recording = was_recording;
     free(x);
     free(ts);
     return 0;
@@ -483,12 +550,14 @@ static int write_preview(trainer *T, const ldmc_batch *last, char *path_out, ldm
         images = malloc((size_t)2 * cols * H * W * 3 * sizeof(float));
         if (!images) return LDMC_ERR(err, "out of memory");
         memcpy(images, last->pixels, (size_t)cols * H * W * 3 * sizeof(float));
-        ldmc_ctx_reset(&T->enc);
-        ldmc_tensor *x = ldmc_wrap(&T->enc, LDMC_F32, last->pixels, 4, (int64_t[]){cols, H, W, 3});
-        ldmc_vae_posterior q = ldmc_vae_encode(&T->enc, &T->vae, x);
-        ldmc_tensor *rec = ldmc_vae_decode(&T->enc, &T->vae, q.mean);
-        memcpy(images + (size_t)cols * H * W * 3, rec->data,
-               (size_t)cols * H * W * 3 * sizeof(float));
+        bool was;
+        enc_begin(T, &was);
+        ldmc_tensor *x = ldmc_input(T->enc, T->enc->act_dtype, 4, (int64_t[]){cols, H, W, 3},
+                                    last->pixels, LDMC_F32);
+        ldmc_vae_posterior q = ldmc_vae_encode(T->enc, &T->vae, x);
+        ldmc_tensor *rec = ldmc_vae_decode(T->enc, &T->vae, q.mean);
+        ldmc_read_f32(rec, images + (size_t)cols * H * W * 3);
+        T->enc->recording = was;
         labels[0] = "input", labels[1] = "decoded";
     } else {
         if (!T->vae_weights) {
@@ -625,6 +694,7 @@ static int save(trainer *T, char *saved, ldmc_err *err) {
     // keeps every line up to its step.
     if (T->metrics && (fflush(T->metrics) != 0 || fsync(fileno(T->metrics)) != 0))
         return LDMC_ERR(err, "%s/metrics.jsonl: cannot write: %s", T->cfg->out, strerror(errno));
+    ldmc_params_to_host(T->params); // the GPU's master weights, m, v and EMA (no-op on the CPU)
     ldmc_state_model m = {.params = T->params, .map = T->map, .ema = T->cfg->ema_decay > 0};
     return ldmc_state_save(T->cfg->out, &m, &T->st, T->cfg->resolved_yaml, T->cfg->keep, saved,
                            err);
@@ -635,6 +705,7 @@ static int save(trainer *T, char *saved, ldmc_err *err) {
 static int export_final(trainer *T, ldmc_err *err) {
     char path[4200];
     snprintf(path, sizeof path, "%s/model.safetensors", T->cfg->out);
+    ldmc_params_to_host(T->params);
     ldmc_save_part part = {T->params, T->map,
                            T->cfg->ema_decay > 0 ? LDMC_ROLE_EMA : LDMC_ROLE_WEIGHTS};
     return ldmc_save_weights(path, &part, 1, LDMC_F32, NULL, err);
@@ -694,7 +765,8 @@ static void free_trainer(trainer *T) {
     if (T->metrics) fclose(T->metrics);
     if (T->have_tb) ldmc_tensorboard_close(&T->tb);
     ldmc_ctx_free(&T->ctx);
-    ldmc_ctx_free(&T->enc);
+    ldmc_ctx_free(&T->enc_ctx);
+    ldmc_ctx_free(&T->host);
     if (T->lock_fd > 0) close(T->lock_fd);
 }
 
@@ -710,17 +782,59 @@ static void mean_of_tenths(const double *loss, int64_t n, double *first, double 
     *last = nb ? b / nb : NAN;
 }
 
-// What a run and a benchmark start with: threads, the schedule, the two contexts (the training
-// step's, recording; the frozen encoder's and previews', not recording).
+// What a run and a benchmark start with: threads, the schedule, the host context and, on the
+// CPU, the two contexts (the training step's, recording; the frozen encoder's and previews', not
+// recording). A GPU run makes its context in setup_device, once the weights are there.
 static void trainer_begin(trainer *T, const ldmc_train_config *cfg, bool bench) {
     *T = (trainer){.cfg = cfg, .vae_task = cfg->task == LDMC_TASK_VAE, .bench = bench};
     T->st.seed = cfg->seed;
     if (cfg->threads > 0) ldmc_threads_set(cfg->threads);
     ldmc_schedule_sdxl(&T->sched);
-    ldmc_ctx_init(&T->ctx, DATA_ARENA, META_ARENA);
-    ldmc_ctx_init(&T->enc, DATA_ARENA, META_ARENA);
+    ldmc_ctx_init(&T->host, DATA_ARENA, META_ARENA);
+    T->host.recording = false;
+    if (cfg->device == LDMC_CPU) {
+        ldmc_ctx_init(&T->ctx, DATA_ARENA, META_ARENA);
+        ldmc_ctx_init(&T->enc_ctx, DATA_ARENA, META_ARENA);
+        T->ctx.recording = true;
+        T->enc_ctx.recording = false;
+        T->enc = &T->enc_ctx;
+    }
+}
+
+// A GPU run: the trained table (bf16 working weights, fp32 master, gradients, Adam m and v, EMA)
+// and the frozen autoencoder go to the GPU, and one activation arena takes the free memory but
+// GPU_HEADROOM. The host buffers stay the checkpoint side (ldmc_params_to_host before a save).
+static int setup_device(trainer *T, ldmc_err *err) {
+    const ldmc_train_config *cfg = T->cfg;
+    if (cfg->device == LDMC_CPU) return 0;
+    if (!ldmc_cuda_usable())
+        return LDMC_ERR(err, "%s: train.device is cuda, but %s", cfg->source_path,
+#ifdef LDMC_HAVE_CUDA
+                        "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+#else
+                        "this build of ldmc has no CUDA (build where nvcc is found, LDMC_CUDA=ON)"
+#endif
+        );
+#ifdef LDMC_HAVE_CUDA
+    ldmc_params_to_device(T->params);
+    if (!T->vae_task && T->have_vae) ldmc_params_to_device(&T->vae.params);
+    ldmc_cuda_workspace((size_t)64 << 20);
+    size_t used, total;
+    ldmc_cuda_memory(&used, &total);
+    size_t free_b = total - used;
+    if (free_b < GPU_HEADROOM + ((size_t)1 << 30))
+        return LDMC_ERR(err, "%s: %.1f GiB of GPU memory left after the weights: too little to train",
+                        cfg->source_path, (double)free_b / (1 << 30));
+    ldmc_ctx_init_device(&T->ctx, LDMC_CUDA, free_b - GPU_HEADROOM, META_ARENA);
     T->ctx.recording = true;
-    T->enc.recording = false;
+    T->enc = &T->ctx;
+    if (!T->bench)
+        printf("device: %s, %.1f GiB for activations (%.1f GiB in use by the weights and "
+               "optimizer)\n",
+               ldmc_cuda_device_name(), (double)T->ctx.data.capacity / (1 << 30),
+               (double)used / (1 << 30));
+#endif
+    return 0;
 }
 
 int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_result *result,
@@ -751,6 +865,7 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
         return 0;
     }
     if (rc == 0) rc = setup_data(T, err);
+    if (rc == 0) rc = setup_device(T, err);
     if (rc == 0) rc = open_metrics(T, err);
     if (rc == 0) {
         char dir[4200];
@@ -873,9 +988,9 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
         // (an interrupted run saves its checkpoint at once, without a preview)
         if (last && (T->st.step % cfg->sample_every == 0 || T->st.step == cfg->steps)) {
             bool swap = !T->vae_task && cfg->ema_decay > 0;
-            if (swap) swap_ema(T->params);
+            if (swap) ldmc_ema_swap(T->params);
             rc = write_preview(T, last, result->last_grid, err);
-            if (swap) swap_ema(T->params);
+            if (swap) ldmc_ema_swap(T->params);
             if (rc == 0 && result->last_grid[0]) printf("samples: %s\n", result->last_grid);
         }
         if (rc == 0 && (T->st.step % cfg->checkpoint_every == 0 || final)) {
@@ -936,6 +1051,7 @@ int ldmc_train_bench(const ldmc_train_config *cfg, int height, int width, int re
     trainer T_, *T = &T_;
     trainer_begin(T, cfg, true);
     int B = cfg->batch_size, rc = setup_models(T, err);
+    if (rc == 0) rc = setup_device(T, err);
     if (rc == 0 && (height % T->align || width % T->align))
         rc =
             LDMC_ERR(err, "bench: %dx%d: the models need multiples of %d", height, width, T->align);
@@ -961,6 +1077,7 @@ int ldmc_train_bench(const ldmc_train_config *cfg, int height, int width, int re
             double loss = T->vae_task ? vae_micro(T, &b, 0) : diffusion_micro(T, &b, 0);
             double norm = ldmc_grad_norm(T->params);
             if (isfinite(loss) && isfinite(norm)) update(T, norm, cfg->adamw.lr, T->st.step + 1);
+            ldmc_device_synchronize(cfg->device);
             T->st.step++;
             if (r >= 0) ms[r] = 1e3 * (now_seconds() - t0);
         }

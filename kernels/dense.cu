@@ -1,0 +1,141 @@
+// Linear layers and batched matrix products through cuBLAS: bf16 operands on tensor cores, f32
+// accumulation; forward outputs bf16, gradients accumulate (beta = 1) straight into the f32
+// gradient buffers. CPU twins in src/ops/cpu/dense.inc. Tested by tests/test_cuda.c.
+#include <cublas_v2.h>
+
+#include "kernels/common.cuh"
+#include "kernels/ldmc_cuda.h"
+
+#define CUBLAS_CHECK(call)                                                                         \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
+            ldmc_fatal_at(__FILE__, __LINE__, "cuBLAS: %s failed: %s", #call,                      \
+                          cublasGetStatusString(s_));                                              \
+    } while (0)
+
+static int checked_int(int64_t v, const char *what) {
+    if (v < 0 || v > INT32_MAX) LDMC_FATAL("cuBLAS: %s = %lld exceeds an int", what, (long long)v);
+    return (int)v;
+}
+
+// Row-major C (M, N) = alpha op(A) op(B) + beta C over `batch` matrices, op(A) (M, K), op(B)
+// (K, N); lda, ldb, ldc are the row lengths of the stored matrices. cuBLAS is column-major, where
+// a stored row-major matrix reads as its transpose: C^T = op(B)^T op(A)^T is one call with the
+// operands swapped.
+static void gemm_rm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const void *A,
+                    int64_t lda, int64_t stride_a, const void *B, int64_t ldb, int64_t stride_b,
+                    float beta, void *C, bool c_f32, int64_t ldc, int64_t stride_c, int batch) {
+    if (M == 0 || N == 0 || batch == 0) return;
+    const float alpha = 1.0f;
+    cublasHandle_t h = (cublasHandle_t)ldmc_cuda_cublas();
+    cudaDataType ct = c_f32 ? CUDA_R_32F : CUDA_R_16BF;
+    cublasOperation_t opb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                      opa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    int m = checked_int(N, "N"), n = checked_int(M, "M"), k = checked_int(K, "K");
+    if (k == 0) { // an empty sum: C = beta C
+        if (beta != 1.0f) LDMC_FATAL("cuBLAS: empty inner dimension with beta %g", beta);
+        return;
+    }
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, opb, opa, m, n, k, &alpha, B, CUDA_R_16BF,
+                                            checked_int(ldb, "ldb"), stride_b, A, CUDA_R_16BF,
+                                            checked_int(lda, "lda"), stride_a, &beta, C, ct,
+                                            checked_int(ldc, "ldc"), stride_c, batch,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// A bf16 copy of an f32 gradient in the workspace, for the tensor-core GEMMs of backward.
+static uint16_t *bf16_copy(const float *src, int64_t n) {
+    uint16_t *dst = (uint16_t *)ldmc_cuda_workspace((size_t)n * sizeof(uint16_t));
+    ldmc_cuda_f32_to_bf16(dst, src, n);
+    return dst;
+}
+
+__global__ static void bias_rows_kernel(uint16_t *y, const uint16_t *b, int C, int64_t total) {
+    GRID_STRIDE(i, total) { y[i] = bf16_from(bf16_load(y, i) + bf16_load(b, i % C)); }
+}
+
+extern "C" void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const uint16_t *w,
+                                         const uint16_t *b, int64_t M, int in, int out) {
+    gemm_rm(false, true, M, out, in, x, in, 0, w, in, 0, 0.0f, y, false, out, 0, 1);
+    if (b) LAUNCH_1D(bias_rows_kernel, M * out, y, b, out, M * out);
+}
+
+extern "C" void ldmc_cuda_linear_backward(float *dx, float *dw, float *db, const float *dy,
+                                          const uint16_t *x, const uint16_t *w, int64_t M, int in,
+                                          int out) {
+    if (db) ldmc_cuda_column_sums(db, dy, M, out); // before the workspace holds dy's copy
+    if (!dx && !dw) return;
+    const uint16_t *dyb = bf16_copy(dy, M * out);
+    if (dx) gemm_rm(false, false, M, in, out, dyb, out, 0, w, in, 0, 1.0f, dx, true, in, 0, 1);
+    if (dw) gemm_rm(true, false, out, in, M, dyb, out, 0, x, in, 0, 1.0f, dw, true, in, 0, 1);
+}
+
+extern "C" void ldmc_cuda_bmm_forward(uint16_t *c, const uint16_t *a, const uint16_t *b, int B,
+                                      int M, int N, int K, bool trans_a, bool trans_b) {
+    gemm_rm(trans_a, trans_b, M, N, K, a, trans_a ? M : K, (int64_t)M * K, b, trans_b ? K : N,
+            (int64_t)K * N, 0.0f, c, false, N, (int64_t)M * N, B);
+}
+
+extern "C" void ldmc_cuda_bmm_backward(float *da, float *db, const float *dc, const uint16_t *a,
+                                       const uint16_t *b, int B, int M, int N, int K, bool trans_a,
+                                       bool trans_b) {
+    if (!da && !db) return;
+    const uint16_t *dcb = bf16_copy(dc, (int64_t)B * M * N);
+    const int64_t sa = (int64_t)M * K, sb = (int64_t)K * N, sc = (int64_t)M * N;
+    const int lda = trans_a ? M : K, ldb = trans_b ? K : N;
+    if (da) {
+        if (!trans_a) // da (M, K) += dc (M, N) op(b)^T
+            gemm_rm(false, !trans_b, M, K, N, dcb, N, sc, b, ldb, sb, 1.0f, da, true, K, sa, B);
+        else // da (K, M) += op(b) (K, N) dc^T
+            gemm_rm(trans_b, true, K, M, N, b, ldb, sb, dcb, N, sc, 1.0f, da, true, M, sa, B);
+    }
+    if (db) {
+        if (!trans_b) // db (K, N) += op(a)^T dc
+            gemm_rm(!trans_a, false, K, N, M, a, lda, sa, dcb, N, sc, 1.0f, db, true, N, sb, B);
+        else // db (N, K) += dc^T op(a)
+            gemm_rm(true, trans_a, N, K, M, dcb, N, sc, a, lda, sa, 1.0f, db, true, K, sb, B);
+    }
+}
+
+// Column sums in two passes with a fixed order: partial sums of row chunks (a 32 x 8 block per
+// 32 columns and chunk), then the chunks in order. Deterministic, unlike atomics.
+enum { COLSUM_CHUNKS = 256 };
+
+__global__ static void column_partial_kernel(float *partial, const float *x, int64_t M, int C,
+                                             int64_t rows_per_chunk) {
+    __shared__ float tile[8][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk, r1 = min(M, r0 + rows_per_chunk);
+    float s = 0;
+    if (c < C)
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8)
+            s += x[r * C + c];
+    tile[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        for (int k = 1; k < 8; k++)
+            s += tile[k][threadIdx.x];
+        partial[(int64_t)blockIdx.y * C + c] = s;
+    }
+}
+
+__global__ static void column_final_kernel(float *out, const float *partial, int chunks, int C) {
+    GRID_STRIDE(c, C) {
+        float s = 0;
+        for (int k = 0; k < chunks; k++)
+            s += partial[(int64_t)k * C + c];
+        out[c] += s;
+    }
+}
+
+extern "C" void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C) {
+    if (M <= 0 || C <= 0) return;
+    int64_t rows = (M + COLSUM_CHUNKS - 1) / COLSUM_CHUNKS;
+    int chunks = (int)((M + rows - 1) / rows);
+    float *partial = (float *)ldmc_cuda_workspace((size_t)chunks * C * sizeof(float));
+    dim3 grid((unsigned)((C + 31) / 32), (unsigned)chunks), block(32, 8);
+    column_partial_kernel<<<grid, block, 0, ldmc_stream()>>>(partial, x, M, C, rows);
+    CUDA_CHECK_LAUNCH("column_partial");
+    LAUNCH_1D(column_final_kernel, C, out, partial, chunks, C);
+}

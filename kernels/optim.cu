@@ -1,0 +1,81 @@
+// The optimizer over the flat parameter buffers on the GPU: gradient norm, AdamW with an fp32
+// master copy and bf16 working weights, EMA. CPU twins in src/train/optim.c (same formulas, same
+// order of operations). Tested by tests/test_cuda.c.
+#include "kernels/common.cuh"
+#include "kernels/ldmc_cuda.h"
+
+enum { SQ_BLOCKS = 1024, SQ_THREADS = 256 };
+
+__device__ static double block_sum_f64(double v, double *shared) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : 0.0;
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__global__ static void sum_squares_kernel(double *partial, const float *x, int64_t n) {
+    __shared__ double shared[32];
+    double s = 0;
+    GRID_STRIDE(i, n) { s += (double)x[i] * x[i]; }
+    s = block_sum_f64(s, shared);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+extern "C" double ldmc_cuda_sum_squares(const float *x, size_t n) {
+    double *partial = (double *)ldmc_cuda_workspace(SQ_BLOCKS * sizeof(double));
+    double host[SQ_BLOCKS];
+    sum_squares_kernel<<<SQ_BLOCKS, SQ_THREADS, 0, ldmc_stream()>>>(partial, x, (int64_t)n);
+    CUDA_CHECK_LAUNCH("sum_squares");
+    ldmc_cuda_to_host(host, partial, sizeof host);
+    double total = 0;
+    for (int i = 0; i < SQ_BLOCKS; i++)
+        total += host[i];
+    return total;
+}
+
+// PyTorch's AdamW, as src/train/optim.c: decoupled decay, then the bias-corrected Adam step.
+__global__ static void adamw_kernel(float *master, uint16_t *weights, const float *grad, float *m,
+                                    float *v, int64_t n, float decay, float step_size,
+                                    float denom_scale, float b1, float b2, float eps) {
+    GRID_STRIDE(k, n) {
+        float g = grad[k];
+        float mk = b1 * m[k] + (1 - b1) * g, vk = b2 * v[k] + (1 - b2) * g * g;
+        m[k] = mk;
+        v[k] = vk;
+        float w = master[k] * decay - step_size * mk / (sqrtf(vk) * denom_scale + eps);
+        master[k] = w;
+        weights[k] = bf16_from(w);
+    }
+}
+
+extern "C" void ldmc_cuda_adamw(float *master, uint16_t *weights, const float *grad, float *m,
+                                float *v, int64_t n, float decay, float step_size,
+                                float denom_scale, float beta1, float beta2, float eps) {
+    LAUNCH_1D(adamw_kernel, n, master, weights, grad, m, v, n, decay, step_size, denom_scale,
+              beta1, beta2, eps);
+}
+
+__global__ static void ema_kernel(float *ema, const float *master, int64_t n, float d,
+                                  float one_minus) {
+    GRID_STRIDE(k, n) { ema[k] = d * ema[k] + one_minus * master[k]; }
+}
+
+extern "C" void ldmc_cuda_ema(float *ema, const float *master, int64_t n, float d) {
+    LAUNCH_1D(ema_kernel, n, ema, master, n, d, (float)(1.0 - (double)d));
+}
+
+__global__ static void swap_kernel(float *a, float *b, int64_t n) {
+    GRID_STRIDE(k, n) {
+        float t = a[k];
+        a[k] = b[k];
+        b[k] = t;
+    }
+}
+
+extern "C" void ldmc_cuda_swap_f32(float *a, float *b, int64_t n) { LAUNCH_1D(swap_kernel, n, a, b, n); }

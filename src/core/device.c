@@ -1,0 +1,136 @@
+// Tensors across devices (see device.h).
+#include "core/device.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/error.h"
+#ifdef LDMC_HAVE_CUDA
+#include "kernels/ldmc_cuda.h"
+#endif
+
+bool ldmc_cuda_usable(void) {
+#ifdef LDMC_HAVE_CUDA
+    return ldmc_cuda_device_count() > 0;
+#else
+    return false;
+#endif
+}
+
+const char *ldmc_device_name(ldmc_device device) { return device == LDMC_CUDA ? "cuda" : "cpu"; }
+
+int ldmc_device_parse(const char *name, ldmc_device *out) {
+    if (!strcasecmp(name, "cpu")) *out = LDMC_CPU;
+    else if (!strcasecmp(name, "cuda") || !strcasecmp(name, "gpu")) *out = LDMC_CUDA;
+    else return -1;
+    return 0;
+}
+
+#ifdef LDMC_HAVE_CUDA
+// An f32 staging copy in GPU memory: the workspace (no op holds it between launches).
+static float *staged_f32(const float *src, int64_t n) {
+    float *tmp = ldmc_cuda_workspace((size_t)n * sizeof(float));
+    ldmc_cuda_to_device(tmp, src, (size_t)n * sizeof(float));
+    return tmp;
+}
+#endif
+
+void ldmc_write_f32(ldmc_tensor *t, const float *src) {
+    int64_t n = ldmc_numel(t);
+    if (t->device == LDMC_CPU) {
+        LDMC_CHECK(ldmc_convert(t->data, t->dtype, src, LDMC_F32, (size_t)n) == 0,
+                   "writing f32 values into a %s tensor", ldmc_dtype_name(t->dtype));
+        return;
+    }
+#ifdef LDMC_HAVE_CUDA
+    if (t->dtype == LDMC_F32)
+        ldmc_cuda_to_device(t->data, src, (size_t)n * sizeof(float));
+    else if (t->dtype == LDMC_BF16)
+        ldmc_cuda_f32_to_bf16(t->data, staged_f32(src, n), n);
+    else
+        LDMC_FATAL("writing f32 values into a %s tensor on the GPU", ldmc_dtype_name(t->dtype));
+#else
+    LDMC_FATAL("a GPU tensor in a build without CUDA");
+#endif
+}
+
+void ldmc_read_f32(const ldmc_tensor *t, float *dst) {
+    int64_t n = ldmc_numel(t);
+    if (t->device == LDMC_CPU) {
+        LDMC_CHECK(ldmc_convert(dst, LDMC_F32, t->data, t->dtype, (size_t)n) == 0,
+                   "reading a %s tensor as f32", ldmc_dtype_name(t->dtype));
+        return;
+    }
+#ifdef LDMC_HAVE_CUDA
+    if (t->dtype == LDMC_F32) {
+        ldmc_cuda_to_host(dst, t->data, (size_t)n * sizeof(float));
+    } else if (t->dtype == LDMC_BF16) {
+        float *tmp = ldmc_cuda_workspace((size_t)n * sizeof(float));
+        ldmc_cuda_bf16_to_f32(tmp, t->data, n);
+        ldmc_cuda_to_host(dst, tmp, (size_t)n * sizeof(float));
+    } else {
+        LDMC_FATAL("reading a %s tensor on the GPU as f32", ldmc_dtype_name(t->dtype));
+    }
+#else
+    LDMC_FATAL("a GPU tensor in a build without CUDA");
+#endif
+}
+
+double ldmc_read_scalar(const ldmc_tensor *t) {
+    float v = 0;
+    LDMC_CHECK(ldmc_numel(t) == 1, "reading a tensor of %lld values as a scalar",
+               (long long)ldmc_numel(t));
+    ldmc_read_f32(t, &v);
+    return v;
+}
+
+ldmc_tensor *ldmc_input(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape,
+                        const void *host, ldmc_dtype host_dtype) {
+    if (ctx->device == LDMC_CPU && dtype == host_dtype)
+        return ldmc_wrap(ctx, dtype, (void *)host, ndim, shape);
+    ldmc_tensor *t = ldmc_new(ctx, dtype, ndim, shape);
+    if (ctx->dry_run) return t;
+    if (host_dtype == LDMC_F32) {
+        ldmc_write_f32(t, host);
+        return t;
+    }
+    LDMC_CHECK(host_dtype == dtype && dtype == LDMC_I64,
+               "input of %s values stored as %s: only f32 converts", ldmc_dtype_name(host_dtype),
+               ldmc_dtype_name(dtype));
+#ifdef LDMC_HAVE_CUDA
+    ldmc_cuda_to_device(t->data, host, ldmc_nbytes(t));
+#endif
+    return t;
+}
+
+void ldmc_device_synchronize(ldmc_device device) {
+#ifdef LDMC_HAVE_CUDA
+    if (device == LDMC_CUDA) ldmc_cuda_synchronize();
+#else
+    (void)device;
+#endif
+}
+
+void ldmc_fill_normal(ldmc_tensor *t, const ldmc_rng *rng, uint64_t offset) {
+    int64_t n = ldmc_numel(t);
+    if (t->device == LDMC_CPU) {
+        LDMC_CHECK(t->dtype == LDMC_F32, "normal noise into a %s tensor on the CPU",
+                   ldmc_dtype_name(t->dtype));
+        ldmc_rng_normal(rng, offset, (size_t)n, t->data);
+        return;
+    }
+#ifdef LDMC_HAVE_CUDA
+    if (t->dtype == LDMC_F32) {
+        ldmc_cuda_rng_normal(rng, offset, (size_t)n, t->data);
+    } else {
+        LDMC_CHECK(t->dtype == LDMC_BF16, "normal noise into a %s tensor on the GPU",
+                   ldmc_dtype_name(t->dtype));
+        float *tmp = ldmc_cuda_workspace((size_t)n * sizeof(float));
+        ldmc_cuda_rng_normal(rng, offset, (size_t)n, tmp);
+        ldmc_cuda_f32_to_bf16(t->data, tmp, n);
+    }
+#else
+    LDMC_FATAL("a GPU tensor in a build without CUDA");
+#endif
+}

@@ -1,0 +1,31 @@
+// Tensors across devices: whether a GPU can be used, inputs written from host memory into a
+// context on either device, values read back as f32, and Philox noise drawn where the tensor
+// lives (the same values on both). The trainer, the sampler and the tests go through these, so
+// the CPU and GPU paths share their code. Tested by tests/test_cuda.c (GPU) and test_core.c.
+#pragma once
+#include <stdbool.h>
+
+#include "core/rng.h"
+#include "core/tape.h"
+
+// True when this build has CUDA and a device is present.
+bool ldmc_cuda_usable(void);
+// "cpu" or "cuda"; ldmc_device_parse returns -1 for anything else.
+const char *ldmc_device_name(ldmc_device device);
+int ldmc_device_parse(const char *name, ldmc_device *out);
+
+// A new tensor in ctx filled from host values of `host_dtype` (F32 or I64), stored as `dtype`
+// (F32, BF16 or I64) on the context's device. On the CPU with matching dtypes, the host memory is
+// wrapped, not copied (it must outlive the step).
+ldmc_tensor *ldmc_input(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape,
+                        const void *host, ldmc_dtype host_dtype);
+// Writes n = numel(t) host f32 values into t (F32 or BF16, on either device).
+void ldmc_write_f32(ldmc_tensor *t, const float *src);
+// Reads t's values (F32 or BF16, on either device) into dst as f32.
+void ldmc_read_f32(const ldmc_tensor *t, float *dst);
+// A scalar's value (loss), as a double.
+double ldmc_read_scalar(const ldmc_tensor *t);
+// Waits until the GPU has finished everything queued (no-op on the CPU or without CUDA).
+void ldmc_device_synchronize(ldmc_device device);
+// Fills t (F32 or BF16, on either device) with values offset.. of the normal stream.
+void ldmc_fill_normal(ldmc_tensor *t, const ldmc_rng *rng, uint64_t offset);
