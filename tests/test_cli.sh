@@ -55,6 +55,28 @@ lines=$(grep -c '"op": "group_norm".*"ms_forward_backward": [0-9.]*}' /tmp/ldmc_
 expect_status 2 "$ldmc" bench ops --reps 0
 expect_status 2 "$ldmc" bench nothing
 
+# bench train: a real step of a tiny UNet on the CPU, and the SDXL base step planned by a dry run
+# on "the GPU" (bf16 activations): its FLOP count must be SDXL's, about 20.6 TFLOP an image
+# (../shared/DESIGN.md), and gradient checkpointing must cut the activation memory.
+expect_status 0 "$ldmc" bench train --config "$configs/tiny_unet_text.yaml" --batch 2 --res 64 \
+    --device cpu --reps 1 --warmup 0 --profile --json
+grep -q '"img_per_s": [0-9.]*, "tflops": [0-9.]*, "cfg_forward_ms": [0-9.]*, "top_ops": \[{"op": "' \
+    /tmp/ldmc_cli_out.$$ || fail "bench train --json on a tiny UNet"
+expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
+    --device cuda --dry-run --json
+per_image=$(sed -n 's/.*"tflop_per_image": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
+plain=$(sed -n 's/.*"activations_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
+awk -v f="$per_image" 'BEGIN { exit !(f > 19.5 && f < 21.5) }' ||
+    fail "SDXL base: $per_image TFLOP an image forward + backward, want about 20.6"
+expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
+    --device cuda --dry-run --checkpointing --json
+ckpt=$(sed -n 's/.*"activations_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
+awk -v a="$ckpt" -v b="$plain" 'BEGIN { exit !(a > 0 && a < b / 3) }' ||
+    fail "checkpointing: $ckpt GiB of activations against $plain without"
+expect_status 2 "$ldmc" bench train --batch 8
+expect_status 1 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --res 1000 --dry-run
+grep -q "multiples of 32" /tmp/ldmc_cli_out.$$ || fail "bench train: a bad size is not explained"
+
 # train, cache, demo-data: usage errors exit 2; bad configs exit 1 with the file and key named.
 expect_status 0 "$ldmc" train --help
 grep -q "usage: ldmc train CONFIG" /tmp/ldmc_cli_out.$$ || fail "train --help"

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "core/device.h"
 #include "data/cache.h"
 #include "data/image.h"
 #include "data/loader.h"
@@ -394,6 +395,26 @@ static int run_child(const char *config, const char *kill_point, bool resume) {
                                : (WEXITSTATUS(status) ? -WEXITSTATUS(status) : 0);
 }
 
+// `ldmc train CONFIG --set SETTING [--resume latest]` in a child process, as run_child.
+static int run_child_set(const char *config, const char *kill_point, bool resume,
+                         const char *setting) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (kill_point) setenv("LDMC_CHECKPOINT_KILL_POINT", kill_point, 1);
+        if (!freopen("/dev/null", "w", stdout)) _exit(126);
+        if (resume)
+            execl(LDMC_CLI, LDMC_CLI, "train", config, "--set", setting, "--resume", "latest",
+                  (char *)NULL);
+        else
+            execl(LDMC_CLI, LDMC_CLI, "train", config, "--set", setting, (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFSIGNALED(status) ? WTERMSIG(status)
+                               : (WEXITSTATUS(status) ? -WEXITSTATUS(status) : 0);
+}
+
 static bool same_file(const char *a, const char *b) {
     FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
     bool same = fa && fb;
@@ -638,7 +659,111 @@ static void test_latent_cache(void) {
           "%s", err.message);
 }
 
+// ---- the GPU trainer (built a second time as test_train_cuda, label cuda) ------------------------
+
+// The diffusion weights of a run's checkpoint at `step` (weights, or EMA).
+static float *checkpoint_weights(const char *run, int step, size_t *n) {
+    ldmc_model_config mc = test_model_config("tiny_unet_class.yaml");
+    static ldmc_unet u;
+    ldmc_unet_init(&u, &mc.unet);
+    ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
+    ldmc_params_alloc(&u.params, LDMC_ROLE_ADAM_M);
+    ldmc_params_alloc(&u.params, LDMC_ROLE_ADAM_V);
+    ldmc_params_alloc(&u.params, LDMC_ROLE_EMA);
+    ldmc_state_model m = {.params = &u.params,
+                          .map = {.layout = LDMC_LAYOUT_OFFICIAL, .unet = &u.cfg},
+                          .ema = true};
+    ldmc_train_state st;
+    ldmc_err err = {0};
+    char dir[1400];
+    snprintf(dir, sizeof dir, "%s/%s/checkpoints/step-%08d", fixture, run, step);
+    LDMC_CHECK(ldmc_state_load(dir, &m, &st, &err) == 0, "%s", err.message);
+    *n = u.params.total;
+    float *w = malloc(*n * sizeof *w);
+    memcpy(w, u.params.buffers[LDMC_ROLE_WEIGHTS], *n * sizeof *w);
+    ldmc_unet_free(&u);
+    return w;
+}
+
+// How far two runs' weights agree: the cosine of their changes from the common start.
+static double update_cosine(const float *a, const float *b, const float *start, size_t n) {
+    double dot = 0, aa = 0, bb = 0;
+    for (size_t i = 0; i < n; i++) {
+        double da = (double)a[i] - start[i], db = (double)b[i] - start[i];
+        dot += da * db, aa += da * da, bb += db * db;
+    }
+    return dot / sqrt(aa * bb + 1e-300);
+}
+
+// A run on the GPU writes the checkpoints a CPU run writes: the CPU resumes from them, and the
+// GPU from the CPU's; the weights follow the CPU-only run's (bf16 activations: close, not equal).
+static void test_gpu_and_cpu_resume_each_other(void) {
+    make_fixture();
+    ldmc_err err = {0};
+    ldmc_train_result r;
+    // the reference: 6 steps on the CPU
+    REQUIRE(run_in_process(tiny_config("cpu6", false, ""), NULL, &r, &err) == 0, "%s",
+            err.message);
+    const char *gpu_first = tiny_config("gpu_then_cpu", false, "");
+    const char *cpu_first = tiny_config("cpu_then_gpu", false, "");
+    // GPU for steps 1-3 (killed after its step-3 checkpoint), then the CPU to step 6
+    CHECK(run_child_set(gpu_first, "saved@3", false, "train.device=cuda") == SIGKILL,
+          "the GPU run is killed after its step-3 checkpoint");
+    CHECK(run_child_set(gpu_first, NULL, true, "train.device=cpu") == 0, "the CPU resumes it");
+    // CPU for steps 1-3, then the GPU to step 6
+    CHECK(run_child_set(cpu_first, "saved@3", false, "train.device=cpu") == SIGKILL,
+          "the CPU run is killed after its step-3 checkpoint");
+    CHECK(run_child_set(cpu_first, NULL, true, "train.device=cuda") == 0, "the GPU resumes it");
+    size_t n;
+    float *cpu3 = checkpoint_weights("cpu6", 3, &n), *cpu6 = checkpoint_weights("cpu6", 6, &n);
+    float *g3 = checkpoint_weights("gpu_then_cpu", 3, &n), *g6 = checkpoint_weights("gpu_then_cpu", 6, &n);
+    float *c3 = checkpoint_weights("cpu_then_gpu", 3, &n), *c6 = checkpoint_weights("cpu_then_gpu", 6, &n);
+    for (size_t i = 0; i < n; i++)
+        CHECK(c3[i] == cpu3[i], "the CPU's step 3 is the CPU's step 3 (value %zu)", i);
+    // steps 4-6 move the weights alike on either device
+    double cos_gpu_tail = update_cosine(c6, cpu6, cpu3, n);
+    CHECK(cos_gpu_tail >= 0.9, "steps 4-6 on the GPU vs the CPU: update cosine %.4f", cos_gpu_tail);
+    // and steps 1-3 on the GPU end near the CPU's step 3, then the CPU carries on alike
+    double cos_tail = update_cosine(g6, cpu6, cpu3, n);
+    CHECK(cos_tail >= 0.8, "from the GPU's step 3, the CPU's steps 4-6: cosine %.4f", cos_tail);
+    double diff = 0, moved = 0;
+    for (size_t i = 0; i < n; i++)
+        diff += ((double)g3[i] - cpu3[i]) * ((double)g3[i] - cpu3[i]),
+            moved += ((double)cpu6[i] - cpu3[i]) * ((double)cpu6[i] - cpu3[i]);
+    CHECK(diff <= moved, "the GPU's step 3 is %.3g from the CPU's, 3 more steps move %.3g",
+          sqrt(diff), sqrt(moved));
+    free(cpu3), free(cpu6), free(g3), free(g6), free(c3), free(c6);
+}
+
+// The autoencoder task trains on the GPU too, its loss going down, and the CPU resumes it.
+static void test_gpu_vae_task(void) {
+    make_fixture();
+    ldmc_err err = {0};
+    ldmc_train_result r;
+    const char *config = tiny_config("vae_gpu", true, "");
+    CHECK(run_child_set(config, "saved@2", false, "train.device=cuda") == SIGKILL,
+          "the VAE run on the GPU is killed after its step-2 checkpoint");
+    REQUIRE(run_in_process(config, "latest", &r, &err) == 0, "%s", err.message);
+    CHECK(r.steps == 4 && isfinite(r.last_loss), "resumed on the CPU to step %lld, loss %g",
+          (long long)r.steps, r.last_loss);
+}
+
+// The program runs the CPU tests (test_train, label cpu) or, built with LDMC_TEST_CUDA, the GPU
+// trainer's (test_train_cuda, label cuda; skipped without a device).
 int main(int argc, char **argv) {
+    static const test_entry gpu_tests[] = {
+        TEST_ENTRY(test_gpu_and_cpu_resume_each_other),
+        TEST_ENTRY(test_gpu_vae_task),
+    };
+#ifdef LDMC_TEST_CUDA
+    if (!ldmc_cuda_usable()) {
+        printf("no CUDA device: skipped\n");
+        return 77;
+    }
+    return test_main(argc, argv, gpu_tests, (int)(sizeof gpu_tests / sizeof gpu_tests[0]));
+#else
+    (void)gpu_tests;
+#endif
     static const test_entry tests[] = {
         TEST_ENTRY(test_adamw_matches_pytorch_formula),
         TEST_ENTRY(test_lr_clip_and_ema),

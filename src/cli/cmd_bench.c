@@ -14,6 +14,11 @@
 #include "core/tape.h"
 #include "core/threads.h"
 #include "ops/ops.h"
+#include "core/device.h"
+#include "train/bench.h"
+#ifdef LDMC_HAVE_CUDA
+#include "kernels/ldmc_cuda.h"
+#endif
 #include "train/trainer.h"
 
 typedef enum { CASE_CONV2D, CASE_ATTENTION, CASE_GROUP_NORM } case_kind;
@@ -220,9 +225,136 @@ static int bench_step(int argc, char **argv) {
     return rc == 0 ? 0 : 1;
 }
 
+static const char *train_usage =
+    "usage: ldmc bench train --config MODEL [--batch B] [--res H [W]] [--device cuda|cpu]\n"
+    "                        [--reps N] [--warmup N] [--checkpointing] [--profile] [--dry-run]\n"
+    "                        [--json]\n"
+    "  MODEL: a model config (configs/sdxl_base.yaml), or a name in configs/ (sdxl_base)\n";
+
+// A model config by path, or by name from the configs/ folder of the working directory.
+static int load_model(const char *name, ldmc_model_config *mc, ldmc_err *err) {
+    char path[1200];
+    if (strchr(name, '/') || strstr(name, ".yaml"))
+        snprintf(path, sizeof path, "%s", name);
+    else
+        snprintf(path, sizeof path, "configs/%s.yaml", name);
+    if (ldmc_model_config_load(path, mc, err) != 0) return -1;
+    if (!mc->has_unet) return LDMC_ERR(err, "%s: no unet section", path);
+    return 0;
+}
+
+static void print_bytes_json(const char *key, size_t bytes) {
+    printf(", \"%s\": %.3f", key, (double)bytes / (1 << 30));
+}
+
+// The SDXL training step (see src/train/bench.h): `ldmc bench train --config sdxl_base --batch 8
+// --res 1024` on the GPU; bench/sdxl_train_torch.py times PyTorch's on the same card.
+static int bench_train(int argc, char **argv) {
+    const char *config = NULL;
+    ldmc_bench_options o = {.batch = 8, .height = 1024, .width = 1024, .reps = 10, .warmup = 3,
+                            .seed = 1, .device = ldmc_cuda_usable() ? LDMC_CUDA : LDMC_CPU};
+    bool json = false, ok = true;
+    for (int i = 0; i < argc && ok; i++) {
+        const char *a = argv[i];
+        bool more = i + 1 < argc;
+        if (!strcmp(a, "--config") && more) {
+            config = argv[++i];
+        } else if (!strcmp(a, "--batch") && more) {
+            o.batch = atoi(argv[++i]);
+        } else if (!strcmp(a, "--res") && more) {
+            o.height = o.width = atoi(argv[++i]);
+            if (i + 1 < argc && argv[i + 1][0] != '-') o.width = atoi(argv[++i]);
+        } else if (!strcmp(a, "--reps") && more) {
+            o.reps = atoi(argv[++i]);
+        } else if (!strcmp(a, "--warmup") && more) {
+            o.warmup = atoi(argv[++i]);
+        } else if (!strcmp(a, "--device") && more) {
+            ok = ldmc_device_parse(argv[++i], &o.device) == 0;
+        } else if (!strcmp(a, "--checkpointing")) {
+            o.checkpointing = true;
+        } else if (!strcmp(a, "--profile")) {
+            o.profile = true;
+        } else if (!strcmp(a, "--dry-run")) {
+            o.dry_run = true;
+        } else if (!strcmp(a, "--json")) {
+            json = true;
+        } else {
+            ok = false;
+        }
+    }
+    if (!ok || !config || o.reps < 1 || o.reps > 1000 || o.warmup < 0) {
+        fputs(train_usage, stderr);
+        return 2;
+    }
+    ldmc_model_config mc;
+    ldmc_err err = {0};
+    ldmc_bench_result r;
+    int rc = load_model(config, &mc, &err);
+    if (rc == 0) rc = ldmc_unet_train_bench(&mc.unet, &o, &r, &err);
+    if (rc != 0) {
+        fprintf(stderr, "ldmc bench train: %s\n", err.message);
+        return 1;
+    }
+    const char *dev = o.device == LDMC_CUDA ? ldmc_device_name(LDMC_CUDA) : "cpu";
+#ifdef LDMC_HAVE_CUDA
+    if (o.device == LDMC_CUDA && !o.dry_run) dev = ldmc_cuda_device_name();
+#endif
+    size_t peak = r.weight_bytes + r.activation_bytes + r.workspace_bytes;
+    if (json) {
+        printf("{\"config\": \"%s\", \"device\": \"%s\", \"dry_run\": %s, \"batch\": %d, "
+               "\"height\": %d, \"width\": %d, \"checkpointing\": %s, \"parameters\": %lld, "
+               "\"tflop_per_image\": %.4f",
+               config, dev, o.dry_run ? "true" : "false", o.batch, o.height, o.width,
+               o.checkpointing ? "true" : "false", (long long)r.parameters,
+               r.flops / o.batch / 1e12);
+        print_bytes_json("weights_gib", r.weight_bytes);
+        print_bytes_json("activations_gib", r.activation_bytes);
+        print_bytes_json("workspace_gib", r.workspace_bytes);
+        print_bytes_json("peak_gib", peak);
+        if (!o.dry_run) {
+            printf(", \"reps\": %d, \"step_ms\": %.3f, \"img_per_s\": %.4f, \"tflops\": %.3f, "
+                   "\"cfg_forward_ms\": %.3f",
+                   o.reps, r.step_ms, r.img_per_s, r.tflops, r.cfg_forward_ms);
+            printf(", \"top_ops\": [");
+            for (int i = 0; i < r.profile.count && i < 10; i++)
+                printf("%s{\"op\": \"%s %s\", \"ms\": %.3f, \"calls\": %lld}", i ? ", " : "",
+                       r.profile.entries[i].name, r.profile.entries[i].backward ? "backward" : "forward",
+                       r.profile.entries[i].ms, (long long)r.profile.entries[i].calls);
+            printf("]");
+        }
+        printf("}\n");
+        return 0;
+    }
+    printf("%s on %s: batch %d at %dx%d%s, %.3fB parameters\n", config, dev, o.batch, o.height,
+           o.width, o.checkpointing ? ", gradient checkpointing" : "", r.parameters / 1e9);
+    printf("  model FLOPs: %.2f TFLOP a step, %.3f an image (forward + backward)\n", r.flops / 1e12,
+           r.flops / o.batch / 1e12);
+    printf("  memory: weights and optimizer %.2f GiB, activations %.2f GiB, workspace %.2f GiB: "
+           "%.2f GiB\n",
+           (double)r.weight_bytes / (1 << 30), (double)r.activation_bytes / (1 << 30),
+           (double)r.workspace_bytes / (1 << 30), (double)peak / (1 << 30));
+    if (o.dry_run) return 0;
+    printf("  training step: %.1f ms (median of %d): %.2f img/s, %.1f TFLOP/s\n", r.step_ms, o.reps,
+           r.img_per_s, r.tflops);
+    printf("  sampling forward at batch 2 (CFG): %.1f ms\n", r.cfg_forward_ms);
+    if (r.profile.count) {
+        double total = 0;
+        for (int i = 0; i < r.profile.count; i++)
+            total += r.profile.entries[i].ms;
+        printf("  most expensive ops (one profiled step, %.1f ms synchronized):\n", total);
+        for (int i = 0; i < r.profile.count && i < 5; i++)
+            printf("    %-22s %-8s %9.1f ms  %5.1f%%  %5lld calls\n", r.profile.entries[i].name,
+                   r.profile.entries[i].backward ? "backward" : "forward", r.profile.entries[i].ms,
+                   100 * r.profile.entries[i].ms / total, (long long)r.profile.entries[i].calls);
+    }
+    return 0;
+}
+
 int ldmc_cmd_bench(int argc, char **argv) {
     if (argc >= 1 && strcmp(argv[0], "ops") == 0) return bench_ops(argc - 1, argv + 1);
     if (argc >= 1 && strcmp(argv[0], "step") == 0) return bench_step(argc - 1, argv + 1);
-    fprintf(stderr, "usage: ldmc bench ops [--json] [--reps N] [--filter TEXT]\n%s", step_usage);
+    if (argc >= 1 && strcmp(argv[0], "train") == 0) return bench_train(argc - 1, argv + 1);
+    fprintf(stderr, "usage: ldmc bench ops [--json] [--reps N] [--filter TEXT]\n%s%s", step_usage,
+            train_usage);
     return 2;
 }

@@ -22,7 +22,9 @@ static const struct {
     {"convert", ldmc_cmd_convert,
      "model weights between the official and diffusers layouts "
      "and between dtypes"},
-    {"bench", ldmc_cmd_bench, "benchmarks: `ldmc bench ops` (CPU ops, forward + backward)"},
+    {"bench", ldmc_cmd_bench,
+     "benchmarks: `ldmc bench ops` (CPU ops), `bench step` (a training config), `bench train` "
+     "(the SDXL UNet step, GPU or CPU)"},
 };
 
 static void usage(FILE *out) {

@@ -104,6 +104,8 @@ void ldmc_params_set_init(ldmc_params *p, int index, ldmc_param_init init, int64
 void ldmc_params_init(ldmc_params *p, uint64_t seed) {
     float *weights = p->buffers[LDMC_ROLE_WEIGHTS];
     LDMC_CHECK(weights && !p->reserved[LDMC_ROLE_WEIGHTS], "initializing unallocated weights");
+    // each parameter from its own stream: any order, any thread gives the same weights
+#pragma omp parallel for schedule(dynamic, 1)
     for (int i = 0; i < p->count; i++) {
         const ldmc_param *item = &p->items[i];
         float *w = weights + item->offset;
@@ -193,6 +195,22 @@ void ldmc_params_to_device(ldmc_params *p) {
         ldmc_params_tensor(p, i);
 #else
     (void)p;
+    LDMC_FATAL("parameters on the GPU: this build of ldmc has no CUDA (LDMC_CUDA=OFF)");
+#endif
+}
+
+void ldmc_params_device_alloc(ldmc_params *p, ldmc_param_role role) {
+#ifdef LDMC_HAVE_CUDA
+    LDMC_CHECK(p->on_device && role != LDMC_ROLE_WEIGHTS && role != LDMC_ROLE_MASTER,
+               "a GPU %s buffer for parameters not on the GPU", role_names[role]);
+    if (p->device[role]) return;
+    size_t bytes = (p->total ? p->total : 1) * sizeof(float);
+    p->device[role] = ldmc_cuda_malloc(bytes);
+    ldmc_cuda_zero(p->device[role], bytes);
+    for (int i = 0; i < p->count; i++)
+        ldmc_params_tensor(p, i);
+#else
+    (void)p, (void)role;
     LDMC_FATAL("parameters on the GPU: this build of ldmc has no CUDA (LDMC_CUDA=OFF)");
 #endif
 }

@@ -83,6 +83,9 @@ ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index);
 // gradients, and Adam m, v and EMA where the host has them), uploads the host's values (the host
 // weights become the master) and points the tensor views at the GPU. Fatal without CUDA.
 void ldmc_params_to_device(ldmc_params *p);
+// A zeroed GPU buffer for a role the host does not keep (a benchmark's gradients and Adam state),
+// after ldmc_params_to_device; the tensor views are re-bound. Idempotent.
+void ldmc_params_device_alloc(ldmc_params *p, ldmc_param_role role);
 // Copies the GPU's master weights, m, v and EMA into the host buffers (for a checkpoint).
 void ldmc_params_to_host(ldmc_params *p);
 // Uploads the host buffers again (after a checkpoint was loaded into them).

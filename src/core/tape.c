@@ -4,7 +4,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "core/device.h"
 #include "core/error.h"
 #ifdef LDMC_HAVE_CUDA
 #include "kernels/ldmc_cuda.h"
@@ -144,13 +146,58 @@ static ldmc_node *append_node(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor
     memcpy(node->in, in, (size_t)n_in * sizeof *in);
     memcpy(node->out, out, (size_t)n_out * sizeof *out);
     node->args = NULL;
+    node->backward_flops = 0;
     for (int i = 0; i < n_out; i++)
         out[i]->requires_grad = true;
     return node;
 }
 
+// ---- op timing -----------------------------------------------------------------------------------
+
+static double profile_now(const ldmc_ctx *ctx) {
+    ldmc_device_synchronize(ctx->device);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void ldmc_profile_start(ldmc_ctx *ctx, ldmc_profile *profile) {
+    ctx->profile = profile;
+    if (profile) profile->mark = profile_now(ctx);
+}
+
+static void profile_add(ldmc_profile *p, const char *name, bool backward, double seconds) {
+    int i = 0;
+    while (i < p->count && (strcmp(p->entries[i].name, name) || p->entries[i].backward != backward))
+        i++;
+    if (i == p->count) {
+        if (p->count == (int)(sizeof p->entries / sizeof p->entries[0])) return;
+        p->entries[p->count++] = (ldmc_profile_entry){.name = name, .backward = backward};
+    }
+    p->entries[i].ms += 1e3 * seconds;
+    p->entries[i].calls++;
+}
+
+static int by_time(const void *a, const void *b) {
+    double x = ((const ldmc_profile_entry *)a)->ms, y = ((const ldmc_profile_entry *)b)->ms;
+    return (x < y) - (x > y);
+}
+
+void ldmc_profile_sort(ldmc_profile *profile) {
+    qsort(profile->entries, (size_t)profile->count, sizeof profile->entries[0], by_time);
+}
+
+// Every op ends by recording itself (whether or not a node is kept): its time ends here.
+static void profile_forward(ldmc_ctx *ctx, const char *name) {
+    if (!ctx->profile || ctx->dry_run) return;
+    double now = profile_now(ctx);
+    profile_add(ctx->profile, name, false, now - ctx->profile->mark);
+    ctx->profile->mark = now;
+}
+
 ldmc_node *ldmc_record(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor **in, int n_in,
                        ldmc_tensor **out, int n_out) {
+    profile_forward(ctx, op->name);
     const ldmc_tensor *needs = NULL;
     for (int i = 0; i < n_in && !needs; i++)
         if (in[i] && in[i]->requires_grad) needs = in[i];
@@ -180,11 +227,21 @@ static void run_backward(ldmc_ctx *ctx, int first, int end) {
         for (int o = 0; o < node->n_out && !reached; o++)
             reached = ldmc_grad_if_any(node->out[o]) != NULL;
         if (!reached) continue;
+        ctx->flops += node->backward_flops; // dry runs too: a plan counts the whole step
         if (ctx->dry_run && node->op->backward != checkpoint_backward) {
             for (int k = 0; k < node->n_in; k++) ldmc_grad(ctx, node->in[k]); // allocations only
             continue;
         }
-        node->op->backward(ctx, node);
+        if (ctx->profile && node->op->backward != checkpoint_backward) {
+            double t0 = profile_now(ctx);
+            node->op->backward(ctx, node);
+            double t1 = profile_now(ctx);
+            profile_add(ctx->profile, node->op->name, true, t1 - t0);
+            ctx->profile->mark = t1;
+        } else {
+            if (ctx->profile) ctx->profile->mark = profile_now(ctx); // a re-run's ops time from here
+            node->op->backward(ctx, node);
+        }
     }
 }
 

@@ -21,6 +21,22 @@
 typedef struct ldmc_ctx ldmc_ctx;
 typedef struct ldmc_node ldmc_node;
 
+// Time per op kind (forward and backward apart), for `ldmc bench --profile`: each op's time is
+// measured from the end of the previous one with the device synchronized in between, so it
+// includes the op's kernels and launch overhead and nothing else of note.
+typedef struct ldmc_profile_entry {
+    const char *name;
+    bool backward;
+    double ms;
+    int64_t calls;
+} ldmc_profile_entry;
+
+typedef struct ldmc_profile {
+    ldmc_profile_entry entries[128];
+    int count;
+    double mark; // seconds: the end of the last timed op
+} ldmc_profile;
+
 typedef void (*ldmc_backward_fn)(ldmc_ctx *ctx, ldmc_node *node);
 
 // One entry per op kind: its name (used in every message about it) and its backward, or NULL
@@ -37,6 +53,7 @@ struct ldmc_node {
     ldmc_tensor **out;
     int n_out;
     void *args; // op-specific, allocated with ldmc_node_args
+    double backward_flops; // set by the op: what its backward adds to ctx->flops
 };
 
 // A region for ldmc_checkpoint: reads in[0..n_in), writes out[0..n_out) (fresh tensors).
@@ -60,6 +77,10 @@ struct ldmc_ctx {
     // While a checkpoint region is re-run during backward: the first tensor id of the re-run.
     uint64_t recompute_first_id;
     bool in_recompute;
+    // Matrix-product FLOPs of the ops run (linear, matmul, conv2d, attention; forward and the
+    // backward products of the gradients needed), dry runs included: a step's model FLOPs.
+    double flops;
+    ldmc_profile *profile; // NULL: no timing
 };
 
 // data_bytes / meta_bytes: address space reserved for each arena (committed only when touched).
@@ -114,6 +135,11 @@ void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_gr
 // when no input needs a gradient, this is a plain call.
 void ldmc_checkpoint(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor **in, int n_in,
                      ldmc_tensor **out, int n_out);
+
+// Starts timing ops into `profile` (NULL stops). Slows every op down by a device synchronization.
+void ldmc_profile_start(ldmc_ctx *ctx, ldmc_profile *profile);
+// The entries sorted by time, longest first.
+void ldmc_profile_sort(ldmc_profile *profile);
 
 // Reserves `count` values of the context's random stream for one op call; returns the offset
 // of the first (the counter base for rng.h).

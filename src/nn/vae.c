@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/device.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "ops/ops.h"
@@ -235,7 +236,7 @@ ldmc_tensor *ldmc_vae_sample(ldmc_ctx *ctx, const ldmc_vae_posterior *q, ldmc_te
         ldmc_rng rng = ldmc_rng_make(ctx->rng_seed, (uint32_t)ctx->rng_step, ctx->rng_rank,
                                      LDMC_RNG_NOISE);
         uint64_t n = (uint64_t)ldmc_numel(noise), offset = ldmc_ctx_rng_take(ctx, n);
-        if (!ctx->dry_run) ldmc_rng_normal(&rng, offset, (size_t)n, noise->data);
+        if (!ctx->dry_run) ldmc_fill_normal(noise, &rng, offset); // on the context's device
     }
     ldmc_tensor *std = ldmc_vae_std(ctx, q);
     return ldmc_add(ctx, q->mean, ldmc_mul(ctx, std, noise));

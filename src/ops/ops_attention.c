@@ -43,6 +43,7 @@ ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_
     a.lse = ldmc_scratch(ctx, (size_t)a.B * a.H * a.Nq * sizeof(float));
     ldmc_tensor *o = ldmc_new_like(ctx, q);
     const double scale = 1.0 / sqrt((double)a.D);
+    ctx->flops += 4.0 * a.B * a.H * (double)a.Nq * a.Nk * a.D; // Q K^T and P V
     COMPUTE(ctx) {
         if (ON_GPU(q))
             GPU(ldmc_cuda_attention_forward(BF(o), a.lse, BF(q), BF(k), BF(v), a.B, a.Nq, a.Nk, a.H,
@@ -52,6 +53,10 @@ ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_
                                   a.D, scale);
     }
     ldmc_node *node = RECORD(ctx, &attention_op, o, q, k, v);
-    if (node) *(attention_args *)ldmc_node_args(ctx, node, sizeof a) = a;
+    if (node) {
+        *(attention_args *)ldmc_node_args(ctx, node, sizeof a) = a;
+        // dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q (the recomputed scores not counted)
+        node->backward_flops = 8.0 * a.B * a.H * (double)a.Nq * a.Nk * a.D;
+    }
     return o;
 }

@@ -4,6 +4,13 @@
 
 // ---- linear ---------------------------------------------------------------------------------
 
+// 1 when backward computes x's gradient (a product as large as the forward's), else 0.
+static int needs(const ldmc_tensor *x) { return x && (x->base ? x->base : x)->requires_grad; }
+
+static double conv_flops(const ldmc_conv_geom *g) {
+    return 2.0 * g->N * g->Ho * g->Wo * (double)g->O * g->kh * g->kw * g->C;
+}
+
 static void linear_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0], *w = node->in[1], *b = node->in[2];
     int in = (int)w->shape[1], out = (int)w->shape[0];
@@ -32,6 +39,7 @@ ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_ten
     shape[x->ndim - 1] = w->shape[0];
     ldmc_tensor *y = ldmc_new(ctx, ctx->act_dtype, x->ndim, shape);
     int64_t M = ldmc_numel(x) / w->shape[1];
+    ctx->flops += 2.0 * (double)M * (double)w->shape[1] * (double)w->shape[0];
     COMPUTE(ctx) {
         if (ON_GPU(x))
             GPU(ldmc_cuda_linear_forward(BF(y), BF(x), BF(w), BF(b), M, (int)w->shape[1],
@@ -40,7 +48,8 @@ ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_ten
             linear_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), (int)M, (int)w->shape[1],
                                (int)w->shape[0]);
     }
-    RECORD(ctx, &linear_op, y, x, w, b);
+    ldmc_node *node = RECORD(ctx, &linear_op, y, x, w, b);
+    if (node) node->backward_flops = 2.0 * (double)M * w->shape[1] * w->shape[0] * (needs(x) + needs(w));
     return y;
 }
 
@@ -76,6 +85,7 @@ ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool tra
     OP_CHECK(b->shape[trans_b ? 2 : 1] == args.K, "matmul", b, "the inner dimension must be K = %d",
              args.K);
     ldmc_tensor *c = NEW(ctx, args.B, args.M, args.N);
+    ctx->flops += 2.0 * args.B * args.M * args.N * (double)args.K;
     COMPUTE(ctx) {
         if (ON_GPU(a))
             GPU(ldmc_cuda_bmm_forward(BF(c), BF(a), BF(b), args.B, args.M, args.N, args.K, trans_a,
@@ -85,7 +95,10 @@ ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool tra
                             trans_b);
     }
     ldmc_node *node = RECORD(ctx, &matmul_op, c, a, b);
-    if (node) *(matmul_args *)ldmc_node_args(ctx, node, sizeof args) = args;
+    if (node) {
+        *(matmul_args *)ldmc_node_args(ctx, node, sizeof args) = args;
+        node->backward_flops = 2.0 * args.B * args.M * args.N * (double)args.K * (needs(a) + needs(b));
+    }
     return c;
 }
 
@@ -130,6 +143,7 @@ ldmc_tensor *ldmc_conv2d_padded(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, l
              "a %dx%d window with stride %d and padding (%d, %d, %d, %d) does not fit", g.kh, g.kw,
              stride, pad[0], pad[1], pad[2], pad[3]);
     ldmc_tensor *y = NEW(ctx, g.N, g.Ho, g.Wo, g.O);
+    ctx->flops += conv_flops(&g);
     COMPUTE(ctx) {
         if (ON_GPU(x))
             GPU(ldmc_cuda_conv2d_forward(BF(y), BF(x), BF(w), BF(b), &g));
@@ -137,7 +151,10 @@ ldmc_tensor *ldmc_conv2d_padded(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, l
             conv2d_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), &g);
     }
     ldmc_node *node = RECORD(ctx, &conv2d_op, y, x, w, b);
-    if (node) *(ldmc_conv_geom *)ldmc_node_args(ctx, node, sizeof g) = g;
+    if (node) {
+        *(ldmc_conv_geom *)ldmc_node_args(ctx, node, sizeof g) = g;
+        node->backward_flops = conv_flops(&g) * (needs(x) + needs(w));
+    }
     return y;
 }
 
