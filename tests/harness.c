@@ -193,9 +193,14 @@ const char *test_tmp_path(const char *name) {
     return p;
 }
 
+const char *test_config_dir(void) {
+    const char *dir = getenv("LDMC_CONFIG_DIR");
+    return dir ? dir : LDMC_CONFIG_DIR;
+}
+
 ldmc_model_config test_model_config(const char *file) {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s", LDMC_CONFIG_DIR, file);
+    snprintf(path, sizeof path, "%s/%s", test_config_dir(), file);
     ldmc_model_config cfg;
     ldmc_err err = {0};
     LDMC_CHECK(ldmc_model_config_load(path, &cfg, &err) == 0, "%s", err.message);

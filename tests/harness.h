@@ -108,5 +108,8 @@ const char *test_data_dir(void);
 // in it) when the program exits; and <that directory>/<name> (8 rotating buffers).
 const char *test_tmpdir(void);
 const char *test_tmp_path(const char *name);
+// The configs/ folder (LDMC_CONFIG_DIR in the environment overrides the build's path: a build
+// copied to a GPU machine runs its tests from another checkout).
+const char *test_config_dir(void);
 // A bundled model config (configs/<file>); fatal if it does not load.
 struct ldmc_model_config test_model_config(const char *file);

@@ -338,7 +338,7 @@ static const char *tiny_config(const char *name, bool vae_task, const char *extr
                  "optim: {lr: 1.0e-3, warmup: 2}\nema: {decay: 0.9}\n"
                  "train: {steps: 4, seed: 3, out: %s, checkpoint_every: 2, keep: 5, log_every: 1, "
                  "sample_every: 4}\n%s",
-                 LDMC_CONFIG_DIR, name, extra);
+                 test_config_dir(), name, extra);
     else
         snprintf(
             text, sizeof text,
@@ -353,7 +353,7 @@ static const char *tiny_config(const char *name, bool vae_task, const char *extr
             "sample: {steps: 3, cfg: 2.0, per_class: 2, height: 16, width: 16}\n"
             "train: {steps: 6, seed: 3, out: %s, checkpoint_every: 3, keep: 5, log_every: 2, "
             "sample_every: 6}\n%s",
-            LDMC_CONFIG_DIR, LDMC_CONFIG_DIR, name, extra);
+            test_config_dir(), test_config_dir(), name, extra);
     LDMC_CHECK(write_text(p, text) == 0, "cannot write %s", p);
     return p;
 }
@@ -376,6 +376,12 @@ static int run_in_process(const char *config, const char *resume, ldmc_train_res
     return rc;
 }
 
+// The ldmc binary: the build's, or LDMC_CLI from the environment (a build copied elsewhere).
+static const char *cli(void) {
+    const char *path = getenv("LDMC_CLI");
+    return path ? path : LDMC_CLI;
+}
+
 // `ldmc train CONFIG [--resume latest]` in a child process with LDMC_CHECKPOINT_KILL_POINT set;
 // returns the signal that ended it (0 when it exited).
 static int run_child(const char *config, const char *kill_point, bool resume) {
@@ -384,9 +390,9 @@ static int run_child(const char *config, const char *kill_point, bool resume) {
         if (kill_point) setenv("LDMC_CHECKPOINT_KILL_POINT", kill_point, 1);
         if (!freopen("/dev/null", "w", stdout)) _exit(126);
         if (resume)
-            execl(LDMC_CLI, LDMC_CLI, "train", config, "--resume", "latest", (char *)NULL);
+            execl(cli(), cli(), "train", config, "--resume", "latest", (char *)NULL);
         else
-            execl(LDMC_CLI, LDMC_CLI, "train", config, (char *)NULL);
+            execl(cli(), cli(), "train", config, (char *)NULL);
         _exit(127);
     }
     int status = 0;
@@ -403,10 +409,10 @@ static int run_child_set(const char *config, const char *kill_point, bool resume
         if (kill_point) setenv("LDMC_CHECKPOINT_KILL_POINT", kill_point, 1);
         if (!freopen("/dev/null", "w", stdout)) _exit(126);
         if (resume)
-            execl(LDMC_CLI, LDMC_CLI, "train", config, "--set", setting, "--resume", "latest",
+            execl(cli(), cli(), "train", config, "--set", setting, "--resume", "latest",
                   (char *)NULL);
         else
-            execl(LDMC_CLI, LDMC_CLI, "train", config, "--set", setting, (char *)NULL);
+            execl(cli(), cli(), "train", config, "--set", setting, (char *)NULL);
         _exit(127);
     }
     int status = 0;
