@@ -40,9 +40,11 @@ typedef struct conv_plan {
     size_t fwd_ws, bwd_data_ws, bwd_filter_ws;
 } conv_plan;
 
-enum { MAX_PLANS = 512 };
-static conv_plan plans[MAX_PLANS];
-static int n_plans;
+// Every (geometry, batch) met: bucketed training meets a few dozen per bucket, so the list grows.
+static conv_plan *plans;
+static int n_plans, cap_plans;
+// The most workspace an algorithm may ask for: the activation arena holds the rest of the memory.
+static const size_t MAX_ALGO_WORKSPACE = (size_t)1 << 30;
 
 static bool same_geom(const ldmc_conv_geom *a, const ldmc_conv_geom *b) {
     return a->N == b->N && a->H == b->H && a->W == b->W && a->C == b->C && a->O == b->O &&
@@ -51,16 +53,24 @@ static bool same_geom(const ldmc_conv_geom *a, const ldmc_conv_geom *b) {
            a->pad_left == b->pad_left && a->pad_right == b->pad_right;
 }
 
-// The first algorithm cuDNN's heuristics rank as working for these descriptors.
-#define PICK_ALGO(kind, get_fn, algo_t, perf_t, out_algo, out_ws, ...)                             \
+// The best algorithm of cuDNN's heuristics that works, is deterministic (the same bits every
+// run, as every other kernel here) and needs at most MAX_ALGO_WORKSPACE; failing that, the best
+// that works. Its math type goes on the descriptor.
+#define PICK_ALGO(kind, get_fn, perf_t, out_algo, out_ws, ...)                                     \
     do {                                                                                           \
         perf_t perf[16];                                                                           \
         int returned = 0;                                                                          \
         CUDNN_CHECK(get_fn(cudnn(), __VA_ARGS__, 16, &returned, perf));                           \
-        int k = 0;                                                                                 \
-        while (k < returned && perf[k].status != CUDNN_STATUS_SUCCESS)                             \
-            k++;                                                                                   \
-        if (k == returned)                                                                         \
+        int k = 0, first = -1;                                                                     \
+        for (; k < returned; k++) {                                                                \
+            if (perf[k].status != CUDNN_STATUS_SUCCESS) continue;                                  \
+            if (first < 0) first = k;                                                              \
+            if (perf[k].determinism == CUDNN_DETERMINISTIC &&                                      \
+                perf[k].memory <= MAX_ALGO_WORKSPACE)                                              \
+                break;                                                                             \
+        }                                                                                          \
+        if (k == returned) k = first;                                                              \
+        if (k < 0)                                                                                 \
             LDMC_FATAL("cuDNN: no " kind " algorithm for a %dx%d convolution of (%d, %d, %d, %d) " \
                        "to %d channels, stride %d",                                                \
                        g->kh, g->kw, g->N, g->H, g->W, g->C, g->O, g->stride);                     \
@@ -69,9 +79,13 @@ static bool same_geom(const ldmc_conv_geom *a, const ldmc_conv_geom *b) {
     } while (0)
 
 static conv_plan *plan_for(const ldmc_conv_geom *g) {
-    for (int i = 0; i < n_plans; i++)
+    for (int i = n_plans - 1; i >= 0; i--) // the newest first: a step meets its shapes in turn
         if (same_geom(&plans[i].g, g)) return &plans[i];
-    if (n_plans == MAX_PLANS) LDMC_FATAL("cuDNN: more than %d convolution shapes", MAX_PLANS);
+    if (n_plans == cap_plans) {
+        cap_plans = cap_plans ? 2 * cap_plans : 64;
+        plans = (conv_plan *)realloc(plans, (size_t)cap_plans * sizeof *plans);
+        if (!plans) LDMC_FATAL("out of memory for %d convolution plans", cap_plans);
+    }
     conv_plan *p = &plans[n_plans++];
     *p = conv_plan{};
     p->g = *g;
@@ -93,14 +107,14 @@ static conv_plan *plan_for(const ldmc_conv_geom *g) {
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv, ph, pw, g->stride, g->stride, 1, 1,
                                                 CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, CUDNN_TENSOR_OP_MATH));
-    PICK_ALGO("forward", cudnnGetConvolutionForwardAlgorithm_v7, cudnnConvolutionFwdAlgo_t,
-              cudnnConvolutionFwdAlgoPerf_t, p->fwd, p->fwd_ws, p->x, p->w, p->conv, p->y);
+    PICK_ALGO("forward", cudnnGetConvolutionForwardAlgorithm_v7, cudnnConvolutionFwdAlgoPerf_t,
+              p->fwd, p->fwd_ws, p->x, p->w, p->conv, p->y);
     PICK_ALGO("backward-data", cudnnGetConvolutionBackwardDataAlgorithm_v7,
-              cudnnConvolutionBwdDataAlgo_t, cudnnConvolutionBwdDataAlgoPerf_t, p->bwd_data,
-              p->bwd_data_ws, p->w, p->y, p->conv, p->x);
+              cudnnConvolutionBwdDataAlgoPerf_t, p->bwd_data, p->bwd_data_ws, p->w, p->y, p->conv,
+              p->x);
     PICK_ALGO("backward-filter", cudnnGetConvolutionBackwardFilterAlgorithm_v7,
-              cudnnConvolutionBwdFilterAlgo_t, cudnnConvolutionBwdFilterAlgoPerf_t, p->bwd_filter,
-              p->bwd_filter_ws, p->x, p->y, p->conv, p->w);
+              cudnnConvolutionBwdFilterAlgoPerf_t, p->bwd_filter, p->bwd_filter_ws, p->x, p->y,
+              p->conv, p->w);
     return p;
 }
 
@@ -169,12 +183,13 @@ extern "C" void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const
     size_t dy_bytes = align256((size_t)n_out * 2), pad_bytes = align256((size_t)padded * 2),
            dw_bytes = align256((size_t)n_w * 2),
            algo_ws = p->bwd_data_ws > p->bwd_filter_ws ? p->bwd_data_ws : p->bwd_filter_ws;
-    // [dy as bf16 | padded x, or dx as bf16 | dw as bf16 | cuDNN's workspace]
-    char *ws = (char *)ldmc_cuda_workspace(dy_bytes + 2 * pad_bytes + dw_bytes + algo_ws);
-    uint16_t *dyb = (uint16_t *)ws, *xp = (uint16_t *)(ws + dy_bytes),
-             *dxb = (uint16_t *)(ws + dy_bytes + pad_bytes),
-             *dwb = (uint16_t *)(ws + dy_bytes + 2 * pad_bytes);
-    void *algo_mem = ws + dy_bytes + 2 * pad_bytes + dw_bytes;
+    // [dy as bf16 | dx as bf16 | the padded x, with asymmetric padding | dw as bf16 | cuDNN's]
+    size_t xp_bytes = p->explicit_pad ? pad_bytes : 0;
+    char *ws = (char *)ldmc_cuda_workspace(dy_bytes + pad_bytes + xp_bytes + dw_bytes + algo_ws);
+    uint16_t *dyb = (uint16_t *)ws, *dxb = (uint16_t *)(ws + dy_bytes),
+             *xp = (uint16_t *)(ws + dy_bytes + pad_bytes),
+             *dwb = (uint16_t *)(ws + dy_bytes + pad_bytes + xp_bytes);
+    void *algo_mem = ws + dy_bytes + pad_bytes + xp_bytes + dw_bytes;
     ldmc_cuda_f32_to_bf16(dyb, dy, n_out);
     const float alpha = 1.0f, beta = 0.0f;
     if (dx) {

@@ -205,8 +205,8 @@ double ldmc_cuda_sum_squares(const float *x, size_t n);
 void ldmc_cuda_adamw(float *master, uint16_t *weights, const float *grad, float *m, float *v,
                      int64_t n, float decay, float step_size, float denom_scale, float beta1,
                      float beta2, float eps);
-// ema = d ema + (1 - d) master
-void ldmc_cuda_ema(float *ema, const float *master, int64_t n, float d);
+// ema = d ema + (1 - d) master, with d and 1 - d rounded to f32 from the double, as the CPU does
+void ldmc_cuda_ema(float *ema, const float *master, int64_t n, double decay);
 // Exchanges a and b (n f32 values each).
 void ldmc_cuda_swap_f32(float *a, float *b, int64_t n);
 

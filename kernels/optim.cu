@@ -44,11 +44,14 @@ __global__ static void adamw_kernel(float *master, uint16_t *weights, const floa
                                     float *v, int64_t n, float decay, float step_size,
                                     float denom_scale, float b1, float b2, float eps) {
     GRID_STRIDE(k, n) {
+        // explicit roundings, no fused multiply-adds: the CPU's results bit for bit
         float g = grad[k];
-        float mk = b1 * m[k] + (1 - b1) * g, vk = b2 * v[k] + (1 - b2) * g * g;
+        float mk = __fadd_rn(__fmul_rn(b1, m[k]), __fmul_rn(1 - b1, g));
+        float vk = __fadd_rn(__fmul_rn(b2, v[k]), __fmul_rn(__fmul_rn(1 - b2, g), g));
         m[k] = mk;
         v[k] = vk;
-        float w = master[k] * decay - step_size * mk / (sqrtf(vk) * denom_scale + eps);
+        float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(vk), denom_scale), eps);
+        float w = __fsub_rn(__fmul_rn(master[k], decay), __fdiv_rn(__fmul_rn(step_size, mk), denom));
         master[k] = w;
         weights[k] = bf16_from(w);
     }
@@ -63,11 +66,11 @@ extern "C" void ldmc_cuda_adamw(float *master, uint16_t *weights, const float *g
 
 __global__ static void ema_kernel(float *ema, const float *master, int64_t n, float d,
                                   float one_minus) {
-    GRID_STRIDE(k, n) { ema[k] = d * ema[k] + one_minus * master[k]; }
+    GRID_STRIDE(k, n) { ema[k] = __fadd_rn(__fmul_rn(d, ema[k]), __fmul_rn(one_minus, master[k])); }
 }
 
-extern "C" void ldmc_cuda_ema(float *ema, const float *master, int64_t n, float d) {
-    LAUNCH_1D(ema_kernel, n, ema, master, n, d, (float)(1.0 - (double)d));
+extern "C" void ldmc_cuda_ema(float *ema, const float *master, int64_t n, double decay) {
+    LAUNCH_1D(ema_kernel, n, ema, master, n, (float)decay, (float)(1.0 - decay));
 }
 
 __global__ static void swap_kernel(float *a, float *b, int64_t n) {

@@ -121,8 +121,8 @@ typedef struct rows_args {
     float *w;
 } rows_args;
 
-static float *copy_rows(ldmc_ctx *ctx, const float *w, int64_t B) {
-    if (ctx->device == LDMC_CUDA) {
+static float *copy_rows(ldmc_ctx *ctx, const ldmc_tensor *x, const float *w, int64_t B) {
+    if (ON_GPU(x)) {
         float *copy = ldmc_scratch(ctx, (size_t)(B ? B : 1) * sizeof *copy);
         if (!ctx->dry_run) GPU(ldmc_cuda_to_device(copy, w, (size_t)B * sizeof *copy));
         return copy;
@@ -157,7 +157,7 @@ ldmc_tensor *ldmc_mse_loss_weighted(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *
              "both operands must have the shape %s, with samples first",
              ldmc_shape_str(a, shape, sizeof shape));
     int64_t B = a->shape[0];
-    float *w = copy_rows(ctx, weights, B);
+    float *w = copy_rows(ctx, a, weights, B);
     ldmc_tensor *y = ldmc_new(ctx, LDMC_F32, 0, NULL);
     COMPUTE(ctx) {
         if (ON_GPU(a)) {
@@ -190,7 +190,7 @@ static const ldmc_op_info scale_rows_op = {"scale_rows", scale_rows_backward};
 ldmc_tensor *ldmc_scale_rows(ldmc_ctx *ctx, ldmc_tensor *x, const float *s) {
     OP_CHECK(x->ndim >= 1, "scale_rows", x, "the input must be (B, ...)");
     int64_t B = x->shape[0];
-    float *w = copy_rows(ctx, s, B);
+    float *w = copy_rows(ctx, x, s, B);
     ldmc_tensor *y = ldmc_new_like(ctx, x);
     COMPUTE(ctx) {
         if (ON_GPU(x))

@@ -130,7 +130,7 @@ void ldmc_ema_update(ldmc_params *p, double decay) {
     if (p->on_device) {
         LDMC_CHECK(p->device[LDMC_ROLE_EMA], "EMA update without an EMA buffer on the GPU");
         ldmc_cuda_ema(p->device[LDMC_ROLE_EMA], p->device[LDMC_ROLE_MASTER], (int64_t)p->total,
-                      (float)decay);
+                      decay);
         return;
     }
 #endif
