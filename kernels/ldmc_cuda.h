@@ -30,19 +30,13 @@ void ldmc_cuda_print_info(FILE *out);
 void *ldmc_cuda_stream(void); // the compute stream (created on first use)
 void *ldmc_cuda_malloc(size_t bytes);
 void ldmc_cuda_free(void *p);
-// Page-locked host memory, for batches copied while the GPU computes.
-void *ldmc_cuda_host_alloc(size_t bytes);
-void ldmc_cuda_host_free(void *p);
-// Host -> device in order on the compute stream (src may be reused when this returns).
+// Host -> device in order on the compute stream, through page-locked staging buffers: returns
+// without waiting for the GPU, and src may be reused at once.
 void ldmc_cuda_to_device(void *dst, const void *src, size_t bytes);
 // Device -> host: waits for the compute stream, then copies.
 void ldmc_cuda_to_host(void *dst, const void *src, size_t bytes);
 void ldmc_cuda_copy(void *dst, const void *src, size_t bytes); // device -> device
 void ldmc_cuda_zero(void *p, size_t bytes);
-// Host (page-locked) -> device on the copy stream; ldmc_cuda_wait_copies makes the compute
-// stream wait for every copy issued so far.
-void ldmc_cuda_copy_async(void *dst, const void *src_pinned, size_t bytes);
-void ldmc_cuda_wait_copies(void);
 void ldmc_cuda_synchronize(void);
 // The shared device workspace, at least `bytes` (valid until the next call that grows it).
 void *ldmc_cuda_workspace(size_t bytes);

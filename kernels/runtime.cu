@@ -1,12 +1,12 @@
 // The device side of ldmc's runtime (see ldmc_cuda.h): device queries, the compute and copy
 // streams, the cuBLAS handle, checked memory helpers and the shared workspace.
 #include <cublas_v2.h>
+#include <string.h>
 
 #include "kernels/common.cuh"
 #include "kernels/ldmc_cuda.h"
 
-static cudaStream_t compute_stream, copy_stream;
-static cudaEvent_t copies_done;
+static cudaStream_t compute_stream;
 static cublasHandle_t cublas;
 static void *workspace;
 static size_t workspace_size;
@@ -45,14 +45,11 @@ extern "C" const char *ldmc_cuda_device_name(void) {
     return name;
 }
 
-// Both streams are non-blocking: they never wait for the legacy default stream, so every copy
-// to the host goes through ldmc_cuda_to_host, which waits for the compute stream first.
+// The stream is non-blocking: it never waits for the legacy default stream, so every copy to the
+// host goes through ldmc_cuda_to_host, which waits for it first.
 extern "C" void *ldmc_cuda_stream(void) {
-    if (!compute_stream) {
+    if (!compute_stream)
         CUDA_CHECK(cudaStreamCreateWithFlags(&compute_stream, cudaStreamNonBlocking));
-        CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking));
-        CUDA_CHECK(cudaEventCreateWithFlags(&copies_done, cudaEventDisableTiming));
-    }
     return compute_stream;
 }
 
@@ -92,21 +89,37 @@ extern "C" void ldmc_cuda_free(void *p) {
     if (p) CUDA_CHECK(cudaFree(p));
 }
 
-extern "C" void *ldmc_cuda_host_alloc(size_t bytes) {
-    void *p = nullptr;
-    CUDA_CHECK(cudaMallocHost(&p, bytes ? bytes : 1));
-    return p;
-}
+// Uploads go through a ring of page-locked slots: the host copies into the next slot (waiting
+// only if that slot's copy, RING_SLOTS uploads ago, is still pending) and queues a DMA from it on
+// the compute stream, in order with the kernels, without waiting for them. (A copy from pageable
+// memory would wait for the stream to drain first.)
+enum { RING_SLOTS = 8 };
+static const size_t RING_SLOT_BYTES = (size_t)8 << 20;
+static char *ring;
+static cudaEvent_t ring_done[RING_SLOTS];
+static int ring_next;
 
-extern "C" void ldmc_cuda_host_free(void *p) {
-    if (p) CUDA_CHECK(cudaFreeHost(p));
+static void ring_init(void) {
+    ldmc_cuda_stream();
+    CUDA_CHECK(cudaMallocHost((void **)&ring, RING_SLOTS * RING_SLOT_BYTES));
+    for (int i = 0; i < RING_SLOTS; i++)
+        CUDA_CHECK(cudaEventCreateWithFlags(&ring_done[i], cudaEventDisableTiming));
 }
 
 extern "C" void ldmc_cuda_to_device(void *dst, const void *src, size_t bytes) {
-    if (!bytes) return;
-    // pageable source: cudaMemcpyAsync stages it before returning, so src may be reused
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ldmc_stream()));
-    CUDA_CHECK(cudaStreamSynchronize(ldmc_stream()));
+    if (!ring) ring_init();
+    for (size_t done = 0; done < bytes;) {
+        size_t n = bytes - done < RING_SLOT_BYTES ? bytes - done : RING_SLOT_BYTES;
+        int slot = ring_next;
+        ring_next = (ring_next + 1) % RING_SLOTS;
+        CUDA_CHECK(cudaEventSynchronize(ring_done[slot])); // its last copy has left the slot
+        char *staging = ring + (size_t)slot * RING_SLOT_BYTES;
+        memcpy(staging, (const char *)src + done, n);
+        CUDA_CHECK(cudaMemcpyAsync((char *)dst + done, staging, n, cudaMemcpyHostToDevice,
+                                   ldmc_stream()));
+        CUDA_CHECK(cudaEventRecord(ring_done[slot], ldmc_stream()));
+        done += n;
+    }
 }
 
 extern "C" void ldmc_cuda_to_host(void *dst, const void *src, size_t bytes) {
@@ -121,18 +134,6 @@ extern "C" void ldmc_cuda_copy(void *dst, const void *src, size_t bytes) {
 
 extern "C" void ldmc_cuda_zero(void *p, size_t bytes) {
     if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, ldmc_stream()));
-}
-
-extern "C" void ldmc_cuda_copy_async(void *dst, const void *src_pinned, size_t bytes) {
-    ldmc_cuda_stream();
-    if (bytes)
-        CUDA_CHECK(cudaMemcpyAsync(dst, src_pinned, bytes, cudaMemcpyHostToDevice, copy_stream));
-    CUDA_CHECK(cudaEventRecord(copies_done, copy_stream));
-}
-
-extern "C" void ldmc_cuda_wait_copies(void) {
-    ldmc_cuda_stream();
-    CUDA_CHECK(cudaStreamWaitEvent(compute_stream, copies_done, 0));
 }
 
 extern "C" void ldmc_cuda_synchronize(void) { CUDA_CHECK(cudaDeviceSynchronize()); }

@@ -34,8 +34,12 @@
 #define DATA_ARENA ((size_t)64 << 30) // address space; only what a step touches is committed
 #define META_ARENA ((size_t)2 << 30)
 // GPU memory left outside the activation arena: the shared workspace (bf16 copies of gradients,
-// attention score tiles, cuDNN's workspaces) and the libraries' own allocations.
-#define GPU_HEADROOM ((size_t)3 << 30)
+// attention score tiles, cuDNN's workspaces) and the libraries' own allocations: 3 GiB or 5% of
+// the card, whichever is more.
+static size_t gpu_headroom(size_t total) {
+    size_t five = total / 20, three = (size_t)3 << 30;
+    return five > three ? five : three;
+}
 
 typedef struct trainer {
     const ldmc_train_config *cfg;
@@ -821,11 +825,11 @@ static int setup_device(trainer *T, ldmc_err *err) {
     ldmc_cuda_workspace((size_t)64 << 20);
     size_t used, total;
     ldmc_cuda_memory(&used, &total);
-    size_t free_b = total - used;
-    if (free_b < GPU_HEADROOM + ((size_t)1 << 30))
+    size_t free_b = total - used, headroom = gpu_headroom(total);
+    if (free_b < headroom + ((size_t)1 << 30))
         return LDMC_ERR(err, "%s: %.1f GiB of GPU memory left after the weights: too little to train",
                         cfg->source_path, (double)free_b / (1 << 30));
-    ldmc_ctx_init_device(&T->ctx, LDMC_CUDA, free_b - GPU_HEADROOM, META_ARENA);
+    ldmc_ctx_init_device(&T->ctx, LDMC_CUDA, free_b - headroom, META_ARENA);
     T->ctx.recording = true;
     T->enc = &T->ctx;
     if (!T->bench)
