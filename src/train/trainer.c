@@ -36,10 +36,12 @@
 // GPU memory left outside the activation arena: the shared workspace (bf16 copies of gradients,
 // attention score tiles, cuDNN's workspaces) and the libraries' own allocations: 3 GiB or 5% of
 // the card, whichever is more.
+#ifdef LDMC_HAVE_CUDA
 static size_t gpu_headroom(size_t total) {
     size_t five = total / 20, three = (size_t)3 << 30;
     return five > three ? five : three;
 }
+#endif
 
 typedef struct trainer {
     const ldmc_train_config *cfg;
