@@ -69,6 +69,10 @@ __global__ static void affine_kernel(uint16_t *y, const uint16_t *x, float a, fl
     GRID_STRIDE(i, n) { y[i] = bf16_from(bf16_load(x, i) * a + b); }
 }
 
+__global__ static void affine_f32_kernel(float *y, const float *x, float a, float b, int64_t n) {
+    GRID_STRIDE(i, n) { y[i] = __fadd_rn(__fmul_rn(x[i], a), b); }
+}
+
 __global__ static void exp_kernel(uint16_t *y, const uint16_t *x, int64_t n) {
     GRID_STRIDE(i, n) { y[i] = bf16_from(expf(bf16_load(x, i))); }
 }
@@ -113,6 +117,11 @@ extern "C" void ldmc_cuda_mul_backward(float *da, float *db, const float *dy, co
 extern "C" void ldmc_cuda_affine_forward(uint16_t *y, const uint16_t *x, float a, float b,
                                          int64_t n) {
     LAUNCH_1D(affine_kernel, n, y, x, a, b, n);
+}
+
+extern "C" void ldmc_cuda_affine_forward_f32(float *y, const float *x, float a, float b,
+                                             int64_t n) {
+    LAUNCH_1D(affine_f32_kernel, n, y, x, a, b, n);
 }
 
 extern "C" void ldmc_cuda_exp_forward(uint16_t *y, const uint16_t *x, int64_t n) {

@@ -71,6 +71,8 @@ void ldmc_cuda_mul_forward(uint16_t *y, const uint16_t *a, const uint16_t *b, in
 void ldmc_cuda_mul_backward(float *da, float *db, const float *dy, const uint16_t *a,
                             const uint16_t *b, int64_t n);
 void ldmc_cuda_affine_forward(uint16_t *y, const uint16_t *x, float a, float b, int64_t n);
+// the same on f32 values (per-sample sums: the VAE's KL is 0.5 Σ(...) - 0.5 n)
+void ldmc_cuda_affine_forward_f32(float *y, const float *x, float a, float b, int64_t n);
 void ldmc_cuda_exp_forward(uint16_t *y, const uint16_t *x, int64_t n);
 // dx += dy * y (y = exp(x), as saved)
 void ldmc_cuda_exp_backward(float *dx, const float *dy, const uint16_t *y, int64_t n);

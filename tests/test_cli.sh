@@ -1,9 +1,12 @@
 #!/bin/sh
 # The `ldmc` command line: usage and exit codes, `ldmc info` (build; model configs, their exact
 # parameter counts and memory plans), `ldmc init` and `ldmc convert` errors, a quick `ldmc bench ops`.
-# Usage: tests/test_cli.sh path/to/ldmc
+# With a second CLI built against the CPU emulation of the CUDA kernels, `bench train` and
+# `bench step` on the GPU code path too.
+# Usage: tests/test_cli.sh path/to/ldmc [path/to/ldmc_cli_emulated]
 set -u
-ldmc=${1:?usage: test_cli.sh path/to/ldmc}
+ldmc=${1:?usage: test_cli.sh path/to/ldmc [path/to/ldmc_cli_emulated]}
+emulated=${2:-}
 failures=0
 fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
 
@@ -73,6 +76,14 @@ expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8
 ckpt=$(sed -n 's/.*"activations_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
 awk -v a="$ckpt" -v b="$plain" 'BEGIN { exit !(a > 0 && a < b / 3) }' ||
     fail "checkpointing: $ckpt GiB of activations against $plain without"
+if [ -n "$emulated" ]; then
+    expect_status 0 "$emulated" bench train --config "$configs/tiny_unet_class.yaml" --batch 2 \
+        --res 32 --device cuda --reps 1 --warmup 1 --profile --json
+    grep -q '"device": "CPU emulation of the CUDA backend".*"top_ops": \[{"op": "' \
+        /tmp/ldmc_cli_out.$$ || fail "bench train on the (emulated) GPU"
+    expect_status 0 "$emulated" bench step "$configs/demo.yaml" --reps 1 --res 32 32 \
+        --set train.device=cuda --set data.batch_size=2
+fi
 expect_status 2 "$ldmc" bench train --batch 8
 expect_status 1 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --res 1000 --dry-run
 grep -q "multiples of 32" /tmp/ldmc_cli_out.$$ || fail "bench train: a bad size is not explained"

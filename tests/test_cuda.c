@@ -242,6 +242,10 @@ static ldmc_tensor *run_clamp(ldmc_ctx *c, ldmc_tensor **in) {
     return ldmc_clamp(c, in[0], -0.5, 0.75);
 }
 static ldmc_tensor *run_sum_rows(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_sum_rows(c, in[0]); }
+// the VAE's KL ends so: an op on a per-sample sum, which stays f32 on the GPU
+static ldmc_tensor *run_affine_of_sums(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_affine(c, ldmc_sum_rows(c, in[0]), 0.5, -128);
+}
 static ldmc_tensor *run_embedding(ldmc_ctx *c, ldmc_tensor **in) {
     return ldmc_embedding(c, in[0], in[1]);
 }
@@ -329,6 +333,7 @@ static const op_case op_cases[] = {
     {"exp", run_exp, 1, {{T2(100, 320), IN_BF16, 3, 0, 0}}, 4},
     {"clamp", run_clamp, 1, {ACT(T2(100, 320))}, 4},
     {"sum_rows", run_sum_rows, 1, {ACT(T4(3, 8, 8, 4))}, 4},
+    {"affine of per-sample sums (f32 on the GPU)", run_affine_of_sums, 1, {ACT(T4(3, 8, 8, 4))}, 4},
     {"embedding", run_embedding, 2,
      {ACT(T2(10, 1280)), {T1(6), IN_LABELS, 0, 0, 10}}, 4},
     {"add_broadcast (B, C)", run_add_broadcast, 2, {ACT(T4(2, 5, 7, 640)), ACT(T2(2, 640))}, 4},

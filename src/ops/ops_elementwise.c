@@ -91,7 +91,9 @@ static const ldmc_op_info affine_op = {"affine", affine_backward};
 ldmc_tensor *ldmc_affine(ldmc_ctx *ctx, ldmc_tensor *x, double a, double b) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
     COMPUTE(ctx) {
-        if (ON_GPU(x))
+        if (ON_GPU(x) && x->dtype == LDMC_F32) // a per-sample sum kept in f32
+            GPU(ldmc_cuda_affine_forward_f32(DF(y), DF(x), (float)a, (float)b, ldmc_numel(x)));
+        else if (ON_GPU(x))
             GPU(ldmc_cuda_affine_forward(BF(y), BF(x), (float)a, (float)b, ldmc_numel(x)));
         else
             affine_forward_f32(OUT(y), DATA(x), a, b, ldmc_numel(x));

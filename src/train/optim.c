@@ -63,8 +63,11 @@ void ldmc_grad_scale(ldmc_params *p, double factor) {
 void ldmc_adamw_step(ldmc_params *p, const ldmc_adamw *opt, double lr, int64_t step) {
     float *w = p->buffers[LDMC_ROLE_WEIGHTS], *g = p->buffers[LDMC_ROLE_GRAD];
     float *m = p->buffers[LDMC_ROLE_ADAM_M], *v = p->buffers[LDMC_ROLE_ADAM_V];
-    LDMC_CHECK(w && g && m && v && step >= 1, "AdamW needs weights, gradients, m and v (step %lld)",
-               (long long)step);
+    bool ready = p->on_device ? p->device[LDMC_ROLE_GRAD] && p->device[LDMC_ROLE_ADAM_M] &&
+                                    p->device[LDMC_ROLE_ADAM_V]
+                              : w && g && m && v;
+    LDMC_CHECK(ready && step >= 1, "AdamW needs weights, gradients, m and v%s (step %lld)",
+               p->on_device ? " on the GPU" : "", (long long)step);
     const double c1 = 1 - pow(opt->beta1, (double)step), c2 = 1 - pow(opt->beta2, (double)step);
     const float b1 = (float)opt->beta1, b2 = (float)opt->beta2;
     for (int i = 0; i < p->count; i++) {

@@ -1,0 +1,632 @@
+// A CPU emulation of kernels/ldmc_cuda.h, for testing the GPU code path where there is no GPU:
+// "device" memory is host memory, bf16 storage is kept exactly (uint16_t), and each launcher
+// converts its bf16 operands to f32, runs the CPU twin from src/ops/cpu, and rounds its outputs
+// to bf16 as the GPU kernel does (including the bf16 rounding of a gradient before the GPU's
+// tensor-core GEMMs and cuDNN's bf16 gradients). It checks everything around the kernels: op
+// dispatch by device and dtype, device arenas and parameter buffers, uploads and downloads, the
+// GPU trainer, the GPU tests themselves. It checks nothing of the CUDA kernels: that needs a GPU
+// (ctest -L cuda). Built only as the library behind the `*_emulated` tests (CMake option
+// LDMC_CUDA_EMULATION), never into ldmc itself.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "kernels/ldmc_cuda.h"
+#include "ops/cpu_kernels.h"
+
+// ---- runtime --------------------------------------------------------------------------------
+
+enum { HEADER = 64 };
+static const size_t EMULATED_MEMORY = (size_t)8 << 30; // what ldmc_cuda_memory reports in total
+static size_t allocated;
+static void *workspace;
+static size_t workspace_size;
+
+int ldmc_cuda_device_count(void) { return 1; }
+
+void ldmc_cuda_print_info(FILE *out) {
+    fprintf(out, "CUDA:        emulated on the CPU (tests of the GPU code path only)\n");
+}
+
+const char *ldmc_cuda_device_name(void) { return "CPU emulation of the CUDA backend"; }
+void *ldmc_cuda_stream(void) { return NULL; }
+void *ldmc_cuda_cublas(void) { return NULL; }
+void ldmc_cuda_synchronize(void) {}
+
+// Address space reserved, committed on touch, as a GPU arena of "all free memory" needs.
+void *ldmc_cuda_malloc(size_t bytes) {
+    size_t total = bytes + HEADER;
+    char *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    LDMC_CHECK(p != MAP_FAILED, "emulated cudaMalloc of %zu bytes failed", bytes);
+    memcpy(p, &total, sizeof total);
+    allocated += total;
+    return p + HEADER;
+}
+
+void ldmc_cuda_free(void *p) {
+    if (!p) return;
+    char *base = (char *)p - HEADER;
+    size_t total;
+    memcpy(&total, base, sizeof total);
+    allocated -= total;
+    munmap(base, total);
+}
+
+void ldmc_cuda_to_device(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+void ldmc_cuda_to_host(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+void ldmc_cuda_copy(void *dst, const void *src, size_t bytes) { memmove(dst, src, bytes); }
+void ldmc_cuda_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+
+void *ldmc_cuda_workspace(size_t bytes) {
+    if (bytes > workspace_size) {
+        ldmc_cuda_free(workspace);
+        workspace_size = (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
+        workspace = ldmc_cuda_malloc(workspace_size);
+    }
+    return workspace;
+}
+
+size_t ldmc_cuda_workspace_bytes(void) { return workspace_size; }
+
+// The reservations count as used (the arena's whole size, as on a GPU).
+void ldmc_cuda_memory(size_t *used, size_t *total) {
+    if (used) *used = allocated < EMULATED_MEMORY ? allocated : EMULATED_MEMORY;
+    if (total) *total = EMULATED_MEMORY;
+}
+
+// ---- conversions ------------------------------------------------------------------------------
+
+static float *f32_of(const uint16_t *x, int64_t n) {
+    if (!x) return NULL;
+    float *v = calloc((size_t)(n > 0 ? n : 1), sizeof *v);
+    LDMC_CHECK(v, "out of memory");
+    for (int64_t i = 0; i < n; i++)
+        v[i] = ldmc_bf16_to_f32(x[i]);
+    return v;
+}
+
+static float *zeros(int64_t n) {
+    float *v = calloc((size_t)(n > 0 ? n : 1), sizeof *v);
+    LDMC_CHECK(v, "out of memory");
+    return v;
+}
+
+static void store(uint16_t *y, const float *v, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        y[i] = ldmc_f32_to_bf16(v[i]);
+}
+
+// An f32 gradient rounded to bf16, as the GPU feeds it to a tensor-core GEMM or cuDNN.
+static float *rounded(const float *x, int64_t n) {
+    float *v = calloc((size_t)(n > 0 ? n : 1), sizeof *v);
+    LDMC_CHECK(v, "out of memory");
+    for (int64_t i = 0; i < n; i++)
+        v[i] = ldmc_bf16_to_f32(ldmc_f32_to_bf16(x[i]));
+    return v;
+}
+
+// dst += bf16(src): a gradient cuDNN returns in bf16, added into the f32 buffer.
+static void add_rounded(float *dst, const float *src, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        dst[i] += ldmc_bf16_to_f32(ldmc_f32_to_bf16(src[i]));
+}
+
+void ldmc_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n) { store(dst, src, n); }
+
+void ldmc_cuda_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = ldmc_bf16_to_f32(src[i]);
+}
+
+void ldmc_cuda_accumulate(float *dst, const float *src, float s, int64_t n) {
+    if (dst) accumulate_f32(dst, src, s, n);
+}
+
+void ldmc_cuda_scale_f32(float *x, float s, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= s;
+}
+
+void ldmc_cuda_fill_f32(float *x, float value, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        x[i] = value;
+}
+
+// ---- random numbers -----------------------------------------------------------------------------
+
+void ldmc_cuda_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out) {
+    ldmc_rng_uniform(rng, offset, n, out);
+}
+
+void ldmc_cuda_rng_normal(const ldmc_rng *rng, uint64_t offset, size_t n, float *out) {
+    ldmc_rng_normal(rng, offset, n, out);
+}
+
+void ldmc_cuda_noise_batch(const ldmc_rng *noise_rng, uint64_t noise_offset, const float *z,
+                           const double *sa, const double *sb, int B, int64_t per_sample, int C,
+                           float offset_noise, bool predict_v, uint16_t *x_t, float *target) {
+    int64_t n = (int64_t)B * per_sample;
+    float *eps = zeros(n), *off = zeros((int64_t)B * C);
+    ldmc_rng_normal(noise_rng, noise_offset, (size_t)n, eps);
+    ldmc_rng_normal(noise_rng, noise_offset + (((uint64_t)n + 1) & ~(uint64_t)1), (size_t)B * C,
+                    off);
+    for (int64_t k = 0; k < n; k++) {
+        int64_t b = k / per_sample, c = (k % per_sample) % C;
+        float e = eps[k] + offset_noise * off[b * C + c];
+        x_t[k] = ldmc_f32_to_bf16((float)(sa[b] * z[k] + sb[b] * e));
+        target[k] = predict_v ? (float)(sa[b] * e - sb[b] * z[k]) : e;
+    }
+    free(eps);
+    free(off);
+}
+
+// ---- elementwise ----------------------------------------------------------------------------------
+
+// y = f(a, b) through the CPU kernel, bf16 in and out
+typedef void (*binary_fn)(float *, const float *, const float *, int64_t);
+
+static void binary(binary_fn fn, uint16_t *y, const uint16_t *a, const uint16_t *b, int64_t n) {
+    float *fa = f32_of(a, n), *fb = f32_of(b, n), *fy = zeros(n);
+    fn(fy, fa, fb, n);
+    store(y, fy, n);
+    free(fa), free(fb), free(fy);
+}
+
+void ldmc_cuda_add_forward(uint16_t *y, const uint16_t *a, const uint16_t *b, int64_t n) {
+    binary(add_forward_f32, y, a, b, n);
+}
+
+void ldmc_cuda_sub_forward(uint16_t *y, const uint16_t *a, const uint16_t *b, int64_t n) {
+    binary(sub_forward_f32, y, a, b, n);
+}
+
+void ldmc_cuda_mul_forward(uint16_t *y, const uint16_t *a, const uint16_t *b, int64_t n) {
+    binary(mul_forward_f32, y, a, b, n);
+}
+
+void ldmc_cuda_mul_backward(float *da, float *db, const float *dy, const uint16_t *a,
+                            const uint16_t *b, int64_t n) {
+    float *fa = f32_of(a, n), *fb = f32_of(b, n);
+    mul_backward_f32(da, db, dy, fa, fb, n);
+    free(fa), free(fb);
+}
+
+void ldmc_cuda_affine_forward(uint16_t *y, const uint16_t *x, float a, float b, int64_t n) {
+    float *fx = f32_of(x, n), *fy = zeros(n);
+    affine_forward_f32(fy, fx, a, b, n);
+    store(y, fy, n);
+    free(fx), free(fy);
+}
+
+void ldmc_cuda_affine_forward_f32(float *y, const float *x, float a, float b, int64_t n) {
+    affine_forward_f32(y, x, a, b, n);
+}
+
+void ldmc_cuda_exp_forward(uint16_t *y, const uint16_t *x, int64_t n) {
+    float *fx = f32_of(x, n), *fy = zeros(n);
+    exp_forward_f32(fy, fx, n);
+    store(y, fy, n);
+    free(fx), free(fy);
+}
+
+void ldmc_cuda_exp_backward(float *dx, const float *dy, const uint16_t *y, int64_t n) {
+    float *fy = f32_of(y, n);
+    if (dx) mul_backward_f32(dx, NULL, dy, NULL, fy, n);
+    free(fy);
+}
+
+void ldmc_cuda_clamp_forward(uint16_t *y, const uint16_t *x, float lo, float hi, int64_t n) {
+    float *fx = f32_of(x, n), *fy = zeros(n);
+    clamp_forward_f32(fy, fx, lo, hi, n);
+    store(y, fy, n);
+    free(fx), free(fy);
+}
+
+void ldmc_cuda_clamp_backward(float *dx, const float *dy, const uint16_t *x, float lo, float hi,
+                              int64_t n) {
+    float *fx = f32_of(x, n);
+    if (dx) clamp_backward_f32(dx, dy, fx, lo, hi, n);
+    free(fx);
+}
+
+void ldmc_cuda_sum_rows_forward(float *y, const uint16_t *x, int64_t B, int64_t n) {
+    float *fx = f32_of(x, B * n);
+    sum_rows_forward_f32(y, fx, B, n);
+    free(fx);
+}
+
+void ldmc_cuda_sum_rows_backward(float *dx, const float *dy, int64_t B, int64_t n) {
+    if (dx) sum_rows_backward_f32(dx, dy, B, n);
+}
+
+void ldmc_cuda_embedding_forward(uint16_t *y, const uint16_t *table, const int64_t *labels,
+                                 int64_t B, int D) {
+    for (int64_t b = 0; b < B; b++)
+        memcpy(y + b * D, table + labels[b] * D, (size_t)D * sizeof *y);
+}
+
+void ldmc_cuda_embedding_backward(float *dtable, const float *dy, const int64_t *labels, int64_t B,
+                                  int D) {
+    if (dtable) embedding_backward_f32(dtable, dy, labels, B, D);
+}
+
+void ldmc_cuda_add_broadcast_forward(uint16_t *y, const uint16_t *x, const uint16_t *v, int B,
+                                     int64_t P, int C) {
+    int64_t n = (int64_t)B * P * C;
+    float *fx = f32_of(x, n), *fv = f32_of(v, (int64_t)B * C), *fy = zeros(n);
+    add_broadcast_forward_f32(fy, fx, fv, B, P, C);
+    store(y, fy, n);
+    free(fx), free(fv), free(fy);
+}
+
+void ldmc_cuda_add_broadcast_backward(float *dx, float *dv, const float *dy, int B, int64_t P,
+                                      int C) {
+    add_broadcast_backward_f32(dx, dv, dy, B, P, C);
+}
+
+void ldmc_cuda_scale_rows_forward(uint16_t *y, const uint16_t *x, const float *s, int64_t B,
+                                  int64_t n) {
+    float *fx = f32_of(x, B * n), *fy = zeros(B * n);
+    scale_rows_forward_f32(fy, fx, s, B, n);
+    store(y, fy, B * n);
+    free(fx), free(fy);
+}
+
+void ldmc_cuda_scale_rows_backward(float *dx, const float *dy, const float *s, int64_t B,
+                                   int64_t n) {
+    if (dx) scale_rows_backward_f32(dx, dy, s, B, n);
+}
+
+void ldmc_cuda_dropout_forward(uint16_t *y, const uint16_t *x, int64_t n, double p,
+                               const ldmc_rng *rng, uint64_t offset) {
+    float *fx = f32_of(x, n), *fy = zeros(n);
+    dropout_forward_f32(fy, fx, n, p, rng, offset);
+    store(y, fy, n);
+    free(fx), free(fy);
+}
+
+void ldmc_cuda_dropout_backward(float *dx, const float *dy, int64_t n, double p,
+                                const ldmc_rng *rng, uint64_t offset) {
+    if (dx) dropout_backward_f32(dx, dy, n, p, rng, offset);
+}
+
+// ---- losses: operands bf16 or f32 ----------------------------------------------------------------
+
+static float *operand(const void *p, bool is_f32, int64_t n) {
+    if (!is_f32) return f32_of(p, n);
+    float *v = calloc((size_t)(n > 0 ? n : 1), sizeof *v);
+    LDMC_CHECK(v, "out of memory");
+    memcpy(v, p, (size_t)n * sizeof *v);
+    return v;
+}
+
+void ldmc_cuda_mse_forward(float *out, const void *a, bool a_f32, const void *b, bool b_f32,
+                           int64_t n) {
+    float *fa = operand(a, a_f32, n), *fb = operand(b, b_f32, n);
+    *out = (float)mse_forward_f32(fa, fb, n);
+    free(fa), free(fb);
+}
+
+void ldmc_cuda_l1_forward(float *out, const void *a, bool a_f32, const void *b, bool b_f32,
+                          int64_t n) {
+    float *fa = operand(a, a_f32, n), *fb = operand(b, b_f32, n);
+    *out = (float)l1_forward_f32(fa, fb, n);
+    free(fa), free(fb);
+}
+
+void ldmc_cuda_mse_rows_forward(float *out, const void *a, bool a_f32, const void *b, bool b_f32,
+                                const float *w, int64_t B, int64_t n) {
+    float *fa = operand(a, a_f32, B * n), *fb = operand(b, b_f32, B * n);
+    *out = (float)mse_rows_forward_f32(fa, fb, w, B, n);
+    free(fa), free(fb);
+}
+
+void ldmc_cuda_mse_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
+                            const void *b, bool b_f32, int64_t n) {
+    float *fa = operand(a, a_f32, n), *fb = operand(b, b_f32, n);
+    mse_backward_f32(da, db, *g, fa, fb, n);
+    free(fa), free(fb);
+}
+
+void ldmc_cuda_l1_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
+                           const void *b, bool b_f32, int64_t n) {
+    float *fa = operand(a, a_f32, n), *fb = operand(b, b_f32, n);
+    l1_backward_f32(da, db, *g, fa, fb, n);
+    free(fa), free(fb);
+}
+
+void ldmc_cuda_mse_rows_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
+                                 const void *b, bool b_f32, const float *w, int64_t B, int64_t n) {
+    float *fa = operand(a, a_f32, B * n), *fb = operand(b, b_f32, B * n);
+    mse_rows_backward_f32(da, db, *g, fa, fb, w, B, n);
+    free(fa), free(fb);
+}
+
+// ---- activations ------------------------------------------------------------------------------------
+
+void ldmc_cuda_silu_forward(uint16_t *y, const uint16_t *x, int64_t n) {
+    float *fx = f32_of(x, n), *fy = zeros(n);
+    silu_forward_f32(fy, fx, n);
+    store(y, fy, n);
+    free(fx), free(fy);
+}
+
+void ldmc_cuda_silu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n) {
+    float *fx = f32_of(x, n);
+    if (dx) silu_backward_f32(dx, dy, fx, n);
+    free(fx);
+}
+
+void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n, bool tanh_approx) {
+    float *fx = f32_of(x, n), *fy = zeros(n);
+    gelu_forward_f32(fy, fx, n, tanh_approx);
+    store(y, fy, n);
+    free(fx), free(fy);
+}
+
+void ldmc_cuda_gelu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n,
+                             bool tanh_approx) {
+    float *fx = f32_of(x, n);
+    if (dx) gelu_backward_f32(dx, dy, fx, n, tanh_approx);
+    free(fx);
+}
+
+void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t M, int F) {
+    float *fx = f32_of(x, M * 2 * F), *fy = zeros(M * F);
+    geglu_forward_f32(fy, fx, M, F);
+    store(y, fy, M * F);
+    free(fx), free(fy);
+}
+
+void ldmc_cuda_geglu_backward(float *dx, const float *dy, const uint16_t *x, int64_t M, int F) {
+    float *fx = f32_of(x, M * 2 * F);
+    if (dx) geglu_backward_f32(dx, dy, fx, M, F);
+    free(fx);
+}
+
+void ldmc_cuda_softmax_forward(uint16_t *y, const uint16_t *x, int64_t M, int C) {
+    float *fx = f32_of(x, M * C), *fy = zeros(M * C);
+    softmax_forward_f32(fy, fx, M, C);
+    store(y, fy, M * C);
+    free(fx), free(fy);
+}
+
+void ldmc_cuda_softmax_backward(float *dx, const float *dy, const uint16_t *y, int64_t M, int C) {
+    float *fy = f32_of(y, M * C);
+    if (dx) softmax_backward_f32(dx, dy, fy, M, C);
+    free(fy);
+}
+
+// ---- dense and convolution: gradients rounded to bf16 before the products, as on the GPU -------------
+
+void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
+                              int64_t M, int in, int out) {
+    float *fx = f32_of(x, M * in), *fw = f32_of(w, (int64_t)out * in), *fb = f32_of(b, out),
+          *fy = zeros(M * out);
+    linear_forward_f32(fy, fx, fw, fb, (int)M, in, out);
+    store(y, fy, M * out);
+    free(fx), free(fw), free(fb), free(fy);
+}
+
+void ldmc_cuda_linear_backward(float *dx, float *dw, float *db, const float *dy, const uint16_t *x,
+                               const uint16_t *w, int64_t M, int in, int out) {
+    if (db) linear_backward_f32(NULL, NULL, db, dy, NULL, NULL, (int)M, in, out); // f32 dy
+    float *fx = f32_of(x, M * in), *fw = f32_of(w, (int64_t)out * in), *ry = rounded(dy, M * out);
+    linear_backward_f32(dx, dw, NULL, ry, fx, fw, (int)M, in, out);
+    free(fx), free(fw), free(ry);
+}
+
+void ldmc_cuda_bmm_forward(uint16_t *c, const uint16_t *a, const uint16_t *b, int B, int M, int N,
+                           int K, bool trans_a, bool trans_b) {
+    float *fa = f32_of(a, (int64_t)B * M * K), *fb = f32_of(b, (int64_t)B * K * N),
+          *fc = zeros((int64_t)B * M * N);
+    bmm_forward_f32(fc, fa, fb, B, M, N, K, trans_a, trans_b);
+    store(c, fc, (int64_t)B * M * N);
+    free(fa), free(fb), free(fc);
+}
+
+void ldmc_cuda_bmm_backward(float *da, float *db, const float *dc, const uint16_t *a,
+                            const uint16_t *b, int B, int M, int N, int K, bool trans_a,
+                            bool trans_b) {
+    float *fa = f32_of(a, (int64_t)B * M * K), *fb = f32_of(b, (int64_t)B * K * N),
+          *rc = rounded(dc, (int64_t)B * M * N);
+    bmm_backward_f32(da, db, rc, fa, fb, B, M, N, K, trans_a, trans_b);
+    free(fa), free(fb), free(rc);
+}
+
+void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C) {
+    for (int64_t m = 0; m < M; m++)
+        for (int c = 0; c < C; c++)
+            out[c] += x[m * C + c];
+}
+
+void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
+                              const ldmc_conv_geom *g) {
+    int64_t nx = (int64_t)g->N * g->H * g->W * g->C, nw = (int64_t)g->O * g->kh * g->kw * g->C,
+            ny = (int64_t)g->N * g->Ho * g->Wo * g->O;
+    float *fx = f32_of(x, nx), *fw = f32_of(w, nw), *fb = f32_of(b, g->O), *fy = zeros(ny);
+    conv2d_forward_f32(fy, fx, fw, fb, g);
+    store(y, fy, ny);
+    free(fx), free(fw), free(fb), free(fy);
+}
+
+void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const uint16_t *x,
+                               const uint16_t *w, const ldmc_conv_geom *g) {
+    int64_t nx = (int64_t)g->N * g->H * g->W * g->C, nw = (int64_t)g->O * g->kh * g->kw * g->C,
+            ny = (int64_t)g->N * g->Ho * g->Wo * g->O;
+    if (db) ldmc_cuda_column_sums(db, dy, ny / g->O, g->O);
+    float *fx = f32_of(x, nx), *fw = f32_of(w, nw), *ry = rounded(dy, ny);
+    float *gx = dx ? zeros(nx) : NULL, *gw = dw ? zeros(nw) : NULL;
+    conv2d_backward_f32(gx, gw, NULL, ry, fx, fw, g);
+    if (dx) add_rounded(dx, gx, nx); // cuDNN returns bf16 gradients
+    if (dw) add_rounded(dw, gw, nw);
+    free(fx), free(fw), free(ry), free(gx), free(gw);
+}
+
+// ---- normalization --------------------------------------------------------------------------------
+
+void ldmc_cuda_group_norm_forward(uint16_t *y, float *mean, float *rstd, const uint16_t *x,
+                                  const uint16_t *gamma, const uint16_t *beta, int N, int64_t P,
+                                  int C, int G, float eps) {
+    int64_t n = (int64_t)N * P * C;
+    float *fx = f32_of(x, n), *fg = f32_of(gamma, C), *fb = f32_of(beta, C), *fy = zeros(n);
+    group_norm_forward_f32(fy, mean, rstd, fx, fg, fb, N, (int)P, C, G, eps);
+    store(y, fy, n);
+    free(fx), free(fg), free(fb), free(fy);
+}
+
+void ldmc_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                   const uint16_t *x, const float *mean, const float *rstd,
+                                   const uint16_t *gamma, int N, int64_t P, int C, int G) {
+    int64_t n = (int64_t)N * P * C;
+    float *fx = f32_of(x, n), *fg = f32_of(gamma, C);
+    group_norm_backward_f32(dx, dgamma, dbeta, dy, fx, mean, rstd, fg, N, (int)P, C, G);
+    free(fx), free(fg);
+}
+
+void ldmc_cuda_layer_norm_forward(uint16_t *y, float *mean, float *rstd, const uint16_t *x,
+                                  const uint16_t *gamma, const uint16_t *beta, int64_t M, int C,
+                                  float eps) {
+    float *fx = f32_of(x, M * C), *fg = f32_of(gamma, C), *fb = f32_of(beta, C), *fy = zeros(M * C);
+    layer_norm_forward_f32(fy, mean, rstd, fx, fg, fb, (int)M, C, eps);
+    store(y, fy, M * C);
+    free(fx), free(fg), free(fb), free(fy);
+}
+
+void ldmc_cuda_layer_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                   const uint16_t *x, const float *mean, const float *rstd,
+                                   const uint16_t *gamma, int64_t M, int C) {
+    float *fx = f32_of(x, M * C), *fg = f32_of(gamma, C);
+    layer_norm_backward_f32(dx, dgamma, dbeta, dy, fx, mean, rstd, fg, (int)M, C);
+    free(fx), free(fg);
+}
+
+// ---- attention -------------------------------------------------------------------------------------
+
+void ldmc_cuda_attention_forward(uint16_t *o, float *lse, const uint16_t *q, const uint16_t *k,
+                                 const uint16_t *v, int B, int Nq, int Nk, int H, int D,
+                                 float scale) {
+    int64_t nq = (int64_t)B * Nq * H * D, nk = (int64_t)B * Nk * H * D;
+    float *fq = f32_of(q, nq), *fk = f32_of(k, nk), *fv = f32_of(v, nk), *fo = zeros(nq);
+    attention_forward_f32(fo, lse, fq, fk, fv, B, Nq, Nk, H, D, scale);
+    store(o, fo, nq);
+    free(fq), free(fk), free(fv), free(fo);
+}
+
+void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                                  const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                  const uint16_t *o, const float *lse, int B, int Nq, int Nk,
+                                  int H, int D, float scale) {
+    int64_t nq = (int64_t)B * Nq * H * D, nk = (int64_t)B * Nk * H * D;
+    float *fq = f32_of(q, nq), *fk = f32_of(k, nk), *fv = f32_of(v, nk), *fo = f32_of(o, nq),
+          *rd = rounded(dout, nq);
+    attention_backward_f32(dq, dk, dv, rd, fq, fk, fv, fo, lse, B, Nq, Nk, H, D, scale);
+    free(fq), free(fk), free(fv), free(fo), free(rd);
+}
+
+// ---- shape, pooling, embeddings -----------------------------------------------------------------
+
+void ldmc_cuda_copy_columns(uint16_t *dst, int dst_C, int dst_off, const uint16_t *src, int src_C,
+                            int src_off, int64_t M, int C) {
+    for (int64_t m = 0; m < M; m++)
+        memcpy(dst + m * dst_C + dst_off, src + m * src_C + src_off, (size_t)C * sizeof *dst);
+}
+
+void ldmc_cuda_add_columns(float *dst, int dst_C, int dst_off, const float *src, int src_C,
+                           int src_off, int64_t M, int C) {
+    copy_columns_f32(dst, dst_C, dst_off, src, src_C, src_off, M, C, true);
+}
+
+void ldmc_cuda_upsample_nearest2x_forward(uint16_t *y, const uint16_t *x, int N, int H, int W,
+                                          int C) {
+    for (int n = 0; n < N; n++)
+        for (int oh = 0; oh < 2 * H; oh++)
+            for (int ow = 0; ow < 2 * W; ow++)
+                memcpy(y + (((int64_t)n * 2 * H + oh) * 2 * W + ow) * C,
+                       x + (((int64_t)n * H + oh / 2) * W + ow / 2) * C, (size_t)C * sizeof *y);
+}
+
+void ldmc_cuda_upsample_nearest2x_backward(float *dx, const float *dy, int N, int H, int W, int C) {
+    if (dx) upsample_nearest2x_backward_f32(dx, dy, N, H, W, C);
+}
+
+void ldmc_cuda_avg_pool2d_forward(uint16_t *y, const uint16_t *x, const ldmc_conv_geom *g,
+                                  bool count_include_pad) {
+    int64_t nx = (int64_t)g->N * g->H * g->W * g->C, ny = (int64_t)g->N * g->Ho * g->Wo * g->C;
+    float *fx = f32_of(x, nx), *fy = zeros(ny);
+    avg_pool2d_forward_f32(fy, fx, g, count_include_pad);
+    store(y, fy, ny);
+    free(fx), free(fy);
+}
+
+void ldmc_cuda_avg_pool2d_backward(float *dx, const float *dy, const ldmc_conv_geom *g,
+                                   bool count_include_pad) {
+    if (dx) avg_pool2d_backward_f32(dx, dy, g, count_include_pad);
+}
+
+void ldmc_cuda_max_pool2d_forward(uint16_t *y, const uint16_t *x, const ldmc_conv_geom *g) {
+    int64_t nx = (int64_t)g->N * g->H * g->W * g->C, ny = (int64_t)g->N * g->Ho * g->Wo * g->C;
+    float *fx = f32_of(x, nx), *fy = zeros(ny);
+    max_pool2d_forward_f32(fy, fx, g);
+    store(y, fy, ny);
+    free(fx), free(fy);
+}
+
+void ldmc_cuda_max_pool2d_backward(float *dx, const float *dy, const uint16_t *x,
+                                   const ldmc_conv_geom *g) {
+    float *fx = f32_of(x, (int64_t)g->N * g->H * g->W * g->C);
+    if (dx) max_pool2d_backward_f32(dx, dy, fx, g);
+    free(fx);
+}
+
+void ldmc_cuda_timestep_embedding_forward(uint16_t *y, const float *t, int B, int dim,
+                                          float max_period) {
+    float *fy = zeros((int64_t)B * dim);
+    timestep_embedding_forward_f32(fy, t, B, dim, max_period);
+    store(y, fy, (int64_t)B * dim);
+    free(fy);
+}
+
+void ldmc_cuda_timestep_embedding_backward(float *dt, const float *dy, const float *t, int B,
+                                           int dim, float max_period) {
+    if (dt) timestep_embedding_backward_f32(dt, dy, t, B, dim, max_period);
+}
+
+// ---- optimizer --------------------------------------------------------------------------------------
+
+double ldmc_cuda_sum_squares(const float *x, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)x[i] * x[i];
+    return s;
+}
+
+void ldmc_cuda_adamw(float *master, uint16_t *weights, const float *grad, float *m, float *v,
+                     int64_t n, float decay, float step_size, float denom_scale, float beta1,
+                     float beta2, float eps) {
+    for (int64_t k = 0; k < n; k++) {
+        float g = grad[k];
+        m[k] = beta1 * m[k] + (1 - beta1) * g;
+        v[k] = beta2 * v[k] + (1 - beta2) * g * g;
+        master[k] = master[k] * decay - step_size * m[k] / (sqrtf(v[k]) * denom_scale + eps);
+        weights[k] = ldmc_f32_to_bf16(master[k]);
+    }
+}
+
+void ldmc_cuda_ema(float *ema, const float *master, int64_t n, double decay) {
+    const float d = (float)decay, one_minus = (float)(1 - decay);
+    for (int64_t k = 0; k < n; k++)
+        ema[k] = d * ema[k] + one_minus * master[k];
+}
+
+void ldmc_cuda_swap_f32(float *a, float *b, int64_t n) {
+    for (int64_t k = 0; k < n; k++) {
+        float t = a[k];
+        a[k] = b[k];
+        b[k] = t;
+    }
+}
