@@ -1,119 +1,14 @@
-// A CPU emulation of kernels/ldmc_cuda.h, for testing the GPU code path where there is no GPU:
-// "device" memory is host memory, bf16 storage is kept exactly (uint16_t), and each launcher
-// converts its bf16 operands to f32, runs the CPU twin from src/ops/cpu, and rounds its outputs
-// to bf16 as the GPU kernel does (including the bf16 rounding of a gradient before the GPU's
-// tensor-core GEMMs and cuDNN's bf16 gradients). It checks everything around the kernels: op
-// dispatch by device and dtype, device arenas and parameter buffers, uploads and downloads, the
-// GPU trainer, the GPU tests themselves. It checks nothing of the CUDA kernels: that needs a GPU
-// (ctest -L cuda). Built only as the library behind the `*_emulated` tests (CMake option
-// LDMC_CUDA_EMULATION), never into ldmc itself.
+// The CPU emulation of every launcher but the convolutions' (see runtime.c): the CPU twin on f32
+// copies of the bf16 operands, outputs rounded to bf16.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "kernels/emulation/emulation.h"
 #include "kernels/ldmc_cuda.h"
 #include "ops/cpu_kernels.h"
-
-// ---- runtime --------------------------------------------------------------------------------
-
-enum { HEADER = 64 };
-static const size_t EMULATED_MEMORY = (size_t)8 << 30; // what ldmc_cuda_memory reports in total
-static size_t allocated;
-static void *workspace;
-static size_t workspace_size;
-
-int ldmc_cuda_device_count(void) { return 1; }
-
-void ldmc_cuda_print_info(FILE *out) {
-    fprintf(out, "CUDA:        emulated on the CPU (tests of the GPU code path only)\n");
-}
-
-const char *ldmc_cuda_device_name(void) { return "CPU emulation of the CUDA backend"; }
-void *ldmc_cuda_stream(void) { return NULL; }
-void *ldmc_cuda_cublas(void) { return NULL; }
-void ldmc_cuda_synchronize(void) {}
-
-// Address space reserved, committed on touch, as a GPU arena of "all free memory" needs.
-void *ldmc_cuda_malloc(size_t bytes) {
-    size_t total = bytes + HEADER;
-    char *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
-    LDMC_CHECK(p != MAP_FAILED, "emulated cudaMalloc of %zu bytes failed", bytes);
-    memcpy(p, &total, sizeof total);
-    allocated += total;
-    return p + HEADER;
-}
-
-void ldmc_cuda_free(void *p) {
-    if (!p) return;
-    char *base = (char *)p - HEADER;
-    size_t total;
-    memcpy(&total, base, sizeof total);
-    allocated -= total;
-    munmap(base, total);
-}
-
-void ldmc_cuda_to_device(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
-void ldmc_cuda_to_host(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
-void ldmc_cuda_copy(void *dst, const void *src, size_t bytes) { memmove(dst, src, bytes); }
-void ldmc_cuda_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
-
-void *ldmc_cuda_workspace(size_t bytes) {
-    if (bytes > workspace_size) {
-        ldmc_cuda_free(workspace);
-        workspace_size = (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
-        workspace = ldmc_cuda_malloc(workspace_size);
-    }
-    return workspace;
-}
-
-size_t ldmc_cuda_workspace_bytes(void) { return workspace_size; }
-
-// The reservations count as used (the arena's whole size, as on a GPU).
-void ldmc_cuda_memory(size_t *used, size_t *total) {
-    if (used) *used = allocated < EMULATED_MEMORY ? allocated : EMULATED_MEMORY;
-    if (total) *total = EMULATED_MEMORY;
-}
-
-// ---- conversions ------------------------------------------------------------------------------
-
-static float *f32_of(const uint16_t *x, int64_t n) {
-    if (!x) return NULL;
-    float *v = calloc((size_t)(n > 0 ? n : 1), sizeof *v);
-    LDMC_CHECK(v, "out of memory");
-    for (int64_t i = 0; i < n; i++)
-        v[i] = ldmc_bf16_to_f32(x[i]);
-    return v;
-}
-
-static float *zeros(int64_t n) {
-    float *v = calloc((size_t)(n > 0 ? n : 1), sizeof *v);
-    LDMC_CHECK(v, "out of memory");
-    return v;
-}
-
-static void store(uint16_t *y, const float *v, int64_t n) {
-    for (int64_t i = 0; i < n; i++)
-        y[i] = ldmc_f32_to_bf16(v[i]);
-}
-
-// An f32 gradient rounded to bf16, as the GPU feeds it to a tensor-core GEMM or cuDNN.
-static float *rounded(const float *x, int64_t n) {
-    float *v = calloc((size_t)(n > 0 ? n : 1), sizeof *v);
-    LDMC_CHECK(v, "out of memory");
-    for (int64_t i = 0; i < n; i++)
-        v[i] = ldmc_bf16_to_f32(ldmc_f32_to_bf16(x[i]));
-    return v;
-}
-
-// dst += bf16(src): a gradient cuDNN returns in bf16, added into the f32 buffer.
-static void add_rounded(float *dst, const float *src, int64_t n) {
-    for (int64_t i = 0; i < n; i++)
-        dst[i] += ldmc_bf16_to_f32(ldmc_f32_to_bf16(src[i]));
-}
 
 void ldmc_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n) { store(dst, src, n); }
 
@@ -442,29 +337,6 @@ void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C) {
     for (int64_t m = 0; m < M; m++)
         for (int c = 0; c < C; c++)
             out[c] += x[m * C + c];
-}
-
-void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
-                              const ldmc_conv_geom *g) {
-    int64_t nx = (int64_t)g->N * g->H * g->W * g->C, nw = (int64_t)g->O * g->kh * g->kw * g->C,
-            ny = (int64_t)g->N * g->Ho * g->Wo * g->O;
-    float *fx = f32_of(x, nx), *fw = f32_of(w, nw), *fb = f32_of(b, g->O), *fy = zeros(ny);
-    conv2d_forward_f32(fy, fx, fw, fb, g);
-    store(y, fy, ny);
-    free(fx), free(fw), free(fb), free(fy);
-}
-
-void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const uint16_t *x,
-                               const uint16_t *w, const ldmc_conv_geom *g) {
-    int64_t nx = (int64_t)g->N * g->H * g->W * g->C, nw = (int64_t)g->O * g->kh * g->kw * g->C,
-            ny = (int64_t)g->N * g->Ho * g->Wo * g->O;
-    if (db) ldmc_cuda_column_sums(db, dy, ny / g->O, g->O);
-    float *fx = f32_of(x, nx), *fw = f32_of(w, nw), *ry = rounded(dy, ny);
-    float *gx = dx ? zeros(nx) : NULL, *gw = dw ? zeros(nw) : NULL;
-    conv2d_backward_f32(gx, gw, NULL, ry, fx, fw, g);
-    if (dx) add_rounded(dx, gx, nx); // cuDNN returns bf16 gradients
-    if (dw) add_rounded(dw, gw, nw);
-    free(fx), free(fw), free(ry), free(gx), free(gw);
 }
 
 // ---- normalization --------------------------------------------------------------------------------
