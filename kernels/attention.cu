@@ -13,18 +13,11 @@
 //
 // cuBLAS is column-major: a row-major (M, N) matrix with leading dimension ld reads as its
 // (N, M) transpose, so each row-major product C = A B is issued as C^T = B^T A^T.
-#include <cublas_v2.h>
 
 #include "kernels/common.cuh"
+#include "kernels/cublas.cuh"
 #include "kernels/ldmc_cuda.h"
 
-#define CUBLAS_CHECK(call)                                                                         \
-    do {                                                                                           \
-        cublasStatus_t s_ = (call);                                                                \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
-            ldmc_fatal_at(__FILE__, __LINE__, "cuBLAS: %s failed: %s", #call,                      \
-                          cublasGetStatusString(s_));                                              \
-    } while (0)
 
 static const size_t ATTN_CHUNK_BYTES = (size_t)512 << 20;
 

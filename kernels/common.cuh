@@ -58,7 +58,8 @@ __device__ __forceinline__ float load_any(const void *p, bool is_f32, int64_t i)
         }                                                                                          \
     } while (0)
 
-__device__ __forceinline__ float warp_sum(float v) {
+// The sum over a warp (float or double), returned to every lane.
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1)
         v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -70,15 +71,15 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// The sum over a block (blockDim.x a multiple of 32, at most 1024), returned to every thread.
-// `shared` holds 32 floats. Fixed order: the same result on every run.
-__device__ __forceinline__ float block_sum(float v, float *shared) {
+// The sum over a block (blockDim.x a multiple of 32, at most 1024; float or double), returned
+// to every thread. `shared` holds 32 values. Fixed order: the same result on every run.
+template <typename T> __device__ __forceinline__ T block_sum(T v, T *shared) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     v = warp_sum(v);
     __syncthreads(); // shared may still be read from a previous call
     if (lane == 0) shared[warp] = v;
     __syncthreads();
-    v = lane < warps ? shared[lane] : 0.0f;
+    v = lane < warps ? shared[lane] : (T)0;
     return warp_sum(v);
 }
 

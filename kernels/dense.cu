@@ -1,18 +1,11 @@
 // Linear layers and batched matrix products through cuBLAS: bf16 operands on tensor cores, f32
 // accumulation; forward outputs bf16, gradients accumulate (beta = 1) straight into the f32
 // gradient buffers. CPU twins in src/ops/cpu/dense.inc. Tested by tests/test_cuda.c.
-#include <cublas_v2.h>
 
 #include "kernels/common.cuh"
+#include "kernels/cublas.cuh"
 #include "kernels/ldmc_cuda.h"
 
-#define CUBLAS_CHECK(call)                                                                         \
-    do {                                                                                           \
-        cublasStatus_t s_ = (call);                                                                \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
-            ldmc_fatal_at(__FILE__, __LINE__, "cuBLAS: %s failed: %s", #call,                      \
-                          cublasGetStatusString(s_));                                              \
-    } while (0)
 
 static int checked_int(int64_t v, const char *what) {
     if (v < 0 || v > INT32_MAX) LDMC_FATAL("cuBLAS: %s = %lld exceeds an int", what, (long long)v);

@@ -144,20 +144,6 @@ extern "C" void ldmc_cuda_clamp_backward(float *dx, const float *dy, const uint1
 
 // ---- per-row ops ----------------------------------------------------------------------------
 
-// Sums in double within a block, in a fixed order.
-__device__ static double block_sum_double(double v, double *shared) {
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = lane < warps ? shared[lane] : 0.0;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // One block per row.
 __global__ static void sum_rows_kernel(float *y, const uint16_t *x, int64_t n) {
     __shared__ double shared[32];
@@ -165,7 +151,7 @@ __global__ static void sum_rows_kernel(float *y, const uint16_t *x, int64_t n) {
     double s = 0;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
         s += bf16_load(row, i);
-    s = block_sum_double(s, shared);
+    s = block_sum(s, shared);
     if (threadIdx.x == 0) y[blockIdx.x] = (float)s;
 }
 
@@ -300,7 +286,7 @@ __global__ static void loss_partial_kernel(double *partial, const void *a, bool 
         double d = (double)load_any(a, a_f32, i) - (double)load_any(b, b_f32, i);
         s += kind == LOSS_L1 ? fabs(d) : kind == LOSS_MSE ? d * d : (double)w[i / n] * d * d;
     }
-    s = block_sum_double(s, shared);
+    s = block_sum(s, shared);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
@@ -310,7 +296,7 @@ __global__ static void loss_final_kernel(float *out, const double *partial, int 
     double s = 0;
     for (int i = threadIdx.x; i < count; i += blockDim.x)
         s += partial[i];
-    s = block_sum_double(s, shared);
+    s = block_sum(s, shared);
     if (threadIdx.x == 0) *out = divisor > 0 ? (float)(s / divisor) : 0.0f;
 }
 

@@ -8,23 +8,6 @@
 
 enum { NORM_THREADS = 256, AFFINE_ROWS = 8 };
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// block_sum in double: the sum over a block, returned to every thread; `shared` holds 32 values.
-__device__ __forceinline__ double block_sum_d(double v, double *shared) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum_d(v);
-    __syncthreads(); // shared may still be read from a previous call
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = lane < warps ? shared[lane] : 0.0;
-    return warp_sum_d(v);
-}
-
 // ---- group norm -------------------------------------------------------------------------------
 //
 // Per-channel sums over the pixels, as the CPU's channel_sums: the pixels of each image are cut
@@ -116,7 +99,7 @@ __global__ static void group_stats_kernel(float *mean, float *rstd, float *ab, c
         t += pn[s * 2 * C + c];
         if (s == 0) t += (double)P * bf16_load(k, c);
     }
-    const double mu = block_sum_d(t, sh) / count;
+    const double mu = block_sum(t, sh) / count;
     double q = 0;
     for (int64_t i = threadIdx.x; i < items; i += blockDim.x) {
         const int64_t s = i / Cg;
@@ -125,7 +108,7 @@ __global__ static void group_stats_kernel(float *mean, float *rstd, float *ab, c
         q += pn[s * 2 * C + C + c] + 2 * d * pn[s * 2 * C + c];
         if (s == 0) q += (double)P * d * d;
     }
-    const double ss = block_sum_d(q, sh) / count;
+    const double ss = block_sum(q, sh) / count;
     const float m = (float)mu, r = (float)(1.0 / sqrt((ss > 0 ? ss : 0) + (double)eps));
     if (threadIdx.x == 0) {
         mean[n * G + g] = m;
@@ -172,8 +155,8 @@ __global__ static void group_coef_kernel(float *coef, const double *part, const 
         t1 += gm * pn[s * 2 * C + c];
         t2 += gm * pn[s * 2 * C + C + c];
     }
-    const double mean_u = block_sum_d(t1, sh) / count;
-    const double mean_ux = block_sum_d(t2, sh) * r / count;
+    const double mean_u = block_sum(t1, sh) / count;
+    const double mean_ux = block_sum(t2, sh) * r / count;
     for (int c = g * Cg + threadIdx.x; c < (g + 1) * Cg; c += blockDim.x) {
         const double gm = gamma ? (double)bf16_load(gamma, c) : 1.0;
         float *o = coef + ((int64_t)n * C + c) * 3;
@@ -305,12 +288,12 @@ __global__ static void layer_norm_forward_kernel(uint16_t *y, float *mean, float
         double s = 0, q = 0;
         for (int c = lane; c < C; c += 32)
             s += bf16_load(row, c);
-        const double mu = warp_sum_d(s) / C;
+        const double mu = warp_sum(s) / C;
         for (int c = lane; c < C; c += 32) {
             const double d = (double)bf16_load(row, c) - mu;
             q += d * d;
         }
-        const double r = 1.0 / sqrt(warp_sum_d(q) / C + (double)eps);
+        const double r = 1.0 / sqrt(warp_sum(q) / C + (double)eps);
         if (lane == 0) {
             mean[m] = (float)mu;
             rstd[m] = (float)r;
@@ -342,7 +325,7 @@ __global__ static void layer_norm_dx_kernel(float *dx, const float *dy, const ui
             su += u;
             sux += (double)u * xhat;
         }
-        const float mean_u = (float)(warp_sum_d(su) / C), mean_ux = (float)(warp_sum_d(sux) / C);
+        const float mean_u = (float)(warp_sum(su) / C), mean_ux = (float)(warp_sum(sux) / C);
         float *out = dx + m * C;
         for (int c = lane; c < C; c += 32) {
             const float xhat = (bf16_load(row, c) - mu) * r;

@@ -6,24 +6,11 @@
 
 enum { SQ_BLOCKS = 1024, SQ_THREADS = 256 };
 
-__device__ static double block_sum_f64(double v, double *shared) {
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = lane < warps ? shared[lane] : 0.0;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 __global__ static void sum_squares_kernel(double *partial, const float *x, int64_t n) {
     __shared__ double shared[32];
     double s = 0;
     GRID_STRIDE(i, n) { s += (double)x[i] * x[i]; }
-    s = block_sum_f64(s, shared);
+    s = block_sum(s, shared);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 

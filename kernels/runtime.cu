@@ -1,9 +1,9 @@
 // The device side of ldmc's runtime (see ldmc_cuda.h): device queries, the compute and copy
 // streams, the cuBLAS handle, checked memory helpers and the shared workspace.
-#include <cublas_v2.h>
 #include <string.h>
 
 #include "kernels/common.cuh"
+#include "kernels/cublas.cuh"
 #include "kernels/ldmc_cuda.h"
 
 static cudaStream_t compute_stream;
@@ -53,13 +53,6 @@ extern "C" void *ldmc_cuda_stream(void) {
     return compute_stream;
 }
 
-#define CUBLAS_CHECK(call)                                                                         \
-    do {                                                                                           \
-        cublasStatus_t s_ = (call);                                                                \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
-            ldmc_fatal_at(__FILE__, __LINE__, "cuBLAS: %s failed: %s", #call,                      \
-                          cublasGetStatusString(s_));                                              \
-    } while (0)
 
 extern "C" void *ldmc_cuda_cublas(void) {
     if (!cublas) {

@@ -505,6 +505,19 @@ static void test_resume_after_kill_is_bit_identical(void) {
     close(fd);
 }
 
+// Loads a tiny diffusion run's checkpoint (weights, EMA, optimizer) into a fresh UNet.
+static int load_tiny_unet(const char *dir, ldmc_unet *u, ldmc_train_state *st, ldmc_err *err) {
+    ldmc_model_config mc = test_model_config("tiny_unet_class.yaml");
+    ldmc_unet_init(u, &mc.unet);
+    ldmc_params_alloc(&u->params, LDMC_ROLE_WEIGHTS);
+    ldmc_params_alloc(&u->params, LDMC_ROLE_ADAM_M);
+    ldmc_params_alloc(&u->params, LDMC_ROLE_ADAM_V);
+    ldmc_params_alloc(&u->params, LDMC_ROLE_EMA);
+    ldmc_state_model m = {
+        .params = &u->params, .map = {.layout = LDMC_LAYOUT_OFFICIAL, .unet = &u->cfg}, .ema = true};
+    return ldmc_state_load(dir, &m, st, err);
+}
+
 // A kill in the middle of writing a checkpoint leaves the previous one whole.
 static void test_kill_during_checkpoint_write(void) {
     make_fixture();
@@ -522,18 +535,9 @@ static void test_kill_during_checkpoint_write(void) {
         snprintf(tmp, sizeof tmp, "%s/checkpoints/step-00000006.tmp", out);
         CHECK(access(tmp, F_OK) == 0, "%s: the torn write is a .tmp folder", points[i]);
         // the previous checkpoint loads
-        ldmc_model_config mc = test_model_config("tiny_unet_class.yaml");
         static ldmc_unet u;
-        ldmc_unet_init(&u, &mc.unet);
-        ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
-        ldmc_params_alloc(&u.params, LDMC_ROLE_ADAM_M);
-        ldmc_params_alloc(&u.params, LDMC_ROLE_ADAM_V);
-        ldmc_params_alloc(&u.params, LDMC_ROLE_EMA);
-        ldmc_state_model m = {.params = &u.params,
-                              .map = {.layout = LDMC_LAYOUT_OFFICIAL, .unet = &u.cfg},
-                              .ema = true};
         ldmc_train_state st;
-        CHECK(ldmc_state_load(latest, &m, &st, &err) == 0 && st.step == 3 && st.batches == 6,
+        CHECK(load_tiny_unet(latest, &u, &st, &err) == 0 && st.step == 3 && st.batches == 6,
               "%s (step %lld)", err.message, (long long)st.step);
         ldmc_unet_free(&u);
         // and the run resumes from it to the same end as an uninterrupted one
@@ -669,21 +673,12 @@ static void test_latent_cache(void) {
 
 // The diffusion weights of a run's checkpoint at `step` (weights, or EMA).
 static float *checkpoint_weights(const char *run, int step, size_t *n) {
-    ldmc_model_config mc = test_model_config("tiny_unet_class.yaml");
     static ldmc_unet u;
-    ldmc_unet_init(&u, &mc.unet);
-    ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
-    ldmc_params_alloc(&u.params, LDMC_ROLE_ADAM_M);
-    ldmc_params_alloc(&u.params, LDMC_ROLE_ADAM_V);
-    ldmc_params_alloc(&u.params, LDMC_ROLE_EMA);
-    ldmc_state_model m = {.params = &u.params,
-                          .map = {.layout = LDMC_LAYOUT_OFFICIAL, .unet = &u.cfg},
-                          .ema = true};
     ldmc_train_state st;
     ldmc_err err = {0};
     char dir[1400];
     snprintf(dir, sizeof dir, "%s/%s/checkpoints/step-%08d", fixture, run, step);
-    LDMC_CHECK(ldmc_state_load(dir, &m, &st, &err) == 0, "%s", err.message);
+    LDMC_CHECK(load_tiny_unet(dir, &u, &st, &err) == 0, "%s", err.message);
     *n = u.params.total;
     float *w = malloc(*n * sizeof *w);
     memcpy(w, u.params.buffers[LDMC_ROLE_WEIGHTS], *n * sizeof *w);

@@ -96,16 +96,6 @@ static void run_case(ldmc_ctx *ctx, const bench_case *c, double *ms_forward, dou
     *ms_total = (t1 - t0) + (t3 - t2);
 }
 
-static int compare_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, compare_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static void print_json(const bench_case *c, double fwd, double total, int reps) {
     static const char *kinds[] = {"conv2d", "attention", "group_norm"};
     printf("{\"op\": \"%s\", \"name\": \"%s\", \"N\": %d, \"H\": %d, \"W\": %d, \"C\": %d, "
@@ -150,7 +140,7 @@ static int bench_ops(int argc, char **argv) {
         run_case(&ctx, c, &f, &t); // warm-up
         for (int r = 0; r < reps; r++)
             run_case(&ctx, c, &fwd[r], &total[r]);
-        double f_med = median(fwd, reps), t_med = median(total, reps);
+        double f_med = ldmc_median(fwd, reps), t_med = ldmc_median(total, reps);
         if (json)
             print_json(c, f_med, t_med, reps);
         else
@@ -208,7 +198,7 @@ static int bench_step(int argc, char **argv) {
              ? ldmc_train_bench(&cfg, H, W, reps, ms, &err)
              : LDMC_ERR(&err, "%s: no sample size in the config: pass --res H W", config);
     if (rc == 0) {
-        double med = median(ms, reps);
+        double med = ldmc_median(ms, reps);
         if (json)
             printf("{\"config\": \"%s\", \"task\": \"%s\", \"batch\": %d, \"height\": %d, "
                    "\"width\": %d, \"threads\": %d, \"reps\": %d, \"ms_step\": %.3f}\n",

@@ -31,7 +31,7 @@ static int by_value(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static double median(double *v, int n) {
+double ldmc_median(double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, by_value);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
@@ -200,7 +200,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
         ms[i] = train_step(&ctx, &u, &in, step++);
     }
     r->flops = ctx.flops;
-    r->step_ms = median(ms, reps);
+    r->step_ms = ldmc_median(ms, reps);
     r->img_per_s = 1e3 * o->batch / r->step_ms;
     r->tflops = r->flops / (r->step_ms * 1e-3) / 1e12;
     r->activation_bytes = ctx.data.high_water;
@@ -221,7 +221,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
         ldmc_device_synchronize(ctx.device);
         if (i >= 0) ms[i] = now_ms() - t0;
     }
-    r->cfg_forward_ms = median(ms, reps);
+    r->cfg_forward_ms = ldmc_median(ms, reps);
 #ifdef LDMC_HAVE_CUDA
     if (o->device == LDMC_CUDA) r->workspace_bytes = ldmc_cuda_workspace_bytes();
 #endif

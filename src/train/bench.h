@@ -39,5 +39,8 @@ typedef struct ldmc_bench_result {
     ldmc_profile profile;  // with opts.profile: time per op kind over one step, sorted
 } ldmc_bench_result;
 
+// The median of n timings (sorts v).
+double ldmc_median(double *v, int n);
+
 int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options *opts,
                           ldmc_bench_result *result, ldmc_err *err);
