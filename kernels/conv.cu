@@ -1,10 +1,119 @@
-// 2-D convolutions on NHWC bf16 tensors through cuDNN (its C API): f32 accumulation on tensor
-// cores. Asymmetric padding (the VAE's downsampling pads (0, 1, 0, 1)) is an explicit zero-padded
-// copy, since cuDNN pads symmetrically. Backward data and filter produce bf16 (cuDNN's legacy API
-// keeps one data type per call), added into the f32 gradients; the bias gradient sums the f32 dy.
-// CPU twin in src/ops/cpu/conv2d.inc. Tested by tests/test_cuda.c.
+// 2-D convolutions on NHWC bf16 tensors, f32 accumulation on tensor cores, two ways:
+//   - cuDNN (its C API) where both channel counts are multiples of 8 and cuDNN has an algorithm:
+//     asymmetric padding (the VAE's downsampling pads (0, 1, 0, 1)) is an explicit zero-padded
+//     copy, since cuDNN pads symmetrically; backward data and filter produce bf16 (the legacy API
+//     keeps one data type per call), added into the f32 gradients;
+//   - otherwise (the 3- and 4-channel ends of the VAE and the UNet, a build without cuDNN) an
+//     implicit GEMM of our own: rows of im2col in the workspace times the weights through cuBLAS,
+//     in chunks of rows; backward multiplies back and gathers the columns into dx in a fixed
+//     order, and accumulates dw in f32 straight from the GEMM.
+// The bias gradient sums the f32 dy. CPU twin in src/ops/cpu/conv2d.inc. Tested by
+// tests/test_cuda.c (test_cuda_simt runs the implicit GEMM's kernels on the CPU).
 #include "kernels/common.cuh"
+#include "kernels/cublas.cuh"
 #include "kernels/ldmc_cuda.h"
+
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+__global__ static void conv_bias_kernel(uint16_t *y, const uint16_t *b, int C, int64_t total) {
+    GRID_STRIDE(i, total) { y[i] = bf16_from(bf16_load(y, i) + bf16_load(b, i % C)); }
+}
+
+// ---- the implicit GEMM ----------------------------------------------------------------------------
+// Output pixel m = (n, ho, wo) and column k = (i, j, c) (the weights' (kh, kw, C) order): the
+// input value under tap (i, j) of the window, zero in the padding.
+
+// cols (rows, K) for output pixels [m0, m0 + rows)
+__global__ static void im2col_kernel(uint16_t *cols, const uint16_t *x, ldmc_conv_geom g,
+                                     int64_t m0, int64_t total) {
+    const int K = g.kh * g.kw * g.C;
+    GRID_STRIDE(e, total) {
+        int64_t m = m0 + e / K;
+        int k = (int)(e % K), c = k % g.C, j = k / g.C % g.kw, i = k / g.C / g.kw;
+        int wo = (int)(m % g.Wo), ho = (int)(m / g.Wo % g.Ho);
+        int64_t n = m / ((int64_t)g.Wo * g.Ho);
+        int h = ho * g.stride - g.pad_top + i, w = wo * g.stride - g.pad_left + j;
+        cols[e] = h >= 0 && h < g.H && w >= 0 && w < g.W
+                      ? x[((n * g.H + h) * g.W + w) * g.C + c]
+                      : (uint16_t)0;
+    }
+}
+
+// dx += the columns' gradients of output pixels [m0, m0 + rows) that read each input value: one
+// thread per input value, the taps (i, j) in order.
+__global__ static void col2im_kernel(float *dx, const float *dcols, ldmc_conv_geom g, int64_t m0,
+                                     int64_t rows, int64_t total) {
+    const int K = g.kh * g.kw * g.C;
+    GRID_STRIDE(e, total) {
+        int c = (int)(e % g.C), w = (int)(e / g.C % g.W), h = (int)(e / g.C / g.W % g.H);
+        int64_t n = e / ((int64_t)g.C * g.W * g.H);
+        float acc = 0;
+        for (int i = 0; i < g.kh; i++) {
+            int hs = h + g.pad_top - i;
+            if (hs < 0 || hs % g.stride) continue;
+            int ho = hs / g.stride;
+            if (ho >= g.Ho) continue;
+            for (int j = 0; j < g.kw; j++) {
+                int ws = w + g.pad_left - j;
+                if (ws < 0 || ws % g.stride) continue;
+                int wo = ws / g.stride;
+                if (wo >= g.Wo) continue;
+                int64_t r = (n * g.Ho + ho) * g.Wo + wo - m0;
+                if (r >= 0 && r < rows) acc += dcols[r * K + (i * g.kw + j) * g.C + c];
+            }
+        }
+        dx[e] += acc;
+    }
+}
+
+// Rows of output pixels per chunk: the columns (bf16) and, in backward, their f32 gradients
+// within 512 MiB.
+static int64_t gemm_chunk_rows(const ldmc_conv_geom *g, bool backward) {
+    const int64_t K = (int64_t)g->kh * g->kw * g->C, M = (int64_t)g->N * g->Ho * g->Wo;
+    int64_t rows = ((int64_t)512 << 20) / (K * (backward ? 6 : 2));
+    if (rows < 1) rows = 1;
+    return rows < M ? rows : M;
+}
+
+static void gemm_forward(uint16_t *y, const uint16_t *x, const uint16_t *w,
+                         const ldmc_conv_geom *g) {
+    const int64_t K = (int64_t)g->kh * g->kw * g->C, M = (int64_t)g->N * g->Ho * g->Wo;
+    const int64_t chunk = gemm_chunk_rows(g, false);
+    uint16_t *cols = (uint16_t *)ldmc_cuda_workspace((size_t)chunk * K * 2);
+    for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+        int64_t rows = M - m0 < chunk ? M - m0 : chunk;
+        LAUNCH_1D(im2col_kernel, rows * K, cols, x, *g, m0, rows * K);
+        // y[m0 .. m0 + rows) (rows, O) = cols (rows, K) w^T (w: (O, K))
+        gemm_rm(false, true, rows, g->O, K, cols, K, 0, w, K, 0, 0.0f, y + m0 * g->O, false, g->O,
+                0, 1);
+    }
+}
+
+static void gemm_backward(float *dx, float *dw, const float *dy, const uint16_t *x,
+                          const uint16_t *w, const ldmc_conv_geom *g) {
+    const int64_t K = (int64_t)g->kh * g->kw * g->C, M = (int64_t)g->N * g->Ho * g->Wo;
+    const int64_t chunk = gemm_chunk_rows(g, true), n_in = (int64_t)g->N * g->H * g->W * g->C;
+    // [dy as bf16 | the chunk's columns (bf16) | their gradients (f32)]
+    size_t dy_bytes = align256((size_t)M * g->O * 2), cols_bytes = align256((size_t)chunk * K * 2);
+    char *ws = (char *)ldmc_cuda_workspace(dy_bytes + cols_bytes + (size_t)chunk * K * 4);
+    uint16_t *dyb = (uint16_t *)ws, *cols = (uint16_t *)(ws + dy_bytes);
+    float *dcols = (float *)(ws + dy_bytes + cols_bytes);
+    ldmc_cuda_f32_to_bf16(dyb, dy, M * g->O);
+    for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+        int64_t rows = M - m0 < chunk ? M - m0 : chunk;
+        const uint16_t *dy_rows = dyb + m0 * g->O;
+        if (dw) { // dw (O, K) += dy^T (O, rows) cols (rows, K)
+            LAUNCH_1D(im2col_kernel, rows * K, cols, x, *g, m0, rows * K);
+            gemm_rm(true, false, g->O, K, rows, dy_rows, g->O, 0, cols, K, 0, 1.0f, dw, true, K,
+                    0, 1);
+        }
+        if (dx) { // dcols (rows, K) = dy (rows, O) w (O, K), gathered into dx
+            gemm_rm(false, false, rows, K, g->O, dy_rows, g->O, 0, w, K, 0, 0.0f, dcols, true, K,
+                    0, 1);
+            LAUNCH_1D(col2im_kernel, n_in, dx, dcols, *g, m0, rows, n_in);
+        }
+    }
+}
 
 #ifdef LDMC_HAVE_CUDNN
 #include <cudnn.h>
@@ -29,6 +138,7 @@ static cudnnHandle_t cudnn(void) {
 // Descriptors and algorithms of one geometry, kept for the run (a model has a few dozen).
 typedef struct conv_plan {
     ldmc_conv_geom g;
+    bool usable;       // cuDNN has an algorithm for every direction; else the implicit GEMM
     bool explicit_pad; // asymmetric padding: convolve a padded copy with zero padding
     int Hp, Wp;        // the input's size as cuDNN sees it
     cudnnTensorDescriptor_t x, y;
@@ -55,8 +165,8 @@ static bool same_geom(const ldmc_conv_geom *a, const ldmc_conv_geom *b) {
 
 // The best algorithm of cuDNN's heuristics that works, is deterministic (the same bits every
 // run, as every other kernel here) and needs at most MAX_ALGO_WORKSPACE; failing that, the best
-// that works. Its math type goes on the descriptor.
-#define PICK_ALGO(kind, get_fn, perf_t, out_algo, out_ws, ...)                                     \
+// that works; with none, the plan is not usable.
+#define PICK_ALGO(get_fn, perf_t, out_algo, out_ws, ...)                                           \
     do {                                                                                           \
         perf_t perf[16];                                                                           \
         int returned = 0;                                                                          \
@@ -70,12 +180,12 @@ static bool same_geom(const ldmc_conv_geom *a, const ldmc_conv_geom *b) {
                 break;                                                                             \
         }                                                                                          \
         if (k == returned) k = first;                                                              \
-        if (k < 0)                                                                                 \
-            LDMC_FATAL("cuDNN: no " kind " algorithm for a %dx%d convolution of (%d, %d, %d, %d) " \
-                       "to %d channels, stride %d",                                                \
-                       g->kh, g->kw, g->N, g->H, g->W, g->C, g->O, g->stride);                     \
-        out_algo = perf[k].algo;                                                                   \
-        out_ws = perf[k].memory;                                                                   \
+        if (k < 0) {                                                                               \
+            p->usable = false;                                                                     \
+        } else {                                                                                   \
+            out_algo = perf[k].algo;                                                               \
+            out_ws = perf[k].memory;                                                               \
+        }                                                                                          \
     } while (0)
 
 static conv_plan *plan_for(const ldmc_conv_geom *g) {
@@ -90,6 +200,9 @@ static conv_plan *plan_for(const ldmc_conv_geom *g) {
     *p = conv_plan{};
     p->g = *g;
     p->explicit_pad = g->pad_top != g->pad_bottom || g->pad_left != g->pad_right;
+    // tensor-core NHWC kernels want channel counts that are multiples of 8
+    p->usable = g->C % 8 == 0 && g->O % 8 == 0;
+    if (!p->usable) return p;
     int ph = p->explicit_pad ? 0 : g->pad_top, pw = p->explicit_pad ? 0 : g->pad_left;
     p->Hp = p->explicit_pad ? g->H + g->pad_top + g->pad_bottom : g->H;
     p->Wp = p->explicit_pad ? g->W + g->pad_left + g->pad_right : g->W;
@@ -107,15 +220,17 @@ static conv_plan *plan_for(const ldmc_conv_geom *g) {
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv, ph, pw, g->stride, g->stride, 1, 1,
                                                 CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, CUDNN_TENSOR_OP_MATH));
-    PICK_ALGO("forward", cudnnGetConvolutionForwardAlgorithm_v7, cudnnConvolutionFwdAlgoPerf_t,
-              p->fwd, p->fwd_ws, p->x, p->w, p->conv, p->y);
-    PICK_ALGO("backward-data", cudnnGetConvolutionBackwardDataAlgorithm_v7,
-              cudnnConvolutionBwdDataAlgoPerf_t, p->bwd_data, p->bwd_data_ws, p->w, p->y, p->conv,
-              p->x);
-    PICK_ALGO("backward-filter", cudnnGetConvolutionBackwardFilterAlgorithm_v7,
-              cudnnConvolutionBwdFilterAlgoPerf_t, p->bwd_filter, p->bwd_filter_ws, p->x, p->y,
-              p->conv, p->w);
+    PICK_ALGO(cudnnGetConvolutionForwardAlgorithm_v7, cudnnConvolutionFwdAlgoPerf_t, p->fwd,
+              p->fwd_ws, p->x, p->w, p->conv, p->y);
+    PICK_ALGO(cudnnGetConvolutionBackwardDataAlgorithm_v7, cudnnConvolutionBwdDataAlgoPerf_t,
+              p->bwd_data, p->bwd_data_ws, p->w, p->y, p->conv, p->x);
+    PICK_ALGO(cudnnGetConvolutionBackwardFilterAlgorithm_v7, cudnnConvolutionBwdFilterAlgoPerf_t,
+              p->bwd_filter, p->bwd_filter_ws, p->x, p->y, p->conv, p->w);
     return p;
+}
+
+__global__ static void add_bf16_to_f32_kernel(float *dst, const uint16_t *src, int64_t n) {
+    GRID_STRIDE(i, n) { dst[i] += bf16_load(src, i); }
 }
 
 // xp (N, Hp, Wp, C) = x placed at (pad_top, pad_left), zeros around it.
@@ -142,19 +257,8 @@ __global__ static void crop_add_kernel(float *dx, const uint16_t *dxp, int H, in
     }
 }
 
-__global__ static void add_bf16_to_f32_kernel(float *dst, const uint16_t *src, int64_t n) {
-    GRID_STRIDE(i, n) { dst[i] += bf16_load(src, i); }
-}
-
-__global__ static void conv_bias_kernel(uint16_t *y, const uint16_t *b, int C, int64_t total) {
-    GRID_STRIDE(i, total) { y[i] = bf16_from(bf16_load(y, i) + bf16_load(b, i % C)); }
-}
-
-static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
-
-extern "C" void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const uint16_t *w,
-                                         const uint16_t *b, const ldmc_conv_geom *g) {
-    conv_plan *p = plan_for(g);
+static void cudnn_forward(conv_plan *p, uint16_t *y, const uint16_t *x, const uint16_t *w,
+                          const ldmc_conv_geom *g) {
     int64_t padded = (int64_t)g->N * p->Hp * p->Wp * g->C;
     size_t pad_bytes = p->explicit_pad ? align256((size_t)padded * 2) : 0;
     char *ws = (char *)ldmc_cuda_workspace(pad_bytes + p->fwd_ws);
@@ -167,17 +271,11 @@ extern "C" void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const u
     const float alpha = 1.0f, beta = 0.0f;
     CUDNN_CHECK(cudnnConvolutionForward(cudnn(), &alpha, p->x, xin, p->w, w, p->conv, p->fwd,
                                         ws + pad_bytes, p->fwd_ws, &beta, p->y, y));
-    int64_t out = (int64_t)g->N * g->Ho * g->Wo * g->O;
-    if (b) LAUNCH_1D(conv_bias_kernel, out, y, b, g->O, out);
 }
 
-extern "C" void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy,
-                                          const uint16_t *x, const uint16_t *w,
-                                          const ldmc_conv_geom *g) {
+static void cudnn_backward(conv_plan *p, float *dx, float *dw, const float *dy,
+                           const uint16_t *x, const uint16_t *w, const ldmc_conv_geom *g) {
     int64_t rows = (int64_t)g->N * g->Ho * g->Wo;
-    if (db) ldmc_cuda_column_sums(db, dy, rows, g->O); // before the workspace is carved up
-    if (!dx && !dw) return;
-    conv_plan *p = plan_for(g);
     int64_t n_out = rows * g->O, padded = (int64_t)g->N * p->Hp * p->Wp * g->C,
             n_w = (int64_t)g->O * g->kh * g->kw * g->C;
     size_t dy_bytes = align256((size_t)n_out * 2), pad_bytes = align256((size_t)padded * 2),
@@ -217,19 +315,32 @@ extern "C" void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const
     }
 }
 
-#else // built without cuDNN
-
-extern "C" void ldmc_cuda_conv2d_forward(uint16_t *, const uint16_t *, const uint16_t *,
-                                         const uint16_t *, const ldmc_conv_geom *) {
-    LDMC_FATAL("conv2d on the GPU needs cuDNN: this build has LDMC_CUDNN off (install cuDNN and "
-               "reconfigure)");
-}
-
-extern "C" void ldmc_cuda_conv2d_backward(float *, float *, float *, const float *,
-                                          const uint16_t *, const uint16_t *,
-                                          const ldmc_conv_geom *) {
-    LDMC_FATAL("conv2d on the GPU needs cuDNN: this build has LDMC_CUDNN off (install cuDNN and "
-               "reconfigure)");
-}
-
 #endif
+
+extern "C" void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const uint16_t *w,
+                                         const uint16_t *b, const ldmc_conv_geom *g) {
+#ifdef LDMC_HAVE_CUDNN
+    conv_plan *p = plan_for(g);
+    if (p->usable)
+        cudnn_forward(p, y, x, w, g);
+    else
+#endif
+        gemm_forward(y, x, w, g);
+    int64_t out = (int64_t)g->N * g->Ho * g->Wo * g->O;
+    if (b) LAUNCH_1D(conv_bias_kernel, out, y, b, g->O, out);
+}
+
+extern "C" void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy,
+                                          const uint16_t *x, const uint16_t *w,
+                                          const ldmc_conv_geom *g) {
+    if (db) ldmc_cuda_column_sums(db, dy, (int64_t)g->N * g->Ho * g->Wo, g->O); // workspace first
+    if (!dx && !dw) return;
+#ifdef LDMC_HAVE_CUDNN
+    conv_plan *p = plan_for(g);
+    if (p->usable) {
+        cudnn_backward(p, dx, dw, dy, x, w, g);
+        return;
+    }
+#endif
+    gemm_backward(dx, dw, dy, x, w, g);
+}

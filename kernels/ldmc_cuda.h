@@ -141,7 +141,7 @@ void ldmc_cuda_bmm_backward(float *da, float *db, const float *dc, const uint16_
 // Σ over rows of (M, C) f32 added into out (C): bias gradients
 void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C);
 
-// ---- convolution: cuDNN on NHWC bf16 (conv.cu) -------------------------------------------------
+// ---- convolution on NHWC bf16: cuDNN, or an implicit GEMM of our own (conv.cu) -----------------
 void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
                               const ldmc_conv_geom *g);
 void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const uint16_t *x,

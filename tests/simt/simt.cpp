@@ -8,9 +8,11 @@
 //   - once a kernel's first block has run without reaching a barrier, its other blocks run their
 //     threads as plain calls (fast), and a barrier there is an error;
 //   - cublasGemmStridedBatchedEx computes the column-major product (bf16 or f32 operands, f32
-//     accumulation, bf16 or f32 result), the one cuBLAS call the kernels make.
+//     accumulation through OpenBLAS, bf16 or f32 result), the one cuBLAS call the kernels make.
 // Not covered: timing, memory coalescing, real concurrency between blocks (no kernel here relies
-// on it: none uses atomics), and cuDNN (the convolutions run kernels/emulation/conv.c).
+// on it: none uses atomics), and cuDNN (built without it, conv.cu takes its implicit GEMM).
+#include <cblas.h>
+
 #include <vector>
 
 #include "cublas_v2.h"
@@ -227,21 +229,32 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t tran
         ldb < ((transb == CUBLAS_OP_N ? k : n) > 1 ? (transb == CUBLAS_OP_N ? k : n) : 1))
         return CUBLAS_STATUS_INVALID_VALUE;
     const float a = *(const float *)alpha, b = *(const float *)beta;
-    for (int s = 0; s < batchCount; s++)
+    // op(A) (m, k) and op(B) (k, n) as dense column-major f32 (bf16 converts exactly), then
+    // OpenBLAS's sgemm: f32 accumulation, as the tensor cores'
+    std::vector<float> fa((size_t)m * k), fb((size_t)k * n), fc((size_t)m * n);
+    for (int s = 0; s < batchCount; s++) {
+        for (int p = 0; p < k; p++)
+            for (int i = 0; i < m; i++)
+                fa[(size_t)i + (size_t)p * m] = load(
+                    A, Atype,
+                    s * strideA + (transa == CUBLAS_OP_N ? i + (int64_t)p * lda : p + (int64_t)i * lda));
+        for (int j = 0; j < n; j++)
+            for (int p = 0; p < k; p++)
+                fb[(size_t)p + (size_t)j * k] = load(
+                    B, Btype,
+                    s * strideB + (transb == CUBLAS_OP_N ? p + (int64_t)j * ldb : j + (int64_t)p * ldb));
+        if (m && n)
+            cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, fa.data(),
+                        m > 1 ? m : 1, fb.data(), k > 1 ? k : 1, 0.0f, fc.data(), m > 1 ? m : 1);
         for (int j = 0; j < n; j++)
             for (int i = 0; i < m; i++) {
-                float acc = 0;
-                for (int p = 0; p < k; p++) {
-                    int64_t ia = transa == CUBLAS_OP_N ? i + (int64_t)p * lda : p + (int64_t)i * lda;
-                    int64_t ib = transb == CUBLAS_OP_N ? p + (int64_t)j * ldb : j + (int64_t)p * ldb;
-                    acc += load(A, Atype, s * strideA + ia) * load(B, Btype, s * strideB + ib);
-                }
                 int64_t ic = s * strideC + i + (int64_t)j * ldc;
-                float v = a * acc + (b != 0 ? b * load(C, Ctype, ic) : 0.0f);
+                float v = a * fc[(size_t)i + (size_t)j * m] + (b != 0 ? b * load(C, Ctype, ic) : 0.0f);
                 if (Ctype == CUDA_R_32F)
                     ((float *)C)[ic] = v;
                 else
                     ((uint16_t *)C)[ic] = ldmc_f32_to_bf16(v);
             }
+    }
     return CUBLAS_STATUS_SUCCESS;
 }
