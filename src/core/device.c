@@ -104,6 +104,23 @@ ldmc_tensor *ldmc_input(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t
     return t;
 }
 
+int ldmc_ctx_init_gpu_free(ldmc_ctx *ctx, size_t meta_bytes, size_t *free_bytes) {
+#ifdef LDMC_HAVE_CUDA
+    ldmc_cuda_workspace((size_t)64 << 20); // the libraries' handles and a first workspace
+    size_t used, total;
+    ldmc_cuda_memory(&used, &total);
+    size_t free_b = total - used, five = total / 20, three = (size_t)3 << 30;
+    size_t headroom = five > three ? five : three;
+    if (free_bytes) *free_bytes = free_b;
+    if (free_b < headroom + ((size_t)1 << 30)) return -1;
+    ldmc_ctx_init_device(ctx, LDMC_CUDA, free_b - headroom, meta_bytes);
+    return 0;
+#else
+    (void)ctx, (void)meta_bytes, (void)free_bytes;
+    LDMC_FATAL("a GPU context in a build without CUDA");
+#endif
+}
+
 void ldmc_device_synchronize(ldmc_device device) {
 #ifdef LDMC_HAVE_CUDA
     if (device == LDMC_CUDA) ldmc_cuda_synchronize();

@@ -25,6 +25,12 @@ void ldmc_write_f32(ldmc_tensor *t, const float *src);
 void ldmc_read_f32(const ldmc_tensor *t, float *dst);
 // A scalar's value (loss), as a double.
 double ldmc_read_scalar(const ldmc_tensor *t);
+// A GPU context whose activation arena takes the memory free now but a headroom for the shared
+// workspace (bf16 copies of gradients, attention score tiles, cuDNN's workspaces) and the
+// libraries' own allocations: 3 GiB or 5% of the card, the more. Returns -1, with the free
+// memory in *free_bytes, when that leaves less than 1 GiB.
+int ldmc_ctx_init_gpu_free(ldmc_ctx *ctx, size_t meta_bytes, size_t *free_bytes);
+
 // Waits until the GPU has finished everything queued (no-op on the CPU or without CUDA).
 void ldmc_device_synchronize(ldmc_device device);
 // Fills t (F32 or BF16, on either device) with values offset.. of the normal stream.

@@ -18,7 +18,6 @@
 #define META_ARENA ((size_t)2 << 30)
 #define CPU_ARENA ((size_t)1 << 40)        // address space; pages commit on touch
 #define DRY_RUN_ARENA ((size_t)1 << 42)    // never touched
-#define GPU_HEADROOM ((size_t)3 << 30)     // workspace and the libraries' own memory
 
 static double now_ms(void) {
     struct timespec ts;
@@ -171,16 +170,13 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
         ldmc_params_to_device(p); // bf16 weights and the f32 master
         for (int role = LDMC_ROLE_GRAD; role <= LDMC_ROLE_ADAM_V; role++)
             ldmc_params_device_alloc(p, (ldmc_param_role)role);
-        ldmc_cuda_workspace((size_t)64 << 20);
-        size_t used, total;
-        ldmc_cuda_memory(&used, &total);
-        if (total - used < GPU_HEADROOM + ((size_t)1 << 30)) {
+        size_t free_b;
+        if (ldmc_ctx_init_gpu_free(&ctx, META_ARENA, &free_b) != 0) {
             inputs_free(&in);
             ldmc_unet_free(&u);
             return LDMC_ERR(err, "bench train: %.1f GiB of GPU memory left after the weights",
-                            (double)(total - used) / (1 << 30));
+                            (double)free_b / (1 << 30));
         }
-        ldmc_ctx_init_device(&ctx, LDMC_CUDA, total - used - GPU_HEADROOM, META_ARENA);
         r->weight_bytes = n * (2 + 4 * 4);
 #endif
     } else {

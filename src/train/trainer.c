@@ -33,16 +33,6 @@
 
 #define DATA_ARENA ((size_t)64 << 30) // address space; only what a step touches is committed
 #define META_ARENA ((size_t)2 << 30)
-// GPU memory left outside the activation arena: the shared workspace (bf16 copies of gradients,
-// attention score tiles, cuDNN's workspaces) and the libraries' own allocations: 3 GiB or 5% of
-// the card, whichever is more.
-#ifdef LDMC_HAVE_CUDA
-static size_t gpu_headroom(size_t total) {
-    size_t five = total / 20, three = (size_t)3 << 30;
-    return five > three ? five : three;
-}
-#endif
-
 typedef struct trainer {
     const ldmc_train_config *cfg;
     bool vae_task;
@@ -356,7 +346,8 @@ static void noise_inputs(trainer *T, const float *z, int B, int h, int w, int C,
     *t = ldmc_input(ctx, LDMC_F32, 1, (int64_t[]){B}, tv, LDMC_F32);
 }
 
-// Runs fn's ops in the encoder/preview context without recording them.
+// Starts unrecorded work (encoding, previews) in the encoder's context: resets it and turns
+// recording off; the caller puts *was_recording back when done.
 static void enc_begin(trainer *T, bool *was_recording) {
     *was_recording = T->enc->recording;
     T->enc->recording = false;
@@ -808,8 +799,9 @@ static void trainer_begin(trainer *T, const ldmc_train_config *cfg, bool bench) 
 }
 
 // A GPU run: the trained table (bf16 working weights, fp32 master, gradients, Adam m and v, EMA)
-// and the frozen autoencoder go to the GPU, and one activation arena takes the free memory but
-// GPU_HEADROOM. The host buffers stay the checkpoint side (ldmc_params_to_host before a save).
+// and the frozen autoencoder go to the GPU, and one activation arena takes the free memory but a
+// headroom (ldmc_ctx_init_gpu_free). The host buffers stay the checkpoint side
+// (ldmc_params_to_host before a save).
 static int setup_device(trainer *T, ldmc_err *err) {
     const ldmc_train_config *cfg = T->cfg;
     if (cfg->device == LDMC_CPU) return 0;
@@ -824,21 +816,19 @@ static int setup_device(trainer *T, ldmc_err *err) {
 #ifdef LDMC_HAVE_CUDA
     ldmc_params_to_device(T->params);
     if (!T->vae_task && T->have_vae) ldmc_params_to_device(&T->vae.params);
-    ldmc_cuda_workspace((size_t)64 << 20);
-    size_t used, total;
-    ldmc_cuda_memory(&used, &total);
-    size_t free_b = total - used, headroom = gpu_headroom(total);
-    if (free_b < headroom + ((size_t)1 << 30))
+    size_t free_b;
+    if (ldmc_ctx_init_gpu_free(&T->ctx, META_ARENA, &free_b) != 0)
         return LDMC_ERR(err, "%s: %.1f GiB of GPU memory left after the weights: too little to train",
                         cfg->source_path, (double)free_b / (1 << 30));
-    ldmc_ctx_init_device(&T->ctx, LDMC_CUDA, free_b - headroom, META_ARENA);
     T->ctx.recording = true;
     T->enc = &T->ctx;
+    size_t used, total;
+    ldmc_cuda_memory(&used, &total);
     if (!T->bench)
-        printf("device: %s, %.1f GiB for activations (%.1f GiB in use by the weights and "
-               "optimizer)\n",
+        printf("device: %s, %.1f GiB for activations (%.1f GiB used before them: weights, "
+               "optimizer, libraries)\n",
                ldmc_cuda_device_name(), (double)T->ctx.data.capacity / (1 << 30),
-               (double)used / (1 << 30));
+               (double)(used - T->ctx.data.capacity) / (1 << 30));
 #endif
     return 0;
 }
