@@ -47,6 +47,7 @@ for t in test_cuda test_train_cuda; do
     "$build/tests/$t" > "$out/$t.log" 2>&1
     rc=$?
     echo "$t: exit $rc ($(tail -n 1 "$out/$t.log"))"
+    [ $rc -eq 77 ] && echo "  (77: no CUDA device visible; the checks below will fail too)"
     [ $rc -ne 0 ] && status=1
 done
 
@@ -55,7 +56,8 @@ batch=8
 echo "== ldmc bench train (batch $batch, 1024x1024)"
 "$build/ldmc" bench train --config sdxl_base --batch $batch --res 1024 --dry-run --device cuda \
     > "$out/ldmc-plan.txt" 2>&1
-"$build/ldmc" bench train --config sdxl_base --batch $batch --res 1024 --checkpointing --profile \
+"$build/ldmc" bench train --config sdxl_base --batch $batch --res 1024 --device cuda \
+    --checkpointing --profile \
     --reps 5 --warmup 2 --json > "$out/ldmc-bench.json" 2> "$out/ldmc-bench.err" || status=1
 cat "$out/ldmc-bench.json"
 
