@@ -129,11 +129,11 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     *r = (ldmc_bench_result){0};
     int align = 8 << (cfg->levels - 1);
     if (o->batch < 1 || o->height % align || o->width % align || o->height <= 0 || o->width <= 0)
-        return LDMC_ERR(err, "bench train: batch %d at %dx%d: the UNet needs images whose sides "
+        return LDMC_ERR(err, "batch %d at %dx%d: the UNet needs images whose sides "
                              "are multiples of %d (8 pixels a latent, %d levels)",
                         o->batch, o->height, o->width, align, cfg->levels);
     if (o->device == LDMC_CUDA && !o->dry_run && !ldmc_cuda_usable())
-        return LDMC_ERR(err, "bench train: --device cuda, but %s",
+        return LDMC_ERR(err, "--device cuda, but %s",
 #ifdef LDMC_HAVE_CUDA
                         "no CUDA device is visible"
 #else
@@ -174,7 +174,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
         if (ldmc_ctx_init_gpu_free(&ctx, META_ARENA, &free_b) != 0) {
             inputs_free(&in);
             ldmc_unet_free(&u);
-            return LDMC_ERR(err, "bench train: %.1f GiB of GPU memory left after the weights",
+            return LDMC_ERR(err, "%.1f GiB of GPU memory left after the weights",
                             (double)free_b / (1 << 30));
         }
         r->weight_bytes = n * (2 + 4 * 4);
