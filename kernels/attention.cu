@@ -21,7 +21,6 @@
 
 static const size_t ATTN_CHUNK_BYTES = (size_t)512 << 20;
 
-static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
 // Score rows padded to 8 values: 16-byte aligned rows for the tensor-core GEMMs.
 static int score_ld(int Nk) { return (Nk + 7) / 8 * 8; }

@@ -24,6 +24,9 @@ static inline unsigned ldmc_blocks(int64_t n, int threads) {
     return (unsigned)(b < 65535 * 32 ? (b > 0 ? b : 1) : 65535 * 32);
 }
 
+// Workspace pieces start on 256-byte boundaries (cuBLAS's and cuDNN's alignment for fast paths).
+static inline size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
 // The compute stream every launcher uses (runtime.cu).
 static inline cudaStream_t ldmc_stream(void) { return (cudaStream_t)ldmc_cuda_stream(); }
 

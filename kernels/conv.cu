@@ -13,12 +13,6 @@
 #include "kernels/cublas.cuh"
 #include "kernels/ldmc_cuda.h"
 
-static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
-
-__global__ static void conv_bias_kernel(uint16_t *y, const uint16_t *b, int C, int64_t total) {
-    GRID_STRIDE(i, total) { y[i] = bf16_from(bf16_load(y, i) + bf16_load(b, i % C)); }
-}
-
 // ---- the implicit GEMM ----------------------------------------------------------------------------
 // Output pixel m = (n, ho, wo) and column k = (i, j, c) (the weights' (kh, kw, C) order): the
 // input value under tap (i, j) of the window, zero in the padding.
@@ -326,8 +320,7 @@ extern "C" void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const u
     else
 #endif
         gemm_forward(y, x, w, g);
-    int64_t out = (int64_t)g->N * g->Ho * g->Wo * g->O;
-    if (b) LAUNCH_1D(conv_bias_kernel, out, y, b, g->O, out);
+    if (b) ldmc_cuda_add_bias(y, b, (int64_t)g->N * g->Ho * g->Wo, g->O);
 }
 
 extern "C" void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy,

@@ -18,10 +18,14 @@ __global__ static void bias_rows_kernel(uint16_t *y, const uint16_t *b, int C, i
     GRID_STRIDE(i, total) { y[i] = bf16_from(bf16_load(y, i) + bf16_load(b, i % C)); }
 }
 
+extern "C" void ldmc_cuda_add_bias(uint16_t *y, const uint16_t *b, int64_t M, int C) {
+    LAUNCH_1D(bias_rows_kernel, M * C, y, b, C, M * C);
+}
+
 extern "C" void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const uint16_t *w,
                                          const uint16_t *b, int64_t M, int in, int out) {
     gemm_rm(false, true, M, out, in, x, in, 0, w, in, 0, 0.0f, y, false, out, 0, 1);
-    if (b) LAUNCH_1D(bias_rows_kernel, M * out, y, b, out, M * out);
+    if (b) ldmc_cuda_add_bias(y, b, M, out);
 }
 
 extern "C" void ldmc_cuda_linear_backward(float *dx, float *dw, float *db, const float *dy,

@@ -138,6 +138,8 @@ void ldmc_cuda_bmm_forward(uint16_t *c, const uint16_t *a, const uint16_t *b, in
 void ldmc_cuda_bmm_backward(float *da, float *db, const float *dc, const uint16_t *a,
                             const uint16_t *b, int B, int M, int N, int K, bool trans_a,
                             bool trans_b);
+// y (M, C) += b (C), bf16: the bias of the linear layers and the convolutions
+void ldmc_cuda_add_bias(uint16_t *y, const uint16_t *b, int64_t M, int C);
 // Σ over rows of (M, C) f32 added into out (C): bias gradients
 void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C);
 

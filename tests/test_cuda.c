@@ -560,16 +560,21 @@ static void test_adamw_ema_and_norm_match_the_cpu(void) {
 
 // Cosine and norm ratio of two gradient buffers: bf16 compounds through a whole model, so the
 // direction and the size are what must agree (and the loss, to bf16's precision).
-static void check_gradients(const char *what, const float *got, const float *want, size_t n) {
-    double dot = 0, gg = 0, ww = 0;
+// The cosine of two vectors, and the ratio of their norms |a| / |b|.
+static double cosine(const float *a, const float *b, size_t n, double *norm_ratio) {
+    double dot = 0, aa = 0, bb = 0;
     for (size_t i = 0; i < n; i++)
-        dot += (double)got[i] * want[i], gg += (double)got[i] * got[i],
-            ww += (double)want[i] * want[i];
-    double cosine = dot / sqrt(gg * ww + 1e-300), ratio = sqrt(gg / (ww + 1e-300));
-    CHECK(cosine >= 0.995 && fabs(ratio - 1) <= 0.03,
+        dot += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
+    if (norm_ratio) *norm_ratio = sqrt(aa / (bb + 1e-300));
+    return dot / sqrt(aa * bb + 1e-300);
+}
+
+static void check_gradients(const char *what, const float *got, const float *want, size_t n) {
+    double ratio, cos = cosine(got, want, n, &ratio);
+    CHECK(cos >= 0.995 && fabs(ratio - 1) <= 0.03,
           "%s: GPU vs CPU parameter gradients: cosine %.5f (>= 0.995), norm ratio %.4f (1 +- "
           "0.03)",
-          what, cosine, ratio);
+          what, cos, ratio);
 }
 
 static void ready(ldmc_params *p) {
@@ -661,12 +666,10 @@ static void check_unet_step(const char *config) {
         g[i] = gpu_u.params.buffers[LDMC_ROLE_WEIGHTS][i] - before[i];
         before[i] = cpu_u.params.buffers[LDMC_ROLE_WEIGHTS][i] - before[i];
     }
-    double dot = 0, gg = 0, ww = 0;
-    for (size_t i = 0; i < n; i++)
-        dot += (double)g[i] * before[i], gg += (double)g[i] * g[i], ww += (double)before[i] * before[i];
     // Adam's first step is lr sign(g): a gradient element near zero may flip sign on bf16 noise
-    CHECK(dot / sqrt(gg * ww + 1e-300) >= 0.9, "%s: the AdamW updates differ in direction (cosine %.4f)",
-          config, dot / sqrt(gg * ww + 1e-300));
+    double update_cos = cosine(g, before, n, NULL);
+    CHECK(update_cos >= 0.9, "%s: the AdamW updates differ in direction (cosine %.4f)", config,
+          update_cos);
     free(g);
     free(before);
     ldmc_ctx_free(&cpu);

@@ -333,6 +333,12 @@ void ldmc_cuda_bmm_backward(float *da, float *db, const float *dc, const uint16_
     free(fa), free(fb), free(rc);
 }
 
+void ldmc_cuda_add_bias(uint16_t *y, const uint16_t *b, int64_t M, int C) {
+    for (int64_t m = 0; m < M; m++)
+        for (int c = 0; c < C; c++)
+            y[m * C + c] = ldmc_f32_to_bf16(ldmc_bf16_to_f32(y[m * C + c]) + ldmc_bf16_to_f32(b[c]));
+}
+
 void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C) {
     for (int64_t m = 0; m < M; m++)
         for (int c = 0; c < C; c++)

@@ -285,7 +285,7 @@ static int bench_train(int argc, char **argv) {
         fprintf(stderr, "ldmc bench train: %s\n", err.message);
         return 1;
     }
-    const char *dev = o.device == LDMC_CUDA ? ldmc_device_name(LDMC_CUDA) : "cpu";
+    const char *dev = ldmc_device_name(o.device);
 #ifdef LDMC_HAVE_CUDA
     if (o.device == LDMC_CUDA && !o.dry_run) dev = ldmc_cuda_device_name();
 #endif

@@ -24,7 +24,8 @@ void ldmc_arena_init(ldmc_arena *arena, const char *name, size_t capacity);
 // memory must never be touched; a dry run uses it to measure a step without the memory.
 void ldmc_arena_init_virtual(ldmc_arena *arena, const char *name, size_t capacity);
 // Allocates `capacity` bytes of GPU memory up front (a GPU cannot commit pages on touch; the
-// trainer sizes it from a dry run's high-water mark). Fatal in a build without CUDA.
+// trainer gives it the memory free after the weights, see ldmc_ctx_init_gpu_free). Fatal in a
+// build without CUDA.
 void ldmc_arena_init_device(ldmc_arena *arena, const char *name, size_t capacity);
 void ldmc_arena_free(ldmc_arena *arena);
 // Uninitialized memory, aligned to LDMC_ARENA_ALIGN. Fails (fatal) with the arena's name and

@@ -130,7 +130,8 @@ void ldmc_params_init(ldmc_params *p, uint64_t seed) {
 void ldmc_params_zero_grad(ldmc_params *p) {
 #ifdef LDMC_HAVE_CUDA
     if (p->on_device) {
-        if (p->device[LDMC_ROLE_GRAD]) ldmc_cuda_zero(p->device[LDMC_ROLE_GRAD], p->total * 4);
+        if (p->device[LDMC_ROLE_GRAD])
+            ldmc_cuda_zero(p->device[LDMC_ROLE_GRAD], p->total * sizeof(float));
         return;
     }
 #endif
@@ -141,20 +142,19 @@ void ldmc_params_zero_grad(ldmc_params *p) {
 ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index) {
     LDMC_CHECK(index >= 0 && index < p->count, "parameter index %d of %d", index, p->count);
     ldmc_param *item = &p->items[index];
-    float *weights = p->buffers[LDMC_ROLE_WEIGHTS];
-    float *grad = p->buffers[LDMC_ROLE_GRAD];
+    // on the GPU: bf16 working weights and f32 gradients there; else the host's f32 buffers
+    float *grad = p->on_device ? p->device[LDMC_ROLE_GRAD] : p->buffers[LDMC_ROLE_GRAD];
     bool trainable = !(item->flags & LDMC_PARAM_FROZEN) && grad;
-    item->tensor = ldmc_tensor_wrap(LDMC_F32, weights ? weights + item->offset : NULL, item->ndim,
-                                    item->shape);
-    item->tensor.grad = trainable ? grad + item->offset : NULL;
     if (p->on_device) {
         uint16_t *w16 = p->device[LDMC_ROLE_WEIGHTS];
-        float *g = p->device[LDMC_ROLE_GRAD];
-        trainable = !(item->flags & LDMC_PARAM_FROZEN) && g;
         item->tensor = ldmc_tensor_wrap(LDMC_BF16, w16 + item->offset, item->ndim, item->shape);
         item->tensor.device = LDMC_CUDA;
-        item->tensor.grad = trainable ? g + item->offset : NULL;
+    } else {
+        float *weights = p->buffers[LDMC_ROLE_WEIGHTS];
+        item->tensor = ldmc_tensor_wrap(LDMC_F32, weights ? weights + item->offset : NULL,
+                                        item->ndim, item->shape);
     }
+    item->tensor.grad = trainable ? grad + item->offset : NULL;
     item->tensor.requires_grad = trainable;
     item->tensor.is_param = true;
     item->tensor.name = item->name;
@@ -168,17 +168,6 @@ int64_t ldmc_params_count(const ldmc_params *p, bool trainable_only) {
     return n;
 }
 
-#ifdef LDMC_HAVE_CUDA
-static void upload_roles(ldmc_params *p) {
-    const size_t n = p->total, bytes = n * sizeof(float);
-    ldmc_cuda_to_device(p->device[LDMC_ROLE_MASTER], p->buffers[LDMC_ROLE_WEIGHTS], bytes);
-    ldmc_cuda_f32_to_bf16(p->device[LDMC_ROLE_WEIGHTS], p->device[LDMC_ROLE_MASTER], (int64_t)n);
-    for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++)
-        if (p->device[r]) ldmc_cuda_to_device(p->device[r], p->buffers[r], bytes);
-    if (p->device[LDMC_ROLE_GRAD]) ldmc_cuda_zero(p->device[LDMC_ROLE_GRAD], bytes);
-}
-#endif
-
 void ldmc_params_to_device(ldmc_params *p) {
 #ifdef LDMC_HAVE_CUDA
     LDMC_CHECK(!p->on_device, "parameters already on the GPU");
@@ -189,7 +178,14 @@ void ldmc_params_to_device(ldmc_params *p) {
     p->device[LDMC_ROLE_MASTER] = ldmc_cuda_malloc(n * sizeof(float));
     for (int r = LDMC_ROLE_GRAD; r < LDMC_ROLE_COUNT; r++)
         if (p->buffers[r] && !p->reserved[r]) p->device[r] = ldmc_cuda_malloc(n * sizeof(float));
-    upload_roles(p);
+    // the host weights become the master, the bf16 working copy its rounding
+    const size_t bytes = p->total * sizeof(float);
+    ldmc_cuda_to_device(p->device[LDMC_ROLE_MASTER], p->buffers[LDMC_ROLE_WEIGHTS], bytes);
+    ldmc_cuda_f32_to_bf16(p->device[LDMC_ROLE_WEIGHTS], p->device[LDMC_ROLE_MASTER],
+                          (int64_t)p->total);
+    for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++)
+        if (p->device[r]) ldmc_cuda_to_device(p->device[r], p->buffers[r], bytes);
+    if (p->device[LDMC_ROLE_GRAD]) ldmc_cuda_zero(p->device[LDMC_ROLE_GRAD], bytes);
     p->on_device = true;
     for (int i = 0; i < p->count; i++)
         ldmc_params_tensor(p, i);
@@ -212,14 +208,6 @@ void ldmc_params_device_alloc(ldmc_params *p, ldmc_param_role role) {
 #else
     (void)p, (void)role;
     LDMC_FATAL("parameters on the GPU: this build of ldmc has no CUDA (LDMC_CUDA=OFF)");
-#endif
-}
-
-void ldmc_params_upload(ldmc_params *p) {
-#ifdef LDMC_HAVE_CUDA
-    if (p->on_device) upload_roles(p);
-#else
-    (void)p;
 #endif
 }
 

@@ -88,8 +88,6 @@ void ldmc_params_to_device(ldmc_params *p);
 void ldmc_params_device_alloc(ldmc_params *p, ldmc_param_role role);
 // Copies the GPU's master weights, m, v and EMA into the host buffers (for a checkpoint).
 void ldmc_params_to_host(ldmc_params *p);
-// Uploads the host buffers again (after a checkpoint was loaded into them).
-void ldmc_params_upload(ldmc_params *p);
 // Count of parameter elements (padding excluded); frozen ones excluded when trainable_only.
 int64_t ldmc_params_count(const ldmc_params *p, bool trainable_only);
 void ldmc_params_free(ldmc_params *p);

@@ -12,6 +12,12 @@
 #include "kernels/ldmc_cuda.h"
 #endif
 
+// Where new tensors go and what ops write: f32 on the CPU, bf16 on the GPU.
+static void set_device(ldmc_ctx *ctx, ldmc_device device) {
+    ctx->device = device;
+    ctx->act_dtype = device == LDMC_CUDA ? LDMC_BF16 : LDMC_F32;
+}
+
 void ldmc_ctx_init_device(ldmc_ctx *ctx, ldmc_device device, size_t data_bytes,
                           size_t meta_bytes) {
     *ctx = (ldmc_ctx){0};
@@ -20,8 +26,7 @@ void ldmc_ctx_init_device(ldmc_ctx *ctx, ldmc_device device, size_t data_bytes,
     else
         ldmc_arena_init(&ctx->data, "activation", data_bytes);
     ldmc_arena_init(&ctx->meta, "tensor-header", meta_bytes);
-    ctx->device = device;
-    ctx->act_dtype = device == LDMC_CUDA ? LDMC_BF16 : LDMC_F32;
+    set_device(ctx, device);
     ctx->recording = true;
 }
 
@@ -33,8 +38,7 @@ void ldmc_ctx_init_dry_run_device(ldmc_ctx *ctx, ldmc_device device, size_t data
     *ctx = (ldmc_ctx){0};
     ldmc_arena_init_virtual(&ctx->data, "activation (dry run)", data_bytes);
     ldmc_arena_init(&ctx->meta, "tensor-header", (size_t)1 << 30);
-    ctx->device = device;
-    ctx->act_dtype = device == LDMC_CUDA ? LDMC_BF16 : LDMC_F32;
+    set_device(ctx, device);
     ctx->recording = true;
     ctx->dry_run = true;
 }
