@@ -174,6 +174,75 @@ static void test_diffusers_round_trip(void) {
     ldmc_unet_free(&u), ldmc_unet_free(&u2), ldmc_vae_free(&v), ldmc_vae_free(&v2);
 }
 
+// `from` rewritten with every key that starts with `prefix` stripped of it.
+static void write_without_prefix(const char *from, const char *to, const char *prefix) {
+    ldmc_err err = {0};
+    ldmc_safetensors st;
+    LDMC_CHECK(ldmc_safetensors_open(&st, from, &err) == 0, "%s", err.message);
+    ldmc_st_entry *e = calloc((size_t)st.count, sizeof *e);
+    for (int i = 0; i < st.count; i++) {
+        const ldmc_st_tensor *t = &st.tensors[i];
+        size_t n = strlen(prefix);
+        e[i] = (ldmc_st_entry){.name = strncmp(t->name, prefix, n) ? t->name : t->name + n,
+                               .dtype = t->dtype,
+                               .src_dtype = t->dtype,
+                               .ndim = t->ndim,
+                               .data = t->data};
+        memcpy(e[i].shape, t->shape, sizeof t->shape);
+    }
+    LDMC_CHECK(ldmc_safetensors_write(to, e, st.count, NULL, 0, &err) == 0, "%s", err.message);
+    free(e);
+    ldmc_safetensors_close(&st);
+}
+
+// Stand-alone model files as they are downloaded: a VAE (or UNet) with its official keys but
+// without the checkpoint's prefix (sdxl_vae.safetensors: encoder.*, decoder.*), or a diffusers
+// file on its own. Each loads; a file holding neither names what it expected.
+static void test_stand_alone_files(void) {
+    ldmc_unet u, u2;
+    ldmc_vae v, v2;
+    new_unet(&u, 11);
+    new_vae(&v, 12);
+    ldmc_err err = {0};
+    const char *unet_only = path_of("unet_only.safetensors");
+    REQUIRE(ldmc_save_models(unet_only, LDMC_LAYOUT_OFFICIAL, &u, NULL, LDMC_F32, LDMC_ROLE_WEIGHTS,
+                             NULL, &err) == 0,
+            "%s", err.message);
+    const char *bare_vae = path_of("bare_vae.safetensors"),
+               *bare_unet = path_of("bare_unet.safetensors");
+    const char *vae_only = path_of("vae_only.safetensors");
+    REQUIRE(ldmc_save_models(vae_only, LDMC_LAYOUT_OFFICIAL, NULL, &v, LDMC_F32, LDMC_ROLE_WEIGHTS,
+                             NULL, &err) == 0,
+            "%s", err.message);
+    write_without_prefix(vae_only, bare_vae, LDMC_VAE_PREFIX);
+    write_without_prefix(unet_only, bare_unet, LDMC_UNET_PREFIX);
+    new_vae(&v2, 0);
+    CHECK(ldmc_load_vae(&v2, bare_vae, NULL, &err) == 0, "%s", err.message);
+    CHECK(same_weights(&v.params, &v2.params), "VAE weights changed through a bare file");
+    new_unet(&u2, 0);
+    CHECK(ldmc_load_unet(&u2, bare_unet, NULL, &err) == 0, "%s", err.message);
+    CHECK(same_weights(&u.params, &u2.params), "UNet weights changed through a bare file");
+    ldmc_vae_free(&v2);
+    // a diffusers VAE file on its own (vae/diffusion_pytorch_model.safetensors, downloaded alone)
+    const char *folder = path_of("alone_diffusers");
+    REQUIRE(ldmc_save_models(folder, LDMC_LAYOUT_DIFFUSERS, NULL, &v, LDMC_F32, LDMC_ROLE_WEIGHTS,
+                             NULL, &err) == 0,
+            "%s", err.message);
+    char file[700];
+    snprintf(file, sizeof file, "%s/vae/diffusion_pytorch_model.safetensors", folder);
+    new_vae(&v2, 0);
+    CHECK(ldmc_load_vae(&v2, file, NULL, &err) == 0, "%s", err.message);
+    CHECK(same_weights(&v.params, &v2.params), "VAE weights changed through a diffusers file");
+    ldmc_vae_free(&v2);
+    // a file with no VAE at all: the message says what a VAE file holds
+    new_vae(&v2, 0);
+    CHECK(ldmc_load_vae(&v2, unet_only, NULL, &err) != 0 && strstr(err.message, unet_only) &&
+              strstr(err.message, "no VAE weights") &&
+              strstr(err.message, "first_stage_model.encoder.conv_in.weight"),
+          "%s", err.message);
+    ldmc_unet_free(&u), ldmc_unet_free(&u2), ldmc_vae_free(&v), ldmc_vae_free(&v2);
+}
+
 // Renames that diffusers' convert_ldm_unet_checkpoint / convert_ldm_vae_checkpoint apply to the
 // SDXL checkpoints (../shared/reference/sdxl-facts.md §9).
 static void test_diffusers_names_of_sdxl(void) {
@@ -215,8 +284,8 @@ static void test_diffusers_names_of_sdxl(void) {
         {"decoder.norm_out.weight", "decoder.conv_norm_out.weight"},
         {"quant_conv.weight", "quant_conv.weight"},
     };
-    ldmc_key_map umap = {LDMC_LAYOUT_DIFFUSERS, &base.unet, NULL},
-                 vmap = {LDMC_LAYOUT_DIFFUSERS, NULL, &vae.vae};
+    ldmc_key_map umap = {.layout = LDMC_LAYOUT_DIFFUSERS, .unet = &base.unet},
+                 vmap = {.layout = LDMC_LAYOUT_DIFFUSERS, .vae = &vae.vae};
     char key[512], out[512];
     for (size_t i = 0; i < sizeof unet_pairs / sizeof unet_pairs[0]; i++) {
         snprintf(key, sizeof key, LDMC_UNET_PREFIX "%s", unet_pairs[i][0]);
@@ -411,6 +480,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_official_single_file_round_trip),
         TEST_ENTRY(test_half_precision_files),
         TEST_ENTRY(test_diffusers_round_trip),
+        TEST_ENTRY(test_stand_alone_files),
         TEST_ENTRY(test_diffusers_names_of_sdxl),
         TEST_ENTRY(test_mismatches_are_named),
         TEST_ENTRY(test_partial_load_with_new_parameters),

@@ -52,6 +52,32 @@ expect_status 2 "$ldmc" convert a b --config "$configs/tiny_vae.yaml" --dtype f8
 expect_status 1 "$ldmc" convert /nonexistent.safetensors /tmp/x.safetensors --config "$configs/tiny_vae.yaml"
 grep -q "/nonexistent.safetensors: cannot open" /tmp/ldmc_cli_out.$$ || fail "a missing checkpoint is not named"
 
+# A stand-alone VAE file with bare keys (encoder.*, as sdxl_vae.safetensors has them) converts to
+# an official file with first_stage_model.* keys only (no bare copies passed through).
+work=$(mktemp -d)
+expect_status 0 "$ldmc" init "$configs/tiny_vae.yaml" "$work/vae.safetensors"
+python3 - "$work/vae.safetensors" "$work/bare.safetensors" <<'PY' || fail "cannot write a bare VAE file"
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+header = json.loads(data[8:8 + n])
+bare = {k[len("first_stage_model."):] if k.startswith("first_stage_model.") else k: v
+        for k, v in header.items()}
+blob = json.dumps(bare).encode()
+blob += b" " * (-len(blob) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(blob)) + blob + data[8 + n:])
+PY
+expect_status 0 "$ldmc" convert "$work/bare.safetensors" "$work/back.safetensors" \
+    --config "$configs/tiny_vae.yaml" --to official
+python3 - "$work/back.safetensors" <<'PY' || fail "converting a bare VAE file: keys other than first_stage_model.*"
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+keys = [k for k in json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]]) if k != "__metadata__"]
+sys.exit(0 if keys and all(k.startswith("first_stage_model.") for k in keys) else 1)
+PY
+cmp -s "$work/vae.safetensors" "$work/back.safetensors" || fail "bare -> official is not the original file"
+rm -rf "$work"
+
 expect_status 0 "$ldmc" bench ops --reps 1 --filter group_norm --json
 lines=$(grep -c '"op": "group_norm".*"ms_forward_backward": [0-9.]*}' /tmp/ldmc_cli_out.$$)
 [ "$lines" -eq 2 ] || fail "bench ops --json printed $lines group_norm lines, want 2"

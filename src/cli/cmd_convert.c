@@ -76,12 +76,18 @@ int ldmc_cmd_convert(int argc, char **argv) {
         rc = ldmc_load_vae(&v, in, NULL, &err);
     }
     ldmc_safetensors source = {0};
-    ldmc_layout source_layout;
-    if (rc == 0) rc = ldmc_open_model_file(in, !cfg.has_unet, &source, &source_layout, &err);
+    ldmc_key_map source_map = {.unet = cfg.has_unet ? &u.cfg : NULL,
+                               .vae = cfg.has_unet ? NULL : &v.cfg};
+    const char *domain;
+    if (rc == 0)
+        rc = ldmc_open_model_file(in, cfg.has_unet ? &u.params : &v.params, &source_map, &source,
+                                  &domain, &err);
     if (rc == 0 && source.count) input_dtype = source.tensors[0].dtype;
     if (!dtype_name) dtype = input_dtype == LDMC_F16 || input_dtype == LDMC_BF16 ? input_dtype : LDMC_F32;
-    // Only an official input has other tensors to pass through to an official output.
-    bool passthrough = source_layout == LDMC_LAYOUT_OFFICIAL && layout == LDMC_LAYOUT_OFFICIAL;
+    // Only a whole official checkpoint has other tensors (conditioner.*) to pass through to an
+    // official output.
+    bool passthrough = rc == 0 && source_map.layout == LDMC_LAYOUT_OFFICIAL && !source_map.bare &&
+                       layout == LDMC_LAYOUT_OFFICIAL;
     if (rc == 0)
         rc = ldmc_save_models(out, layout, cfg.has_unet ? &u : NULL, cfg.has_vae ? &v : NULL, dtype,
                               LDMC_ROLE_WEIGHTS, passthrough ? &source : NULL, &err);

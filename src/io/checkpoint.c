@@ -153,7 +153,14 @@ int ldmc_map_key(const ldmc_key_map *map, const char *official, char *out, size_
                  bool *flatten_1x1) {
     bool flatten = false;
     int rc = -1;
-    if (map->layout == LDMC_LAYOUT_OFFICIAL) {
+    if (map->layout == LDMC_LAYOUT_OFFICIAL && map->bare) {
+        const char *prefix = !strncmp(official, LDMC_UNET_PREFIX, strlen(LDMC_UNET_PREFIX))
+                                 ? LDMC_UNET_PREFIX
+                             : !strncmp(official, LDMC_VAE_PREFIX, strlen(LDMC_VAE_PREFIX))
+                                 ? LDMC_VAE_PREFIX
+                                 : "";
+        rc = put(out, size, "%s", official + strlen(prefix));
+    } else if (map->layout == LDMC_LAYOUT_OFFICIAL) {
         rc = put(out, size, "%s", official);
     } else if (map->unet && strncmp(official, LDMC_UNET_PREFIX, strlen(LDMC_UNET_PREFIX)) == 0) {
         rc = unet_diffusers_key(map->unet, official + strlen(LDMC_UNET_PREFIX), out, size);

@@ -25,6 +25,9 @@ typedef struct ldmc_key_map {
     ldmc_layout layout;
     const ldmc_unet_config *unet; // for the diffusers names of a UNet table, or
     const ldmc_vae_config *vae;   // of a VAE table
+    // Official layout only: the file's keys lack the model's prefix (model.diffusion_model.,
+    // first_stage_model.), as in stand-alone files such as sdxl_vae.safetensors.
+    bool bare;
 } ldmc_key_map;
 
 // The file key of an official key; `flatten_1x1` is set when the file stores a 1x1 convolution

@@ -13,13 +13,55 @@ static bool is_dir(const char *path) {
     return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
 }
 
-int ldmc_open_model_file(const char *path, bool vae, ldmc_safetensors *st, ldmc_layout *layout,
-                         ldmc_err *err) {
+// How many of the table's parameters `map` finds in the file.
+static int count_found(const ldmc_params *p, const ldmc_safetensors *st, const ldmc_key_map *map) {
+    int found = 0;
+    char key[512];
+    for (int i = 0; i < p->count; i++)
+        found += ldmc_map_key(map, p->items[i].name, key, sizeof key, NULL) == 0 &&
+                 ldmc_safetensors_find(st, key) != NULL;
+    return found;
+}
+
+// A single file: prefixed official keys when any key has the model's prefix, else bare official
+// or diffusers keys, whichever finds more of the table.
+static int detect_naming(const char *path, const ldmc_params *p, const ldmc_safetensors *st,
+                         ldmc_key_map *map, const char **domain, ldmc_err *err) {
+    const char *prefix = map->vae ? LDMC_VAE_PREFIX : LDMC_UNET_PREFIX;
+    *map = (ldmc_key_map){.layout = LDMC_LAYOUT_OFFICIAL, .unet = map->unet, .vae = map->vae};
+    *domain = prefix;
+    for (int i = 0; i < st->count; i++)
+        if (!strncmp(st->tensors[i].name, prefix, strlen(prefix))) return 0;
+    ldmc_key_map bare = *map, diffusers = *map;
+    bare.bare = true;
+    diffusers.layout = LDMC_LAYOUT_DIFFUSERS;
+    int n_bare = count_found(p, st, &bare), n_diffusers = count_found(p, st, &diffusers);
+    *domain = "";
+    if (n_bare == 0 && n_diffusers == 0)
+        return LDMC_ERR(err,
+                        "%s: no %s weights in it: expected keys such as '%s%s' (a whole checkpoint), "
+                        "'%s' (a stand-alone file) or diffusers names; it has %d tensors%s%s%s",
+                        path, map->vae ? "VAE" : "UNet", prefix,
+                        map->vae ? "encoder.conv_in.weight" : "input_blocks.0.0.weight",
+                        map->vae ? "encoder.conv_in.weight" : "input_blocks.0.0.weight", st->count,
+                        st->count ? ", e.g. '" : "", st->count ? st->tensors[0].name : "",
+                        st->count ? "'" : "");
+    *map = n_bare >= n_diffusers ? bare : diffusers;
+    return 0;
+}
+
+int ldmc_open_model_file(const char *path, const ldmc_params *p, ldmc_key_map *map,
+                         ldmc_safetensors *st, const char **domain, ldmc_err *err) {
+    bool vae = map->vae != NULL;
     if (!is_dir(path)) {
-        *layout = LDMC_LAYOUT_OFFICIAL;
-        return ldmc_safetensors_open(st, path, err);
+        if (ldmc_safetensors_open(st, path, err) != 0) return -1;
+        if (detect_naming(path, p, st, map, domain, err) == 0) return 0;
+        ldmc_safetensors_close(st);
+        return -1;
     }
-    *layout = LDMC_LAYOUT_DIFFUSERS;
+    map->layout = LDMC_LAYOUT_DIFFUSERS;
+    map->bare = false;
+    *domain = "";
     static const char *const names[] = {"diffusion_pytorch_model.safetensors",
                                         "diffusion_pytorch_model.fp16.safetensors"};
     char file[4096];
@@ -31,24 +73,23 @@ int ldmc_open_model_file(const char *path, bool vae, ldmc_safetensors *st, ldmc_
                     "(or .fp16.safetensors)", path, vae ? "vae" : "unet");
 }
 
-static int load(ldmc_params *p, const char *path, bool vae, const ldmc_unet_config *ucfg,
+static int load(ldmc_params *p, const char *path, const ldmc_unet_config *ucfg,
                 const ldmc_vae_config *vcfg, const ldmc_load_options *opt, ldmc_err *err) {
     ldmc_safetensors st;
-    ldmc_layout layout;
-    if (ldmc_open_model_file(path, vae, &st, &layout, err) != 0) return -1;
-    ldmc_key_map map = {.layout = layout, .unet = ucfg, .vae = vcfg};
-    const char *domain = layout == LDMC_LAYOUT_DIFFUSERS ? "" : vae ? LDMC_VAE_PREFIX : LDMC_UNET_PREFIX;
+    ldmc_key_map map = {.unet = ucfg, .vae = vcfg};
+    const char *domain;
+    if (ldmc_open_model_file(path, p, &map, &st, &domain, err) != 0) return -1;
     int rc = ldmc_load_weights(p, &st, &map, domain, opt, err);
     ldmc_safetensors_close(&st);
     return rc;
 }
 
 int ldmc_load_unet(ldmc_unet *u, const char *path, const ldmc_load_options *opt, ldmc_err *err) {
-    return load(&u->params, path, false, &u->cfg, NULL, opt, err);
+    return load(&u->params, path, &u->cfg, NULL, opt, err);
 }
 
 int ldmc_load_vae(ldmc_vae *v, const char *path, const ldmc_load_options *opt, ldmc_err *err) {
-    return load(&v->params, path, true, NULL, &v->cfg, opt, err);
+    return load(&v->params, path, NULL, &v->cfg, opt, err);
 }
 
 static int make_dir(const char *path, ldmc_err *err) {
@@ -80,8 +121,8 @@ int ldmc_save_models(const char *path, ldmc_layout layout, const ldmc_unet *u, c
                      ldmc_err *err) {
     ldmc_save_part parts[2];
     int n = 0;
-    if (u) parts[n++] = (ldmc_save_part){&u->params, {layout, &u->cfg, NULL}, role};
-    if (v) parts[n++] = (ldmc_save_part){&v->params, {layout, NULL, &v->cfg}, role};
+    if (u) parts[n++] = (ldmc_save_part){&u->params, {.layout = layout, .unet = &u->cfg}, role};
+    if (v) parts[n++] = (ldmc_save_part){&v->params, {.layout = layout, .vae = &v->cfg}, role};
     if (n == 0) return LDMC_ERR(err, "%s: no model to save", path);
     if (layout == LDMC_LAYOUT_OFFICIAL) return ldmc_save_weights(path, parts, n, dtype, passthrough, err);
     if (make_dir(path, err) != 0) return -1;

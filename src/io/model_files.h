@@ -6,10 +6,15 @@
 #include "nn/unet.h"
 #include "nn/vae.h"
 
-// Opens the file holding a model's weights: `path` itself when it is a file (official layout),
-// or <path>/unet/ (or vae/) diffusion_pytorch_model[.fp16].safetensors when it is a folder.
-int ldmc_open_model_file(const char *path, bool vae, ldmc_safetensors *st, ldmc_layout *layout,
-                         ldmc_err *err);
+// Opens the file holding the weights of the model whose table is `p` and finds how it names
+// them: `path` itself when it is a file, with official keys (model.diffusion_model.*,
+// first_stage_model.*), the same keys without that prefix (a stand-alone file such as
+// sdxl_vae.safetensors), or diffusers keys, whichever names most of the table's parameters; or
+// <path>/unet/ (or vae/) diffusion_pytorch_model[.fp16].safetensors when it is a folder.
+// `map` comes with .unet or .vae set and leaves with the layout (and .bare); `domain` receives
+// the key prefix the model owns in the file ("" unless prefixed official).
+int ldmc_open_model_file(const char *path, const ldmc_params *p, ldmc_key_map *map,
+                         ldmc_safetensors *st, const char **domain, ldmc_err *err);
 
 // Loads a UNet or VAE (weights allocated by the caller) from `path` in either layout.
 int ldmc_load_unet(ldmc_unet *u, const char *path, const ldmc_load_options *opt, ldmc_err *err);
