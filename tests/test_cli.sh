@@ -39,7 +39,11 @@ done
 "$ldmc" info "$configs/sdxl_refiner.yaml" | grep -q "middle_block .*SpatialTransformer 1536 (24 heads, depth 4)" ||
     fail "the refiner's middle transformer is missing from the summary"
 expect_status 0 "$ldmc" info "$configs/sdxl_base.yaml" --batch 8 --res 1024 1024
-grep -q "batch 8 at 1024x1024 (latent 128x128)" /tmp/ldmc_cli_out.$$ || fail "no memory plan"
+grep -q "batch 8 at 1024x1024 (width x height; latent 128x128)" /tmp/ldmc_cli_out.$$ || fail "no memory plan"
+# the latent of the config's own autoencoder (f = 4 in the demo's models), not always SDXL's f = 8
+expect_status 0 "$ldmc" info "$configs/demo_model.yaml" --batch 2 --res 64 32
+grep -q "batch 2 at 32x64 (width x height; latent 8x16)" /tmp/ldmc_cli_out.$$ ||
+    fail "the UNet's memory plan of demo_model.yaml is not at the f = 4 latent: $(grep 'memory plan' /tmp/ldmc_cli_out.$$ | head -1)"
 grep -q "activations with gradient checkpointing" /tmp/ldmc_cli_out.$$ || fail "no checkpointed plan"
 expect_status 2 "$ldmc" info "$configs/sdxl_base.yaml" --batch 8 --res 1000 1000
 expect_status 1 "$ldmc" info /nonexistent.yaml

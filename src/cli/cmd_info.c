@@ -17,7 +17,8 @@ static const char *usage_text =
     "                  parameter count, without allocating the weights\n"
     "  --keys          list every parameter's checkpoint key and official shape\n"
     "  --batch B --res H W   memory plan of a training step at H x W pixels (a UNet works on\n"
-    "                  the H/8 x W/8 latent of the SDXL autoencoder)\n";
+    "                  the latent of the config's autoencoder, H/f x W/f, or of the SDXL\n"
+    "                  autoencoder, f = 8, when the config has none)\n";
 
 // 2567463684 -> "2,567,463,684"
 static const char *grouped(int64_t v, char *buf, size_t size) {
@@ -46,8 +47,9 @@ static double gib(size_t bytes) { return (double)bytes / (1u << 30); }
 
 static void print_plan(const ldmc_memory_plan *m, int batch, int H, int W, int h, int w) {
     char buf[32];
-    printf("memory plan: one training step, batch %d at %dx%d", batch, H, W);
-    if (h != H) printf(" (latent %dx%d)", h, w);
+    printf("memory plan: one training step, batch %d at %dx%d (width x height", batch, W, H);
+    if (h != H) printf("; latent %dx%d", w, h);
+    printf(")");
     printf(", f32 on the CPU, AdamW\n");
     printf("  parameters    %s (%s trainable)\n", grouped(m->parameters, buf, sizeof buf),
            grouped(m->trainable, buf + 16, sizeof buf - 16));
@@ -115,14 +117,16 @@ int ldmc_cmd_info(int argc, char **argv) {
             ldmc_unet_print_summary(&u, stdout);
             printf("parameters: %s\n", grouped(ldmc_params_count(&u.params, false), buf, sizeof buf));
         }
-        int align = 8 << (cfg.unet.levels - 1);
+        // the latent of the config's own autoencoder (demo_model.yaml: f = 4), else SDXL's
+        int f = cfg.has_vae ? 1 << (cfg.vae.levels - 1) : 8, align = f << (cfg.unet.levels - 1);
         if (batch && (H % align || W % align)) {
             fprintf(stderr, "ldmc info: --res must be a multiple of %d for this UNet\n", align);
             rc = 2;
         } else if (batch) {
             ldmc_memory_plan plan;
-            ldmc_unet_plan(&u, batch, H / 8, W / 8, &plan);
-            print_plan(&plan, batch, H, W, H / 8, W / 8);
+            ldmc_unet_plan(&u, batch, H / f, W / f, &plan);
+            print_plan(&plan, batch, H, W, H / f, W / f);
+            if (!cfg.has_vae) printf("  (latent: the SDXL autoencoder's, f = 8)\n");
         }
         ldmc_unet_free(&u);
     }
