@@ -170,6 +170,10 @@ const char *test_data_dir(void) {
 static char tmpdir[512];
 
 static void remove_tmpdir(void) {
+    if (getenv("LDMC_TEST_KEEP")) { // for a look at what a failing test left
+        fprintf(stderr, "kept %s (LDMC_TEST_KEEP)\n", tmpdir);
+        return;
+    }
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

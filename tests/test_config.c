@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "io/config.h"
 #include "nn/model_config.h"
 
 static void test_bundled_configs_parse(void) {
@@ -97,8 +98,42 @@ static void test_mistakes_are_named(void) {
     CHECK(!ldmc_cfg_load("/nonexistent/config.yaml", &err) && strstr(err.message, "cannot open"), "%s", err.message);
 }
 
+typedef struct diff_log {
+    char text[1024];
+    int len;
+} diff_log;
+
+static void log_change(const char *path, const char *was, const char *now, void *ctx) {
+    diff_log *l = ctx;
+    l->len += snprintf(l->text + l->len, sizeof l->text - (size_t)l->len, "%s: %s -> %s\n", path,
+                       was ? was : "-", now ? now : "-");
+}
+
+// The differences a resumed run reports: changed scalars (numbers compared as numbers), list
+// items, and keys only one side has.
+static void test_config_diff(void) {
+    ldmc_err err = {0};
+    ldmc_cfg *was = ldmc_cfg_parse("optim: {lr: 5.0e-4, warmup: 100}\ndata: {batch_size: 16, "
+                                   "path: a}\nlist: [1, 2]\ngone: 3\n",
+                                   "was", &err);
+    ldmc_cfg *now = ldmc_cfg_parse("data: {path: a, batch_size: 8}\noptim: {warmup: 100, lr: "
+                                   "0.0005}\nlist: [1, 3, 4]\nnew: {x: y}\n",
+                                   "now", &err);
+    REQUIRE(was && now, "%s", err.message);
+    diff_log l = {0};
+    int n = ldmc_cfg_diff(was, now, log_change, &l);
+    const char *want = "data.batch_size: 16 -> 8\nlist[1]: 2 -> 3\ngone: 3 -> -\nlist[2]: - -> 4\n"
+                       "new.x: - -> y\n";
+    CHECK(n == 5 && !strcmp(l.text, want), "%d changes:\n%swant:\n%s", n, l.text, want);
+    l = (diff_log){0};
+    CHECK(ldmc_cfg_diff(was, was, log_change, &l) == 0, "a tree differs from itself: %s", l.text);
+    ldmc_cfg_free(was);
+    ldmc_cfg_free(now);
+}
+
 int main(int argc, char **argv) {
     static const test_entry tests[] = {TEST_ENTRY(test_bundled_configs_parse),
-                                       TEST_ENTRY(test_mistakes_are_named)};
+                                       TEST_ENTRY(test_mistakes_are_named),
+                                       TEST_ENTRY(test_config_diff)};
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }

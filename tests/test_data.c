@@ -15,6 +15,7 @@
 #include "data/sampler.h"
 #include "data/shapes.h"
 #include "harness.h"
+#include "io/safetensors.h"
 #include "train/state.h"
 
 // A picture whose every pixel says where it is: R = x, G = y, B = a checker.
@@ -28,6 +29,23 @@ static uint8_t *position_image(int w, int h) {
             p[2] = (uint8_t)(((x / 4 + y / 4) % 2) * 200);
         }
     return rgb;
+}
+
+static void write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    LDMC_CHECK(f && fwrite(data, 1, n, f) == n && fclose(f) == 0, "cannot write %s", path);
+}
+
+static uint8_t *read_bytes(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    LDMC_CHECK(f, "cannot read %s", path);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *d = malloc(*n);
+    LDMC_CHECK(fread(d, 1, *n, f) == *n, "short read of %s", path);
+    fclose(f);
+    return d;
 }
 
 static void test_png_round_trip_and_jpeg_dct_scaling(void) {
@@ -58,24 +76,34 @@ static void test_png_round_trip_and_jpeg_dct_scaling(void) {
     REQUIRE(ldmc_image_load(jpg, 0, 0, &img, &err) == 0, "%s", err.message);
     CHECK(img.width == 800 && img.height == 600, "full size: got %dx%d", img.width, img.height);
     ldmc_image_free(&img);
+    // The same JPEG with an EXIF orientation of 6 (to be turned 90° clockwise) is displayed
+    // 600 wide and 800 high: the minimum asked for is of the displayed picture.
+    size_t n;
+    uint8_t *plain = read_bytes(jpg, &n);
+    static const uint8_t exif[] = {0xff, 0xe1, 0,  34, 'E', 'x', 'i', 'f', 0, 0, // APP1
+                                   'I',  'I',  42, 0,  8,   0,   0,   0,         // TIFF
+                                   1,    0,                                      // 1 entry
+                                   0x12, 0x01, 3,  0,  1,   0,   0,   0,   6, 0,
+                                   0,    0,            // Orientation
+                                   0,    0,    0,  0}; // no IFD1
+    uint8_t *rotated = malloc(n + sizeof exif);
+    memcpy(rotated, plain, 2);
+    memcpy(rotated + 2, exif, sizeof exif);
+    memcpy(rotated + 2 + sizeof exif, plain + 2, n - 2);
+    const char *turned = test_tmp_path("turned.jpg");
+    write_bytes(turned, rotated, n + sizeof exif);
+    CHECK(ldmc_image_probe(turned, &w, &h, &err) == 0 && w == 600 && h == 800,
+          "EXIF 6 probe %dx%d, want 600x800", w, h);
+    REQUIRE(ldmc_image_load(turned, 75, 100, &img, &err) == 0, "%s", err.message);
+    CHECK(img.width == 75 && img.height == 100, "EXIF 6 at 1/8: got %dx%d", img.width, img.height);
+    // the stored top-left corner (x = 0, y = 0: dark) is the displayed top-right one
+    const uint8_t *top_right = img.pixels + (size_t)(img.width - 1) * 3;
+    CHECK(top_right[0] < 40 && top_right[1] < 40, "EXIF 6: top right is (%d, %d, %d)", top_right[0],
+          top_right[1], top_right[2]);
+    ldmc_image_free(&img);
+    free(plain);
+    free(rotated);
     free(rgb);
-}
-
-static void write_bytes(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    LDMC_CHECK(f && fwrite(data, 1, n, f) == n && fclose(f) == 0, "cannot write %s", path);
-}
-
-static uint8_t *read_bytes(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    LDMC_CHECK(f, "cannot read %s", path);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *d = malloc(*n);
-    LDMC_CHECK(fread(d, 1, *n, f) == *n, "short read of %s", path);
-    fclose(f);
-    return d;
 }
 
 // A folder with good pictures and bad files of every kind: the good ones are used, the bad ones
@@ -155,15 +183,120 @@ static void test_bad_images_are_skipped_and_counted(void) {
     REQUIRE(ldmc_loader_start(&l, &d, &buckets, &opt, 0, &err) == 0, "%s", err.message);
     const ldmc_batch *b = ldmc_loader_next(l);
     CHECK(b->n == 4 && b->failed == 3, "batch of %d with %d left out", b->n, b->failed);
-    CHECK(ldmc_loader_failures(l) >= 3, "failures counted: %lld",
-          (long long)ldmc_loader_failures(l));
     for (int i = 0; i < b->n; i++)
         CHECK(!strstr(d.items[b->samples[i]].path, "truncated") &&
                   !strstr(d.items[b->samples[i]].path, "corrupt"),
               "a bad file is in the batch");
+    // Each failing file is named once, when the batch that lost it is handed out; the counts
+    // are of the batches handed out only (the two prefetched ones do not count yet).
+    CHECK(b->n_new_failures == 3, "%d new failures named, want 3", b->n_new_failures);
+    for (int k = 0; k < b->n_new_failures; k++)
+        CHECK(strstr(b->new_failures[k], "truncated") || strstr(b->new_failures[k], "corrupt"),
+              "the message names the file: %s", b->new_failures[k]);
+    CHECK(ldmc_loader_failed_files(l) == 3 && ldmc_loader_left_out(l) == 3,
+          "after one batch: %lld files, %lld left out", (long long)ldmc_loader_failed_files(l),
+          (long long)ldmc_loader_left_out(l));
+    b = ldmc_loader_next(l); // the next epoch: the same files fail again, and are not named again
+    CHECK(b->failed == 3 && b->n_new_failures == 0, "epoch 2: %d failed, %d named again", b->failed,
+          b->n_new_failures);
+    CHECK(ldmc_loader_failed_files(l) == 3 && ldmc_loader_left_out(l) == 6,
+          "after two batches: %lld files, %lld left out", (long long)ldmc_loader_failed_files(l),
+          (long long)ldmc_loader_left_out(l));
     ldmc_loader_stop(l);
-    CHECK(d.skipped >= 6, "scan skips and load failures are all in the skip list: %d", d.skipped);
+    CHECK(d.skipped == 3, "the skip list holds the scan's skips only: %d", d.skipped);
     ldmc_dataset_free(&d);
+}
+
+// Folders without images: an empty data folder, an empty class folder and a class folder whose
+// images are all unreadable are refused, each with a message naming the folder (UBSan: no qsort
+// on NULL).
+static void test_empty_folders_are_refused(void) {
+    ldmc_err err = {0};
+    char root[1100], path[1300];
+    snprintf(root, sizeof root, "%s", test_tmp_path("empty"));
+    REQUIRE(ldmc_mkdirs(root, &err) == 0, "%s", err.message);
+    ldmc_dataset d;
+    CHECK(ldmc_dataset_scan(root, LDMC_LABELS_NONE, &d, &err) != 0 && strstr(err.message, root) &&
+              strstr(err.message, "no images"),
+          "an empty folder: %s", err.message);
+    ldmc_err_clear(&err);
+    CHECK(ldmc_dataset_scan(root, LDMC_LABELS_FOLDERS, &d, &err) != 0 &&
+              strstr(err.message, "class folders expected"),
+          "no class folders: %s", err.message);
+    ldmc_err_clear(&err);
+    uint8_t *rgb = position_image(16, 16);
+    snprintf(path, sizeof path, "%s/cats", root);
+    REQUIRE(ldmc_mkdirs(path, &err) == 0, "%s", err.message);
+    snprintf(path, sizeof path, "%s/cats/1.png", root);
+    REQUIRE(ldmc_png_write(path, rgb, 16, 16, &err) == 0, "%s", err.message);
+    free(rgb);
+    snprintf(path, sizeof path, "%s/dogs", root); // a class without images
+    REQUIRE(ldmc_mkdirs(path, &err) == 0, "%s", err.message);
+    CHECK(ldmc_dataset_scan(root, LDMC_LABELS_FOLDERS, &d, &err) != 0 &&
+              strstr(err.message, root) && strstr(err.message, "'dogs'"),
+          "an empty class folder: %s", err.message);
+    ldmc_err_clear(&err);
+    snprintf(path, sizeof path, "%s/dogs/1.jpg", root); // ... and with an unreadable one
+    write_bytes(path, "not a picture", 13);
+    CHECK(ldmc_dataset_scan(root, LDMC_LABELS_FOLDERS, &d, &err) != 0 &&
+              strstr(err.message, "'dogs'") &&
+              strstr(err.message, "none of its 1 images is readable"),
+          "a class folder of unreadable images: %s", err.message);
+    ldmc_err_clear(&err);
+    // recursive search in a tree of empty folders
+    snprintf(path, sizeof path, "%s/dogs/deeper/still", root);
+    REQUIRE(ldmc_mkdirs(path, &err) == 0, "%s", err.message);
+    snprintf(path, sizeof path, "%s/dogs", root);
+    CHECK(ldmc_dataset_scan(path, LDMC_LABELS_NONE, &d, &err) != 0 &&
+              strstr(err.message, "no readable images"),
+          "a tree with one unreadable file: %s", err.message);
+}
+
+// Unusual but valid files (tests/ref/make_image_refs.py: alpha, palettes with tRNS, 16-bit, gray,
+// 1-bit, interlaced, a gAMA of 1.0, CMYK and YCCK, progressive, all eight EXIF orientations in
+// JPEG and PNG, 1x1, 1:4 and 4:1, upper-case extensions) decode to the picture PIL shows: alpha
+// on white, EXIF applied, CMYK converted, 16-bit as sRGB. The probe gives the displayed size.
+// Tolerance: 1 of 255 (PIL rounds its alpha composite and CMYK conversion a little differently).
+static void test_unusual_images_decode_as_pil_shows_them(void) {
+    char dir[1100], path[1200];
+    snprintf(dir, sizeof dir, "%s/images", test_data_dir());
+    snprintf(path, sizeof path, "%s/images.safetensors", test_data_dir());
+    ldmc_err err = {0};
+    ldmc_safetensors st;
+    REQUIRE(ldmc_safetensors_open(&st, path, &err) == 0, "%s", err.message);
+    CHECK(st.count >= 27, "%d reference pictures", st.count);
+    for (int i = 0; i < st.count; i++) {
+        const ldmc_st_tensor *t = &st.tensors[i];
+        snprintf(path, sizeof path, "%s/%s", dir, t->name);
+        int H = (int)t->shape[0], W = (int)t->shape[1], w = 0, h = 0;
+        int32_t *want = malloc((size_t)H * W * 3 * sizeof *want);
+        REQUIRE(ldmc_safetensors_read(&st, t, want, LDMC_I32, &err) == 0, "%s", err.message);
+        CHECK(ldmc_image_probe(path, &w, &h, &err) == 0 && w == W && h == H,
+              "%s: probe %dx%d, displayed %dx%d %s", t->name, w, h, W, H, err.message);
+        ldmc_err_clear(&err);
+        ldmc_image img;
+        if (ldmc_image_load(path, 0, 0, &img, &err) != 0) {
+            CHECK(false, "%s: %s", t->name, err.message);
+            ldmc_err_clear(&err);
+            free(want);
+            continue;
+        }
+        if (img.width != W || img.height != H) {
+            CHECK(false, "%s: decoded %dx%d, displayed %dx%d", t->name, img.width, img.height, W,
+                  H);
+        } else {
+            int worst = 0, at = 0;
+            for (int k = 0; k < W * H * 3; k++) {
+                int d = abs((int)img.pixels[k] - want[k]);
+                if (d > worst) worst = d, at = k;
+            }
+            CHECK(worst <= 1, "%s: pixel (%d, %d) channel %d is %d, PIL shows %d", t->name,
+                  at / 3 % W, at / 3 / W, at % 3, img.pixels[at], want[at]);
+        }
+        ldmc_image_free(&img);
+        free(want);
+    }
+    ldmc_safetensors_close(&st);
 }
 
 // Algorithm 1 for fixed draws: c_size, the resize, the crop window and c_crop.
@@ -486,6 +619,8 @@ int main(int argc, char **argv) {
     static const test_entry tests[] = {
         TEST_ENTRY(test_png_round_trip_and_jpeg_dct_scaling),
         TEST_ENTRY(test_bad_images_are_skipped_and_counted),
+        TEST_ENTRY(test_unusual_images_decode_as_pil_shows_them),
+        TEST_ENTRY(test_empty_folders_are_refused),
         TEST_ENTRY(test_algorithm1_is_exact),
         TEST_ENTRY(test_resize_is_antialiased),
         TEST_ENTRY(test_crops_are_uniform),

@@ -2,6 +2,7 @@
 // configs; TensorBoard records; the latent cache; and whole runs of tiny models: a resumed run
 // (after a kill -9) is bit-identical to an uninterrupted one, a kill during a checkpoint write
 // leaves the previous checkpoint loadable, bad images are counted, non-finite steps handled.
+#include <dirent.h>
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
@@ -322,8 +323,10 @@ static void make_fixture(void) {
     ldmc_vae_free(&v);
 }
 
-// Writes <fixture>/<name>.yaml for a tiny run into <fixture>/<name>/; `extra` is appended.
-static const char *tiny_config(const char *name, bool vae_task, const char *extra) {
+// Writes <fixture>/<name>.yaml for a tiny run on <fixture>/<data> into <fixture>/<name>/; `extra`
+// is appended.
+static const char *tiny_config_on(const char *name, bool vae_task, const char *data,
+                                  const char *extra) {
     static char path[8][1200];
     static int next;
     char *p = path[next++ % 8];
@@ -332,19 +335,19 @@ static const char *tiny_config(const char *name, bool vae_task, const char *extr
     if (vae_task)
         snprintf(text, sizeof text,
                  "task: vae\nmodel: %s/tiny_vae.yaml\n"
-                 "data: {source: images, path: data, labels: folders, buckets: {pixels: 1024, "
+                 "data: {source: images, path: %s, labels: folders, buckets: {pixels: 1024, "
                  "multiple: 8, max_ratio: 2},"
                  " batch_size: 4, workers: 2, prefetch: 3, flip: 0.5}\n"
                  "optim: {lr: 1.0e-3, warmup: 2}\nema: {decay: 0.9}\n"
                  "train: {steps: 4, seed: 3, out: %s, checkpoint_every: 2, keep: 5, log_every: 1, "
                  "sample_every: 4}\n%s",
-                 test_config_dir(), name, extra);
+                 test_config_dir(), data, name, extra);
     else
         snprintf(
             text, sizeof text,
             "task: diffusion\nmodel: %s/tiny_unet_class.yaml\nvae: %s/tiny_vae.yaml\nvae_weights: "
             "vae.safetensors\n"
-            "data: {source: images, path: data, labels: folders, buckets: {pixels: 1024, multiple: "
+            "data: {source: images, path: %s, labels: folders, buckets: {pixels: 1024, multiple: "
             "8, max_ratio: 2},"
             " batch_size: 3, workers: 2, prefetch: 3, flip: 0.5}\n"
             "diffusion: {prediction: v, offset_noise: 0.05, cond_dropout: 0.3, min_snr_gamma: 5}\n"
@@ -353,15 +356,20 @@ static const char *tiny_config(const char *name, bool vae_task, const char *extr
             "sample: {steps: 3, cfg: 2.0, per_class: 2, height: 16, width: 16}\n"
             "train: {steps: 6, seed: 3, out: %s, checkpoint_every: 3, keep: 5, log_every: 2, "
             "sample_every: 6}\n%s",
-            test_config_dir(), test_config_dir(), name, extra);
+            test_config_dir(), test_config_dir(), data, name, extra);
     LDMC_CHECK(write_text(p, text) == 0, "cannot write %s", p);
     return p;
 }
 
-static int run_in_process(const char *config, const char *resume, ldmc_train_result *r,
-                          ldmc_err *err) {
+static const char *tiny_config(const char *name, bool vae_task, const char *extra) {
+    return tiny_config_on(name, vae_task, "data", extra);
+}
+
+// A run in this process with `--set`s, its progress lines appended to <out>/train.log.
+static int run_in_process_set(const char *config, const char *resume, const char *const *sets,
+                              int n_sets, ldmc_train_result *r, ldmc_err *err) {
     ldmc_train_config c;
-    if (ldmc_train_config_load(config, NULL, 0, &c, err) != 0) return -1;
+    if (ldmc_train_config_load(config, sets, n_sets, &c, err) != 0) return -1;
     fflush(stdout);
     int saved = dup(1); // the run's progress lines go to its out folder's log
     char log[1400];
@@ -374,6 +382,11 @@ static int run_in_process(const char *config, const char *resume, ldmc_train_res
     close(saved);
     ldmc_train_config_free(&c);
     return rc;
+}
+
+static int run_in_process(const char *config, const char *resume, ldmc_train_result *r,
+                          ldmc_err *err) {
+    return run_in_process_set(config, resume, NULL, 0, r, err);
 }
 
 // The ldmc binary: the build's, or LDMC_CLI from the environment (a build copied elsewhere).
@@ -421,6 +434,73 @@ static int run_child_set(const char *config, const char *kill_point, bool resume
                                : (WEXITSTATUS(status) ? -WEXITSTATUS(status) : 0);
 }
 
+// Signals for a child run: `count` times `sig`, `gap_ms` apart, `delay_ms` after its
+// metrics.jsonl (flushed at every logged step) has `after_lines` lines.
+typedef struct child_signals {
+    const char *metrics;
+    int after_lines, delay_ms, sig, count, gap_ms;
+} child_signals;
+
+// `ldmc ARGS...` (NULL-terminated) in a child process with stdout and stderr appended to `log`;
+// returns its exit status, or 128 + the signal that ended it, as a shell does.
+static int run_cli(const char *log, const char *const *args, const child_signals *sigs) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(log, "a", stdout) || dup2(fileno(stdout), 2) < 0) _exit(126);
+        char *argv[32] = {(char *)cli()};
+        for (int i = 0; args[i] && i < 30; i++)
+            argv[i + 1] = (char *)args[i];
+        execv(cli(), argv);
+        _exit(127);
+    }
+    int status = 0;
+    for (int sent = 0; sigs && sent < sigs->count;) {
+        if (waitpid(pid, &status, WNOHANG) == pid) // it ended before the signals
+            return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+        int lines = 0;
+        FILE *f = fopen(sigs->metrics, "r");
+        for (int c; f && (c = fgetc(f)) != EOF;)
+            lines += c == '\n';
+        if (f) fclose(f);
+        if (lines < sigs->after_lines) {
+            usleep(2000);
+            continue;
+        }
+        if (sent == 0) usleep((useconds_t)sigs->delay_ms * 1000);
+        kill(pid, sigs->sig);
+        if (++sent < sigs->count) usleep((useconds_t)sigs->gap_ms * 1000);
+    }
+    waitpid(pid, &status, 0);
+    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+// How often `text` occurs in the file at `path` (-1 when it cannot be read).
+static int count_in_file(const char *path, const char *text) {
+    size_t n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    char *data = malloc(1 << 22);
+    n = fread(data, 1, (1 << 22) - 1, f);
+    fclose(f);
+    data[n] = '\0';
+    int count = 0;
+    for (const char *p = data; (p = strstr(p, text)); p += strlen(text))
+        count++;
+    free(data);
+    return count;
+}
+
+static void copy_file(const char *from, const char *to) {
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    LDMC_CHECK(in && out, "cannot copy %s to %s", from, to);
+    char buf[1 << 16];
+    for (size_t n; (n = fread(buf, 1, sizeof buf, in)) > 0;)
+        LDMC_CHECK(fwrite(buf, 1, n, out) == n, "cannot write %s", to);
+    fclose(in);
+    LDMC_CHECK(fclose(out) == 0, "cannot write %s", to);
+}
+
 static bool same_file(const char *a, const char *b) {
     FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
     bool same = fa && fb;
@@ -455,9 +535,10 @@ static void test_resume_after_kill_is_bit_identical(void) {
             err.message);
     CHECK(r.steps == 6 && r.last_grid[0] && r.last_checkpoint[0],
           "6 steps, a grid and a checkpoint");
-    CHECK(r.failed_samples >= 1 && r.skipped_files >= 1,
-          "the cut JPEG is left out and counted (%lld, %d)", (long long)r.failed_samples,
-          r.skipped_files);
+    CHECK(r.failed_files == 1 && r.left_out >= 1 && r.skipped_files == 0,
+          "the cut JPEG is left out and counted once (%lld files, left out %lld times, %d skipped "
+          "at scan)",
+          (long long)r.failed_files, (long long)r.left_out, r.skipped_files);
     const char *killed = tiny_config("killed", false, "");
     CHECK(run_child(killed, "saved@3", false) == SIGKILL,
           "the child is killed after its step-3 checkpoint");
@@ -481,6 +562,10 @@ static void test_resume_after_kill_is_bit_identical(void) {
     }
     fclose(f);
     CHECK(expect == 7, "6 metrics lines, got %d", expect - 1);
+    // and the same lines as the uninterrupted run's (losses, norms, the image count)
+    char straight[1400];
+    snprintf(straight, sizeof straight, "%s/straight/metrics.jsonl", fixture);
+    CHECK(same_file(path, straight), "metrics.jsonl differs from the uninterrupted run's");
     snprintf(path, sizeof path, "%s/killed/loss_curve.png", fixture);
     CHECK(access(path, F_OK) == 0, "the loss curve is drawn");
     // the same for the autoencoder
@@ -513,8 +598,9 @@ static int load_tiny_unet(const char *dir, ldmc_unet *u, ldmc_train_state *st, l
     ldmc_params_alloc(&u->params, LDMC_ROLE_ADAM_M);
     ldmc_params_alloc(&u->params, LDMC_ROLE_ADAM_V);
     ldmc_params_alloc(&u->params, LDMC_ROLE_EMA);
-    ldmc_state_model m = {
-        .params = &u->params, .map = {.layout = LDMC_LAYOUT_OFFICIAL, .unet = &u->cfg}, .ema = true};
+    ldmc_state_model m = {.params = &u->params,
+                          .map = {.layout = LDMC_LAYOUT_OFFICIAL, .unet = &u->cfg},
+                          .ema = true};
     return ldmc_state_load(dir, &m, st, err);
 }
 
@@ -577,10 +663,14 @@ static void test_text_models_are_refused(void) {
              "data: {path: data}\ntrain: {steps: 1, out: text}\n",
              LDMC_CONFIG_DIR, LDMC_CONFIG_DIR);
     REQUIRE(write_text(path, text) == 0, "write");
-    ldmc_err err = {0};
-    ldmc_train_result r;
-    CHECK(run_in_process(path, NULL, &r, &err) != 0 && strstr(err.message, "text encoders"), "%s",
-          err.message);
+    char log[1300];
+    snprintf(log, sizeof log, "%s/text.log", fixture);
+    int status = run_cli(log, (const char *[]){"train", path, NULL}, NULL);
+    CHECK(status == 1 && count_in_file(log, "text encoders") == 1, "exit %d, log: %s", status, log);
+    // a refused run leaves nothing behind (no out folder with a lock in it)
+    snprintf(path, sizeof path, "%s/text", fixture);
+    struct stat sb;
+    CHECK(stat(path, &sb) != 0, "the refused run left %s behind", path);
 }
 
 // The cache holds, for every image (and its flip), the crop Algorithm 1 planned and the VAE's
@@ -594,7 +684,20 @@ static void test_latent_cache(void) {
     char h5[1200];
     snprintf(h5, sizeof h5, "%s/latents.h5", fixture);
     fflush(stdout);
-    REQUIRE(ldmc_cache_build(&c, h5, true, &err) == 0, "%s", err.message);
+    char log[1300];
+    snprintf(log, sizeof log, "%s/cache.log", fixture);
+    int saved = dup(1);
+    REQUIRE(freopen(log, "w", stdout), "cannot write %s", log);
+    int built = ldmc_cache_build(&c, h5, true, &err);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    REQUIRE(built == 0, "%s", err.message);
+    // the cut JPEG passes the scan and fails to decode: named once, counted once
+    CHECK(count_in_file(log, "cut.jpg") == 1 &&
+              count_in_file(log, "1 failed to decode (named above)") == 1 &&
+              count_in_file(log, "; 0 skipped at scan") == 1,
+          "the cache's log (%s) does not name the cut JPEG once and count it once", log);
     ldmc_cache cache;
     REQUIRE(ldmc_cache_open(&cache, h5, &err) == 0, "%s", err.message);
     ldmc_dataset d;
@@ -669,7 +772,264 @@ static void test_latent_cache(void) {
           "%s", err.message);
 }
 
-// ---- the GPU trainer (built a second time as test_train_cuda, label cuda) ------------------------
+// ---- what a run does with unusual data, a bad state, a failed preview, signals and changes ----
+
+// tests/ref/data/images (alpha, 16-bit, palettes, gray, CMYK and YCCK, EXIF orientations,
+// progressive, interlaced, 1x1, 1:4, 4:1, upper-case extensions) in two class folders.
+static const char *unusual_folder(void) {
+    char dir[1300], from[1700], to[1700];
+    snprintf(dir, sizeof dir, "%s/unusual", fixture);
+    if (access(dir, F_OK) == 0) return "unusual";
+    ldmc_err err = {0};
+    for (int c = 0; c < 2; c++) {
+        snprintf(to, sizeof to, "%s/%c", dir, 'a' + c);
+        LDMC_CHECK(ldmc_mkdirs(to, &err) == 0, "%s", err.message);
+    }
+    snprintf(from, sizeof from, "%s/images", test_data_dir());
+    DIR *d = opendir(from);
+    LDMC_CHECK(d, "cannot open %s", from);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(from, sizeof from, "%s/images/%s", test_data_dir(), e->d_name);
+        snprintf(to, sizeof to, "%s/%c/%s", dir, 'a' + (int)(strlen(e->d_name) % 2), e->d_name);
+        copy_file(from, to);
+        n++;
+    }
+    closedir(d);
+    LDMC_CHECK(n >= 27, "%d unusual images", n);
+    return "unusual";
+}
+
+// Two runs (separate processes) on unusual but valid images decode every file, the same way:
+// byte-identical checkpoints.
+static void test_unusual_images_train_the_same_twice(void) {
+    make_fixture();
+    const char *data = unusual_folder();
+    char log[2][1300];
+    for (int i = 0; i < 2; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "unusual_%d", i);
+        snprintf(log[i], sizeof log[i], "%s/%s.log", fixture, name);
+        const char *config = tiny_config_on(name, false, data, "");
+        int status = run_cli(log[i], (const char *[]){"train", config, NULL}, NULL);
+        REQUIRE(status == 0, "run %d exited %d (%s)", i, status, log[i]);
+    }
+    check_same_checkpoint("unusual_0", "unusual_1", 6, true);
+    CHECK(count_in_file(log[0], ", 0 files skipped") == 1 &&
+              count_in_file(log[0], "left out:") == 0 &&
+              count_in_file(log[0], "decode failures: none") == 1,
+          "every unusual file is read (%s)", log[0]);
+}
+
+// The two runs' decode failures: named once in the log, counted once per file and once per
+// time left out, whatever data.prefetch and data.workers; and the same checkpoints.
+static void test_decode_failures_are_named_once(void) {
+    make_fixture();
+    ldmc_err err = {0};
+    ldmc_train_result r[2];
+    const char *sets[2][2] = {{"data.prefetch=1", "data.workers=1"},
+                              {"data.prefetch=8", "data.workers=3"}};
+    const char *names[2] = {"prefetch_1", "prefetch_8"};
+    for (int i = 0; i < 2; i++)
+        REQUIRE(run_in_process_set(tiny_config(names[i], false, ""), NULL, sets[i], 2, &r[i],
+                                   &err) == 0,
+                "%s", err.message);
+    CHECK(r[0].failed_files == 1 && r[1].failed_files == 1 && r[0].left_out >= 1 &&
+              r[0].left_out == r[1].left_out,
+          "prefetch 1: %lld files, left out %lld times; prefetch 8: %lld, %lld",
+          (long long)r[0].failed_files, (long long)r[0].left_out, (long long)r[1].failed_files,
+          (long long)r[1].left_out);
+    for (int i = 0; i < 2; i++) {
+        char log[1300], line[128];
+        snprintf(log, sizeof log, "%s/%s/train.log", fixture, names[i]);
+        snprintf(line, sizeof line, "decode failures: 1 file, left out %lld times (named above)",
+                 (long long)r[0].left_out);
+        CHECK(count_in_file(log, "cut.jpg") == 1 && count_in_file(log, line) == 1,
+              "%s: the cut JPEG is not named once, or not counted as '%s'", log, line);
+    }
+    check_same_checkpoint("prefetch_1", "prefetch_8", 6, true);
+}
+
+// Edited state.json files: each refused with a message naming the file and the field, never a
+// crash (the test runs under ASan in CI); the untouched file resumes.
+static void test_state_json_is_checked(void) {
+    make_fixture();
+    ldmc_err err = {0};
+    ldmc_train_result r;
+    const char *config = tiny_config("state_edits", false, "");
+    REQUIRE(run_in_process(config, NULL, &r, &err) == 0, "%s", err.message);
+    char path[1400];
+    snprintf(path, sizeof path, "%s/state_edits/checkpoints/step-00000006/state.json", fixture);
+    size_t n = 0;
+    FILE *f = fopen(path, "rb");
+    REQUIRE(f, "no %s", path);
+    char good[4096];
+    n = fread(good, 1, sizeof good - 1, f);
+    fclose(f);
+    good[n] = '\0';
+    // (field, its value replaced by)
+    static const char *const edits[][2] = {
+        {"batches", "-5"},
+        {"batches", "2"}, // fewer batches than steps
+        {"batches", "1e300"},
+        {"step", "-1"},
+        {"step", "2.5"},
+        {"step", "99999999999"},
+        {"step", "\"6\""},
+        {"skipped_steps", "7"},
+        {"images", "-1"},
+        {"seed", "\"3x\""},
+        {"seed", "3"},
+        {"seed", "\"99999999999999999999999\""},
+        {"ema", "\"yes\""},
+        {"format", "\"something else\""},
+        {"data_fingerprint", "7"},
+        {"data_samples", "-2"},
+    };
+    const char *sets[] = {"train.steps=8"};
+    for (size_t e = 0; e < sizeof edits / sizeof edits[0]; e++) {
+        char key[64], text[8192];
+        snprintf(key, sizeof key, "\"%s\":", edits[e][0]);
+        const char *at = strstr(good, key);
+        REQUIRE(at, "state.json has no %s", key);
+        const char *end = at + strcspn(at, ",\n");
+        snprintf(text, sizeof text, "%.*s%s %s%s", (int)(at - good), good, key, edits[e][1], end);
+        REQUIRE(write_text(path, text) == 0, "write %s", path);
+        ldmc_err_clear(&err);
+        CHECK(run_in_process_set(config, "latest", sets, 1, &r, &err) != 0 &&
+                  strstr(err.message, path) && strstr(err.message, edits[e][0]),
+              "%s %s: %s", key, edits[e][1], err.message);
+    }
+    // not JSON, cut short, empty, and much too long
+    const char *bodies[] = {"{\"step\": 6, \"batch", "", "[1, 2, 3]"};
+    for (int b = 0; b < 3; b++) {
+        REQUIRE(write_text(path, bodies[b]) == 0, "write %s", path);
+        ldmc_err_clear(&err);
+        CHECK(run_in_process_set(config, "latest", sets, 1, &r, &err) != 0 &&
+                  strstr(err.message, path),
+              "'%s': %s", bodies[b], err.message);
+    }
+    char *huge = malloc(1 << 17);
+    memset(huge, ' ', 1 << 17);
+    memcpy(huge, good, n);
+    huge[(1 << 17) - 1] = '\0';
+    REQUIRE(write_text(path, huge) == 0, "write %s", path);
+    free(huge);
+    ldmc_err_clear(&err);
+    CHECK(run_in_process_set(config, "latest", sets, 1, &r, &err) != 0 &&
+              strstr(err.message, "larger than"),
+          "a 128 KiB state.json: %s", err.message);
+    // the file as written resumes
+    REQUIRE(write_text(path, good) == 0, "write %s", path);
+    ldmc_err_clear(&err);
+    CHECK(run_in_process_set(config, "latest", sets, 1, &r, &err) == 0 && r.steps == 8, "%s",
+          err.message);
+}
+
+// A sample grid that cannot be written (samples/ is a file here; a full or read-only disk the
+// same) is a warning: the run goes on and saves its checkpoints.
+static void test_preview_failure_keeps_the_checkpoint(void) {
+    make_fixture();
+    char out[1300], samples[1400], log[1400];
+    snprintf(out, sizeof out, "%s/no_previews", fixture);
+    snprintf(samples, sizeof samples, "%s/samples", out);
+    snprintf(log, sizeof log, "%s/train.log", out);
+    ldmc_err err = {0};
+    REQUIRE(ldmc_mkdirs(out, &err) == 0, "%s", err.message);
+    REQUIRE(write_text(samples, "in the way\n") == 0, "write %s", samples);
+    ldmc_train_result r;
+    const char *sets[] = {"train.sample_every=3"};
+    CHECK(run_in_process_set(tiny_config("no_previews", false, ""), NULL, sets, 1, &r, &err) == 0 &&
+              r.steps == 6,
+          "%s", err.message);
+    char checkpoint[1500];
+    snprintf(checkpoint, sizeof checkpoint, "%s/checkpoints/step-00000006/model.safetensors", out);
+    CHECK(access(checkpoint, F_OK) == 0, "no checkpoint after failed previews");
+    CHECK(count_in_file(log, "warning: step 3: no sample grid") == 1 &&
+              count_in_file(log, "warning: step 6: no sample grid") == 1,
+          "the failed previews are not warned about in %s", log);
+}
+
+// SIGINT or SIGTERM: the run saves after the current step and exits 130 or 143 (so that `set -e`
+// scripts and schedulers see it), and resumes; a second signal stops a step at once, unsaved.
+static void test_signals_stop_a_run(void) {
+    make_fixture();
+    // steps of 40 micro-batches (about a second each): signals sent 200 ms (and 300 ms) after a
+    // step was logged land inside the next step
+    const char *config = tiny_config("signalled", false, "");
+    const char *long_steps[] = {
+        "train", config, "--set", "optim.accumulation=40", "--set", "train.log_every=1", NULL};
+    char metrics[1300], log[1300], path[1400];
+    snprintf(metrics, sizeof metrics, "%s/signalled/metrics.jsonl", fixture);
+    snprintf(log, sizeof log, "%s/signalled.log", fixture);
+    child_signals one = {
+        .metrics = metrics, .after_lines = 1, .delay_ms = 200, .sig = SIGTERM, .count = 1};
+    int status = run_cli(log, long_steps, &one);
+    CHECK(status == 128 + SIGTERM, "SIGTERM: exit status %d, want %d", status, 128 + SIGTERM);
+    CHECK(count_in_file(log, "interrupted (SIGTERM) at step 2 of 6: checkpoint saved") == 1,
+          "no 'interrupted' line in %s", log);
+    snprintf(path, sizeof path, "%s/signalled/checkpoints/step-00000002", fixture);
+    CHECK(access(path, F_OK) == 0, "no checkpoint at the interrupted step");
+    // a second signal during the next step stops it at once: no checkpoint of that step
+    const char *resume[] = {
+        "train",    config,   "--set", "optim.accumulation=40", "--set", "train.log_every=1",
+        "--resume", "latest", NULL};
+    child_signals two = {.metrics = metrics,
+                         .after_lines = 3,
+                         .delay_ms = 200,
+                         .sig = SIGINT,
+                         .count = 2,
+                         .gap_ms = 100};
+    status = run_cli(log, resume, &two);
+    CHECK(status == 128 + SIGINT, "two SIGINTs: status %d, want %d", status, 128 + SIGINT);
+    snprintf(path, sizeof path, "%s/signalled/checkpoints/step-00000004", fixture);
+    CHECK(access(path, F_OK) != 0, "the second SIGINT did not stop the step at once");
+    CHECK(count_in_file(log, "interrupted (SIGINT)") == 0, "a second SIGINT saved a checkpoint");
+    // and the run resumes to its end
+    status = run_cli(log, resume, NULL);
+    CHECK(status == 0, "resumed run: status %d", status);
+}
+
+// A resumed run names the settings and the data that changed since its checkpoint; buckets are
+// printed width x height.
+static void test_resume_says_what_changed(void) {
+    make_fixture();
+    char dir[1300], path[1400], log[1400];
+    ldmc_err err = {0};
+    // landscape pictures only, 40 wide and 24 high once bucketed
+    uint8_t *rgb = calloc(64 * 36 * 3, 1);
+    for (int c = 0; c < 2; c++)
+        for (int i = 0; i < 3; i++) {
+            snprintf(dir, sizeof dir, "%s/wide/%c", fixture, 'a' + c);
+            REQUIRE(ldmc_mkdirs(dir, &err) == 0, "%s", err.message);
+            memset(rgb, 60 * i + 100 * c, 64 * 36 * 3);
+            snprintf(path, sizeof path, "%s/%d.png", dir, i);
+            REQUIRE(ldmc_png_write(path, rgb, 64, 36, &err) == 0, "%s", err.message);
+        }
+    ldmc_train_result r;
+    const char *config = tiny_config_on("changes", false, "wide", "");
+    REQUIRE(run_in_process(config, NULL, &r, &err) == 0, "%s", err.message);
+    snprintf(log, sizeof log, "%s/changes/train.log", fixture);
+    CHECK(count_in_file(log, "buckets (width x height)") == 1 &&
+              count_in_file(log, "   40 x 24 ") == 1 && count_in_file(log, "   24 x 40 ") == 0,
+          "the bucket of 64x36 pictures is not printed as 40 x 24 (width x height): %s", log);
+    snprintf(path, sizeof path, "%s/wide/a/3.png", fixture); // one more picture
+    REQUIRE(ldmc_png_write(path, rgb, 64, 36, &err) == 0, "%s", err.message);
+    free(rgb);
+    const char *sets[] = {"train.steps=8", "data.batch_size=4", "optim.lr=2.0e-3"};
+    REQUIRE(run_in_process_set(config, "latest", sets, 3, &r, &err) == 0, "%s", err.message);
+    CHECK(count_in_file(log, "data.batch_size: 3 -> 4") == 1 &&
+              count_in_file(log, "optim.lr: 1.0e-3 -> 2.0e-3") == 1 &&
+              count_in_file(log, "train.steps: 6 -> 8") == 1 &&
+              count_in_file(log, "the data changed since the checkpoint (6 samples then, 7 now)") ==
+                  1,
+          "the resumed run does not say what changed: %s", log);
+    CHECK(count_in_file(log, "warmup") == 0, "an unchanged setting is named as changed: %s", log);
+}
+
+// ---- the GPU trainer (built a second time as test_train_cuda, label cuda)
+// ------------------------
 
 // The diffusion weights of a run's checkpoint at `step` (weights, or EMA).
 static float *checkpoint_weights(const char *run, int step, size_t *n) {
@@ -703,8 +1063,7 @@ static void test_gpu_and_cpu_resume_each_other(void) {
     ldmc_err err = {0};
     ldmc_train_result r;
     // the reference: 6 steps on the CPU
-    REQUIRE(run_in_process(tiny_config("cpu6", false, ""), NULL, &r, &err) == 0, "%s",
-            err.message);
+    REQUIRE(run_in_process(tiny_config("cpu6", false, ""), NULL, &r, &err) == 0, "%s", err.message);
     const char *gpu_first = tiny_config("gpu_then_cpu", false, "");
     const char *cpu_first = tiny_config("cpu_then_gpu", false, "");
     // GPU for steps 1-3 (killed after its step-3 checkpoint), then the CPU to step 6
@@ -717,8 +1076,10 @@ static void test_gpu_and_cpu_resume_each_other(void) {
     CHECK(run_child_set(cpu_first, NULL, true, "train.device=cuda") == 0, "the GPU resumes it");
     size_t n;
     float *cpu3 = checkpoint_weights("cpu6", 3, &n), *cpu6 = checkpoint_weights("cpu6", 6, &n);
-    float *g3 = checkpoint_weights("gpu_then_cpu", 3, &n), *g6 = checkpoint_weights("gpu_then_cpu", 6, &n);
-    float *c3 = checkpoint_weights("cpu_then_gpu", 3, &n), *c6 = checkpoint_weights("cpu_then_gpu", 6, &n);
+    float *g3 = checkpoint_weights("gpu_then_cpu", 3, &n),
+          *g6 = checkpoint_weights("gpu_then_cpu", 6, &n);
+    float *c3 = checkpoint_weights("cpu_then_gpu", 3, &n),
+          *c6 = checkpoint_weights("cpu_then_gpu", 6, &n);
     for (size_t i = 0; i < n; i++)
         CHECK(c3[i] == cpu3[i], "the CPU's step 3 is the CPU's step 3 (value %zu)", i);
     // steps 4-6 move the weights alike on either device
@@ -776,6 +1137,12 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_nonfinite_steps),
         TEST_ENTRY(test_text_models_are_refused),
         TEST_ENTRY(test_latent_cache),
+        TEST_ENTRY(test_unusual_images_train_the_same_twice),
+        TEST_ENTRY(test_decode_failures_are_named_once),
+        TEST_ENTRY(test_state_json_is_checked),
+        TEST_ENTRY(test_preview_failure_keeps_the_checkpoint),
+        TEST_ENTRY(test_signals_stop_a_run),
+        TEST_ENTRY(test_resume_says_what_changed),
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }

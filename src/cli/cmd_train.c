@@ -10,7 +10,10 @@
 static const char *usage_text =
     "usage: ldmc train CONFIG [--set key.path=value ...] [--resume latest|CHECKPOINT_DIR]\n"
     "  --set      overrides a config value (repeatable), e.g. --set optim.lr=5e-5\n"
-    "  --resume   continues a run from its newest checkpoint (latest) or a given one\n";
+    "  --resume   continues a run from its newest checkpoint (latest) or a given one\n"
+    "exit status: 0 trained to train.steps (or nothing left to do), 1 an error, 2 a usage error,\n"
+    "  130 (SIGINT) or 143 (SIGTERM): stopped by the signal after saving a checkpoint, resumable\n"
+    "  with --resume latest (a second signal stops at once, without saving)\n";
 
 int ldmc_cli_train_config(const char *command, const char *path, const char *const *sets,
                           int n_sets, ldmc_train_config *cfg) {
@@ -55,5 +58,6 @@ int ldmc_cmd_train(int argc, char **argv) {
     rc = ldmc_train(&cfg, resume, &result, &err);
     ldmc_train_config_free(&cfg);
     if (rc != 0) fprintf(stderr, "ldmc train: %s\n", err.message);
+    if (rc == 0 && result.interrupted) return 128 + result.interrupted; // as a shell reports it
     return rc == 0 ? 0 : 1;
 }

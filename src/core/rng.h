@@ -38,6 +38,9 @@ uint64_t ldmc_hash_name(const char *name);
 void ldmc_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
 ldmc_rng ldmc_rng_make(uint64_t seed, uint32_t step, uint32_t rank, uint32_t purpose);
+// The largest training step a run may reach: streams are keyed by a 32-bit step (kept below 2^31
+// so that a step count fits an int everywhere).
+#define LDMC_MAX_STEPS ((int64_t)INT32_MAX)
 uint32_t ldmc_rng_bits(const ldmc_rng *rng, uint64_t i);
 // Fill out[0..n) with values offset .. offset+n-1 of the stream.
 void ldmc_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out);

@@ -102,6 +102,16 @@ void ldmc_dataset_note_skip(ldmc_dataset *d, const char *reason) {
     d->skipped++;
 }
 
+void ldmc_dataset_report(const ldmc_dataset *d, FILE *out) {
+    fprintf(out, "data: %d images in %s", d->count, d->root);
+    if (d->n_classes) fprintf(out, ", %d classes", d->n_classes);
+    fprintf(out, ", %d files skipped\n", d->skipped);
+    for (int i = 0; i < d->skipped && i < LDMC_SKIP_NAMED; i++)
+        fprintf(out, "  skipped: %s\n", d->skip_reasons[i]);
+    if (d->skipped > LDMC_SKIP_NAMED)
+        fprintf(out, "  (and %d more)\n", d->skipped - LDMC_SKIP_NAMED);
+}
+
 static char *read_caption(const char *image_path) {
     const char *dot = strrchr(image_path, '.');
     size_t stem = (size_t)(dot - image_path);
@@ -191,6 +201,34 @@ static int scan_metadata(ldmc_dataset *d, const char *meta_path, ldmc_err *err) 
     return rc;
 }
 
+// The samples of class folder `c` (or of the whole root): every image file, in name order. A
+// class folder without a readable image is refused: it would be a class the model never sees.
+static int scan_class(ldmc_dataset *d, ldmc_labels labels, const char *dir, int c, int *cap,
+                      ldmc_err *err) {
+    string_list files = {0};
+    int rc = list_images(dir, labels != LDMC_LABELS_FOLDERS, &files, 0, err);
+    if (files.count > 1)
+        qsort(files.items, (size_t)files.count, sizeof *files.items, compare_strings);
+    int before = d->count, skipped_before = d->skipped;
+    for (int i = 0; rc == 0 && i < files.count; i++)
+        rc = add_sample(d, cap, files.items[i], labels == LDMC_LABELS_FOLDERS ? c : -1,
+                        read_caption(files.items[i]), 0, 0);
+    if (rc == 0 && labels == LDMC_LABELS_FOLDERS && d->count == before) {
+        if (files.count == 0)
+            rc = LDMC_ERR(err,
+                          "%s: class folder '%s' holds no images (.jpg, .jpeg or .png): remove "
+                          "it, or add its images",
+                          d->root, d->class_names[c]);
+        else
+            rc = LDMC_ERR(err, "%s: class folder '%s': none of its %d images is readable (%s)",
+                          d->root, d->class_names[c], files.count,
+                          skipped_before < LDMC_SKIP_NAMED ? d->skip_reasons[skipped_before]
+                                                           : "see the skipped files");
+    }
+    free_list(&files);
+    return rc;
+}
+
 static int scan_folders(ldmc_dataset *d, ldmc_labels labels, ldmc_err *err) {
     string_list classes = {0};
     int cap = 0, rc = 0;
@@ -201,36 +239,27 @@ static int scan_folders(ldmc_dataset *d, ldmc_labels labels, ldmc_err *err) {
         while (rc == 0 && (e = readdir(dir))) {
             if (e->d_name[0] == '.') continue;
             char *path = join(d->root, e->d_name);
-            if (path && is_dir(path)) rc = push(&classes, strdup(e->d_name));
+            if (!path || (is_dir(path) && push(&classes, strdup(e->d_name)) != 0))
+                rc = LDMC_ERR(err, "out of memory");
             free(path);
         }
         closedir(dir);
         if (rc == 0 && classes.count == 0)
             rc = LDMC_ERR(err, "%s: class folders expected (one subfolder per class), none found",
                           d->root);
-        qsort(classes.items, (size_t)classes.count, sizeof *classes.items, compare_strings);
-    } else {
-        rc = push(&classes, strdup(""));
-    }
-    for (int c = 0; rc == 0 && c < classes.count; c++) {
-        string_list files = {0};
-        char *dir =
-            labels == LDMC_LABELS_FOLDERS ? join(d->root, classes.items[c]) : strdup(d->root);
-        rc = dir ? list_images(dir, labels != LDMC_LABELS_FOLDERS, &files, 0, err) : -1;
-        qsort(files.items, (size_t)files.count, sizeof *files.items, compare_strings);
-        for (int i = 0; rc == 0 && i < files.count; i++)
-            rc = add_sample(d, &cap, files.items[i], labels == LDMC_LABELS_FOLDERS ? c : -1,
-                            read_caption(files.items[i]), 0, 0);
-        free(dir);
-        free_list(&files);
-    }
-    if (labels == LDMC_LABELS_FOLDERS) {
+        if (classes.count > 1)
+            qsort(classes.items, (size_t)classes.count, sizeof *classes.items, compare_strings);
         d->n_classes = classes.count;
         d->class_names = classes.items; // owned by the dataset now
-        classes.items = NULL;
-        classes.count = 0;
+        for (int c = 0; rc == 0 && c < classes.count; c++) {
+            char *dir_c = join(d->root, classes.items[c]);
+            rc =
+                dir_c ? scan_class(d, labels, dir_c, c, &cap, err) : LDMC_ERR(err, "out of memory");
+            free(dir_c);
+        }
+    } else {
+        rc = scan_class(d, labels, d->root, -1, &cap, err);
     }
-    free_list(&classes);
     return rc;
 }
 
@@ -249,11 +278,35 @@ int ldmc_dataset_scan(const char *root, ldmc_labels labels, ldmc_dataset *out, l
     } else {
         rc = scan_folders(out, labels, err);
     }
-    if (rc == 0 && out->count == 0)
-        rc = LDMC_ERR(err, "%s: no readable images (%d files skipped%s%s)", root, out->skipped,
-                      out->skipped ? ", e.g. " : "", out->skipped ? out->skip_reasons[0] : "");
+    if (rc == 0 && out->count == 0 && out->skipped == 0)
+        rc = LDMC_ERR(err, "%s: no images (.jpg, .jpeg or .png files) in the folder", root);
+    else if (rc == 0 && out->count == 0)
+        rc = LDMC_ERR(err, "%s: no readable images (%d files skipped, e.g. %s)", root, out->skipped,
+                      out->skip_reasons[0]);
     if (rc != 0) ldmc_dataset_free(out);
     return rc;
+}
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+    const uint8_t *p = data;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+uint64_t ldmc_dataset_fingerprint(const ldmc_dataset *d) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    size_t root = strlen(d->root);
+    for (int i = 0; i < d->count; i++) {
+        const ldmc_sample *s = &d->items[i];
+        const char *rel = strncmp(s->path, d->root, root) == 0 ? s->path + root : s->path;
+        int32_t numbers[5] = {s->height, s->width, s->original_height, s->original_width,
+                              s->class_id};
+        h = fnv1a(h, rel, strlen(rel) + 1);
+        h = fnv1a(h, numbers, sizeof numbers);
+        h = fnv1a(h, s->caption ? s->caption : "", strlen(s->caption ? s->caption : "") + 1);
+    }
+    return h;
 }
 
 void ldmc_dataset_free(ldmc_dataset *d) {

@@ -8,6 +8,8 @@
 // Tested by tests/test_data.c.
 #pragma once
 #include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
 
 #include "core/error.h"
 
@@ -43,5 +45,11 @@ void ldmc_dataset_free(ldmc_dataset *d);
 // Leaves out the samples whose original height or width is below `min_side` (the paper's
 // CIN-512-only); returns how many. Not errors: the caller reports the count.
 int ldmc_dataset_keep_min_size(ldmc_dataset *d, int min_side);
-// Records a sample or file passed over (also used by loaders for files that fail later).
+// Prints "data: N images in ROOT, C classes, K files skipped" and names the skipped files (the
+// first LDMC_SKIP_NAMED, with the reason).
+void ldmc_dataset_report(const ldmc_dataset *d, FILE *out);
+// Records a file passed over at scan time.
 void ldmc_dataset_note_skip(ldmc_dataset *d, const char *reason);
+// A 64-bit fingerprint of the samples (FNV-1a over each one's path below the root, stored size,
+// original size, class and caption, in order): equal for the same data wherever the folder is.
+uint64_t ldmc_dataset_fingerprint(const ldmc_dataset *d);

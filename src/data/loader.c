@@ -33,7 +33,9 @@ struct ldmc_loader {
     int64_t next_to_make, next_to_take, released;
     slot *slots;
     double waited;
-    int64_t failures;
+    // failure counts of the batches handed out (the caller's thread only)
+    uint8_t *failed_once; // per sample
+    int64_t failed_files, left_out;
 };
 
 // HDF5 (Debian's build) is not thread-safe: cache reads take turns.
@@ -110,8 +112,23 @@ static void reserve(ldmc_loader *l, ldmc_batch *b, int n, int h, int w) {
     b->class_ids = realloc(b->class_ids, (size_t)n * sizeof(int64_t));
     b->captions = realloc(b->captions, (size_t)n * sizeof(char *));
     b->samples = realloc(b->samples, (size_t)n * sizeof(int));
-    LDMC_CHECK(b->c_size && b->c_crop && b->c_target && b->class_ids && b->captions && b->samples,
+    for (int k = 0; k < b->failed; k++)
+        free(b->failed_messages[k]);
+    b->failed = 0;
+    b->failed_samples = realloc(b->failed_samples, (size_t)n * sizeof(int));
+    b->failed_messages = realloc(b->failed_messages, (size_t)n * sizeof(char *));
+    b->new_failures = realloc(b->new_failures, (size_t)n * sizeof(char *));
+    LDMC_CHECK(b->c_size && b->c_crop && b->c_target && b->class_ids && b->captions && b->samples &&
+                   b->failed_samples && b->failed_messages && b->new_failures,
                "out of memory for a %d x %d x %d batch", n, h, w);
+}
+
+// Records that `sample` of the planned batch could not be read.
+static void note_failure(ldmc_batch *b, int sample, const char *message) {
+    b->failed_samples[b->failed] = sample;
+    b->failed_messages[b->failed] = strdup(message);
+    LDMC_CHECK(b->failed_messages[b->failed], "out of memory");
+    b->failed++;
 }
 
 static void make_batch(ldmc_loader *l, int64_t position, ldmc_batch *b) {
@@ -134,7 +151,6 @@ static void make_batch(ldmc_loader *l, int64_t position, ldmc_batch *b) {
     b->height = h;
     b->width = w;
     b->n = 0;
-    b->failed = 0;
     for (int k = 0; k < r.n && l->opt.cache; k++) {
         size_t latent = (size_t)b->lh * b->lw * b->lc;
         ldmc_cache_entry e = {.mean = b->mean + b->n * latent, .std = b->std + b->n * latent};
@@ -143,11 +159,7 @@ static void make_batch(ldmc_loader *l, int64_t position, ldmc_batch *b) {
         int rc = ldmc_cache_read(l->opt.cache, samples[k], &e, &err);
         pthread_mutex_unlock(&hdf5_lock);
         if (rc != 0) {
-            pthread_mutex_lock(&l->lock);
-            l->failures++;
-            pthread_mutex_unlock(&l->lock);
-            fprintf(stderr, "loader: %s (left out)\n", err.message);
-            b->failed++;
+            note_failure(b, samples[k], err.message);
             continue;
         }
         int j = b->n++;
@@ -165,11 +177,7 @@ static void make_batch(ldmc_loader *l, int64_t position, ldmc_batch *b) {
         float *dst = b->pixels + (size_t)b->n * h * w * 3;
         if (ldmc_load_sample(l->data, i, epoch, h, w, l->opt.flip, l->opt.seed, dst, &plan_i,
                              &err) != 0) {
-            pthread_mutex_lock(&l->lock);
-            ldmc_dataset_note_skip(l->data, err.message);
-            l->failures++;
-            pthread_mutex_unlock(&l->lock);
-            b->failed++;
+            note_failure(b, i, err.message);
             continue;
         }
         int j = b->n++;
@@ -211,9 +219,10 @@ int ldmc_loader_start(ldmc_loader **out, ldmc_dataset *data, const ldmc_buckets 
     if (l->opt.prefetch < 1) l->opt.prefetch = 1;
     int count = opt->cache ? (int)opt->cache->count : data->count;
     l->sample_bucket = malloc((size_t)(count ? count : 1) * sizeof *l->sample_bucket);
+    l->failed_once = calloc((size_t)(count ? count : 1), 1);
     l->slots = calloc((size_t)l->opt.prefetch, sizeof *l->slots);
     l->workers = calloc((size_t)l->opt.threads, sizeof *l->workers);
-    if (!l->sample_bucket || !l->slots || !l->workers) {
+    if (!l->sample_bucket || !l->failed_once || !l->slots || !l->workers) {
         ldmc_loader_stop(l);
         return LDMC_ERR(err, "out of memory");
     }
@@ -256,19 +265,25 @@ const ldmc_batch *ldmc_loader_next(ldmc_loader *l) {
     l->next_to_take++; // the slot stays the caller's until the next call
     pthread_mutex_unlock(&l->lock);
     l->waited += now_seconds() - t0;
-    return &s->batch;
+    ldmc_batch *b = &s->batch;
+    b->n_new_failures = 0;
+    for (int k = 0; k < b->failed; k++) {
+        l->left_out++;
+        if (l->failed_once[b->failed_samples[k]]) continue;
+        l->failed_once[b->failed_samples[k]] = 1;
+        l->failed_files++;
+        b->new_failures[b->n_new_failures++] = b->failed_messages[k];
+    }
+    return b;
 }
 
 const ldmc_sampler *ldmc_loader_sampler(const ldmc_loader *l) { return &l->sampler; }
 
 double ldmc_loader_wait_seconds(const ldmc_loader *l) { return l->waited; }
 
-int64_t ldmc_loader_failures(ldmc_loader *l) {
-    pthread_mutex_lock(&l->lock);
-    int64_t n = l->failures;
-    pthread_mutex_unlock(&l->lock);
-    return n;
-}
+int64_t ldmc_loader_failed_files(const ldmc_loader *l) { return l->failed_files; }
+
+int64_t ldmc_loader_left_out(const ldmc_loader *l) { return l->left_out; }
 
 static void free_batch(ldmc_batch *b) {
     free(b->pixels);
@@ -280,6 +295,11 @@ static void free_batch(ldmc_batch *b) {
     free(b->class_ids);
     free(b->captions);
     free(b->samples);
+    for (int k = 0; k < b->failed; k++)
+        free(b->failed_messages[k]);
+    free(b->failed_samples);
+    free(b->failed_messages);
+    free(b->new_failures);
 }
 
 void ldmc_loader_stop(ldmc_loader *l) {
@@ -301,5 +321,6 @@ void ldmc_loader_stop(ldmc_loader *l) {
     free(l->slots);
     free(l->workers);
     free(l->sample_bucket);
+    free(l->failed_once);
     free(l);
 }

@@ -2,8 +2,10 @@
 // sampler plans, ahead of the trainer, into a bounded ring of prefetched batches; batches come
 // out in order whatever the threads' timing, so a run is the same with 1 or 8 workers. The time
 // the trainer spends waiting is counted. A file that fails to decode now (it was readable at scan
-// time) is left out of its batch, counted and named in the dataset's skip list. With a latent
-// cache instead of images, the workers read posterior moments (one bucket per cache group).
+// time) is left out of its batch; the batch carries the message, naming the file. Failures are
+// counted when a batch is handed out, never when it is prefetched, so the counts do not depend on
+// data.prefetch: each failing file once, and each time it was left out. With a latent cache
+// instead of images, the workers read posterior moments (one bucket per cache group).
 // Tested by tests/test_data.c.
 #pragma once
 #include <stdbool.h>
@@ -28,7 +30,13 @@ typedef struct ldmc_batch {
     int64_t *class_ids; // (n)
     const char **captions;
     int *samples; // (n) dataset indices
-    int failed;   // samples of the planned batch that could not be decoded
+    int failed;   // samples of the planned batch that could not be read, and for each:
+    int *failed_samples;    // (failed) its dataset (or cache entry) index
+    char **failed_messages; // (failed) why, naming the file
+    // The messages of the files failing for the first time in this run (set by
+    // ldmc_loader_next): the ones to report.
+    int n_new_failures;
+    const char **new_failures;
 } ldmc_batch;
 
 typedef struct ldmc_loader_options {
@@ -54,9 +62,10 @@ const ldmc_batch *ldmc_loader_next(ldmc_loader *l);
 const ldmc_sampler *ldmc_loader_sampler(const ldmc_loader *l);
 // Seconds the caller has spent blocked in ldmc_loader_next since the start.
 double ldmc_loader_wait_seconds(const ldmc_loader *l);
-// Samples left out of batches so far because they could not be read (also named in the
-// dataset's skip list for images).
-int64_t ldmc_loader_failures(ldmc_loader *l);
+// Of the batches handed out so far: the files (or cache entries) that could not be read, each
+// counted once, and the times a sample was left out for it (a file fails again every epoch).
+int64_t ldmc_loader_failed_files(const ldmc_loader *l);
+int64_t ldmc_loader_left_out(const ldmc_loader *l);
 void ldmc_loader_stop(ldmc_loader *l);
 
 // The random draws of a sample's crop and flip in an epoch (u in [0, 1), for ldmc_crop_plan).

@@ -217,6 +217,62 @@ const char *ldmc_cfg_path(const ldmc_cfg *node, char *buf, int size) {
     return buf;
 }
 
+// The scalars of a tree with their paths, in document order.
+typedef struct cfg_leaves {
+    char (*path)[256];
+    const char **value;
+    int count, cap;
+} cfg_leaves;
+
+static void collect_leaves(const ldmc_cfg *n, cfg_leaves *out) {
+    if (n->kind != LDMC_CFG_SCALAR) {
+        for (int i = 0; i < n->count; i++)
+            collect_leaves(n->items[i], out);
+        return;
+    }
+    if (out->count == out->cap) {
+        out->cap = out->cap ? 2 * out->cap : 64;
+        out->path = realloc(out->path, (size_t)out->cap * sizeof *out->path);
+        out->value = realloc(out->value, (size_t)out->cap * sizeof *out->value);
+        LDMC_CHECK(out->path && out->value, "out of memory");
+    }
+    ldmc_cfg_path(n, out->path[out->count], sizeof out->path[0]);
+    out->value[out->count++] = n->value ? n->value : "";
+}
+
+static int find_leaf(const cfg_leaves *l, const char *path) {
+    for (int i = 0; i < l->count; i++)
+        if (!strcmp(l->path[i], path)) return i;
+    return -1;
+}
+
+static bool same_value(const char *a, const char *b) {
+    if (!strcmp(a, b)) return true;
+    char *end_a, *end_b;
+    double x = strtod(a, &end_a), y = strtod(b, &end_b);
+    return end_a != a && end_b != b && !*end_a && !*end_b && x == y;
+}
+
+int ldmc_cfg_diff(const ldmc_cfg *was, const ldmc_cfg *now, ldmc_cfg_diff_fn report, void *ctx) {
+    cfg_leaves a = {0}, b = {0};
+    collect_leaves(was, &a);
+    collect_leaves(now, &b);
+    int changes = 0;
+    for (int i = 0; i < a.count; i++) {
+        int j = find_leaf(&b, a.path[i]);
+        if (j >= 0 && same_value(a.value[i], b.value[j])) continue;
+        report(a.path[i], a.value[i], j >= 0 ? b.value[j] : NULL, ctx);
+        changes++;
+    }
+    for (int j = 0; j < b.count; j++)
+        if (find_leaf(&a, b.path[j]) < 0) {
+            report(b.path[j], NULL, b.value[j], ctx);
+            changes++;
+        }
+    free(a.path), free(a.value), free(b.path), free(b.value);
+    return changes;
+}
+
 int ldmc_cfg_error(const ldmc_cfg *node, ldmc_err *err, const char *fmt, ...) {
     char path[256], message[512];
     va_list args;

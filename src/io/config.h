@@ -34,6 +34,12 @@ int ldmc_cfg_set(ldmc_cfg *root, const char *path, const char *value, ldmc_err *
 // Writes the tree back as YAML (the resolved config saved with each checkpoint).
 int ldmc_cfg_write(const ldmc_cfg *root, FILE *out);
 
+// Compares two trees scalar by scalar (numbers as numbers: 5e-4 equals 0.0005) and calls
+// `report` for each path whose value differs or that only one tree has (`was` or `now` NULL
+// then): the scalars of `was` in order, then those only `now` has. Returns how many.
+typedef void (*ldmc_cfg_diff_fn)(const char *path, const char *was, const char *now, void *ctx);
+int ldmc_cfg_diff(const ldmc_cfg *was, const ldmc_cfg *now, ldmc_cfg_diff_fn report, void *ctx);
+
 // The entry `key` of a map, or NULL.
 const ldmc_cfg *ldmc_cfg_get(const ldmc_cfg *map, const char *key);
 // "unet.channel_mult" or "unet.vector[2]": the node's path, for messages.

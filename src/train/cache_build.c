@@ -38,8 +38,9 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
         ldmc_vae_free(&vae);
         return -1;
     }
+    ldmc_dataset_report(&data, stdout);
     if (cfg->min_size > 0)
-        printf("%d images with a side below data.min_size %d left out\n",
+        printf("  %d images with a side below data.min_size %d left out\n",
                ldmc_dataset_keep_min_size(&data, cfg->min_size), cfg->min_size);
     int f = 1 << (vc->levels - 1), variants = flip_variants ? 2 : 1;
     rc = ldmc_train_config_buckets(cfg, f, &buckets, err);
@@ -71,7 +72,7 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
                 ldmc_err e = {0};
                 if (ldmc_load_sample(&data, i, 0, H, W, v ? 1.0 : 0.0, cfg->seed,
                                      pixels + (size_t)got * H * W * 3, &plans[got], &e) != 0) {
-                    ldmc_dataset_note_skip(&data, e.message);
+                    printf("  left out: %s\n", e.message);
                     failed++;
                     break;
                 }
@@ -100,7 +101,7 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
             }
             written += m;
         }
-        if (rc == 0 && got) printf("  %5d x %-5d %6d latents\n", H, W, got);
+        if (rc == 0 && got) printf("  %5d x %-5d %6d latents\n", W, H, got);
         free(pixels);
         free(plans);
         free(index);
@@ -114,9 +115,10 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
             mean, sd, sd > 0 ? 1 / sd : 0, vc->scale_factor);
     }
     if (rc == 0)
-        printf("cache: %s, %d latents of %d images (%s), %d failed to decode, %d skipped at scan\n",
+        printf("cache: %s, %d latents of %d images (%s); %d skipped at scan, %d failed to "
+               "decode%s\n",
                out, written, data.count, flip_variants ? "each also flipped" : "one crop each",
-               failed, data.skipped);
+               data.skipped, failed, failed ? " (named above)" : "");
     ldmc_ctx_free(&ctx);
     free(fill);
     ldmc_dataset_free(&data);

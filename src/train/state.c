@@ -7,12 +7,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#define LDMC_STATE_FORMAT "ldmc training checkpoint 1"
 
 int ldmc_mkdirs(const char *path, ldmc_err *err) {
     char buf[4096];
@@ -42,7 +45,7 @@ static int remove_entry(const char *path, const struct stat *sb, int flag, struc
     return remove(path);
 }
 
-static int remove_tree(const char *path) {
+int ldmc_remove_tree(const char *path) {
     return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
@@ -158,7 +161,7 @@ int ldmc_state_clean(const char *out_dir) {
         size_t len = strlen(e->d_name);
         if (len > 4 && !strcmp(e->d_name + len - 4, ".tmp")) {
             snprintf(path, sizeof path, "%s/%s", root, e->d_name);
-            removed += remove_tree(path) == 0;
+            removed += ldmc_remove_tree(path) == 0;
         }
     }
     closedir(d);
@@ -172,7 +175,7 @@ int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_t
     snprintf(final, sizeof final, "%s/step-%08lld", root, (long long)st->step);
     snprintf(tmp, sizeof tmp, "%s.tmp", final);
     if (ldmc_mkdirs(root, err) != 0) return -1;
-    remove_tree(tmp);
+    ldmc_remove_tree(tmp);
     if (mkdir(tmp, 0777) != 0) return LDMC_ERR(err, "%s: cannot create: %s", tmp, strerror(errno));
     ldmc_save_part weights = {m->params, m->map, LDMC_ROLE_WEIGHTS},
                    ema = {m->params, m->map, LDMC_ROLE_EMA};
@@ -190,14 +193,18 @@ int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_t
     cJSON_AddNumberToObject(j, "step", (double)st->step);
     cJSON_AddNumberToObject(j, "batches", (double)st->batches);
     cJSON_AddNumberToObject(j, "skipped_steps", (double)st->skipped_steps);
-    char seed[32];
+    cJSON_AddNumberToObject(j, "images", (double)st->images);
+    char seed[32], fingerprint[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)st->seed);
     cJSON_AddStringToObject(j, "seed", seed); // a string: 64-bit seeds do not fit a double
+    cJSON_AddNumberToObject(j, "data_samples", (double)st->data_samples);
+    snprintf(fingerprint, sizeof fingerprint, "%016llx", (unsigned long long)st->data_fingerprint);
+    cJSON_AddStringToObject(j, "data_fingerprint", fingerprint);
     cJSON_AddBoolToObject(j, "ema", m->ema);
     // Every random draw is Philox keyed by (seed, step, rank, purpose): the seed and the step are
     // the whole generator state; the data position is the batch count.
     cJSON_AddStringToObject(j, "rng", "philox4x32-10 keyed by (seed, step, rank, purpose)");
-    cJSON_AddStringToObject(j, "format", "ldmc training checkpoint 1");
+    cJSON_AddStringToObject(j, "format", LDMC_STATE_FORMAT);
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
     snprintf(file, sizeof file, "%s/state.json", tmp);
@@ -208,7 +215,7 @@ int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_t
     if (rc != 0) return -1;
     maybe_die("before-rename", st->step);
     if (fsync_path(tmp) != 0) return LDMC_ERR(err, "%s: cannot sync: %s", tmp, strerror(errno));
-    remove_tree(final); // a run that rewrites a step it already saved
+    ldmc_remove_tree(final); // a run that rewrites a step it already saved
     if (rename(tmp, final) != 0)
         return LDMC_ERR(err, "%s: cannot rename into place: %s", final, strerror(errno));
     fsync_path(root);
@@ -219,7 +226,7 @@ int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_t
     for (int i = 0; i < n; i++) {
         if (i < n - keep) {
             snprintf(file, sizeof file, "%s/%s", root, names[i]);
-            remove_tree(file);
+            ldmc_remove_tree(file);
         }
         free(names[i]);
     }
@@ -243,34 +250,97 @@ int ldmc_state_latest(const char *out_dir, char *path, size_t size, ldmc_err *er
     return 0;
 }
 
-int ldmc_state_load(const char *dir, ldmc_state_model *m, ldmc_train_state *st, ldmc_err *err) {
+// A whole number in [min, max] under `key` (JSON numbers are doubles: exact up to 2^53).
+static int state_count(const cJSON *j, const char *key, bool required, int64_t min, int64_t max,
+                       int64_t *out, const char *file, ldmc_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!v && !required) return 0;
+    double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    if (!v || !isfinite(d) || d != floor(d) || d < (double)min || d > (double)max) {
+        char *text = v ? cJSON_PrintUnformatted(v) : NULL;
+        LDMC_ERR(err, "%s: \"%s\" must be a whole number from %lld to %lld, %s%s", file, key,
+                 (long long)min, (long long)max, text ? "got " : "it is missing", text ? text : "");
+        free(text);
+        return -1;
+    }
+    *out = (int64_t)d;
+    return 0;
+}
+
+// A string of 1..20 hexadecimal (base 16) or decimal (base 10) digits that fits 64 bits.
+static int state_u64(const cJSON *j, const char *key, bool required, int base, uint64_t *out,
+                     const char *file, ldmc_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!v && !required) return 0;
+    const char *s = cJSON_IsString(v) ? v->valuestring : "";
+    size_t n = strlen(s);
+    bool ok =
+        n > 0 && n <= 20 && strspn(s, base == 16 ? "0123456789abcdefABCDEF" : "0123456789") == n;
+    errno = 0;
+    unsigned long long value = ok ? strtoull(s, NULL, base) : 0;
+    if (!ok || errno == ERANGE)
+        return LDMC_ERR(err, "%s: \"%s\" must be a string of %s digits (64 bits), %s", file, key,
+                        base == 16 ? "hexadecimal" : "decimal",
+                        v ? "got something else" : "it is missing");
+    *out = (uint64_t)value;
+    return 0;
+}
+
+// Reads and checks every field of state.json.
+static int read_state_json(const char *dir, ldmc_train_state *st, bool *has_ema, ldmc_err *err) {
     char file[4200];
     snprintf(file, sizeof file, "%s/state.json", dir);
     FILE *f = fopen(file, "r");
     if (!f)
         return LDMC_ERR(err, "%s: cannot open: %s (not a checkpoint directory?)", file,
                         strerror(errno));
-    char text[4096];
-    size_t n = fread(text, 1, sizeof text - 1, f);
+    enum { MAX_STATE = 1 << 16 };
+    char *text = malloc(MAX_STATE + 1);
+    size_t n = text ? fread(text, 1, MAX_STATE + 1, f) : 0;
     fclose(f);
+    if (!text) return LDMC_ERR(err, "out of memory");
+    if (n > MAX_STATE) {
+        free(text);
+        return LDMC_ERR(err, "%s: larger than %d bytes: not a training state", file, MAX_STATE);
+    }
     text[n] = '\0';
     cJSON *j = cJSON_Parse(text);
-    const cJSON *step = cJSON_GetObjectItem(j, "step"),
-                *batches = cJSON_GetObjectItem(j, "batches");
-    const cJSON *skipped = cJSON_GetObjectItem(j, "skipped_steps"),
-                *seed = cJSON_GetObjectItem(j, "seed");
-    const cJSON *ema = cJSON_GetObjectItem(j, "ema");
-    if (!cJSON_IsNumber(step) || !cJSON_IsNumber(batches) || !cJSON_IsString(seed)) {
+    free(text);
+    if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);
-        return LDMC_ERR(err, "%s: expected {step, batches, seed, ...}", file);
+        return LDMC_ERR(
+            err, "%s: not a JSON object (expected {\"step\", \"batches\", \"seed\", ...})", file);
     }
-    *st = (ldmc_train_state){.step = (int64_t)step->valuedouble,
-                             .batches = (int64_t)batches->valuedouble,
-                             .skipped_steps =
-                                 cJSON_IsNumber(skipped) ? (int64_t)skipped->valuedouble : 0,
-                             .seed = strtoull(seed->valuestring, NULL, 10)};
-    bool has_ema = cJSON_IsTrue(ema);
+    const cJSON *format = cJSON_GetObjectItemCaseSensitive(j, "format");
+    const cJSON *ema = cJSON_GetObjectItemCaseSensitive(j, "ema");
+    *st = (ldmc_train_state){0};
+    int rc = 0;
+    if (!cJSON_IsString(format) || strcmp(format->valuestring, LDMC_STATE_FORMAT) != 0)
+        rc = LDMC_ERR(err, "%s: \"format\" must be \"%s\"", file, LDMC_STATE_FORMAT);
+    else if (ema && !cJSON_IsBool(ema))
+        rc = LDMC_ERR(err, "%s: \"ema\" must be true or false", file);
+    const int64_t exact = (int64_t)1 << 53;
+    if (rc == 0)
+        rc = state_count(j, "step", true, 0, LDMC_MAX_STEPS, &st->step, file, err) ||
+                     state_count(j, "batches", true, st->step, exact, &st->batches, file, err) ||
+                     state_count(j, "skipped_steps", false, 0, st->step, &st->skipped_steps, file,
+                                 err) ||
+                     state_count(j, "images", false, 0, exact, &st->images, file, err) ||
+                     state_count(j, "data_samples", false, 0, INT32_MAX, &st->data_samples, file,
+                                 err) ||
+                     state_u64(j, "seed", true, 10, &st->seed, file, err) ||
+                     state_u64(j, "data_fingerprint", false, 16, &st->data_fingerprint, file, err)
+                 ? -1
+                 : 0;
+    *has_ema = cJSON_IsTrue(ema);
     cJSON_Delete(j);
+    return rc;
+}
+
+int ldmc_state_load(const char *dir, ldmc_state_model *m, ldmc_train_state *st, ldmc_err *err) {
+    char file[4200];
+    bool has_ema = false;
+    if (read_state_json(dir, st, &has_ema, err) != 0) return -1;
     ldmc_safetensors sf;
     snprintf(file, sizeof file, "%s/model.safetensors", dir);
     if (ldmc_safetensors_open(&sf, file, err) != 0) return -1;

@@ -2,7 +2,8 @@
 //   model.safetensors      the weights, official layout (loads in other tools as it is)
 //   ema.safetensors        the EMA weights, official layout (when EMA is on)
 //   optimizer.safetensors  AdamW's m and v per parameter ("adam_m.<key>", "adam_v.<key>")
-//   state.json             step, batches consumed (the data position), counters, seed
+//   state.json             step, batches consumed (the data position), counters, seed, and the
+//                          data's sample count and fingerprint (a resume says when they changed)
 //   config.yaml            the resolved config of the run
 // written into step-...tmp, every file fsynced, then renamed into place and the parent fsynced:
 // a crash (kill -9 included) leaves the previous checkpoints as they were and at most a .tmp
@@ -14,13 +15,18 @@
 
 #include "core/error.h"
 #include "core/params.h"
+#include "core/rng.h"
 #include "io/checkpoint.h"
 
 typedef struct ldmc_train_state {
     int64_t step;          // optimizer steps done
     int64_t batches;       // batches this rank has consumed: where the data resumes
     int64_t skipped_steps; // steps skipped for a non-finite loss or gradient
+    int64_t images;        // images trained on (metrics.jsonl's count)
     uint64_t seed;
+    // The data trained on: its sample count and ldmc_dataset_fingerprint (0, 0: not recorded).
+    int64_t data_samples;
+    uint64_t data_fingerprint;
 } ldmc_train_state;
 
 // The checkpoint's model part: a parameter table and how its keys appear in files.
@@ -35,9 +41,12 @@ int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_t
 // (saved_path, when not NULL, receives the directory written: room for 4200 bytes.)
 // The newest complete checkpoint under <out>/checkpoints, into `path`; -1 when there is none.
 int ldmc_state_latest(const char *out_dir, char *path, size_t size, ldmc_err *err);
-// Loads weights, EMA, optimizer state and counters from a checkpoint directory.
+// Loads weights, EMA, optimizer state and counters from a checkpoint directory. Every field of
+// state.json is checked (type, whole number, range, consistency) and a bad one named.
 int ldmc_state_load(const char *dir, ldmc_state_model *m, ldmc_train_state *st, ldmc_err *err);
 // Removes <out>/checkpoints/*.tmp left by a crash; returns how many.
 int ldmc_state_clean(const char *out_dir);
+// Removes a file or a folder with everything in it (rm -rf); 0 on success.
+int ldmc_remove_tree(const char *path);
 // Creates a directory and its parents (mkdir -p).
 int ldmc_mkdirs(const char *path, ldmc_err *err);

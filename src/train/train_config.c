@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/device.h"
+#include "core/rng.h"
 
 // path relative to the config's folder, unless absolute
 static void resolve(const char *config_path, const char *value, char *out) {
@@ -243,7 +244,7 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
     int64_t seed = 0;
     const char *device = "cpu";
     if (ldmc_cfg_check_keys(train, train_keys, err) ||
-        get_int(train, "steps", 1, INT64_MAX, &c->steps, err) ||
+        get_int(train, "steps", 1, LDMC_MAX_STEPS, &c->steps, err) ||
         get_int(train, "seed", 0, INT64_MAX, &seed, err) ||
         get_path(train, "out", true, c->source_path, c->out, err) ||
         get_int(train, "checkpoint_every", 1, INT64_MAX, &c->checkpoint_every, err) ||

@@ -62,10 +62,10 @@ typedef struct trainer {
     FILE *metrics;
     ldmc_tensorboard tb;
     bool have_tb;
-    int64_t images;         // images consumed by this run
     int sample_h, sample_w; // preview size in pixels
     bool bench;             // ldmc_train_bench: random weights, no files
     int lock_fd;            // <out>/lock, held while the run lasts
+    char resumed_from[4200]; // the checkpoint directory of a resumed run, or ""
 } trainer;
 
 static volatile sig_atomic_t interrupted;
@@ -180,16 +180,32 @@ static void print_bucket_fill(const trainer *T, const ldmc_sampler *s) {
     int used = 0;
     for (int b = 0; b < T->buckets.count; b++)
         used += s->fill[b] > 0;
-    printf("buckets: %d of %d in use, batch size %d, %d batches per epoch\n", used,
-           T->buckets.count, s->batch_size, ldmc_sampler_steps_per_epoch(s));
+    printf("buckets (width x height): %d of %d in use, batch size %d, %d batches per epoch\n",
+           used, T->buckets.count, s->batch_size, ldmc_sampler_steps_per_epoch(s));
     for (int b = 0; b < T->buckets.count; b++) {
         if (!s->fill[b]) continue;
         int batches = (s->fill[b] + s->batch_size - 1) / s->batch_size;
-        printf("  %5d x %-5d  %6d samples  %5d batches%s\n", T->buckets.height[b],
-               T->buckets.width[b], s->fill[b], batches,
+        printf("  %5d x %-5d  %6d samples  %5d batches%s\n", T->buckets.width[b],
+               T->buckets.height[b], s->fill[b], batches,
                s->fill[b] % s->batch_size ? " (the last one partial)" : "");
     }
     printf("  every sample is in a bucket: %d in all, none dropped\n", s->n_samples);
+}
+
+// The data's sample count and fingerprint go into every checkpoint; a resumed run says when they
+// changed (the batch order from there on differs from an uninterrupted run's).
+static void record_data(trainer *T) {
+    int64_t samples = T->have_data ? T->data.count : T->cache.count;
+    uint64_t fingerprint = T->have_data ? ldmc_dataset_fingerprint(&T->data) : 0;
+    int64_t then = T->st.data_samples;
+    bool other_files = fingerprint && T->st.data_fingerprint && fingerprint != T->st.data_fingerprint;
+    if (T->resumed_from[0] && then > 0 && (samples != then || other_files))
+        printf("resume: the data changed since the checkpoint (%lld samples then, %lld now%s): the "
+               "batch order from here on differs from an uninterrupted run's\n",
+               (long long)then, (long long)samples,
+               samples == then ? "; other files, sizes, classes or captions" : "");
+    T->st.data_samples = samples;
+    T->st.data_fingerprint = fingerprint;
 }
 
 static int setup_data(trainer *T, ldmc_err *err) {
@@ -211,8 +227,10 @@ static int setup_data(trainer *T, ldmc_err *err) {
         for (int g = 0; g < T->cache.n_groups; g++)
             if (T->cache.groups[g].h % lalign || T->cache.groups[g].w % lalign)
                 return LDMC_ERR(
-                    err, "%s: latents of %dx%d in group %dx%d: the UNet needs multiples of %d",
-                    cfg->data_path, T->cache.groups[g].h, T->cache.groups[g].w,
+                    err,
+                    "%s: latents of %dx%d (width x height) in group /buckets/%dx%d: the UNet "
+                    "needs multiples of %d",
+                    cfg->data_path, T->cache.groups[g].w, T->cache.groups[g].h,
                     T->cache.groups[g].height, T->cache.groups[g].width, lalign);
         printf("data: latent cache %s, %lld entries in %d groups\n", cfg->data_path,
                (long long)T->cache.count, T->cache.n_groups);
@@ -220,13 +238,7 @@ static int setup_data(trainer *T, ldmc_err *err) {
     } else {
         if (ldmc_dataset_scan(cfg->data_path, cfg->labels, &T->data, err) != 0) return -1;
         T->have_data = true;
-        printf("data: %d images in %s", T->data.count, cfg->data_path);
-        if (T->data.n_classes) printf(", %d classes", T->data.n_classes);
-        printf(", %d files skipped\n", T->data.skipped);
-        for (int i = 0; i < T->data.skipped && i < LDMC_SKIP_NAMED; i++)
-            printf("  skipped: %s\n", T->data.skip_reasons[i]);
-        if (T->data.skipped > LDMC_SKIP_NAMED)
-            printf("  (and %d more)\n", T->data.skipped - LDMC_SKIP_NAMED);
+        ldmc_dataset_report(&T->data, stdout);
         if (cfg->min_size > 0)
             printf("  %d images with a side below data.min_size %d left out\n",
                    ldmc_dataset_keep_min_size(&T->data, cfg->min_size), cfg->min_size);
@@ -244,6 +256,7 @@ static int setup_data(trainer *T, ldmc_err *err) {
             return LDMC_ERR(err, "%s: %d classes in the data, the UNet has %d", cfg->data_path, n,
                             cfg->model.unet.n_classes);
     }
+    record_data(T);
     ldmc_loader_options lo = {.batch_size = cfg->batch_size,
                               .threads = cfg->workers,
                               .prefetch = cfg->prefetch,
@@ -263,8 +276,9 @@ static int setup_data(trainer *T, ldmc_err *err) {
         T->sample_h = T->buckets.height[b], T->sample_w = T->buckets.width[b];
     }
     if (!T->vae_task && (T->sample_h % T->align || T->sample_w % T->align))
-        return LDMC_ERR(err, "%s: sample size %dx%d: the models need multiples of %d",
-                        cfg->source_path, T->sample_h, T->sample_w, T->align);
+        return LDMC_ERR(err,
+                        "%s: sample size %dx%d (width x height): the models need multiples of %d",
+                        cfg->source_path, T->sample_w, T->sample_h, T->align);
     return 0;
 }
 
@@ -708,6 +722,30 @@ static int export_final(trainer *T, ldmc_err *err) {
     return ldmc_save_weights(path, &part, 1, LDMC_F32, NULL, err);
 }
 
+static void print_change(const char *path, const char *was, const char *now, void *ctx) {
+    if ((*(int *)ctx)++ == 0)
+        printf("resume: settings changed since the checkpoint (the run goes on with the new "
+               "ones; a changed batch size or data order makes it differ from an uninterrupted "
+               "run):\n");
+    printf("  %s: %s -> %s\n", path, was ? was : "(not set)", now ? now : "(not set)");
+}
+
+// A resumed run names every setting that differs from its checkpoint's config.yaml.
+static void report_config_changes(const trainer *T, const char *dir) {
+    char path[4300];
+    snprintf(path, sizeof path, "%s/config.yaml", dir);
+    ldmc_err ignore = {0};
+    ldmc_cfg *was = ldmc_cfg_load(path, &ignore);
+    ldmc_cfg *now = ldmc_cfg_parse(T->cfg->resolved_yaml, T->cfg->source_path, &ignore);
+    int changes = 0;
+    if (!was)
+        printf("resume: %s cannot be read: whether the settings changed is unknown\n", path);
+    else if (now)
+        ldmc_cfg_diff(was, now, print_change, &changes);
+    ldmc_cfg_free(was);
+    ldmc_cfg_free(now);
+}
+
 static int resume_from(trainer *T, const char *resume, ldmc_err *err) {
     char dir[4200];
     if (!strcmp(resume, "latest")) {
@@ -725,6 +763,8 @@ static int resume_from(trainer *T, const char *resume, ldmc_err *err) {
             dir, (unsigned long long)T->st.seed, (unsigned long long)T->cfg->seed);
     printf("resume: %s at step %lld (%lld batches consumed, %lld steps skipped so far)\n", dir,
            (long long)T->st.step, (long long)T->st.batches, (long long)T->st.skipped_steps);
+    snprintf(T->resumed_from, sizeof T->resumed_from, "%s", dir);
+    report_config_changes(T, dir);
     return 0;
 }
 
@@ -839,6 +879,8 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
     trainer_begin(T, cfg, false);
     *result = (ldmc_train_result){0};
     double *losses = NULL;
+    // A run refused before its first step leaves no out folder behind that it made itself.
+    bool fresh = access(cfg->out, F_OK) != 0;
     int rc = ldmc_mkdirs(cfg->out, err);
     if (rc == 0) rc = lock_out(T, err);
     if (rc == 0 && !resume) rc = refuse_existing(cfg, err);
@@ -879,6 +921,7 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
     if (rc != 0) {
         free(losses);
         free_trainer(T);
+        if (fresh) ldmc_remove_tree(cfg->out);
         return -1;
     }
     printf("training: steps %lld to %lld, batch %d x %d accumulation, %d threads, out %s\n",
@@ -886,7 +929,9 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
            ldmc_threads_get(), cfg->out);
     fflush(stdout);
     interrupted = 0;
-    struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term;
+    // The first SIGINT or SIGTERM ends the run after the current step, with a checkpoint; the
+    // handler then falls back to the default, so a second one stops the process at once.
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND}, old_int, old_term;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
@@ -906,6 +951,8 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
         for (int micro = 0; micro < cfg->accumulation; micro++) {
             const ldmc_batch *b = ldmc_loader_next(T->loader);
             T->st.batches++;
+            for (int k = 0; k < b->n_new_failures; k++)
+                printf("  left out: %s\n", b->new_failures[k]);
             if (b->n == 0) { // every image of the batch failed to decode (named in the log)
                 if (++empty_batches >
                     ldmc_sampler_steps_per_epoch(ldmc_loader_sampler(T->loader))) {
@@ -922,7 +969,7 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
             finite = finite && isfinite(l);
             loss += l;
             used++;
-            T->images += b->n;
+            T->st.images += b->n;
             images_window += b->n;
             last = b;
         }
@@ -955,7 +1002,7 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
         json_number(T->metrics, "loss", finite ? loss : NAN);
         json_number(T->metrics, "lr", lr);
         json_number(T->metrics, "grad_norm", norm);
-        fprintf(T->metrics, ",\"images\":%lld,\"skipped\":%lld}\n", (long long)T->images,
+        fprintf(T->metrics, ",\"images\":%lld,\"skipped\":%lld}\n", (long long)T->st.images,
                 (long long)T->st.skipped_steps);
         if (finite) ldmc_tensorboard_scalar(&T->tb, "train/loss", T->st.step, loss);
         ldmc_tensorboard_scalar(&T->tb, "train/lr", T->st.step, lr);
@@ -981,13 +1028,21 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
             t_window = t, wait_window = waited, images_window = 0, loss_window = 0,
             loss_window_n = 0;
         }
-        // (an interrupted run saves its checkpoint at once, without a preview)
+        // (an interrupted run saves its checkpoint at once, without a preview; a preview that
+        // cannot be written is a warning: the checkpoint matters more)
         if (last && (T->st.step % cfg->sample_every == 0 || T->st.step == cfg->steps)) {
             bool swap = !T->vae_task && cfg->ema_decay > 0;
+            ldmc_err preview_err = {0};
             if (swap) ldmc_ema_swap(T->params);
-            rc = write_preview(T, last, result->last_grid, err);
+            int preview = write_preview(T, last, result->last_grid, &preview_err);
             if (swap) ldmc_ema_swap(T->params);
-            if (rc == 0 && result->last_grid[0]) printf("samples: %s\n", result->last_grid);
+            if (preview != 0) {
+                result->last_grid[0] = '\0';
+                printf("warning: step %lld: no sample grid: %s (training goes on)\n",
+                       (long long)T->st.step, preview_err.message);
+            } else if (result->last_grid[0]) {
+                printf("samples: %s\n", result->last_grid);
+            }
         }
         if (rc == 0 && (T->st.step % cfg->checkpoint_every == 0 || final)) {
             rc = save(T, result->last_checkpoint, err);
@@ -997,9 +1052,7 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    if (rc == 0 && interrupted)
-        printf("interrupted at step %lld: checkpoint saved; `--resume latest` continues\n",
-               (long long)T->st.step);
+    if (interrupted && T->st.step < cfg->steps) result->interrupted = interrupted;
     if (rc == 0 && T->st.step > first_step && last_saved != T->st.step)
         rc = save(T, result->last_checkpoint, err);
     if (rc == 0 && T->st.step == cfg->steps && T->st.step > first_step) {
@@ -1026,17 +1079,27 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
     result->steps = T->st.step;
     result->skipped_steps = T->st.skipped_steps;
     result->skipped_files = T->have_data ? T->data.skipped : 0;
-    result->failed_samples = T->loader ? ldmc_loader_failures(T->loader) : 0;
+    result->failed_files = T->loader ? ldmc_loader_failed_files(T->loader) : 0;
+    result->left_out = T->loader ? ldmc_loader_left_out(T->loader) : 0;
     mean_of_tenths(losses, done, &result->first_loss, &result->last_loss);
     if (rc == 0 && done > 0) {
         char took[32];
         format_duration(now_seconds() - t_start, took, sizeof took);
-        printf("done: %lld steps in %s; mean loss of the first 10%% %.4f, of the last 10%% %.4f; "
-               "%lld skipped; "
-               "%lld samples left out (unreadable)\n",
-               (long long)done, took, result->first_loss, result->last_loss,
-               (long long)T->st.skipped_steps, (long long)ldmc_loader_failures(T->loader));
+        char failures[128] = "none";
+        if (result->failed_files)
+            snprintf(failures, sizeof failures, "%lld file%s, left out %lld times (named above)",
+                     (long long)result->failed_files, result->failed_files > 1 ? "s" : "",
+                     (long long)result->left_out);
+        printf("%s: %lld steps in %s; mean loss of the first 10%% %.4f, of the last 10%% %.4f; "
+               "%lld skipped; decode failures: %s\n",
+               result->interrupted ? "stopped" : "done", (long long)done, took,
+               result->first_loss, result->last_loss, (long long)T->st.skipped_steps, failures);
     }
+    if (rc == 0 && result->interrupted)
+        printf("interrupted (%s) at step %lld of %lld: checkpoint saved; `--resume latest` "
+               "continues\n",
+               result->interrupted == SIGINT ? "SIGINT" : "SIGTERM", (long long)T->st.step,
+               (long long)cfg->steps);
     free(losses);
     free_trainer(T);
     return rc;

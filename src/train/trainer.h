@@ -15,13 +15,17 @@ typedef struct ldmc_train_result {
     double first_loss;      // mean loss of the first 10% of this run's steps
     double last_loss;       // mean loss of the last 10%
     int64_t skipped_steps;  // non-finite steps skipped
-    int skipped_files;      // entries of the skip list: files unreadable at scan or at decode
-    int64_t failed_samples; // samples left out of batches because they failed to decode
+    int skipped_files;      // files skipped at scan time (not images, unreadable headers)
+    int64_t failed_files;   // files that failed to decode in training, each counted once
+    int64_t left_out;       // times a sample was left out of its batch for that
+    int interrupted;        // SIGINT or SIGTERM when a signal ended the run early (saved), or 0
     char last_checkpoint[4200];
     char last_grid[4200];
 } ldmc_train_result;
 
-// resume: NULL for a new run, "latest", or a checkpoint directory. Stops after cfg->steps.
+// resume: NULL for a new run, "latest", or a checkpoint directory. Stops after cfg->steps, or
+// after the current step on SIGINT/SIGTERM (returning 0 with result->interrupted set, after
+// saving; a second signal kills the process). `ldmc train` exits 128 + the signal then.
 int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_result *result,
                ldmc_err *err);
 
