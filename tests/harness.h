@@ -105,7 +105,8 @@ void test_ctx_init(ldmc_ctx *ctx);
 // The directory of the committed reference data (tests/ref/data).
 const char *test_data_dir(void);
 // A temporary directory for this test program, made on first use and removed (with everything
-// in it) when the program exits (kept when LDMC_TEST_KEEP is set); and <that directory>/<name> (8 rotating buffers).
+// in it) when the program exits (kept when LDMC_TEST_KEEP is set); and <that directory>/<name>
+// (8 rotating buffers).
 const char *test_tmpdir(void);
 const char *test_tmp_path(const char *name);
 // The configs/ folder (LDMC_CONFIG_DIR in the environment overrides the build's path: a build

@@ -34,6 +34,9 @@ enum {
 
 // FNV-1a (64-bit) of a string: a stable per-name key, e.g. for a parameter's initialization stream.
 uint64_t ldmc_hash_name(const char *name);
+// FNV-1a continued over n more bytes from the hash h (LDMC_HASH_START to begin).
+#define LDMC_HASH_START 0xcbf29ce484222325ull
+uint64_t ldmc_hash_bytes(uint64_t h, const void *data, size_t n);
 
 void ldmc_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 

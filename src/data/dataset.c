@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "core/rng.h"
 #include "data/image.h"
 
 static bool is_image_name(const char *name) {
@@ -287,24 +288,18 @@ int ldmc_dataset_scan(const char *root, ldmc_labels labels, ldmc_dataset *out, l
     return rc;
 }
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
-    const uint8_t *p = data;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
-
 uint64_t ldmc_dataset_fingerprint(const ldmc_dataset *d) {
-    uint64_t h = 0xcbf29ce484222325ull;
+    uint64_t h = LDMC_HASH_START;
     size_t root = strlen(d->root);
     for (int i = 0; i < d->count; i++) {
         const ldmc_sample *s = &d->items[i];
         const char *rel = strncmp(s->path, d->root, root) == 0 ? s->path + root : s->path;
         int32_t numbers[5] = {s->height, s->width, s->original_height, s->original_width,
                               s->class_id};
-        h = fnv1a(h, rel, strlen(rel) + 1);
-        h = fnv1a(h, numbers, sizeof numbers);
-        h = fnv1a(h, s->caption ? s->caption : "", strlen(s->caption ? s->caption : "") + 1);
+        const char *caption = s->caption ? s->caption : "";
+        h = ldmc_hash_bytes(h, rel, strlen(rel) + 1);
+        h = ldmc_hash_bytes(h, numbers, sizeof numbers);
+        h = ldmc_hash_bytes(h, caption, strlen(caption) + 1);
     }
     return h;
 }

@@ -29,8 +29,8 @@ typedef struct ldmc_batch {
     int32_t *c_target;  // (n, 2): (height, width)
     int64_t *class_ids; // (n)
     const char **captions;
-    int *samples; // (n) dataset indices
-    int failed;   // samples of the planned batch that could not be read, and for each:
+    int *samples;           // (n) dataset indices
+    int failed;             // samples of the planned batch that could not be read, and for each:
     int *failed_samples;    // (failed) its dataset (or cache entry) index
     char **failed_messages; // (failed) why, naming the file
     // The messages of the files failing for the first time in this run (set by

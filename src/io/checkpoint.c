@@ -153,13 +153,13 @@ int ldmc_map_key(const ldmc_key_map *map, const char *official, char *out, size_
                  bool *flatten_1x1) {
     bool flatten = false;
     int rc = -1;
-    if (map->layout == LDMC_LAYOUT_OFFICIAL && map->bare) {
-        const char *prefix = !strncmp(official, LDMC_UNET_PREFIX, strlen(LDMC_UNET_PREFIX))
-                                 ? LDMC_UNET_PREFIX
-                             : !strncmp(official, LDMC_VAE_PREFIX, strlen(LDMC_VAE_PREFIX))
-                                 ? LDMC_VAE_PREFIX
-                                 : "";
-        rc = put(out, size, "%s", official + strlen(prefix));
+    if (map->layout == LDMC_LAYOUT_OFFICIAL && map->bare) { // the official key, unprefixed
+        size_t skip = 0;
+        if (!strncmp(official, LDMC_UNET_PREFIX, strlen(LDMC_UNET_PREFIX)))
+            skip = strlen(LDMC_UNET_PREFIX);
+        else if (!strncmp(official, LDMC_VAE_PREFIX, strlen(LDMC_VAE_PREFIX)))
+            skip = strlen(LDMC_VAE_PREFIX);
+        rc = put(out, size, "%s", official + skip);
     } else if (map->layout == LDMC_LAYOUT_OFFICIAL) {
         rc = put(out, size, "%s", official);
     } else if (map->unet && strncmp(official, LDMC_UNET_PREFIX, strlen(LDMC_UNET_PREFIX)) == 0) {

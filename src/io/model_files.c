@@ -37,15 +37,15 @@ static int detect_naming(const char *path, const ldmc_params *p, const ldmc_safe
     diffusers.layout = LDMC_LAYOUT_DIFFUSERS;
     int n_bare = count_found(p, st, &bare), n_diffusers = count_found(p, st, &diffusers);
     *domain = "";
-    if (n_bare == 0 && n_diffusers == 0)
+    if (n_bare == 0 && n_diffusers == 0) {
+        const char *example = map->vae ? "encoder.conv_in.weight" : "input_blocks.0.0.weight";
         return LDMC_ERR(err,
-                        "%s: no %s weights in it: expected keys such as '%s%s' (a whole checkpoint), "
-                        "'%s' (a stand-alone file) or diffusers names; it has %d tensors%s%s%s",
-                        path, map->vae ? "VAE" : "UNet", prefix,
-                        map->vae ? "encoder.conv_in.weight" : "input_blocks.0.0.weight",
-                        map->vae ? "encoder.conv_in.weight" : "input_blocks.0.0.weight", st->count,
-                        st->count ? ", e.g. '" : "", st->count ? st->tensors[0].name : "",
-                        st->count ? "'" : "");
+                        "%s: no %s weights in it: expected keys such as '%s%s' (a whole "
+                        "checkpoint), '%s' (a stand-alone file) or diffusers names; it has %d "
+                        "tensors, the first '%s'",
+                        path, map->vae ? "VAE" : "UNet", prefix, example, example, st->count,
+                        st->count ? st->tensors[0].name : "");
+    }
     *map = n_bare >= n_diffusers ? bare : diffusers;
     return 0;
 }

@@ -65,7 +65,7 @@ typedef struct trainer {
     int sample_h, sample_w; // preview size in pixels
     bool bench;             // ldmc_train_bench: random weights, no files
     int lock_fd;            // <out>/lock, held while the run lasts
-    char resumed_from[4200]; // the checkpoint directory of a resumed run, or ""
+    bool resumed;           // the run continues from a checkpoint
 } trainer;
 
 static volatile sig_atomic_t interrupted;
@@ -180,8 +180,8 @@ static void print_bucket_fill(const trainer *T, const ldmc_sampler *s) {
     int used = 0;
     for (int b = 0; b < T->buckets.count; b++)
         used += s->fill[b] > 0;
-    printf("buckets (width x height): %d of %d in use, batch size %d, %d batches per epoch\n",
-           used, T->buckets.count, s->batch_size, ldmc_sampler_steps_per_epoch(s));
+    printf("buckets (width x height): %d of %d in use, batch size %d, %d batches per epoch\n", used,
+           T->buckets.count, s->batch_size, ldmc_sampler_steps_per_epoch(s));
     for (int b = 0; b < T->buckets.count; b++) {
         if (!s->fill[b]) continue;
         int batches = (s->fill[b] + s->batch_size - 1) / s->batch_size;
@@ -198,8 +198,9 @@ static void record_data(trainer *T) {
     int64_t samples = T->have_data ? T->data.count : T->cache.count;
     uint64_t fingerprint = T->have_data ? ldmc_dataset_fingerprint(&T->data) : 0;
     int64_t then = T->st.data_samples;
-    bool other_files = fingerprint && T->st.data_fingerprint && fingerprint != T->st.data_fingerprint;
-    if (T->resumed_from[0] && then > 0 && (samples != then || other_files))
+    bool other_files =
+        fingerprint && T->st.data_fingerprint && fingerprint != T->st.data_fingerprint;
+    if (T->resumed && then > 0 && (samples != then || other_files))
         printf("resume: the data changed since the checkpoint (%lld samples then, %lld now%s): the "
                "batch order from here on differs from an uninterrupted run's\n",
                (long long)then, (long long)samples,
@@ -763,7 +764,7 @@ static int resume_from(trainer *T, const char *resume, ldmc_err *err) {
             dir, (unsigned long long)T->st.seed, (unsigned long long)T->cfg->seed);
     printf("resume: %s at step %lld (%lld batches consumed, %lld steps skipped so far)\n", dir,
            (long long)T->st.step, (long long)T->st.batches, (long long)T->st.skipped_steps);
-    snprintf(T->resumed_from, sizeof T->resumed_from, "%s", dir);
+    T->resumed = true;
     report_config_changes(T, dir);
     return 0;
 }
@@ -1092,8 +1093,8 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
                      (long long)result->left_out);
         printf("%s: %lld steps in %s; mean loss of the first 10%% %.4f, of the last 10%% %.4f; "
                "%lld skipped; decode failures: %s\n",
-               result->interrupted ? "stopped" : "done", (long long)done, took,
-               result->first_loss, result->last_loss, (long long)T->st.skipped_steps, failures);
+               result->interrupted ? "stopped" : "done", (long long)done, took, result->first_loss,
+               result->last_loss, (long long)T->st.skipped_steps, failures);
     }
     if (rc == 0 && result->interrupted)
         printf("interrupted (%s) at step %lld of %lld: checkpoint saved; `--resume latest` "

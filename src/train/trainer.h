@@ -11,14 +11,14 @@
 #include "train/train_config.h"
 
 typedef struct ldmc_train_result {
-    int64_t steps;          // steps done when the run ended
-    double first_loss;      // mean loss of the first 10% of this run's steps
-    double last_loss;       // mean loss of the last 10%
-    int64_t skipped_steps;  // non-finite steps skipped
-    int skipped_files;      // files skipped at scan time (not images, unreadable headers)
-    int64_t failed_files;   // files that failed to decode in training, each counted once
-    int64_t left_out;       // times a sample was left out of its batch for that
-    int interrupted;        // SIGINT or SIGTERM when a signal ended the run early (saved), or 0
+    int64_t steps;         // steps done when the run ended
+    double first_loss;     // mean loss of the first 10% of this run's steps
+    double last_loss;      // mean loss of the last 10%
+    int64_t skipped_steps; // non-finite steps skipped
+    int skipped_files;     // files skipped at scan time (not images, unreadable headers)
+    int64_t failed_files;  // files that failed to decode in training, each counted once
+    int64_t left_out;      // times a sample was left out of its batch for that
+    int interrupted;       // SIGINT or SIGTERM when a signal ended the run early (saved), or 0
     char last_checkpoint[4200];
     char last_grid[4200];
 } ldmc_train_result;
