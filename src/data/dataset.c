@@ -98,7 +98,8 @@ int ldmc_dataset_keep_min_size(ldmc_dataset *d, int min_side) {
     return removed;
 }
 
-void ldmc_dataset_note_skip(ldmc_dataset *d, const char *reason) {
+// Records a file passed over at scan time (the first LDMC_SKIP_NAMED with their reason).
+static void note_skip(ldmc_dataset *d, const char *reason) {
     if (d->skipped < LDMC_SKIP_NAMED) d->skip_reasons[d->skipped] = strdup(reason);
     d->skipped++;
 }
@@ -138,7 +139,7 @@ static int add_sample(ldmc_dataset *d, int *cap, const char *path, int class_id,
     ldmc_err err = {0};
     int w, h;
     if (ldmc_image_probe(path, &w, &h, &err) != 0) {
-        ldmc_dataset_note_skip(d, err.message);
+        note_skip(d, err.message);
         free(caption);
         return 0;
     }
@@ -173,7 +174,7 @@ static int scan_metadata(ldmc_dataset *d, const char *meta_path, ldmc_err *err) 
         if (!cJSON_IsString(file)) {
             snprintf(reason, sizeof reason, "%s:%d: not a JSON object with a \"file\" string",
                      meta_path, lineno);
-            ldmc_dataset_note_skip(d, reason);
+            note_skip(d, reason);
             cJSON_Delete(j);
             continue;
         }

@@ -48,8 +48,6 @@ int ldmc_dataset_keep_min_size(ldmc_dataset *d, int min_side);
 // Prints "data: N images in ROOT, C classes, K files skipped" and names the skipped files (the
 // first LDMC_SKIP_NAMED, with the reason).
 void ldmc_dataset_report(const ldmc_dataset *d, FILE *out);
-// Records a file passed over at scan time.
-void ldmc_dataset_note_skip(ldmc_dataset *d, const char *reason);
 // A 64-bit fingerprint of the samples (FNV-1a over each one's path below the root, stored size,
 // original size, class and caption, in order): equal for the same data wherever the folder is.
 uint64_t ldmc_dataset_fingerprint(const ldmc_dataset *d);
