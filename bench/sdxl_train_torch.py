@@ -235,11 +235,11 @@ def main():
     # One classifier-free-guidance sampling forward: batch 2 (conditional + unconditional).
     cx, ct, cctx, cy = inputs(2)
 
-    def cfg_forward():
+    def guided_forward():
         with torch.no_grad(), autocast():
             model(cx, ct, context=cctx, y=cy)
 
-    cfg_ms = median_ms(cfg_forward, device, args.warmup, args.steps)
+    guided_ms = median_ms(guided_forward, device, args.warmup, args.steps)
     kernels = top_kernels(train_step, device, 2, step_ms) if args.profile else None
 
     img_s = B / (step_ms / 1e3)
@@ -254,7 +254,7 @@ def main():
         "tflop_per_image": round(flops / B / 1e12, 4) if flops is not None else None,
         "flops_source": flops_source, "tflops": round(tflops, 2) if tflops is not None else None,
         "peak_mem_gib": round(peak_gib, 2) if peak_gib is not None else None,
-        "cfg_forward_ms": round(cfg_ms, 3), "top_kernels": kernels,
+        "guided_forward_ms": round(guided_ms, 3), "top_kernels": kernels,
     }
 
     print(f"{result['config']}: {n_params:,} parameters, batch {B} at {args.res}² "
@@ -271,7 +271,7 @@ def main():
         print(f"  FLOPs           {flops_source}", file=out)
     if peak_gib is not None:
         print(f"  peak memory     {peak_gib:10.2f} GiB (torch.cuda.max_memory_allocated)", file=out)
-    print(f"  CFG forward     {cfg_ms:10.1f} ms (batch 2, no_grad, {precision})", file=out)
+    print(f"  guided forward  {guided_ms:10.1f} ms (batch 2, no_grad, {precision})", file=out)
     if kernels is not None:
         what = "CUDA kernels" if device.type == "cuda" else "CPU ops (self time)"
         print(f"  top {len(kernels)} {what} over 2 steps:", file=out)

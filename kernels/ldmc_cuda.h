@@ -50,13 +50,27 @@ void *ldmc_cuda_cublas(void);
 // ---- Philox streams, bit-identical to src/core/rng.c (rng.cu) --------------------------------
 void ldmc_cuda_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out);
 void ldmc_cuda_rng_normal(const ldmc_rng *rng, uint64_t offset, size_t n, float *out);
-// The diffusion noising of src/diffusion/diffusion.c on the device: eps from the NOISE stream at
-// `noise_offset` (n = B * per_sample values) plus offset noise (B * C values from the next even
-// offset), then per sample b: x_t = sa[b] z + sb[b] eps', target = eps' (epsilon) or
-// sa[b] eps' - sb[b] z (v). z is f32; x_t is bf16; target is f32; sa, sb (B) are device doubles.
+
+// ---- the diffusion side (diffusion.cu): twins of src/ops/cpu/diffusion.inc ---------------------
+// z (f32) = scale (mean + std ε), ε = normal values offset.. of the stream; mean, std bf16 or f32.
+void ldmc_cuda_latent_sample(float *z, const void *mean, bool mean_f32, const void *std,
+                             bool std_f32, const ldmc_rng *rng, uint64_t offset, float scale,
+                             int64_t n);
+// y (bf16) = z / scale
+void ldmc_cuda_latent_unscale(uint16_t *y, const float *z, float scale, int64_t n);
+// The noising of a training batch: eps from the stream at `noise_offset` (n = B * per_sample
+// values) plus offset noise (B * C values from the next even offset), then per sample b:
+// x_t = sa[b] z + sb[b] eps', target = eps' (epsilon) or sa[b] eps' - sb[b] z (v). z is f32; x_t
+// is bf16; target is f32; sa, sb (B) are device doubles.
 void ldmc_cuda_noise_batch(const ldmc_rng *noise_rng, uint64_t noise_offset, const float *z,
                            const double *sa, const double *sb, int B, int64_t per_sample, int C,
                            float offset_noise, bool predict_v, uint16_t *x_t, float *target);
+// y (f32) = uncond + scale (cond - uncond) over n values (bf16 operands)
+void ldmc_cuda_guidance(float *y, const uint16_t *cond, const uint16_t *uncond, double scale,
+                        int64_t n);
+// One DDIM step of x (f32) in place from alpha-bar `alpha` to `alpha_prev`.
+void ldmc_cuda_ddim_step(float *x, const float *model_out, double alpha, double alpha_prev,
+                         bool predict_v, int64_t n);
 
 // ---- conversions and elementwise ops (elementwise.cu) ----------------------------------------
 void ldmc_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n);

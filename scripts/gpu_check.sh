@@ -57,7 +57,7 @@ echo "== ldmc bench train (batch $batch, 1024x1024)"
 "$build/ldmc" bench train --config sdxl_base --batch $batch --res 1024 --dry-run --device cuda \
     > "$out/ldmc-plan.txt" 2>&1
 "$build/ldmc" bench train --config sdxl_base --batch $batch --res 1024 --device cuda \
-    --checkpointing --profile \
+    --gradient-checkpointing --profile \
     --reps 5 --warmup 2 --json > "$out/ldmc-bench.json" 2> "$out/ldmc-bench.err" || status=1
 cat "$out/ldmc-bench.json"
 

@@ -9,7 +9,9 @@
 
 #include "core/rng.h"
 #include "core/threads.h"
+#include "io/model_files.h"
 #include "nn/model_config.h"
+#include "nn/models.h"
 
 int test_failures;
 bool test_quiet;
@@ -209,4 +211,24 @@ ldmc_model_config test_model_config(const char *file) {
     ldmc_err err = {0};
     LDMC_CHECK(ldmc_model_config_load(path, &cfg, &err) == 0, "%s", err.message);
     return cfg;
+}
+
+int test_load_unet(ldmc_unet *u, const char *path, const ldmc_load_options *opt, ldmc_err *err) {
+    ldmc_model m = ldmc_unet_model(u);
+    return ldmc_load_model(&m, path, opt, err);
+}
+
+int test_load_vae(ldmc_vae *v, const char *path, const ldmc_load_options *opt, ldmc_err *err) {
+    ldmc_model m = ldmc_vae_model(v);
+    return ldmc_load_model(&m, path, opt, err);
+}
+
+int test_save_models(const char *path, int layout, ldmc_unet *u, ldmc_vae *v, int dtype,
+                     const ldmc_safetensors *passthrough, ldmc_err *err) {
+    ldmc_model models[2];
+    int n = 0;
+    if (u) models[n++] = ldmc_unet_model(u);
+    if (v) models[n++] = ldmc_vae_model(v);
+    return ldmc_save_models(path, (ldmc_layout)layout, models, n, (ldmc_dtype)dtype,
+                            LDMC_ROLE_WEIGHTS, passthrough, err);
 }

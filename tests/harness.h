@@ -114,3 +114,15 @@ const char *test_tmp_path(const char *name);
 const char *test_config_dir(void);
 // A bundled model config (configs/<file>); fatal if it does not load.
 struct ldmc_model_config test_model_config(const char *file);
+// A UNet's or VAE's weights from a file or folder in any layout (io/model_files.h through the
+// module's model view), and saving either or both (NULL: left out) with their weights.
+struct ldmc_unet;
+struct ldmc_vae;
+struct ldmc_load_options;
+struct ldmc_safetensors;
+int test_load_unet(struct ldmc_unet *u, const char *path, const struct ldmc_load_options *opt,
+                   ldmc_err *err);
+int test_load_vae(struct ldmc_vae *v, const char *path, const struct ldmc_load_options *opt,
+                  ldmc_err *err);
+int test_save_models(const char *path, int layout, struct ldmc_unet *u, struct ldmc_vae *v,
+                     int dtype, const struct ldmc_safetensors *passthrough, ldmc_err *err);

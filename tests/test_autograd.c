@@ -1,7 +1,7 @@
 // The tape: gradient accumulation for tensors used more than once, views, parameters (frozen and
-// trainable, accumulating across backward calls), gradient checkpointing (bit-identical
-// gradients, lower activation memory, randomness replayed, misuse caught by name) and ops
-// without a backward failing by name.
+// trainable, accumulating across backward calls), recomputation, or gradient checkpointing
+// (bit-identical gradients, lower activation memory, randomness replayed, misuse caught by name)
+// and ops without a backward failing by name.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,7 +103,7 @@ static void test_shape_errors_name_the_op(void) {
     ldmc_ctx_free(&ctx);
 }
 
-// ---- a small block with parameters, for the parameter and checkpointing tests -------------------
+// ---- a small block with parameters, for the parameter and recomputation tests ------------------
 
 typedef struct block {
     ldmc_params params;
@@ -142,7 +142,7 @@ static void block_region(ldmc_ctx *ctx, void *user, ldmc_tensor **in, int n_in, 
 }
 
 // A chain of four blocks (sharing their parameters), run three ways that must agree bit for bit:
-// plainly; each block a checkpoint region; blocks 0-1 in an outer region with block 0 nested in
+// plainly; each block a recompute region; blocks 0-1 in an outer region with block 0 nested in
 // it as a region of its own.
 enum { CHAIN = 4 };
 typedef enum { PLAIN, PER_BLOCK, NESTED } chain_mode;
@@ -150,19 +150,19 @@ typedef enum { PLAIN, PER_BLOCK, NESTED } chain_mode;
 static void pair_region(ldmc_ctx *ctx, void *user, ldmc_tensor **in, int n_in, ldmc_tensor **out,
                         int n_out) {
     ldmc_tensor *mid;
-    ldmc_checkpoint(ctx, block_region, user, in, 1, &mid, 1);
+    ldmc_recompute(ctx, block_region, user, in, 1, &mid, 1);
     block_region(ctx, user, &mid, 1, out, 1);
 }
 
 static ldmc_tensor *run_chain(ldmc_ctx *ctx, block *b, chain_mode mode, ldmc_tensor *x) {
     int i = 0;
     if (mode == NESTED) {
-        ldmc_checkpoint(ctx, pair_region, b, &x, 1, &x, 1);
+        ldmc_recompute(ctx, pair_region, b, &x, 1, &x, 1);
         i = 2;
     }
     for (; i < CHAIN; i++) {
         if (mode == PER_BLOCK)
-            ldmc_checkpoint(ctx, block_region, b, &x, 1, &x, 1);
+            ldmc_recompute(ctx, block_region, b, &x, 1, &x, 1);
         else
             block_region(ctx, b, &x, 1, &x, 1);
     }
@@ -190,7 +190,7 @@ static float run_step(block *b, chain_mode mode, float *dx, size_t *high_water) 
     return value;
 }
 
-static void test_checkpoint_gives_identical_gradients(void) {
+static void test_recompute_gives_identical_gradients(void) {
     block b;
     block_init(&b, true);
     size_t n = b.params.total, hw;
@@ -212,18 +212,18 @@ static void test_checkpoint_gives_identical_gradients(void) {
     ldmc_params_free(&b.params);
 }
 
-// Without checkpoints every block's intermediates stay alive until backward; with them only the
-// blocks' outputs do, plus one block re-run at a time during backward.
-static void test_checkpoint_saves_activation_memory(void) {
+// Without recompute regions every block's intermediates stay alive until backward; with them only
+// the blocks' outputs do, plus one block re-run at a time during backward.
+static void test_recompute_saves_activation_memory(void) {
     block b;
     block_init(&b, true);
     float dx[STEP_NUMEL];
     size_t hw_plain, hw_ckpt;
     run_step(&b, PLAIN, dx, &hw_plain);
     run_step(&b, PER_BLOCK, dx, &hw_ckpt);
-    CHECK(hw_ckpt < hw_plain, "high-water mark %zu with checkpointing, %zu without", hw_ckpt,
+    CHECK(hw_ckpt < hw_plain, "high-water mark %zu with recomputation, %zu without", hw_ckpt,
           hw_plain);
-    printf("    activation high-water: %zu bytes plain, %zu with a checkpoint per block\n",
+    printf("    activation high-water: %zu bytes plain, %zu with a recompute region per block\n",
            hw_plain, hw_ckpt);
     ldmc_params_free(&b.params);
 }
@@ -268,14 +268,14 @@ static void leaky_region(ldmc_ctx *ctx, void *user, ldmc_tensor **in, int n_in, 
     out[0] = ldmc_add(ctx, in[0], captured); // reads a tensor it was not given
 }
 
-static void test_checkpoint_misuse_is_caught(void) {
+static void test_recompute_misuse_is_caught(void) {
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
     ldmc_tensor *x = input(&ctx, 1, (int64_t[]){4}, 6);
     captured = input(&ctx, 1, (int64_t[]){4}, 7);
     captured->name = "skip_activation";
     ldmc_tensor *y;
-    ldmc_checkpoint(&ctx, leaky_region, NULL, &x, 1, &y, 1);
+    ldmc_recompute(&ctx, leaky_region, NULL, &x, 1, &y, 1);
     EXPECT_FATAL(ldmc_backward(&ctx, y, NULL),
                  "reads tensor 'skip_activation' that was not passed");
     ldmc_ctx_free(&ctx);
@@ -288,10 +288,10 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_inference_records_nothing),
         TEST_ENTRY(test_op_without_backward_fails_by_name),
         TEST_ENTRY(test_shape_errors_name_the_op),
-        TEST_ENTRY(test_checkpoint_gives_identical_gradients),
-        TEST_ENTRY(test_checkpoint_saves_activation_memory),
+        TEST_ENTRY(test_recompute_gives_identical_gradients),
+        TEST_ENTRY(test_recompute_saves_activation_memory),
         TEST_ENTRY(test_parameter_gradients_accumulate_and_frozen_get_none),
-        TEST_ENTRY(test_checkpoint_misuse_is_caught),
+        TEST_ENTRY(test_recompute_misuse_is_caught),
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }

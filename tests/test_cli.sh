@@ -93,7 +93,7 @@ expect_status 2 "$ldmc" bench nothing
 # (../shared/DESIGN.md), and gradient checkpointing must cut the activation memory.
 expect_status 0 "$ldmc" bench train --config "$configs/tiny_unet_text.yaml" --batch 2 --res 64 \
     --device cpu --reps 1 --warmup 0 --profile --json
-grep -q '"img_per_s": [0-9.]*, "tflops": [0-9.]*, "cfg_forward_ms": [0-9.]*, "top_ops": \[{"op": "' \
+grep -q '"img_per_s": [0-9.]*, "tflops": [0-9.]*, "guided_forward_ms": [0-9.]*, "top_ops": \[{"op": "' \
     /tmp/ldmc_cli_out.$$ || fail "bench train --json on a tiny UNet"
 expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
     --device cuda --dry-run --json
@@ -102,7 +102,7 @@ plain=$(sed -n 's/.*"activations_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
 awk -v f="$per_image" 'BEGIN { exit !(f > 19.5 && f < 21.5) }' ||
     fail "SDXL base: $per_image TFLOP an image forward + backward, want about 20.6"
 expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
-    --device cuda --dry-run --checkpointing --json
+    --device cuda --dry-run --gradient-checkpointing --json
 ckpt=$(sed -n 's/.*"activations_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
 awk -v a="$ckpt" -v b="$plain" 'BEGIN { exit !(a > 0 && a < b / 3) }' ||
     fail "checkpointing: $ckpt GiB of activations against $plain without"

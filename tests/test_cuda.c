@@ -1,7 +1,7 @@
 // The GPU against the CPU (ctest -L cuda; without a device the program reports itself skipped,
 // exit code 77):
-//   - Philox streams and bf16 conversions bit for bit, the diffusion noising kernel against
-//     ldmc_noise_batch (the same seed gives the same noise on both devices);
+//   - Philox streams and bf16 conversions bit for bit, and the diffusion ops (posterior draws,
+//     noising, guidance, DDIM: the same seed gives the same values on both devices);
 //   - every op of src/ops through the op API, forward and the gradient of every input, on the
 //     same inputs (f32 values that bf16 holds exactly, so both devices start from identical
 //     numbers) with SDXL's channel counts at small spatial sizes;
@@ -24,7 +24,6 @@
 #include "core/dtype.h"
 #include "core/params.h"
 #include "core/rng.h"
-#include "diffusion/diffusion.h"
 #include "harness.h"
 #include "kernels/ldmc_cuda.h"
 #include "nn/model_config.h"
@@ -32,6 +31,7 @@
 #include "nn/vae.h"
 #include "ops/cpu_kernels.h"
 #include "ops/ops.h"
+#include "ops/param_ops.h"
 #include "train/optim.h"
 
 #define BF16_EPSILON 0x1p-7
@@ -111,50 +111,114 @@ static void test_bf16_conversions_match_the_cpu(void) {
     free(gpu);
 }
 
-// The GPU's noising (ε + offset noise from the NOISE stream, x_t in bf16, the f32 target) against
-// ldmc_noise_batch for both predictions.
-static void test_noise_batch_matches_the_cpu(void) {
-    ldmc_schedule s;
-    ldmc_schedule_sdxl(&s);
+// The diffusion ops on both devices from the same inputs (values bf16 holds exactly, so the GPU's
+// bf16 operands start from the CPU's numbers): the latents drawn from a posterior (bf16 moments,
+// as the encoder gives them, and f32 ones, as a cache does), the noising for both predictions
+// (the same ε and offsets from the NOISE stream), the decoder's input, guidance, the DDIM update,
+// casts and batch concatenation. The GPU computes in the CPU's order with explicit roundings:
+// values agree but for a rare last-bit Box-Muller difference (see the Philox test) and the bf16
+// rounding of x_t and the decoder's input.
+typedef struct diffusion_results {
+    float *z, *z32, *x_t[2], *target[2], *unscaled, *guided, *ddim, *rows;
+} diffusion_results;
+
+static float *read_all(const ldmc_tensor *t) {
+    float *v = malloc((size_t)ldmc_numel(t) * sizeof *v);
+    LDMC_CHECK(v, "out of memory");
+    ldmc_read_f32(t, v);
+    return v;
+}
+
+static void run_diffusion_ops(ldmc_ctx *ctx, const float *moments, int B, int h, int w, int C,
+                              diffusion_results *r) {
+    const int64_t n = (int64_t)B * h * w * C, shape[4] = {B, h, w, C};
+    ldmc_ctx_reset(ctx);
+    ldmc_rng latent = ldmc_rng_make(11, 7, 0, LDMC_RNG_LATENT),
+             noise = ldmc_rng_make(11, 7, 0, LDMC_RNG_NOISE);
+    ldmc_tensor *mean = ldmc_input(ctx, ctx->act_dtype, 4, shape, moments, LDMC_F32);
+    ldmc_tensor *std = ldmc_input(ctx, ctx->act_dtype, 4, shape, moments + n, LDMC_F32);
+    ldmc_tensor *z = ldmc_latent_sample(ctx, mean, std, 0.13025, &latent, (uint64_t)1 << 40);
+    r->z = read_all(z);
+    ldmc_tensor *mean32 = ldmc_input(ctx, LDMC_F32, 4, shape, moments, LDMC_F32);
+    ldmc_tensor *std32 = ldmc_input(ctx, LDMC_F32, 4, shape, moments + n, LDMC_F32);
+    r->z32 = read_all(ldmc_latent_sample(ctx, mean32, std32, 0.13025, &latent, 0));
+    const double sa[3] = {0.9, 0.5, 0.1}, sb[3] = {sqrt(1 - 0.81), sqrt(0.75), sqrt(0.99)};
+    for (int v = 0; v < 2; v++) {
+        ldmc_tensor *x_t, *target;
+        ldmc_diffusion_noise(ctx, z, sa, sb, 0.05, v == 1, &noise, (uint64_t)1 << 40, &x_t,
+                             &target);
+        r->x_t[v] = read_all(x_t), r->target[v] = read_all(target);
+    }
+    r->unscaled = read_all(ldmc_latent_unscale(ctx, z, 0.13025));
+    // guidance over (2B, h, w, C): the moments as the conditional and unconditional outputs
+    ldmc_tensor *pair =
+        ldmc_input(ctx, ctx->act_dtype, 4, (int64_t[]){2 * B, h, w, C}, moments, LDMC_F32);
+    ldmc_tensor *guided = ldmc_guidance(ctx, pair, 7.5);
+    r->guided = read_all(guided);
+    ldmc_tensor *x = ldmc_input(ctx, LDMC_F32, 4, shape, moments, LDMC_F32);
+    x = ldmc_concat_rows(ctx, (ldmc_tensor *[]){x}, 1); // a copy of its own, updated in place
+    ldmc_ddim_update(ctx, x, guided, 0.3, 0.6, false);
+    ldmc_ddim_update(ctx, x, guided, 0.6, 0.99, true);
+    r->ddim = read_all(x);
+    ldmc_tensor *act = ldmc_cast(ctx, mean32, ctx->act_dtype);
+    r->rows =
+        read_all(ldmc_cast(ctx, ldmc_concat_rows(ctx, (ldmc_tensor *[]){act, act}, 2), LDMC_F32));
+}
+
+static void free_diffusion_results(diffusion_results *r) {
+    free(r->z), free(r->z32), free(r->unscaled), free(r->guided), free(r->ddim), free(r->rows);
+    for (int v = 0; v < 2; v++)
+        free(r->x_t[v]), free(r->target[v]);
+}
+
+// Values that differ in any bit.
+static int64_t bits_differ(const float *a, const float *b, int64_t n) {
+    int64_t d = 0;
+    for (int64_t i = 0; i < n; i++)
+        d += memcmp(&a[i], &b[i], sizeof a[i]) != 0;
+    return d;
+}
+
+static void test_diffusion_ops_match_the_cpu(void) {
     const int B = 3, h = 16, w = 12, C = 4;
     const int64_t n = (int64_t)B * h * w * C;
-    float *z = malloc(n * sizeof *z), *x_t = malloc(n * sizeof *x_t), *tg = malloc(n * sizeof *tg);
-    float *gx = malloc(n * sizeof *gx), *gt = malloc(n * sizeof *gt), t[3], wt[3], t2[3], w2[3];
-    double sa[3], sb[3];
-    test_fill(z, n, 5, 2, 0);
+    float *moments = malloc(2 * n * sizeof *moments);
+    test_fill(moments, 2 * n, 5, 2, 0);
+    for (int64_t i = 0; i < 2 * n; i++) // bf16-exact, and the stds positive
+        moments[i] =
+            ldmc_bf16_to_f32(ldmc_f32_to_bf16(i < n ? moments[i] : 0.1f + fabsf(moments[i])));
+    ldmc_ctx cpu, gpu;
+    test_ctx_init(&cpu);
+    gpu_ctx_init(&gpu);
+    diffusion_results c, g;
+    run_diffusion_ops(&cpu, moments, B, h, w, C, &c);
+    run_diffusion_ops(&gpu, moments, B, h, w, C, &g);
+    CHECK(bits_differ(g.z, c.z, n) <= 2, "latents from bf16 moments: %lld values differ",
+          (long long)bits_differ(g.z, c.z, n));
+    CHECK(bits_differ(g.z32, c.z32, n) <= 2, "latents from f32 moments: %lld values differ",
+          (long long)bits_differ(g.z32, c.z32, n));
     for (int v = 0; v < 2; v++) {
-        ldmc_noise_options o = {.prediction = v ? LDMC_PREDICT_V : LDMC_PREDICT_EPS,
-                                .offset_noise = 0.05, .t_min = 0, .t_max = 1000,
-                                .min_snr_gamma = 5};
-        ldmc_noise_batch(&s, &o, z, B, h, w, C, 11, 7, 0, 1, x_t, tg, t, wt);
-        ldmc_noise_timesteps(&s, &o, B, 11, 7, 0, 1, t2, w2, sa, sb);
-        for (int b = 0; b < B; b++)
-            CHECK(t[b] == t2[b] && wt[b] == w2[b], "sample %d: timestep or weight differs", b);
-        float *dz = ldmc_cuda_malloc(n * 4), *dtg = ldmc_cuda_malloc(n * 4);
-        uint16_t *dx = ldmc_cuda_malloc(n * 2), *hx = malloc(n * 2);
-        double *dab = ldmc_cuda_malloc(2 * B * sizeof(double));
-        ldmc_cuda_to_device(dz, z, n * 4);
-        ldmc_cuda_to_device(dab, sa, B * sizeof(double));
-        ldmc_cuda_to_device(dab + B, sb, B * sizeof(double));
-        ldmc_rng noise = ldmc_rng_make(11, 7, 0, LDMC_RNG_NOISE);
-        ldmc_cuda_noise_batch(&noise, (uint64_t)1 << 40, dz, dab, dab + B, B, (int64_t)h * w * C, C,
-                              0.05f, v == 1, dx, dtg);
-        ldmc_cuda_to_host(hx, dx, n * 2);
-        ldmc_cuda_to_host(gt, dtg, n * 4);
-        int64_t differ = 0;
-        for (int64_t i = 0; i < n; i++) {
-            gx[i] = ldmc_bf16_to_f32(hx[i]);
-            // the same ε but, rarely, a last-bit Box-Muller difference (see the Philox test)
-            differ += gt[i] != tg[i] || hx[i] != ldmc_f32_to_bf16(x_t[i]);
-        }
-        CHECK(differ <= 2, "%s: %lld of %lld values differ", v ? "v" : "eps", (long long)differ,
-              (long long)n);
-        CHECK_CLOSE("noised latents", gx, x_t, NULL, n, bf16_rtol(1));
-        CHECK_CLOSE("target", gt, tg, NULL, n, 1e-6);
-        ldmc_cuda_free(dz), ldmc_cuda_free(dtg), ldmc_cuda_free(dx), ldmc_cuda_free(dab);
-        free(hx);
+        const char *what = v ? "v" : "eps";
+        int64_t x_differ = 0;
+        for (int64_t i = 0; i < n; i++)
+            x_differ += ldmc_f32_to_bf16(g.x_t[v][i]) != ldmc_f32_to_bf16(c.x_t[v][i]);
+        CHECK(x_differ <= 2, "%s: %lld noised latents differ in bf16", what, (long long)x_differ);
+        CHECK(bits_differ(g.target[v], c.target[v], n) <= 2, "%s: %lld targets differ", what,
+              (long long)bits_differ(g.target[v], c.target[v], n));
+        CHECK_CLOSE("noised latents", g.x_t[v], c.x_t[v], NULL, n, bf16_rtol(1));
     }
-    free(z), free(x_t), free(tg), free(gx), free(gt);
+    CHECK_CLOSE("the decoder's input", g.unscaled, c.unscaled, NULL, n, bf16_rtol(1));
+    CHECK(bits_differ(g.guided, c.guided, n) == 0, "guidance: %lld values differ",
+          (long long)bits_differ(g.guided, c.guided, n));
+    CHECK(bits_differ(g.ddim, c.ddim, n) == 0, "DDIM: %lld values differ",
+          (long long)bits_differ(g.ddim, c.ddim, n));
+    CHECK(bits_differ(g.rows, c.rows, 2 * n) == 0 && !memcmp(c.rows, moments, n * sizeof *moments),
+          "cast and concat_rows");
+    free_diffusion_results(&c);
+    free_diffusion_results(&g);
+    ldmc_ctx_free(&cpu);
+    ldmc_ctx_free(&gpu);
+    free(moments);
 }
 
 // ---- every op through the op API --------------------------------------------------------------
@@ -520,14 +584,14 @@ static void test_adamw_ema_and_norm_match_the_cpu(void) {
     ldmc_cuda_to_device(gpu.device[LDMC_ROLE_GRAD], g, cpu.total * sizeof *g);
     double n_cpu = ldmc_grad_norm(&cpu), n_gpu = ldmc_grad_norm(&gpu);
     CHECK(fabs(n_cpu - n_gpu) <= 1e-9 * n_cpu, "gradient norm: CPU %.12g, GPU %.12g", n_cpu, n_gpu);
-    ldmc_grad_scale(&cpu, 0.5);
-    ldmc_grad_scale(&gpu, 0.5);
+    ldmc_params_grad_scale(&cpu, 0.5);
+    ldmc_params_grad_scale(&gpu, 0.5);
     ldmc_adamw opt = {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01};
     for (int step = 1; step <= 3; step++) {
         ldmc_adamw_step(&cpu, &opt, 1e-3, step);
         ldmc_adamw_step(&gpu, &opt, 1e-3, step);
-        ldmc_ema_update(&cpu, 0.9);
-        ldmc_ema_update(&gpu, 0.9);
+        ldmc_params_ema_update(&cpu, 0.9);
+        ldmc_params_ema_update(&gpu, 0.9);
     }
     ldmc_params_to_host(&gpu); // master, m, v, EMA
     // the same f32 formulas; only a fused multiply-add or a library sqrtf can differ in a last bit
@@ -727,9 +791,9 @@ static void test_tiny_vae_step_matches_the_cpu(void) {
     ldmc_vae_free(&gpu_v);
 }
 
-// A gradient-checkpointed step moves region outputs inside the GPU arena (overlapping copies)
-// and re-runs regions during backward: the same gradients as without checkpointing.
-static void test_checkpointing_on_the_gpu_changes_nothing(void) {
+// A step with recomputation (gradient checkpointing) moves region outputs inside the GPU arena
+// (overlapping copies) and re-runs regions during backward: the same gradients as without it.
+static void test_recompute_on_the_gpu_changes_nothing(void) {
     ldmc_model_config mc = test_model_config("tiny_unet_text.yaml");
     ldmc_unet u;
     ldmc_unet_init(&u, &mc.unet);
@@ -740,13 +804,13 @@ static void test_checkpointing_on_the_gpu_changes_nothing(void) {
     for (int k = 0; k < 2; k++) {
         ldmc_ctx gpu;
         gpu_ctx_init(&gpu);
-        u.checkpointing = k == 1;
+        u.recompute = k == 1;
         ldmc_params_zero_grad(&u.params);
         unet_step(&gpu, &u, 2, 16, 16);
         ldmc_cuda_to_host(k ? ckpt : plain, u.params.device[LDMC_ROLE_GRAD], n * sizeof(float));
         ldmc_ctx_free(&gpu);
     }
-    CHECK_CLOSE("checkpointed gradients", ckpt, plain, NULL, (int64_t)n, 1e-6);
+    CHECK_CLOSE("recomputed gradients", ckpt, plain, NULL, (int64_t)n, 1e-6);
     free(plain);
     free(ckpt);
     ldmc_unet_free(&u);
@@ -763,13 +827,13 @@ int main(int argc, char **argv) {
     int n = 0;
     tests[n++] = (test_entry)TEST_ENTRY(test_philox_streams_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_bf16_conversions_match_the_cpu);
-    tests[n++] = (test_entry)TEST_ENTRY(test_noise_batch_matches_the_cpu);
+    tests[n++] = (test_entry)TEST_ENTRY(test_diffusion_ops_match_the_cpu);
     for (int i = 0; i < N_OPS; i++)
         tests[n++] = (test_entry){op_cases[i].name, test_ops_match_the_cpu, &op_cases[i]};
     tests[n++] = (test_entry)TEST_ENTRY(test_adamw_ema_and_norm_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_class_step_matches_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_text_step_matches_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_vae_step_matches_the_cpu);
-    tests[n++] = (test_entry)TEST_ENTRY(test_checkpointing_on_the_gpu_changes_nothing);
+    tests[n++] = (test_entry)TEST_ENTRY(test_recompute_on_the_gpu_changes_nothing);
     return test_main(argc, argv, tests, n);
 }

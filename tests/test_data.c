@@ -1,5 +1,5 @@
 // The data pipeline: image decoding (and what happens with bad files), Algorithm 1's size and
-// crop conditioning, aspect buckets, the batch sampler, the threaded loader and the demo data.
+// crop conditioning, aspect buckets, the batch plan, the threaded loader and the demo data.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,16 +7,17 @@
 #include <unistd.h>
 
 #include "core/rng.h"
+#include "data/batch_plan.h"
 #include "data/buckets.h"
 #include "data/dataset.h"
 #include "data/image.h"
 #include "data/loader.h"
 #include "data/microcond.h"
-#include "data/sampler.h"
 #include "data/shapes.h"
 #include "harness.h"
+#include "io/files.h"
+#include "io/image_write.h"
 #include "io/safetensors.h"
-#include "train/state.h"
 
 // A picture whose every pixel says where it is: R = x, G = y, B = a checker.
 static uint8_t *position_image(int w, int h) {
@@ -459,16 +460,16 @@ static void test_batches_hold_one_bucket_and_every_sample(void) {
     ldmc_rng_uniform(&rng, 0, N, u);
     for (int i = 0; i < N; i++)
         bucket_of[i] = (int)(u[i] * u[i] * BUCKETS); // uneven fill
-    ldmc_sampler s;
-    ldmc_sampler_init(&s, N, bucket_of, BUCKETS, BATCH, 42, 0, 1);
+    ldmc_batch_plan s;
+    ldmc_batch_plan_init(&s, N, bucket_of, BUCKETS, BATCH, 42, 0, 1);
     int expected_batches = 0;
     for (int b = 0; b < BUCKETS; b++)
         expected_batches += (s.fill[b] + BATCH - 1) / BATCH;
-    CHECK(ldmc_sampler_steps_per_epoch(&s) == expected_batches, "steps per epoch");
+    CHECK(ldmc_batch_plan_steps_per_epoch(&s) == expected_batches, "steps per epoch");
     ldmc_epoch_plan p0, p0b, p1;
-    ldmc_sampler_plan(&s, 0, &p0);
-    ldmc_sampler_plan(&s, 0, &p0b);
-    ldmc_sampler_plan(&s, 1, &p1);
+    ldmc_batch_plan_epoch(&s, 0, &p0);
+    ldmc_batch_plan_epoch(&s, 0, &p0b);
+    ldmc_batch_plan_epoch(&s, 1, &p1);
     REQUIRE(p0.n_batches == expected_batches, "%d batches, want %d", p0.n_batches,
             expected_batches);
     int seen[N] = {0}, partial[BUCKETS] = {0}, changes = 0;
@@ -504,10 +505,10 @@ static void test_batches_hold_one_bucket_and_every_sample(void) {
     int skewed[100];
     for (int i = 0; i < 100; i++)
         skewed[i] = i < 80 ? 0 : 1 + i % 2; // 80, 10, 10 samples
-    ldmc_sampler sk;
-    ldmc_sampler_init(&sk, 100, skewed, 3, 5, 1, 0, 1); // 16 + 2 + 2 batches
+    ldmc_batch_plan sk;
+    ldmc_batch_plan_init(&sk, 100, skewed, 3, 5, 1, 0, 1); // 16 + 2 + 2 batches
     ldmc_epoch_plan ps;
-    ldmc_sampler_plan(&sk, 0, &ps);
+    ldmc_batch_plan_epoch(&sk, 0, &ps);
     int repeats = 0;
     for (int k = 1; k < ps.n_batches; k++)
         repeats += ps.batches[k].bucket == ps.batches[k - 1].bucket;
@@ -515,13 +516,13 @@ static void test_batches_hold_one_bucket_and_every_sample(void) {
           repeats, ps.n_batches);
     ldmc_epoch_plan_free(&ps);
     // Two ranks take disjoint halves that cover the epoch.
-    ldmc_sampler r0, r1;
-    ldmc_sampler_init(&r0, N, bucket_of, BUCKETS, BATCH, 42, 0, 2);
-    ldmc_sampler_init(&r1, N, bucket_of, BUCKETS, BATCH, 42, 1, 2);
+    ldmc_batch_plan r0, r1;
+    ldmc_batch_plan_init(&r0, N, bucket_of, BUCKETS, BATCH, 42, 0, 2);
+    ldmc_batch_plan_init(&r1, N, bucket_of, BUCKETS, BATCH, 42, 1, 2);
     int taken[N] = {0};
-    for (int k = 0; k < ldmc_sampler_steps_per_epoch(&r0); k++) {
-        const ldmc_batch_ref *a = ldmc_sampler_batch(&r0, &p0, k),
-                             *b = ldmc_sampler_batch(&r1, &p0, k);
+    for (int k = 0; k < ldmc_batch_plan_steps_per_epoch(&r0); k++) {
+        const ldmc_batch_ref *a = ldmc_batch_plan_batch(&r0, &p0, k),
+                             *b = ldmc_batch_plan_batch(&r1, &p0, k);
         for (int j = 0; j < a->n; j++)
             taken[p0.order[a->first + j]]++;
         if (k * 2 + 1 < p0.n_batches)
@@ -568,7 +569,7 @@ static void test_loader_is_deterministic_and_resumable(void) {
     REQUIRE(ldmc_loader_start(&a, &d, &buckets, &one, 0, &err) == 0, "%s", err.message);
     REQUIRE(ldmc_loader_start(&b, &d, &buckets, &many, 0, &err) == 0, "%s", err.message);
     REQUIRE(ldmc_loader_start(&c, &d, &buckets, &many, 17, &err) == 0, "%s", err.message);
-    int steps = ldmc_sampler_steps_per_epoch(ldmc_loader_sampler(a));
+    int steps = ldmc_batch_plan_steps_per_epoch(ldmc_loader_batch_plan(a));
     CHECK(steps < 17, "the test crosses an epoch boundary (%d batches per epoch)", steps);
     for (int k = 0; k < 25; k++) {
         const ldmc_batch *ba = ldmc_loader_next(a), *bb = ldmc_loader_next(b);

@@ -1,12 +1,34 @@
 // The diffusion side: the DDPM schedule against the test vectors of
-// ../shared/reference/samplers.md §1, noising (timestep range, offset noise statistics, ε and v
-// targets, min-SNR weights), DDIM and classifier-free guidance.
+// ../shared/reference/samplers.md §1, noising as the loss step does it (the timestep draws of
+// diffusion.h, then the noising op: timestep range, offset noise statistics, ε and v targets,
+// min-SNR weights), and the sampling ops (the DDIM update, classifier-free guidance).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "diffusion/diffusion.h"
 #include "harness.h"
+#include "ops/ops.h"
+
+// The noising of micro-batch `micro` of step `step` (rank 0), as ldmc_diffusion_loss does it:
+// the per-sample draws, then ldmc_diffusion_noise on a CPU context.
+static void noise_batch(const ldmc_schedule *s, const ldmc_noise_options *o, const float *z, int B,
+                        int H, int W, int C, uint64_t seed, uint32_t step, uint32_t micro,
+                        float *xt, float *target, float *t, float *w) {
+    double *sa = malloc((size_t)B * sizeof *sa), *sb = malloc((size_t)B * sizeof *sb);
+    ldmc_draw_timesteps(s, o, B, seed, step, 0, micro, t, w, sa, sb);
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    ldmc_tensor *zt = ldmc_wrap(&ctx, LDMC_F32, (void *)z, 4, (int64_t[]){B, H, W, C}), *x, *tg;
+    ldmc_rng noise = ldmc_rng_make(seed, step, 0, LDMC_RNG_NOISE);
+    ldmc_diffusion_noise(&ctx, zt, sa, sb, o->offset_noise, o->prediction == LDMC_PREDICT_V, &noise,
+                         (uint64_t)micro << 40, &x, &tg);
+    memcpy(xt, x->data, ldmc_nbytes(x));
+    memcpy(target, tg->data, ldmc_nbytes(tg));
+    ldmc_ctx_free(&ctx);
+    free(sa);
+    free(sb);
+}
 
 static void test_schedule_matches_the_reference_vectors(void) {
     static ldmc_schedule s;
@@ -41,6 +63,8 @@ static void test_ddim_timesteps_and_steps(void) {
     // An exact model (it outputs the true ε) takes x_t to x_{t'} = √ᾱ' x0 + √(1-ᾱ') ε; after the
     // last step, to ᾱ_0.
     float x0[4] = {0.5f, -1.0f, 0.25f, 2.0f}, eps[4] = {1.0f, 0.3f, -0.7f, -1.5f}, x[4], v[4];
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
     for (int pred = 0; pred < 2; pred++) {
         for (int step = 0; step < 2; step++) {
             int t = step ? 1 : 981, tp = step ? -1 : 961;
@@ -49,8 +73,9 @@ static void test_ddim_timesteps_and_steps(void) {
                 x[i] = (float)(sqrt(a) * x0[i] + sqrt(1 - a) * eps[i]);
                 v[i] = (float)(sqrt(a) * eps[i] - sqrt(1 - a) * x0[i]);
             }
-            ldmc_ddim_step(&s, pred ? LDMC_PREDICT_V : LDMC_PREDICT_EPS, t, tp, pred ? v : eps, x,
-                           4);
+            ldmc_tensor *xt = ldmc_wrap(&ctx, LDMC_F32, x, 1, (int64_t[]){4});
+            ldmc_tensor *out = ldmc_wrap(&ctx, LDMC_F32, pred ? v : eps, 1, (int64_t[]){4});
+            ldmc_ddim_update(&ctx, xt, out, a, ap, pred == 1);
             for (int i = 0; i < 4; i++) {
                 double want = sqrt(ap) * x0[i] + sqrt(1 - ap) * eps[i];
                 CHECK(fabs(x[i] - want) < 1e-5 * (1 + fabs(want)), "%s step %d->%d: %g, want %g",
@@ -58,10 +83,14 @@ static void test_ddim_timesteps_and_steps(void) {
             }
         }
     }
-    float u[3] = {1, 2, 3}, c[3] = {2, 2, 5}, out[3];
-    ldmc_cfg_combine(u, c, 7.5, c, 3);
-    memcpy(out, c, sizeof out);
-    CHECK(out[0] == 8.5f && out[1] == 2.0f && out[2] == 18.0f, "cfg: uncond + s (cond - uncond)");
+    // guidance over (2, 3): the conditional row, then the unconditional one
+    float outputs[6] = {2, 2, 5, 1, 2, 3};
+    ldmc_tensor *g =
+        ldmc_guidance(&ctx, ldmc_wrap(&ctx, LDMC_F32, outputs, 2, (int64_t[]){2, 3}), 7.5);
+    const float *y = g->data;
+    CHECK(g->shape[0] == 1 && y[0] == 8.5f && y[1] == 2.0f && y[2] == 18.0f,
+          "guidance: uncond + s (cond - uncond)");
+    ldmc_ctx_free(&ctx);
 }
 
 // Noising with offset noise: ε = n + offset · m with m one draw per (sample, channel), so the
@@ -78,7 +107,7 @@ static void test_offset_noise_statistics(void) {
         double offset = k ? 0.5 : 0.0;
         ldmc_noise_options o = {
             .prediction = LDMC_PREDICT_EPS, .offset_noise = offset, .t_min = 0, .t_max = 1000};
-        ldmc_noise_batch(&s, &o, z, B, H, W, C, 11, 3, 0, 0, xt, target, t, w);
+        noise_batch(&s, &o, z, B, H, W, C, 11, 3, 0, xt, target, t, w);
         double sum = 0, sum2 = 0, mean_var = 0;
         for (int64_t i = 0; i < n; i++)
             sum += target[i], sum2 += (double)target[i] * target[i];
@@ -118,7 +147,7 @@ static void test_timestep_range_targets_and_weights(void) {
     // The refiner's range: t in [0, 200), every value used, roughly uniformly.
     ldmc_noise_options o = {
         .prediction = LDMC_PREDICT_V, .t_min = 0, .t_max = 200, .min_snr_gamma = 5};
-    ldmc_noise_batch(&s, &o, z, B, 1, 1, 1, 5, 1, 0, 0, xt, target, t, w);
+    noise_batch(&s, &o, z, B, 1, 1, 1, 5, 1, 0, xt, target, t, w);
     int counts[200] = {0};
     for (int i = 0; i < B; i++) {
         REQUIRE(t[i] >= 0 && t[i] < 200 && t[i] == floorf(t[i]), "t = %g outside [0, 200)", t[i]);
@@ -139,7 +168,7 @@ static void test_timestep_range_targets_and_weights(void) {
     }
     o = (ldmc_noise_options){
         .prediction = LDMC_PREDICT_EPS, .t_min = 900, .t_max = 1000, .min_snr_gamma = 5};
-    ldmc_noise_batch(&s, &o, z, B, 1, 1, 1, 5, 1, 0, 0, xt, target, t, w);
+    noise_batch(&s, &o, z, B, 1, 1, 1, 5, 1, 0, xt, target, t, w);
     for (int i = 0; i < B; i += 97) {
         double a = s.alphas_cumprod[(int)t[i]], snr = a / (1 - a);
         CHECK(t[i] >= 900 && fabs(w[i] - fmin(snr, 5) / snr) < 1e-6, "min-SNR weight (ε) at t %g",
@@ -150,11 +179,11 @@ static void test_timestep_range_targets_and_weights(void) {
     // The draws are keyed by (seed, step, micro-batch): another step or micro-batch draws anew,
     // the same ones draw the same.
     static float t2[B], xt2[B];
-    ldmc_noise_batch(&s, &o, z, B, 1, 1, 1, 5, 1, 0, 0, xt2, target, t2, w);
+    noise_batch(&s, &o, z, B, 1, 1, 1, 5, 1, 0, xt2, target, t2, w);
     CHECK(!memcmp(t, t2, sizeof t) && !memcmp(xt, xt2, sizeof xt), "deterministic");
-    ldmc_noise_batch(&s, &o, z, B, 1, 1, 1, 5, 1, 0, 1, xt2, target, t2, w);
+    noise_batch(&s, &o, z, B, 1, 1, 1, 5, 1, 1, xt2, target, t2, w);
     CHECK(memcmp(xt, xt2, sizeof xt) != 0, "another micro-batch draws other noise");
-    ldmc_noise_batch(&s, &o, z, B, 1, 1, 1, 5, 2, 0, 0, xt2, target, t2, w);
+    noise_batch(&s, &o, z, B, 1, 1, 1, 5, 2, 0, xt2, target, t2, w);
     CHECK(memcmp(xt, xt2, sizeof xt) != 0, "another step draws other noise");
 }
 

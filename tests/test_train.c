@@ -20,13 +20,17 @@
 #include "data/loader.h"
 #include "data/shapes.h"
 #include "harness.h"
+#include "io/files.h"
+#include "io/image_write.h"
 #include "io/model_files.h"
 #include "io/tensorboard.h"
+#include "nn/models.h"
+#include "ops/param_ops.h"
 #include "tensorboard.pb-c.h"
 #include "train/cache_build.h"
 #include "train/canvas.h"
+#include "train/checkpoint.h"
 #include "train/optim.h"
-#include "train/state.h"
 #include "train/trainer.h"
 
 // ---- the optimizer side, against PyTorch's formulas
@@ -113,7 +117,7 @@ static void test_lr_clip_and_ema(void) {
             G[p.items[k].offset + (size_t)j] = 2.0f;
     // trainable: 15 + 5 values of 2 -> norm sqrt(80); the frozen one does not count
     CHECK(fabs(ldmc_grad_norm(&p) - sqrt(80.0)) < 1e-6, "grad norm %g", ldmc_grad_norm(&p));
-    ldmc_grad_scale(&p, 1.0 / sqrt(80.0));
+    ldmc_params_grad_scale(&p, 1.0 / sqrt(80.0));
     CHECK(fabs(ldmc_grad_norm(&p) - 1.0) < 1e-6, "clipped to 1");
 
     // EMA: LitEma's warmup min(decay, (1 + n)/(10 + n)), then e = d e + (1 - d) w, frozen included.
@@ -123,7 +127,7 @@ static void test_lr_clip_and_ema(void) {
     float *W = p.buffers[LDMC_ROLE_WEIGHTS], *E = p.buffers[LDMC_ROLE_EMA];
     for (size_t i = 0; i < p.total; i++)
         W[i] = 1.0f, E[i] = 3.0f;
-    ldmc_ema_update(&p, 0.75);
+    ldmc_params_ema_update(&p, 0.75);
     bool ok = true;
     for (int k = 0; k < p.count; k++)
         for (int64_t j = 0; j < p.items[k].numel; j++)
@@ -310,15 +314,13 @@ static void make_fixture(void) {
     ldmc_params_alloc(&v.params, LDMC_ROLE_WEIGHTS);
     ldmc_params_init(&v.params, 5);
     snprintf(path, sizeof path, "%s/vae.safetensors", fixture);
-    LDMC_CHECK(ldmc_save_models(path, LDMC_LAYOUT_OFFICIAL, NULL, &v, LDMC_F32, LDMC_ROLE_WEIGHTS,
-                                NULL, &err) == 0,
+    LDMC_CHECK(test_save_models(path, LDMC_LAYOUT_OFFICIAL, NULL, &v, LDMC_F32, NULL, &err) == 0,
                "%s", err.message);
     // the same weights with one infinity: every latent, and so every loss, is not finite
     float *w = v.params.buffers[LDMC_ROLE_WEIGHTS];
     w[v.params.items[0].offset] = INFINITY;
     snprintf(path, sizeof path, "%s/vae_inf.safetensors", fixture);
-    LDMC_CHECK(ldmc_save_models(path, LDMC_LAYOUT_OFFICIAL, NULL, &v, LDMC_F32, LDMC_ROLE_WEIGHTS,
-                                NULL, &err) == 0,
+    LDMC_CHECK(test_save_models(path, LDMC_LAYOUT_OFFICIAL, NULL, &v, LDMC_F32, NULL, &err) == 0,
                "%s", err.message);
     ldmc_vae_free(&v);
 }
@@ -353,7 +355,7 @@ static const char *tiny_config_on(const char *name, bool vae_task, const char *d
             "diffusion: {prediction: v, offset_noise: 0.05, cond_dropout: 0.3, min_snr_gamma: 5}\n"
             "optim: {lr: 1.0e-3, warmup: 2, grad_clip: 1.0, accumulation: 2, schedule: "
             "cosine}\nema: {decay: 0.9}\n"
-            "sample: {steps: 3, cfg: 2.0, per_class: 2, height: 16, width: 16}\n"
+            "sample: {steps: 3, guidance_scale: 2.0, per_class: 2, height: 16, width: 16}\n"
             "train: {steps: 6, seed: 3, out: %s, checkpoint_every: 3, keep: 5, log_every: 2, "
             "sample_every: 6}\n%s",
             test_config_dir(), test_config_dir(), data, name, extra);
@@ -598,10 +600,9 @@ static int load_tiny_unet(const char *dir, ldmc_unet *u, ldmc_train_state *st, l
     ldmc_params_alloc(&u->params, LDMC_ROLE_ADAM_M);
     ldmc_params_alloc(&u->params, LDMC_ROLE_ADAM_V);
     ldmc_params_alloc(&u->params, LDMC_ROLE_EMA);
-    ldmc_state_model m = {.params = &u->params,
-                          .map = {.layout = LDMC_LAYOUT_OFFICIAL, .unet = &u->cfg},
-                          .ema = true};
-    return ldmc_state_load(dir, &m, st, err);
+    ldmc_model model = ldmc_unet_model(u);
+    ldmc_checkpoint_model m = {.model = &model, .ema = true};
+    return ldmc_checkpoint_load(dir, &m, st, err);
 }
 
 // A kill in the middle of writing a checkpoint leaves the previous one whole.
@@ -616,7 +617,7 @@ static void test_kill_during_checkpoint_write(void) {
         char out[1200], latest[4200], tmp[1400];
         snprintf(out, sizeof out, "%s/%s", fixture, name);
         ldmc_err err = {0};
-        REQUIRE(ldmc_state_latest(out, latest, sizeof latest, &err) == 0, "%s", err.message);
+        REQUIRE(ldmc_checkpoint_latest(out, latest, sizeof latest, &err) == 0, "%s", err.message);
         CHECK(strstr(latest, "step-00000003") != NULL, "%s: latest is %s", points[i], latest);
         snprintf(tmp, sizeof tmp, "%s/checkpoints/step-00000006.tmp", out);
         CHECK(access(tmp, F_OK) == 0, "%s: the torn write is a .tmp folder", points[i]);
@@ -709,7 +710,7 @@ static void test_latent_cache(void) {
     static ldmc_vae v;
     ldmc_vae_init(&v, &c.vae);
     ldmc_params_alloc(&v.params, LDMC_ROLE_WEIGHTS);
-    REQUIRE(ldmc_load_vae(&v, c.vae_weights, NULL, &err) == 0, "%s", err.message);
+    REQUIRE(test_load_vae(&v, c.vae_weights, NULL, &err) == 0, "%s", err.message);
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
     ctx.recording = false;
@@ -1118,7 +1119,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_gpu_vae_task),
     };
 #ifdef LDMC_TEST_CUDA
-    if (!ldmc_cuda_usable()) {
+    if (!ldmc_gpu_available()) {
         printf("no CUDA device: skipped\n");
         return 77;
     }

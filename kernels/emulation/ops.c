@@ -41,22 +41,58 @@ void ldmc_cuda_rng_normal(const ldmc_rng *rng, uint64_t offset, size_t n, float 
     ldmc_rng_normal(rng, offset, n, out);
 }
 
+// ---- the diffusion side: the CPU kernels of src/ops/cpu/diffusion.inc --------------------------
+
+// A float operand given as bf16 or f32, as f32 (a copy to free, or NULL when it was f32 already).
+static const float *as_f32(const void *x, bool is_f32, int64_t n, float **copy) {
+    *copy = is_f32 ? NULL : f32_of(x, n);
+    return is_f32 ? x : *copy;
+}
+
+void ldmc_cuda_latent_sample(float *z, const void *mean, bool mean_f32, const void *std,
+                             bool std_f32, const ldmc_rng *rng, uint64_t offset, float scale,
+                             int64_t n) {
+    float *mean_copy, *std_copy;
+    const float *m = as_f32(mean, mean_f32, n, &mean_copy), *s = as_f32(std, std_f32, n, &std_copy);
+    ldmc_rng_normal(rng, offset, (size_t)n, z);
+    latent_sample_forward_f32(z, m, s, scale, n);
+    free(mean_copy);
+    free(std_copy);
+}
+
+void ldmc_cuda_latent_unscale(uint16_t *y, const float *z, float scale, int64_t n) {
+    float *v = zeros(n);
+    latent_unscale_forward_f32(v, z, scale, n);
+    store(y, v, n);
+    free(v);
+}
+
 void ldmc_cuda_noise_batch(const ldmc_rng *noise_rng, uint64_t noise_offset, const float *z,
                            const double *sa, const double *sb, int B, int64_t per_sample, int C,
                            float offset_noise, bool predict_v, uint16_t *x_t, float *target) {
     int64_t n = (int64_t)B * per_sample;
-    float *eps = zeros(n), *off = zeros((int64_t)B * C);
-    ldmc_rng_normal(noise_rng, noise_offset, (size_t)n, eps);
+    float *x = zeros(n), *offsets = zeros((int64_t)B * C);
+    ldmc_rng_normal(noise_rng, noise_offset, (size_t)n, target);
     ldmc_rng_normal(noise_rng, noise_offset + (((uint64_t)n + 1) & ~(uint64_t)1), (size_t)B * C,
-                    off);
-    for (int64_t k = 0; k < n; k++) {
-        int64_t b = k / per_sample, c = (k % per_sample) % C;
-        float e = eps[k] + offset_noise * off[b * C + c];
-        x_t[k] = ldmc_f32_to_bf16((float)(sa[b] * z[k] + sb[b] * e));
-        target[k] = predict_v ? (float)(sa[b] * e - sb[b] * z[k]) : e;
-    }
-    free(eps);
-    free(off);
+                    offsets);
+    diffusion_noise_forward_f32(x, target, z, offsets, sa, sb, B, per_sample, C, offset_noise,
+                                predict_v);
+    store(x_t, x, n);
+    free(x);
+    free(offsets);
+}
+
+void ldmc_cuda_guidance(float *y, const uint16_t *cond, const uint16_t *uncond, double scale,
+                        int64_t n) {
+    float *c = f32_of(cond, n), *u = f32_of(uncond, n);
+    guidance_forward_f32(y, c, u, scale, n);
+    free(c);
+    free(u);
+}
+
+void ldmc_cuda_ddim_step(float *x, const float *model_out, double alpha, double alpha_prev,
+                         bool predict_v, int64_t n) {
+    ddim_step_f32(x, model_out, alpha, alpha_prev, predict_v, n);
 }
 
 // ---- elementwise ----------------------------------------------------------------------------------
@@ -476,35 +512,17 @@ void ldmc_cuda_timestep_embedding_backward(float *dt, const float *dy, const flo
 
 // ---- optimizer --------------------------------------------------------------------------------------
 
-double ldmc_cuda_sum_squares(const float *x, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)x[i] * x[i];
-    return s;
-}
+double ldmc_cuda_sum_squares(const float *x, size_t n) { return sum_squares_f32(x, (int64_t)n); }
 
 void ldmc_cuda_adamw(float *master, uint16_t *weights, const float *grad, float *m, float *v,
                      int64_t n, float decay, float step_size, float denom_scale, float beta1,
                      float beta2, float eps) {
-    for (int64_t k = 0; k < n; k++) {
-        float g = grad[k];
-        m[k] = beta1 * m[k] + (1 - beta1) * g;
-        v[k] = beta2 * v[k] + (1 - beta2) * g * g;
-        master[k] = master[k] * decay - step_size * m[k] / (sqrtf(v[k]) * denom_scale + eps);
-        weights[k] = ldmc_f32_to_bf16(master[k]);
-    }
+    adamw_update_f32(master, grad, m, v, n, decay, step_size, denom_scale, beta1, beta2, eps);
+    store(weights, master, n);
 }
 
 void ldmc_cuda_ema(float *ema, const float *master, int64_t n, double decay) {
-    const float d = (float)decay, one_minus = (float)(1 - decay);
-    for (int64_t k = 0; k < n; k++)
-        ema[k] = d * ema[k] + one_minus * master[k];
+    ema_update_f32(ema, master, n, decay);
 }
 
-void ldmc_cuda_swap_f32(float *a, float *b, int64_t n) {
-    for (int64_t k = 0; k < n; k++) {
-        float t = a[k];
-        a[k] = b[k];
-        b[k] = t;
-    }
-}
+void ldmc_cuda_swap_f32(float *a, float *b, int64_t n) { swap_values_f32(a, b, n); }

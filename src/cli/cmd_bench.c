@@ -10,15 +10,12 @@
 #include <time.h>
 
 #include "cli/commands.h"
+#include "core/device.h"
 #include "core/rng.h"
 #include "core/tape.h"
 #include "core/threads.h"
 #include "ops/ops.h"
-#include "core/device.h"
 #include "train/bench.h"
-#ifdef LDMC_HAVE_CUDA
-#include "kernels/ldmc_cuda.h"
-#endif
 #include "train/trainer.h"
 
 typedef enum { CASE_CONV2D, CASE_ATTENTION, CASE_GROUP_NORM } case_kind;
@@ -217,7 +214,8 @@ static int bench_step(int argc, char **argv) {
 
 static const char *train_usage =
     "usage: ldmc bench train --config MODEL [--batch B] [--res H [W]] [--device cuda|cpu]\n"
-    "                        [--reps N] [--warmup N] [--checkpointing] [--profile] [--dry-run]\n"
+    "                        [--reps N] [--warmup N] [--gradient-checkpointing] [--profile] "
+    "[--dry-run]\n"
     "                        [--json]\n"
     "  MODEL: a model config (configs/sdxl_base.yaml), or a name in configs/ (sdxl_base)\n";
 
@@ -241,8 +239,13 @@ static void print_bytes_json(const char *key, size_t bytes) {
 // --res 1024` on the GPU; bench/sdxl_train_torch.py times PyTorch's on the same card.
 static int bench_train(int argc, char **argv) {
     const char *config = NULL;
-    ldmc_bench_options o = {.batch = 8, .height = 1024, .width = 1024, .reps = 10, .warmup = 3,
-                            .seed = 1, .device = ldmc_cuda_usable() ? LDMC_CUDA : LDMC_CPU};
+    ldmc_bench_options o = {.batch = 8,
+                            .height = 1024,
+                            .width = 1024,
+                            .reps = 10,
+                            .warmup = 3,
+                            .seed = 1,
+                            .device = ldmc_gpu_available() ? LDMC_CUDA : LDMC_CPU};
     bool json = false, ok = true;
     for (int i = 0; i < argc && ok; i++) {
         const char *a = argv[i];
@@ -260,8 +263,8 @@ static int bench_train(int argc, char **argv) {
             o.warmup = atoi(argv[++i]);
         } else if (!strcmp(a, "--device") && more) {
             ok = ldmc_device_parse(argv[++i], &o.device) == 0;
-        } else if (!strcmp(a, "--checkpointing")) {
-            o.checkpointing = true;
+        } else if (!strcmp(a, "--gradient-checkpointing")) {
+            o.recompute = true;
         } else if (!strcmp(a, "--profile")) {
             o.profile = true;
         } else if (!strcmp(a, "--dry-run")) {
@@ -286,25 +289,23 @@ static int bench_train(int argc, char **argv) {
         return 1;
     }
     const char *dev = ldmc_device_name(o.device);
-#ifdef LDMC_HAVE_CUDA
-    if (o.device == LDMC_CUDA && !o.dry_run) dev = ldmc_cuda_device_name();
-#endif
+    if (o.device == LDMC_CUDA && !o.dry_run) dev = ldmc_gpu_name();
     size_t peak = r.weight_bytes + r.activation_bytes + r.workspace_bytes;
     if (json) {
-        printf("{\"config\": \"%s\", \"device\": \"%s\", \"dry_run\": %s, \"batch\": %d, "
-               "\"height\": %d, \"width\": %d, \"checkpointing\": %s, \"parameters\": %lld, "
-               "\"tflop_per_image\": %.4f",
-               config, dev, o.dry_run ? "true" : "false", o.batch, o.height, o.width,
-               o.checkpointing ? "true" : "false", (long long)r.parameters,
-               r.flops / o.batch / 1e12);
+        printf(
+            "{\"config\": \"%s\", \"device\": \"%s\", \"dry_run\": %s, \"batch\": %d, "
+            "\"height\": %d, \"width\": %d, \"gradient_checkpointing\": %s, \"parameters\": %lld, "
+            "\"tflop_per_image\": %.4f",
+            config, dev, o.dry_run ? "true" : "false", o.batch, o.height, o.width,
+            o.recompute ? "true" : "false", (long long)r.parameters, r.flops / o.batch / 1e12);
         print_bytes_json("weights_gib", r.weight_bytes);
         print_bytes_json("activations_gib", r.activation_bytes);
         print_bytes_json("workspace_gib", r.workspace_bytes);
         print_bytes_json("peak_gib", peak);
         if (!o.dry_run) {
             printf(", \"reps\": %d, \"step_ms\": %.3f, \"img_per_s\": %.4f, \"tflops\": %.3f, "
-                   "\"cfg_forward_ms\": %.3f",
-                   o.reps, r.step_ms, r.img_per_s, r.tflops, r.cfg_forward_ms);
+                   "\"guided_forward_ms\": %.3f",
+                   o.reps, r.step_ms, r.img_per_s, r.tflops, r.guided_forward_ms);
             printf(", \"top_ops\": [");
             for (int i = 0; i < r.profile.count && i < 10; i++)
                 printf("%s{\"op\": \"%s %s\", \"ms\": %.3f, \"calls\": %lld}", i ? ", " : "",
@@ -316,7 +317,7 @@ static int bench_train(int argc, char **argv) {
         return 0;
     }
     printf("%s on %s: batch %d at %dx%d%s, %.3fB parameters\n", config, dev, o.batch, o.height,
-           o.width, o.checkpointing ? ", gradient checkpointing" : "", r.parameters / 1e9);
+           o.width, o.recompute ? ", gradient checkpointing" : "", r.parameters / 1e9);
     printf("  model FLOPs: %.2f TFLOP a step, %.3f an image (forward + backward)\n", r.flops / 1e12,
            r.flops / o.batch / 1e12);
     printf("  memory: weights and optimizer %.2f GiB, activations %.2f GiB, workspace %.2f GiB: "
@@ -326,7 +327,7 @@ static int bench_train(int argc, char **argv) {
     if (o.dry_run) return 0;
     printf("  training step: %.1f ms (median of %d): %.2f img/s, %.1f TFLOP/s\n", r.step_ms, o.reps,
            r.img_per_s, r.tflops);
-    printf("  sampling forward at batch 2 (CFG): %.1f ms\n", r.cfg_forward_ms);
+    printf("  guided sampling forward (the UNet at batch 2): %.1f ms\n", r.guided_forward_ms);
     if (r.profile.count) {
         double total = 0;
         for (int i = 0; i < r.profile.count; i++)

@@ -2,13 +2,14 @@
 // converts model weights between the official single-file layout and the diffusers folder
 // layout, and between dtypes. Every tensor is checked against the config's models first; an
 // official output keeps the input's other tensors (conditioner.*) byte for byte.
-// Tested by tests/test_cli.sh and tests/test_checkpoint.c.
+// Tested by tests/test_cli.sh and tests/test_weights.c.
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "cli/commands.h"
 #include "io/model_files.h"
+#include "nn/models.h"
 
 static const char *usage_text =
     "usage: ldmc convert IN OUT --config CONFIG [--to official|diffusers] [--dtype f32|f16|bf16]\n"
@@ -61,39 +62,30 @@ int ldmc_cmd_convert(int argc, char **argv) {
     }
     if (to) layout = strcmp(to, "official") ? LDMC_LAYOUT_DIFFUSERS : LDMC_LAYOUT_OFFICIAL;
 
-    static ldmc_unet u;
-    static ldmc_vae v;
-    int rc = 0;
-    ldmc_dtype input_dtype = LDMC_F32;
-    if (cfg.has_unet) {
-        ldmc_unet_init(&u, &cfg.unet);
-        ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
-        rc = ldmc_load_unet(&u, in, NULL, &err);
+    ldmc_model models[LDMC_MAX_MODELS];
+    int n = ldmc_models_create(&cfg, models), rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        ldmc_params_alloc(models[i].params, LDMC_ROLE_WEIGHTS);
+        rc = ldmc_load_model(&models[i], in, NULL, &err);
     }
-    if (cfg.has_vae && rc == 0) {
-        ldmc_vae_init(&v, &cfg.vae);
-        ldmc_params_alloc(&v.params, LDMC_ROLE_WEIGHTS);
-        rc = ldmc_load_vae(&v, in, NULL, &err);
-    }
+    // The input's layout and dtype, from how it holds the first model.
     ldmc_safetensors source = {0};
-    ldmc_key_map source_map = {.unet = cfg.has_unet ? &u.cfg : NULL,
-                               .vae = cfg.has_unet ? NULL : &v.cfg};
+    ldmc_key_map source_map;
     const char *domain;
-    if (rc == 0)
-        rc = ldmc_open_model_file(in, cfg.has_unet ? &u.params : &v.params, &source_map, &source,
-                                  &domain, &err);
-    if (rc == 0 && source.count) input_dtype = source.tensors[0].dtype;
-    if (!dtype_name) dtype = input_dtype == LDMC_F16 || input_dtype == LDMC_BF16 ? input_dtype : LDMC_F32;
+    if (rc == 0) rc = ldmc_open_model_file(in, &models[0], &source_map, &source, &domain, &err);
+    ldmc_dtype input_dtype = rc == 0 && source.count ? source.tensors[0].dtype : LDMC_F32;
+    if (!dtype_name)
+        dtype = input_dtype == LDMC_F16 || input_dtype == LDMC_BF16 ? input_dtype : LDMC_F32;
     // Only a whole official checkpoint has other tensors (conditioner.*) to pass through to an
     // official output.
     bool passthrough = rc == 0 && source_map.layout == LDMC_LAYOUT_OFFICIAL && !source_map.bare &&
                        layout == LDMC_LAYOUT_OFFICIAL;
     if (rc == 0)
-        rc = ldmc_save_models(out, layout, cfg.has_unet ? &u : NULL, cfg.has_vae ? &v : NULL, dtype,
-                              LDMC_ROLE_WEIGHTS, passthrough ? &source : NULL, &err);
+        rc = ldmc_save_models(out, layout, models, n, dtype, LDMC_ROLE_WEIGHTS,
+                              passthrough ? &source : NULL, &err);
     if (source.map) ldmc_safetensors_close(&source);
-    if (cfg.has_unet) ldmc_unet_free(&u);
-    if (cfg.has_vae) ldmc_vae_free(&v);
+    for (int i = 0; i < n; i++)
+        ldmc_model_destroy(&models[i]);
     if (rc != 0) {
         fprintf(stderr, "ldmc convert: %s\n", err.message);
         return 1;

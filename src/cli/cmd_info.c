@@ -7,8 +7,9 @@
 
 #include "cli/commands.h"
 #include "io/buildinfo.h"
-#include "io/checkpoint.h"
-#include "nn/plan.h"
+#include "io/weights.h"
+#include "nn/models.h"
+#include "pipeline/plan.h"
 
 static const char *usage_text =
     "usage: ldmc info                     build options, library versions, threads\n"
@@ -32,8 +33,9 @@ static const char *grouped(int64_t v, char *buf, size_t size) {
     return buf;
 }
 
-static void print_keys(const ldmc_params *p) {
-    ldmc_key_map official = {.layout = LDMC_LAYOUT_OFFICIAL};
+static void print_keys(const ldmc_model *m) {
+    const ldmc_params *p = m->params;
+    ldmc_key_map official = {.layout = LDMC_LAYOUT_OFFICIAL, .model = m};
     for (int i = 0; i < p->count; i++) {
         int64_t shape[LDMC_MAX_DIMS];
         int ndim = ldmc_file_shape(&p->items[i], &official, shape);
@@ -106,49 +108,34 @@ int ldmc_cmd_info(int argc, char **argv) {
         fprintf(stderr, "ldmc info: %s\n", err.message);
         return 1;
     }
-    char buf[32];
-    int rc = 0;
-    if (cfg.has_unet) {
-        ldmc_unet u;
-        ldmc_unet_init(&u, &cfg.unet);
+    ldmc_model models[LDMC_MAX_MODELS];
+    int n = ldmc_models_create(&cfg, models), rc = 0;
+    // a UNet's plan is at the latent of the config's own autoencoder (demo_model.yaml: f = 4),
+    // else at SDXL's (f = 8)
+    int f = cfg.has_vae ? 1 << (cfg.vae.levels - 1) : 8;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const ldmc_model *m = &models[i];
+        char buf[32];
         if (keys) {
-            print_keys(&u.params);
+            print_keys(m);
         } else {
-            ldmc_unet_print_summary(&u, stdout);
-            printf("parameters: %s\n", grouped(ldmc_params_count(&u.params, false), buf, sizeof buf));
+            m->desc->print_summary(m->module, stdout);
+            printf("parameters: %s\n",
+                   grouped(ldmc_params_count(m->params, false), buf, sizeof buf));
         }
-        // the latent of the config's own autoencoder (demo_model.yaml: f = 4), else SDXL's
-        int f = cfg.has_vae ? 1 << (cfg.vae.levels - 1) : 8, align = f << (cfg.unet.levels - 1);
-        if (batch && (H % align || W % align)) {
-            fprintf(stderr, "ldmc info: --res must be a multiple of %d for this UNet\n", align);
+        if (!batch) continue;
+        ldmc_memory_plan plan;
+        ldmc_err perr = {0};
+        int latent = ldmc_model_plan(m, batch, H, W, f, &plan, &perr);
+        if (latent < 0) {
+            fprintf(stderr, "ldmc info: %s\n", perr.message);
             rc = 2;
-        } else if (batch) {
-            ldmc_memory_plan plan;
-            ldmc_unet_plan(&u, batch, H / f, W / f, &plan);
-            print_plan(&plan, batch, H, W, H / f, W / f);
-            if (!cfg.has_vae) printf("  (latent: the SDXL autoencoder's, f = 8)\n");
-        }
-        ldmc_unet_free(&u);
-    }
-    if (cfg.has_vae && rc == 0) {
-        ldmc_vae v;
-        ldmc_vae_init(&v, &cfg.vae);
-        if (keys) {
-            print_keys(&v.params);
         } else {
-            ldmc_vae_print_summary(&v, stdout);
-            printf("parameters: %s\n", grouped(ldmc_params_count(&v.params, false), buf, sizeof buf));
+            print_plan(&plan, batch, H, W, H / latent, W / latent);
+            if (latent > 1 && !cfg.has_vae) printf("  (latent: the SDXL autoencoder's, f = 8)\n");
         }
-        int align = 1 << (cfg.vae.levels - 1);
-        if (batch && (H % align || W % align)) {
-            fprintf(stderr, "ldmc info: --res must be a multiple of %d for this VAE\n", align);
-            rc = 2;
-        } else if (batch) {
-            ldmc_memory_plan plan;
-            ldmc_vae_plan(&v, batch, H, W, &plan);
-            print_plan(&plan, batch, H, W, H, W);
-        }
-        ldmc_vae_free(&v);
     }
+    for (int i = 0; i < n; i++)
+        ldmc_model_destroy(&models[i]);
     return rc;
 }

@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "io/model_files.h"
+#include "nn/models.h"
 
 static const char *usage_text =
     "usage: ldmc init CONFIG OUT [--seed N] [--to official|diffusers] [--dtype f32|f16|bf16]\n";
@@ -44,23 +45,16 @@ int ldmc_cmd_init(int argc, char **argv) {
         fprintf(stderr, "ldmc init: %s\n", err.message);
         return 1;
     }
-    static ldmc_unet u;
-    static ldmc_vae v;
-    if (cfg.has_unet) {
-        ldmc_unet_init(&u, &cfg.unet);
-        ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
-        ldmc_params_init(&u.params, seed);
-    }
-    if (cfg.has_vae) {
-        ldmc_vae_init(&v, &cfg.vae);
-        ldmc_params_alloc(&v.params, LDMC_ROLE_WEIGHTS);
-        ldmc_params_init(&v.params, seed);
+    ldmc_model models[LDMC_MAX_MODELS];
+    int n = ldmc_models_create(&cfg, models);
+    for (int i = 0; i < n; i++) {
+        ldmc_params_alloc(models[i].params, LDMC_ROLE_WEIGHTS);
+        ldmc_params_init(models[i].params, seed);
     }
     ldmc_layout layout = strcmp(to, "official") ? LDMC_LAYOUT_DIFFUSERS : LDMC_LAYOUT_OFFICIAL;
-    int rc = ldmc_save_models(out, layout, cfg.has_unet ? &u : NULL, cfg.has_vae ? &v : NULL,
-                              dtype, LDMC_ROLE_WEIGHTS, NULL, &err);
-    if (cfg.has_unet) ldmc_unet_free(&u);
-    if (cfg.has_vae) ldmc_vae_free(&v);
+    int rc = ldmc_save_models(out, layout, models, n, dtype, LDMC_ROLE_WEIGHTS, NULL, &err);
+    for (int i = 0; i < n; i++)
+        ldmc_model_destroy(&models[i]);
     if (rc != 0) {
         fprintf(stderr, "ldmc init: %s\n", err.message);
         return 1;

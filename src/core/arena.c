@@ -4,10 +4,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "core/device.h"
 #include "core/error.h"
-#ifdef LDMC_HAVE_CUDA
-#include "kernels/ldmc_cuda.h"
-#endif
 
 void ldmc_arena_init(ldmc_arena *arena, const char *name, size_t capacity) {
     capacity = (capacity + 4095) & ~(size_t)4095;
@@ -27,24 +25,17 @@ void ldmc_arena_init_virtual(ldmc_arena *arena, const char *name, size_t capacit
 }
 
 void ldmc_arena_init_device(ldmc_arena *arena, const char *name, size_t capacity) {
-#ifdef LDMC_HAVE_CUDA
     capacity = (capacity + 4095) & ~(size_t)4095;
-    *arena = (ldmc_arena){.base = ldmc_cuda_malloc(capacity), .capacity = capacity, .name = name,
-                          .device = true};
-#else
-    (void)arena, (void)capacity;
-    LDMC_FATAL("the %s arena on the GPU: this build of ldmc has no CUDA (LDMC_CUDA=OFF)", name);
-#endif
+    *arena = (ldmc_arena){
+        .base = ldmc_gpu_malloc(capacity), .capacity = capacity, .name = name, .device = true};
 }
 
 void ldmc_arena_free(ldmc_arena *arena) {
-#ifdef LDMC_HAVE_CUDA
     if (arena->device) {
-        ldmc_cuda_free(arena->base);
+        ldmc_gpu_free(arena->base);
         *arena = (ldmc_arena){0};
         return;
     }
-#endif
     if (arena->base) munmap(arena->base, arena->capacity);
     *arena = (ldmc_arena){0};
 }
@@ -63,12 +54,10 @@ void *ldmc_arena_alloc(ldmc_arena *arena, size_t bytes) {
 void *ldmc_arena_calloc(ldmc_arena *arena, size_t bytes) {
     void *p = ldmc_arena_alloc(arena, bytes);
     if (arena->virtual_only) return p;
-#ifdef LDMC_HAVE_CUDA
     if (arena->device) {
-        ldmc_cuda_zero(p, bytes);
+        ldmc_gpu_zero(p, bytes);
         return p;
     }
-#endif
     memset(p, 0, bytes);
     return p;
 }

@@ -1,4 +1,4 @@
-// Tensors across devices (see device.h).
+// Devices and the GPU runtime (see device.h).
 #include "core/device.h"
 
 #include <stdlib.h>
@@ -10,7 +10,7 @@
 #include "kernels/ldmc_cuda.h"
 #endif
 
-bool ldmc_cuda_usable(void) {
+bool ldmc_gpu_available(void) {
 #ifdef LDMC_HAVE_CUDA
     return ldmc_cuda_device_count() > 0;
 #else
@@ -26,6 +26,99 @@ int ldmc_device_parse(const char *name, ldmc_device *out) {
     else return -1;
     return 0;
 }
+
+// ---- the GPU runtime ---------------------------------------------------------------------------
+
+#ifdef LDMC_HAVE_CUDA
+#define GPU_CALL(call) call
+#else
+#define GPU_CALL(call) LDMC_FATAL("%s: this build of ldmc has no CUDA (LDMC_CUDA=OFF)", __func__)
+#endif
+
+const char *ldmc_gpu_name(void) {
+#ifdef LDMC_HAVE_CUDA
+    return ldmc_cuda_device_name();
+#else
+    return "none";
+#endif
+}
+
+void ldmc_gpu_memory(size_t *used, size_t *total) { GPU_CALL(ldmc_cuda_memory(used, total)); }
+
+size_t ldmc_gpu_workspace_bytes(void) {
+#ifdef LDMC_HAVE_CUDA
+    return ldmc_cuda_workspace_bytes();
+#else
+    return 0;
+#endif
+}
+
+void ldmc_gpu_print_info(FILE *out) {
+#ifdef LDMC_HAVE_CUDA
+    ldmc_cuda_print_info(out);
+#else
+    (void)out;
+#endif
+}
+
+void *ldmc_gpu_malloc(size_t bytes) {
+#ifdef LDMC_HAVE_CUDA
+    return ldmc_cuda_malloc(bytes);
+#else
+    (void)bytes;
+    LDMC_FATAL("GPU memory: this build of ldmc has no CUDA (LDMC_CUDA=OFF)");
+#endif
+}
+
+void ldmc_gpu_free(void *p) {
+    if (p) GPU_CALL(ldmc_cuda_free(p));
+}
+
+void ldmc_gpu_upload(void *dst, const void *src, size_t bytes) {
+    GPU_CALL(ldmc_cuda_to_device(dst, src, bytes));
+}
+
+void ldmc_gpu_download(void *dst, const void *src, size_t bytes) {
+    GPU_CALL(ldmc_cuda_to_host(dst, src, bytes));
+}
+
+void ldmc_gpu_zero(void *p, size_t bytes) { GPU_CALL(ldmc_cuda_zero(p, bytes)); }
+
+void ldmc_gpu_move(void *dst, const void *src, size_t bytes) {
+    if (dst == src || bytes == 0) return;
+#ifdef LDMC_HAVE_CUDA
+    // cudaMemcpy does not allow overlap: a copy downward that overlaps goes through the workspace
+    if ((const char *)dst + bytes <= (const char *)src ||
+        (const char *)src + bytes <= (const char *)dst) {
+        ldmc_cuda_copy(dst, src, bytes);
+    } else {
+        void *tmp = ldmc_cuda_workspace(bytes);
+        ldmc_cuda_copy(tmp, src, bytes);
+        ldmc_cuda_copy(dst, tmp, bytes);
+    }
+#else
+    LDMC_FATAL("GPU copy: this build of ldmc has no CUDA (LDMC_CUDA=OFF)");
+#endif
+}
+
+void ldmc_gpu_f32_to_bf16(uint16_t *dst, const float *src, int64_t n) {
+    GPU_CALL(ldmc_cuda_f32_to_bf16(dst, src, n));
+}
+
+void ldmc_gpu_add_from_host(float *dst, const float *src, int64_t n, float *scratch) {
+#ifdef LDMC_HAVE_CUDA
+    if (src)
+        ldmc_cuda_to_device(scratch, src, (size_t)n * sizeof(float));
+    else
+        ldmc_cuda_fill_f32(scratch, 1.0f, n);
+    ldmc_cuda_accumulate(dst, scratch, 1.0f, n);
+#else
+    (void)dst, (void)src, (void)n, (void)scratch;
+    LDMC_FATAL("GPU gradients: this build of ldmc has no CUDA (LDMC_CUDA=OFF)");
+#endif
+}
+
+// ---- tensors on either device ------------------------------------------------------------------
 
 #ifdef LDMC_HAVE_CUDA
 // An f32 staging copy in GPU memory: the workspace (no op holds it between launches).

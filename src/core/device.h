@@ -1,22 +1,48 @@
-// Tensors across devices: whether a GPU can be used, inputs written from host memory into a
-// context on either device, values read back as f32, and Philox noise drawn where the tensor
-// lives (the same values on both). The trainer, the sampler and the tests go through these, so
-// the CPU and GPU paths share their code. Tested by tests/test_cuda.c (GPU) and test_core.c.
+// Devices: whether a GPU can be used, the GPU runtime the core needs (memory for parameter
+// buffers and arenas, copies, the tape's gradient seeds), inputs written from host memory into a
+// context on either device, values read back as f32, and Philox noise drawn where a tensor lives
+// (the same values on both). device.c and src/ops are the only places that call the CUDA
+// kernels' C interface (in kernels/); every other layer goes through them, so the CPU and GPU
+// paths share their code (tests/check_layers.sh enforces it).
+// Tested by tests/test_cuda.c (GPU) and test_core.c.
 #pragma once
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "core/rng.h"
 #include "core/tape.h"
 
 // True when this build has CUDA and a device is present.
-bool ldmc_cuda_usable(void);
+bool ldmc_gpu_available(void);
 // "cpu" or "cuda"; ldmc_device_parse returns -1 for anything else.
 const char *ldmc_device_name(ldmc_device device);
 int ldmc_device_parse(const char *name, ldmc_device *out);
 
+// ---- the GPU runtime (fatal, naming the call, in a build without CUDA) ------------------------
+const char *ldmc_gpu_name(void);
+// Bytes of GPU memory in use by this process, and the device's total.
+void ldmc_gpu_memory(size_t *used, size_t *total);
+// The shared GPU workspace's size now (it grows to the largest request).
+size_t ldmc_gpu_workspace_bytes(void);
+// The device, driver and library versions, for `ldmc info`.
+void ldmc_gpu_print_info(FILE *out);
+void *ldmc_gpu_malloc(size_t bytes);
+void ldmc_gpu_free(void *p); // NULL is fine
+// Host -> GPU, queued (the source may be reused at once); GPU -> host, after the GPU is done.
+void ldmc_gpu_upload(void *dst, const void *src, size_t bytes);
+void ldmc_gpu_download(void *dst, const void *src, size_t bytes);
+void ldmc_gpu_zero(void *p, size_t bytes);
+// memmove within GPU memory (overlapping ranges go through the workspace).
+void ldmc_gpu_move(void *dst, const void *src, size_t bytes);
+void ldmc_gpu_f32_to_bf16(uint16_t *dst, const float *src, int64_t n);
+// dst (n f32 values on the GPU) += src (n host values), or += 1 when src is NULL; `scratch` is n
+// f32 values of GPU memory the call may use.
+void ldmc_gpu_add_from_host(float *dst, const float *src, int64_t n, float *scratch);
+
+// ---- tensors on either device ----------------------------------------------------------------
 // A new tensor in ctx filled from host values of `host_dtype` (F32 or I64), stored as `dtype`
 // (F32, BF16 or I64) on the context's device. On the CPU with matching dtypes, the host memory is
-// wrapped, not copied (it must outlive the step).
+// wrapped, not copied (it must outlive the step: ldmc_host_scratch is such memory).
 ldmc_tensor *ldmc_input(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape,
                         const void *host, ldmc_dtype host_dtype);
 // Writes n = numel(t) host f32 values into t (F32 or BF16, on either device).

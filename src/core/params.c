@@ -7,10 +7,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "core/device.h"
 #include "core/error.h"
-#ifdef LDMC_HAVE_CUDA
-#include "kernels/ldmc_cuda.h"
-#endif
 #include "core/rng.h"
 
 static const char *role_names[LDMC_ROLE_COUNT] = {"weights", "master", "grad",
@@ -128,13 +126,11 @@ void ldmc_params_init(ldmc_params *p, uint64_t seed) {
 }
 
 void ldmc_params_zero_grad(ldmc_params *p) {
-#ifdef LDMC_HAVE_CUDA
     if (p->on_device) {
         if (p->device[LDMC_ROLE_GRAD])
-            ldmc_cuda_zero(p->device[LDMC_ROLE_GRAD], p->total * sizeof(float));
+            ldmc_gpu_zero(p->device[LDMC_ROLE_GRAD], p->total * sizeof(float));
         return;
     }
-#endif
     if (p->buffers[LDMC_ROLE_GRAD] && !p->reserved[LDMC_ROLE_GRAD])
         memset(p->buffers[LDMC_ROLE_GRAD], 0, p->total * sizeof(float));
 }
@@ -169,65 +165,51 @@ int64_t ldmc_params_count(const ldmc_params *p, bool trainable_only) {
 }
 
 void ldmc_params_to_device(ldmc_params *p) {
-#ifdef LDMC_HAVE_CUDA
+    LDMC_CHECK(ldmc_gpu_available(),
+               "parameters on the GPU: no CUDA in this build, or no device visible");
     LDMC_CHECK(!p->on_device, "parameters already on the GPU");
     LDMC_CHECK(p->buffers[LDMC_ROLE_WEIGHTS] && !p->reserved[LDMC_ROLE_WEIGHTS],
                "parameters moved to the GPU before their weights exist");
     const size_t n = p->total ? p->total : 1;
-    p->device[LDMC_ROLE_WEIGHTS] = ldmc_cuda_malloc(n * sizeof(uint16_t));
-    p->device[LDMC_ROLE_MASTER] = ldmc_cuda_malloc(n * sizeof(float));
+    p->device[LDMC_ROLE_WEIGHTS] = ldmc_gpu_malloc(n * sizeof(uint16_t));
+    p->device[LDMC_ROLE_MASTER] = ldmc_gpu_malloc(n * sizeof(float));
     for (int r = LDMC_ROLE_GRAD; r < LDMC_ROLE_COUNT; r++)
-        if (p->buffers[r] && !p->reserved[r]) p->device[r] = ldmc_cuda_malloc(n * sizeof(float));
+        if (p->buffers[r] && !p->reserved[r]) p->device[r] = ldmc_gpu_malloc(n * sizeof(float));
     // the host weights become the master, the bf16 working copy its rounding
     const size_t bytes = p->total * sizeof(float);
-    ldmc_cuda_to_device(p->device[LDMC_ROLE_MASTER], p->buffers[LDMC_ROLE_WEIGHTS], bytes);
-    ldmc_cuda_f32_to_bf16(p->device[LDMC_ROLE_WEIGHTS], p->device[LDMC_ROLE_MASTER],
-                          (int64_t)p->total);
+    ldmc_gpu_upload(p->device[LDMC_ROLE_MASTER], p->buffers[LDMC_ROLE_WEIGHTS], bytes);
+    ldmc_gpu_f32_to_bf16(p->device[LDMC_ROLE_WEIGHTS], p->device[LDMC_ROLE_MASTER],
+                         (int64_t)p->total);
     for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++)
-        if (p->device[r]) ldmc_cuda_to_device(p->device[r], p->buffers[r], bytes);
-    if (p->device[LDMC_ROLE_GRAD]) ldmc_cuda_zero(p->device[LDMC_ROLE_GRAD], bytes);
+        if (p->device[r]) ldmc_gpu_upload(p->device[r], p->buffers[r], bytes);
+    if (p->device[LDMC_ROLE_GRAD]) ldmc_gpu_zero(p->device[LDMC_ROLE_GRAD], bytes);
     p->on_device = true;
     for (int i = 0; i < p->count; i++)
         ldmc_params_tensor(p, i);
-#else
-    (void)p;
-    LDMC_FATAL("parameters on the GPU: this build of ldmc has no CUDA (LDMC_CUDA=OFF)");
-#endif
 }
 
 void ldmc_params_device_alloc(ldmc_params *p, ldmc_param_role role) {
-#ifdef LDMC_HAVE_CUDA
     LDMC_CHECK(p->on_device && role != LDMC_ROLE_WEIGHTS && role != LDMC_ROLE_MASTER,
                "a GPU %s buffer for parameters not on the GPU", role_names[role]);
     if (p->device[role]) return;
     size_t bytes = (p->total ? p->total : 1) * sizeof(float);
-    p->device[role] = ldmc_cuda_malloc(bytes);
-    ldmc_cuda_zero(p->device[role], bytes);
+    p->device[role] = ldmc_gpu_malloc(bytes);
+    ldmc_gpu_zero(p->device[role], bytes);
     for (int i = 0; i < p->count; i++)
         ldmc_params_tensor(p, i);
-#else
-    (void)p, (void)role;
-    LDMC_FATAL("parameters on the GPU: this build of ldmc has no CUDA (LDMC_CUDA=OFF)");
-#endif
 }
 
 void ldmc_params_to_host(ldmc_params *p) {
-#ifdef LDMC_HAVE_CUDA
     if (!p->on_device) return;
     const size_t bytes = p->total * sizeof(float);
-    ldmc_cuda_to_host(p->buffers[LDMC_ROLE_WEIGHTS], p->device[LDMC_ROLE_MASTER], bytes);
+    ldmc_gpu_download(p->buffers[LDMC_ROLE_WEIGHTS], p->device[LDMC_ROLE_MASTER], bytes);
     for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++)
-        if (p->device[r]) ldmc_cuda_to_host(p->buffers[r], p->device[r], bytes);
-#else
-    (void)p;
-#endif
+        if (p->device[r]) ldmc_gpu_download(p->buffers[r], p->device[r], bytes);
 }
 
 void ldmc_params_free(ldmc_params *p) {
-#ifdef LDMC_HAVE_CUDA
     for (int r = 0; r < LDMC_ROLE_COUNT; r++)
-        ldmc_cuda_free(p->device[r]);
-#endif
+        ldmc_gpu_free(p->device[r]);
     for (int i = 0; i < p->count; i++)
         free(p->items[i].name);
     free(p->items);

@@ -12,6 +12,9 @@
 enum {
     LDMC_PARAM_NO_DECAY = 1u << 0, // norms, biases, embeddings: AdamW skips weight decay
     LDMC_PARAM_FROZEN = 1u << 1,   // no gradient, not updated
+    // A convolution weight: (O, kH, kW, C) in memory (channels-last), (O, C, kH, kW) in weights
+    // files; the reader and writer convert.
+    LDMC_PARAM_CONV = 1u << 8,
 };
 
 typedef enum ldmc_param_role {

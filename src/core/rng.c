@@ -16,6 +16,12 @@ uint64_t ldmc_hash_bytes(uint64_t h, const void *data, size_t n) {
     return h;
 }
 
+ldmc_rng ldmc_step_rng(const ldmc_step_key *key, uint32_t purpose) {
+    return ldmc_rng_make(key->seed, key->step, key->rank, purpose);
+}
+
+uint64_t ldmc_step_offset(const ldmc_step_key *key) { return (uint64_t)key->micro << 40; }
+
 uint64_t ldmc_hash_name(const char *name) {
     return ldmc_hash_bytes(LDMC_HASH_START, name, strlen(name));
 }

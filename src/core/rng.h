@@ -41,6 +41,17 @@ uint64_t ldmc_hash_bytes(uint64_t h, const void *data, size_t n);
 void ldmc_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
 ldmc_rng ldmc_rng_make(uint64_t seed, uint32_t step, uint32_t rank, uint32_t purpose);
+
+// The key of a training micro-batch's draws: every stream of step `step` on `rank`, of which
+// micro-batch `micro` (the accumulation index) owns the 2^40 values from micro << 40, whatever
+// the batch sizes.
+typedef struct ldmc_step_key {
+    uint64_t seed;
+    uint32_t step, rank, micro;
+} ldmc_step_key;
+// The step's stream for `purpose`, and where the micro-batch's values start in it.
+ldmc_rng ldmc_step_rng(const ldmc_step_key *key, uint32_t purpose);
+uint64_t ldmc_step_offset(const ldmc_step_key *key);
 // The largest training step a run may reach: streams are keyed by a 32-bit step (kept below 2^31
 // so that a step count fits an int everywhere).
 #define LDMC_MAX_STEPS ((int64_t)INT32_MAX)

@@ -1,4 +1,4 @@
-// Context, tape, backward and gradient checkpointing (see tape.h). Tested by
+// Context, tape, backward and recomputation (gradient checkpointing; see tape.h). Tested by
 // tests/test_autograd.c.
 #include "core/tape.h"
 
@@ -8,9 +8,6 @@
 
 #include "core/device.h"
 #include "core/error.h"
-#ifdef LDMC_HAVE_CUDA
-#include "kernels/ldmc_cuda.h"
-#endif
 
 // Where new tensors go and what ops write: f32 on the CPU, bf16 on the GPU.
 static void set_device(ldmc_ctx *ctx, ldmc_device device) {
@@ -59,6 +56,21 @@ void ldmc_ctx_reset(ldmc_ctx *ctx) {
     ldmc_arena_reset(&ctx->meta);
     ctx->n_nodes = 0;
     ctx->rng_offset = 0;
+}
+
+ldmc_ctx_mark ldmc_ctx_mark_here(const ldmc_ctx *ctx) {
+    return (ldmc_ctx_mark){.data = ldmc_arena_mark(&ctx->data),
+                           .meta = ldmc_arena_mark(&ctx->meta),
+                           .nodes = ctx->n_nodes,
+                           .rng_offset = ctx->rng_offset};
+}
+
+void ldmc_ctx_rewind(ldmc_ctx *ctx, ldmc_ctx_mark mark) {
+    LDMC_CHECK(mark.nodes <= ctx->n_nodes, "rewinding a context to a mark past its tape");
+    ldmc_arena_release(&ctx->data, mark.data);
+    ldmc_arena_release(&ctx->meta, mark.meta);
+    ctx->n_nodes = mark.nodes;
+    ctx->rng_offset = mark.rng_offset;
 }
 
 static ldmc_tensor *new_header(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape) {
@@ -118,8 +130,8 @@ float *ldmc_grad(ldmc_ctx *ctx, ldmc_tensor *t) {
         LDMC_CHECK(!owner->is_param, "parameter '%s' needs a gradient but has no gradient buffer",
                    owner->name ? owner->name : "?");
         LDMC_CHECK(!ctx->in_recompute || owner->id >= ctx->recompute_first_id,
-                   "a gradient-checkpoint region reads tensor '%s' that was not passed to "
-                   "ldmc_checkpoint as an input; its gradient would be lost",
+                   "a recompute region reads tensor '%s' that was not passed to "
+                   "ldmc_recompute as an input; its gradient would be lost",
                    owner->name ? owner->name : "?");
         owner->grad = ldmc_arena_calloc(&ctx->data, (size_t)ldmc_numel(owner) * sizeof(float));
     }
@@ -222,7 +234,9 @@ void *ldmc_node_args(ldmc_ctx *ctx, ldmc_node *node, size_t bytes) {
 
 void *ldmc_scratch(ldmc_ctx *ctx, size_t bytes) { return ldmc_arena_alloc(&ctx->data, bytes); }
 
-static void checkpoint_backward(ldmc_ctx *ctx, ldmc_node *node);
+void *ldmc_host_scratch(ldmc_ctx *ctx, size_t bytes) { return ldmc_arena_alloc(&ctx->meta, bytes); }
+
+static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node);
 
 static void run_backward(ldmc_ctx *ctx, int first, int end) {
     for (int i = end - 1; i >= first; i--) {
@@ -232,11 +246,11 @@ static void run_backward(ldmc_ctx *ctx, int first, int end) {
             reached = ldmc_grad_if_any(node->out[o]) != NULL;
         if (!reached) continue;
         ctx->flops += node->backward_flops; // dry runs too: a plan counts the whole step
-        if (ctx->dry_run && node->op->backward != checkpoint_backward) {
+        if (ctx->dry_run && node->op->backward != recompute_backward) {
             for (int k = 0; k < node->n_in; k++) ldmc_grad(ctx, node->in[k]); // allocations only
             continue;
         }
-        if (ctx->profile && node->op->backward != checkpoint_backward) {
+        if (ctx->profile && node->op->backward != recompute_backward) {
             double t0 = profile_now(ctx);
             node->op->backward(ctx, node);
             double t1 = profile_now(ctx);
@@ -251,19 +265,10 @@ static void run_backward(ldmc_ctx *ctx, int first, int end) {
 
 // g += seed (or 1) for a gradient in GPU memory: the values go up through a scratch buffer.
 static void seed_device(ldmc_ctx *ctx, float *g, const float *seed, int64_t count) {
-#ifdef LDMC_HAVE_CUDA
     size_t mark = ldmc_arena_mark(&ctx->data);
     float *tmp = ldmc_arena_alloc(&ctx->data, (size_t)count * sizeof(float));
-    if (seed)
-        ldmc_cuda_to_device(tmp, seed, (size_t)count * sizeof(float));
-    else
-        ldmc_cuda_fill_f32(tmp, 1.0f, count);
-    ldmc_cuda_accumulate(g, tmp, 1.0f, count);
+    ldmc_gpu_add_from_host(g, seed, count, tmp);
     ldmc_arena_release(&ctx->data, mark);
-#else
-    (void)ctx, (void)g, (void)seed, (void)count;
-    LDMC_FATAL("backward on the GPU in a build without CUDA");
-#endif
 }
 
 void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_grads, int n) {
@@ -300,16 +305,16 @@ uint64_t ldmc_ctx_rng_take(ldmc_ctx *ctx, uint64_t count) {
     return offset;
 }
 
-// ---- gradient checkpointing ------------------------------------------------------------------
+// ---- recomputation (gradient checkpointing) -----------------------------------------------
 
-typedef struct checkpoint_args {
+typedef struct recompute_args {
     ldmc_region_fn fn;
     void *user;
     uint64_t rng_offset; // the stream position when the region first ran
-} checkpoint_args;
+} recompute_args;
 
-static void checkpoint_backward(ldmc_ctx *ctx, ldmc_node *node) {
-    const checkpoint_args *args = node->args;
+static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node) {
+    const recompute_args *args = node->args;
     for (int i = 0; i < node->n_in; i++)
         ldmc_grad(ctx, node->in[i]); // kept below the mark
     size_t data_mark = ldmc_arena_mark(&ctx->data), meta_mark = ldmc_arena_mark(&ctx->meta);
@@ -329,7 +334,7 @@ static void checkpoint_backward(ldmc_ctx *ctx, ldmc_node *node) {
     for (int o = 0; o < node->n_out; o++) {
         float *g = ldmc_grad_if_any(node->out[o]);
         LDMC_CHECK(ldmc_numel(out[o]) == ldmc_numel(node->out[o]),
-                   "checkpoint region output %d changed size on its re-run", o);
+                   "recompute region output %d changed size on its re-run", o);
         if (g && out[o]->requires_grad) {
             grad_owner(out[o])->grad = g; // the recorded outputs take the region's gradient
             any = true;
@@ -345,56 +350,52 @@ static void checkpoint_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ctx->recompute_first_id = first_id_saved;
 }
 
-static const ldmc_op_info checkpoint_op = {"checkpoint", checkpoint_backward};
+static const ldmc_op_info recompute_op = {"recompute", recompute_backward};
 
-// memmove on the context's device: a GPU copy between overlapping ranges goes through the
-// workspace, as cudaMemcpy does not allow overlap.
+// memmove on the context's device.
 static void move_data(ldmc_ctx *ctx, void *dst, const void *src, size_t bytes) {
-    if (dst == src || bytes == 0) return;
-#ifdef LDMC_HAVE_CUDA
-    if (ctx->device == LDMC_CUDA) {
-        if ((const char *)dst + bytes <= (const char *)src) {
-            ldmc_cuda_copy(dst, src, bytes);
-        } else {
-            void *tmp = ldmc_cuda_workspace(bytes);
-            ldmc_cuda_copy(tmp, src, bytes);
-            ldmc_cuda_copy(dst, tmp, bytes);
-        }
-        return;
-    }
-#endif
-    (void)ctx;
-    memmove(dst, src, bytes);
+    if (ctx->device == LDMC_CUDA)
+        ldmc_gpu_move(dst, src, bytes);
+    else if (dst != src)
+        memmove(dst, src, bytes);
 }
 
-// Moves the region's outputs down to `mark`, in address order (so that no move overwrites an
-// output not yet moved), and releases everything above them.
-static void compact_outputs(ldmc_ctx *ctx, size_t mark, ldmc_tensor **out, int n_out) {
+// Moves the tensors above `mark` down to it, in address order (so that no move overwrites one
+// not yet moved), and releases everything above them.
+static void compact(ldmc_ctx *ctx, size_t mark, ldmc_tensor **keep, int n_keep, const char *what) {
     ldmc_tensor *sorted[64];
-    LDMC_CHECK(n_out <= 64, "checkpoint region with %d outputs (at most 64)", n_out);
+    LDMC_CHECK(n_keep <= 64, "%s: %d tensors to keep (at most 64)", what, n_keep);
     int n = 0;
-    for (int o = 0; o < n_out; o++) {
-        if (!ldmc_arena_above(&ctx->data, out[o]->data, mark)) continue;
+    for (int o = 0; o < n_keep; o++) {
+        if (!ldmc_arena_above(&ctx->data, keep[o]->data, mark)) continue;
         int j = n++;
-        while (j > 0 && (char *)sorted[j - 1]->data > (char *)out[o]->data) {
+        while (j > 0 && (char *)sorted[j - 1]->data > (char *)keep[o]->data) {
             sorted[j] = sorted[j - 1];
             j--;
         }
-        sorted[j] = out[o];
+        sorted[j] = keep[o];
     }
     ldmc_arena_release(&ctx->data, mark);
     for (int i = 0; i < n; i++) {
         size_t bytes = ldmc_nbytes(sorted[i]);
         void *dst = ldmc_arena_alloc(&ctx->data, bytes);
-        LDMC_CHECK((char *)dst <= (char *)sorted[i]->data,
-                   "checkpoint region outputs overlap each other");
+        LDMC_CHECK((char *)dst <= (char *)sorted[i]->data, "%s: tensors kept overlap each other",
+                   what);
         if (!ctx->dry_run) move_data(ctx, dst, sorted[i]->data, bytes);
         sorted[i]->data = dst;
     }
 }
 
-void ldmc_checkpoint(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor **in, int n_in,
-                     ldmc_tensor **out, int n_out) {
+void ldmc_ctx_keep(ldmc_ctx *ctx, size_t data_mark, ldmc_tensor **keep, int n) {
+    for (int i = 0; i < n; i++)
+        LDMC_CHECK(!keep[i]->base && !keep[i]->requires_grad,
+                   "keeping '%s': only fresh tensors that need no gradient move",
+                   keep[i]->name ? keep[i]->name : "?");
+    compact(ctx, data_mark, keep, n, "ldmc_ctx_keep");
+}
+
+void ldmc_recompute(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor **in, int n_in,
+                    ldmc_tensor **out, int n_out) {
     if (!ctx->recording) {
         fn(ctx, user, in, n_in, out, n_out);
         return;
@@ -409,15 +410,15 @@ void ldmc_checkpoint(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor *
     fn(ctx, user, in, n_in, out, n_out);
     ctx->recording = true;
     for (int o = 0; o < n_out; o++) {
-        LDMC_CHECK(!out[o]->is_param, "checkpoint region returns parameter '%s' as output %d",
+        LDMC_CHECK(!out[o]->is_param, "recompute region returns parameter '%s' as output %d",
                    out[o]->name ? out[o]->name : "?", o);
         for (int i = 0; i < n_in; i++)
             LDMC_CHECK(grad_owner(out[o]) != grad_owner(in[i]),
-                       "checkpoint region returns its input %d as output %d", i, o);
+                       "recompute region returns its input %d as output %d", i, o);
         out[o]->base = NULL; // a view of a discarded intermediate becomes a tensor of its own
     }
-    compact_outputs(ctx, mark, out, n_out);
-    ldmc_node *node = append_node(ctx, &checkpoint_op, in, n_in, out, n_out);
-    checkpoint_args *args = ldmc_node_args(ctx, node, sizeof *args);
-    *args = (checkpoint_args){.fn = fn, .user = user, .rng_offset = rng_offset};
+    compact(ctx, mark, out, n_out, "recompute region");
+    ldmc_node *node = append_node(ctx, &recompute_op, in, n_in, out, n_out);
+    recompute_args *args = ldmc_node_args(ctx, node, sizeof *args);
+    *args = (recompute_args){.fn = fn, .user = user, .rng_offset = rng_offset};
 }

@@ -7,10 +7,10 @@
 // (residuals, skip concatenations) receives the sum, and parameter gradients accumulate across
 // micro-batches until the trainer zeroes the flat gradient buffer.
 //
-// Gradient checkpointing: ldmc_checkpoint runs a region unrecorded, keeps only its outputs, and
-// re-runs it recorded during backward. Everything the region reads that needs a gradient must be
-// passed as an input (or be a parameter); anything else is caught by name.
-// Tested by tests/test_autograd.c.
+// Recomputation (what trainers call gradient checkpointing): ldmc_recompute runs a region
+// unrecorded, keeps only its outputs, and re-runs it recorded during backward. Everything the
+// region reads that needs a gradient must be passed as an input (or be a parameter); anything else
+// is caught by name. Tested by tests/test_autograd.c.
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
@@ -56,7 +56,7 @@ struct ldmc_node {
     double backward_flops; // set by the op: what its backward adds to ctx->flops
 };
 
-// A region for ldmc_checkpoint: reads in[0..n_in), writes out[0..n_out) (fresh tensors).
+// A region for ldmc_recompute: reads in[0..n_in), writes out[0..n_out) (fresh tensors).
 typedef void (*ldmc_region_fn)(ldmc_ctx *ctx, void *user, ldmc_tensor **in, int n_in,
                                ldmc_tensor **out, int n_out);
 
@@ -71,10 +71,10 @@ struct ldmc_ctx {
     bool dry_run;   // shapes and memory only: ops allocate but compute nothing (memory plans)
     uint64_t next_id;
     // Random streams for ops such as dropout: each call draws a fresh range of the Philox stream
-    // keyed by (seed, step, rank); the offset is restored when a checkpoint region is re-run.
+    // keyed by (seed, step, rank); the offset is restored when a recompute region is re-run.
     uint64_t rng_seed, rng_step, rng_offset;
     uint32_t rng_rank;
-    // While a checkpoint region is re-run during backward: the first tensor id of the re-run.
+    // While a recompute region is re-run during backward: the first tensor id of the re-run.
     uint64_t recompute_first_id;
     bool in_recompute;
     // Matrix-product FLOPs of the ops run (linear, matmul, conv2d, attention; forward and the
@@ -96,6 +96,20 @@ void ldmc_ctx_init_dry_run_device(ldmc_ctx *ctx, ldmc_device device, size_t data
 void ldmc_ctx_free(ldmc_ctx *ctx);
 // Starts a new step: drops all activations, gradients of activations and the tape.
 void ldmc_ctx_reset(ldmc_ctx *ctx);
+// A point to return to within a step: what was allocated and recorded before it stays (a
+// sampler's state across its steps; a frozen encoder's output under the training step).
+typedef struct ldmc_ctx_mark {
+    size_t data, meta;
+    int nodes;
+    uint64_t rng_offset;
+} ldmc_ctx_mark;
+ldmc_ctx_mark ldmc_ctx_mark_here(const ldmc_ctx *ctx);
+// Drops everything allocated and recorded since the mark.
+void ldmc_ctx_rewind(ldmc_ctx *ctx, ldmc_ctx_mark mark);
+// Drops the activations allocated since `data_mark` but `keep`'s, which move down to the mark
+// (their headers stay where they are): an unrecorded computation's results, without its
+// intermediates.
+void ldmc_ctx_keep(ldmc_ctx *ctx, size_t data_mark, ldmc_tensor **keep, int n);
 
 // A fresh tensor with uninitialized (ldmc_new) or zeroed (ldmc_zeros) data in the data arena, on
 // the context's device.
@@ -124,6 +138,9 @@ ldmc_node *ldmc_record(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor **in, 
 void *ldmc_node_args(ldmc_ctx *ctx, ldmc_node *node, size_t bytes);
 // Scratch memory in the data arena for saved values (kept until reset).
 void *ldmc_scratch(ldmc_ctx *ctx, size_t bytes);
+// Host memory kept until the context is reset, on either device: the host side of a step's inputs
+// (a CPU context wraps such memory as tensors without copying it; see ldmc_input).
+void *ldmc_host_scratch(ldmc_ctx *ctx, size_t bytes);
 
 // Seeds ∂loss/∂loss with `seed_grad` (NULL means 1 for every element: a scalar loss) and runs
 // the tape backward. Parameter gradients accumulate into the flat gradient buffer.
@@ -131,10 +148,10 @@ void ldmc_backward(ldmc_ctx *ctx, ldmc_tensor *loss, const float *seed_grad);
 // The same from several outputs at once (an op with several outputs, or several losses).
 void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_grads, int n);
 
-// Runs `fn` as a gradient-checkpoint region (see the top of this file). When not recording, or
-// when no input needs a gradient, this is a plain call.
-void ldmc_checkpoint(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor **in, int n_in,
-                     ldmc_tensor **out, int n_out);
+// Runs `fn` as a recompute region (see the top of this file). When not recording, or when no
+// input needs a gradient, this is a plain call.
+void ldmc_recompute(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor **in, int n_in,
+                    ldmc_tensor **out, int n_out);
 
 // Starts timing ops into `profile` (NULL stops). Slows every op down by a device synchronization.
 void ldmc_profile_start(ldmc_ctx *ctx, ldmc_profile *profile);

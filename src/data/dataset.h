@@ -25,7 +25,7 @@ typedef struct ldmc_sample {
     int original_height, original_width; // c_size: the stored size unless metadata says otherwise
     int class_id;                        // -1 when unlabeled
     char *caption;                       // NULL when none
-    int bucket;                          // set by the sampler
+    int bucket;                          // set by the batch plan
 } ldmc_sample;
 
 #define LDMC_SKIP_NAMED 16

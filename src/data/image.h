@@ -1,6 +1,6 @@
 // Images: JPEG through libjpeg-turbo's TurboJPEG API (with its DCT scaling when the picture is much
 // larger than needed), PNG through libpng; antialiased resizing through stb_image_resize
-// (Debian's libstb); PNG writing for sample grids. Pixels are 8-bit RGB, row-major (H, W, 3), as
+// (Debian's libstb). Pixels are 8-bit RGB, row-major (H, W, 3), as
 // the picture is displayed: the EXIF orientation (JPEG APP1, PNG eXIf) is applied; CMYK and YCCK
 // JPEGs become RGB (Adobe files' inverted inks included); PNG alpha is composited onto white; every
 // file is taken as sRGB (no gamma or ICC conversion, as PIL does), 16-bit samples rounded to 8.
@@ -27,10 +27,3 @@ int ldmc_image_load(const char *path, int min_width, int min_height, ldmc_image 
 void ldmc_image_free(ldmc_image *img);
 // Antialiased resampling (Mitchell filter in linear light, as stb_image_resize's sRGB path does).
 int ldmc_image_resize(const ldmc_image *src, int width, int height, ldmc_image *out);
-
-int ldmc_png_write(const char *path, const uint8_t *rgb, int width, int height, ldmc_err *err);
-// PNG bytes in memory (free with free()), for TensorBoard images.
-int ldmc_png_encode(const uint8_t *rgb, int width, int height, uint8_t **out, size_t *size);
-// Writes a JPEG (quality 1..100), for generated data.
-int ldmc_jpeg_write(const char *path, const uint8_t *rgb, int width, int height, int quality,
-                    ldmc_err *err);

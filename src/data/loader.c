@@ -1,4 +1,4 @@
-// Threaded image loading in sampler order (see loader.h). Tested by tests/test_data.c.
+// Threaded image loading in the batch plan's order (see loader.h). Tested by tests/test_data.c.
 #include "data/loader.h"
 
 #include <pthread.h>
@@ -19,7 +19,7 @@ struct ldmc_loader {
     const ldmc_buckets *buckets;
     ldmc_loader_options opt;
     int *sample_bucket;
-    ldmc_sampler sampler;
+    ldmc_batch_plan plan;
     int steps_per_epoch;
     // epoch plans: the two most recent, built on demand under the lock
     ldmc_epoch_plan plans[2];
@@ -89,7 +89,7 @@ static const ldmc_epoch_plan *plan_of(ldmc_loader *l, int64_t epoch) {
                  : !l->plans[1].batches ? 1
                                         : (l->plans[0].epoch < l->plans[1].epoch ? 0 : 1);
     ldmc_epoch_plan_free(&l->plans[victim]);
-    ldmc_sampler_plan(&l->sampler, epoch, &l->plans[victim]);
+    ldmc_batch_plan_epoch(&l->plan, epoch, &l->plans[victim]);
     return &l->plans[victim];
 }
 
@@ -136,7 +136,7 @@ static void make_batch(ldmc_loader *l, int64_t position, ldmc_batch *b) {
     pthread_mutex_lock(&l->lock);
     const ldmc_epoch_plan *plan = plan_of(l, epoch);
     const ldmc_batch_ref *ref =
-        ldmc_sampler_batch(&l->sampler, plan, (int)(position % l->steps_per_epoch));
+        ldmc_batch_plan_batch(&l->plan, plan, (int)(position % l->steps_per_epoch));
     ldmc_batch_ref r = *ref;
     int *samples = malloc((size_t)r.n * sizeof *samples);
     LDMC_CHECK(samples, "out of memory");
@@ -235,9 +235,9 @@ int ldmc_loader_start(ldmc_loader **out, ldmc_dataset *data, const ldmc_buckets 
             l->sample_bucket[i] = data->items[i].bucket;
         }
     }
-    ldmc_sampler_init(&l->sampler, count, l->sample_bucket, buckets->count, opt->batch_size,
-                      opt->seed, opt->rank, opt->world);
-    l->steps_per_epoch = ldmc_sampler_steps_per_epoch(&l->sampler);
+    ldmc_batch_plan_init(&l->plan, count, l->sample_bucket, buckets->count, opt->batch_size,
+                         opt->seed, opt->rank, opt->world);
+    l->steps_per_epoch = ldmc_batch_plan_steps_per_epoch(&l->plan);
     for (int i = 0; i < l->opt.prefetch; i++)
         l->slots[i].ready = -1;
     l->next_to_make = l->next_to_take = l->released = start_position;
@@ -277,7 +277,7 @@ const ldmc_batch *ldmc_loader_next(ldmc_loader *l) {
     return b;
 }
 
-const ldmc_sampler *ldmc_loader_sampler(const ldmc_loader *l) { return &l->sampler; }
+const ldmc_batch_plan *ldmc_loader_batch_plan(const ldmc_loader *l) { return &l->plan; }
 
 double ldmc_loader_wait_seconds(const ldmc_loader *l) { return l->waited; }
 

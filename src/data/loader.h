@@ -1,8 +1,8 @@
 // The batch loader: worker threads decode, resize, crop and flip (Algorithm 1) the batches the
-// sampler plans, ahead of the trainer, into a bounded ring of prefetched batches; batches come
-// out in order whatever the threads' timing, so a run is the same with 1 or 8 workers. The time
-// the trainer spends waiting is counted. A file that fails to decode now (it was readable at scan
-// time) is left out of its batch; the batch carries the message, naming the file. Failures are
+// batch plan lays out, ahead of the trainer, into a bounded ring of prefetched batches; batches
+// come out in order whatever the threads' timing, so a run is the same with 1 or 8 workers. The
+// time the trainer spends waiting is counted. A file that fails to decode now (it was readable at
+// scan time) is left out of its batch; the batch carries the message, naming the file. Failures are
 // counted when a batch is handed out, never when it is prefetched, so the counts do not depend on
 // data.prefetch: each failing file once, and each time it was left out. With a latent cache
 // instead of images, the workers read posterior moments (one bucket per cache group).
@@ -11,11 +11,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "data/batch_plan.h"
 #include "data/buckets.h"
 #include "data/cache.h"
 #include "data/dataset.h"
 #include "data/microcond.h"
-#include "data/sampler.h"
 
 typedef struct ldmc_batch {
     int64_t position; // this rank's batch number since the start of training
@@ -59,7 +59,7 @@ int ldmc_loader_start(ldmc_loader **out, ldmc_dataset *data, const ldmc_buckets 
                       const ldmc_loader_options *opt, int64_t start_position, ldmc_err *err);
 // The next batch, valid until the following call.
 const ldmc_batch *ldmc_loader_next(ldmc_loader *l);
-const ldmc_sampler *ldmc_loader_sampler(const ldmc_loader *l);
+const ldmc_batch_plan *ldmc_loader_batch_plan(const ldmc_loader *l);
 // Seconds the caller has spent blocked in ldmc_loader_next since the start.
 double ldmc_loader_wait_seconds(const ldmc_loader *l);
 // Of the batches handed out so far: the files (or cache entries) that could not be read, each

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 
 #include "core/rng.h"
-#include "data/image.h"
-#include "train/state.h"
+#include "io/files.h"
+#include "io/image_write.h"
 
 static const char *const names[LDMC_SHAPE_CLASSES] = {"circle", "square", "triangle", "cross"};
 static const double hues[LDMC_SHAPE_CLASSES] = {0, 220, 120, 45};

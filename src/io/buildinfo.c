@@ -13,9 +13,7 @@
 #ifdef LDMC_HAVE_MPI
 #include <mpi.h>
 #endif
-#ifdef LDMC_HAVE_CUDA
-#include "kernels/ldmc_cuda.h"
-#endif
+#include "core/device.h"
 
 #define STRINGIFY_(x) #x
 #define STRINGIFY(x) STRINGIFY_(x)
@@ -64,7 +62,5 @@ void ldmc_buildinfo_print(FILE *out) {
         }
     fprintf(out, "MPI:         %s\n", mpi_version);
 #endif
-#ifdef LDMC_HAVE_CUDA
-    ldmc_cuda_print_info(out);
-#endif
+    ldmc_gpu_print_info(out);
 }

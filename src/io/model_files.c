@@ -1,4 +1,4 @@
-// Whole-model checkpoint files (see model_files.h). Tested by tests/test_checkpoint.c.
+// Files of whole models (see model_files.h). Tested by tests/test_weights.c.
 #include "io/model_files.h"
 
 #include <errno.h>
@@ -14,7 +14,8 @@ static bool is_dir(const char *path) {
 }
 
 // How many of the table's parameters `map` finds in the file.
-static int count_found(const ldmc_params *p, const ldmc_safetensors *st, const ldmc_key_map *map) {
+static int count_found(const ldmc_safetensors *st, const ldmc_key_map *map) {
+    const ldmc_params *p = map->model->params;
     int found = 0;
     char key[512];
     for (int i = 0; i < p->count; i++)
@@ -25,71 +26,64 @@ static int count_found(const ldmc_params *p, const ldmc_safetensors *st, const l
 
 // A single file: prefixed official keys when any key has the model's prefix, else bare official
 // or diffusers keys, whichever finds more of the table.
-static int detect_naming(const char *path, const ldmc_params *p, const ldmc_safetensors *st,
+static int detect_naming(const char *path, const ldmc_model *m, const ldmc_safetensors *st,
                          ldmc_key_map *map, const char **domain, ldmc_err *err) {
-    const char *prefix = map->vae ? LDMC_VAE_PREFIX : LDMC_UNET_PREFIX;
-    *map = (ldmc_key_map){.layout = LDMC_LAYOUT_OFFICIAL, .unet = map->unet, .vae = map->vae};
+    const char *prefix = m->desc->prefix;
+    *map = (ldmc_key_map){.layout = LDMC_LAYOUT_OFFICIAL, .model = m};
     *domain = prefix;
     for (int i = 0; i < st->count; i++)
         if (!strncmp(st->tensors[i].name, prefix, strlen(prefix))) return 0;
     ldmc_key_map bare = *map, diffusers = *map;
     bare.bare = true;
     diffusers.layout = LDMC_LAYOUT_DIFFUSERS;
-    int n_bare = count_found(p, st, &bare), n_diffusers = count_found(p, st, &diffusers);
+    int n_bare = count_found(st, &bare), n_diffusers = count_found(st, &diffusers);
     *domain = "";
     if (n_bare == 0 && n_diffusers == 0) {
-        const char *example = map->vae ? "encoder.conv_in.weight" : "input_blocks.0.0.weight";
+        const char *example = m->desc->example_key;
         return LDMC_ERR(err,
                         "%s: no %s weights in it: expected keys such as '%s%s' (a whole "
                         "checkpoint), '%s' (a stand-alone file) or diffusers names; it has %d "
                         "tensors, the first '%s'",
-                        path, map->vae ? "VAE" : "UNet", prefix, example, example, st->count,
+                        path, m->desc->title, prefix, example, example, st->count,
                         st->count ? st->tensors[0].name : "");
     }
     *map = n_bare >= n_diffusers ? bare : diffusers;
     return 0;
 }
 
-int ldmc_open_model_file(const char *path, const ldmc_params *p, ldmc_key_map *map,
+int ldmc_open_model_file(const char *path, const ldmc_model *m, ldmc_key_map *map,
                          ldmc_safetensors *st, const char **domain, ldmc_err *err) {
-    bool vae = map->vae != NULL;
     if (!is_dir(path)) {
         if (ldmc_safetensors_open(st, path, err) != 0) return -1;
-        if (detect_naming(path, p, st, map, domain, err) == 0) return 0;
+        if (detect_naming(path, m, st, map, domain, err) == 0) return 0;
         ldmc_safetensors_close(st);
         return -1;
     }
-    map->layout = LDMC_LAYOUT_DIFFUSERS;
-    map->bare = false;
+    *map = (ldmc_key_map){.layout = LDMC_LAYOUT_DIFFUSERS, .model = m};
     *domain = "";
     static const char *const names[] = {"diffusion_pytorch_model.safetensors",
                                         "diffusion_pytorch_model.fp16.safetensors"};
+    const char *folder = m->desc->diffusers_folder;
     char file[4096];
     for (int i = 0; i < 2; i++) {
-        snprintf(file, sizeof file, "%s/%s/%s", path, vae ? "vae" : "unet", names[i]);
+        snprintf(file, sizeof file, "%s/%s/%s", path, folder, names[i]);
         if (access(file, F_OK) == 0) return ldmc_safetensors_open(st, file, err);
     }
-    return LDMC_ERR(err, "%s: a diffusers folder needs %s/diffusion_pytorch_model.safetensors "
-                    "(or .fp16.safetensors)", path, vae ? "vae" : "unet");
+    return LDMC_ERR(err,
+                    "%s: a diffusers folder needs %s/diffusion_pytorch_model.safetensors "
+                    "(or .fp16.safetensors)",
+                    path, folder);
 }
 
-static int load(ldmc_params *p, const char *path, const ldmc_unet_config *ucfg,
-                const ldmc_vae_config *vcfg, const ldmc_load_options *opt, ldmc_err *err) {
+int ldmc_load_model(const ldmc_model *m, const char *path, const ldmc_load_options *opt,
+                    ldmc_err *err) {
     ldmc_safetensors st;
-    ldmc_key_map map = {.unet = ucfg, .vae = vcfg};
+    ldmc_key_map map;
     const char *domain;
-    if (ldmc_open_model_file(path, p, &map, &st, &domain, err) != 0) return -1;
-    int rc = ldmc_load_weights(p, &st, &map, domain, opt, err);
+    if (ldmc_open_model_file(path, m, &map, &st, &domain, err) != 0) return -1;
+    int rc = ldmc_load_weights(&st, &map, domain, opt, err);
     ldmc_safetensors_close(&st);
     return rc;
-}
-
-int ldmc_load_unet(ldmc_unet *u, const char *path, const ldmc_load_options *opt, ldmc_err *err) {
-    return load(&u->params, path, &u->cfg, NULL, opt, err);
-}
-
-int ldmc_load_vae(ldmc_vae *v, const char *path, const ldmc_load_options *opt, ldmc_err *err) {
-    return load(&v->params, path, NULL, &v->cfg, opt, err);
 }
 
 static int make_dir(const char *path, ldmc_err *err) {
@@ -98,13 +92,14 @@ static int make_dir(const char *path, ldmc_err *err) {
     return 0;
 }
 
-// <folder>/<sub>/diffusion_pytorch_model.safetensors and config.json for one model.
-static int save_diffusers_part(const char *folder, const char *sub, const ldmc_save_part *part,
-                               ldmc_dtype dtype, ldmc_err *err) {
+// <folder>/<the model's subfolder>/diffusion_pytorch_model.safetensors and config.json.
+static int save_diffusers_part(const char *folder, const ldmc_save_part *part, ldmc_dtype dtype,
+                               ldmc_err *err) {
+    const ldmc_model *m = part->map.model;
     char dir[4096], file[4200];
-    snprintf(dir, sizeof dir, "%s/%s", folder, sub);
+    snprintf(dir, sizeof dir, "%s/%s", folder, m->desc->diffusers_folder);
     if (make_dir(dir, err) != 0) return -1;
-    char *config = ldmc_diffusers_config_json(&part->map, err);
+    char *config = m->desc->diffusers_config(m->config, err);
     if (!config) return -1;
     snprintf(file, sizeof file, "%s/config.json", dir);
     FILE *f = fopen(file, "w");
@@ -116,18 +111,18 @@ static int save_diffusers_part(const char *folder, const char *sub, const ldmc_s
     return ldmc_save_weights(file, part, 1, dtype, NULL, err);
 }
 
-int ldmc_save_models(const char *path, ldmc_layout layout, const ldmc_unet *u, const ldmc_vae *v,
+int ldmc_save_models(const char *path, ldmc_layout layout, const ldmc_model *models, int n,
                      ldmc_dtype dtype, ldmc_param_role role, const ldmc_safetensors *passthrough,
                      ldmc_err *err) {
-    ldmc_save_part parts[2];
-    int n = 0;
-    if (u) parts[n++] = (ldmc_save_part){&u->params, {.layout = layout, .unet = &u->cfg}, role};
-    if (v) parts[n++] = (ldmc_save_part){&v->params, {.layout = layout, .vae = &v->cfg}, role};
+    ldmc_save_part parts[LDMC_MAX_SAVE_PARTS];
     if (n == 0) return LDMC_ERR(err, "%s: no model to save", path);
-    if (layout == LDMC_LAYOUT_OFFICIAL) return ldmc_save_weights(path, parts, n, dtype, passthrough, err);
+    if (n > LDMC_MAX_SAVE_PARTS) return LDMC_ERR(err, "%s: %d models in one file", path, n);
+    for (int i = 0; i < n; i++)
+        parts[i] = (ldmc_save_part){{.layout = layout, .model = &models[i]}, role};
+    if (layout == LDMC_LAYOUT_OFFICIAL)
+        return ldmc_save_weights(path, parts, n, dtype, passthrough, err);
     if (make_dir(path, err) != 0) return -1;
     for (int i = 0; i < n; i++)
-        if (save_diffusers_part(path, parts[i].map.vae ? "vae" : "unet", &parts[i], dtype, err) != 0)
-            return -1;
+        if (save_diffusers_part(path, &parts[i], dtype, err) != 0) return -1;
     return 0;
 }

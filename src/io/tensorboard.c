@@ -7,7 +7,7 @@
 #include <string.h>
 #include <sys/time.h>
 
-#include "data/image.h"
+#include "io/image_write.h"
 #include "tensorboard.pb-c.h"
 
 uint32_t ldmc_tfrecord_crc(const void *data, size_t size) {

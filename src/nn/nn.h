@@ -12,10 +12,6 @@
 #include "core/params.h"
 #include "core/tape.h"
 
-// Parameter flag (beside params.h's): a convolution weight, (O, kH, kW, C) in memory and
-// (O, C, kH, kW) in checkpoints.
-#define LDMC_PARAM_CONV (1u << 8)
-
 typedef struct nn_linear {
     int weight, bias;  // parameter indices; bias -1 when absent
     int in, out;

@@ -284,16 +284,16 @@ static ldmc_tensor *block_forward(ldmc_ctx *ctx, const ldmc_unet *u, const ldmc_
             h = nn_conv_forward(ctx, &u->params, &l->conv, ldmc_upsample_nearest2x(ctx, h));
             break;
         case LDMC_UNET_RES:
-            if (u->checkpointing)
-                ldmc_checkpoint(ctx, resblock_region, (void *)&l->res,
-                                (ldmc_tensor *[]){h, emb_act}, 2, &h, 1);
+            if (u->recompute)
+                ldmc_recompute(ctx, resblock_region, (void *)&l->res, (ldmc_tensor *[]){h, emb_act},
+                               2, &h, 1);
             else
                 h = ldmc_resblock_forward(ctx, &l->res, h, emb_act);
             break;
         case LDMC_UNET_ATTN:
-            if (u->checkpointing)
-                ldmc_checkpoint(ctx, transformer_region, (void *)&l->st,
-                                (ldmc_tensor *[]){h, context}, context ? 2 : 1, &h, 1);
+            if (u->recompute)
+                ldmc_recompute(ctx, transformer_region, (void *)&l->st,
+                               (ldmc_tensor *[]){h, context}, context ? 2 : 1, &h, 1);
             else
                 h = ldmc_spatial_transformer_forward(ctx, &l->st, h, context);
             break;

@@ -81,7 +81,7 @@ typedef struct ldmc_unet {
     ldmc_unet_block *input, middle, *output;
     nn_norm out_norm;   // out.0
     nn_conv out_conv;   // out.2
-    bool checkpointing; // each ResBlock and SpatialTransformer a checkpoint region
+    bool recompute;     // gradient checkpointing: each ResBlock, SpatialTransformer recomputed
 } ldmc_unet;
 
 // The conditioning of one forward pass. context (B, L, context_dim) for text models, or

@@ -172,11 +172,11 @@ static void resblock_region(ldmc_ctx *ctx, void *user, ldmc_tensor **in, int n_i
 
 static ldmc_tensor *run_resblock(ldmc_ctx *ctx, const ldmc_vae *v, const ldmc_vae_resblock *r,
                                  ldmc_tensor *x) {
-    if (!v->checkpointing) return resblock_forward(ctx, &v->params, r, x);
+    if (!v->recompute) return resblock_forward(ctx, &v->params, r, x);
     region_user *u = ldmc_arena_alloc(&ctx->meta, sizeof *u);
     *u = (region_user){&v->params, r};
     ldmc_tensor *y;
-    ldmc_checkpoint(ctx, resblock_region, u, &x, 1, &y, 1);
+    ldmc_recompute(ctx, resblock_region, u, &x, 1, &y, 1);
     return y;
 }
 

@@ -49,7 +49,7 @@ typedef struct ldmc_vae {
     ldmc_params params;  // owned; official keys
     ldmc_vae_coder encoder, decoder;
     nn_conv quant_conv, post_quant_conv;
-    bool checkpointing;  // each ResnetBlock a checkpoint region
+    bool recompute; // gradient checkpointing: each ResnetBlock recomputed in backward
 } ldmc_vae;
 
 // The diagonal Gaussian of an encoding: logvar clamped to [-30, 20] as sgm does.

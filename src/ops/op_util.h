@@ -58,8 +58,10 @@ static inline bool ON_GPU(const ldmc_tensor *t) { return t->device == LDMC_CUDA;
 // and reaching one is a bug reported by name.
 #ifdef LDMC_HAVE_CUDA
 #define GPU(call) call
+#define GPU_VALUE(call) (call)
 #else
 #define GPU(call) LDMC_FATAL("%s: a GPU tensor in a build without CUDA", __func__)
+#define GPU_VALUE(call) (LDMC_FATAL("%s: a GPU tensor in a build without CUDA", __func__), 0)
 #endif
 // The upstream gradient of an output that backward reached.
 static inline const float *DOUT(const ldmc_tensor *t) { return ldmc_grad_if_any(t); }

@@ -7,6 +7,7 @@
 #pragma once
 #include <stdbool.h>
 
+#include "core/rng.h"
 #include "core/tape.h"
 
 // ---- dense ----------------------------------------------------------------------------------
@@ -91,3 +92,31 @@ ldmc_tensor *ldmc_mse_loss_weighted(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *
                                     const float *weights);
 // x (B, ...) with each sample multiplied by a constant: s (B) is copied, not differentiated.
 ldmc_tensor *ldmc_scale_rows(ldmc_ctx *ctx, ldmc_tensor *x, const float *s);
+
+// ---- diffusion and sampling (src/ops/ops_diffusion.c) -------------------------------------------
+// Not differentiated (but concat_rows): their inputs must not need a gradient. Random values come
+// from the Philox stream `rng` from index `offset` on, the same on either device.
+// z = scale (mean + std ε): latents drawn from the VAE posterior, f32; mean and std (B, ..., C)
+// are f32 or the context's activation dtype.
+ldmc_tensor *ldmc_latent_sample(ldmc_ctx *ctx, ldmc_tensor *mean, ldmc_tensor *std, double scale,
+                                const ldmc_rng *rng, uint64_t offset);
+// z / scale in the activation dtype: the decoder's input for latents z (f32).
+ldmc_tensor *ldmc_latent_unscale(ldmc_ctx *ctx, ldmc_tensor *z, double scale);
+// Noising for training: z (B, ..., C) f32 -> x_t = sa[b] z + sb[b] ε' (activation dtype) and the
+// target ε' or (predict_v) sa[b] ε' - sb[b] z (f32), where ε' = ε + offset_noise · m[b, c]: n
+// values of ε from `offset`, then B·C of m from the next even index. sa, sb (B) are host values
+// (√ᾱ_t and √(1-ᾱ_t) of each sample's timestep).
+void ldmc_diffusion_noise(ldmc_ctx *ctx, ldmc_tensor *z, const double *sa, const double *sb,
+                          double offset_noise, bool predict_v, const ldmc_rng *rng, uint64_t offset,
+                          ldmc_tensor **x_t, ldmc_tensor **target);
+// Classifier-free guidance on a model output (2n, ...) whose rows [0, n) are conditional and
+// [n, 2n) unconditional: f32 (n, ...) = uncond + scale (cond - uncond).
+ldmc_tensor *ldmc_guidance(ldmc_ctx *ctx, ldmc_tensor *out, double scale);
+// One DDIM (η = 0) step of x (f32) in place, from ᾱ = alpha to alpha_prev, given the model's
+// output (f32, ε or v).
+void ldmc_ddim_update(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *model_out, double alpha,
+                      double alpha_prev, bool predict_v);
+// x's values in `dtype` (f32 or bf16; on the CPU only f32): x itself when it has that dtype.
+ldmc_tensor *ldmc_cast(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_dtype dtype);
+// Concatenation along the first dimension (samples); all else equal, dtypes included.
+ldmc_tensor *ldmc_concat_rows(ldmc_ctx *ctx, ldmc_tensor **xs, int n);

@@ -1,29 +1,25 @@
-// The UNet training-step benchmark (see bench.h).
+// The training benchmarks (see bench.h): `ldmc bench step` (a training config's step) and `ldmc
+// bench train` (the SDXL UNet step), both through the pipeline's loss step, as training runs it.
+// Tested by tests/test_cli.sh.
 #include "train/bench.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/device.h"
 #include "core/rng.h"
-#include "nn/unet.h"
 #include "ops/ops.h"
+#include "pipeline/loss.h"
+#include "pipeline/plan.h"
+#include "pipeline/sampler.h"
 #include "train/optim.h"
-#ifdef LDMC_HAVE_CUDA
-#include "kernels/ldmc_cuda.h"
-#endif
+#include "train/trainer.h"
+#include "train/trainer_parts.h"
 
 #define META_ARENA ((size_t)2 << 30)
-#define CPU_ARENA ((size_t)1 << 40)        // address space; pages commit on touch
-#define DRY_RUN_ARENA ((size_t)1 << 42)    // never touched
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
+#define CPU_ARENA ((size_t)1 << 40) // address space; pages commit on touch
+#define TEXT_TOKENS 77
 
 static int by_value(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -35,14 +31,6 @@ double ldmc_median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Synthetic inputs of one batch, drawn once on the host: the step uploads them as a loader's
-// batch would arrive.
-typedef struct bench_inputs {
-    int B, h, w;
-    float *x, *target, *t, *context, *pooled, *sizes, *crops;
-    int64_t *labels;
-} bench_inputs;
-
 static float *draw(int64_t n, uint64_t seed, double scale, double shift) {
     float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
     LDMC_CHECK(v, "out of memory");
@@ -53,75 +41,169 @@ static float *draw(int64_t n, uint64_t seed, double scale, double shift) {
     return v;
 }
 
+// ---- `ldmc bench step`: a training config's step
+// -------------------------------------------------
+
+int ldmc_train_bench(const ldmc_train_config *cfg, int height, int width, int reps, double *ms,
+                     ldmc_err *err) {
+    trainer T_, *T = &T_;
+    trainer_begin(T, cfg, true);
+    int B = cfg->batch_size, rc = trainer_setup_models(T, err);
+    if (rc == 0) rc = trainer_setup_device(T, err);
+    if (rc == 0 && (height % T->align || width % T->align))
+        rc =
+            LDMC_ERR(err, "bench: %dx%d: the models need multiples of %d", height, width, T->align);
+    // A synthetic batch as the loader hands it out: random pixels, full-image crops.
+    ldmc_batch b = {.n = B, .height = height, .width = width};
+    b.pixels = draw((int64_t)B * height * width * 3, cfg->seed, 1, 0);
+    b.c_size = malloc((size_t)B * 2 * sizeof(int32_t));
+    b.c_crop = calloc((size_t)B * 2, sizeof(int32_t));
+    b.class_ids = malloc((size_t)B * sizeof(int64_t));
+    if (rc == 0 && (!b.c_size || !b.c_crop || !b.class_ids)) rc = LDMC_ERR(err, "out of memory");
+    if (rc == 0) {
+        int classes = cfg->task == LDMC_TASK_DIFFUSION ? cfg->model.unet.n_classes : 0;
+        for (int i = 0; i < B; i++) {
+            b.c_size[2 * i] = height, b.c_size[2 * i + 1] = width;
+            b.class_ids[i] = classes ? i % classes : -1;
+        }
+        b.c_target = b.c_size;
+        for (int r = -1; r < reps; r++) { // one warm-up
+            double t0 = train_now();
+            ldmc_params_zero_grad(T->model.params);
+            ldmc_step_key key = {cfg->seed, (uint32_t)T->st.step, 0, 0};
+            double loss = T->task->micro_step(T, &b, &key);
+            double norm = ldmc_grad_norm(T->model.params);
+            if (isfinite(loss) && isfinite(norm))
+                trainer_update(T, norm, cfg->adamw.lr, T->st.step + 1);
+            ldmc_device_synchronize(cfg->device);
+            T->st.step++;
+            if (r >= 0) ms[r] = 1e3 * (train_now() - t0);
+        }
+    }
+    free(b.pixels), free(b.c_size), free(b.c_crop), free(b.class_ids);
+    trainer_free(T);
+    return rc;
+}
+
+// ---- `ldmc bench train`: the SDXL UNet step
+// ------------------------------------------------------
+
+// Synthetic inputs of one batch, drawn once on the host: latents as cached posterior moments, a
+// 77-token text context and pooled text, sizes of the full image.
+typedef struct bench_inputs {
+    float *mean, *std, *context, *pooled;
+    int32_t *sizes, *crops;
+    int64_t *labels;
+    ldmc_step_batch batch;
+} bench_inputs;
+
 static void inputs_make(bench_inputs *in, const ldmc_unet_config *c, int B, int h, int w,
                         uint64_t seed) {
-    *in = (bench_inputs){.B = B, .h = h, .w = w};
+    *in = (bench_inputs){0};
     int64_t n = (int64_t)B * h * w * c->in_channels;
-    in->x = draw(n, seed, 1.7, 0);
-    in->target = draw(n, seed + 1, 1.7, 0);
-    in->t = draw(B, seed + 2, 499, 500);
-    if (c->context_dim) in->context = draw((int64_t)B * 77 * c->context_dim, seed + 3, 1, 0);
+    in->mean = draw(n, seed, 1.7, 0);
+    in->std = draw(n, seed + 1, 0.05, 0.1);
+    if (c->context_dim)
+        in->context = draw((int64_t)B * TEXT_TOKENS * c->context_dim, seed + 3, 1, 0);
     if (c->pooled_dim) in->pooled = draw((int64_t)B * c->pooled_dim, seed + 4, 1, 0);
-    in->sizes = draw((int64_t)B * 2, seed + 5, 0, 8.0 * h); // original and target size
-    in->crops = draw((int64_t)B * 2, seed + 6, 0, 0);
+    in->sizes = malloc((size_t)B * 2 * sizeof *in->sizes);
+    in->crops = calloc((size_t)B * 2, sizeof *in->crops);
     in->labels = calloc((size_t)B, sizeof *in->labels);
-    LDMC_CHECK(in->labels, "out of memory");
-    for (int b = 0; b < B && c->n_classes; b++)
-        in->labels[b] = b % c->n_classes;
+    LDMC_CHECK(in->sizes && in->crops && in->labels, "out of memory");
+    for (int b = 0; b < B; b++) {
+        in->sizes[2 * b] = 8 * h, in->sizes[2 * b + 1] = 8 * w;
+        in->labels[b] = c->n_classes ? b % c->n_classes : 0;
+    }
+    in->batch = (ldmc_step_batch){.n = B,
+                                  .mean = in->mean,
+                                  .std = in->std,
+                                  .lh = h,
+                                  .lw = w,
+                                  .cond = {.n = B,
+                                           .class_ids = in->labels,
+                                           .c_size = in->sizes,
+                                           .c_crop = in->crops,
+                                           .c_target = in->sizes,
+                                           .context = in->context,
+                                           .context_tokens = TEXT_TOKENS,
+                                           .pooled = in->pooled}};
 }
 
 static void inputs_free(bench_inputs *in) {
-    free(in->x), free(in->target), free(in->t), free(in->context), free(in->pooled);
+    free(in->mean), free(in->std), free(in->context), free(in->pooled);
     free(in->sizes), free(in->crops), free(in->labels);
 }
 
-// The UNet's output for the inputs (put where ctx computes).
-static ldmc_tensor *forward(ldmc_ctx *ctx, const ldmc_unet *u, const bench_inputs *in) {
-    const ldmc_unet_config *c = &u->cfg;
-    int B = in->B;
-    ldmc_unet_cond cond = {0};
-    ldmc_tensor *parts[LDMC_VECTOR_PART_COUNT] = {0};
-    for (int i = 0; i < c->n_vector; i++) {
-        ldmc_vector_part part = c->vector[i];
-        int k = ldmc_vector_part_scalars(part);
-        if (!k)
-            parts[part] = ldmc_input(ctx, ctx->act_dtype, 2, (int64_t[]){B, c->pooled_dim},
-                                     in->pooled, LDMC_F32);
-        else
-            parts[part] = ldmc_input(ctx, LDMC_F32, 2, (int64_t[]){B, k},
-                                     part == LDMC_VECTOR_CROP_COORDS ? in->crops : in->sizes,
-                                     LDMC_F32);
-    }
-    if (c->n_vector) cond.vector = ldmc_unet_vector(ctx, c, parts);
-    if (c->n_classes)
-        cond.class_labels = ldmc_input(ctx, LDMC_I64, 1, (int64_t[]){B}, in->labels, LDMC_I64);
-    else if (c->context_dim)
-        cond.context = ldmc_input(ctx, ctx->act_dtype, 3, (int64_t[]){B, 77, c->context_dim},
-                                  in->context, LDMC_F32);
-    ldmc_tensor *x = ldmc_input(ctx, ctx->act_dtype, 4, (int64_t[]){B, in->h, in->w, c->in_channels},
-                                in->x, LDMC_F32);
-    ldmc_tensor *t = ldmc_input(ctx, LDMC_F32, 1, (int64_t[]){B}, in->t, LDMC_F32);
-    return ldmc_unet_forward(ctx, u, x, t, &cond);
+typedef struct bench_step {
+    ldmc_schedule schedule;
+    ldmc_noise_options noise;
+    ldmc_conditioner conditioner;
+    ldmc_diffusion_step step;
+} bench_step;
+
+static void bench_step_init(bench_step *s, ldmc_unet *u) {
+    ldmc_schedule_sdxl(&s->schedule);
+    s->noise = (ldmc_noise_options){.prediction = LDMC_PREDICT_EPS, .t_max = 1000};
+    s->conditioner = (ldmc_conditioner){.unet = &u->cfg};
+    s->step = (ldmc_diffusion_step){.unet = u,
+                                    .latent_scale = 0.13025,
+                                    .schedule = &s->schedule,
+                                    .noise = &s->noise,
+                                    .conditioner = &s->conditioner};
 }
 
-// One training step; returns its milliseconds (device synchronized).
-static double train_step(ldmc_ctx *ctx, ldmc_unet *u, const bench_inputs *in, int64_t step) {
+// One training step (the loss step, clipping at 1, AdamW); returns its milliseconds.
+static double train_step(ldmc_ctx *ctx, ldmc_unet *u, const bench_step *s, const bench_inputs *in,
+                         int64_t step) {
     static const ldmc_adamw opt = {
         .lr = 1e-5, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01};
-    double t0 = now_ms();
+    double t0 = train_now();
     ldmc_params_zero_grad(&u->params);
-    ldmc_ctx_reset(ctx);
-    ldmc_tensor *out = forward(ctx, u, in);
-    ldmc_tensor *target = ldmc_input(ctx, LDMC_F32, out->ndim, out->shape, in->target, LDMC_F32);
-    ldmc_tensor *loss = ldmc_mse_loss(ctx, out, target);
-    ldmc_backward(ctx, loss, NULL);
-    if (!ctx->dry_run) {
-        double norm = ldmc_grad_norm(&u->params);
-        if (norm > 1.0) ldmc_grad_scale(&u->params, 1.0 / norm);
-        ldmc_adamw_step(&u->params, &opt, opt.lr, step);
+    ldmc_diffusion_loss(ctx, &s->step, &in->batch, &(ldmc_step_key){1, (uint32_t)step, 0, 0}, 1);
+    ldmc_optim_update(&u->params, &opt, 1.0, 0, ldmc_grad_norm(&u->params), opt.lr, step);
+    ldmc_device_synchronize(ctx->device);
+    return 1e3 * (train_now() - t0);
+}
+
+// Gradients, Adam m and v where the weights are: the GPU's bf16 and master copies, or the host.
+static int alloc_training(ldmc_unet *u, ldmc_device device, ldmc_ctx *ctx, size_t *weight_bytes,
+                          ldmc_err *err) {
+    ldmc_params *p = &u->params;
+    if (device == LDMC_CPU) {
+        for (int role = LDMC_ROLE_GRAD; role <= LDMC_ROLE_ADAM_V; role++)
+            ldmc_params_alloc(p, (ldmc_param_role)role);
+        ldmc_ctx_init(ctx, CPU_ARENA, META_ARENA);
+        *weight_bytes = p->total * 4 * 4;
+        return 0;
     }
-    if (!ctx->dry_run) ldmc_device_synchronize(ctx->device);
-    return now_ms() - t0;
+    ldmc_params_to_device(p); // bf16 weights and the f32 master
+    for (int role = LDMC_ROLE_GRAD; role <= LDMC_ROLE_ADAM_V; role++)
+        ldmc_params_device_alloc(p, (ldmc_param_role)role);
+    size_t free_b;
+    if (ldmc_ctx_init_gpu_free(ctx, META_ARENA, &free_b) != 0)
+        return LDMC_ERR(err, "%.1f GiB of GPU memory left after the weights",
+                        (double)free_b / (1 << 30));
+    *weight_bytes = p->total * (2 + 4 * 4);
+    return 0;
+}
+
+// The guided forward of a sampling step at batch 1 (the UNet sees 2), median of reps.
+static double guided_forward_ms(ldmc_ctx *ctx, ldmc_unet *u, const bench_step *s,
+                                const bench_inputs *one, int reps, double *ms) {
+    ldmc_denoiser d = {
+        .unet = u, .conditioner = &s->conditioner, .cond = &one->batch.cond, .guidance_scale = 5.0};
+    const ldmc_step_batch *b = &one->batch;
+    ctx->recording = false;
+    for (int i = -1; i < reps; i++) {
+        double t0 = train_now();
+        ldmc_ctx_reset(ctx);
+        ldmc_tensor *x = ldmc_input(
+            ctx, LDMC_F32, 4, (int64_t[]){1, b->lh, b->lw, u->cfg.in_channels}, b->mean, LDMC_F32);
+        ldmc_denoise(ctx, &d, x, 500);
+        ldmc_device_synchronize(ctx->device);
+        if (i >= 0) ms[i] = 1e3 * (train_now() - t0);
+    }
+    return ldmc_median(ms, reps);
 }
 
 int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options *o,
@@ -132,7 +214,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
         return LDMC_ERR(err, "batch %d at %dx%d: the UNet needs images whose sides "
                              "are multiples of %d (8 pixels a latent, %d levels)",
                         o->batch, o->height, o->width, align, cfg->levels);
-    if (o->device == LDMC_CUDA && !o->dry_run && !ldmc_cuda_usable())
+    if (o->device == LDMC_CUDA && !o->dry_run && !ldmc_gpu_available())
         return LDMC_ERR(err, "--device cuda, but %s",
 #ifdef LDMC_HAVE_CUDA
                         "no CUDA device is visible"
@@ -142,58 +224,37 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
         );
     ldmc_unet u;
     ldmc_unet_init(&u, cfg);
-    u.checkpointing = o->checkpointing;
-    ldmc_params *p = &u.params;
-    r->parameters = ldmc_params_count(p, false);
-    size_t n = p->total;
-    bench_inputs in;
-    inputs_make(&in, cfg, o->batch, o->height / 8, o->width / 8, o->seed);
-    ldmc_ctx ctx;
+    u.recompute = o->recompute;
+    r->parameters = ldmc_params_count(&u.params, false);
+    int h = o->height / 8, w = o->width / 8;
     if (o->dry_run) {
-        ldmc_params_reserve(p, LDMC_ROLE_WEIGHTS);
-        ldmc_params_reserve(p, LDMC_ROLE_GRAD);
-        ldmc_ctx_init_dry_run_device(&ctx, o->device, DRY_RUN_ARENA);
-        r->weight_bytes = n * (o->device == LDMC_CUDA ? 2 + 4 * 4 : 4 * 4);
-        ctx.flops = 0;
-        train_step(&ctx, &u, &in, 1);
-        r->flops = ctx.flops;
-        r->activation_bytes = ctx.data.high_water;
-        ldmc_ctx_free(&ctx);
-        inputs_free(&in);
+        ldmc_dry_run plan = ldmc_dry_run_unet_step(&u, o->device, o->batch, h, w);
+        r->weight_bytes = u.params.total * (o->device == LDMC_CUDA ? 2 + 4 * 4 : 4 * 4);
+        r->flops = plan.flops, r->activation_bytes = plan.activations;
         ldmc_unet_free(&u);
         return 0;
     }
-    ldmc_params_alloc(p, LDMC_ROLE_WEIGHTS);
-    ldmc_params_init(p, o->seed);
-    if (o->device == LDMC_CUDA) {
-#ifdef LDMC_HAVE_CUDA
-        ldmc_params_to_device(p); // bf16 weights and the f32 master
-        for (int role = LDMC_ROLE_GRAD; role <= LDMC_ROLE_ADAM_V; role++)
-            ldmc_params_device_alloc(p, (ldmc_param_role)role);
-        size_t free_b;
-        if (ldmc_ctx_init_gpu_free(&ctx, META_ARENA, &free_b) != 0) {
-            inputs_free(&in);
-            ldmc_unet_free(&u);
-            return LDMC_ERR(err, "%.1f GiB of GPU memory left after the weights",
-                            (double)free_b / (1 << 30));
-        }
-        r->weight_bytes = n * (2 + 4 * 4);
-#endif
-    } else {
-        for (int role = LDMC_ROLE_GRAD; role <= LDMC_ROLE_ADAM_V; role++)
-            if (role != LDMC_ROLE_MASTER) ldmc_params_alloc(p, (ldmc_param_role)role);
-        ldmc_ctx_init(&ctx, CPU_ARENA, META_ARENA);
-        r->weight_bytes = n * 4 * 4;
+    ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
+    ldmc_params_init(&u.params, o->seed);
+    ldmc_ctx ctx;
+    if (alloc_training(&u, o->device, &ctx, &r->weight_bytes, err) != 0) {
+        ldmc_unet_free(&u);
+        return -1;
     }
+    static bench_step s;
+    bench_step_init(&s, &u);
+    bench_inputs in, one;
+    inputs_make(&in, cfg, o->batch, h, w, o->seed);
+    inputs_make(&one, cfg, 1, h, w, o->seed + 100);
     int reps = o->reps > 0 ? o->reps : 1;
     double *ms = calloc((size_t)reps, sizeof *ms);
     LDMC_CHECK(ms, "out of memory");
     int64_t step = 1;
     for (int i = 0; i < o->warmup; i++)
-        train_step(&ctx, &u, &in, step++);
+        train_step(&ctx, &u, &s, &in, step++);
     for (int i = 0; i < reps; i++) {
         ctx.flops = 0;
-        ms[i] = train_step(&ctx, &u, &in, step++);
+        ms[i] = train_step(&ctx, &u, &s, &in, step++);
     }
     r->flops = ctx.flops;
     r->step_ms = ldmc_median(ms, reps);
@@ -202,27 +263,14 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     r->activation_bytes = ctx.data.high_water;
     if (o->profile) {
         ldmc_profile_start(&ctx, &r->profile);
-        train_step(&ctx, &u, &in, step++);
+        train_step(&ctx, &u, &s, &in, step++);
         ldmc_profile_start(&ctx, NULL);
         ldmc_profile_sort(&r->profile);
     }
-    // one classifier-free-guidance sampling step: the batch of 2 (conditional, unconditional)
-    bench_inputs two;
-    inputs_make(&two, cfg, 2, o->height / 8, o->width / 8, o->seed + 100);
-    ctx.recording = false;
-    for (int i = -1; i < reps; i++) {
-        double t0 = now_ms();
-        ldmc_ctx_reset(&ctx);
-        forward(&ctx, &u, &two);
-        ldmc_device_synchronize(ctx.device);
-        if (i >= 0) ms[i] = now_ms() - t0;
-    }
-    r->cfg_forward_ms = ldmc_median(ms, reps);
-#ifdef LDMC_HAVE_CUDA
-    if (o->device == LDMC_CUDA) r->workspace_bytes = ldmc_cuda_workspace_bytes();
-#endif
+    r->guided_forward_ms = guided_forward_ms(&ctx, &u, &s, &one, reps, ms);
+    if (o->device == LDMC_CUDA) r->workspace_bytes = ldmc_gpu_workspace_bytes();
     free(ms);
-    inputs_free(&two);
+    inputs_free(&one);
     inputs_free(&in);
     ldmc_ctx_free(&ctx);
     ldmc_unet_free(&u);

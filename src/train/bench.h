@@ -20,7 +20,7 @@ typedef struct ldmc_bench_options {
     int batch, height, width; // image pixels: latents are 1/8 of each side
     int reps, warmup;
     ldmc_device device;
-    bool checkpointing; // gradient checkpointing of every ResBlock and transformer
+    bool recompute; // gradient checkpointing of every ResBlock and transformer
     bool profile;
     bool dry_run;
     uint64_t seed;
@@ -35,7 +35,7 @@ typedef struct ldmc_bench_result {
     size_t weight_bytes;   // working weights, master copy, gradients, Adam m and v
     size_t activation_bytes; // the activation arena's high-water mark over a step
     size_t workspace_bytes;  // the GPU's shared workspace
-    double cfg_forward_ms; // median of batch-2 forward passes without gradients
+    double guided_forward_ms; // median of batch-2 forward passes without gradients
     ldmc_profile profile;  // with opts.profile: time per op kind over one step, sorted
 } ldmc_bench_result;
 

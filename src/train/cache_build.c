@@ -6,14 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/device.h"
 #include "core/tape.h"
 #include "data/buckets.h"
 #include "data/cache.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "io/model_files.h"
-#include "nn/vae.h"
-#include "ops/ops.h"
+#include "nn/models.h"
+#include "pipeline/latents.h"
 
 int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_variants,
                      ldmc_err *err) {
@@ -29,7 +30,8 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
     ldmc_dataset data;
     ldmc_buckets buckets;
     ldmc_cache_writer *w = NULL;
-    int rc = ldmc_load_vae(&vae, cfg->vae_weights, NULL, err);
+    ldmc_model model = ldmc_vae_model(&vae);
+    int rc = ldmc_load_model(&model, cfg->vae_weights, NULL, err);
     if (rc != 0) {
         ldmc_vae_free(&vae);
         return -1;
@@ -54,7 +56,6 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
     if (rc == 0) rc = ldmc_cache_create(&w, out, vc->scale_factor, vc->embed_dim, err);
     ldmc_ctx ctx;
     ldmc_ctx_init(&ctx, (size_t)64 << 30, (size_t)1 << 30);
-    ctx.recording = false;
     int chunk = cfg->batch_size, written = 0, failed = 0;
     double sum = 0, sum2 = 0, count = 0; // over the posterior means: the latent scale
     for (int b = 0; rc == 0 && b < buckets.count; b++) {
@@ -80,27 +81,32 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
             }
         }
         if (rc == 0 && got) rc = ldmc_cache_begin_group(w, H, W, h, lw, got, err);
+        size_t per = (size_t)h * lw * vc->embed_dim;
+        float *mean = malloc((size_t)chunk * per * sizeof *mean),
+              *std = malloc((size_t)chunk * per * sizeof *std);
+        if (rc == 0 && (!mean || !std)) rc = LDMC_ERR(err, "out of memory for bucket %dx%d", H, W);
         for (int i0 = 0; rc == 0 && i0 < got; i0 += chunk) {
             int m = got - i0 < chunk ? got - i0 : chunk;
             ldmc_ctx_reset(&ctx);
-            ldmc_tensor *x = ldmc_wrap(&ctx, LDMC_F32, pixels + (size_t)i0 * H * W * 3, 4,
-                                       (int64_t[]){m, H, W, 3});
-            ldmc_vae_posterior q = ldmc_vae_encode(&ctx, &vae, x);
-            ldmc_tensor *std = ldmc_vae_std(&ctx, &q);
-            size_t per = (size_t)h * lw * vc->embed_dim;
+            ldmc_latent_moments q =
+                ldmc_encode_images(&ctx, &vae, pixels + (size_t)i0 * H * W * 3, m, H, W);
+            ldmc_read_f32(q.mean, mean);
+            ldmc_read_f32(q.std, std);
             for (size_t k = 0; k < (size_t)m * per; k++) {
-                double v = ((float *)q.mean->data)[k];
+                double v = mean[k];
                 sum += v, sum2 += v * v, count++;
             }
             for (int k = 0; rc == 0 && k < m; k++) {
                 const ldmc_crop *p = &plans[i0 + k];
-                const ldmc_sample *s = &data.items[index[i0 + k]];
-                rc = ldmc_cache_append(w, (float *)q.mean->data + k * per,
-                                       (float *)std->data + k * per, p->c_size, p->c_crop,
-                                       p->c_target, s->class_id, index[i0 + k], s->caption, err);
+                const ldmc_sample *smp = &data.items[index[i0 + k]];
+                rc =
+                    ldmc_cache_append(w, mean + k * per, std + k * per, p->c_size, p->c_crop,
+                                      p->c_target, smp->class_id, index[i0 + k], smp->caption, err);
             }
             written += m;
         }
+        free(mean);
+        free(std);
         if (rc == 0 && got) printf("  %5d x %-5d %6d latents\n", W, H, got);
         free(pixels);
         free(plans);

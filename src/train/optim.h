@@ -1,7 +1,8 @@
-// The optimizer side of a training step, as loops over the parameter table's flat buffers:
-// AdamW (no weight decay where the table says so, nothing for frozen parameters), the learning
-// rate schedule (linear warmup, then constant or cosine), global-norm gradient clipping, and the
-// EMA of the weights with warmup. Tested by tests/test_train.c against PyTorch's formulas.
+// The optimizer's policy over the parameter table: AdamW (no weight decay where the table says
+// so, nothing for frozen parameters), the learning rate schedule (linear warmup, then constant or
+// cosine), global-norm gradient clipping, and the EMA of the weights with warmup. The arithmetic
+// on the flat buffers, on either device, is src/ops/param_ops.h's.
+// Tested by tests/test_train.c against PyTorch's formulas.
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
@@ -29,8 +30,6 @@ double ldmc_lr_at(const ldmc_lr_schedule *s, int64_t step);
 
 // The global L2 norm of the trainable gradients (in double, summed in a fixed order).
 double ldmc_grad_norm(const ldmc_params *p);
-// Scales the gradients by `factor` (clipping: max_norm / norm when norm > max_norm).
-void ldmc_grad_scale(ldmc_params *p, double factor);
 
 // One AdamW update of every trainable parameter; `step` counts from 1 (bias correction). Needs
 // the WEIGHTS, GRAD, ADAM_M and ADAM_V buffers.
@@ -39,9 +38,9 @@ void ldmc_adamw_step(ldmc_params *p, const ldmc_adamw *opt, double lr, int64_t s
 // The EMA decay after `updates` updates: min(decay, (1 + updates) / (10 + updates)), as LDM's
 // LitEma warms it up.
 double ldmc_ema_decay(double decay, int64_t updates);
-// ema = d ema + (1 - d) weights for every parameter (frozen ones too: they are copied). On the
-// GPU the EMA follows the f32 master weights.
-void ldmc_ema_update(ldmc_params *p, double decay);
-// Exchanges the weights and the EMA weights (to sample with the averaged model, and back); on the
-// GPU the master and EMA buffers, then the bf16 working copy. No-op without an EMA buffer.
-void ldmc_ema_swap(ldmc_params *p);
+
+// The update after a step's gradients (of global norm `norm`): clipping to `grad_clip` when it is
+// set (> 0) and exceeded, AdamW at `lr` as update `updates` (from 1), then the EMA when
+// `ema_decay` > 0 (frozen parameters are copied into it too).
+void ldmc_optim_update(ldmc_params *p, const ldmc_adamw *opt, double grad_clip, double ema_decay,
+                       double norm, double lr, int64_t updates);

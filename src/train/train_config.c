@@ -239,8 +239,8 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
     const ldmc_cfg *train = ldmc_cfg_get(root, "train");
     if (!train) return LDMC_ERR(err, "%s: a `train:` section is required", c->source_path);
     static const char *const train_keys[] = {
-        "steps",        "seed",    "out",           "checkpoint_every", "keep", "log_every",
-        "sample_every", "threads", "checkpointing", "device",           NULL};
+        "steps",        "seed",    "out",    "checkpoint_every",       "keep", "log_every",
+        "sample_every", "threads", "device", "gradient_checkpointing", NULL};
     int64_t seed = 0;
     const char *device = "cpu";
     if (ldmc_cfg_check_keys(train, train_keys, err) ||
@@ -252,7 +252,7 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
         get_int(train, "log_every", 1, INT64_MAX, &c->log_every, err) ||
         get_int(train, "sample_every", 1, INT64_MAX, &c->sample_every, err) ||
         get_int32(train, "threads", 0, 4096, &c->threads, err) ||
-        ldmc_cfg_bool(train, "checkpointing", false, &c->checkpointing, err) ||
+        ldmc_cfg_bool(train, "gradient_checkpointing", false, &c->recompute, err) ||
         get_string(train, "device", false, &device, err))
         return -1;
     if (ldmc_device_parse(device, &c->device) != 0)
@@ -261,10 +261,11 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
     c->seed = (uint64_t)seed;
     const ldmc_cfg *sample = ldmc_cfg_get(root, "sample");
     if (sample) {
-        static const char *const keys[] = {"steps", "cfg", "per_class", "height", "width", NULL};
+        static const char *const keys[] = {"steps",  "guidance_scale", "per_class",
+                                           "height", "width",          NULL};
         if (ldmc_cfg_check_keys(sample, keys, err) ||
             get_int32(sample, "steps", 1, 1000, &c->sample_steps, err) ||
-            get_double(sample, "cfg", 0, 100, &c->sample_cfg, err) ||
+            get_double(sample, "guidance_scale", 0, 100, &c->sample_guidance, err) ||
             get_int32(sample, "per_class", 1, 64, &c->sample_per_class, err) ||
             get_int32(sample, "height", 8, 4096, &c->sample_height, err) ||
             get_int32(sample, "width", 8, 4096, &c->sample_width, err))
@@ -299,7 +300,7 @@ int ldmc_train_config_load(const char *path, const char *const *overrides, int n
         .checkpoint_every = 1000,
         .sample_every = 1000,
         .sample_steps = 50,
-        .sample_cfg = 5.0,
+        .sample_guidance = 5.0,
         .sample_per_class = 4};
     snprintf(out->source_path, sizeof out->source_path, "%s", path);
     ldmc_cfg *root = ldmc_cfg_load(path, err);

@@ -63,10 +63,10 @@ typedef struct ldmc_train_config {
     int keep;
     int threads; // 0: LDMC_THREADS or all cores
     ldmc_device device; // train.device: cpu, or cuda (bf16 activations, fp32 master weights)
-    bool checkpointing;
+    bool recompute;     // train.gradient_checkpointing: blocks recomputed in backward
     // sample grids
     int sample_steps;
-    double sample_cfg;
+    double sample_guidance; // classifier-free guidance scale of the previews (1: none)
     int sample_per_class, sample_height, sample_width;
     char *resolved_yaml; // the config as run, overrides applied
 } ldmc_train_config;

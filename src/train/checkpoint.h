@@ -14,9 +14,10 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/model.h"
 #include "core/params.h"
 #include "core/rng.h"
-#include "io/checkpoint.h"
+#include "io/weights.h"
 
 typedef struct ldmc_train_state {
     int64_t step;          // optimizer steps done
@@ -29,24 +30,21 @@ typedef struct ldmc_train_state {
     uint64_t data_fingerprint;
 } ldmc_train_state;
 
-// The checkpoint's model part: a parameter table and how its keys appear in files.
-typedef struct ldmc_state_model {
-    ldmc_params *params;
-    ldmc_key_map map;
+// The checkpoint's model part: the model trained (its weights files take the official layout).
+typedef struct ldmc_checkpoint_model {
+    const ldmc_model *model;
     bool ema; // the EMA buffer exists and is saved
-} ldmc_state_model;
+} ldmc_checkpoint_model;
 
-int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_train_state *st,
-                    const char *config_yaml, int keep, char *saved_path, ldmc_err *err);
+int ldmc_checkpoint_save(const char *out_dir, const ldmc_checkpoint_model *m,
+                         const ldmc_train_state *st, const char *config_yaml, int keep,
+                         char *saved_path, ldmc_err *err);
 // (saved_path, when not NULL, receives the directory written: room for 4200 bytes.)
 // The newest complete checkpoint under <out>/checkpoints, into `path`; -1 when there is none.
-int ldmc_state_latest(const char *out_dir, char *path, size_t size, ldmc_err *err);
+int ldmc_checkpoint_latest(const char *out_dir, char *path, size_t size, ldmc_err *err);
 // Loads weights, EMA, optimizer state and counters from a checkpoint directory. Every field of
 // state.json is checked (type, whole number, range, consistency) and a bad one named.
-int ldmc_state_load(const char *dir, ldmc_state_model *m, ldmc_train_state *st, ldmc_err *err);
+int ldmc_checkpoint_load(const char *dir, ldmc_checkpoint_model *m, ldmc_train_state *st,
+                         ldmc_err *err);
 // Removes <out>/checkpoints/*.tmp left by a crash; returns how many.
-int ldmc_state_clean(const char *out_dir);
-// Removes a file or a folder with everything in it (rm -rf); 0 on success.
-int ldmc_remove_tree(const char *path);
-// Creates a directory and its parents (mkdir -p).
-int ldmc_mkdirs(const char *path, ldmc_err *err);
+int ldmc_checkpoint_clean(const char *out_dir);

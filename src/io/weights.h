@@ -1,30 +1,30 @@
-// Model weights in checkpoints: the official single-file layout (model.diffusion_model.*,
-// first_stage_model.*, conditioner.* kept as it is) and the diffusers folder layout
-// (unet/diffusion_pytorch_model.safetensors, vae/...), in F32, F16 or BF16.
+// Weights files: a model's parameters in the official single-file layout (model.diffusion_model.*,
+// first_stage_model.*, conditioner.* kept as it is) or the diffusers folder layout
+// (unet/diffusion_pytorch_model.safetensors, vae/...), in F32, F16 or BF16, for any model with a
+// descriptor (core/model.h): the descriptor says the prefix and the diffusers names.
 //
 // Loading checks the whole file against the model first and names every missing, unexpected and
 // wrong-shape tensor; it refuses to load on any mismatch, except for tensors the caller declares
 // new (glob patterns: partial loads for fine-tuning new embedders). Data goes straight from the
 // mapped file into the weights buffer, converting dtype and, for convolutions, layout: the file's
 // (O, C, kH, kW) becomes ldmc's (O, kH, kW, C). Saving converts back.
-// Tested by tests/test_checkpoint.c (and tests/ref/check_official_keys.py reads what it writes).
+// Tested by tests/test_weights.c (and tests/ref/check_official_keys.py reads what it writes).
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/model.h"
 #include "core/params.h"
 #include "io/safetensors.h"
-#include "nn/model_config.h"
 
 typedef enum ldmc_layout { LDMC_LAYOUT_OFFICIAL, LDMC_LAYOUT_DIFFUSERS } ldmc_layout;
 
-// How a parameter table's official keys map to a file's keys.
+// How a model's official keys map to a file's keys.
 typedef struct ldmc_key_map {
     ldmc_layout layout;
-    const ldmc_unet_config *unet; // for the diffusers names of a UNet table, or
-    const ldmc_vae_config *vae;   // of a VAE table
+    const ldmc_model *model;
     // Official layout only: the file's keys lack the model's prefix (model.diffusion_model.,
     // first_stage_model.), as in stand-alone files such as sdxl_vae.safetensors.
     bool bare;
@@ -42,15 +42,14 @@ typedef struct ldmc_load_options {
     ldmc_param_role role; // the buffer to fill (LDMC_ROLE_WEIGHTS unless EMA weights)
 } ldmc_load_options;
 
-// Loads every parameter of `p` (its weights buffer must exist) from `st`. `domain` is the key
-// prefix the table owns in the file ("model.diffusion_model.", "first_stage_model.", or "" for
-// a file of one model): a file key in the domain that the table lacks is unexpected.
-int ldmc_load_weights(ldmc_params *p, const ldmc_safetensors *st, const ldmc_key_map *map,
-                      const char *domain, const ldmc_load_options *opt, ldmc_err *err);
+// Loads every parameter of map->model (its weights buffer must exist) from `st`. `domain` is the
+// key prefix the model owns in the file ("model.diffusion_model.", "first_stage_model.", or ""
+// for a file of one model): a file key in the domain that the table lacks is unexpected.
+int ldmc_load_weights(const ldmc_safetensors *st, const ldmc_key_map *map, const char *domain,
+                      const ldmc_load_options *opt, ldmc_err *err);
 
 // One model's part of a file being written.
 typedef struct ldmc_save_part {
-    const ldmc_params *params;
     ldmc_key_map map;
     ldmc_param_role role; // LDMC_ROLE_WEIGHTS, or LDMC_ROLE_EMA for the averaged weights
 } ldmc_save_part;
@@ -66,9 +65,6 @@ void ldmc_conv_to_official(float *dst, const float *src, int64_t O, int64_t kh, 
 void ldmc_conv_from_official(float *dst, const float *src, int64_t O, int64_t kh, int64_t kw,
                              int64_t C);
 
-// The official shape of a parameter as it is stored in a checkpoint of `map`'s layout.
+// The shape of a parameter as a weights file of `map`'s layout stores it (the official layout
+// needs no model in the map).
 int ldmc_file_shape(const ldmc_param *param, const ldmc_key_map *map, int64_t *shape);
-
-// The diffusers config.json of a UNet or VAE config (a cJSON-printed string to free), or NULL
-// with an error when diffusers cannot express the config.
-char *ldmc_diffusers_config_json(const ldmc_key_map *map, ldmc_err *err);

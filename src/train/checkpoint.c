@@ -1,12 +1,12 @@
-// Training checkpoints (see state.h). Tested by tests/test_train.c.
-#define _XOPEN_SOURCE 700
-#include "train/state.h"
+// Training checkpoints (see checkpoint.h). Tested by tests/test_train.c.
+#include "train/checkpoint.h"
+
+#include "io/files.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,36 +17,12 @@
 
 #define LDMC_STATE_FORMAT "ldmc training checkpoint 1"
 
-int ldmc_mkdirs(const char *path, ldmc_err *err) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            return LDMC_ERR(err, "%s: cannot create: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-        return LDMC_ERR(err, "%s: cannot create: %s", buf, strerror(errno));
-    return 0;
-}
-
 static int fsync_path(const char *path) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) return -1;
     int rc = fsync(fd);
     close(fd);
     return rc;
-}
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-int ldmc_remove_tree(const char *path) {
-    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 // A test hook: LDMC_CHECKPOINT_KILL_POINT=<name>[@<step>] kills the process (SIGKILL) at that
@@ -150,7 +126,7 @@ static int list_checkpoints(const char *root, char ***names) {
     return n;
 }
 
-int ldmc_state_clean(const char *out_dir) {
+int ldmc_checkpoint_clean(const char *out_dir) {
     char root[4096], path[4200];
     snprintf(root, sizeof root, "%s/checkpoints", out_dir);
     DIR *d = opendir(root);
@@ -168,8 +144,9 @@ int ldmc_state_clean(const char *out_dir) {
     return removed;
 }
 
-int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_train_state *st,
-                    const char *config_yaml, int keep, char *saved_path, ldmc_err *err) {
+int ldmc_checkpoint_save(const char *out_dir, const ldmc_checkpoint_model *m,
+                         const ldmc_train_state *st, const char *config_yaml, int keep,
+                         char *saved_path, ldmc_err *err) {
     char root[4000], final[4100], tmp[4200], file[4400];
     snprintf(root, sizeof root, "%s/checkpoints", out_dir);
     snprintf(final, sizeof final, "%s/step-%08lld", root, (long long)st->step);
@@ -177,8 +154,8 @@ int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_t
     if (ldmc_mkdirs(root, err) != 0) return -1;
     ldmc_remove_tree(tmp);
     if (mkdir(tmp, 0777) != 0) return LDMC_ERR(err, "%s: cannot create: %s", tmp, strerror(errno));
-    ldmc_save_part weights = {m->params, m->map, LDMC_ROLE_WEIGHTS},
-                   ema = {m->params, m->map, LDMC_ROLE_EMA};
+    ldmc_key_map map = {.layout = LDMC_LAYOUT_OFFICIAL, .model = m->model};
+    ldmc_save_part weights = {map, LDMC_ROLE_WEIGHTS}, ema = {map, LDMC_ROLE_EMA};
     snprintf(file, sizeof file, "%s/model.safetensors", tmp);
     if (ldmc_save_weights(file, &weights, 1, LDMC_F32, NULL, err) != 0) return -1;
     maybe_die("model", st->step);
@@ -187,7 +164,7 @@ int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_t
         if (ldmc_save_weights(file, &ema, 1, LDMC_F32, NULL, err) != 0) return -1;
     }
     snprintf(file, sizeof file, "%s/optimizer.safetensors", tmp);
-    if (save_optimizer(file, m->params, err) != 0) return -1;
+    if (save_optimizer(file, m->model->params, err) != 0) return -1;
     maybe_die("optimizer", st->step);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "step", (double)st->step);
@@ -234,7 +211,7 @@ int ldmc_state_save(const char *out_dir, const ldmc_state_model *m, const ldmc_t
     return 0;
 }
 
-int ldmc_state_latest(const char *out_dir, char *path, size_t size, ldmc_err *err) {
+int ldmc_checkpoint_latest(const char *out_dir, char *path, size_t size, ldmc_err *err) {
     char root[4096];
     snprintf(root, sizeof root, "%s/checkpoints", out_dir);
     char **names;
@@ -337,14 +314,16 @@ static int read_state_json(const char *dir, ldmc_train_state *st, bool *has_ema,
     return rc;
 }
 
-int ldmc_state_load(const char *dir, ldmc_state_model *m, ldmc_train_state *st, ldmc_err *err) {
+int ldmc_checkpoint_load(const char *dir, ldmc_checkpoint_model *m, ldmc_train_state *st,
+                         ldmc_err *err) {
     char file[4200];
     bool has_ema = false;
     if (read_state_json(dir, st, &has_ema, err) != 0) return -1;
     ldmc_safetensors sf;
     snprintf(file, sizeof file, "%s/model.safetensors", dir);
     if (ldmc_safetensors_open(&sf, file, err) != 0) return -1;
-    int rc = ldmc_load_weights(m->params, &sf, &m->map, "", NULL, err);
+    ldmc_key_map map = {.layout = LDMC_LAYOUT_OFFICIAL, .model = m->model};
+    int rc = ldmc_load_weights(&sf, &map, "", NULL, err);
     ldmc_safetensors_close(&sf);
     if (rc == 0 && m->ema) {
         if (!has_ema)
@@ -354,11 +333,11 @@ int ldmc_state_load(const char *dir, ldmc_state_model *m, ldmc_train_state *st, 
         snprintf(file, sizeof file, "%s/ema.safetensors", dir);
         rc = ldmc_safetensors_open(&sf, file, err);
         if (rc == 0) {
-            rc = ldmc_load_weights(m->params, &sf, &m->map, "", &into_ema, err);
+            rc = ldmc_load_weights(&sf, &map, "", &into_ema, err);
             ldmc_safetensors_close(&sf);
         }
     }
     snprintf(file, sizeof file, "%s/optimizer.safetensors", dir);
-    if (rc == 0) rc = load_optimizer(file, m->params, err);
+    if (rc == 0) rc = load_optimizer(file, m->model->params, err);
     return rc;
 }

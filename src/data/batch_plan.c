@@ -1,5 +1,5 @@
-// The batch sampler (see sampler.h). Tested by tests/test_data.c.
-#include "data/sampler.h"
+// The batch plan (see batch_plan.h). Tested by tests/test_data.c.
+#include "data/batch_plan.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -7,18 +7,18 @@
 #include "core/error.h"
 #include "core/rng.h"
 
-void ldmc_sampler_init(ldmc_sampler *s, int n_samples, const int *sample_bucket, int n_buckets,
-                       int batch_size, uint64_t seed, int rank, int world) {
-    *s = (ldmc_sampler){.n_samples = n_samples,
-                        .sample_bucket = sample_bucket,
-                        .n_buckets = n_buckets,
-                        .batch_size = batch_size,
-                        .seed = seed,
-                        .rank = rank,
-                        .world = world};
+void ldmc_batch_plan_init(ldmc_batch_plan *s, int n_samples, const int *sample_bucket,
+                          int n_buckets, int batch_size, uint64_t seed, int rank, int world) {
+    *s = (ldmc_batch_plan){.n_samples = n_samples,
+                           .sample_bucket = sample_bucket,
+                           .n_buckets = n_buckets,
+                           .batch_size = batch_size,
+                           .seed = seed,
+                           .rank = rank,
+                           .world = world};
     LDMC_CHECK(batch_size >= 1 && world >= 1 && rank >= 0 && rank < world &&
                    n_buckets <= LDMC_MAX_BUCKETS,
-               "sampler: batch %d, rank %d of %d", batch_size, rank, world);
+               "batch plan: batch %d, rank %d of %d", batch_size, rank, world);
     for (int i = 0; i < n_samples; i++)
         s->fill[sample_bucket[i]]++;
 }
@@ -35,7 +35,7 @@ static void shuffle(int *a, int n, const ldmc_rng *rng) {
     }
 }
 
-void ldmc_sampler_plan(const ldmc_sampler *s, int64_t epoch, ldmc_epoch_plan *plan) {
+void ldmc_batch_plan_epoch(const ldmc_batch_plan *s, int64_t epoch, ldmc_epoch_plan *plan) {
     int max_batches = s->n_buckets; // partial batches: at most one per bucket
     for (int b = 0; b < s->n_buckets; b++)
         max_batches += s->fill[b] / s->batch_size;
@@ -115,15 +115,15 @@ void ldmc_epoch_plan_free(ldmc_epoch_plan *plan) {
     *plan = (ldmc_epoch_plan){0};
 }
 
-int ldmc_sampler_steps_per_epoch(const ldmc_sampler *s) {
+int ldmc_batch_plan_steps_per_epoch(const ldmc_batch_plan *s) {
     int n_batches = 0;
     for (int b = 0; b < s->n_buckets; b++)
         n_batches += (s->fill[b] + s->batch_size - 1) / s->batch_size;
     return (n_batches + s->world - 1) / s->world;
 }
 
-const ldmc_batch_ref *ldmc_sampler_batch(const ldmc_sampler *s, const ldmc_epoch_plan *plan,
-                                         int index) {
+const ldmc_batch_ref *ldmc_batch_plan_batch(const ldmc_batch_plan *s, const ldmc_epoch_plan *plan,
+                                            int index) {
     int i = index * s->world + s->rank;
     return &plan->batches[i % plan->n_batches];
 }

@@ -9,6 +9,7 @@
 
 #include "harness.h"
 #include "io/model_files.h"
+#include "nn/models.h"
 
 #define path_of test_tmp_path
 
@@ -45,7 +46,7 @@ static bool same_weights(const ldmc_params *a, const ldmc_params *b) {
 }
 
 // A source "official" file that also holds text-encoder tensors, like sd_xl_base_1.0.
-static const char *write_source_with_conditioner(const ldmc_unet *u, const ldmc_vae *v) {
+static const char *write_source_with_conditioner(ldmc_unet *u, ldmc_vae *v) {
     static float clip[77 * 8];
     for (int i = 0; i < 77 * 8; i++)
         clip[i] = (float)i * 0.5f;
@@ -74,8 +75,7 @@ static const char *write_source_with_conditioner(const ldmc_unet *u, const ldmc_
     ldmc_safetensors extra_file;
     LDMC_CHECK(ldmc_safetensors_open(&extra_file, extra_path, &err) == 0, "%s", err.message);
     const char *path = path_of("source.safetensors");
-    LDMC_CHECK(ldmc_save_models(path, LDMC_LAYOUT_OFFICIAL, u, v, LDMC_F32, LDMC_ROLE_WEIGHTS,
-                                &extra_file, &err) == 0,
+    LDMC_CHECK(test_save_models(path, LDMC_LAYOUT_OFFICIAL, u, v, LDMC_F32, &extra_file, &err) == 0,
                "%s", err.message);
     ldmc_safetensors_close(&extra_file);
     return path;
@@ -90,17 +90,16 @@ static void test_official_single_file_round_trip(void) {
     new_unet(&u2, 0);
     new_vae(&v2, 0);
     ldmc_err err = {0};
-    CHECK(ldmc_load_unet(&u2, source, NULL, &err) == 0, "%s", err.message);
-    CHECK(ldmc_load_vae(&v2, source, NULL, &err) == 0, "%s", err.message);
+    CHECK(test_load_unet(&u2, source, NULL, &err) == 0, "%s", err.message);
+    CHECK(test_load_vae(&v2, source, NULL, &err) == 0, "%s", err.message);
     CHECK(same_weights(&u.params, &u2.params), "UNet weights changed through the file");
     CHECK(same_weights(&v.params, &v2.params), "VAE weights changed through the file");
     // Saving again with the source as passthrough: identical bytes, conditioner included.
     ldmc_safetensors src;
     REQUIRE(ldmc_safetensors_open(&src, source, &err) == 0, "%s", err.message);
     const char *again = path_of("again.safetensors");
-    CHECK(ldmc_save_models(again, LDMC_LAYOUT_OFFICIAL, &u2, &v2, LDMC_F32, LDMC_ROLE_WEIGHTS, &src,
-                           &err) == 0,
-          "%s", err.message);
+    CHECK(test_save_models(again, LDMC_LAYOUT_OFFICIAL, &u2, &v2, LDMC_F32, &src, &err) == 0, "%s",
+          err.message);
     ldmc_safetensors out;
     REQUIRE(ldmc_safetensors_open(&out, again, &err) == 0, "%s", err.message);
     CHECK(out.count == src.count && out.data_size == src.data_size &&
@@ -121,11 +120,10 @@ static void test_half_precision_files(void) {
     for (int k = 0; k < 2; k++) {
         const char *path = path_of(k ? "bf16.safetensors" : "f16.safetensors");
         ldmc_err err = {0};
-        REQUIRE(ldmc_save_models(path, LDMC_LAYOUT_OFFICIAL, &u, NULL, dtypes[k], LDMC_ROLE_WEIGHTS,
-                                 NULL, &err) == 0,
+        REQUIRE(test_save_models(path, LDMC_LAYOUT_OFFICIAL, &u, NULL, dtypes[k], NULL, &err) == 0,
                 "%s", err.message);
         new_unet(&u2, 0);
-        REQUIRE(ldmc_load_unet(&u2, path, NULL, &err) == 0, "%s", err.message);
+        REQUIRE(test_load_unet(&u2, path, NULL, &err) == 0, "%s", err.message);
         // Loaded values are the f32 weights rounded to the file's dtype; conv weights included.
         size_t bad = 0;
         for (int p = 0; p < u.params.count; p++) {
@@ -151,8 +149,7 @@ static void test_diffusers_round_trip(void) {
     new_vae(&v, 9);
     ldmc_err err = {0};
     const char *folder = path_of("diffusers");
-    REQUIRE(ldmc_save_models(folder, LDMC_LAYOUT_DIFFUSERS, &u, &v, LDMC_F32, LDMC_ROLE_WEIGHTS,
-                             NULL, &err) == 0,
+    REQUIRE(test_save_models(folder, LDMC_LAYOUT_DIFFUSERS, &u, &v, LDMC_F32, NULL, &err) == 0,
             "%s", err.message);
     char file[600];
     snprintf(file, sizeof file, "%s/unet/config.json", folder);
@@ -167,8 +164,8 @@ static void test_diffusers_round_trip(void) {
     ldmc_safetensors_close(&st);
     new_unet(&u2, 0);
     new_vae(&v2, 0);
-    CHECK(ldmc_load_unet(&u2, folder, NULL, &err) == 0, "%s", err.message);
-    CHECK(ldmc_load_vae(&v2, folder, NULL, &err) == 0, "%s", err.message);
+    CHECK(test_load_unet(&u2, folder, NULL, &err) == 0, "%s", err.message);
+    CHECK(test_load_vae(&v2, folder, NULL, &err) == 0, "%s", err.message);
     CHECK(same_weights(&u.params, &u2.params), "UNet weights changed through diffusers");
     CHECK(same_weights(&v.params, &v2.params), "VAE weights changed through diffusers");
     ldmc_unet_free(&u), ldmc_unet_free(&u2), ldmc_vae_free(&v), ldmc_vae_free(&v2);
@@ -205,38 +202,35 @@ static void test_stand_alone_files(void) {
     new_vae(&v, 12);
     ldmc_err err = {0};
     const char *unet_only = path_of("unet_only.safetensors");
-    REQUIRE(ldmc_save_models(unet_only, LDMC_LAYOUT_OFFICIAL, &u, NULL, LDMC_F32, LDMC_ROLE_WEIGHTS,
-                             NULL, &err) == 0,
+    REQUIRE(test_save_models(unet_only, LDMC_LAYOUT_OFFICIAL, &u, NULL, LDMC_F32, NULL, &err) == 0,
             "%s", err.message);
     const char *bare_vae = path_of("bare_vae.safetensors"),
                *bare_unet = path_of("bare_unet.safetensors");
     const char *vae_only = path_of("vae_only.safetensors");
-    REQUIRE(ldmc_save_models(vae_only, LDMC_LAYOUT_OFFICIAL, NULL, &v, LDMC_F32, LDMC_ROLE_WEIGHTS,
-                             NULL, &err) == 0,
+    REQUIRE(test_save_models(vae_only, LDMC_LAYOUT_OFFICIAL, NULL, &v, LDMC_F32, NULL, &err) == 0,
             "%s", err.message);
     write_without_prefix(vae_only, bare_vae, LDMC_VAE_PREFIX);
     write_without_prefix(unet_only, bare_unet, LDMC_UNET_PREFIX);
     new_vae(&v2, 0);
-    CHECK(ldmc_load_vae(&v2, bare_vae, NULL, &err) == 0, "%s", err.message);
+    CHECK(test_load_vae(&v2, bare_vae, NULL, &err) == 0, "%s", err.message);
     CHECK(same_weights(&v.params, &v2.params), "VAE weights changed through a bare file");
     new_unet(&u2, 0);
-    CHECK(ldmc_load_unet(&u2, bare_unet, NULL, &err) == 0, "%s", err.message);
+    CHECK(test_load_unet(&u2, bare_unet, NULL, &err) == 0, "%s", err.message);
     CHECK(same_weights(&u.params, &u2.params), "UNet weights changed through a bare file");
     ldmc_vae_free(&v2);
     // a diffusers VAE file on its own (vae/diffusion_pytorch_model.safetensors, downloaded alone)
     const char *folder = path_of("alone_diffusers");
-    REQUIRE(ldmc_save_models(folder, LDMC_LAYOUT_DIFFUSERS, NULL, &v, LDMC_F32, LDMC_ROLE_WEIGHTS,
-                             NULL, &err) == 0,
+    REQUIRE(test_save_models(folder, LDMC_LAYOUT_DIFFUSERS, NULL, &v, LDMC_F32, NULL, &err) == 0,
             "%s", err.message);
     char file[700];
     snprintf(file, sizeof file, "%s/vae/diffusion_pytorch_model.safetensors", folder);
     new_vae(&v2, 0);
-    CHECK(ldmc_load_vae(&v2, file, NULL, &err) == 0, "%s", err.message);
+    CHECK(test_load_vae(&v2, file, NULL, &err) == 0, "%s", err.message);
     CHECK(same_weights(&v.params, &v2.params), "VAE weights changed through a diffusers file");
     ldmc_vae_free(&v2);
     // a file with no VAE at all: the message says what a VAE file holds
     new_vae(&v2, 0);
-    CHECK(ldmc_load_vae(&v2, unet_only, NULL, &err) != 0 && strstr(err.message, unet_only) &&
+    CHECK(test_load_vae(&v2, unet_only, NULL, &err) != 0 && strstr(err.message, unet_only) &&
               strstr(err.message, "no VAE weights") &&
               strstr(err.message, "first_stage_model.encoder.conv_in.weight"),
           "%s", err.message);
@@ -284,8 +278,10 @@ static void test_diffusers_names_of_sdxl(void) {
         {"decoder.norm_out.weight", "decoder.conv_norm_out.weight"},
         {"quant_conv.weight", "quant_conv.weight"},
     };
-    ldmc_key_map umap = {.layout = LDMC_LAYOUT_DIFFUSERS, .unet = &base.unet},
-                 vmap = {.layout = LDMC_LAYOUT_DIFFUSERS, .vae = &vae.vae};
+    ldmc_model um = {.desc = &ldmc_unet_desc, .config = &base.unet},
+               vm = {.desc = &ldmc_vae_desc, .config = &vae.vae};
+    ldmc_key_map umap = {.layout = LDMC_LAYOUT_DIFFUSERS, .model = &um},
+                 vmap = {.layout = LDMC_LAYOUT_DIFFUSERS, .model = &vm};
     char key[512], out[512];
     for (size_t i = 0; i < sizeof unet_pairs / sizeof unet_pairs[0]; i++) {
         snprintf(key, sizeof key, LDMC_UNET_PREFIX "%s", unet_pairs[i][0]);
@@ -314,7 +310,7 @@ static void test_diffusers_names_of_sdxl(void) {
     ldmc_unet_free(&u);
     // The diffusers config of SDXL base.
     ldmc_err err = {0};
-    char *json = ldmc_diffusers_config_json(&umap, &err);
+    char *json = ldmc_unet_desc.diffusers_config(&base.unet, &err);
     REQUIRE(json, "%s", err.message);
     CHECK(strstr(json, "\"addition_embed_type\":\t\"text_time\"") &&
               strstr(json, "\"projection_class_embeddings_input_dim\":\t2816") &&
@@ -330,11 +326,10 @@ static void test_diffusers_names_of_sdxl(void) {
 // Writes the UNet's weights with one change applied to the list of entries.
 typedef enum { DROP_LABEL_EMB, ADD_EXTRA, WRONG_SHAPE, WRONG_DTYPE } damage;
 
-static const char *write_damaged(const ldmc_unet *u, damage what) {
+static const char *write_damaged(ldmc_unet *u, damage what) {
     ldmc_err err = {0};
     const char *clean = path_of("clean.safetensors");
-    LDMC_CHECK(ldmc_save_models(clean, LDMC_LAYOUT_OFFICIAL, u, NULL, LDMC_F32, LDMC_ROLE_WEIGHTS,
-                                NULL, &err) == 0,
+    LDMC_CHECK(test_save_models(clean, LDMC_LAYOUT_OFFICIAL, u, NULL, LDMC_F32, NULL, &err) == 0,
                "%s", err.message);
     ldmc_safetensors st;
     LDMC_CHECK(ldmc_safetensors_open(&st, clean, &err) == 0, "%s", err.message);
@@ -374,7 +369,7 @@ static void expect_load_error(ldmc_unet *target, const char *path, const ldmc_lo
     ldmc_err err = {0};
     float before = target->params.buffers[LDMC_ROLE_WEIGHTS][0];
     target->params.buffers[LDMC_ROLE_WEIGHTS][0] = 12345.0f;
-    CHECK(ldmc_load_unet(target, path, opt, &err) == -1, "a damaged file loaded");
+    CHECK(test_load_unet(target, path, opt, &err) == -1, "a damaged file loaded");
     for (int i = 0; i < n_texts; i++)
         CHECK(strstr(err.message, texts[i]), "message lacks '%s':\n%s", texts[i], err.message);
     CHECK(target->params.buffers[LDMC_ROLE_WEIGHTS][0] == 12345.0f,
@@ -406,7 +401,7 @@ static void test_mismatches_are_named(void) {
     ldmc_unet_init(&cls, &other.unet);
     ldmc_params_alloc(&cls.params, LDMC_ROLE_WEIGHTS);
     ldmc_err err = {0};
-    CHECK(ldmc_load_unet(&cls, path_of("clean.safetensors"), NULL, &err) == -1 &&
+    CHECK(test_load_unet(&cls, path_of("clean.safetensors"), NULL, &err) == -1 &&
               strstr(err.message, "79 missing") && strstr(err.message, "80 unexpected") &&
               strstr(err.message, "9 with the wrong shape") && strstr(err.message, "; ..."),
           "%s", err.message);
@@ -427,7 +422,7 @@ static void test_partial_load_with_new_parameters(void) {
     const char *patterns[] = {"*.label_emb.*"};
     ldmc_load_options opt = {.may_be_new = patterns, .n_may_be_new = 1, .n_new = &n_new};
     ldmc_err err = {0};
-    CHECK(ldmc_load_unet(&target, path, &opt, &err) == 0, "%s", err.message);
+    CHECK(test_load_unet(&target, path, &opt, &err) == 0, "%s", err.message);
     CHECK(n_new == 4, "%d new parameters, want 4", n_new);
     CHECK(target.params.buffers[LDMC_ROLE_WEIGHTS][target.params.items[label].offset] == kept,
           "a new parameter was overwritten");
@@ -445,20 +440,20 @@ static void test_bad_files_and_folders(void) {
     ldmc_unet u;
     new_unet(&u, 0);
     ldmc_err err = {0};
-    CHECK(ldmc_load_unet(&u, path_of("nothing.safetensors"), NULL, &err) == -1 &&
+    CHECK(test_load_unet(&u, path_of("nothing.safetensors"), NULL, &err) == -1 &&
               strstr(err.message, "cannot open"),
           "%s", err.message);
     ldmc_err_clear(&err);
     const char *folder = path_of("empty_folder");
     mkdir(folder, 0777);
-    CHECK(ldmc_load_unet(&u, folder, NULL, &err) == -1 &&
+    CHECK(test_load_unet(&u, folder, NULL, &err) == -1 &&
               strstr(err.message, "unet/diffusion_pytorch_model.safetensors"),
           "%s", err.message);
     ldmc_err_clear(&err);
     FILE *f = fopen(path_of("junk.safetensors"), "wb");
     fputs("not a checkpoint at all", f);
     fclose(f);
-    CHECK(ldmc_load_unet(&u, path_of("junk.safetensors"), NULL, &err) == -1 &&
+    CHECK(test_load_unet(&u, path_of("junk.safetensors"), NULL, &err) == -1 &&
               strstr(err.message, "junk.safetensors"),
           "%s", err.message);
     // Class-conditional UNets have no diffusers layout: refused with the reason.
@@ -467,8 +462,8 @@ static void test_bad_files_and_folders(void) {
     ldmc_unet_init(&cls, &other.unet);
     ldmc_params_alloc(&cls.params, LDMC_ROLE_WEIGHTS);
     ldmc_err_clear(&err);
-    CHECK(ldmc_save_models(path_of("cls_diffusers"), LDMC_LAYOUT_DIFFUSERS, &cls, NULL, LDMC_F32,
-                           LDMC_ROLE_WEIGHTS, NULL, &err) == -1 &&
+    CHECK(test_save_models(path_of("cls_diffusers"), LDMC_LAYOUT_DIFFUSERS, &cls, NULL, LDMC_F32,
+                           NULL, &err) == -1 &&
               strstr(err.message, "class-conditional"),
           "%s", err.message);
     ldmc_unet_free(&cls);

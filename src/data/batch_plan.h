@@ -1,4 +1,4 @@
-// The batch sampler: one bucket per batch, the samples of a bucket shuffled into its batches, and
+// The batch plan: one bucket per batch, the samples of a bucket shuffled into its batches, and
 // the batches ordered at random so that consecutive steps change bucket (SDXL Sec. 2.3) whenever
 // no bucket holds more than half of the epoch's batches. A pure
 // function of (seed, epoch): the same on every rank, resumable at any batch, and sharded by
@@ -22,7 +22,7 @@ typedef struct ldmc_epoch_plan {
     int *order; // sample indices, batch after batch
 } ldmc_epoch_plan;
 
-typedef struct ldmc_sampler {
+typedef struct ldmc_batch_plan {
     int n_samples;
     const int *sample_bucket; // the bucket of each sample
     int n_buckets;
@@ -30,15 +30,15 @@ typedef struct ldmc_sampler {
     uint64_t seed;
     int rank, world;
     int fill[LDMC_MAX_BUCKETS]; // samples per bucket
-} ldmc_sampler;
+} ldmc_batch_plan;
 
-void ldmc_sampler_init(ldmc_sampler *s, int n_samples, const int *sample_bucket, int n_buckets,
-                       int batch_size, uint64_t seed, int rank, int world);
-void ldmc_sampler_plan(const ldmc_sampler *s, int64_t epoch, ldmc_epoch_plan *plan);
+void ldmc_batch_plan_init(ldmc_batch_plan *s, int n_samples, const int *sample_bucket,
+                          int n_buckets, int batch_size, uint64_t seed, int rank, int world);
+void ldmc_batch_plan_epoch(const ldmc_batch_plan *s, int64_t epoch, ldmc_epoch_plan *plan);
 void ldmc_epoch_plan_free(ldmc_epoch_plan *plan);
 // Batches each rank takes per epoch: ceil(n_batches / world); a rank past the end of the epoch's
 // batches takes them again from the start (only when world does not divide n_batches).
-int ldmc_sampler_steps_per_epoch(const ldmc_sampler *s);
+int ldmc_batch_plan_steps_per_epoch(const ldmc_batch_plan *s);
 // The batch (within `plan`) that this rank's `index`-th batch of the epoch is.
-const ldmc_batch_ref *ldmc_sampler_batch(const ldmc_sampler *s, const ldmc_epoch_plan *plan,
-                                         int index);
+const ldmc_batch_ref *ldmc_batch_plan_batch(const ldmc_batch_plan *s, const ldmc_epoch_plan *plan,
+                                            int index);

@@ -1,0 +1,33 @@
+// Ops over a parameter table's flat buffers (core/params.h), run where the table lives: on the
+// host, or on the GPU once ldmc_params_to_device has moved it (the kernels of kernels/optim.cu,
+// whose CPU twins are src/ops/cpu/optim.inc). They are the optimizer's arithmetic; its policy
+// (learning rate, which parameters decay, when to clip, the EMA's warmup) is src/train/optim.c's.
+// Tested by tests/test_train.c (against PyTorch's formulas) and tests/test_cuda.c (GPU vs CPU).
+#pragma once
+#include <stdint.h>
+
+#include "core/params.h"
+
+// Σ g² over the trainable parameters' gradients, in double and in a fixed order (the same sum on
+// every run): per parameter in table order on the host; over the whole buffer on the GPU, where
+// frozen parameters and the padding between tensors hold zeros.
+double ldmc_params_grad_sum_squares(const ldmc_params *p);
+// Every gradient times `factor` (clipping).
+void ldmc_params_grad_scale(ldmc_params *p, double factor);
+
+// One AdamW update of one parameter, PyTorch's order: decoupled decay, then the bias-corrected
+// step: m = β1 m + (1-β1) g, v = β2 v + (1-β2) g², w = w decay - step_size m / (√v denom_scale +
+// eps). On the GPU the f32 master steps and the bf16 working copy follows.
+typedef struct ldmc_adamw_coeffs {
+    float decay;       // 1 - lr weight_decay, or 1 without decay
+    float step_size;   // lr / (1 - β1^t)
+    float denom_scale; // 1 / √(1 - β2^t)
+    float beta1, beta2, eps;
+} ldmc_adamw_coeffs;
+void ldmc_params_adamw(ldmc_params *p, int index, const ldmc_adamw_coeffs *c);
+
+// ema = d ema + (1 - d) weights for every parameter (the f32 master on the GPU).
+void ldmc_params_ema_update(ldmc_params *p, double decay);
+// Exchanges the weights and the EMA weights (on the GPU: the master and the EMA, then the bf16
+// working copy from the new master). No-op without an EMA buffer.
+void ldmc_params_ema_swap(ldmc_params *p);

@@ -1,0 +1,124 @@
+// The run's folder (see trainer_parts.h): one run at a time (<out>/lock), a new run refused where
+// checkpoints exist, resuming (every changed setting named), saving checkpoints
+// (src/train/checkpoint.h) and the final weights. Tested by tests/test_train.c.
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include "io/files.h"
+#include "io/model_files.h"
+#include "train/trainer_parts.h"
+
+// One run per output folder: <out>/lock is held (flock) for the run's life, and released by the
+// kernel however the process ends.
+static int lock_out(run_dir *d, const char *out, ldmc_err *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/lock", out);
+    d->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (d->lock_fd < 0) return LDMC_ERR(err, "%s: cannot create: %s", path, strerror(errno));
+    if (flock(d->lock_fd, LOCK_EX | LOCK_NB) != 0)
+        return LDMC_ERR(err, "%s: another run is using this folder (%s is locked)", out, path);
+    return 0;
+}
+
+static int refuse_existing(const char *out, ldmc_err *err) {
+    char path[4200];
+    ldmc_err ignore = {0};
+    if (ldmc_checkpoint_latest(out, path, sizeof path, &ignore) == 0)
+        return LDMC_ERR(
+            err,
+            "%s already holds checkpoints (%s): pass --resume latest to continue that run, or "
+            "choose another train.out",
+            out, path);
+    return 0;
+}
+
+int run_dir_open(run_dir *d, const ldmc_train_config *cfg, bool resuming, ldmc_err *err) {
+    *d = (run_dir){.lock_fd = -1, .created = access(cfg->out, F_OK) != 0};
+    if (ldmc_mkdirs(cfg->out, err) != 0 || lock_out(d, cfg->out, err) != 0) return -1;
+    if (!resuming && refuse_existing(cfg->out, err) != 0) return -1;
+    int removed = ldmc_checkpoint_clean(cfg->out);
+    if (removed)
+        printf("removed %d unfinished checkpoint(s) left by an interrupted save\n", removed);
+    return 0;
+}
+
+void run_dir_close(run_dir *d, const char *out, bool refused) {
+    if (d->lock_fd >= 0) close(d->lock_fd);
+    if (refused && d->created) ldmc_remove_tree(out);
+    d->lock_fd = -1;
+}
+
+static void print_change(const char *path, const char *was, const char *now, void *ctx) {
+    if ((*(int *)ctx)++ == 0)
+        printf("resume: settings changed since the checkpoint (the run goes on with the new "
+               "ones; a changed batch size or data order makes it differ from an uninterrupted "
+               "run):\n");
+    printf("  %s: %s -> %s\n", path, was ? was : "(not set)", now ? now : "(not set)");
+}
+
+// A resumed run names every setting that differs from its checkpoint's config.yaml.
+static void report_config_changes(const ldmc_train_config *cfg, const char *dir) {
+    char path[4300];
+    snprintf(path, sizeof path, "%s/config.yaml", dir);
+    ldmc_err ignore = {0};
+    ldmc_cfg *was = ldmc_cfg_load(path, &ignore);
+    ldmc_cfg *now = ldmc_cfg_parse(cfg->resolved_yaml, cfg->source_path, &ignore);
+    int changes = 0;
+    if (!was)
+        printf("resume: %s cannot be read: whether the settings changed is unknown\n", path);
+    else if (now)
+        ldmc_cfg_diff(was, now, print_change, &changes);
+    ldmc_cfg_free(was);
+    ldmc_cfg_free(now);
+}
+
+static ldmc_checkpoint_model checkpoint_model(const trainer *T) {
+    return (ldmc_checkpoint_model){.model = &T->model, .ema = T->cfg->ema_decay > 0};
+}
+
+int run_dir_resume(trainer *T, const char *resume, ldmc_err *err) {
+    const ldmc_train_config *cfg = T->cfg;
+    char dir[4200];
+    if (!strcmp(resume, "latest")) {
+        if (ldmc_checkpoint_latest(cfg->out, dir, sizeof dir, err) != 0) return -1;
+    } else {
+        snprintf(dir, sizeof dir, "%s", resume);
+    }
+    ldmc_checkpoint_model m = checkpoint_model(T);
+    if (ldmc_checkpoint_load(dir, &m, &T->st, err) != 0) return -1;
+    if (T->st.seed != cfg->seed)
+        return LDMC_ERR(
+            err,
+            "%s: saved with seed %llu, the config says %llu: a resumed run keeps its seed "
+            "(set train.seed back)",
+            dir, (unsigned long long)T->st.seed, (unsigned long long)cfg->seed);
+    printf("resume: %s at step %lld (%lld batches consumed, %lld steps skipped so far)\n", dir,
+           (long long)T->st.step, (long long)T->st.batches, (long long)T->st.skipped_steps);
+    T->dir.resumed = true;
+    report_config_changes(cfg, dir);
+    return 0;
+}
+
+int run_dir_save(trainer *T, char *saved, ldmc_err *err) {
+    // The metrics of the steps a checkpoint holds reach the disk first: a run resumed from it
+    // keeps every line up to its step.
+    if (train_log_sync(&T->log, T->cfg->out, err) != 0) return -1;
+    ldmc_params_to_host(T->model.params); // the GPU's master, m, v and EMA (no-op on the CPU)
+    ldmc_checkpoint_model m = checkpoint_model(T);
+    return ldmc_checkpoint_save(T->cfg->out, &m, &T->st, T->cfg->resolved_yaml, T->cfg->keep, saved,
+                                err);
+}
+
+// The final weights beside the checkpoints: <out>/model.safetensors, the EMA weights when EMA is
+// on (the ones to sample with), in the official layout.
+int run_dir_export(trainer *T, ldmc_err *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", T->cfg->out);
+    ldmc_params_to_host(T->model.params);
+    return ldmc_save_models(path, LDMC_LAYOUT_OFFICIAL, &T->model, 1, LDMC_F32,
+                            T->cfg->ema_decay > 0 ? LDMC_ROLE_EMA : LDMC_ROLE_WEIGHTS, NULL, err);
+}

@@ -1,0 +1,267 @@
+// The task table (see trainer_parts.h): what differs between training the diffusion UNet (on the
+// frozen autoencoder's latents) and the autoencoder itself. Tested by tests/test_train.c.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/device.h"
+#include "core/rng.h"
+#include "io/model_files.h"
+#include "nn/models.h"
+#include "ops/param_ops.h"
+#include "pipeline/latents.h"
+#include "pipeline/loss.h"
+#include "pipeline/sampler.h"
+#include "train/trainer_parts.h"
+
+// A loader's batch as the loss steps take it.
+static ldmc_step_batch step_batch(const ldmc_batch *b) {
+    return (ldmc_step_batch){.n = b->n,
+                             .pixels = b->mean ? NULL : b->pixels,
+                             .height = b->height,
+                             .width = b->width,
+                             .mean = b->mean,
+                             .std = b->std,
+                             .lh = b->lh,
+                             .lw = b->lw,
+                             .cond = {.n = b->n,
+                                      .class_ids = b->class_ids,
+                                      .c_size = b->c_size,
+                                      .c_crop = b->c_crop,
+                                      .c_target = b->c_target}};
+}
+
+// ---- diffusion ----------------------------------------------------------------------------------
+
+static int refuse_text_models(const ldmc_train_config *cfg, ldmc_err *err) {
+    const ldmc_unet_config *u = &cfg->model.unet;
+    for (int i = 0; i < u->n_vector; i++)
+        if (u->vector[i] == LDMC_VECTOR_POOLED_TEXT)
+            return LDMC_ERR(
+                err,
+                "%s: the UNet's vector conditioning has pooled_text, and ldmc has no text "
+                "encoders yet: it trains class-conditional and unconditional models "
+                "(configs/demo.yaml, configs/cin_size_cond_train.yaml)",
+                cfg->source_path);
+    if (u->context_dim && !u->n_classes)
+        return LDMC_ERR(
+            err,
+            "%s: the UNet is conditioned on text (context_dim %d), and ldmc has no text "
+            "encoders yet: it trains class-conditional and unconditional models",
+            cfg->source_path, u->context_dim);
+    return 0;
+}
+
+// The UNet trained, the autoencoder frozen: its weights from vae_weights (random in a
+// benchmark), needed to encode images (unless the data is a latent cache) and for previews.
+static int diffusion_setup(trainer *T, ldmc_err *err) {
+    const ldmc_train_config *cfg = T->cfg;
+    if (refuse_text_models(cfg, err) != 0) return -1;
+    ldmc_unet_init(&T->unet, &cfg->model.unet);
+    T->have_unet = true;
+    T->unet.recompute = cfg->recompute;
+    T->model = ldmc_unet_model(&T->unet);
+    T->conditioner = (ldmc_conditioner){.unet = &T->unet.cfg, .dropout = cfg->cond_dropout};
+    ldmc_vae_init(&T->vae, &cfg->vae);
+    T->have_vae = true;
+    ldmc_params_alloc(&T->vae.params, LDMC_ROLE_WEIGHTS);
+    if (T->bench) {
+        ldmc_params_init(&T->vae.params, cfg->seed); // timing only: any weights do
+        T->vae_weights = true;
+    } else if (cfg->vae_weights[0]) {
+        ldmc_model vae = ldmc_vae_model(&T->vae);
+        if (ldmc_load_model(&vae, cfg->vae_weights, NULL, err) != 0) return -1;
+        T->vae_weights = true;
+    } else if (!cfg->from_cache) {
+        return LDMC_ERR(err,
+                        "%s: `vae_weights` is required to encode images (or train from a latent "
+                        "cache made by `ldmc cache`)",
+                        cfg->source_path);
+    }
+    if (T->vae.cfg.embed_dim != cfg->model.unet.in_channels)
+        return LDMC_ERR(err, "%s: the VAE's latent has %d channels but the UNet takes %d",
+                        cfg->source_path, T->vae.cfg.embed_dim, cfg->model.unet.in_channels);
+    T->align = (1 << (T->vae.cfg.levels - 1)) << (cfg->model.unet.levels - 1);
+    return 0;
+}
+
+static int check_cache(trainer *T, ldmc_err *err) {
+    const ldmc_train_config *cfg = T->cfg;
+    const ldmc_cache *c = &T->data.cache;
+    if (c->channels != cfg->model.unet.in_channels)
+        return LDMC_ERR(err, "%s: latents of %d channels, the UNet takes %d", cfg->data_path,
+                        c->channels, cfg->model.unet.in_channels);
+    if (fabs(c->scale_factor - T->vae.cfg.scale_factor) > 1e-9)
+        return LDMC_ERR(err, "%s: made with scale factor %g, the config's VAE has %g",
+                        cfg->data_path, c->scale_factor, T->vae.cfg.scale_factor);
+    int lalign = 1 << (cfg->model.unet.levels - 1);
+    for (int g = 0; g < c->n_groups; g++)
+        if (c->groups[g].h % lalign || c->groups[g].w % lalign)
+            return LDMC_ERR(err,
+                            "%s: latents of %dx%d (width x height) in group /buckets/%dx%d: the "
+                            "UNet needs multiples of %d",
+                            cfg->data_path, c->groups[g].w, c->groups[g].h, c->groups[g].height,
+                            c->groups[g].width, lalign);
+    return 0;
+}
+
+static int diffusion_check_data(trainer *T, ldmc_err *err) {
+    const ldmc_train_config *cfg = T->cfg;
+    if (T->data.have_cache && check_cache(T, err) != 0) return -1;
+    if (T->data.sample_h % T->align || T->data.sample_w % T->align)
+        return LDMC_ERR(err,
+                        "%s: sample size %dx%d (width x height): the models need multiples of %d",
+                        cfg->source_path, T->data.sample_w, T->data.sample_h, T->align);
+    if (!cfg->model.unet.n_classes) return 0;
+    bool images = T->data.have_dataset;
+    int n = images ? T->data.dataset.n_classes : cfg->model.unet.n_classes;
+    if (images && n == 0)
+        return LDMC_ERR(err,
+                        "%s: the UNet is class-conditional but the data has no labels (set "
+                        "data.labels: folders or metadata)",
+                        cfg->source_path);
+    if (n > cfg->model.unet.n_classes)
+        return LDMC_ERR(err, "%s: %d classes in the data, the UNet has %d", cfg->data_path, n,
+                        cfg->model.unet.n_classes);
+    return 0;
+}
+
+static double diffusion_micro(trainer *T, const ldmc_batch *b, const ldmc_step_key *key) {
+    const ldmc_train_config *cfg = T->cfg;
+    ldmc_diffusion_step s = {.unet = &T->unet,
+                             .vae = T->vae_weights ? &T->vae : NULL,
+                             .latent_scale = T->vae.cfg.scale_factor,
+                             .schedule = &T->schedule,
+                             .noise = &cfg->noise,
+                             .conditioner = &T->conditioner};
+    ldmc_step_batch sb = step_batch(b);
+    return ldmc_diffusion_loss(&T->ctx, &s, &sb, key, cfg->accumulation);
+}
+
+// Samples of the first classes (a row each, up to 10), or of the unconditional model, from the
+// same noise at every preview: DDIM with classifier-free guidance, the EMA weights when EMA is
+// on, decoded by the autoencoder.
+static int sample_grid(trainer *T, train_grid *g, ldmc_err *err) {
+    const ldmc_train_config *cfg = T->cfg;
+    const ldmc_unet_config *uc = &cfg->model.unet;
+    const int n = g->rows * g->cols, f = 1 << (T->vae.cfg.levels - 1);
+    const int h = g->H / f, w = g->W / f, C = uc->in_channels;
+    ldmc_ctx *ctx = &T->ctx;
+    ldmc_ctx_reset(ctx);
+    int64_t *labels = ldmc_host_scratch(ctx, (size_t)n * sizeof *labels);
+    int32_t *size = ldmc_host_scratch(ctx, (size_t)n * 2 * sizeof *size);
+    int32_t *crop = ldmc_host_scratch(ctx, (size_t)n * 2 * sizeof *crop);
+    for (int i = 0; i < n; i++) {
+        labels[i] = i / g->cols;
+        size[2 * i] = g->H, size[2 * i + 1] = g->W, crop[2 * i] = crop[2 * i + 1] = 0;
+    }
+    ldmc_cond_batch cond = {
+        .n = n, .class_ids = labels, .c_size = size, .c_crop = crop, .c_target = size};
+    ldmc_denoiser d = {.unet = &T->unet,
+                       .conditioner = &T->conditioner,
+                       .cond = &cond,
+                       .guidance_scale = uc->n_classes ? cfg->sample_guidance : 1.0};
+    ldmc_sample_options o = {.sampler = ldmc_sampler_find("ddim"),
+                             .schedule = &T->schedule,
+                             .prediction = cfg->noise.prediction,
+                             .steps = cfg->sample_steps,
+                             .first = 0,
+                             .last = cfg->sample_steps};
+    ldmc_tensor *x = ldmc_new(ctx, LDMC_F32, 4, (int64_t[]){n, h, w, C});
+    ldmc_rng noise = ldmc_rng_make(cfg->seed, 0, 0, LDMC_RNG_SAMPLE); // the same at every preview
+    ldmc_fill_normal(x, &noise, 0);
+    bool swap = cfg->ema_decay > 0;
+    if (swap) ldmc_params_ema_swap(&T->unet.params);
+    int rc = ldmc_run_sampler(ctx, &o, &d, x, err);
+    if (rc == 0) ldmc_decode_latents(ctx, &T->vae, x, g->images);
+    if (swap) ldmc_params_ema_swap(&T->unet.params);
+    snprintf(g->title, sizeof g->title, "step %lld: DDIM %d steps, guidance %g%s",
+             (long long)T->st.step, cfg->sample_steps, d.guidance_scale,
+             swap ? ", EMA weights" : "");
+    return rc;
+}
+
+static int diffusion_preview(trainer *T, const ldmc_batch *last, train_grid *g, ldmc_err *err) {
+    (void)last;
+    if (!T->vae_weights) return 0; // no decoder: nothing to look at (said at the start)
+    const ldmc_train_config *cfg = T->cfg;
+    int n_classes = cfg->model.unet.n_classes;
+    *g = (train_grid){.rows = n_classes ? (n_classes < 10 ? n_classes : 10) : 2,
+                      .cols = n_classes ? cfg->sample_per_class : 8,
+                      .H = T->data.sample_h,
+                      .W = T->data.sample_w,
+                      .tag = "samples"};
+    g->images = malloc((size_t)g->rows * g->cols * g->H * g->W * 3 * sizeof(float));
+    if (!g->images) return LDMC_ERR(err, "out of memory");
+    for (int r = 0; r < g->rows && n_classes; r++) {
+        if (T->data.have_dataset && r < T->data.dataset.n_classes)
+            snprintf(g->label_text[r], sizeof g->label_text[r], "%s",
+                     T->data.dataset.class_names[r]);
+        else
+            snprintf(g->label_text[r], sizeof g->label_text[r], "class %d", r);
+        g->labels[r] = g->label_text[r];
+    }
+    return sample_grid(T, g, err);
+}
+
+static void diffusion_to_device(trainer *T) { ldmc_params_to_device(&T->vae.params); }
+
+// ---- the autoencoder ----------------------------------------------------------------------------
+
+static int vae_setup(trainer *T, ldmc_err *err) {
+    const ldmc_train_config *cfg = T->cfg;
+    if (cfg->from_cache)
+        return LDMC_ERR(err, "%s: the vae task trains on images, not a latent cache",
+                        cfg->source_path);
+    ldmc_vae_init(&T->vae, &cfg->model.vae);
+    T->have_vae = true;
+    T->vae.recompute = cfg->recompute;
+    T->model = ldmc_vae_model(&T->vae);
+    T->align = 1 << (T->vae.cfg.levels - 1);
+    return 0;
+}
+
+static int vae_check_data(trainer *T, ldmc_err *err) {
+    (void)T, (void)err;
+    return 0;
+}
+
+static double vae_micro(trainer *T, const ldmc_batch *b, const ldmc_step_key *key) {
+    ldmc_vae_step s = {.vae = &T->vae, .kl_weight = T->cfg->kl_weight};
+    ldmc_step_batch sb = step_batch(b);
+    return ldmc_vae_loss(&T->ctx, &s, &sb, key, T->cfg->accumulation);
+}
+
+// The last batch's first images (top row) over their reconstructions (bottom row).
+static int vae_preview(trainer *T, const ldmc_batch *last, train_grid *g, ldmc_err *err) {
+    *g = (train_grid){.rows = 2,
+                      .cols = last->n < 8 ? last->n : 8,
+                      .H = last->height,
+                      .W = last->width,
+                      .labels = {"input", "decoded"},
+                      .tag = "reconstructions"};
+    size_t image = (size_t)g->H * g->W * 3;
+    g->images = malloc(2 * g->cols * image * sizeof(float));
+    if (!g->images) return LDMC_ERR(err, "out of memory");
+    memcpy(g->images, last->pixels, g->cols * image * sizeof(float));
+    ldmc_ctx_reset(&T->ctx);
+    ldmc_reconstruct_images(&T->ctx, &T->vae, last->pixels, g->cols, g->H, g->W,
+                            g->images + g->cols * image);
+    snprintf(g->title, sizeof g->title, "step %lld: reconstructions", (long long)T->st.step);
+    return 0;
+}
+
+static void vae_to_device(trainer *T) { (void)T; }
+
+// ---- the table
+// ------------------------------------------------------------------------------------
+
+static const train_task tasks[] = {
+    [LDMC_TASK_DIFFUSION] = {"diffusion", "diffusion loss", diffusion_setup, diffusion_check_data,
+                             diffusion_micro, diffusion_preview, diffusion_to_device},
+    [LDMC_TASK_VAE] = {"vae", "VAE loss", vae_setup, vae_check_data, vae_micro, vae_preview,
+                       vae_to_device},
+};
+
+const train_task *train_task_of(ldmc_task task) { return &tasks[task]; }

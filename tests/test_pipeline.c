@@ -1,0 +1,336 @@
+// The pipeline layer (src/pipeline): the loss steps are pure functions of (weights, batch, key)
+// and the image path equals the latent-cache path on the same posterior; the memory plans' dry
+// run allocates what a real step does, to the byte; the conditioner's dropout and guided batches;
+// the sampler's hand-off (two runs over halves of the steps equal one run); guidance is
+// uncond + s (cond - uncond) of separate passes; decoding in chunks equals decoding at once.
+// On tiny models of configs/ with random weights, on the CPU (the GPU twins of the ops:
+// tests/test_cuda.c).
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/device.h"
+#include "harness.h"
+#include "nn/model_config.h"
+#include "nn/unet.h"
+#include "nn/vae.h"
+#include "ops/ops.h"
+#include "pipeline/latents.h"
+#include "pipeline/loss.h"
+#include "pipeline/plan.h"
+#include "pipeline/sampler.h"
+
+enum { B = 3, H = 16, W = 16 }; // the tiny VAE's f = 2: latents 8 x 8
+
+typedef struct models {
+    ldmc_unet unet;
+    ldmc_vae vae;
+    ldmc_schedule schedule;
+    ldmc_noise_options noise;
+    ldmc_conditioner conditioner;
+    ldmc_diffusion_step step;
+} models;
+
+// The tiny UNet (gradients allocated) and the tiny VAE, random weights: every UNet weight drawn
+// (its zero-initialized layers too, so that the output depends on the input and the class).
+static void models_init(models *m, const char *unet_config) {
+    ldmc_model_config unet = test_model_config(unet_config),
+                      vae = test_model_config("tiny_vae.yaml");
+    ldmc_unet_init(&m->unet, &unet.unet);
+    ldmc_params_alloc(&m->unet.params, LDMC_ROLE_WEIGHTS);
+    ldmc_params_alloc(&m->unet.params, LDMC_ROLE_GRAD);
+    test_fill(m->unet.params.buffers[LDMC_ROLE_WEIGHTS], (int64_t)m->unet.params.total, 3, 0.2, 0);
+    ldmc_vae_init(&m->vae, &vae.vae);
+    ldmc_params_alloc(&m->vae.params, LDMC_ROLE_WEIGHTS);
+    ldmc_params_init(&m->vae.params, 4);
+    ldmc_schedule_sdxl(&m->schedule);
+    m->noise = (ldmc_noise_options){
+        .prediction = LDMC_PREDICT_V, .offset_noise = 0.05, .t_max = 1000, .min_snr_gamma = 5};
+    m->conditioner = (ldmc_conditioner){.unet = &m->unet.cfg, .dropout = 0.3};
+    m->step = (ldmc_diffusion_step){.unet = &m->unet,
+                                    .vae = &m->vae,
+                                    .latent_scale = m->vae.cfg.scale_factor,
+                                    .schedule = &m->schedule,
+                                    .noise = &m->noise,
+                                    .conditioner = &m->conditioner};
+}
+
+static void models_free(models *m) {
+    ldmc_unet_free(&m->unet);
+    ldmc_vae_free(&m->vae);
+}
+
+// A batch of B random images with sizes, crops and classes.
+typedef struct batch {
+    float pixels[B * H * W * 3];
+    int32_t size[2 * B], crop[2 * B];
+    int64_t labels[B];
+    ldmc_step_batch b;
+} batch;
+
+static void batch_init(batch *t) {
+    test_fill(t->pixels, B * H * W * 3, 21, 1, 0);
+    for (int i = 0; i < B; i++) {
+        t->size[2 * i] = 100 + i, t->size[2 * i + 1] = 90 - i;
+        t->crop[2 * i] = i, t->crop[2 * i + 1] = 2 * i;
+        t->labels[i] = (i * 3) % 10;
+    }
+    t->b = (ldmc_step_batch){.n = B,
+                             .pixels = t->pixels,
+                             .height = H,
+                             .width = W,
+                             .cond = {.n = B,
+                                      .class_ids = t->labels,
+                                      .c_size = t->size,
+                                      .c_crop = t->crop,
+                                      .c_target = t->size}};
+}
+
+// The loss and a copy of the gradients of one micro-batch.
+static double loss_and_grads(ldmc_ctx *ctx, models *m, const ldmc_step_batch *b,
+                             const ldmc_step_key *key, float *grads) {
+    ldmc_params_zero_grad(&m->unet.params);
+    double loss = ldmc_diffusion_loss(ctx, &m->step, b, key, 2);
+    memcpy(grads, m->unet.params.buffers[LDMC_ROLE_GRAD], m->unet.params.total * sizeof *grads);
+    return loss;
+}
+
+static void test_loss_step_is_a_function_of_its_key(void) {
+    static models m;
+    static batch t;
+    models_init(&m, "tiny_unet_class.yaml");
+    batch_init(&t);
+    size_t n = m.unet.params.total;
+    float *g1 = malloc(n * sizeof *g1), *g2 = malloc(n * sizeof *g2);
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    ldmc_step_key key = {7, 12, 0, 1};
+    double l1 = loss_and_grads(&ctx, &m, &t.b, &key, g1);
+    double l2 = loss_and_grads(&ctx, &m, &t.b, &key, g2);
+    CHECK(isfinite(l1) && l1 == l2 && !memcmp(g1, g2, n * sizeof *g1),
+          "the same key: loss %.9g then %.9g", l1, l2);
+    double norm = 0;
+    for (size_t i = 0; i < n; i++)
+        norm += (double)g1[i] * g1[i];
+    CHECK(norm > 0, "no gradient reached the UNet");
+    ldmc_step_key other = key;
+    other.micro = 2;
+    CHECK(loss_and_grads(&ctx, &m, &t.b, &other, g2) != l1, "another micro-batch draws anew");
+    other = key;
+    other.step = 13;
+    CHECK(loss_and_grads(&ctx, &m, &t.b, &other, g2) != l1, "another step draws anew");
+    // The latent cache's path: the same posterior given as moments gives the same step.
+    ldmc_ctx_reset(&ctx);
+    ldmc_latent_moments q = ldmc_encode_images(&ctx, &m.vae, t.pixels, B, H, W);
+    int64_t nq = ldmc_numel(q.mean);
+    float *mean = malloc((size_t)nq * sizeof *mean), *std = malloc((size_t)nq * sizeof *std);
+    ldmc_read_f32(q.mean, mean);
+    ldmc_read_f32(q.std, std);
+    ldmc_step_batch cached = t.b;
+    cached.pixels = NULL, cached.mean = mean, cached.std = std;
+    cached.lh = (int)q.mean->shape[1], cached.lw = (int)q.mean->shape[2];
+    double l3 = loss_and_grads(&ctx, &m, &cached, &key, g2);
+    CHECK(l3 == l1 && !memcmp(g1, g2, n * sizeof *g1),
+          "images and their cached moments: loss %.9g vs %.9g", l1, l3);
+    free(mean), free(std), free(g1), free(g2);
+    ldmc_ctx_free(&ctx);
+    models_free(&m);
+}
+
+// The dry run of a training step allocates what the real step allocates, to the byte.
+static void test_memory_plan_matches_a_real_step(void) {
+    static models m;
+    models_init(&m, "tiny_unet_text.yaml");
+    m.conditioner.dropout = 0; // as planned (dropout adds a few masked embeddings)
+    const ldmc_unet_config *c = &m.unet.cfg;
+    for (int recompute = 0; recompute < 2; recompute++) {
+        ldmc_unet plan_model;
+        ldmc_unet_init(&plan_model, c);
+        plan_model.recompute = m.unet.recompute = recompute;
+        ldmc_dry_run plan = ldmc_dry_run_unet_step(&plan_model, LDMC_CPU, B, 8, 8);
+        ldmc_unet_free(&plan_model);
+        static float mean[B * 8 * 8 * 4], std[B * 8 * 8 * 4], context[B * 77 * 48], pooled[B * 24];
+        static int32_t sizes[2 * B];
+        static int64_t labels[B];
+        test_fill(mean, B * 8 * 8 * 4, 1, 1, 0);
+        test_fill(context, B * 77 * 48, 2, 1, 0);
+        test_fill(pooled, B * 24, 3, 1, 0);
+        ldmc_step_batch b = {.n = B,
+                             .mean = mean,
+                             .std = std,
+                             .lh = 8,
+                             .lw = 8,
+                             .cond = {.n = B,
+                                      .class_ids = labels,
+                                      .c_size = sizes,
+                                      .c_crop = sizes,
+                                      .c_target = sizes,
+                                      .context = context,
+                                      .context_tokens = 77,
+                                      .pooled = pooled}};
+        ldmc_ctx ctx;
+        test_ctx_init(&ctx);
+        double loss = ldmc_diffusion_loss(&ctx, &m.step, &b, &(ldmc_step_key){0}, 1);
+        CHECK(isfinite(loss), "the text model's step");
+        CHECK(plan.activations == ctx.data.high_water, "%s: dry run %zu bytes, real step %zu",
+              recompute ? "recomputed" : "plain", plan.activations, ctx.data.high_water);
+        CHECK(plan.flops == ctx.flops, "dry run %.0f FLOP, real step %.0f", plan.flops, ctx.flops);
+        ldmc_ctx_free(&ctx);
+    }
+    // the autoencoder's step
+    static batch t;
+    batch_init(&t);
+    ldmc_vae plan_vae;
+    ldmc_vae_init(&plan_vae, &m.vae.cfg);
+    ldmc_dry_run plan = ldmc_dry_run_vae_step(&plan_vae, LDMC_CPU, B, H, W);
+    ldmc_vae_free(&plan_vae);
+    ldmc_params_alloc(&m.vae.params, LDMC_ROLE_GRAD);
+    ldmc_vae_step vs = {.vae = &m.vae, .kl_weight = 1e-6};
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    CHECK(isfinite(ldmc_vae_loss(&ctx, &vs, &t.b, &(ldmc_step_key){0}, 1)), "the VAE's step");
+    CHECK(plan.activations == ctx.data.high_water, "VAE: dry run %zu bytes, real step %zu",
+          plan.activations, ctx.data.high_water);
+    ldmc_ctx_free(&ctx);
+    models_free(&m);
+}
+
+static void test_conditioner_dropout_and_guided_batches(void) {
+    ldmc_unet_config c = test_model_config("tiny_unet_class.yaml").unet;
+    ldmc_conditioner cond = {.unet = &c, .dropout = 0.3};
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    enum { N = 4000 };
+    ldmc_step_key key = {5, 9, 0, 0};
+    const float *keep = ldmc_conditioner_dropout(&ctx, &cond, &key, N);
+    REQUIRE(keep, "no dropout drawn");
+    int dropped = 0;
+    for (int i = 0; i < N; i++)
+        dropped += keep[i] == 0;
+    // binomial: mean 1200, standard deviation 29
+    CHECK(dropped > 1080 && dropped < 1320, "%d of %d dropped at p = 0.3", dropped, N);
+    const float *again = ldmc_conditioner_dropout(&ctx, &cond, &key, N);
+    CHECK(!memcmp(keep, again, N * sizeof *keep), "the same key drops the same samples");
+    key.micro = 1;
+    CHECK(memcmp(keep, ldmc_conditioner_dropout(&ctx, &cond, &key, N), N * sizeof *keep),
+          "another micro-batch drops others");
+    cond.dropout = 0;
+    CHECK(!ldmc_conditioner_dropout(&ctx, &cond, &key, N), "dropout 0 drops nothing");
+    // guided batches: the samples twice, the second half dropped (and what was dropped stays so)
+    int64_t labels[3] = {4, 5, 6};
+    int32_t sizes[6] = {1, 2, 3, 4, 5, 6};
+    float part_keep[3] = {1, 0, 1};
+    ldmc_cond_batch b = {.n = 3,
+                         .class_ids = labels,
+                         .c_size = sizes,
+                         .c_crop = sizes,
+                         .c_target = sizes,
+                         .keep = part_keep};
+    ldmc_cond_batch g = ldmc_cond_batch_guided(&ctx, &cond, &b);
+    REQUIRE(g.n == 6, "a guided batch of %d", g.n);
+    for (int i = 0; i < 6; i++) {
+        CHECK(g.class_ids[i] == labels[i % 3] && g.c_size[2 * i] == sizes[2 * (i % 3)] &&
+                  g.c_target[2 * i + 1] == sizes[2 * (i % 3) + 1],
+              "sample %d of the guided batch", i);
+        CHECK(g.keep[i] == (i < 3 ? part_keep[i] : 0), "keep %d: %g", i, g.keep[i]);
+    }
+    ldmc_ctx_free(&ctx);
+}
+
+// The sampler: DDIM over [0, 6) equals [0, 3) then [3, 6) (a refiner hand-off runs the second
+// part); guidance is uncond + s (cond - uncond) of separate passes.
+static void test_sampler_hand_off_and_guidance(void) {
+    static models m;
+    models_init(&m, "tiny_unet_class.yaml");
+    static batch t;
+    batch_init(&t);
+    ldmc_denoiser d = {
+        .unet = &m.unet, .conditioner = &m.conditioner, .cond = &t.b.cond, .guidance_scale = 4.0};
+    ldmc_sample_options o = {.sampler = ldmc_sampler_find("ddim"),
+                             .schedule = &m.schedule,
+                             .prediction = LDMC_PREDICT_EPS,
+                             .steps = 6,
+                             .first = 0,
+                             .last = 6};
+    REQUIRE(o.sampler && !ldmc_sampler_find("no such sampler"), "the sampler table");
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    ldmc_err err = {0};
+    int64_t shape[4] = {B, 8, 8, 4}, n = B * 8 * 8 * 4;
+    ldmc_rng rng = ldmc_rng_make(1, 0, 0, LDMC_RNG_SAMPLE);
+    ldmc_tensor *whole = ldmc_new(&ctx, LDMC_F32, 4, shape),
+                *parts = ldmc_new(&ctx, LDMC_F32, 4, shape);
+    ldmc_fill_normal(whole, &rng, 0);
+    memcpy(parts->data, whole->data, ldmc_nbytes(whole));
+    REQUIRE(ldmc_run_sampler(&ctx, &o, &d, whole, &err) == 0, "%s", err.message);
+    o.last = 3;
+    REQUIRE(ldmc_run_sampler(&ctx, &o, &d, parts, &err) == 0, "%s", err.message);
+    CHECK(memcmp(whole->data, parts->data, ldmc_nbytes(whole)) != 0, "half the steps changed x");
+    o.first = 3, o.last = 6;
+    REQUIRE(ldmc_run_sampler(&ctx, &o, &d, parts, &err) == 0, "%s", err.message);
+    CHECK(!memcmp(whole->data, parts->data, ldmc_nbytes(whole)), "a hand-off at step 3 differs");
+    o.first = 4, o.last = 2;
+    CHECK(ldmc_run_sampler(&ctx, &o, &d, parts, &err) != 0 && strstr(err.message, "steps [4, 2)"),
+          "a backward range is refused: %s", err.message);
+    // guidance against separate conditional and unconditional passes
+    ldmc_ctx_reset(&ctx);
+    ldmc_tensor *x = ldmc_new(&ctx, LDMC_F32, 4, shape);
+    ldmc_fill_normal(x, &rng, 1000);
+    float *guided = malloc(n * sizeof *guided), *c = malloc(n * sizeof *c),
+          *u = malloc(n * sizeof *u), *want = malloc(n * sizeof *want);
+    ldmc_read_f32(ldmc_denoise(&ctx, &d, x, 500), guided);
+    d.guidance_scale = 1;
+    ldmc_read_f32(ldmc_denoise(&ctx, &d, x, 500), c);
+    ldmc_cond_batch dropped = t.b.cond;
+    float zeros[B] = {0};
+    dropped.keep = zeros;
+    d.cond = &dropped;
+    ldmc_read_f32(ldmc_denoise(&ctx, &d, x, 500), u);
+    for (int64_t i = 0; i < n; i++)
+        want[i] = (float)(u[i] + 4.0 * (c[i] - u[i]));
+    // One pass at batch 2B against two at B: OpenBLAS may sum in another order, so as in
+    // test_models.c: K = 9 x 128 (the widest 3x3 convolution), factor 4 per layer for 13 layers,
+    // and 9 times that for u + 4 (c - u), which weighs the two passes' errors 1 + 4 + 4.
+    CHECK_CLOSE("guided output", guided, want, NULL, n, tolerance_f32(4.0 * 13 * 9, 9 * 128));
+    CHECK(memcmp(c, u, n * sizeof *c) != 0, "dropping the class changed nothing");
+    free(guided), free(c), free(u), free(want);
+    ldmc_ctx_free(&ctx);
+    models_free(&m);
+}
+
+// Decoding a few latents at a time gives the decoder's output on the whole batch.
+static void test_decode_in_chunks(void) {
+    static models m;
+    models_init(&m, "tiny_unet_class.yaml");
+    enum { N5 = 5 };
+    int64_t shape[4] = {N5, 8, 8, 4}, n = N5 * H * W * 3;
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    ldmc_tensor *z = ldmc_new(&ctx, LDMC_F32, 4, shape);
+    ldmc_rng rng = ldmc_rng_make(2, 0, 0, LDMC_RNG_TEST);
+    ldmc_fill_normal(z, &rng, 0);
+    float *chunked = malloc(n * sizeof *chunked), *whole = malloc(n * sizeof *whole);
+    size_t before = ctx.data.used;
+    ldmc_decode_latents(&ctx, &m.vae, z, chunked);
+    CHECK(ctx.data.used == before, "decoding kept %zu bytes", ctx.data.used - before);
+    ctx.recording = false;
+    ldmc_read_f32(
+        ldmc_vae_decode(&ctx, &m.vae, ldmc_latent_unscale(&ctx, z, m.vae.cfg.scale_factor)), whole);
+    // batches of 4 and 1 against one of 5: K = 9 x 64 (the widest 3x3 convolution), 4 per layer
+    // of the decoder's 12 (as test_models.c compares the VAE)
+    CHECK_CLOSE("chunked decoding", chunked, whole, NULL, n, tolerance_f32(4.0 * 12, 9 * 64));
+    free(chunked), free(whole);
+    ldmc_ctx_free(&ctx);
+    models_free(&m);
+}
+
+int main(int argc, char **argv) {
+    static const test_entry tests[] = {
+        TEST_ENTRY(test_loss_step_is_a_function_of_its_key),
+        TEST_ENTRY(test_memory_plan_matches_a_real_step),
+        TEST_ENTRY(test_conditioner_dropout_and_guided_batches),
+        TEST_ENTRY(test_sampler_hand_off_and_guidance),
+        TEST_ENTRY(test_decode_in_chunks),
+    };
+    return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
+}
