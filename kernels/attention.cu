@@ -10,6 +10,8 @@
 //             dq += scale dS K, dk += scale dS^T Q, dv += P^T dO (f32, beta = 1, in place).
 // The score tiles (H, cq, ld) live in the workspace; cq keeps them under ATTN_CHUNK_BYTES, so no
 // (Nq, Nk) matrix of every query is held. Chunks run in order: dk and dv sum in a fixed order.
+// Causal attention (Nq = Nk): query i's scores past key i are left out of the softmax and their
+// probabilities (and so dS) are 0, as the CPU's.
 //
 // cuBLAS is column-major: a row-major (M, N) matrix with leading dimension ld reads as its
 // (N, M) transpose, so each row-major product C = A B is issued as C^T = B^T A^T.
@@ -61,17 +63,24 @@ static void scores(cublasHandle_t h, float *S, const uint16_t *qc, const uint16_
     for (int64_t t = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5; t < (total);           \
          t += ((int64_t)gridDim.x * blockDim.x) >> 5)
 
+// The keys query i sees: 0..i when causal, else all.
+__device__ __forceinline__ int visible_keys(int i, int Nk, bool causal) {
+    return causal && i + 1 < Nk ? i + 1 : Nk;
+}
+
 // Each row of S -> lse = log Σ exp(S) and P = exp(S - max) / Σ (bf16). One pass for the maximum
-// and the sum (rescaled as the maximum grows), one for P.
+// and the sum (rescaled as the maximum grows), one for P. i0: the chunk's first query.
 __global__ static void softmax_rows_kernel(uint16_t *p, float *lse, const float *S, int rows,
-                                           int cq, int ld, int Nk, int Nq, int64_t total) {
+                                           int cq, int ld, int Nk, int Nq, int i0, bool causal,
+                                           int64_t total) {
     const int lane = threadIdx.x & 31;
     FOR_EACH_ROW(t, total) {
         const int h = (int)(t / rows), r = (int)(t % rows);
         const int64_t off = ((int64_t)h * cq + r) * ld;
+        const int keys = visible_keys(i0 + r, Nk, causal);
         const float *row = S + off;
         float mx = -INFINITY, sum = 0.0f;
-        for (int j = lane; j < Nk; j += 32) {
+        for (int j = lane; j < keys; j += 32) {
             const float v = row[j];
             if (v > mx) {
                 sum = sum * expf(mx - v) + 1.0f;
@@ -92,7 +101,7 @@ __global__ static void softmax_rows_kernel(uint16_t *p, float *lse, const float 
         const float inv = 1.0f / sum;
         uint16_t *prow = p + off;
         for (int j = lane; j < Nk; j += 32)
-            prow[j] = bf16_from(expf(row[j] - mx) * inv);
+            prow[j] = j < keys ? bf16_from(expf(row[j] - mx) * inv) : (uint16_t)0;
     }
 }
 
@@ -121,15 +130,16 @@ __global__ static void delta_kernel(float *delta, uint16_t *dob, const float *do
 // (bf16) when dq or dk is. lse and delta point at (b, ., i0) of their (B, H, Nq).
 __global__ static void score_grads_kernel(uint16_t *pb, uint16_t *ds, const float *S,
                                           const float *dP, const float *lse, const float *delta,
-                                          int rows, int cq, int ld, int Nk, int Nq,
-                                          int64_t total) {
+                                          int rows, int cq, int ld, int Nk, int Nq, int i0,
+                                          bool causal, int64_t total) {
     const int lane = threadIdx.x & 31;
     FOR_EACH_ROW(t, total) {
         const int h = (int)(t / rows), r = (int)(t % rows);
         const int64_t off = ((int64_t)h * cq + r) * ld, li = (int64_t)h * Nq + r;
+        const int keys = visible_keys(i0 + r, Nk, causal);
         const float shift = lse[li], dl = ds ? delta[li] : 0.0f;
         for (int j = lane; j < Nk; j += 32) {
-            const float p = expf(S[off + j] - shift);
+            const float p = j < keys ? expf(S[off + j] - shift) : 0.0f;
             if (pb) pb[off + j] = bf16_from(p);
             if (ds) ds[off + j] = bf16_from(p * (dP[off + j] - dl));
         }
@@ -138,7 +148,7 @@ __global__ static void score_grads_kernel(uint16_t *pb, uint16_t *ds, const floa
 
 extern "C" void ldmc_cuda_attention_forward(uint16_t *o, float *lse, const uint16_t *q,
                                             const uint16_t *k, const uint16_t *v, int B, int Nq,
-                                            int Nk, int H, int D, float scale) {
+                                            int Nk, int H, int D, float scale, bool causal) {
     if (B <= 0 || Nq <= 0 || H <= 0 || D <= 0) return;
     LDMC_CHECK(Nk > 0, "attention: no keys (Nk = %d)", Nk);
     cublasHandle_t h = (cublasHandle_t)ldmc_cuda_cublas(); // before the workspace is carved
@@ -155,7 +165,7 @@ extern "C" void ldmc_cuda_attention_forward(uint16_t *o, float *lse, const uint1
             scores(h, S, q + qoff, kb, rows, cq, ld, Nk, H, D, scale);
             const int64_t total = (int64_t)H * rows;
             LAUNCH_1D(softmax_rows_kernel, total * 32, P, lse + (int64_t)b * H * Nq + i0, S, rows,
-                      cq, ld, Nk, Nq, total);
+                      cq, ld, Nk, Nq, i0, causal, total);
             // O^T (D, rows) = V^T (D, Nk) P^T (Nk, rows): the stored V and P read so already
             gemm_heads(h, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, Nk, 1.0f, vb, HD, D, P, ld,
                        (int64_t)cq * ld, 0.0f, o + qoff, false, HD, D, H);
@@ -167,9 +177,9 @@ extern "C" void ldmc_cuda_attention_forward(uint16_t *o, float *lse, const uint1
 // dk is wanted dP (f32) and dS (bf16), when dv is P (bf16): 4 to 12 bytes a score.
 extern "C" void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                              const uint16_t *q, const uint16_t *k,
-                                             const uint16_t *v, const uint16_t *o,
-                                             const float *lse, int B, int Nq, int Nk, int H, int D,
-                                             float scale) {
+                                             const uint16_t *v, const uint16_t *o, const float *lse,
+                                             int B, int Nq, int Nk, int H, int D, float scale,
+                                             bool causal) {
     if (B <= 0 || Nq <= 0 || Nk <= 0 || H <= 0 || D <= 0 || (!dq && !dk && !dv)) return;
     cublasHandle_t h = (cublasHandle_t)ldmc_cuda_cublas();
     const bool want_ds = dq || dk, want_p = dv != nullptr;
@@ -206,8 +216,8 @@ extern "C" void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, co
                 gemm_heads(h, CUBLAS_OP_T, CUBLAS_OP_N, Nk, rows, D, 1.0f, vb, HD, D, dob + qoff,
                            HD, D, 0.0f, dP, true, ld, sstride, H);
             const int64_t total = (int64_t)H * rows;
-            LAUNCH_1D(score_grads_kernel, total * 32, P, dS, S, dP, lse + lse_off,
-                      delta + lse_off, rows, cq, ld, Nk, Nq, total);
+            LAUNCH_1D(score_grads_kernel, total * 32, P, dS, S, dP, lse + lse_off, delta + lse_off,
+                      rows, cq, ld, Nk, Nq, i0, causal, total);
             // dv^T (D, Nk) += dO^T (D, rows) P (rows, Nk): the stored P reads as P^T, hence op T
             if (dv)
                 gemm_heads(h, CUBLAS_OP_N, CUBLAS_OP_T, D, Nk, rows, 1.0f, dob + qoff, HD, D, P,

@@ -178,13 +178,14 @@ void ldmc_cuda_layer_norm_backward(float *dx, float *dgamma, float *dbeta, const
                                    const uint16_t *gamma, int64_t M, int C);
 
 // ---- attention (attention.cu): lse (B, H, Nq) f32; never a score matrix for every query -------
+// causal (Nq = Nk): query i attends to keys 0..i; the others' probabilities are 0.
 void ldmc_cuda_attention_forward(uint16_t *o, float *lse, const uint16_t *q, const uint16_t *k,
                                  const uint16_t *v, int B, int Nq, int Nk, int H, int D,
-                                 float scale);
+                                 float scale, bool causal);
 void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                   const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                                  const uint16_t *o, const float *lse, int B, int Nq, int Nk,
-                                  int H, int D, float scale);
+                                  const uint16_t *o, const float *lse, int B, int Nq, int Nk, int H,
+                                  int D, float scale, bool causal);
 
 // ---- shape, pooling, embeddings (shape.cu) -----------------------------------------------------
 // Columns [src_off, src_off + C) of src (M, src_C) to columns [dst_off, ...) of dst (M, dst_C):

@@ -110,16 +110,16 @@ static void softmax_b(const fd_case *c, double **in, const double *dy, double **
 static void attention_f(const fd_case *c, double **in, double *out) {
     double *lse = malloc((size_t)(c->B * c->H * c->Nq) * sizeof *lse);
     attention_forward_f64(out, lse, in[0], in[1], in[2], c->B, c->Nq, c->Nk, c->H, c->D,
-                          1 / sqrt(c->D));
+                          1 / sqrt(c->D), c->flag_a);
     free(lse);
 }
 static void attention_b(const fd_case *c, double **in, const double *dy, double **d) {
     double *lse = malloc((size_t)(c->B * c->H * c->Nq) * sizeof *lse);
     double *o = malloc((size_t)c->out_numel * sizeof *o);
     attention_forward_f64(o, lse, in[0], in[1], in[2], c->B, c->Nq, c->Nk, c->H, c->D,
-                          1 / sqrt(c->D));
+                          1 / sqrt(c->D), c->flag_a);
     attention_backward_f64(d[0], d[1], d[2], dy, in[0], in[1], in[2], o, lse, c->B, c->Nq, c->Nk,
-                           c->H, c->D, 1 / sqrt(c->D));
+                           c->H, c->D, 1 / sqrt(c->D), c->flag_a);
     free(lse);
     free(o);
 }
@@ -512,6 +512,20 @@ static fd_case *all_cases(int *count) {
                            .Nk = 70,
                            .H = 1,
                            .D = 4};
+    // causal (flag_a): query i sees keys 0..i; 70 tokens cross the tile boundary
+    cases[n++] = (fd_case){.name = "attention_causal",
+                           .forward = attention_f,
+                           .backward = attention_b,
+                           .n_in = 3,
+                           .in_numel = {2 * 70 * 4, 2 * 70 * 4, 2 * 70 * 4},
+                           .in_scale = {2, 2, 1},
+                           .out_numel = 2 * 70 * 4,
+                           .B = 2,
+                           .Nq = 70,
+                           .Nk = 70,
+                           .H = 2,
+                           .D = 2,
+                           .flag_a = true};
     // 576 output pixels of 2880-value receptive fields: two chunks of the kernel's gather
     cases[n++] = conv_case("conv2d_chunks", geom(1, 24, 24, 320, 2, 3, 1, 1, 1, 1, 1), true);
     cases[n++] = conv_case("conv2d_chunks_s2", geom(2, 33, 34, 320, 2, 3, 2, 1, 1, 1, 1), false);

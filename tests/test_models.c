@@ -295,16 +295,16 @@ static void test_vae(void) {
 static void run_resblock_case(const char *name) {
     const cJSON *c = find_case(name);
     ldmc_params p = {0};
-    ldmc_resblock r;
-    ldmc_resblock_init(&r, &p, "", (int)param_num(c, "in_ch"), (int)param_num(c, "out_ch"),
-                       (int)param_num(c, "emb_ch"));
+    nn_resblock r;
+    ldmc_unet_resblock_init(&r, &p, "", (int)param_num(c, "in_ch"), (int)param_num(c, "out_ch"),
+                            (int)param_num(c, "emb_ch"));
     ready_for_training(&p);
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
     ldmc_tensor *x = draw(&ctx, c, "x", LDMC_F32), *emb = draw(&ctx, c, "emb", LDMC_F32);
     ldmc_requires_grad(x);
     ldmc_requires_grad(emb);
-    ldmc_tensor *out = ldmc_resblock_forward(&ctx, &r, x, ldmc_silu(&ctx, emb));
+    ldmc_tensor *out = nn_resblock_forward(&ctx, &r, x, ldmc_silu(&ctx, emb));
     ldmc_tensor *R = draw(&ctx, c, "R", LDMC_F32);
     ldmc_tensor *loss = ldmc_sum_rows(&ctx, ldmc_reshape(&ctx, ldmc_mul(&ctx, out, R), 2, (int64_t[]){1, ldmc_numel(out)}));
     ldmc_backward(&ctx, loss, NULL);

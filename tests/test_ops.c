@@ -69,7 +69,8 @@ static double reduction_length(const op_case *c) {
     if (!strcmp(op, "group_norm")) return n / dim(x, 0) / int_param(c, "groups") + n / dim(x, -1);
     if (!strcmp(op, "layer_norm")) return fmax(dim(x, -1), n / dim(x, -1));
     if (!strcmp(op, "softmax")) return dim(x, -1);
-    if (!strcmp(op, "attention")) return fmax(fmax(dim(x, 1), dim(c->in[1], 1)), dim(x, 2));
+    if (!strcmp(op, "attention") || !strcmp(op, "causal_attention"))
+        return fmax(fmax(dim(x, 1), dim(c->in[1], 1)), dim(x, 2));
     if (!strcmp(op, "add_broadcast")) return n / dim(x, -1);
     if (!strcmp(op, "sum_rows")) return n / dim(x, 0);
     if (!strcmp(op, "avg_pool2d") || !strcmp(op, "max_pool2d"))
@@ -111,6 +112,10 @@ static void run_op(ldmc_ctx *ctx, op_case *c) {
         c->out[0] = ldmc_softmax(ctx, in[0]);
     } else if (!strcmp(op, "attention")) {
         c->out[0] = ldmc_attention(ctx, in[0], in[1], in[2], int_param(c, "heads"));
+    } else if (!strcmp(op, "causal_attention")) {
+        c->out[0] = ldmc_causal_attention(ctx, in[0], in[1], in[2], int_param(c, "heads"));
+    } else if (!strcmp(op, "concat_rows")) {
+        c->out[0] = ldmc_concat_rows(ctx, in, c->n_in);
     } else if (!strcmp(op, "add")) {
         c->out[0] = ldmc_add(ctx, in[0], in[1]);
     } else if (!strcmp(op, "mul")) {
@@ -258,19 +263,43 @@ static void run_case(const cJSON *json) {
     ldmc_ctx_free(&ctx);
 }
 
-// Every op of ops.h must have at least one reference case.
+// Every differentiated op of ops.h must have at least one reference case. (The diffusion ops,
+// which are not differentiated, are checked against their formulas in tests/test_diffusion.c and
+// tests/test_pipeline.c.)
 static void test_every_op_has_a_reference(void) {
-    static const char *ops[] = {"linear",     "matmul",        "conv2d",
-                                "group_norm", "layer_norm",    "silu",
-                                "gelu",       "geglu",         "softmax",
-                                "attention",  "add",           "mul",
-                                "scale",      "add_broadcast", "dropout",
-                                "concat",     "split",         "upsample_nearest2x",
-                                "avg_pool2d", "max_pool2d",    "timestep_embedding",
-                                "mse_loss",   "l1_loss",       "sub",
-                                "affine",     "exp",           "clamp",
-                                "sum_rows",   "embedding",     "mse_loss_weighted",
-                                "scale_rows"};
+    static const char *ops[] = {"linear",
+                                "matmul",
+                                "conv2d",
+                                "group_norm",
+                                "layer_norm",
+                                "silu",
+                                "gelu",
+                                "geglu",
+                                "softmax",
+                                "attention",
+                                "add",
+                                "mul",
+                                "scale",
+                                "add_broadcast",
+                                "dropout",
+                                "concat",
+                                "split",
+                                "upsample_nearest2x",
+                                "avg_pool2d",
+                                "max_pool2d",
+                                "timestep_embedding",
+                                "mse_loss",
+                                "l1_loss",
+                                "sub",
+                                "affine",
+                                "exp",
+                                "clamp",
+                                "sum_rows",
+                                "embedding",
+                                "mse_loss_weighted",
+                                "scale_rows",
+                                "causal_attention",
+                                "concat_rows"};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
         bool found = false;
         const cJSON *c;

@@ -423,22 +423,22 @@ void ldmc_cuda_layer_norm_backward(float *dx, float *dgamma, float *dbeta, const
 
 void ldmc_cuda_attention_forward(uint16_t *o, float *lse, const uint16_t *q, const uint16_t *k,
                                  const uint16_t *v, int B, int Nq, int Nk, int H, int D,
-                                 float scale) {
+                                 float scale, bool causal) {
     int64_t nq = (int64_t)B * Nq * H * D, nk = (int64_t)B * Nk * H * D;
     float *fq = f32_of(q, nq), *fk = f32_of(k, nk), *fv = f32_of(v, nk), *fo = zeros(nq);
-    attention_forward_f32(fo, lse, fq, fk, fv, B, Nq, Nk, H, D, scale);
+    attention_forward_f32(fo, lse, fq, fk, fv, B, Nq, Nk, H, D, scale, causal);
     store(o, fo, nq);
     free(fq), free(fk), free(fv), free(fo);
 }
 
 void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                   const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                                  const uint16_t *o, const float *lse, int B, int Nq, int Nk,
-                                  int H, int D, float scale) {
+                                  const uint16_t *o, const float *lse, int B, int Nq, int Nk, int H,
+                                  int D, float scale, bool causal) {
     int64_t nq = (int64_t)B * Nq * H * D, nk = (int64_t)B * Nk * H * D;
     float *fq = f32_of(q, nq), *fk = f32_of(k, nk), *fv = f32_of(v, nk), *fo = f32_of(o, nq),
           *rd = rounded(dout, nq);
-    attention_backward_f32(dq, dk, dv, rd, fq, fk, fv, fo, lse, B, Nq, Nk, H, D, scale);
+    attention_backward_f32(dq, dk, dv, rd, fq, fk, fv, fo, lse, B, Nq, Nk, H, D, scale, causal);
     free(fq), free(fk), free(fv), free(fo), free(rd);
 }
 

@@ -14,101 +14,35 @@
 #define GN_EPS_TRANSFORMER 1e-6 // SpatialTransformer's Normalize()
 #define LN_EPS 1e-5             // BasicTransformerBlock's LayerNorms
 
-// ---- ResBlock -----------------------------------------------------------------------------------
+// ---- ResBlock and SpatialTransformer ------------------------------------------------------------
 
-void ldmc_resblock_init(ldmc_resblock *r, ldmc_params *p, const char *prefix, int in_ch, int out_ch,
-                        int emb_ch) {
-    char buf[256];
-    *r =
-        (ldmc_resblock){.params = p, .in_ch = in_ch, .out_ch = out_ch, .has_skip = in_ch != out_ch};
-    nn_group_norm_init(&r->in_norm, p, nn_name(buf, sizeof buf, prefix, "in_layers.0"), in_ch,
-                       GN_EPS_RESBLOCK);
-    nn_conv_init(&r->in_conv, p, nn_name(buf, sizeof buf, prefix, "in_layers.2"), in_ch, out_ch, 3,
-                 1, NULL);
-    nn_linear_init(&r->emb, p, nn_name(buf, sizeof buf, prefix, "emb_layers.1"), emb_ch, out_ch,
-                   true);
-    nn_group_norm_init(&r->out_norm, p, nn_name(buf, sizeof buf, prefix, "out_layers.0"), out_ch,
-                       GN_EPS_RESBLOCK);
-    nn_conv_init(&r->out_conv, p, nn_name(buf, sizeof buf, prefix, "out_layers.3"), out_ch, out_ch,
-                 3, 1, NULL);
-    nn_zero_init(p, r->out_conv.weight, r->out_conv.bias);
-    if (r->has_skip)
-        nn_conv_init(&r->skip, p, nn_name(buf, sizeof buf, prefix, "skip_connection"), in_ch,
-                     out_ch, 1, 1, NULL);
-}
-
-// x (B, H, W, in_ch), emb_act (B, E) -> (B, H, W, out_ch)
-ldmc_tensor *ldmc_resblock_forward(ldmc_ctx *ctx, const ldmc_resblock *r, ldmc_tensor *x,
-                                   ldmc_tensor *emb_act) {
-    const ldmc_params *p = r->params;
-    ldmc_tensor *h = ldmc_silu(ctx, nn_norm_forward(ctx, p, &r->in_norm, x));
-    h = nn_conv_forward(ctx, p, &r->in_conv, h); // (B, H, W, out)
-    h = ldmc_add_broadcast(ctx, h, nn_linear_forward(ctx, p, &r->emb, emb_act));
-    h = ldmc_silu(ctx, nn_norm_forward(ctx, p, &r->out_norm, h)); // dropout 0
-    h = nn_conv_forward(ctx, p, &r->out_conv, h);
-    ldmc_tensor *skip = r->has_skip ? nn_conv_forward(ctx, p, &r->skip, x) : x;
-    return ldmc_add(ctx, skip, h);
-}
-
-static void resblock_region(ldmc_ctx *ctx, void *user, ldmc_tensor **in, int n_in,
-                            ldmc_tensor **out, int n_out) {
-    out[0] = ldmc_resblock_forward(ctx, user, in[0], in[1]);
-}
-
-// ---- SpatialTransformer
-// ---------------------------------------------------------------------------
-
-static void attention_init(ldmc_attention_block *a, ldmc_params *p, const char *prefix, int dim,
-                           int context_dim, int heads) {
-    char buf[256];
-    a->heads = heads;
-    nn_linear_init(&a->to_q, p, nn_name(buf, sizeof buf, prefix, "to_q"), dim, dim, false);
-    nn_linear_init(&a->to_k, p, nn_name(buf, sizeof buf, prefix, "to_k"), context_dim, dim, false);
-    nn_linear_init(&a->to_v, p, nn_name(buf, sizeof buf, prefix, "to_v"), context_dim, dim, false);
-    nn_linear_init(&a->to_out, p, nn_name(buf, sizeof buf, prefix, "to_out.0"), dim, dim, true);
-}
-
-// x (B, N, C), context (B, L, Cc) or NULL for self-attention -> (B, N, C)
-static ldmc_tensor *attention_forward(ldmc_ctx *ctx, const ldmc_params *p,
-                                      const ldmc_attention_block *a, ldmc_tensor *x,
-                                      ldmc_tensor *context) {
-    ldmc_tensor *src = context ? context : x;
-    ldmc_tensor *q = nn_linear_forward(ctx, p, &a->to_q, x);
-    ldmc_tensor *k = nn_linear_forward(ctx, p, &a->to_k, src);
-    ldmc_tensor *v = nn_linear_forward(ctx, p, &a->to_v, src);
-    return nn_linear_forward(ctx, p, &a->to_out, ldmc_attention(ctx, q, k, v, a->heads));
+void ldmc_unet_resblock_init(nn_resblock *r, ldmc_params *p, const char *prefix, int in_ch,
+                             int out_ch, int emb_ch) {
+    nn_resblock_init(r, p, prefix, &nn_resblock_names_sgm, in_ch, out_ch, emb_ch, GN_EPS_RESBLOCK,
+                     true); // out_layers.3 is a zero_module
 }
 
 void ldmc_spatial_transformer_init(ldmc_spatial_transformer *st, ldmc_params *p, const char *prefix,
                                    int channels, int head_channels, int depth, int context_dim) {
-    char buf[256], block[256];
+    char buf[256];
     *st = (ldmc_spatial_transformer){.params = p, .channels = channels, .depth = depth};
-    int heads = channels / head_channels;
     nn_group_norm_init(&st->norm, p, nn_name(buf, sizeof buf, prefix, "norm"), channels,
                        GN_EPS_TRANSFORMER);
     nn_linear_init(&st->proj_in, p, nn_name(buf, sizeof buf, prefix, "proj_in"), channels, channels,
                    true);
     st->blocks = calloc((size_t)depth, sizeof *st->blocks);
     LDMC_CHECK(st->blocks, "out of memory");
-    // In sgm's registration order, which is the state-dict order: attn1, ff, attn2, norms.
-    for (int d = 0; d < depth; d++) {
-        ldmc_transformer_block *b = &st->blocks[d];
-        nn_name(block, sizeof block, prefix, "transformer_blocks.%d", d);
-        attention_init(&b->attn1, p, nn_name(buf, sizeof buf, block, "attn1"), channels, channels,
-                       heads);
-        nn_linear_init(&b->ff_proj, p, nn_name(buf, sizeof buf, block, "ff.net.0.proj"), channels,
-                       8 * channels, true);
-        nn_linear_init(&b->ff_out, p, nn_name(buf, sizeof buf, block, "ff.net.2"), 4 * channels,
-                       channels, true);
-        attention_init(&b->attn2, p, nn_name(buf, sizeof buf, block, "attn2"), channels,
-                       context_dim ? context_dim : channels, heads);
-        nn_layer_norm_init(&b->norm1, p, nn_name(buf, sizeof buf, block, "norm1"), channels,
-                           LN_EPS);
-        nn_layer_norm_init(&b->norm2, p, nn_name(buf, sizeof buf, block, "norm2"), channels,
-                           LN_EPS);
-        nn_layer_norm_init(&b->norm3, p, nn_name(buf, sizeof buf, block, "norm3"), channels,
-                           LN_EPS);
-    }
+    // sgm's BasicTransformerBlock: without a context its attn2 attends to the tokens themselves
+    nn_transformer_options o = {.names = &nn_transformer_names_sgm,
+                                .dim = channels,
+                                .context_dim = context_dim ? context_dim : channels,
+                                .heads = channels / head_channels,
+                                .ff = NN_FF_GEGLU,
+                                .ff_hidden = 4 * channels,
+                                .norm_eps = LN_EPS};
+    for (int d = 0; d < depth; d++)
+        nn_transformer_block_init(&st->blocks[d], p,
+                                  nn_name(buf, sizeof buf, prefix, "transformer_blocks.%d", d), &o);
     nn_linear_init(&st->proj_out, p, nn_name(buf, sizeof buf, prefix, "proj_out"), channels,
                    channels, true);
     nn_zero_init(p, st->proj_out.weight, st->proj_out.bias);
@@ -117,20 +51,6 @@ void ldmc_spatial_transformer_init(ldmc_spatial_transformer *st, ldmc_params *p,
 void ldmc_spatial_transformer_free(ldmc_spatial_transformer *st) {
     free(st->blocks);
     st->blocks = NULL;
-}
-
-// h (B, N, C): pre-norm residual sub-layers.
-static ldmc_tensor *transformer_block_forward(ldmc_ctx *ctx, const ldmc_params *p,
-                                              const ldmc_transformer_block *b, ldmc_tensor *h,
-                                              ldmc_tensor *context) {
-    h = ldmc_add(
-        ctx, attention_forward(ctx, p, &b->attn1, nn_norm_forward(ctx, p, &b->norm1, h), NULL), h);
-    h = ldmc_add(
-        ctx, attention_forward(ctx, p, &b->attn2, nn_norm_forward(ctx, p, &b->norm2, h), context),
-        h);
-    ldmc_tensor *ff = ldmc_geglu(
-        ctx, nn_linear_forward(ctx, p, &b->ff_proj, nn_norm_forward(ctx, p, &b->norm3, h)));
-    return ldmc_add(ctx, nn_linear_forward(ctx, p, &b->ff_out, ff), h);
 }
 
 // x (B, H, W, C), context (B, L, Cc) or NULL -> (B, H, W, C). Channels-last: the feature map is
@@ -142,7 +62,7 @@ ldmc_tensor *ldmc_spatial_transformer_forward(ldmc_ctx *ctx, const ldmc_spatial_
     ldmc_tensor *h = nn_norm_forward(ctx, p, &st->norm, x);
     h = nn_linear_forward(ctx, p, &st->proj_in, ldmc_reshape(ctx, h, 3, (int64_t[]){B, N, C}));
     for (int d = 0; d < st->depth; d++)
-        h = transformer_block_forward(ctx, p, &st->blocks[d], h, context);
+        h = nn_transformer_block_forward(ctx, p, &st->blocks[d], h, context);
     h = nn_linear_forward(ctx, p, &st->proj_out, h);
     return ldmc_add(ctx, ldmc_reshape(ctx, h, 4, x->shape), x);
 }
@@ -174,8 +94,9 @@ static void add_transformer(ldmc_unet *u, ldmc_unet_block *b, const char *prefix
 static void add_resblock(ldmc_unet *u, ldmc_unet_block *b, const char *prefix, int in, int out) {
     char buf[256];
     ldmc_unet_layer *l = add_layer(b, LDMC_UNET_RES);
-    ldmc_resblock_init(&l->res, &u->params, nn_name(buf, sizeof buf, prefix, "%d", b->n_layers - 1),
-                       in, out, 4 * u->cfg.model_channels);
+    ldmc_unet_resblock_init(&l->res, &u->params,
+                            nn_name(buf, sizeof buf, prefix, "%d", b->n_layers - 1), in, out,
+                            4 * u->cfg.model_channels);
 }
 
 void ldmc_unet_init(ldmc_unet *u, const ldmc_unet_config *cfg) {
@@ -283,13 +204,7 @@ static ldmc_tensor *block_forward(ldmc_ctx *ctx, const ldmc_unet *u, const ldmc_
         case LDMC_UNET_UP:
             h = nn_conv_forward(ctx, &u->params, &l->conv, ldmc_upsample_nearest2x(ctx, h));
             break;
-        case LDMC_UNET_RES:
-            if (u->recompute)
-                ldmc_recompute(ctx, resblock_region, (void *)&l->res, (ldmc_tensor *[]){h, emb_act},
-                               2, &h, 1);
-            else
-                h = ldmc_resblock_forward(ctx, &l->res, h, emb_act);
-            break;
+        case LDMC_UNET_RES: h = nn_resblock_run(ctx, &l->res, h, emb_act, u->recompute); break;
         case LDMC_UNET_ATTN:
             if (u->recompute)
                 ldmc_recompute(ctx, transformer_region, (void *)&l->st,
@@ -388,7 +303,7 @@ static const char *layer_name(const ldmc_unet_layer *l, char *buf, size_t size) 
     case LDMC_UNET_RES: snprintf(buf, size, "ResBlock %d->%d", l->res.in_ch, l->res.out_ch); break;
     case LDMC_UNET_ATTN:
         snprintf(buf, size, "SpatialTransformer %d (%d heads, depth %d)", l->st.channels,
-                 l->st.blocks[0].attn1.heads, l->st.depth);
+                 l->st.blocks[0].self.heads, l->st.depth);
         break;
     case LDMC_UNET_DOWN: snprintf(buf, size, "Downsample %d (stride 2)", l->conv.out); break;
     case LDMC_UNET_UP: snprintf(buf, size, "Upsample %d (nearest 2x + conv)", l->conv.out); break;

@@ -8,37 +8,12 @@
 #include <stdbool.h>
 #include <stdio.h>
 
+#include "nn/blocks.h"
 #include "nn/model_config.h"
 #include "nn/nn.h"
 
 #define LDMC_UNET_PREFIX "model.diffusion_model."
 #define LDMC_CLASS_EMBED_KEY "conditioner.embedders.0.embedding.weight"
-
-// ResBlock: GN -> SiLU -> conv3x3, + Linear(SiLU(emb)) per channel, GN -> SiLU -> conv3x3,
-// plus the input (through a 1x1 conv when the width changes).
-typedef struct ldmc_resblock {
-    const ldmc_params *params;
-    int in_ch, out_ch;
-    nn_norm in_norm;  // in_layers.0 (32 groups, eps 1e-5)
-    nn_conv in_conv;  // in_layers.2
-    nn_linear emb;    // emb_layers.1
-    nn_norm out_norm; // out_layers.0
-    nn_conv out_conv; // out_layers.3
-    bool has_skip;
-    nn_conv skip; // skip_connection (1x1)
-} ldmc_resblock;
-
-typedef struct ldmc_attention_block {
-    nn_linear to_q, to_k, to_v, to_out; // q, k, v without bias; to_out.0 with bias
-    int heads;
-} ldmc_attention_block;
-
-// Pre-norm block: self-attention, cross-attention on the context, GEGLU feed-forward.
-typedef struct ldmc_transformer_block {
-    nn_norm norm1, norm2, norm3; // LayerNorm, eps 1e-5
-    ldmc_attention_block attn1, attn2;
-    nn_linear ff_proj, ff_out; // ff.net.0.proj (C -> 8C), ff.net.2 (4C -> C)
-} ldmc_transformer_block;
 
 // GN (eps 1e-6) -> proj_in -> depth x block -> proj_out, plus the input.
 typedef struct ldmc_spatial_transformer {
@@ -46,7 +21,7 @@ typedef struct ldmc_spatial_transformer {
     int channels, depth;
     nn_norm norm;
     nn_linear proj_in, proj_out;
-    ldmc_transformer_block *blocks;
+    nn_transformer_block *blocks;
 } ldmc_spatial_transformer;
 
 typedef enum ldmc_unet_layer_kind {
@@ -59,7 +34,7 @@ typedef enum ldmc_unet_layer_kind {
 
 typedef struct ldmc_unet_layer {
     ldmc_unet_layer_kind kind;
-    ldmc_resblock res;
+    nn_resblock res;
     ldmc_spatial_transformer st;
     nn_conv conv; // conv_in, the downsampling conv (op) or the upsampling conv (conv)
 } ldmc_unet_layer;
@@ -113,12 +88,11 @@ ldmc_tensor *ldmc_unet_forward(ldmc_ctx *ctx, const ldmc_unet *u, ldmc_tensor *x
 ldmc_tensor *ldmc_unet_vector(ldmc_ctx *ctx, const ldmc_unet_config *cfg,
                               ldmc_tensor *const parts[LDMC_VECTOR_PART_COUNT]);
 
-// Building blocks, for block-level tests. `prefix` is the block's key prefix.
-void ldmc_resblock_init(ldmc_resblock *r, ldmc_params *p, const char *prefix, int in_ch, int out_ch,
-                        int emb_ch);
-// emb_act is SiLU(emb), computed once per forward and shared by all ResBlocks.
-ldmc_tensor *ldmc_resblock_forward(ldmc_ctx *ctx, const ldmc_resblock *r, ldmc_tensor *x,
-                                   ldmc_tensor *emb_act);
+// The UNet's ResBlock (nn_resblock with sgm's names, a time embedding of emb_ch, the output conv
+// zero-initialized) and SpatialTransformer, for block-level tests. `prefix`: the block's key
+// prefix.
+void ldmc_unet_resblock_init(nn_resblock *r, ldmc_params *p, const char *prefix, int in_ch,
+                             int out_ch, int emb_ch);
 void ldmc_spatial_transformer_init(ldmc_spatial_transformer *st, ldmc_params *p, const char *prefix,
                                    int channels, int head_channels, int depth, int context_dim);
 void ldmc_spatial_transformer_free(ldmc_spatial_transformer *st);

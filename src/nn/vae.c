@@ -13,26 +13,21 @@
 
 #define VAE_GN_EPS 1e-6  // sgm model.py Normalize()
 
-static void resblock_init(ldmc_vae_resblock *r, ldmc_params *p, const char *prefix, int in_ch,
+static void resblock_init(nn_resblock *r, ldmc_params *p, const char *prefix, int in_ch,
                           int out_ch) {
-    char buf[256];
-    *r = (ldmc_vae_resblock){.in_ch = in_ch, .out_ch = out_ch, .has_shortcut = in_ch != out_ch};
-    nn_group_norm_init(&r->norm1, p, nn_name(buf, sizeof buf, prefix, "norm1"), in_ch, VAE_GN_EPS);
-    nn_conv_init(&r->conv1, p, nn_name(buf, sizeof buf, prefix, "conv1"), in_ch, out_ch, 3, 1, NULL);
-    nn_group_norm_init(&r->norm2, p, nn_name(buf, sizeof buf, prefix, "norm2"), out_ch, VAE_GN_EPS);
-    nn_conv_init(&r->conv2, p, nn_name(buf, sizeof buf, prefix, "conv2"), out_ch, out_ch, 3, 1, NULL);
-    if (r->has_shortcut)
-        nn_conv_init(&r->nin_shortcut, p, nn_name(buf, sizeof buf, prefix, "nin_shortcut"), in_ch,
-                     out_ch, 1, 1, NULL);
+    nn_resblock_init(r, p, prefix, &nn_resblock_names_vae, in_ch, out_ch, 0, VAE_GN_EPS, false);
 }
 
 static void attention_init(ldmc_vae_attention *a, ldmc_params *p, const char *prefix, int ch) {
     char buf[256];
     nn_group_norm_init(&a->norm, p, nn_name(buf, sizeof buf, prefix, "norm"), ch, VAE_GN_EPS);
-    nn_conv_init(&a->q, p, nn_name(buf, sizeof buf, prefix, "q"), ch, ch, 1, 1, NULL);
-    nn_conv_init(&a->k, p, nn_name(buf, sizeof buf, prefix, "k"), ch, ch, 1, 1, NULL);
-    nn_conv_init(&a->v, p, nn_name(buf, sizeof buf, prefix, "v"), ch, ch, 1, 1, NULL);
-    nn_conv_init(&a->proj_out, p, nn_name(buf, sizeof buf, prefix, "proj_out"), ch, ch, 1, 1, NULL);
+    nn_attention_options o = {.names = &nn_attention_names_vae,
+                              .projection = NN_PROJECTION_CONV1X1,
+                              .dim = ch,
+                              .context_dim = ch,
+                              .heads = 1,
+                              .qkv_bias = true};
+    nn_attention_init(&a->attention, p, prefix, &o);
 }
 
 static void mid_init(ldmc_vae_coder *c, ldmc_params *p, const char *prefix, int ch) {
@@ -149,48 +144,16 @@ void ldmc_vae_free(ldmc_vae *v) {
 
 // ---- forward --------------------------------------------------------------------------------------
 
-typedef struct region_user {
-    const ldmc_params *params;
-    const ldmc_vae_resblock *block;
-} region_user;
-
-// x (B, H, W, in) -> (B, H, W, out)
-static ldmc_tensor *resblock_forward(ldmc_ctx *ctx, const ldmc_params *p,
-                                     const ldmc_vae_resblock *r, ldmc_tensor *x) {
-    ldmc_tensor *h = nn_conv_forward(ctx, p, &r->conv1,
-                                     ldmc_silu(ctx, nn_norm_forward(ctx, p, &r->norm1, x)));
-    h = nn_conv_forward(ctx, p, &r->conv2, ldmc_silu(ctx, nn_norm_forward(ctx, p, &r->norm2, h)));
-    return ldmc_add(ctx, r->has_shortcut ? nn_conv_forward(ctx, p, &r->nin_shortcut, x) : x, h);
-}
-
-// The region's user data must outlive backward: one per block, kept in the context's arena.
-static void resblock_region(ldmc_ctx *ctx, void *user, ldmc_tensor **in, int n_in,
-                            ldmc_tensor **out, int n_out) {
-    const region_user *u = user;
-    out[0] = resblock_forward(ctx, u->params, u->block, in[0]);
-}
-
-static ldmc_tensor *run_resblock(ldmc_ctx *ctx, const ldmc_vae *v, const ldmc_vae_resblock *r,
+static ldmc_tensor *run_resblock(ldmc_ctx *ctx, const ldmc_vae *v, const nn_resblock *r,
                                  ldmc_tensor *x) {
-    if (!v->recompute) return resblock_forward(ctx, &v->params, r, x);
-    region_user *u = ldmc_arena_alloc(&ctx->meta, sizeof *u);
-    *u = (region_user){&v->params, r};
-    ldmc_tensor *y;
-    ldmc_recompute(ctx, resblock_region, u, &x, 1, &y, 1);
-    return y;
+    return nn_resblock_run(ctx, r, x, NULL, v->recompute);
 }
 
 // x (B, H, W, C): single-head attention over the H*W pixels, scale 1/sqrt(C), plus the input.
 static ldmc_tensor *attention_forward(ldmc_ctx *ctx, const ldmc_params *p,
                                       const ldmc_vae_attention *a, ldmc_tensor *x) {
-    int64_t B = x->shape[0], N = x->shape[1] * x->shape[2], C = x->shape[3];
     ldmc_tensor *h = nn_norm_forward(ctx, p, &a->norm, x);
-    int64_t tokens[3] = {B, N, C};
-    ldmc_tensor *q = ldmc_reshape(ctx, nn_conv_forward(ctx, p, &a->q, h), 3, tokens);
-    ldmc_tensor *k = ldmc_reshape(ctx, nn_conv_forward(ctx, p, &a->k, h), 3, tokens);
-    ldmc_tensor *v = ldmc_reshape(ctx, nn_conv_forward(ctx, p, &a->v, h), 3, tokens);
-    h = ldmc_reshape(ctx, ldmc_attention(ctx, q, k, v, 1), 4, x->shape);
-    return ldmc_add(ctx, x, nn_conv_forward(ctx, p, &a->proj_out, h));
+    return ldmc_add(ctx, x, nn_attention_forward(ctx, p, &a->attention, h, NULL));
 }
 
 static ldmc_tensor *mid_forward(ldmc_ctx *ctx, const ldmc_vae *v, const ldmc_vae_coder *c,

@@ -7,29 +7,22 @@
 #pragma once
 #include <stdio.h>
 
+#include "nn/blocks.h"
 #include "nn/model_config.h"
 #include "nn/nn.h"
 
 #define LDMC_VAE_PREFIX "first_stage_model."
 
-// GN -> SiLU -> conv3x3, GN -> SiLU -> conv3x3, plus the input (1x1 nin_shortcut if widths differ).
-typedef struct ldmc_vae_resblock {
-    int in_ch, out_ch;
-    nn_norm norm1, norm2;  // 32 groups, eps 1e-6
-    nn_conv conv1, conv2;
-    bool has_shortcut;
-    nn_conv nin_shortcut;
-} ldmc_vae_resblock;
-
-// Single-head self-attention over the pixels, q/k/v/proj_out as 1x1 convolutions.
+// Single-head self-attention over the pixels (nn_attention with 1x1-conv projections q, k, v,
+// proj_out), after a GroupNorm, plus the input.
 typedef struct ldmc_vae_attention {
     nn_norm norm;
-    nn_conv q, k, v, proj_out;
+    nn_attention attention;
 } ldmc_vae_attention;
 
 typedef struct ldmc_vae_level {
     int n_blocks;
-    ldmc_vae_resblock *blocks;
+    nn_resblock *blocks; // ResnetBlocks: nn_resblock without a time embedding, GN eps 1e-6
     bool has_resample;
     nn_conv resample;  // encoder: downsample.conv (pad 0,1,0,1, stride 2); decoder: upsample.conv
 } ldmc_vae_level;
@@ -38,7 +31,7 @@ typedef struct ldmc_vae_coder {
     nn_conv conv_in;
     ldmc_vae_level *levels;
     int n_levels;
-    ldmc_vae_resblock mid_block_1, mid_block_2;
+    nn_resblock mid_block_1, mid_block_2;
     ldmc_vae_attention mid_attn;
     nn_norm norm_out;
     nn_conv conv_out;

@@ -45,6 +45,9 @@ ldmc_tensor *ldmc_softmax(ldmc_ctx *ctx, ldmc_tensor *x);
 // head h in channels [h*D, (h+1)*D); scale 1/sqrt(D) -> (B, Nq, C).
 ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_tensor *v,
                             int heads);
+// The same with a causal mask (Nq = Nk): token i attends to tokens 0..i (CLIP's text encoders).
+ldmc_tensor *ldmc_causal_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_tensor *v,
+                                   int heads);
 
 // ---- elementwise ----------------------------------------------------------------------------
 ldmc_tensor *ldmc_add(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b);

@@ -6,6 +6,7 @@
 
 typedef struct attention_args {
     int B, Nq, Nk, H, D;
+    bool causal;
     float *lse; // (B, H, Nq), saved by forward
 } attention_args;
 
@@ -16,17 +17,17 @@ static void attention_backward(ldmc_ctx *ctx, ldmc_node *node) {
     if (ON_GPU(q))
         GPU(ldmc_cuda_attention_backward(ldmc_grad(ctx, q), ldmc_grad(ctx, k), ldmc_grad(ctx, v),
                                          DOUT(o), BF(q), BF(k), BF(v), BF(o), a->lse, a->B, a->Nq,
-                                         a->Nk, a->H, a->D, (float)scale));
+                                         a->Nk, a->H, a->D, (float)scale, a->causal));
     else
         attention_backward_f32(ldmc_grad(ctx, q), ldmc_grad(ctx, k), ldmc_grad(ctx, v), DOUT(o),
-                               DATA(q), DATA(k), DATA(v), DATA(o), a->lse, a->B, a->Nq, a->Nk,
-                               a->H, a->D, scale);
+                               DATA(q), DATA(k), DATA(v), DATA(o), a->lse, a->B, a->Nq, a->Nk, a->H,
+                               a->D, scale, a->causal);
 }
 
 static const ldmc_op_info attention_op = {"attention", attention_backward};
 
-ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_tensor *v,
-                            int heads) {
+static ldmc_tensor *attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_tensor *v,
+                              int heads, bool causal) {
     OP_CHECK(q->ndim == 3, "attention", q, "q must be (B, Nq, C)");
     int64_t C = q->shape[2];
     OP_CHECK(heads > 0 && C % heads == 0, "attention", q, "C must be divisible by %d heads", heads);
@@ -38,19 +39,22 @@ ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_
                         .Nq = (int)q->shape[1],
                         .Nk = (int)k->shape[1],
                         .H = heads,
-                        .D = (int)(C / heads)};
+                        .D = (int)(C / heads),
+                        .causal = causal};
     OP_CHECK(a.Nk > 0, "attention", k, "there must be at least one key");
+    OP_CHECK(!causal || a.Nk == a.Nq, "attention", k,
+             "causal attention is self-attention: %d keys for %d queries", a.Nk, a.Nq);
     a.lse = ldmc_scratch(ctx, (size_t)a.B * a.H * a.Nq * sizeof(float));
     ldmc_tensor *o = ldmc_new_like(ctx, q);
     const double scale = 1.0 / sqrt((double)a.D);
-    ctx->flops += 4.0 * a.B * a.H * (double)a.Nq * a.Nk * a.D; // Q K^T and P V
+    ctx->flops += 4.0 * a.B * a.H * (double)a.Nq * a.Nk * a.D; // Q K^T and P V (masked too)
     COMPUTE(ctx) {
         if (ON_GPU(q))
             GPU(ldmc_cuda_attention_forward(BF(o), a.lse, BF(q), BF(k), BF(v), a.B, a.Nq, a.Nk, a.H,
-                                            a.D, (float)scale));
+                                            a.D, (float)scale, causal));
         else
             attention_forward_f32(OUT(o), a.lse, DATA(q), DATA(k), DATA(v), a.B, a.Nq, a.Nk, a.H,
-                                  a.D, scale);
+                                  a.D, scale, causal);
     }
     ldmc_node *node = RECORD(ctx, &attention_op, o, q, k, v);
     if (node) {
@@ -59,4 +63,14 @@ ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_
         node->backward_flops = 8.0 * a.B * a.H * (double)a.Nq * a.Nk * a.D;
     }
     return o;
+}
+
+ldmc_tensor *ldmc_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_tensor *v,
+                            int heads) {
+    return attention(ctx, q, k, v, heads, false);
+}
+
+ldmc_tensor *ldmc_causal_attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_tensor *v,
+                                   int heads) {
+    return attention(ctx, q, k, v, heads, true);
 }

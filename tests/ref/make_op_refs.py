@@ -159,6 +159,16 @@ case("mse_weighted_min_snr", "mse_loss_weighted", [("a", (3, 4, 5)), ("b", (3, 4
 case("scale_rows_mask", "scale_rows", [("x", (3, 2, 7))], s=[0.0, 1.0, -2.5])
 case("dropout_p01", "dropout", [("x", (4, 9, 33))], p=0.1, seed=1234, step=7)
 
+# (cases added later go last: each case samples its stored positions from a stream seeded by its
+# index, so a case added in the middle would move every later case's samples)
+# causal (CLIP's text encoders): 77 tokens of 64-wide heads; 130 cross the CPU's 64-query tiles
+case("causal_attention_clip_77", "causal_attention", [("q", (2, 77, 128), 3.0),
+                                                      ("k", (2, 77, 128), 3.0),
+                                                      ("v", (2, 77, 128))], heads=2)
+case("causal_attention_tiles", "causal_attention", [("q", (1, 130, 16), 2.0), ("k", (1, 130, 16), 2.0),
+                                                    ("v", (1, 130, 16))], heads=2)
+case("concat_rows_batches", "concat_rows", [("a", (2, 3, 4, 5)), ("b", (1, 3, 4, 5)), ("c", (3, 3, 4, 5))])
+
 
 # ---- PyTorch implementations, on channels-last data --------------------------------------------
 def to_nchw(x):
@@ -199,7 +209,7 @@ def run_op(op, p, xs):
         return [a * F.gelu(gate)]
     if op == "softmax":
         return [torch.softmax(xs[0], dim=-1)]
-    if op == "attention":
+    if op in ("attention", "causal_attention"):
         q, k, v = xs
         B, Nq, C = q.shape
         Nk, H = k.shape[1], p["heads"]
@@ -207,8 +217,14 @@ def run_op(op, p, xs):
         qh = q.view(B, Nq, H, D).transpose(1, 2)
         kh = k.view(B, Nk, H, D).transpose(1, 2)
         vh = v.view(B, Nk, H, D).transpose(1, 2)
-        attn = torch.softmax(qh @ kh.transpose(-1, -2) * D ** -0.5, dim=-1)
+        scores = qh @ kh.transpose(-1, -2) * D ** -0.5
+        if op == "causal_attention":  # as HF's CLIPTextTransformer masks: keys after the query
+            mask = torch.triu(torch.ones(Nq, Nk, dtype=torch.bool), diagonal=1)
+            scores = scores.masked_fill(mask, float("-inf"))
+        attn = torch.softmax(scores, dim=-1)
         return [(attn @ vh).transpose(1, 2).reshape(B, Nq, C)]
+    if op == "concat_rows":
+        return [torch.cat(xs, dim=0)]
     if op == "add":
         return [xs[0] + xs[1]]
     if op == "mul":
