@@ -1,9 +1,14 @@
 // Configs: every bundled model config parses to the documented values, and every kind of
-// mistake in a YAML config gets one message naming the file, the line and the key.
+// mistake in a YAML config gets one message naming the file, the line and the key; paths in
+// configs are resolved against the config's folder.
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "io/config.h"
+#include "io/files.h"
 #include "nn/model_config.h"
 
 static void test_bundled_configs_parse(void) {
@@ -80,10 +85,31 @@ static void test_mistakes_are_named(void) {
     expect_error(UNET_BASE "  vector: [pooled_text]\n", (const char *[]){"pooled_text needs pooled_dim"}, 1);
     expect_error(UNET_BASE "  class_embed: {n_classes: 10, dim: 8}\n",
                  (const char *[]){"unet.class_embed: the class embedding is the cross-attention context: dim 8 must equal context_dim 16"}, 1);
-    expect_error("unet:\n  in_channels: 4\n  out_channels: 4\n  model_channels: 48\n  channel_mult: [1]\n"
-                 "  num_res_blocks: 1\n  attention_resolutions: [1]\n  transformer_depth: 1\n"
-                 "  num_head_channels: 16\n",
-                 (const char *[]){"level 0 has 48 channels: not a multiple of 32"}, 1);
+    expect_error(
+        "unet:\n  in_channels: 4\n  out_channels: 4\n  model_channels: 48\n  channel_mult: [1]\n"
+        "  num_res_blocks: 1\n  attention_resolutions: [1]\n  transformer_depth: 1\n"
+        "  num_head_channels: 16\n",
+        (const char *[]){"level 0 has 48 channels: GroupNorm's 32 groups need a multiple of 32"},
+        1);
+    // heads must divide the widths with transformers (level 0 here), and only those
+    expect_error(
+        "unet:\n  in_channels: 4\n  out_channels: 4\n  model_channels: 96\n  channel_mult: [1, 2]\n"
+        "  num_res_blocks: 1\n  attention_resolutions: [1]\n  transformer_depth: 1\n"
+        "  num_head_channels: 64\n",
+        (const char *[]){"test.yaml:9: unet.num_head_channels: 96 channels (level 0) do not split "
+                         "into heads of 64"},
+        1);
+    ldmc_cfg *ok =
+        ldmc_cfg_parse("unet:\n  in_channels: 4\n  out_channels: 4\n  model_channels: 96\n"
+                       "  channel_mult: [1, 2]\n  num_res_blocks: 1\n  attention_resolutions: [2]\n"
+                       "  transformer_depth: 1\n  num_head_channels: 64\n",
+                       "test.yaml", &(ldmc_err){0});
+    ldmc_unet_config unet;
+    ldmc_err ok_err = {0};
+    CHECK(ok && ldmc_unet_config_parse(ldmc_cfg_get(ok, "unet"), &unet, &ok_err) == 0,
+          "a level without attention (96 channels) need not split into 64-wide heads: %s",
+          ok_err.message);
+    ldmc_cfg_free(ok);
     expect_error("unet:\n  in_channels: 4\n  out_channels: 4\n  model_channels: 64\n  channel_mult: [1, 2]\n"
                  "  num_res_blocks: 1\n  attention_resolutions: [2]\n  transformer_depth: [1, 2, 3]\n"
                  "  num_head_channels: 32\n",
@@ -131,9 +157,44 @@ static void test_config_diff(void) {
     ldmc_cfg_free(now);
 }
 
+// Paths in configs are relative to the config's folder: "." and ".." resolved (a symbolic link
+// followed as the system would), shown relative to the working directory when under it.
+static void test_paths_are_resolved(void) {
+    char root[PATH_MAX], path[PATH_MAX + 64], want[PATH_MAX + 64], out[PATH_MAX + 64],
+        cwd[PATH_MAX];
+    REQUIRE(realpath(test_tmpdir(), root), "the temporary folder");
+    snprintf(path, sizeof path, "%s/configs", root);
+    ldmc_err err = {0};
+    snprintf(want, sizeof want, "%s/a/b", root);
+    REQUIRE(ldmc_mkdirs(path, &err) == 0 && ldmc_mkdirs(want, &err) == 0, "%s", err.message);
+    CHECK(ldmc_path_resolve(path, "../runs/./demo/", out, sizeof out) == 0 &&
+              !strcmp(out, (snprintf(want, sizeof want, "%s/runs/demo", root), want)),
+          "configs/../runs/./demo/ -> %s, want %s", out, want);
+    CHECK(ldmc_path_resolve(path, "/x/../y//z", out, sizeof out) == 0 && !strcmp(out, "/y/z"),
+          "an absolute path -> %s", out);
+    snprintf(path, sizeof path, "%s/link", root);
+    snprintf(want, sizeof want, "%s/a/b", root);
+    REQUIRE(symlink(want, path) == 0, "a symbolic link");
+    CHECK(ldmc_path_resolve(root, "link/../x", out, sizeof out) == 0 &&
+              !strcmp(out, (snprintf(want, sizeof want, "%s/a/x", root), want)),
+          "link/../x -> %s, want %s (the link's real parent)", out, want);
+    CHECK(ldmc_path_resolve(root, "not/made/../yet", out, sizeof out) == 0 &&
+              !strcmp(out, (snprintf(want, sizeof want, "%s/not/yet", root), want)),
+          "a folder not made yet -> %s", out);
+    // under the working directory: relative
+    REQUIRE(getcwd(cwd, sizeof cwd) && chdir(root) == 0, "into the temporary folder");
+    snprintf(path, sizeof path, "%s/configs", root);
+    CHECK(ldmc_path_resolve(path, "../runs/demo", out, sizeof out) == 0 &&
+              !strcmp(out, "runs/demo"),
+          "configs/../runs/demo seen from its parent -> %s", out);
+    CHECK(ldmc_path_resolve(path, "..", out, sizeof out) == 0 && !strcmp(out, "."),
+          "the working directory itself -> %s", out);
+    REQUIRE(chdir(cwd) == 0, "back");
+}
+
 int main(int argc, char **argv) {
-    static const test_entry tests[] = {TEST_ENTRY(test_bundled_configs_parse),
-                                       TEST_ENTRY(test_mistakes_are_named),
-                                       TEST_ENTRY(test_config_diff)};
+    static const test_entry tests[] = {
+        TEST_ENTRY(test_bundled_configs_parse), TEST_ENTRY(test_mistakes_are_named),
+        TEST_ENTRY(test_config_diff), TEST_ENTRY(test_paths_are_resolved)};
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }

@@ -4,9 +4,53 @@
 
 #include <errno.h>
 #include <ftw.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+// Drops the last component of an absolute path (never the root).
+static void drop_last(char *path) {
+    char *slash = strrchr(path, '/');
+    if (slash && slash != path)
+        *slash = '\0';
+    else
+        path[1] = '\0';
+}
+
+int ldmc_path_resolve(const char *base, const char *path, char *out, size_t size) {
+    char at[PATH_MAX], real[PATH_MAX], cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd)) cwd[0] = '\0';
+    if (path[0] == '/')
+        snprintf(at, sizeof at, "/");
+    else if (realpath(base[0] ? base : ".", real))
+        snprintf(at, sizeof at, "%s", real);
+    else if (snprintf(at, sizeof at, "%s/%s", base[0] == '/' ? "" : cwd, base) >= (int)sizeof at)
+        return -1; // (a folder that does not exist is taken as written)
+    const char *p = path;
+    while (*p) {
+        size_t n = strcspn(p, "/");
+        if (n == 2 && !strncmp(p, "..", 2)) {
+            if (realpath(at, real)) snprintf(at, sizeof at, "%s", real);
+            drop_last(at);
+        } else if (n && !(n == 1 && p[0] == '.')) {
+            size_t len = strlen(at);
+            if (len + n + 2 > sizeof at) return -1;
+            if (len == 0 || at[len - 1] != '/') at[len++] = '/';
+            memcpy(at + len, p, n);
+            at[len + n] = '\0';
+        }
+        p += n + (p[n] == '/');
+    }
+    size_t c = strlen(cwd);
+    const char *shown = at;
+    if (c > 1 && !strncmp(at, cwd, c) && (at[c] == '/' || at[c] == '\0'))
+        shown = at[c] ? at + c + 1 : ".";
+    int len = snprintf(out, size, "%s", shown);
+    return len >= 0 && (size_t)len < size ? 0 : -1;
+}
 
 int ldmc_mkdirs(const char *path, ldmc_err *err) {
     char buf[4096];

@@ -101,11 +101,21 @@ int ldmc_unet_config_parse(const ldmc_cfg *s, ldmc_unet_config *c, ldmc_err *err
         return -1;
     for (int level = 0; level < c->levels; level++) {
         int ch = c->model_channels * c->channel_mult[level];
-        if (ch % 32 || ch % c->num_head_channels)
+        if (ch % 32)
             return ldmc_cfg_error(ldmc_cfg_get(s, "channel_mult"), err,
-                                  "level %d has %d channels: not a multiple of 32 (GroupNorm "
-                                  "groups) and of num_head_channels %d",
-                                  level, ch, c->num_head_channels);
+                                  "level %d has %d channels: GroupNorm's 32 groups need a "
+                                  "multiple of 32",
+                                  level, ch);
+        // transformers: at the levels attention_resolutions names, and the middle block's (at
+        // the last level's width) always
+        bool attention = ldmc_unet_level_has_attention(c, level) || level == c->levels - 1;
+        if (attention && ch % c->num_head_channels)
+            return ldmc_cfg_error(ldmc_cfg_get(s, "num_head_channels"), err,
+                                  "%d channels (level %d%s) do not split into heads of %d "
+                                  "channels: num_head_channels must divide the width of every "
+                                  "level with attention",
+                                  ch, level, level == c->levels - 1 ? ", the middle block's" : "",
+                                  c->num_head_channels);
     }
     const ldmc_cfg *class_embed = ldmc_cfg_get(s, "class_embed");
     if (class_embed) {

@@ -8,16 +8,14 @@
 
 #include "core/device.h"
 #include "core/rng.h"
+#include "io/files.h"
 
-// path relative to the config's folder, unless absolute
+// A path relative to the config's folder (unless absolute), resolved (see ldmc_path_resolve).
 static void resolve(const char *config_path, const char *value, char *out) {
-    if (value[0] == '/' || !strcmp(value, "")) {
-        snprintf(out, LDMC_PATH_MAX, "%s", value);
-        return;
-    }
     char copy[LDMC_PATH_MAX];
     snprintf(copy, sizeof copy, "%s", config_path);
-    snprintf(out, LDMC_PATH_MAX, "%s/%s", dirname(copy), value);
+    if (!value[0] || ldmc_path_resolve(dirname(copy), value, out, LDMC_PATH_MAX) != 0)
+        snprintf(out, LDMC_PATH_MAX, "%s", value);
 }
 
 static int get_string(const ldmc_cfg *map, const char *key, bool required, const char **out,
