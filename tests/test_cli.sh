@@ -44,7 +44,7 @@ grep -q "batch 8 at 1024x1024 (width x height; latent 128x128)" /tmp/ldmc_cli_ou
 expect_status 0 "$ldmc" info "$configs/demo_model.yaml" --batch 2 --res 64 32
 grep -q "batch 2 at 32x64 (width x height; latent 8x16)" /tmp/ldmc_cli_out.$$ ||
     fail "the UNet's memory plan of demo_model.yaml is not at the f = 4 latent: $(grep 'memory plan' /tmp/ldmc_cli_out.$$ | head -1)"
-grep -q "activations with gradient checkpointing" /tmp/ldmc_cli_out.$$ || fail "no checkpointed plan"
+grep -q "activations with gradient checkpointing" /tmp/ldmc_cli_out.$$ || fail "no plan with gradient checkpointing"
 expect_status 2 "$ldmc" info "$configs/sdxl_base.yaml" --batch 8 --res 1000 1000
 expect_status 1 "$ldmc" info /nonexistent.yaml
 grep -q "/nonexistent.yaml: cannot open" /tmp/ldmc_cli_out.$$ || fail "a missing config is not named"
@@ -54,7 +54,7 @@ expect_status 2 "$ldmc" init
 expect_status 2 "$ldmc" convert only-one-argument
 expect_status 2 "$ldmc" convert a b --config "$configs/tiny_vae.yaml" --dtype f8
 expect_status 1 "$ldmc" convert /nonexistent.safetensors /tmp/x.safetensors --config "$configs/tiny_vae.yaml"
-grep -q "/nonexistent.safetensors: cannot open" /tmp/ldmc_cli_out.$$ || fail "a missing checkpoint is not named"
+grep -q "/nonexistent.safetensors: cannot open" /tmp/ldmc_cli_out.$$ || fail "a missing weights file is not named"
 
 # A stand-alone VAE file with bare keys (encoder.*, as sdxl_vae.safetensors has them) converts to
 # an official file with first_stage_model.* keys only (no bare copies passed through).
@@ -105,7 +105,7 @@ expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8
     --device cuda --dry-run --gradient-checkpointing --json
 ckpt=$(sed -n 's/.*"activations_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
 awk -v a="$ckpt" -v b="$plain" 'BEGIN { exit !(a > 0 && a < b / 3) }' ||
-    fail "checkpointing: $ckpt GiB of activations against $plain without"
+    fail "gradient checkpointing: $ckpt GiB of activations against $plain without"
 if [ -n "$emulated" ]; then
     expect_status 0 "$emulated" bench train --config "$configs/tiny_unet_class.yaml" --batch 2 \
         --res 32 --device cuda --reps 1 --warmup 1 --profile --json

@@ -375,7 +375,7 @@ static void test_unet_recompute_gives_identical_gradients(void) {
           "gradients differ with recomputation");
     CHECK(high[1] < high[0], "recomputation used %zu bytes of activations, %zu without", high[1],
           high[0]);
-    printf("    activation high-water: %zu bytes plain, %zu checkpointed\n", high[0], high[1]);
+    printf("    activation high-water: %zu bytes plain, %zu recomputed\n", high[0], high[1]);
     free(plain);
     ldmc_unet_free(&u);
 }

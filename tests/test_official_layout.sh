@@ -1,5 +1,5 @@
 #!/bin/sh
-# Checkpoints ldmc writes, read by a reader that is not ldmc's (tests/ref/check_official_keys.py:
+# Weights files ldmc writes, read by a reader that is not ldmc's (tests/ref/check_official_keys.py:
 # json and numpy): for each tiny config, `ldmc init` writes the official layout, whose keys and
 # shapes must be exactly those of the PyTorch modules (tests/ref/data/keys_<config>.json), in
 # F32 and, through `ldmc convert`, in BF16 and F16; official -> diffusers -> official is byte for

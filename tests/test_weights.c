@@ -1,4 +1,4 @@
-// Checkpoints: the official single file (UNet, VAE and conditioner tensors together) and the
+// Weights files: the official single file (UNet, VAE and conditioner tensors together) and the
 // diffusers folder, in every float dtype; lossless round trips; diffusers names against the
 // renames diffusers' own converter applies; every kind of mismatch named, and partial loads.
 #include <math.h>
@@ -193,7 +193,7 @@ static void write_without_prefix(const char *from, const char *to, const char *p
 }
 
 // Stand-alone model files as they are downloaded: a VAE (or UNet) with its official keys but
-// without the checkpoint's prefix (sdxl_vae.safetensors: encoder.*, decoder.*), or a diffusers
+// without the whole file's prefix (sdxl_vae.safetensors: encoder.*, decoder.*), or a diffusers
 // file on its own. Each loads; a file holding neither names what it expected.
 static void test_stand_alone_files(void) {
     ldmc_unet u, u2;
@@ -238,7 +238,7 @@ static void test_stand_alone_files(void) {
 }
 
 // Renames that diffusers' convert_ldm_unet_checkpoint / convert_ldm_vae_checkpoint apply to the
-// SDXL checkpoints (../shared/reference/sdxl-facts.md §9).
+// SDXL weights files (../shared/reference/sdxl-facts.md §9).
 static void test_diffusers_names_of_sdxl(void) {
     ldmc_model_config base = test_model_config("sdxl_base.yaml"),
                       vae = test_model_config("sdxl_vae.yaml");
@@ -451,7 +451,7 @@ static void test_bad_files_and_folders(void) {
           "%s", err.message);
     ldmc_err_clear(&err);
     FILE *f = fopen(path_of("junk.safetensors"), "wb");
-    fputs("not a checkpoint at all", f);
+    fputs("not a weights file at all", f);
     fclose(f);
     CHECK(test_load_unet(&u, path_of("junk.safetensors"), NULL, &err) == -1 &&
               strstr(err.message, "junk.safetensors"),

@@ -76,7 +76,7 @@ int ldmc_cmd_convert(int argc, char **argv) {
     ldmc_dtype input_dtype = rc == 0 && source.count ? source.tensors[0].dtype : LDMC_F32;
     if (!dtype_name)
         dtype = input_dtype == LDMC_F16 || input_dtype == LDMC_BF16 ? input_dtype : LDMC_F32;
-    // Only a whole official checkpoint has other tensors (conditioner.*) to pass through to an
+    // Only a whole official file has other tensors (conditioner.*) to pass through to an
     // official output.
     bool passthrough = rc == 0 && source_map.layout == LDMC_LAYOUT_OFFICIAL && !source_map.bare &&
                        layout == LDMC_LAYOUT_OFFICIAL;

@@ -1,5 +1,5 @@
 // `ldmc info [CONFIG [--keys] [--batch B --res H W]]`: what this build is; or a model config's
-// module summary and exact parameter count (nothing allocated), its checkpoint keys, and the
+// module summary and exact parameter count (nothing allocated), its official keys, and the
 // memory plan of a training step from a dry run. Tested by tests/test_cli.sh.
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +16,7 @@ static const char *usage_text =
     "       ldmc info CONFIG [--keys] [--batch B --res H W]\n"
     "  CONFIG          a model config (configs/sdxl_base.yaml, ...): module summary, exact\n"
     "                  parameter count, without allocating the weights\n"
-    "  --keys          list every parameter's checkpoint key and official shape\n"
+    "  --keys          list every parameter's official key and shape\n"
     "  --batch B --res H W   memory plan of a training step at H x W pixels (a UNet works on\n"
     "                  the latent of the config's autoencoder, H/f x W/f, or of the SDXL\n"
     "                  autoencoder, f = 8, when the config has none)\n";
@@ -62,7 +62,7 @@ static void print_plan(const ldmc_memory_plan *m, int batch, int H, int W, int h
     printf("  activations   %9.2f GiB   total %.2f GiB\n", gib(m->activations),
            gib(fixed + m->activations));
     printf("  activations with gradient checkpointing %9.2f GiB   total %.2f GiB\n",
-           gib(m->activations_checkpointed), gib(fixed + m->activations_checkpointed));
+           gib(m->activations_recomputed), gib(fixed + m->activations_recomputed));
     printf("  (activations: the arena's high-water mark in a dry run of forward, loss and backward;"
            " bf16 activations on the GPU take about half)\n");
 }

@@ -17,7 +17,7 @@ static const struct {
      "draw the demo dataset: shapes of four classes, varied sizes"},
     {"info", ldmc_cmd_info,
      "build, libraries, threads; or a model config's summary, parameter "
-     "count, checkpoint keys and memory plan"},
+     "count, official keys and memory plan"},
     {"init", ldmc_cmd_init, "write a config's freshly initialized weights"},
     {"convert", ldmc_cmd_convert,
      "model weights between the official and diffusers layouts "

@@ -1,7 +1,7 @@
 // The per-step activation arena: a bump allocator over one reserved block of address space
 // (pages are committed on first touch), reset at every step. Marks allow a region to be released
-// (gradient checkpointing re-runs a region and drops its intermediates). The high-water mark is
-// the number a memory plan needs. Tested by tests/test_core.c.
+// (recomputation, or gradient checkpointing, re-runs a region and drops its intermediates). The
+// high-water mark is the number a memory plan needs. Tested by tests/test_core.c.
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,7 +1,7 @@
 // The parameter table: every parameter by its official state-dict name, shape and flags, and one
 // flat buffer per role (working weights, fp32 master, gradients, Adam m and v, EMA), all with the
-// same layout, so zero-grad, clipping, AdamW, EMA, all-reduce and checkpointing are loops over
-// one pointer. Each tensor starts on a 64-byte boundary. Tested by tests/test_core.c.
+// same layout, so zero-grad, clipping, AdamW, EMA, all-reduce and saving are loops over one
+// pointer. Each tensor starts on a 64-byte boundary. Tested by tests/test_core.c.
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>

@@ -42,7 +42,7 @@ static int detect_naming(const char *path, const ldmc_model *m, const ldmc_safet
         const char *example = m->desc->example_key;
         return LDMC_ERR(err,
                         "%s: no %s weights in it: expected keys such as '%s%s' (a whole "
-                        "checkpoint), '%s' (a stand-alone file) or diffusers names; it has %d "
+                        "official file), '%s' (a stand-alone file) or diffusers names; it has %d "
                         "tensors, the first '%s'",
                         path, m->desc->title, prefix, example, example, st->count,
                         st->count ? st->tensors[0].name : "");

@@ -3,7 +3,7 @@
 // table, so a model can be built, counted and named without allocating a byte of weights
 // (`ldmc info`), and bound to the table's buffers once they exist.
 // Convolution weights are held as (O, kH, kW, C) and flagged LDMC_PARAM_CONV so that the
-// checkpoint reader and writer convert them from and to the official (O, C, kH, kW).
+// weights-file reader and writer convert them from and to the official (O, C, kH, kW).
 // Tested through the models (tests/test_models.c).
 #pragma once
 #include <stdbool.h>

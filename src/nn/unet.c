@@ -1,5 +1,5 @@
 // The SDXL UNet (see unet.h). The construction follows sgm's UNetModel.__init__ step by step, so
-// that block indices, widths and key names come out as in the official checkpoint; shapes in the
+// that block indices, widths and key names come out as in the official weights file; shapes in the
 // comments are channels-last. Tested by tests/test_models.c.
 #include "nn/unet.h"
 

@@ -1,7 +1,7 @@
 // The SDXL UNet (generative-models sgm.modules.diffusionmodules.openaimodel.UNetModel) on the
 // autograd core, channels-last. Every parameter is registered under its official key
 // (model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight, ...), so the
-// official checkpoint loads by name. Configurable to SDXL base and refiner, class-conditional
+// official weights file loads by name. Configurable to SDXL base and refiner, class-conditional
 // ImageNet models (a learned class embedding as a one-token context) and tiny test models.
 // Tested by tests/test_models.c against PyTorch (tests/ref/make_model_refs.py).
 #pragma once

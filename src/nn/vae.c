@@ -1,5 +1,5 @@
 // The SDXL autoencoder (see vae.h), built in sgm's registration order so that keys and their
-// order match the official checkpoint. Tested by tests/test_models.c.
+// order match the official weights file. Tested by tests/test_models.c.
 #include "nn/vae.h"
 
 #include <math.h>

@@ -88,7 +88,7 @@ void ldmc_unet_plan(ldmc_unet *u, int batch, int height, int width, ldmc_memory_
     u->recompute = false;
     plan->activations = ldmc_dry_run_unet_step(u, LDMC_CPU, batch, height, width).activations;
     u->recompute = true;
-    plan->activations_checkpointed =
+    plan->activations_recomputed =
         ldmc_dry_run_unet_step(u, LDMC_CPU, batch, height, width).activations;
     u->recompute = was;
 }
@@ -99,7 +99,7 @@ void ldmc_vae_plan(ldmc_vae *v, int batch, int height, int width, ldmc_memory_pl
     v->recompute = false;
     plan->activations = ldmc_dry_run_vae_step(v, LDMC_CPU, batch, height, width).activations;
     v->recompute = true;
-    plan->activations_checkpointed =
+    plan->activations_recomputed =
         ldmc_dry_run_vae_step(v, LDMC_CPU, batch, height, width).activations;
     v->recompute = was;
 }

@@ -18,7 +18,7 @@ typedef struct ldmc_memory_plan {
     int64_t parameters, trainable;
     size_t weights, gradients, optimizer; // bytes: f32 weights, f32 gradients, AdamW m and v
     size_t activations;                   // the activation arena's high-water mark
-    size_t activations_checkpointed;      // the same with gradient checkpointing
+    size_t activations_recomputed;        // the same with gradient checkpointing
 } ldmc_memory_plan;
 
 // One dry run of a training step on `device`: the activation arena's high-water mark and the

@@ -4,7 +4,7 @@
 // dropout, min-SNR weighting, AdamW with warmup and clipping, gradient accumulation, EMA. For
 // task `vae` it trains the autoencoder (L1 reconstruction + KL). Every step is reproducible from
 // (seed, step): a resumed run continues bit for bit. It logs a progress line, metrics.jsonl and
-// TensorBoard events, writes sample grids and checkpoints (src/train/state.h), and draws the
+// TensorBoard events, writes sample grids and checkpoints (src/train/checkpoint.h), and draws the
 // loss curve at the end. Tested by tests/test_train.c; docs/training.md.
 #pragma once
 #include "core/error.h"
