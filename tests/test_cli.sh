@@ -93,7 +93,7 @@ expect_status 2 "$ldmc" bench nothing
 # (../shared/DESIGN.md), and gradient checkpointing must cut the activation memory.
 expect_status 0 "$ldmc" bench train --config "$configs/tiny_unet_text.yaml" --batch 2 --res 64 \
     --device cpu --reps 1 --warmup 0 --profile --json
-grep -q '"img_per_s": [0-9.]*, "tflops": [0-9.]*, "guided_forward_ms": [0-9.]*, "top_ops": \[{"op": "' \
+grep -q '"img_per_s": [0-9.]*, "tflops": [0-9.]*, "guided_forward_ms": [0-9.]*, "guided_forward_batch": 2, "top_ops": \[{"op": "' \
     /tmp/ldmc_cli_out.$$ || fail "bench train --json on a tiny UNet"
 expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
     --device cuda --dry-run --json

@@ -181,6 +181,12 @@ static void test_paths_are_resolved(void) {
     CHECK(ldmc_path_resolve(root, "not/made/../yet", out, sizeof out) == 0 &&
               !strcmp(out, (snprintf(want, sizeof want, "%s/not/yet", root), want)),
           "a folder not made yet -> %s", out);
+    snprintf(path, sizeof path, "%s/not/made/", root);
+    CHECK(ldmc_path_resolve(path, "../y", out, sizeof out) == 0 &&
+              !strcmp(out, (snprintf(want, sizeof want, "%s/not/y", root), want)),
+          "from a folder not made yet -> %s, want %s", out, want);
+    CHECK(ldmc_path_resolve("/", "a/../b", out, sizeof out) == 0 && !strcmp(out, "/b"),
+          "from the root -> %s", out);
     // under the working directory: relative
     REQUIRE(getcwd(cwd, sizeof cwd) && chdir(root) == 0, "into the temporary folder");
     snprintf(path, sizeof path, "%s/configs", root);

@@ -282,6 +282,13 @@ static void test_recipe_configs(void) {
     const char *range[] = {"diffusion.t_min=300", "diffusion.t_max=200"};
     CHECK(ldmc_train_config_load(path, range, 2, &o, &err) != 0 && strstr(err.message, "t_min"),
           "%s", err.message);
+    // an autoencoder of other than RGB images: refused (every image ldmc reads has 3 channels)
+    ldmc_err_clear(&err);
+    const char *gray[] = {"vae={in_channels: 1, out_channels: 1, ch: 32, ch_mult: [1], "
+                          "num_res_blocks: 1, z_channels: 4, embed_dim: 4}"};
+    CHECK(ldmc_train_config_load(path, gray, 1, &o, &err) != 0 &&
+              strstr(err.message, "takes 1 channels and gives 1: ldmc trains on RGB images"),
+          "%s", err.message);
 }
 
 // ---- whole runs of tiny models

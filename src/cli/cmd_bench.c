@@ -304,8 +304,8 @@ static int bench_train(int argc, char **argv) {
         print_bytes_json("peak_gib", peak);
         if (!o.dry_run) {
             printf(", \"reps\": %d, \"step_ms\": %.3f, \"img_per_s\": %.4f, \"tflops\": %.3f, "
-                   "\"guided_forward_ms\": %.3f",
-                   o.reps, r.step_ms, r.img_per_s, r.tflops, r.guided_forward_ms);
+                   "\"guided_forward_ms\": %.3f, \"guided_forward_batch\": %d",
+                   o.reps, r.step_ms, r.img_per_s, r.tflops, r.guided_forward_ms, r.guided_batch);
             printf(", \"top_ops\": [");
             for (int i = 0; i < r.profile.count && i < 10; i++)
                 printf("%s{\"op\": \"%s %s\", \"ms\": %.3f, \"calls\": %lld}", i ? ", " : "",
@@ -327,7 +327,8 @@ static int bench_train(int argc, char **argv) {
     if (o.dry_run) return 0;
     printf("  training step: %.1f ms (median of %d): %.2f img/s, %.1f TFLOP/s\n", r.step_ms, o.reps,
            r.img_per_s, r.tflops);
-    printf("  guided sampling forward (the UNet at batch 2): %.1f ms\n", r.guided_forward_ms);
+    printf("  sampling forward of one image, the UNet at batch %d (%s): %.1f ms\n", r.guided_batch,
+           r.guided_batch == 2 ? "guided" : "nothing to guide", r.guided_forward_ms);
     if (r.profile.count) {
         double total = 0;
         for (int i = 0; i < r.profile.count; i++)

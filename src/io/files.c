@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,31 +21,43 @@ static void drop_last(char *path) {
         path[1] = '\0';
 }
 
-int ldmc_path_resolve(const char *base, const char *path, char *out, size_t size) {
-    char at[PATH_MAX], real[PATH_MAX], cwd[PATH_MAX];
-    if (!getcwd(cwd, sizeof cwd)) cwd[0] = '\0';
-    if (path[0] == '/')
-        snprintf(at, sizeof at, "/");
-    else if (realpath(base[0] ? base : ".", real))
-        snprintf(at, sizeof at, "%s", real);
-    else if (snprintf(at, sizeof at, "%s/%s", base[0] == '/' ? "" : cwd, base) >= (int)sizeof at)
-        return -1; // (a folder that does not exist is taken as written)
-    const char *p = path;
-    while (*p) {
+// Appends the components of `rel` to the absolute path `at` (size bytes): "." is skipped, ".." is
+// the real parent of an existing folder, the lexical one of a folder not made yet. -1 when the
+// result does not fit.
+static int walk(char *at, size_t size, const char *rel) {
+    char real[PATH_MAX];
+    for (const char *p = rel; *p;) {
         size_t n = strcspn(p, "/");
         if (n == 2 && !strncmp(p, "..", 2)) {
-            if (realpath(at, real)) snprintf(at, sizeof at, "%s", real);
+            if (realpath(at, real)) snprintf(at, size, "%s", real);
             drop_last(at);
         } else if (n && !(n == 1 && p[0] == '.')) {
             size_t len = strlen(at);
-            if (len + n + 2 > sizeof at) return -1;
-            if (len == 0 || at[len - 1] != '/') at[len++] = '/';
+            if (at[len - 1] != '/') {
+                if (len + 1 >= size) return -1;
+                at[len++] = '/';
+            }
+            if (len + n + 1 > size) return -1;
             memcpy(at + len, p, n);
             at[len + n] = '\0';
         }
         p += n + (p[n] == '/');
     }
-    size_t c = strlen(cwd);
+    return 0;
+}
+
+int ldmc_path_resolve(const char *base, const char *path, char *out, size_t size) {
+    char at[PATH_MAX], cwd[PATH_MAX];
+    bool have_cwd = getcwd(cwd, sizeof cwd) != NULL;
+    if (path[0] == '/') {
+        snprintf(at, sizeof at, "/");
+    } else if (!realpath(base[0] ? base : ".", at)) { // a folder not made yet: walked as written
+        if (base[0] != '/' && !have_cwd) return -1;
+        snprintf(at, sizeof at, "%s", base[0] == '/' ? "/" : cwd);
+        if (walk(at, sizeof at, base) != 0) return -1;
+    }
+    if (walk(at, sizeof at, path) != 0) return -1;
+    size_t c = have_cwd ? strlen(cwd) : 0;
     const char *shown = at;
     if (c > 1 && !strncmp(at, cwd, c) && (at[c] == '/' || at[c] == '\0'))
         shown = at[c] ? at + c + 1 : ".";

@@ -61,7 +61,7 @@ int ldmc_train_bench(const ldmc_train_config *cfg, int height, int width, int re
     b.class_ids = malloc((size_t)B * sizeof(int64_t));
     if (rc == 0 && (!b.c_size || !b.c_crop || !b.class_ids)) rc = LDMC_ERR(err, "out of memory");
     if (rc == 0) {
-        int classes = cfg->task == LDMC_TASK_DIFFUSION ? cfg->model.unet.n_classes : 0;
+        int classes = cfg->model.unet.n_classes; // (the VAE task reads no labels)
         for (int i = 0; i < B; i++) {
             b.c_size[2 * i] = height, b.c_size[2 * i + 1] = width;
             b.class_ids[i] = classes ? i % classes : -1;
@@ -187,12 +187,14 @@ static int alloc_training(ldmc_unet *u, ldmc_device device, ldmc_ctx *ctx, size_
     return 0;
 }
 
-// The guided forward of a sampling step at batch 1 (the UNet sees 2), median of reps.
+// The guided forward of a sampling step of one image (the UNet sees 2; 1 for a model without
+// conditioning to guide), median of reps.
 static double guided_forward_ms(ldmc_ctx *ctx, ldmc_unet *u, const bench_step *s,
-                                const bench_inputs *one, int reps, double *ms) {
+                                const bench_inputs *one, int reps, double *ms, int *batch) {
     ldmc_denoiser d = {
         .unet = u, .conditioner = &s->conditioner, .cond = &one->batch.cond, .guidance_scale = 5.0};
     const ldmc_step_batch *b = &one->batch;
+    *batch = ldmc_denoiser_guided(&d) ? 2 : 1;
     ctx->recording = false;
     for (int i = -1; i < reps; i++) {
         double t0 = train_now();
@@ -267,7 +269,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
         ldmc_profile_start(&ctx, NULL);
         ldmc_profile_sort(&r->profile);
     }
-    r->guided_forward_ms = guided_forward_ms(&ctx, &u, &s, &one, reps, ms);
+    r->guided_forward_ms = guided_forward_ms(&ctx, &u, &s, &one, reps, ms, &r->guided_batch);
     if (o->device == LDMC_CUDA) r->workspace_bytes = ldmc_gpu_workspace_bytes();
     free(ms);
     inputs_free(&one);

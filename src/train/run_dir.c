@@ -3,9 +3,11 @@
 // (src/train/checkpoint.h) and the final weights. Tested by tests/test_train.c.
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "io/files.h"
@@ -37,8 +39,16 @@ static int refuse_existing(const char *out, ldmc_err *err) {
 }
 
 int run_dir_open(run_dir *d, const ldmc_train_config *cfg, bool resuming, ldmc_err *err) {
-    *d = (run_dir){.lock_fd = -1, .created = access(cfg->out, F_OK) != 0};
-    if (ldmc_mkdirs(cfg->out, err) != 0 || lock_out(d, cfg->out, err) != 0) return -1;
+    *d = (run_dir){.lock_fd = -1};
+    // Whether this run made the folder: of two runs starting at once, one mkdir succeeds.
+    char parent[LDMC_PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", cfg->out);
+    if (ldmc_mkdirs(dirname(parent), err) != 0) return -1;
+    d->created = mkdir(cfg->out, 0777) == 0;
+    if (!d->created && errno != EEXIST)
+        return LDMC_ERR(err, "%s: cannot create: %s", cfg->out, strerror(errno));
+    if (lock_out(d, cfg->out, err) != 0) return -1;
+    d->locked = true;
     if (!resuming && refuse_existing(cfg->out, err) != 0) return -1;
     int removed = ldmc_checkpoint_clean(cfg->out);
     if (removed)
@@ -48,7 +58,7 @@ int run_dir_open(run_dir *d, const ldmc_train_config *cfg, bool resuming, ldmc_e
 
 void run_dir_close(run_dir *d, const char *out, bool refused) {
     if (d->lock_fd >= 0) close(d->lock_fd);
-    if (refused && d->created) ldmc_remove_tree(out);
+    if (refused && d->created && d->locked) ldmc_remove_tree(out);
     d->lock_fd = -1;
 }
 

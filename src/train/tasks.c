@@ -78,6 +78,8 @@ static int diffusion_setup(trainer *T, ldmc_err *err) {
                         "%s: `vae_weights` is required to encode images (or train from a latent "
                         "cache made by `ldmc cache`)",
                         cfg->source_path);
+    } else {
+        printf("no vae_weights: sample grids are off (the latents cannot be decoded)\n");
     }
     if (T->vae.cfg.embed_dim != cfg->model.unet.in_channels)
         return LDMC_ERR(err, "%s: the VAE's latent has %d channels but the UNet takes %d",
@@ -161,7 +163,7 @@ static int sample_grid(trainer *T, train_grid *g, ldmc_err *err) {
     ldmc_denoiser d = {.unet = &T->unet,
                        .conditioner = &T->conditioner,
                        .cond = &cond,
-                       .guidance_scale = uc->n_classes ? cfg->sample_guidance : 1.0};
+                       .guidance_scale = cfg->sample_guidance};
     ldmc_sample_options o = {.sampler = ldmc_sampler_find("ddim"),
                              .schedule = &T->schedule,
                              .prediction = cfg->noise.prediction,
@@ -176,9 +178,11 @@ static int sample_grid(trainer *T, train_grid *g, ldmc_err *err) {
     int rc = ldmc_run_sampler(ctx, &o, &d, x, err);
     if (rc == 0) ldmc_decode_latents(ctx, &T->vae, x, g->images);
     if (swap) ldmc_params_ema_swap(&T->unet.params);
-    snprintf(g->title, sizeof g->title, "step %lld: DDIM %d steps, guidance %g%s",
-             (long long)T->st.step, cfg->sample_steps, d.guidance_scale,
-             swap ? ", EMA weights" : "");
+    char guidance[32] = "";
+    if (ldmc_denoiser_guided(&d))
+        snprintf(guidance, sizeof guidance, ", guidance %g", d.guidance_scale);
+    snprintf(g->title, sizeof g->title, "step %lld: DDIM %d steps%s%s", (long long)T->st.step,
+             cfg->sample_steps, guidance, swap ? ", EMA weights" : "");
     return rc;
 }
 

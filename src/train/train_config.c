@@ -14,8 +14,12 @@
 static void resolve(const char *config_path, const char *value, char *out) {
     char copy[LDMC_PATH_MAX];
     snprintf(copy, sizeof copy, "%s", config_path);
-    if (!value[0] || ldmc_path_resolve(dirname(copy), value, out, LDMC_PATH_MAX) != 0)
+    const char *dir = dirname(copy);
+    if (value[0] && ldmc_path_resolve(dir, value, out, LDMC_PATH_MAX) == 0) return;
+    if (!value[0] || value[0] == '/') // (too long to resolve: as written)
         snprintf(out, LDMC_PATH_MAX, "%s", value);
+    else
+        snprintf(out, LDMC_PATH_MAX, "%s/%s", dir, value);
 }
 
 static int get_string(const ldmc_cfg *map, const char *key, bool required, const char **out,
@@ -272,6 +276,12 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
     if (!vae_task && !c->has_vae)
         return LDMC_ERR(err, "%s: diffusion training needs a `vae:` config (latents and samples)",
                         c->source_path);
+    const ldmc_vae_config *v = vae_task ? &c->model.vae : &c->vae;
+    if (v->in_channels != 3 || v->out_channels != 3)
+        return LDMC_ERR(err,
+                        "%s: the autoencoder takes %d channels and gives %d: ldmc trains on RGB "
+                        "images (3 and 3)",
+                        c->source_path, v->in_channels, v->out_channels);
     c->lr.lr = c->adamw.lr;
     c->lr.total_steps = c->steps;
     return 0;

@@ -134,8 +134,6 @@ static int setup(trainer *T, const char *resume, ldmc_err *err) {
     if (train_data_open(T, err) != 0 || trainer_setup_device(T, err) != 0 ||
         train_log_open(&T->log, cfg->out, T->st.step, cfg->steps - T->st.step, err) != 0)
         return -1;
-    if (cfg->task == LDMC_TASK_DIFFUSION && !T->vae_weights)
-        printf("no vae_weights: sample grids are off (the latents cannot be decoded)\n");
     printf("training: steps %lld to %lld, batch %d x %d accumulation, %d threads, out %s\n",
            (long long)T->st.step + 1, (long long)cfg->steps, cfg->batch_size, cfg->accumulation,
            ldmc_threads_get(), cfg->out);
@@ -231,7 +229,7 @@ static int loop(trainer *T, ldmc_train_result *result, ldmc_err *err) {
             train_log_progress(&T->log, &T->st, cfg->steps, ldmc_lr_at(&cfg->lr, T->st.step - 1),
                                ldmc_loader_wait_seconds(T->data.loader));
         // (an interrupted run saves its checkpoint at once, without a preview)
-        if (T->st.step % cfg->sample_every == 0 || T->st.step == cfg->steps)
+        if (!interrupted && (T->st.step % cfg->sample_every == 0 || T->st.step == cfg->steps))
             preview(T, last, result);
         if (T->st.step % cfg->checkpoint_every == 0 || final) {
             rc = run_dir_save(T, result->last_checkpoint, err);

@@ -68,7 +68,8 @@ typedef struct train_data {
 
 typedef struct run_dir {
     int lock_fd;  // <out>/lock, held while the run lasts
-    bool created; // the run made the folder (removed again if it is refused before a step)
+    bool locked;  // this run holds the lock
+    bool created; // this run made the folder (removed again if it is refused before a step)
     bool resumed; // the run continues from a checkpoint
 } run_dir;
 
@@ -124,7 +125,8 @@ int run_dir_open(run_dir *d, const ldmc_train_config *cfg, bool resuming, ldmc_e
 int run_dir_resume(trainer *T, const char *resume, ldmc_err *err);
 int run_dir_save(trainer *T, char *saved, ldmc_err *err);
 int run_dir_export(trainer *T, ldmc_err *err);
-// Releases the lock; removes the folder when the run made it and `refused` (no step was taken).
+// Releases the lock; removes the folder when this run made it, held its lock and was `refused`
+// (no step taken).
 void run_dir_close(run_dir *d, const char *out, bool refused);
 
 // train_log.c
