@@ -199,8 +199,8 @@ static int bench_step(int argc, char **argv) {
         if (json)
             printf("{\"config\": \"%s\", \"task\": \"%s\", \"batch\": %d, \"height\": %d, "
                    "\"width\": %d, \"threads\": %d, \"reps\": %d, \"ms_step\": %.3f}\n",
-                   config, cfg.task == LDMC_TASK_VAE ? "vae" : "diffusion", cfg.batch_size, H, W,
-                   ldmc_threads_get(), reps, med);
+                   config, ldmc_task_name(cfg.task), cfg.batch_size, H, W, ldmc_threads_get(), reps,
+                   med);
         else
             printf("%s: one training step, batch %d at %dx%d, %d threads: %.2f ms (median of %d)\n",
                    config, cfg.batch_size, H, W, ldmc_threads_get(), med, reps);

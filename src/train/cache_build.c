@@ -20,7 +20,7 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
                      ldmc_err *err) {
     if (cfg->from_cache)
         return LDMC_ERR(err, "%s: data.source is already a cache", cfg->source_path);
-    const ldmc_vae_config *vc = cfg->task == LDMC_TASK_VAE ? &cfg->model.vae : &cfg->vae;
+    const ldmc_vae_config *vc = ldmc_train_config_vae(cfg);
     if (!cfg->vae_weights[0])
         return LDMC_ERR(err, "%s: `vae_weights` is required to encode the images",
                         cfg->source_path);

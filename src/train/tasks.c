@@ -262,9 +262,9 @@ static void vae_to_device(trainer *T) { (void)T; }
 // ------------------------------------------------------------------------------------
 
 static const train_task tasks[] = {
-    [LDMC_TASK_DIFFUSION] = {"diffusion", "diffusion loss", diffusion_setup, diffusion_check_data,
+    [LDMC_TASK_DIFFUSION] = {"diffusion loss", diffusion_setup, diffusion_check_data,
                              diffusion_micro, diffusion_preview, diffusion_to_device},
-    [LDMC_TASK_VAE] = {"vae", "VAE loss", vae_setup, vae_check_data, vae_micro, vae_preview,
+    [LDMC_TASK_VAE] = {"VAE loss", vae_setup, vae_check_data, vae_micro, vae_preview,
                        vae_to_device},
 };
 

@@ -119,14 +119,21 @@ static int get_model(const ldmc_cfg *root, const char *key, const char *config_p
     return 0;
 }
 
+static const char *const task_names[] = {"diffusion", "vae", NULL};
+
+const char *ldmc_task_name(ldmc_task task) { return task_names[task]; }
+
+const ldmc_vae_config *ldmc_train_config_vae(const ldmc_train_config *c) {
+    return c->task == LDMC_TASK_VAE ? &c->model.vae : &c->vae;
+}
+
 static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
     static const char *const top[] = {"task",       "model",    "vae",   "vae_weights", "init",
                                       "new_params", "freeze",   "data",  "diffusion",   "optim",
                                       "ema",        "vae_loss", "train", "sample",      NULL};
-    static const char *const tasks[] = {"diffusion", "vae", NULL};
     if (ldmc_cfg_check_keys(root, top, err) != 0) return -1;
     int task = 0;
-    if (get_choice(root, "task", tasks, &task, err) != 0) return -1;
+    if (get_choice(root, "task", task_names, &task, err) != 0) return -1;
     c->task = (ldmc_task)task;
     bool vae_task = c->task == LDMC_TASK_VAE;
     int rc = get_model(root, "model", c->source_path, vae_task, &c->model, err);
@@ -276,7 +283,7 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
     if (!vae_task && !c->has_vae)
         return LDMC_ERR(err, "%s: diffusion training needs a `vae:` config (latents and samples)",
                         c->source_path);
-    const ldmc_vae_config *v = vae_task ? &c->model.vae : &c->vae;
+    const ldmc_vae_config *v = ldmc_train_config_vae(c);
     if (v->in_channels != 3 || v->out_channels != 3)
         return LDMC_ERR(err,
                         "%s: the autoencoder takes %d channels and gives %d: ldmc trains on RGB "

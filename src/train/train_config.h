@@ -71,6 +71,12 @@ typedef struct ldmc_train_config {
     char *resolved_yaml; // the config as run, overrides applied
 } ldmc_train_config;
 
+// "diffusion" or "vae", as configs name the tasks.
+const char *ldmc_task_name(ldmc_task task);
+// The run's autoencoder: the model trained (task vae) or the frozen one that encodes and decodes
+// (task diffusion).
+const ldmc_vae_config *ldmc_train_config_vae(const ldmc_train_config *c);
+
 // Loads `path`, applies `overrides` ("key.path=value" each), and fills `out`.
 int ldmc_train_config_load(const char *path, const char *const *overrides, int n_overrides,
                            ldmc_train_config *out, ldmc_err *err);

@@ -38,7 +38,6 @@ typedef struct train_grid {
 
 // What differs between the tasks a run can train (train_config.h's ldmc_task).
 typedef struct train_task {
-    const char *name;
     const char *loss_title; // the loss curve's
     // The models: T->model is the one trained (its table has every role the step needs);
     // anything else it needs (a frozen autoencoder) is loaded. Sets T->align.
