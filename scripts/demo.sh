@@ -1,7 +1,7 @@
 #!/bin/sh
 # The main job: builds ldmc, draws the demo dataset (four classes of shapes in varied sizes and
 # aspect ratios), trains the tiny autoencoder and then the tiny class-conditional UNet on the CPU,
-# and ends with a sample grid (one row per class) and the loss curves. About 12 minutes on 2 cores.
+# and ends with a sample grid (one row per class) and the loss curves. 12 to 20 minutes on 2 cores.
 # Everything goes to runs/demo/ (removed first: the demo always starts fresh).
 set -eu
 cd "$(dirname "$0")/.."
