@@ -74,53 +74,38 @@ ldmc_dry_run ldmc_dry_run_vae_step(ldmc_vae *v, ldmc_device device, int batch, i
     return r;
 }
 
-static void plan_parameters(const ldmc_params *p, ldmc_memory_plan *plan) {
-    plan->parameters = ldmc_params_count(p, false);
-    plan->trainable = ldmc_params_count(p, true);
-    plan->weights = (size_t)plan->parameters * sizeof(float);
-    plan->gradients = (size_t)plan->trainable * sizeof(float);
-    plan->optimizer = 2 * plan->gradients;
-}
-
-void ldmc_unet_plan(ldmc_unet *u, int batch, int height, int width, ldmc_memory_plan *plan) {
-    plan_parameters(&u->params, plan);
-    bool was = u->recompute;
-    u->recompute = false;
-    plan->activations = ldmc_dry_run_unet_step(u, LDMC_CPU, batch, height, width).activations;
-    u->recompute = true;
-    plan->activations_recomputed =
-        ldmc_dry_run_unet_step(u, LDMC_CPU, batch, height, width).activations;
-    u->recompute = was;
-}
-
-void ldmc_vae_plan(ldmc_vae *v, int batch, int height, int width, ldmc_memory_plan *plan) {
-    plan_parameters(&v->params, plan);
-    bool was = v->recompute;
-    v->recompute = false;
-    plan->activations = ldmc_dry_run_vae_step(v, LDMC_CPU, batch, height, width).activations;
-    v->recompute = true;
-    plan->activations_recomputed =
-        ldmc_dry_run_vae_step(v, LDMC_CPU, batch, height, width).activations;
-    v->recompute = was;
+// The activations of m's step on the CPU at (batch, h, w): latents for a UNet, images for a VAE.
+static size_t step_activations(const ldmc_model *m, int batch, int h, int w) {
+    return m->desc == &ldmc_unet_desc
+               ? ldmc_dry_run_unet_step(m->module, LDMC_CPU, batch, h, w).activations
+               : ldmc_dry_run_vae_step(m->module, LDMC_CPU, batch, h, w).activations;
 }
 
 int ldmc_model_plan(const ldmc_model *m, int batch, int H, int W, int f, ldmc_memory_plan *plan,
                     ldmc_err *err) {
+    int align, step_f; // sides must be multiples of align; the step works at H/step_f x W/step_f
+    bool *recompute;   // the module's gradient checkpointing switch
     if (m->desc == &ldmc_unet_desc) {
         ldmc_unet *u = m->module;
-        int align = f << (u->cfg.levels - 1);
-        if (H % align || W % align)
-            return LDMC_ERR(err, "--res must be a multiple of %d for this UNet", align);
-        ldmc_unet_plan(u, batch, H / f, W / f, plan);
-        return f;
-    }
-    if (m->desc == &ldmc_vae_desc) {
+        step_f = f, align = f << (u->cfg.levels - 1), recompute = &u->recompute;
+    } else if (m->desc == &ldmc_vae_desc) {
         ldmc_vae *v = m->module;
-        int align = 1 << (v->cfg.levels - 1);
-        if (H % align || W % align)
-            return LDMC_ERR(err, "--res must be a multiple of %d for this VAE", align);
-        ldmc_vae_plan(v, batch, H, W, plan);
-        return 1;
+        step_f = 1, align = 1 << (v->cfg.levels - 1), recompute = &v->recompute;
+    } else {
+        return LDMC_ERR(err, "no training step to plan for a %s", m->desc->title);
     }
-    return LDMC_ERR(err, "no training step to plan for a %s", m->desc->title);
+    if (H % align || W % align)
+        return LDMC_ERR(err, "--res must be a multiple of %d for this %s", align, m->desc->title);
+    plan->parameters = ldmc_params_count(m->params, false);
+    plan->trainable = ldmc_params_count(m->params, true);
+    plan->weights = (size_t)plan->parameters * sizeof(float);
+    plan->gradients = (size_t)plan->trainable * sizeof(float);
+    plan->optimizer = 2 * plan->gradients;
+    bool was = *recompute;
+    *recompute = false;
+    plan->activations = step_activations(m, batch, H / step_f, W / step_f);
+    *recompute = true;
+    plan->activations_recomputed = step_activations(m, batch, H / step_f, W / step_f);
+    *recompute = was;
+    return step_f;
 }

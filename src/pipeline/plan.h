@@ -37,13 +37,9 @@ ldmc_dry_run ldmc_dry_run_unet_step(ldmc_unet *u, ldmc_device device, int batch,
 // The VAE's step on images (batch, H, W).
 ldmc_dry_run ldmc_dry_run_vae_step(ldmc_vae *v, ldmc_device device, int batch, int H, int W);
 
-// The plans on the CPU, without and with gradient checkpointing.
-void ldmc_unet_plan(ldmc_unet *u, int batch, int height, int width, ldmc_memory_plan *plan);
-void ldmc_vae_plan(ldmc_vae *v, int batch, int height, int width, ldmc_memory_plan *plan);
-
-// The plan of any model's training step at H x W pixels: a UNet's on the latent of an autoencoder
-// of factor f (H/f x W/f), an autoencoder's on the images. Returns the factor its step works at
-// (f, or 1), or -1 with an error naming the sizes the model needs (or a kind of model without a
-// training step).
+// The plan of any model's training step at H x W pixels, on the CPU without and with gradient
+// checkpointing: a UNet's on the latent of an autoencoder of factor f (H/f x W/f), an
+// autoencoder's on the images. Returns the factor its step works at (f, or 1), or -1 with an
+// error naming the sizes the model needs (or a kind of model without a training step).
 int ldmc_model_plan(const ldmc_model *m, int batch, int H, int W, int f, ldmc_memory_plan *plan,
                     ldmc_err *err);
