@@ -13,8 +13,10 @@
 // functions, and the outputs are compared within bf16 rounding.
 __device__ static __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-__device__ static __forceinline__ float gelu(float x, bool tanh_approx) {
-    if (tanh_approx) {
+// kind: 0 exact (erf), 1 tanh approximation, 2 QuickGELU x sigmoid(1.702 x).
+__device__ static __forceinline__ float gelu(float x, int kind) {
+    if (kind == 2) return x * sigmoid(1.702f * x);
+    if (kind == 1) {
         float inner = SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x);
         return 0.5f * x * (1.0f + tanhf(inner));
     }
@@ -22,8 +24,12 @@ __device__ static __forceinline__ float gelu(float x, bool tanh_approx) {
 }
 
 // d gelu / dx, the same expressions as the CPU's gelu_grad.
-__device__ static __forceinline__ float gelu_grad(float x, bool tanh_approx) {
-    if (tanh_approx) {
+__device__ static __forceinline__ float gelu_grad(float x, int kind) {
+    if (kind == 2) {
+        float s = sigmoid(1.702f * x);
+        return s + 1.702f * x * s * (1.0f - s);
+    }
+    if (kind == 1) {
         float inner = SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x);
         float t = tanhf(inner);
         float dinner = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_TANH_C * x * x);
@@ -49,13 +55,13 @@ __global__ static void silu_backward_kernel(float *dx, const float *dy, const ui
 }
 
 __global__ static void gelu_forward_kernel(uint16_t *y, const uint16_t *x, int64_t n,
-                                           bool tanh_approx) {
-    GRID_STRIDE(i, n) { y[i] = bf16_from(gelu(bf16_load(x, i), tanh_approx)); }
+                                           int kind) {
+    GRID_STRIDE(i, n) { y[i] = bf16_from(gelu(bf16_load(x, i), kind)); }
 }
 
 __global__ static void gelu_backward_kernel(float *dx, const float *dy, const uint16_t *x,
-                                            int64_t n, bool tanh_approx) {
-    GRID_STRIDE(i, n) { dx[i] += dy[i] * gelu_grad(bf16_load(x, i), tanh_approx); }
+                                            int64_t n, int kind) {
+    GRID_STRIDE(i, n) { dx[i] += dy[i] * gelu_grad(bf16_load(x, i), kind); }
 }
 
 // One thread per output (m, f): y = x[m, f] * gelu_erf(x[m, F + f]).
@@ -63,7 +69,7 @@ __global__ static void geglu_forward_kernel(uint16_t *y, const uint16_t *x, int6
     GRID_STRIDE(i, MF) {
         int64_t m = i / F, f = i - m * F;
         const uint16_t *row = x + m * 2 * F;
-        y[i] = bf16_from(bf16_load(row, f) * gelu(bf16_load(row, F + f), false));
+        y[i] = bf16_from(bf16_load(row, f) * gelu(bf16_load(row, F + f), 0));
     }
 }
 
@@ -75,8 +81,8 @@ __global__ static void geglu_backward_kernel(float *dx, const float *dy, const u
         const uint16_t *row = x + m * 2 * F;
         float a = bf16_load(row, f), gate = bf16_load(row, F + f), g = dy[i];
         float *drow = dx + m * 2 * F;
-        drow[f] += g * gelu(gate, false);
-        drow[F + f] += g * a * gelu_grad(gate, false);
+        drow[f] += g * gelu(gate, 0);
+        drow[F + f] += g * a * gelu_grad(gate, 0);
     }
 }
 
@@ -138,14 +144,14 @@ extern "C" void ldmc_cuda_silu_backward(float *dx, const float *dy, const uint16
 }
 
 extern "C" void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n,
-                                       bool tanh_approx) {
-    LAUNCH_1D(gelu_forward_kernel, n, y, x, n, tanh_approx);
+                                       int kind) {
+    LAUNCH_1D(gelu_forward_kernel, n, y, x, n, kind);
 }
 
 extern "C" void ldmc_cuda_gelu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n,
-                                        bool tanh_approx) {
+                                        int kind) {
     if (!dx) return;
-    LAUNCH_1D(gelu_backward_kernel, n, dx, dy, x, n, tanh_approx);
+    LAUNCH_1D(gelu_backward_kernel, n, dx, dy, x, n, kind);
 }
 
 extern "C" void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t M, int F) {

@@ -134,9 +134,9 @@ void ldmc_cuda_mse_rows_backward(float *da, float *db, const float *g, const voi
 // ---- activations (activation.cu) --------------------------------------------------------------
 void ldmc_cuda_silu_forward(uint16_t *y, const uint16_t *x, int64_t n);
 void ldmc_cuda_silu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n);
-void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n, bool tanh_approx);
-void ldmc_cuda_gelu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n,
-                             bool tanh_approx);
+// kind: 0 exact (erf), 1 tanh approximation, 2 QuickGELU (as src/ops/cpu_kernels.h numbers them).
+void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n, int kind);
+void ldmc_cuda_gelu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n, int kind);
 void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t M, int F);
 void ldmc_cuda_geglu_backward(float *dx, const float *dy, const uint16_t *x, int64_t M, int F);
 void ldmc_cuda_softmax_forward(uint16_t *y, const uint16_t *x, int64_t M, int C);

@@ -10,7 +10,7 @@ set -eu
 packages="build-essential cmake pkg-config git
 libopenblas-openmp-dev
 libyaml-dev libcjson-dev libturbojpeg0-dev libpng-dev libhdf5-dev libstb-dev
-libprotobuf-c-dev protobuf-c-compiler libisal-dev
+libprotobuf-c-dev protobuf-c-compiler libisal-dev libutf8proc-dev zlib1g-dev
 libopenmpi-dev openmpi-bin
 python3 python3-numpy"
 case "${1:-}" in

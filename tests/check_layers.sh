@@ -29,12 +29,13 @@ allowed() {
     core) echo "core kernels" ;; # kernels/: core/device.c only (checked above)
     ops) echo "core ops kernels" ;;
     io) echo "core io" ;;
+    text) echo "core io text" ;;
     nn) echo "core ops io nn" ;;
     diffusion) echo "core diffusion" ;;
     data) echo "core io data" ;;
-    pipeline) echo "core ops io nn diffusion pipeline" ;;
-    train) echo "core ops io nn diffusion data pipeline train" ;;
-    cli) echo "core ops io nn diffusion data pipeline train cli" ;;
+    pipeline) echo "core ops io nn text diffusion pipeline" ;;
+    train) echo "core ops io nn text diffusion data pipeline train" ;;
+    cli) echo "core ops io nn text diffusion data pipeline train cli" ;;
     esac
 }
 for dir in src/*/; do

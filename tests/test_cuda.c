@@ -289,6 +289,7 @@ static ldmc_tensor *run_layer_norm(ldmc_ctx *c, ldmc_tensor **in) {
 }
 static ldmc_tensor *run_silu(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_silu(c, in[0]); }
 static ldmc_tensor *run_gelu(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_gelu(c, in[0], false); }
+static ldmc_tensor *run_quick_gelu(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_quick_gelu(c, in[0]); }
 static ldmc_tensor *run_gelu_tanh(ldmc_ctx *c, ldmc_tensor **in) {
     return ldmc_gelu(c, in[0], true);
 }
@@ -428,6 +429,7 @@ static const op_case op_cases[] = {
     {"silu", run_silu, 1, {{T2(64, 320), IN_BF16, 6, 0, 0}}, 4, false},
     {"gelu", run_gelu, 1, {{T2(64, 320), IN_BF16, 4, 0, 0}}, 4, false},
     {"gelu tanh", run_gelu_tanh, 1, {{T2(64, 320), IN_BF16, 4, 0, 0}}, 4, false},
+    {"quick gelu", run_quick_gelu, 1, {{T2(64, 320), IN_BF16, 4, 0, 0}}, 4, false},
     {"geglu 2x1280", run_geglu, 1, {{T3(2, 16, 2560), IN_BF16, 3, 0, 0}}, 4, false},
     {"softmax 77", run_softmax, 1, {{T3(2, 30, 77), IN_BF16, 4, 0, 0}}, 8, true},
     {"softmax 1000", run_softmax, 1, {{T2(5, 1000), IN_BF16, 4, 0, 0}}, 8, true},

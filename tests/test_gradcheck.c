@@ -92,6 +92,12 @@ static void gelu_f(const fd_case *c, double **in, double *out) {
 static void gelu_b(const fd_case *c, double **in, const double *dy, double **d) {
     gelu_backward_f64(d[0], dy, in[0], c->in_numel[0], c->flag_a);
 }
+static void quick_gelu_f(const fd_case *c, double **in, double *out) {
+    gelu_forward_f64(out, in[0], c->in_numel[0], LDMC_GELU_QUICK);
+}
+static void quick_gelu_b(const fd_case *c, double **in, const double *dy, double **d) {
+    gelu_backward_f64(d[0], dy, in[0], c->in_numel[0], LDMC_GELU_QUICK);
+}
 static void geglu_f(const fd_case *c, double **in, double *out) {
     geglu_forward_f64(out, in[0], c->M, c->N);
 }
@@ -469,6 +475,13 @@ static fd_case *all_cases(int *count) {
                            .in_scale = {4},
                            .out_numel = 37,
                            .flag_a = true};
+    cases[n++] = (fd_case){.name = "quick_gelu",
+                           .forward = quick_gelu_f,
+                           .backward = quick_gelu_b,
+                           .n_in = 1,
+                           .in_numel = {37},
+                           .in_scale = {4},
+                           .out_numel = 37};
     cases[n++] = (fd_case){.name = "geglu",
                            .forward = geglu_f,
                            .backward = geglu_b,

@@ -2,7 +2,9 @@
 // modules re-implemented): output, loss, the gradient of every parameter and of the inputs, for
 // the tiny text- and class-conditional UNets and the tiny VAE of configs/, and for a ResBlock and
 // a SpatialTransformer at SDXL's widths (640 and 1280 channels, 64-wide heads, context 2048).
-// Reference data: tests/ref/data/models.safetensors (tests/ref/make_model_refs.py). Also:
+// Reference data: tests/ref/data/models.safetensors (tests/ref/make_model_refs.py). The text
+// encoders (CLIP-L and bigG layouts, tiny configs; the official keys at full size):
+// tests/ref/data/text.safetensors (tests/ref/make_text_refs.py, tests/ref/clip_ref.py). Also:
 // recomputation (gradient checkpointing) gives bit-identical gradients with less memory.
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -13,12 +15,15 @@
 #include "harness.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
+#include "nn/text_encoder.h"
 #include "nn/unet.h"
 #include "nn/vae.h"
 #include "ops/ops.h"
 
-static ldmc_safetensors ref;
-static cJSON *cases;
+// models.safetensors and text.safetensors (tests/ref/make_text_refs.py: the text encoders); the
+// case being run reads `ref`, which find_case points at the file holding it.
+static ldmc_safetensors model_ref, text_ref, *ref = &model_ref;
+static cJSON *model_cases, *text_cases;
 
 // ---- the test initialization of make_model_refs.py ------------------------------------------------
 
@@ -89,14 +94,14 @@ static void compare_scaled(const char *key, const float *got, int64_t numel, dou
                            double min_scale) {
     char idx_key[512];
     snprintf(idx_key, sizeof idx_key, "%s.idx", key);
-    const ldmc_st_tensor *want_t = ldmc_safetensors_find(&ref, key), *idx_t = ldmc_safetensors_find(&ref, idx_key);
+    const ldmc_st_tensor *want_t = ldmc_safetensors_find(ref, key), *idx_t = ldmc_safetensors_find(ref, idx_key);
     REQUIRE(want_t, "reference %s is missing", key);
     int64_t n = ldmc_st_numel(want_t);
     float *want = malloc((size_t)n * sizeof *want);
     int32_t *idx = idx_t ? malloc((size_t)n * sizeof *idx) : NULL;
     ldmc_err err = {0};
-    bool ok = ldmc_safetensors_read(&ref, want_t, want, LDMC_F32, &err) == 0 &&
-              (!idx_t || ldmc_safetensors_read(&ref, idx_t, idx, LDMC_I32, &err) == 0);
+    bool ok = ldmc_safetensors_read(ref, want_t, want, LDMC_F32, &err) == 0 &&
+              (!idx_t || ldmc_safetensors_read(ref, idx_t, idx, LDMC_I32, &err) == 0);
     CHECK(ok, "%s", err.message);
     CHECK(idx_t || n == numel, "%s: %lld values, the reference has %lld", key, (long long)numel, (long long)n);
     for (int64_t i = 0; ok && idx && i < n; i++) ok = idx[i] >= 0 && idx[i] < numel;
@@ -116,15 +121,15 @@ static double reference_rms(const char *prefix) {
     double ss = 0;
     int64_t count = 0;
     size_t len = strlen(prefix);
-    for (int i = 0; i < ref.count; i++) {
-        const ldmc_st_tensor *t = &ref.tensors[i];
+    for (int i = 0; i < ref->count; i++) {
+        const ldmc_st_tensor *t = &ref->tensors[i];
         size_t name_len = strlen(t->name);
         if (strncmp(t->name, prefix, len) || (name_len > 4 && !strcmp(t->name + name_len - 4, ".idx")))
             continue;
         int64_t n = ldmc_st_numel(t);
         float *v = malloc((size_t)n * sizeof *v);
         ldmc_err err = {0};
-        if (ldmc_safetensors_read(&ref, t, v, LDMC_F32, &err) == 0)
+        if (ldmc_safetensors_read(ref, t, v, LDMC_F32, &err) == 0)
             for (int64_t k = 0; k < n; k++) ss += (double)v[k] * v[k];
         count += n;
         free(v);
@@ -175,10 +180,13 @@ static void compare_input_grad(const char *name, ldmc_tensor *t, double rtol) {
 
 static const cJSON *find_case(const char *name) {
     const cJSON *c;
-    cJSON_ArrayForEach(c, cases) {
-        if (!strcmp(cJSON_GetObjectItem(c, "name")->valuestring, name)) return c;
+    cJSON_ArrayForEach(c, model_cases) {
+        if (!strcmp(cJSON_GetObjectItem(c, "name")->valuestring, name)) return ref = &model_ref, c;
     }
-    LDMC_FATAL("no reference case '%s' in models.safetensors", name);
+    cJSON_ArrayForEach(c, text_cases) {
+        if (!strcmp(cJSON_GetObjectItem(c, "name")->valuestring, name)) return ref = &text_ref, c;
+    }
+    LDMC_FATAL("no reference case '%s' in models.safetensors or text.safetensors", name);
 }
 
 static const char *param_str(const cJSON *c, const char *key) {
@@ -408,20 +416,153 @@ static void test_vae_recompute_gives_identical_gradients(void) {
     ldmc_vae_free(&v);
 }
 
-int main(int argc, char **argv) {
+// ---- the text encoders ----------------------------------------------------------------------------
+
+// A text encoder of a case (its config's text_encoders entry, hidden_layer as the case says):
+// context, pooled, and every gradient of loss = sum(context R_context) + sum(pooled R_pooled).
+static void run_text_case(const char *name) {
+    const cJSON *c = find_case(name);
+    ldmc_model_config mc = test_model_config(param_str(c, "config"));
+    int index = (int)param_num(c, "encoder");
+    REQUIRE(index < mc.n_text, "%s: the config has %d text encoders", name, mc.n_text);
+    ldmc_text_config cfg = mc.text[index];
+    cfg.hidden_layer = (int)param_num(c, "hidden_layer");
+    ldmc_text_encoder e;
+    ldmc_text_encoder_init(&e, &cfg);
+    CHECK(!strcmp(ldmc_text_prefix(&cfg), param_str(c, "prefix")), "%s: prefix %s, want %s", name,
+          ldmc_text_prefix(&cfg), param_str(c, "prefix"));
+    ready_for_training(&e.params);
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    const int T = cfg.context_length;
+    int32_t ids[3 * 77];
+    REQUIRE(T == 77, "%s: %d positions", name, T);
+    const cJSON *row, *id;
+    int k = 0;
+    cJSON_ArrayForEach(row, cJSON_GetObjectItem(cJSON_GetObjectItem(c, "params"), "ids")) {
+        cJSON_ArrayForEach(id, row) {
+            if (k < 3 * 77) ids[k] = (int32_t)id->valuedouble;
+            k++;
+        }
+    }
+    REQUIRE(k == 3 * T, "%s: %d ids", name, k);
+    ldmc_tensor *context, *pooled;
+    ldmc_text_encoder_forward(&ctx, &e, 3, ids, &context, &pooled);
+    CHECK((pooled != NULL) == (cfg.projection_dim > 0), "%s: a pooled output %s", name,
+          pooled ? "without a projection" : "missing");
+    ldmc_tensor *terms[2] = {ldmc_mul(&ctx, context, draw(&ctx, c, "R_context", LDMC_F32)), NULL};
+    ldmc_tensor *loss = ldmc_sum_rows(
+        &ctx, ldmc_reshape(&ctx, terms[0], 2, (int64_t[]){1, ldmc_numel(terms[0])}));
+    if (pooled) {
+        terms[1] = ldmc_mul(&ctx, pooled, draw(&ctx, c, "R_pooled", LDMC_F32));
+        loss = ldmc_add(&ctx, loss,
+                        ldmc_sum_rows(&ctx, ldmc_reshape(&ctx, terms[1], 2,
+                                                         (int64_t[]){1, ldmc_numel(terms[1])})));
+    }
+    ldmc_backward(&ctx, loss, NULL);
+    // the longest path: every block (attention, MLP) and the pooled projection
+    double rtol = model_rtol(cfg.mlp_width, 2 * cfg.layers + 3);
+    compare_common(name, context, loss, rtol);
+    if (pooled) {
+        char key[256];
+        snprintf(key, sizeof key, "%s.pooled", name);
+        compare(key, pooled->data, ldmc_numel(pooled), rtol);
+    }
+    compare_param_grads(name, &e.params, rtol);
+    ldmc_ctx_free(&ctx);
+    ldmc_text_encoder_free(&e);
+}
+
+static void test_text_clip_l(void) { run_text_case("text_l"); }
+static void test_text_clip_l_last_layer(void) { run_text_case("text_l_last"); }
+static void test_text_open_clip(void) { run_text_case("text_g"); }
+static void test_text_open_clip_last_layer(void) { run_text_case("text_g_last"); }
+static void test_text_refiner_open_clip(void) { run_text_case("text_refiner_g"); }
+
+// The official keys and shapes of SDXL's two encoders at full size, and their parameter counts,
+// against tests/ref/data/keys_text_encoders.json (built without weights).
+static void test_text_official_keys(void) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/models.safetensors", test_data_dir());
+    snprintf(path, sizeof path, "%s/keys_text_encoders.json", test_data_dir());
+    FILE *f = fopen(path, "rb");
+    REQUIRE(f, "%s: cannot open", path);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = malloc((size_t)size + 1);
+    REQUIRE(text && fread(text, 1, (size_t)size, f) == (size_t)size, "%s: cannot read", path);
+    fclose(f);
+    text[size] = 0;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    REQUIRE(j, "%s: not JSON", path);
+    static const struct {
+        const char *name, *config;
+        int index;
+        int64_t params;
+    } encoders[] = {{"clip_l", "sdxl_base.yaml", 0, 123060480},
+                    {"clip_g", "sdxl_base.yaml", 1, 694659841},
+                    {"clip_g", "sdxl_refiner.yaml", 0, 694659841}};
+    for (size_t i = 0; i < sizeof encoders / sizeof *encoders; i++) {
+        ldmc_model_config mc = test_model_config(encoders[i].config);
+        REQUIRE(mc.n_text > encoders[i].index, "%s: no text encoder %d", encoders[i].config,
+                encoders[i].index);
+        ldmc_text_encoder e;
+        ldmc_text_encoder_init(&e, &mc.text[encoders[i].index]);
+        const cJSON *want = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "encoders"), encoders[i].name);
+        const cJSON *keys = cJSON_GetObjectItem(want, "keys"), *k;
+        const char *prefix = ldmc_text_prefix(&e.cfg);
+        int n = 0;
+        cJSON_ArrayForEach(k, keys) {
+            char key[512];
+            snprintf(key, sizeof key, "%s%s", prefix, cJSON_GetArrayItem(k, 0)->valuestring);
+            int index = ldmc_params_find(&e.params, key);
+            n++;
+            CHECK(index >= 0, "%s: %s is not a parameter", encoders[i].config, key);
+            if (index < 0) continue;
+            const ldmc_param *param = &e.params.items[index];
+            const cJSON *shape = cJSON_GetArrayItem(k, 1), *d;
+            int ndim = 0;
+            bool same = true;
+            cJSON_ArrayForEach(d, shape) {
+                same &= ndim < param->ndim && param->shape[ndim] == (int64_t)d->valuedouble;
+                ndim++;
+            }
+            CHECK(same && ndim == param->ndim, "%s: %s has another shape", encoders[i].config, key);
+        }
+        CHECK(n == e.params.count, "%s: %d parameters, the official encoder has %d",
+              encoders[i].config, e.params.count, n);
+        CHECK(ldmc_params_count(&e.params, false) == encoders[i].params,
+              "%s text encoder %d: %lld parameters, want %lld", encoders[i].config,
+              encoders[i].index, (long long)ldmc_params_count(&e.params, false),
+              (long long)encoders[i].params);
+        ldmc_text_encoder_free(&e);
+    }
+    cJSON_Delete(j);
+}
+
+// Opens a reference file and its case list.
+static int open_ref(const char *name, ldmc_safetensors *st, cJSON **list) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", test_data_dir(), name);
     ldmc_err err = {0};
-    if (ldmc_safetensors_open(&ref, path, &err) != 0) {
+    if (ldmc_safetensors_open(st, path, &err) != 0) {
         fprintf(stderr, "%s\n", err.message);
-        return 1;
+        return -1;
     }
-    const char *json = ldmc_safetensors_meta(&ref, "cases");
-    cases = json ? cJSON_Parse(json) : NULL;
-    if (!cJSON_IsArray(cases)) {
+    const char *json = ldmc_safetensors_meta(st, "cases");
+    *list = json ? cJSON_Parse(json) : NULL;
+    if (!cJSON_IsArray(*list)) {
         fprintf(stderr, "%s: no case list in the metadata\n", path);
-        return 1;
+        return -1;
     }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (open_ref("models.safetensors", &model_ref, &model_cases) ||
+        open_ref("text.safetensors", &text_ref, &text_cases))
+        return 1;
     static const test_entry tests[] = {
         TEST_ENTRY(test_unet_text),
         TEST_ENTRY(test_unet_class),
@@ -432,9 +573,17 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_transformer_1280),
         TEST_ENTRY(test_unet_recompute_gives_identical_gradients),
         TEST_ENTRY(test_vae_recompute_gives_identical_gradients),
+        TEST_ENTRY(test_text_clip_l),
+        TEST_ENTRY(test_text_clip_l_last_layer),
+        TEST_ENTRY(test_text_open_clip),
+        TEST_ENTRY(test_text_open_clip_last_layer),
+        TEST_ENTRY(test_text_refiner_open_clip),
+        TEST_ENTRY(test_text_official_keys),
     };
     int rc = test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
-    cJSON_Delete(cases);
-    ldmc_safetensors_close(&ref);
+    cJSON_Delete(model_cases);
+    cJSON_Delete(text_cases);
+    ldmc_safetensors_close(&model_ref);
+    ldmc_safetensors_close(&text_ref);
     return rc;
 }

@@ -21,6 +21,7 @@ static const struct {
 } overrides[] = {
     {"silu", 8, "sigmoid through expf and a division: a few ulp"},
     {"gelu", 8, "erff/tanhf/expf chains: a few ulp"},
+    {"quick_gelu", 8, "expf: a few ulp"},
     {"geglu", 8, "erff/expf chains: a few ulp"},
     {"timestep_embedding", 100,
      "the reference computes in float32 as sgm does: t f reaches 1e3 "
@@ -106,6 +107,8 @@ static void run_op(ldmc_ctx *ctx, op_case *c) {
         c->out[0] = ldmc_silu(ctx, in[0]);
     } else if (!strcmp(op, "gelu")) {
         c->out[0] = ldmc_gelu(ctx, in[0], param(c, "tanh"));
+    } else if (!strcmp(op, "quick_gelu")) {
+        c->out[0] = ldmc_quick_gelu(ctx, in[0]);
     } else if (!strcmp(op, "geglu")) {
         c->out[0] = ldmc_geglu(ctx, in[0]);
     } else if (!strcmp(op, "softmax")) {
@@ -274,6 +277,7 @@ static void test_every_op_has_a_reference(void) {
                                 "layer_norm",
                                 "silu",
                                 "gelu",
+                                "quick_gelu",
                                 "geglu",
                                 "softmax",
                                 "attention",

@@ -292,17 +292,17 @@ void ldmc_cuda_silu_backward(float *dx, const float *dy, const uint16_t *x, int6
     free(fx);
 }
 
-void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n, bool tanh_approx) {
+void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n, int kind) {
     float *fx = f32_of(x, n), *fy = zeros(n);
-    gelu_forward_f32(fy, fx, n, tanh_approx);
+    gelu_forward_f32(fy, fx, n, kind);
     store(y, fy, n);
     free(fx), free(fy);
 }
 
 void ldmc_cuda_gelu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n,
-                             bool tanh_approx) {
+                             int kind) {
     float *fx = f32_of(x, n);
-    if (dx) gelu_backward_f32(dx, dy, fx, n, tanh_approx);
+    if (dx) gelu_backward_f32(dx, dy, fx, n, kind);
     free(fx);
 }
 

@@ -32,7 +32,8 @@ static int int_list(const ldmc_cfg *s, const char *key, bool required, bool scal
     int n = 0;
     if (ldmc_cfg_int_list(s, key, required, scalar_ok, min, max, values, capacity, &n, err) != 0)
         return -1;
-    for (int i = 0; i < n; i++) out[i] = (int)values[i];
+    for (int i = 0; i < n; i++)
+        out[i] = (int)values[i];
     if (count) *count = n;
     return 0;
 }
@@ -57,7 +58,8 @@ static int parse_vector(const ldmc_cfg *s, ldmc_unet_config *c, ldmc_err *err) {
         for (int p = 0; p < LDMC_VECTOR_PART_COUNT && item->kind == LDMC_CFG_SCALAR; p++)
             if (strcmp(item->value, vector_parts[p].name) == 0) found = p;
         if (found < 0)
-            return ldmc_cfg_error(item, err, "unknown part (expected pooled_text, original_size, "
+            return ldmc_cfg_error(item, err,
+                                  "unknown part (expected pooled_text, original_size, "
                                   "crop_coords, target_size or aesthetic_score)");
         for (int j = 0; j < c->n_vector; j++)
             if (c->vector[j] == (ldmc_vector_part)found)
@@ -68,11 +70,21 @@ static int parse_vector(const ldmc_cfg *s, ldmc_unet_config *c, ldmc_err *err) {
 }
 
 int ldmc_unet_config_parse(const ldmc_cfg *s, ldmc_unet_config *c, ldmc_err *err) {
-    static const char *const keys[] = {
-        "in_channels", "out_channels", "model_channels", "channel_mult", "num_res_blocks",
-        "attention_resolutions", "transformer_depth", "transformer_depth_middle",
-        "num_head_channels", "context_dim", "vector", "pooled_dim", "adm_in_channels",
-        "class_embed", NULL};
+    static const char *const keys[] = {"in_channels",
+                                       "out_channels",
+                                       "model_channels",
+                                       "channel_mult",
+                                       "num_res_blocks",
+                                       "attention_resolutions",
+                                       "transformer_depth",
+                                       "transformer_depth_middle",
+                                       "num_head_channels",
+                                       "context_dim",
+                                       "vector",
+                                       "pooled_dim",
+                                       "adm_in_channels",
+                                       "class_embed",
+                                       NULL};
     *c = (ldmc_unet_config){0};
     if (s->kind != LDMC_CFG_MAP) return ldmc_cfg_error(s, err, "expected a map of UNet settings");
     if (ldmc_cfg_check_keys(s, keys, err) != 0) return -1;
@@ -89,11 +101,13 @@ int ldmc_unet_config_parse(const ldmc_cfg *s, ldmc_unet_config *c, ldmc_err *err
                  &n_depth, err) ||
         int_field(s, "num_head_channels", true, 1, 1 << 16, &c->num_head_channels, err) ||
         int_field(s, "context_dim", false, 1, 1 << 20, &c->context_dim, err) ||
-        parse_vector(s, c, err) || int_field(s, "pooled_dim", false, 1, 1 << 20, &c->pooled_dim, err))
+        parse_vector(s, c, err) ||
+        int_field(s, "pooled_dim", false, 1, 1 << 20, &c->pooled_dim, err))
         return -1;
     const ldmc_cfg *depth = ldmc_cfg_get(s, "transformer_depth");
-    if (depth->kind == LDMC_CFG_SCALAR)  // one depth for every level
-        for (int i = 1; i < c->levels; i++) c->transformer_depth[i] = c->transformer_depth[0];
+    if (depth->kind == LDMC_CFG_SCALAR) // one depth for every level
+        for (int i = 1; i < c->levels; i++)
+            c->transformer_depth[i] = c->transformer_depth[0];
     else if (n_depth != c->levels)
         return ldmc_cfg_error(depth, err, "%d entries for %d levels", n_depth, c->levels);
     c->transformer_depth_middle = c->transformer_depth[c->levels - 1];
@@ -127,7 +141,8 @@ int ldmc_unet_config_parse(const ldmc_cfg *s, ldmc_unet_config *c, ldmc_err *err
             int_field(class_embed, "dim", true, 1, 1 << 20, &c->class_dim, err))
             return -1;
         if (c->context_dim != c->class_dim)
-            return ldmc_cfg_error(class_embed, err, "the class embedding is the cross-attention "
+            return ldmc_cfg_error(class_embed, err,
+                                  "the class embedding is the cross-attention "
                                   "context: dim %d must equal context_dim %d",
                                   c->class_dim, c->context_dim);
     }
@@ -152,9 +167,9 @@ int ldmc_unet_config_parse(const ldmc_cfg *s, ldmc_unet_config *c, ldmc_err *err
 }
 
 int ldmc_vae_config_parse(const ldmc_cfg *s, ldmc_vae_config *c, ldmc_err *err) {
-    static const char *const keys[] = {"in_channels", "out_channels", "ch", "ch_mult",
-                                       "num_res_blocks", "z_channels", "embed_dim", "double_z",
-                                       "scale_factor", NULL};
+    static const char *const keys[] = {
+        "in_channels", "out_channels", "ch",       "ch_mult",      "num_res_blocks",
+        "z_channels",  "embed_dim",    "double_z", "scale_factor", NULL};
     *c = (ldmc_vae_config){.double_z = true, .scale_factor = 0.13025};
     if (s->kind != LDMC_CFG_MAP) return ldmc_cfg_error(s, err, "expected a map of VAE settings");
     if (ldmc_cfg_check_keys(s, keys, err) ||
@@ -179,8 +194,85 @@ int ldmc_vae_config_parse(const ldmc_cfg *s, ldmc_vae_config *c, ldmc_err *err) 
     return 0;
 }
 
+const char *ldmc_text_layout_name(ldmc_text_layout layout) {
+    return layout == LDMC_TEXT_HF ? "hf" : "open_clip";
+}
+
+int ldmc_text_config_parse(const ldmc_cfg *s, ldmc_text_config *c, ldmc_err *err) {
+    static const char *const keys[] = {
+        "layout",    "vocab_size", "context_length", "width",          "heads", "layers",
+        "mlp_width", "activation", "hidden_layer",   "projection_dim", NULL};
+    *c = (ldmc_text_config){.context_length = 77, .vocab_size = 49408};
+    if (s->kind != LDMC_CFG_MAP)
+        return ldmc_cfg_error(s, err, "expected a map of text encoder settings");
+    if (ldmc_cfg_check_keys(s, keys, err)) return -1;
+    const ldmc_cfg *layout = ldmc_cfg_get(s, "layout"), *act = ldmc_cfg_get(s, "activation");
+    if (!layout || layout->kind != LDMC_CFG_SCALAR ||
+        (strcmp(layout->value, "hf") && strcmp(layout->value, "open_clip")))
+        return ldmc_cfg_error(
+            layout ? layout : s, err,
+            "layout: expected hf (HF CLIPTextModel keys: CLIP ViT-L) or open_clip "
+            "(open_clip keys: OpenCLIP bigG)");
+    c->layout = strcmp(layout->value, "hf") ? LDMC_TEXT_OPEN_CLIP : LDMC_TEXT_HF;
+    if (!act || act->kind != LDMC_CFG_SCALAR ||
+        (strcmp(act->value, "quick_gelu") && strcmp(act->value, "gelu")))
+        return ldmc_cfg_error(act ? act : s, err,
+                              "activation: expected quick_gelu (CLIP ViT-L) or gelu (exact, bigG)");
+    c->quick_gelu = !strcmp(act->value, "quick_gelu");
+    if (int_field(s, "vocab_size", false, 3, 1 << 22, &c->vocab_size, err) ||
+        int_field(s, "context_length", false, 2, 4096, &c->context_length, err) ||
+        int_field(s, "width", true, 1, 1 << 16, &c->width, err) ||
+        int_field(s, "heads", true, 1, 1024, &c->heads, err) ||
+        int_field(s, "layers", true, 1, 256, &c->layers, err) ||
+        int_field(s, "mlp_width", true, 1, 1 << 18, &c->mlp_width, err))
+        return -1;
+    c->hidden_layer = c->layers - 1;
+    if (int_field(s, "hidden_layer", false, 1, c->layers, &c->hidden_layer, err) ||
+        int_field(s, "projection_dim", false, 1, 1 << 16, &c->projection_dim, err))
+        return -1;
+    if (c->width % c->heads)
+        return ldmc_cfg_error(ldmc_cfg_get(s, "heads"), err,
+                              "width %d does not split into %d heads", c->width, c->heads);
+    if (c->projection_dim && c->layout != LDMC_TEXT_OPEN_CLIP)
+        return ldmc_cfg_error(ldmc_cfg_get(s, "projection_dim"), err,
+                              "a pooled projection is an open_clip layout's (SDXL's CLIP ViT-L has "
+                              "none)");
+    return 0;
+}
+
+// The `text_encoders:` list: the UNet's context is their contexts side by side, its pooled text
+// the one pooled output.
+static int parse_text_encoders(const ldmc_cfg *list, ldmc_model_config *out, ldmc_err *err) {
+    if (list->kind != LDMC_CFG_LIST || list->count < 1 || list->count > LDMC_MAX_TEXT_ENCODERS)
+        return ldmc_cfg_error(list, err, "expected a list of 1 or 2 text encoders");
+    int context = 0, pooled = 0, n_pooled = 0;
+    for (int i = 0; i < list->count; i++) {
+        ldmc_text_config *t = &out->text[i];
+        if (ldmc_text_config_parse(list->items[i], t, err)) return -1;
+        t->index = i;
+        context += t->width;
+        if (t->projection_dim) pooled = t->projection_dim, n_pooled++;
+    }
+    out->n_text = list->count;
+    if (!out->has_unet) return 0;
+    const ldmc_unet_config *u = &out->unet;
+    if (context != u->context_dim)
+        return ldmc_cfg_error(list, err,
+                              "the encoders' widths add up to %d, but the UNet's context_dim is %d",
+                              context, u->context_dim);
+    bool wants_pooled = false;
+    for (int i = 0; i < u->n_vector; i++)
+        wants_pooled |= u->vector[i] == LDMC_VECTOR_POOLED_TEXT;
+    if (wants_pooled && (n_pooled != 1 || pooled != u->pooled_dim))
+        return ldmc_cfg_error(list, err,
+                              "the UNet's vector takes pooled text of %d features: exactly one "
+                              "encoder must have projection_dim %d",
+                              u->pooled_dim, u->pooled_dim);
+    return 0;
+}
+
 int ldmc_model_config_load(const char *path, ldmc_model_config *out, ldmc_err *err) {
-    static const char *const sections[] = {"unet", "vae", NULL};
+    static const char *const sections[] = {"unet", "vae", "text_encoders", NULL};
     *out = (ldmc_model_config){0};
     ldmc_cfg *root = ldmc_cfg_load(path, err);
     if (!root) return -1;
@@ -191,6 +283,10 @@ int ldmc_model_config_load(const char *path, ldmc_model_config *out, ldmc_err *e
     if (rc == 0 && vae) rc = ldmc_vae_config_parse(vae, &out->vae, err);
     out->has_unet = unet != NULL;
     out->has_vae = vae != NULL;
+    const ldmc_cfg *text = ldmc_cfg_get(root, "text_encoders");
+    if (rc == 0 && text && (!unet || out->unet.n_classes || !out->unet.context_dim))
+        rc = ldmc_cfg_error(text, err, "text encoders condition a UNet with a text context_dim");
+    if (rc == 0 && text) rc = parse_text_encoders(text, out, err);
     ldmc_cfg_free(root);
     return rc;
 }

@@ -11,6 +11,10 @@
 
 #include "core/rng.h"
 
+// The GELU variants of gelu_forward/backward (and the CUDA twins): exact (erf), the tanh
+// approximation, and CLIP's QuickGELU x sigmoid(1.702 x).
+enum { LDMC_GELU_ERF = 0, LDMC_GELU_TANH = 1, LDMC_GELU_QUICK = 2 };
+
 // A 2-D convolution or pooling window over (N, H, W, C) -> (N, Ho, Wo, O).
 typedef struct ldmc_conv_geom {
     int N, H, W, C; // input

@@ -35,6 +35,8 @@ ldmc_tensor *ldmc_layer_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma, 
 ldmc_tensor *ldmc_silu(ldmc_ctx *ctx, ldmc_tensor *x);
 // Exact (erf) GELU, or the tanh approximation.
 ldmc_tensor *ldmc_gelu(ldmc_ctx *ctx, ldmc_tensor *x, bool tanh_approx);
+// CLIP's QuickGELU: x sigmoid(1.702 x) (OpenAI's CLIP, CLIP ViT-L's text model).
+ldmc_tensor *ldmc_quick_gelu(ldmc_ctx *ctx, ldmc_tensor *x);
 // x (..., 2F) -> (..., F): first half times erf-GELU of the second half.
 ldmc_tensor *ldmc_geglu(ldmc_ctx *ctx, ldmc_tensor *x);
 // Softmax over the last dimension.

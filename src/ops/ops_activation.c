@@ -1,4 +1,4 @@
-// SiLU, GELU, GEGLU and softmax ops (see ops.h). Kernels: src/ops/cpu/activation.inc.
+// SiLU, GELU (exact, tanh, quick), GEGLU and softmax ops (see ops.h). Kernels: src/ops/cpu/activation.inc.
 // Tested by tests/test_ops.c and tests/test_gradcheck.c.
 #include "ops/op_util.h"
 
@@ -26,29 +26,34 @@ ldmc_tensor *ldmc_silu(ldmc_ctx *ctx, ldmc_tensor *x) {
 
 static void gelu_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
-    bool tanh_approx = *(const bool *)node->args;
+    int kind = *(const int *)node->args;
     if (ON_GPU(x))
         GPU(ldmc_cuda_gelu_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), BF(x), ldmc_numel(x),
-                                    tanh_approx));
+                                    kind));
     else
-        gelu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x),
-                          tanh_approx);
+        gelu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x), kind);
 }
 
 static const ldmc_op_info gelu_op = {"gelu", gelu_backward};
 
-ldmc_tensor *ldmc_gelu(ldmc_ctx *ctx, ldmc_tensor *x, bool tanh_approx) {
+static ldmc_tensor *gelu(ldmc_ctx *ctx, ldmc_tensor *x, int kind) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
     COMPUTE(ctx) {
         if (ON_GPU(x))
-            GPU(ldmc_cuda_gelu_forward(BF(y), BF(x), ldmc_numel(x), tanh_approx));
+            GPU(ldmc_cuda_gelu_forward(BF(y), BF(x), ldmc_numel(x), kind));
         else
-            gelu_forward_f32(OUT(y), DATA(x), ldmc_numel(x), tanh_approx);
+            gelu_forward_f32(OUT(y), DATA(x), ldmc_numel(x), kind);
     }
     ldmc_node *node = RECORD(ctx, &gelu_op, y, x);
-    if (node) *(bool *)ldmc_node_args(ctx, node, sizeof(bool)) = tanh_approx;
+    if (node) *(int *)ldmc_node_args(ctx, node, sizeof(int)) = kind;
     return y;
 }
+
+ldmc_tensor *ldmc_gelu(ldmc_ctx *ctx, ldmc_tensor *x, bool tanh_approx) {
+    return gelu(ctx, x, tanh_approx ? LDMC_GELU_TANH : LDMC_GELU_ERF);
+}
+
+ldmc_tensor *ldmc_quick_gelu(ldmc_ctx *ctx, ldmc_tensor *x) { return gelu(ctx, x, LDMC_GELU_QUICK); }
 
 static void geglu_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];

@@ -168,6 +168,7 @@ case("causal_attention_clip_77", "causal_attention", [("q", (2, 77, 128), 3.0),
 case("causal_attention_tiles", "causal_attention", [("q", (1, 130, 16), 2.0), ("k", (1, 130, 16), 2.0),
                                                     ("v", (1, 130, 16))], heads=2)
 case("concat_rows_batches", "concat_rows", [("a", (2, 3, 4, 5)), ("b", (1, 3, 4, 5)), ("c", (3, 3, 4, 5))])
+case("quick_gelu", "quick_gelu", [("x", (3, 17), 4.0)])
 
 
 # ---- PyTorch implementations, on channels-last data --------------------------------------------
@@ -204,6 +205,8 @@ def run_op(op, p, xs):
         return [F.silu(xs[0])]
     if op == "gelu":
         return [F.gelu(xs[0], approximate="tanh" if p["tanh"] else "none")]
+    if op == "quick_gelu":  # OpenAI CLIP's QuickGELU
+        return [xs[0] * torch.sigmoid(1.702 * xs[0])]
     if op == "geglu":
         a, gate = xs[0].chunk(2, dim=-1)
         return [a * F.gelu(gate)]
