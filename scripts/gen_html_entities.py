@@ -2,8 +2,10 @@
 """Writes src/text/html_entities.inc: the HTML5 named character references (WHATWG's list, as
 Python's html.entities.html5 has it: names with and without the ';' that the standard accepts),
 sorted by name for a binary search, and html.unescape's two numeric-reference tables (the
-references replaced by windows-1252 characters, the code points dropped). Python's html.unescape
-and ftfy read the same tables.
+references replaced by windows-1252 characters, the code points dropped); and ftfy 6's entity
+table, built from the same list as ftfy builds it: "&name;" for every name with a ';', and for a
+lower-case name also "&NAME;" with the upper-cased value, unless html.unescape already decodes
+that spelling (tests/ref/data/clip_cleanup_rules.md §1.3).
 
 Run: /usr/bin/python3 scripts/gen_html_entities.py
 """
@@ -34,4 +36,21 @@ with open(out, "w") as f:
     for i in range(0, len(cps), 8):
         f.write("    " + " ".join("0x%X," % c for c in cps[i:i + 8]) + "\n")
     f.write("};\n")
-print(out, len(rows))
+    ftfy = {}
+    for name, value in html.entities.html5.items():
+        if not name.endswith(";"):
+            continue
+        ftfy["&" + name] = value
+        if name == name.lower():
+            upper = "&" + name.upper()
+            if html.unescape(upper) == upper:
+                ftfy[upper] = value.upper()
+    f.write("// ftfy's entity table (%d keys, '&' and ';' included), sorted by their bytes.\n" % len(ftfy))
+    f.write("static const ftfy_entity ftfy_entities[] = {\n")
+    for key in sorted(ftfy, key=lambda k: k.encode()):
+        cps = [ord(c) for c in ftfy[key]]
+        assert 1 <= len(cps) <= 3, key
+        cps += [0] * (3 - len(cps))
+        f.write('    {"%s", {0x%X, 0x%X, 0x%X}},\n' % (key, *cps))
+    f.write("};\n")
+print(out, len(rows), len(ftfy))

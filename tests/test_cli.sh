@@ -80,6 +80,26 @@ keys = [k for k in json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]]) if k
 sys.exit(0 if keys and all(k.startswith("first_stage_model.") for k in keys) else 1)
 PY
 cmp -s "$work/vae.safetensors" "$work/back.safetensors" || fail "bare -> official is not the original file"
+
+# A whole SDXL-shaped file without downloads: UNet, VAE and both text encoders in one official
+# file (ldmc init --vae), which the trainer, `ldmc convert` and other tools read.
+expect_status 0 "$ldmc" init "$configs/tiny_unet_text.yaml" "$work/whole.safetensors" \
+    --vae "$configs/tiny_vae.yaml"
+python3 - "$work/whole.safetensors" <<'PY' || fail "ldmc init --vae: not UNet + VAE + both encoders"
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+keys = [k for k in json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]]) if k != "__metadata__"]
+prefixes = ("model.diffusion_model.", "first_stage_model.", "conditioner.embedders.0.transformer.",
+            "conditioner.embedders.1.model.")
+counts = [sum(k.startswith(p) for k in keys) for p in prefixes]
+sys.exit(0 if all(counts) and sum(counts) == len(keys) else 1)
+PY
+expect_status 1 "$ldmc" init "$configs/tiny_unet_text.yaml" "$work/x.safetensors" --vae "$configs/tiny_unet_class.yaml"
+grep -q "without a vae: section" /tmp/ldmc_cli_out.$$ || fail "init --vae of a config without a vae"
+# the text encoders' forward, timed (bench/text_vs_torch.py reads the JSON)
+expect_status 0 "$ldmc" bench text --config "$configs/tiny_unet_text.yaml" --batch 2 --reps 1 --json
+lines=$(grep -c '"layout": "\(hf\|open_clip\)".*"ms_forward": [0-9.]*}' /tmp/ldmc_cli_out.$$)
+[ "$lines" -eq 2 ] || fail "bench text --json printed $lines encoder lines, want 2"
 rm -rf "$work"
 
 expect_status 0 "$ldmc" bench ops --reps 1 --filter group_norm --json

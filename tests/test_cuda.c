@@ -27,6 +27,7 @@
 #include "harness.h"
 #include "kernels/ldmc_cuda.h"
 #include "nn/model_config.h"
+#include "nn/text_encoder.h"
 #include "nn/unet.h"
 #include "nn/vae.h"
 #include "ops/cpu_kernels.h"
@@ -872,6 +873,66 @@ static void test_tiny_vae_step_matches_the_cpu(void) {
     ldmc_vae_free(&gpu_v);
 }
 
+// The tiny SDXL-shaped text encoders (CLIP-L-like, QuickGELU; bigG-like, GELU, pooled) on the GPU
+// against the CPU: context and pooled text within bf16's reach, and every parameter's gradient
+// of the MSE of the context and of the pooled text against fixed targets (the encoders'
+// backward, for training them).
+static double text_step(ldmc_ctx *ctx, ldmc_text_encoder *e, const int32_t *ids, float *out) {
+    ldmc_tensor *context, *pooled;
+    ldmc_text_encoder_forward(ctx, e, 2, ids, &context, &pooled);
+    int64_t nc = ldmc_numel(context), np = pooled ? ldmc_numel(pooled) : 0;
+    float *r = bf16_exact(nc + np, 21, 1);
+    ldmc_tensor *losses[2] = {
+        ldmc_mse_loss(ctx, context,
+                      ldmc_input(ctx, LDMC_F32, context->ndim, context->shape, r, LDMC_F32)),
+        pooled ? ldmc_mse_loss(ctx, pooled,
+                               ldmc_input(ctx, LDMC_F32, 2, pooled->shape, r + nc, LDMC_F32))
+               : NULL};
+    ldmc_read_f32(context, out);
+    if (pooled) ldmc_read_f32(pooled, out + nc);
+    double value = ldmc_read_scalar(losses[0]) + (pooled ? ldmc_read_scalar(losses[1]) : 0);
+    ldmc_backward_many(ctx, losses, (const float *[]){NULL, NULL}, pooled ? 2 : 1);
+    free(r);
+    return value;
+}
+
+static void test_text_encoders_match_the_cpu(void) {
+    ldmc_model_config mc = test_model_config("tiny_unet_text.yaml");
+    int32_t ids[2 * 77];
+    for (int t = 0; t < 77; t++) { // a 6-token prompt padded as the convention says, a cut one
+        ids[t] = t == 0 ? 998 : t < 7 ? 5 + 37 * t : t == 7 ? 999 : 0;
+        ids[77 + t] = t == 0 ? 998 : t < 76 ? (13 * t) % 997 : 999;
+    }
+    for (int k = 0; k < mc.n_text; k++) {
+        ldmc_text_encoder cpu_e, gpu_e;
+        ldmc_text_encoder_init(&cpu_e, &mc.text[k]);
+        ldmc_text_encoder_init(&gpu_e, &mc.text[k]);
+        ready(&cpu_e.params);
+        ready(&gpu_e.params);
+        ldmc_params_to_device(&gpu_e.params);
+        ldmc_ctx cpu, gpu;
+        test_ctx_init(&cpu);
+        gpu_ctx_init(&gpu);
+        int64_t n_out = 2 * 77 * mc.text[k].width + 2 * mc.text[k].projection_dim;
+        float *a = malloc((size_t)n_out * sizeof *a), *b = malloc((size_t)n_out * sizeof *b);
+        double l_cpu = text_step(&cpu, &cpu_e, ids, a), l_gpu = text_step(&gpu, &gpu_e, ids, b);
+        double ratio, cos = cosine(b, a, (size_t)n_out, &ratio);
+        CHECK(cos >= 0.999 && fabs(ratio - 1) <= 0.01,
+              "text encoder %d outputs: cosine %.5f, norm ratio %.4f", k, cos, ratio);
+        CHECK(fabs(l_gpu - l_cpu) <= 0.03 * (fabs(l_cpu) + 1), "text encoder %d loss: CPU %.5f, GPU %.5f", k, l_cpu, l_gpu);
+        size_t n = cpu_e.params.total;
+        float *g = malloc(n * sizeof *g);
+        ldmc_cuda_to_host(g, gpu_e.params.device[LDMC_ROLE_GRAD], n * sizeof *g);
+        check_gradients(k ? "bigG-like text encoder" : "CLIP-L-like text encoder", g,
+                        cpu_e.params.buffers[LDMC_ROLE_GRAD], n);
+        free(g), free(a), free(b);
+        ldmc_ctx_free(&cpu);
+        ldmc_ctx_free(&gpu);
+        ldmc_text_encoder_free(&cpu_e);
+        ldmc_text_encoder_free(&gpu_e);
+    }
+}
+
 // A step with recomputation (gradient checkpointing) moves region outputs inside the GPU arena
 // (overlapping copies) and re-runs regions during backward: the same gradients as without it.
 static void test_recompute_on_the_gpu_changes_nothing(void) {
@@ -904,7 +965,7 @@ int main(int argc, char **argv) {
     }
     ldmc_cuda_print_info(stdout);
     enum { N_OPS = sizeof op_cases / sizeof op_cases[0] };
-    static test_entry tests[8 + N_OPS];
+    static test_entry tests[9 + N_OPS];
     int n = 0;
     tests[n++] = (test_entry)TEST_ENTRY(test_philox_streams_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_bf16_conversions_match_the_cpu);
@@ -915,6 +976,7 @@ int main(int argc, char **argv) {
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_class_step_matches_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_text_step_matches_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_vae_step_matches_the_cpu);
+    tests[n++] = (test_entry)TEST_ENTRY(test_text_encoders_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_recompute_on_the_gpu_changes_nothing);
     return test_main(argc, argv, tests, n);
 }

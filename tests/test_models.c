@@ -15,6 +15,7 @@
 #include "harness.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
+#include "nn/diffusers.h"
 #include "nn/text_encoder.h"
 #include "nn/unet.h"
 #include "nn/vae.h"
@@ -529,6 +530,26 @@ static void test_text_official_keys(void) {
                 ndim++;
             }
             CHECK(same && ndim == param->ndim, "%s: %s has another shape", encoders[i].config, key);
+            // its diffusers names (text_encoder/, text_encoder_2/): one, three (in_proj split
+            // into q, k, v) or none (logit_scale)
+            const cJSON *want_names = cJSON_GetArrayItem(k, 2), *w;
+            char names[3][256], got[800] = "", expected[800] = "";
+            bool transpose = false, flatten = false;
+            const char *bare = cJSON_GetArrayItem(k, 0)->valuestring;
+            int n_names = e.cfg.layout == LDMC_TEXT_OPEN_CLIP
+                              ? ldmc_text_diffusers_split(&e.cfg, bare, names, &transpose)
+                              : 0;
+            if (!n_names)
+                n_names = ldmc_text_diffusers_key(&e.cfg, bare, names[0], 256, &flatten) == 0;
+            for (int q = 0; q < n_names; q++)
+                snprintf(got + strlen(got), sizeof got - strlen(got), "%s ", names[q]);
+            cJSON_ArrayForEach(w, want_names) {
+                snprintf(expected + strlen(expected), sizeof expected - strlen(expected), "%s ",
+                         w->valuestring);
+            }
+            CHECK(!strcmp(got, expected), "%s: diffusers names of %s: '%s', want '%s'",
+                  encoders[i].config, bare, got, expected);
+            CHECK(transpose == !strcmp(bare, "text_projection"), "%s: transposed", bare);
         }
         CHECK(n == e.params.count, "%s: %d parameters, the official encoder has %d",
               encoders[i].config, e.params.count, n);

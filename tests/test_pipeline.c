@@ -1,7 +1,8 @@
 // The pipeline layer (src/pipeline): the loss steps are pure functions of (weights, batch, key)
 // and the image path equals the latent-cache path on the same posterior; the memory plans' dry
 // run allocates what a real step does, to the byte; the conditioner's dropout and guided batches;
-// the sampler's hand-off (two runs over halves of the steps equal one run); guidance is
+// text: captions through the tokenizer and encoders, dropped captions, the encoders' activations
+// dropped; the sampler's hand-off (two runs over halves of the steps equal one run); guidance is
 // uncond + s (cond - uncond) of separate passes; decoding in chunks equals decoding at once.
 // On tiny models of configs/ with random weights, on the CPU (the GPU twins of the ops:
 // tests/test_cuda.c).
@@ -12,6 +13,7 @@
 #include "core/device.h"
 #include "harness.h"
 #include "nn/model_config.h"
+#include "nn/text_encoder.h"
 #include "nn/unet.h"
 #include "nn/vae.h"
 #include "ops/ops.h"
@@ -19,6 +21,7 @@
 #include "pipeline/loss.h"
 #include "pipeline/plan.h"
 #include "pipeline/sampler.h"
+#include "text/tokenizer.h"
 
 enum { B = 3, H = 16, W = 16 }; // the tiny VAE's f = 2: latents 8 x 8
 
@@ -237,6 +240,93 @@ static void test_conditioner_dropout_and_guided_batches(void) {
     ldmc_ctx_free(&ctx);
 }
 
+// The conditioner with text encoders (the tiny SDXL-shaped ones, the tests' vocabulary): the
+// context is the two encoders' side by side and the pooled text bigG-like's; a dropped caption is
+// zeros (size conditioning kept) or, with uncond_empty, the encoding of ""; the encoders'
+// activations are dropped, only the context and pooled text stay in the arena; a guided batch's
+// second half is the unconditional branch.
+static void test_conditioner_encodes_captions(void) {
+    ldmc_model_config mc = test_model_config("tiny_unet_text.yaml");
+    ldmc_text_encoder enc[2];
+    char vocab[4096];
+    snprintf(vocab, sizeof vocab, "%s/tiny_bpe", test_data_dir());
+    ldmc_err err = {0};
+    ldmc_tokenizer *tok = ldmc_tokenizer_load(vocab, &err);
+    REQUIRE(tok, "%s", err.message);
+    ldmc_conditioner cond = {.unet = &mc.unet, .n_text = 2, .tokenizer = tok};
+    for (int e = 0; e < 2; e++) {
+        ldmc_text_encoder_init(&enc[e], &mc.text[e]);
+        ldmc_params_flag_matching(&enc[e].params, "*", LDMC_PARAM_FROZEN, true);
+        ldmc_params_alloc(&enc[e].params, LDMC_ROLE_WEIGHTS);
+        ldmc_params_init(&enc[e].params, 7 + (uint64_t)e);
+        cond.text[e] = &enc[e];
+    }
+    const int T = 77, D = mc.unet.context_dim, P = mc.unet.pooled_dim, DL = mc.text[0].width;
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    const char *captions[3] = {"a bright circle &amp; its shadow", NULL, "one big cross"};
+    int32_t sizes[6] = {32, 32, 24, 40, 40, 24};
+    float keep[3] = {1, 0, 1};
+    ldmc_cond_batch b = {.n = 3, .c_size = sizes, .c_crop = sizes, .c_target = sizes,
+                         .captions = captions};
+    // each encoder alone, for the expected values
+    float *ref_l = malloc((size_t)3 * T * DL * sizeof *ref_l);
+    float *ref_g = malloc((size_t)3 * T * (D - DL) * sizeof *ref_g), ref_p[3 * 24];
+    REQUIRE(P <= 24, "pooled %d", P);
+    ldmc_tensor *x, *p;
+    ldmc_text_encoder_forward(&ctx, &enc[0], 3, ldmc_conditioner_tokens(&ctx, &cond, 0, captions, NULL, 3), &x, &p);
+    ldmc_read_f32(x, ref_l);
+    ldmc_text_encoder_forward(&ctx, &enc[1], 3, ldmc_conditioner_tokens(&ctx, &cond, 1, captions, NULL, 3), &x, &p);
+    ldmc_read_f32(x, ref_g);
+    ldmc_read_f32(p, ref_p);
+    // the tokens: CLIP-L's convention pads with the end token, bigG's with 0
+    const int32_t *ids_l = ldmc_conditioner_tokens(&ctx, &cond, 0, captions, NULL, 3);
+    const int32_t *ids_g = ldmc_conditioner_tokens(&ctx, &cond, 1, captions, NULL, 3);
+    CHECK(ids_l[76] == 999 && ids_g[76] == 0 && ids_l[T] == 998 && ids_l[T + 1] == 999,
+          "padding and the NULL caption's ids");
+    ldmc_ctx_reset(&ctx);
+    size_t before = ldmc_arena_mark(&ctx.data);
+    ldmc_tensor *context, *pooled;
+    ldmc_conditioner_encode(&ctx, &cond, 3, captions, NULL, &context, &pooled);
+    size_t used = ldmc_arena_mark(&ctx.data) - before;
+    size_t kept = (size_t)3 * T * D * sizeof(float) + (size_t)3 * P * sizeof(float);
+    CHECK(used <= kept + 1024 && ctx.data.high_water > 4 * kept,
+          "the arena holds %zu bytes after encoding (the context and pooled text are %zu; the "
+          "forward peaked at %zu)",
+          used, kept, ctx.data.high_water);
+    float *got = malloc((size_t)3 * T * D * sizeof *got), got_p[3 * 24];
+    ldmc_read_f32(context, got);
+    ldmc_read_f32(pooled, got_p);
+    bool same = true;
+    for (int i = 0; i < 3 * T; i++)
+        for (int d = 0; d < D; d++)
+            same &= got[(size_t)i * D + d] ==
+                    (d < DL ? ref_l[(size_t)i * DL + d] : ref_g[(size_t)i * (D - DL) + d - DL]);
+    CHECK(same && !memcmp(got_p, ref_p, (size_t)3 * P * sizeof *got_p),
+          "the context is CLIP-L's and bigG's side by side, the pooled text bigG's");
+    // dropout: zeros, or "" encoded
+    for (int mode = 0; mode < 2; mode++) {
+        cond.uncond_empty = mode == 1;
+        b.keep = keep;
+        ldmc_ctx_reset(&ctx);
+        ldmc_unet_cond uc = ldmc_condition(&ctx, &cond, &b);
+        REQUIRE(uc.context && uc.vector, "a text model's conditioning");
+        ldmc_read_f32(uc.context, got);
+        float *row = got + (size_t)T * D; // sample 1, dropped (its caption is NULL, i.e. "")
+        double sum = 0, first = 0;
+        for (int k = 0; k < T * D; k++)
+            sum += fabs(row[k]), first += fabs(got[k]);
+        CHECK(mode ? sum > 0 : sum == 0, "%s: the dropped sample's context sums to %g",
+              mode ? "uncond_empty" : "zeros", sum);
+        CHECK(first > 0, "the kept sample's context is not zero");
+    }
+    free(got), free(ref_l), free(ref_g);
+    ldmc_ctx_free(&ctx);
+    for (int e = 0; e < 2; e++)
+        ldmc_text_encoder_free(&enc[e]);
+    ldmc_tokenizer_free(tok);
+}
+
 // The sampler: DDIM over [0, 6) equals [0, 3) then [3, 6) (a refiner hand-off runs the second
 // part); guidance is uncond + s (cond - uncond) of separate passes.
 static void test_sampler_hand_off_and_guidance(void) {
@@ -329,6 +419,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_loss_step_is_a_function_of_its_key),
         TEST_ENTRY(test_memory_plan_matches_a_real_step),
         TEST_ENTRY(test_conditioner_dropout_and_guided_batches),
+        TEST_ENTRY(test_conditioner_encodes_captions),
         TEST_ENTRY(test_sampler_hand_off_and_guidance),
         TEST_ENTRY(test_decode_in_chunks),
     };

@@ -3,6 +3,7 @@
 // (after a kill -9) is bit-identical to an uninterrupted one, a kill during a checkpoint write
 // leaves the previous checkpoint loadable, bad images are counted, non-finite steps handled.
 #include <dirent.h>
+#include <hdf5.h>
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
@@ -30,6 +31,7 @@
 #include "train/cache_build.h"
 #include "train/canvas.h"
 #include "train/checkpoint.h"
+#include "train/text_models.h"
 #include "train/optim.h"
 #include "train/trainer.h"
 
@@ -250,6 +252,12 @@ static void test_recipe_configs(void) {
     // the refiner: t in [0, 200)
     CHECK(c[3].noise.t_min == 0 && c[3].noise.t_max == 200, "refiner range [%d, %d)",
           c[3].noise.t_min, c[3].noise.t_max);
+    // the text encoders: CLIP-L and bigG for the base, bigG for the refiner, whose dropped
+    // captions are "" encoded; both need CLIP's vocabulary
+    CHECK(c[2].model.n_text == 2 && c[3].model.n_text == 1 && c[2].text_vocab[0] &&
+              !c[2].text_uncond_empty && c[3].text_uncond_empty &&
+              c[2].model.text[1].projection_dim == 1280 && c[2].n_sample_prompts == 2,
+          "the recipes' text conditioning");
     // the CIN ablation: the same training, with and without size conditioning, and 512-only
     CHECK(c[4].model.unet.n_vector == 2 && c[5].model.unet.n_vector == 0 &&
               c[4].model.unet.n_classes == 1000,
@@ -661,7 +669,232 @@ static void test_nonfinite_steps(void) {
     ldmc_train_config_free(&c);
 }
 
-static void test_text_models_are_refused(void) {
+// `ldmc cache` of a config into h5, its output into `log`.
+static int build_cache_logged(const ldmc_train_config *c, const char *h5, bool flip,
+                              const char *log, ldmc_err *err) {
+    fflush(stdout);
+    int saved = dup(1);
+    if (!freopen(log, "w", stdout)) return LDMC_ERR(err, "cannot write %s", log);
+    int built = ldmc_cache_build(c, h5, flip, err);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    return built;
+}
+
+// ---- text models: SDXL-shaped (CLIP-L-like + bigG-like) and refiner-shaped tiny runs ---------------
+
+// <fixture>/captioned: the shapes with a caption .txt beside each picture; <fixture>/<model>.init:
+// `ldmc init` of the model config (UNet and text encoders in one official file).
+static void make_text_fixture(const char *model) {
+    make_fixture();
+    char path[1400];
+    ldmc_err err = {0};
+    snprintf(path, sizeof path, "%s/captioned", fixture);
+    if (access(path, F_OK) != 0) {
+        LDMC_CHECK(ldmc_shapes_write(path, 3, 2, &err) == 0, "%s", err.message);
+        static const char *const shapes[] = {"circle", "cross", "square", "triangle"};
+        static const char *const moods[] = {"a bright", "a small, dark", "one big"};
+        for (int s = 0; s < 4; s++)
+            for (int k = 0; k < 3; k++) {
+                char dir[1500], image[1800], caption[1800];
+                snprintf(dir, sizeof dir, "%s/%s", path, shapes[s]);
+                DIR *d = opendir(dir);
+                LDMC_CHECK(d, "%s", dir);
+                struct dirent *e;
+                int seen = 0;
+                while ((e = readdir(d)))
+                    if (e->d_name[0] != '.' && seen++ == k) {
+                        snprintf(image, sizeof image, "%s/%s", dir, e->d_name);
+                        snprintf(caption, sizeof caption, "%.*s.txt",
+                                 (int)(strrchr(image, '.') - image), image);
+                        char text[128];
+                        snprintf(text, sizeof text, "%s %s &amp; its shadow, photo #%d", moods[k],
+                                 shapes[s], k);
+                        LDMC_CHECK(write_text(caption, text) == 0, "%s", caption);
+                    }
+                closedir(d);
+            }
+    }
+    snprintf(path, sizeof path, "%s/%s.init", fixture, model);
+    if (access(path, F_OK) == 0) return;
+    ldmc_model_config mc = test_model_config(model);
+    ldmc_model models[LDMC_MAX_MODELS];
+    int n = ldmc_models_create(&mc, models);
+    for (int i = 0; i < n; i++) {
+        ldmc_params_alloc(models[i].params, LDMC_ROLE_WEIGHTS);
+        ldmc_params_init(models[i].params, 11);
+    }
+    LDMC_CHECK(ldmc_save_models(path, LDMC_LAYOUT_OFFICIAL, models, n, LDMC_F32,
+                                LDMC_ROLE_WEIGHTS, NULL, &err) == 0,
+               "%s", err.message);
+    for (int i = 0; i < n; i++)
+        ldmc_model_destroy(&models[i]);
+}
+
+// A text run's config: the tiny model, its init file, the tests' vocabulary, text.uncond;
+// `extra` appended.
+static const char *text_config(const char *name, const char *model, const char *uncond,
+                               const char *extra) {
+    make_text_fixture(model);
+    static char path[4][1200];
+    static int next;
+    char *p = path[next++ % 4];
+    snprintf(p, 1200, "%s/%s.yaml", fixture, name);
+    char text[4096];
+    snprintf(text, sizeof text,
+             "task: diffusion\nmodel: %s/%s\nvae: %s/tiny_vae.yaml\nvae_weights: vae.safetensors\n"
+             "init: %s.init\ntext: {vocab: %s/tiny_bpe, uncond: %s}\n"
+             "data: {source: images, path: captioned, buckets: {pixels: 1024, multiple: 8, "
+             "max_ratio: 2}, batch_size: 3, workers: 2, prefetch: 3, flip: 0.5}\n"
+             "optim: {lr: 1.0e-3, warmup: 2, grad_clip: 1.0, accumulation: 2}\nema: {decay: 0.9}\n"
+             "sample: {steps: 3, guidance_scale: 2.0, per_class: 2, height: 16, width: 16, "
+             "prompts: [a bright circle, one big cross]}\n"
+             "train: {steps: 4, seed: 5, out: %s, checkpoint_every: 2, keep: 5, log_every: 1, "
+             "sample_every: 4}\n%s",
+             test_config_dir(), model, test_config_dir(), model, test_data_dir(), uncond, name,
+             extra);
+    LDMC_CHECK(write_text(p, text) == 0, "cannot write %s", p);
+    return p;
+}
+
+// A straight run, and one killed after its first checkpoint and resumed: the same end, bit for
+// bit; and the captions matter: a run whose captions are all dropped ends elsewhere.
+static void text_run_resumes(const char *name, const char *model, const char *uncond,
+                             const char *extra) {
+    char straight[128], killed[128], dropped[128];
+    snprintf(straight, sizeof straight, "%s_straight", name);
+    snprintf(killed, sizeof killed, "%s_killed", name);
+    snprintf(dropped, sizeof dropped, "%s_dropped", name);
+    ldmc_err err = {0};
+    ldmc_train_result r;
+    REQUIRE(run_in_process(text_config(straight, model, uncond, extra), NULL, &r, &err) == 0, "%s",
+            err.message);
+    CHECK(r.steps == 4 && r.last_grid[0] && r.last_checkpoint[0],
+          "%s: 4 steps, a grid and a checkpoint", name);
+    const char *k = text_config(killed, model, uncond, extra);
+    CHECK(run_child(k, "saved@2", false) == SIGKILL, "%s: killed after step 2", name);
+    REQUIRE(run_in_process(k, "latest", &r, &err) == 0, "%s", err.message);
+    CHECK(r.steps == 4, "%s: resumed to step %lld", name, (long long)r.steps);
+    check_same_checkpoint(straight, killed, 4, true);
+    const char *all_dropped[] = {"diffusion.cond_dropout=1.0"};
+    REQUIRE(run_in_process_set(text_config(dropped, model, uncond, extra), NULL, all_dropped, 1, &r,
+                               &err) == 0,
+            "%s", err.message);
+    char a[1400], b[1400];
+    snprintf(a, sizeof a, "%s/%s/checkpoints/step-00000004/model.safetensors", fixture, straight);
+    snprintf(b, sizeof b, "%s/%s/checkpoints/step-00000004/model.safetensors", fixture, dropped);
+    CHECK(!same_file(a, b), "%s: the captions change nothing", name);
+}
+
+// `ldmc cache` of a text run's data holds each caption's embeddings (checked against the
+// encoders on the caption, to f16's precision) and the empty caption's; a run on the cache
+// trains, and resumes bit for bit.
+static void text_cache_run(const char *name, const char *model, const char *uncond,
+                           const char *extra) {
+    char base[128], cached[128], killed[128], h5[1200], path[1300];
+    snprintf(base, sizeof base, "%s_for_cache", name);
+    snprintf(cached, sizeof cached, "%s_cached", name);
+    snprintf(killed, sizeof killed, "%s_cached_killed", name);
+    snprintf(h5, sizeof h5, "%s/%s.h5", fixture, name);
+    ldmc_err err = {0};
+    ldmc_train_config c;
+    REQUIRE(ldmc_train_config_load(text_config(base, model, uncond, extra), NULL, 0, &c, &err) == 0,
+            "%s", err.message);
+    snprintf(path, sizeof path, "%s/%s.log", fixture, name);
+    REQUIRE(build_cache_logged(&c, h5, false, path, &err) == 0, "%s", err.message);
+    ldmc_cache cache;
+    REQUIRE(ldmc_cache_open(&cache, h5, &err) == 0, "%s", err.message);
+    const ldmc_unet_config *u = &c.model.unet;
+    CHECK(cache.text_tokens == 77 && cache.text_context_dim == u->context_dim &&
+              cache.text_pooled_dim == u->pooled_dim && cache.empty_context && cache.empty_pooled,
+          "%s: text embeddings %d x %d, pooled %d", name, cache.text_tokens,
+          cache.text_context_dim, cache.text_pooled_dim);
+    // entry 0 and the empty caption against the encoders
+    ldmc_text_models tm;
+    REQUIRE(ldmc_text_models_load(&tm, &c, &err) == 0, "%s", err.message);
+    ldmc_conditioner cond = {.unet = u};
+    ldmc_text_models_attach(&tm, &c, &cond);
+    ldmc_dataset d;
+    REQUIRE(ldmc_dataset_scan(c.data_path, c.labels, &d, &err) == 0, "%s", err.message);
+    size_t nc = (size_t)77 * u->context_dim;
+    float *got = malloc((nc + (size_t)u->pooled_dim) * sizeof *got);
+    float *want = malloc((nc + (size_t)u->pooled_dim) * sizeof *want);
+    int32_t sample = -1;
+    ldmc_cache_entry e = {.mean = malloc(4096 * sizeof(float)),
+                          .std = malloc(4096 * sizeof(float)),
+                          .context = got,
+                          .pooled = got + nc};
+    REQUIRE(cache.groups[0].h * cache.groups[0].w * cache.channels <= 4096, "latent size");
+    REQUIRE(ldmc_cache_read(&cache, 0, &e, &err) == 0, "%s", err.message);
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    for (int which = 0; which < 2; which++) {
+        const char *caption = "";
+        if (!which) { // entry 0's caption: the cache's sample index names its image
+            hid_t f = H5Fopen(h5, H5F_ACC_RDONLY, H5P_DEFAULT);
+            char group[128];
+            snprintf(group, sizeof group, "buckets/%dx%d/sample", cache.groups[0].height,
+                     cache.groups[0].width);
+            hid_t ds = H5Dopen2(f, group, H5P_DEFAULT);
+            hid_t space = H5Dget_space(ds), mem = H5Screate_simple(1, (hsize_t[]){1}, NULL);
+            H5Sselect_hyperslab(space, H5S_SELECT_SET, (hsize_t[]){0}, NULL, (hsize_t[]){1}, NULL);
+            H5Dread(ds, H5T_NATIVE_INT32, mem, space, H5P_DEFAULT, &sample);
+            H5Sclose(mem), H5Sclose(space), H5Dclose(ds), H5Fclose(f);
+            REQUIRE(sample >= 0 && sample < d.count, "sample %d", sample);
+            caption = d.items[sample].caption ? d.items[sample].caption : "";
+        } else {
+            memcpy(got, cache.empty_context, nc * sizeof *got);
+            memcpy(got + nc, cache.empty_pooled, (size_t)u->pooled_dim * sizeof *got);
+        }
+        ldmc_ctx_reset(&ctx);
+        ldmc_tensor *context, *pooled;
+        ldmc_conditioner_encode(&ctx, &cond, 1, &caption, NULL, &context, &pooled);
+        ldmc_read_f32(context, want);
+        ldmc_read_f32(pooled, want + nc);
+        double worst = 0;
+        for (size_t k = 0; k < nc + (size_t)u->pooled_dim; k++)
+            worst = fmax(worst, fabs(got[k] - want[k]) / (fabs(want[k]) + 1e-2));
+        CHECK(worst < 1e-3, "%s: %s embeddings differ from the encoders' by %g (relative)", name,
+              which ? "the empty caption's" : "entry 0's", worst);
+    }
+    ldmc_ctx_free(&ctx);
+    free(e.mean), free(e.std), free(got), free(want);
+    ldmc_dataset_free(&d);
+    ldmc_text_models_free(&tm);
+    ldmc_cache_close(&cache);
+    ldmc_train_config_free(&c);
+    // training on it, resumed after a kill: the same end
+    char setting[1400];
+    snprintf(setting, sizeof setting, "data={source: cache, path: %s, batch_size: 3}", h5);
+    const char *sets[] = {setting};
+    ldmc_train_result r;
+    REQUIRE(run_in_process_set(text_config(cached, model, uncond, extra), NULL, sets, 1, &r,
+                               &err) == 0,
+            "%s", err.message);
+    CHECK(r.steps == 4 && r.last_checkpoint[0], "%s: 4 steps on the cache", name);
+    const char *k = text_config(killed, model, uncond, extra);
+    CHECK(run_child_set(k, "saved@2", false, setting) == SIGKILL, "%s: killed after step 2", name);
+    REQUIRE(run_in_process_set(k, "latest", sets, 1, &r, &err) == 0, "%s", err.message);
+    check_same_checkpoint(cached, killed, 4, true);
+}
+
+static void test_text_sdxl_shaped_run(void) {
+    const char *extra = "diffusion: {prediction: eps, offset_noise: 0.05, cond_dropout: 0.3}\n";
+    text_run_resumes("sdxl_text", "tiny_unet_text.yaml", "zeros", extra);
+    text_cache_run("sdxl_text", "tiny_unet_text.yaml", "zeros", extra);
+}
+
+// The refiner's: bigG-like only, t in [0, 200), aesthetic score in the vector, "" for dropped
+// captions (sgm's legacy refiner).
+static void test_text_refiner_shaped_run(void) {
+    const char *extra = "diffusion: {prediction: eps, t_min: 0, t_max: 200, cond_dropout: 0.3}\n";
+    text_run_resumes("refiner_text", "tiny_refiner_text.yaml", "empty", extra);
+    text_cache_run("refiner_text", "tiny_refiner_text.yaml", "empty", extra);
+}
+
+// A text model without a vocabulary is refused before anything is written.
+static void test_text_model_needs_a_vocabulary(void) {
     make_fixture();
     char path[1200];
     snprintf(path, sizeof path, "%s/text.yaml", fixture);
@@ -674,7 +907,7 @@ static void test_text_models_are_refused(void) {
     char log[1300];
     snprintf(log, sizeof log, "%s/text.log", fixture);
     int status = run_cli(log, (const char *[]){"train", path, NULL}, NULL);
-    CHECK(status == 1 && count_in_file(log, "text encoders") == 1, "exit %d, log: %s", status, log);
+    CHECK(status == 1 && count_in_file(log, "text.vocab") == 1, "exit %d, log: %s", status, log);
     // a refused run leaves nothing behind (no out folder with a lock in it)
     snprintf(path, sizeof path, "%s/text", fixture);
     struct stat sb;
@@ -691,16 +924,9 @@ static void test_latent_cache(void) {
             err.message);
     char h5[1200];
     snprintf(h5, sizeof h5, "%s/latents.h5", fixture);
-    fflush(stdout);
     char log[1300];
     snprintf(log, sizeof log, "%s/cache.log", fixture);
-    int saved = dup(1);
-    REQUIRE(freopen(log, "w", stdout), "cannot write %s", log);
-    int built = ldmc_cache_build(&c, h5, true, &err);
-    fflush(stdout);
-    dup2(saved, 1);
-    close(saved);
-    REQUIRE(built == 0, "%s", err.message);
+    REQUIRE(build_cache_logged(&c, h5, true, log, &err) == 0, "%s", err.message);
     // the cut JPEG passes the scan and fails to decode: named once, counted once
     CHECK(count_in_file(log, "cut.jpg") == 1 &&
               count_in_file(log, "1 failed to decode (named above)") == 1 &&
@@ -1143,7 +1369,9 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_resume_after_kill_is_bit_identical),
         TEST_ENTRY(test_kill_during_checkpoint_write),
         TEST_ENTRY(test_nonfinite_steps),
-        TEST_ENTRY(test_text_models_are_refused),
+        TEST_ENTRY(test_text_model_needs_a_vocabulary),
+        TEST_ENTRY(test_text_sdxl_shaped_run),
+        TEST_ENTRY(test_text_refiner_shaped_run),
         TEST_ENTRY(test_latent_cache),
         TEST_ENTRY(test_unusual_images_train_the_same_twice),
         TEST_ENTRY(test_decode_failures_are_named_once),

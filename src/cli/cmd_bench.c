@@ -14,6 +14,7 @@
 #include "core/rng.h"
 #include "core/tape.h"
 #include "core/threads.h"
+#include "nn/text_encoder.h"
 #include "ops/ops.h"
 #include "train/bench.h"
 #include "train/trainer.h"
@@ -220,13 +221,17 @@ static const char *train_usage =
     "  MODEL: a model config (configs/sdxl_base.yaml), or a name in configs/ (sdxl_base)\n";
 
 // A model config by path, or by name from the configs/ folder of the working directory.
+static const char *model_path(const char *name, char *path, size_t size) {
+    if (strchr(name, '/') || strstr(name, ".yaml"))
+        snprintf(path, size, "%s", name);
+    else
+        snprintf(path, size, "configs/%s.yaml", name);
+    return path;
+}
+
 static int load_model(const char *name, ldmc_model_config *mc, ldmc_err *err) {
     char path[1200];
-    if (strchr(name, '/') || strstr(name, ".yaml"))
-        snprintf(path, sizeof path, "%s", name);
-    else
-        snprintf(path, sizeof path, "configs/%s.yaml", name);
-    if (ldmc_model_config_load(path, mc, err) != 0) return -1;
+    if (ldmc_model_config_load(model_path(name, path, sizeof path), mc, err) != 0) return -1;
     if (!mc->has_unet) return LDMC_ERR(err, "%s: no unet section", path);
     return 0;
 }
@@ -309,7 +314,8 @@ static int bench_train(int argc, char **argv) {
             printf(", \"top_ops\": [");
             for (int i = 0; i < r.profile.count && i < 10; i++)
                 printf("%s{\"op\": \"%s %s\", \"ms\": %.3f, \"calls\": %lld}", i ? ", " : "",
-                       r.profile.entries[i].name, r.profile.entries[i].backward ? "backward" : "forward",
+                       r.profile.entries[i].name,
+                       r.profile.entries[i].backward ? "backward" : "forward",
                        r.profile.entries[i].ms, (long long)r.profile.entries[i].calls);
             printf("]");
         }
@@ -342,11 +348,125 @@ static int bench_train(int argc, char **argv) {
     return 0;
 }
 
+// ---- the text encoders' forward
+// --------------------------------------------------------------------
+
+static const char *text_usage =
+    "usage: ldmc bench text --config MODEL [--batch B] [--reps N] [--json] [--profile]\n"
+    "  MODEL: a model config with text_encoders (configs/sdxl_base.yaml), or a name in configs/\n";
+
+// The frozen text encoders of a model config (SDXL base: CLIP-L and bigG) on B prompts, as the
+// conditioner runs them in training: random weights, ids of prompts of 8 to 77 tokens, forward
+// only, median of several runs after a warm-up. `--json` prints one object per encoder, which
+// bench/text_vs_torch.py reads to time the same in PyTorch in the same run.
+static int bench_text(int argc, char **argv) {
+    const char *config = NULL;
+    bool json = false, profile = false;
+    int batch = 4, reps = 5;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            config = argv[++i];
+        else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
+            batch = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--json") == 0)
+            json = true;
+        else if (strcmp(argv[i], "--profile") == 0)
+            profile = true;
+        else {
+            fputs(text_usage, stderr);
+            return 2;
+        }
+    }
+    if (!config || batch < 1 || batch > 1024 || reps < 1 || reps > 1000) {
+        fputs(text_usage, stderr);
+        return 2;
+    }
+    char path[4096];
+    ldmc_model_config cfg;
+    ldmc_err err = {0};
+    if (ldmc_model_config_load(model_path(config, path, sizeof path), &cfg, &err) != 0) {
+        fprintf(stderr, "ldmc bench text: %s\n", err.message);
+        return 1;
+    }
+    if (!cfg.n_text) {
+        fprintf(stderr, "ldmc bench text: %s has no text_encoders\n", path);
+        return 1;
+    }
+    ldmc_ctx ctx;
+    ldmc_ctx_init(&ctx, (size_t)16 << 30, (size_t)256 << 20);
+    double *ms = calloc((size_t)reps, sizeof *ms);
+    for (int e = 0; e < cfg.n_text; e++) {
+        ldmc_text_encoder enc;
+        ldmc_text_encoder_init(&enc, &cfg.text[e]);
+        ldmc_params_flag_matching(&enc.params, "*", LDMC_PARAM_FROZEN, true);
+        ldmc_params_alloc(&enc.params, LDMC_ROLE_WEIGHTS);
+        ldmc_params_init(&enc.params, 1 + (uint64_t)e);
+        const int T = enc.cfg.context_length, V = enc.cfg.vocab_size;
+        int32_t *ids = malloc((size_t)batch * T * sizeof *ids);
+        for (int b = 0; b < batch; b++) { // prompt b: 8 + 23 b tokens (mod the context)
+            int len = 8 + (23 * b) % (T - 8);
+            for (int t = 0; t < T; t++)
+                ids[b * T + t] = t == 0         ? V - 2
+                                 : t < len - 1  ? (int32_t)((t * 7919 + b * 104729) % (V - 2))
+                                 : t == len - 1 ? V - 1
+                                 : enc.cfg.layout == LDMC_TEXT_HF ? V - 1
+                                                                  : 0;
+        }
+        static ldmc_profile prof;
+        prof = (ldmc_profile){0};
+        for (int r = -1; r < reps + profile; r++) { // r = -1: the warm-up; r = reps: profiled
+            ldmc_ctx_reset(&ctx);
+            if (r == reps) ldmc_profile_start(&ctx, &prof);
+            double t0 = now_ms();
+            ldmc_tensor *context, *pooled;
+            ldmc_text_encoder_forward(&ctx, &enc, batch, ids, &context, &pooled);
+            if (r >= 0 && r < reps) ms[r] = now_ms() - t0;
+            ldmc_profile_start(&ctx, NULL);
+        }
+        double med = ldmc_median(ms, reps);
+        const ldmc_text_config *c = &enc.cfg;
+        if (json)
+            printf("{\"encoder\": %d, \"layout\": \"%s\", \"vocab_size\": %d, "
+                   "\"context_length\": %d, \"width\": %d, \"heads\": %d, \"layers\": %d, "
+                   "\"mlp_width\": %d, \"quick_gelu\": %s, \"hidden_layer\": %d, "
+                   "\"projection_dim\": %d, \"batch\": %d, \"threads\": %d, \"reps\": %d, "
+                   "\"ids\": [",
+                   e, ldmc_text_layout_name(c->layout), c->vocab_size, c->context_length, c->width,
+                   c->heads, c->layers, c->mlp_width, c->quick_gelu ? "true" : "false",
+                   c->hidden_layer, c->projection_dim, batch, ldmc_threads_get(), reps);
+        if (json) {
+            for (int i = 0; i < batch * T; i++)
+                printf("%s%d", i ? ", " : "", ids[i]);
+            printf("], \"ms_forward\": %.3f}\n", med);
+        } else {
+            printf("text encoder %d (%s, %d blocks of %d): forward of %d prompts, %d threads: "
+                   "%.1f ms (median of %d)\n",
+                   e, ldmc_text_layout_name(c->layout), c->layers, c->width, batch,
+                   ldmc_threads_get(), med, reps);
+        }
+        if (profile) {
+            ldmc_profile_sort(&prof);
+            for (int i = 0; i < prof.count && i < 8; i++)
+                printf("  %-20s %9.1f ms  %6lld calls\n", prof.entries[i].name, prof.entries[i].ms,
+                       (long long)prof.entries[i].calls);
+        }
+        fflush(stdout);
+        free(ids);
+        ldmc_text_encoder_free(&enc);
+    }
+    free(ms);
+    ldmc_ctx_free(&ctx);
+    return 0;
+}
+
 int ldmc_cmd_bench(int argc, char **argv) {
     if (argc >= 1 && strcmp(argv[0], "ops") == 0) return bench_ops(argc - 1, argv + 1);
     if (argc >= 1 && strcmp(argv[0], "step") == 0) return bench_step(argc - 1, argv + 1);
     if (argc >= 1 && strcmp(argv[0], "train") == 0) return bench_train(argc - 1, argv + 1);
-    fprintf(stderr, "usage: ldmc bench ops [--json] [--reps N] [--filter TEXT]\n%s%s", step_usage,
-            train_usage);
+    if (argc >= 1 && strcmp(argv[0], "text") == 0) return bench_text(argc - 1, argv + 1);
+    fprintf(stderr, "usage: ldmc bench ops [--json] [--reps N] [--filter TEXT]\n%s%s%s", step_usage,
+            train_usage, text_usage);
     return 2;
 }

@@ -40,7 +40,8 @@ static void print_keys(const ldmc_model *m) {
         int64_t shape[LDMC_MAX_DIMS];
         int ndim = ldmc_file_shape(&p->items[i], &official, shape);
         printf("%s [", p->items[i].name);
-        for (int d = 0; d < ndim; d++) printf(d ? ", %lld" : "%lld", (long long)shape[d]);
+        for (int d = 0; d < ndim; d++)
+            printf(d ? ", %lld" : "%lld", (long long)shape[d]);
         printf("]\n");
     }
 }
@@ -65,6 +66,36 @@ static void print_plan(const ldmc_memory_plan *m, int batch, int H, int W, int h
            gib(m->activations_recomputed), gib(fixed + m->activations_recomputed));
     printf("  (activations: the arena's high-water mark in a dry run of forward, loss and backward;"
            " bf16 activations on the GPU take about half)\n");
+}
+
+// The frozen text encoders of a text model's step: their weights, and the peak of their forward
+// at the batch, which the conditioner drops (keeping the context and pooled text) before the
+// UNet's forward, so it adds to the step's peak only where it exceeds the UNet's.
+static void print_text_plan(const ldmc_model *models, int n, int batch,
+                            const ldmc_memory_plan *unet) {
+    int64_t params = 0;
+    size_t peak = 0;
+    int count = 0;
+    for (int i = 0; i < n; i++) {
+        if (!ldmc_model_is_text(&models[i])) continue;
+        params += ldmc_params_count(models[i].params, false);
+        ldmc_dry_run r = ldmc_dry_run_text_forward(models[i].module, LDMC_CPU, batch);
+        if (r.activations > peak) peak = r.activations;
+        count++;
+    }
+    if (!count) return;
+    char buf[32];
+    size_t weights = (size_t)params * sizeof(float);
+    size_t fixed = unet->weights + unet->gradients + unet->optimizer + weights;
+    printf("  text encoders (%d, frozen, forward only): %s parameters, weights %.2f GiB (bf16 on "
+           "the GPU: %.2f GiB); forward peak %.2f GiB at batch %d, dropped before the UNet's "
+           "forward\n",
+           count, grouped(params, buf, sizeof buf), gib(weights), gib(weights / 2), gib(peak),
+           batch);
+    size_t act = unet->activations > peak ? unet->activations : peak;
+    size_t act_r = unet->activations_recomputed > peak ? unet->activations_recomputed : peak;
+    printf("  total with the text encoders %.2f GiB, with gradient checkpointing %.2f GiB\n",
+           gib(fixed + act), gib(fixed + act_r));
 }
 
 int ldmc_cmd_info(int argc, char **argv) {
@@ -123,7 +154,7 @@ int ldmc_cmd_info(int argc, char **argv) {
             printf("parameters: %s\n",
                    grouped(ldmc_params_count(m->params, false), buf, sizeof buf));
         }
-        if (!batch) continue;
+        if (!batch || ldmc_model_is_text(m)) continue; // planned with the UNet's step
         ldmc_memory_plan plan;
         ldmc_err perr = {0};
         int latent = ldmc_model_plan(m, batch, H, W, f, &plan, &perr);
@@ -133,6 +164,7 @@ int ldmc_cmd_info(int argc, char **argv) {
         } else {
             print_plan(&plan, batch, H, W, H / latent, W / latent);
             if (latent > 1 && !cfg.has_vae) printf("  (latent: the SDXL autoencoder's, f = 8)\n");
+            if (m->desc == &ldmc_unet_desc) print_text_plan(models, n, batch, &plan);
         }
     }
     for (int i = 0; i < n; i++)

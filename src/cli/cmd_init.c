@@ -1,6 +1,9 @@
-// `ldmc init CONFIG OUT [--seed N] [--to official|diffusers] [--dtype f32|f16|bf16]`: writes the
-// freshly initialized weights of the config's models (PyTorch's default initialization, with
-// generative-models' zero-initialized layers), the starting point of training from scratch.
+// `ldmc init CONFIG OUT [--vae VAE_CONFIG] [--seed N] [--to official|diffusers] [--dtype ...]`:
+// writes the freshly initialized weights of the config's models (PyTorch's default
+// initialization, with generative-models' zero-initialized layers), the starting point of
+// training from scratch; with --vae, also that config's autoencoder, so that
+// `ldmc init configs/sdxl_base.yaml --vae configs/sdxl_vae.yaml` writes a whole SDXL file (UNet,
+// VAE, both text encoders) without downloaded weights.
 // Tested by tests/test_cli.sh and tests/test_official_layout.sh.
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,10 +14,11 @@
 #include "nn/models.h"
 
 static const char *usage_text =
-    "usage: ldmc init CONFIG OUT [--seed N] [--to official|diffusers] [--dtype f32|f16|bf16]\n";
+    "usage: ldmc init CONFIG OUT [--vae VAE_CONFIG] [--seed N] [--to official|diffusers]\n"
+    "                 [--dtype f32|f16|bf16]\n";
 
 int ldmc_cmd_init(int argc, char **argv) {
-    const char *config = NULL, *out = NULL, *to = "official", *dtype_name = "f32";
+    const char *config = NULL, *out = NULL, *to = "official", *dtype_name = "f32", *vae = NULL;
     unsigned long long seed = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -22,6 +26,8 @@ int ldmc_cmd_init(int argc, char **argv) {
             return 0;
         } else if (!strcmp(argv[i], "--seed") && i + 1 < argc) {
             seed = strtoull(argv[++i], NULL, 10);
+        } else if (!strcmp(argv[i], "--vae") && i + 1 < argc) {
+            vae = argv[++i];
         } else if (!strcmp(argv[i], "--to") && i + 1 < argc) {
             to = argv[++i];
         } else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
@@ -44,6 +50,21 @@ int ldmc_cmd_init(int argc, char **argv) {
     if (ldmc_model_config_load(config, &cfg, &err) != 0) {
         fprintf(stderr, "ldmc init: %s\n", err.message);
         return 1;
+    }
+    if (vae) {
+        ldmc_model_config v;
+        if (ldmc_model_config_load(vae, &v, &err) != 0) {
+            fprintf(stderr, "ldmc init: %s\n", err.message);
+            return 1;
+        }
+        if (!v.has_vae || cfg.has_vae) {
+            fprintf(stderr, "ldmc init: %s\n",
+                    !v.has_vae ? "--vae names a config without a vae: section"
+                               : "--vae: the config has an autoencoder already");
+            return 1;
+        }
+        cfg.has_vae = true;
+        cfg.vae = v.vae;
     }
     ldmc_model models[LDMC_MAX_MODELS];
     int n = ldmc_models_create(&cfg, models);

@@ -22,6 +22,18 @@ typedef struct ldmc_model_desc {
     // *flatten_1x1 is set when diffusers stores that 1x1 convolution as a linear weight.
     int (*diffusers_key)(const void *config, const char *key, char *out, size_t size,
                          bool *flatten_1x1);
+    // Optional: a parameter the diffusers layout stores otherwise: its rows split evenly over n
+    // tensors names[0..n) (open_clip's packed q, k, v), or, with *transpose, its 2-D transpose
+    // (a projection used as x P stored as a Linear weight). Returns n, 0 when diffusers_key
+    // applies. NULL: every parameter is one-to-one.
+    int (*diffusers_split)(const void *config, const char *key, char names[][256], bool *transpose);
+    const char *diffusers_file; // the weights file in its subfolder (NULL:
+                                // diffusion_pytorch_model.safetensors)
+    // Globs of keys (without the prefix) of parameters a layout may lack: loading keeps their
+    // values, saving to that layout leaves them out (open_clip's logit_scale in diffusers).
+    const char *const *optional_keys;
+    // Globs of file keys that loading ignores (HF's embeddings.position_ids buffer).
+    const char *const *ignored_keys;
     // The diffusers config.json (a string to free), or NULL with an error when diffusers cannot
     // express the config.
     char *(*diffusers_config)(const void *config, ldmc_err *err);

@@ -102,6 +102,16 @@ static void reserve(ldmc_loader *l, ldmc_batch *b, int n, int h, int w) {
         b->mean = realloc(b->mean, bytes);
         b->std = realloc(b->std, bytes);
         LDMC_CHECK(b->mean && b->std, "out of memory for a batch of %d latents", n);
+        b->text_tokens = c->text_tokens;
+        if (c->text_tokens) {
+            b->context = realloc(b->context,
+                                 (size_t)n * c->text_tokens * c->text_context_dim * sizeof(float));
+            LDMC_CHECK(b->context, "out of memory for a batch of %d text embeddings", n);
+        }
+        if (c->text_pooled_dim) {
+            b->pooled = realloc(b->pooled, (size_t)n * c->text_pooled_dim * sizeof(float));
+            LDMC_CHECK(b->pooled, "out of memory for a batch of %d text embeddings", n);
+        }
     } else {
         b->pixels = realloc(b->pixels, (size_t)n * h * w * 3 * sizeof(float));
         LDMC_CHECK(b->pixels, "out of memory for a %d x %d x %d batch", n, h, w);
@@ -153,7 +163,12 @@ static void make_batch(ldmc_loader *l, int64_t position, ldmc_batch *b) {
     b->n = 0;
     for (int k = 0; k < r.n && l->opt.cache; k++) {
         size_t latent = (size_t)b->lh * b->lw * b->lc;
-        ldmc_cache_entry e = {.mean = b->mean + b->n * latent, .std = b->std + b->n * latent};
+        const ldmc_cache *c = l->opt.cache;
+        size_t context = (size_t)c->text_tokens * c->text_context_dim;
+        ldmc_cache_entry e = {.mean = b->mean + b->n * latent,
+                              .std = b->std + b->n * latent,
+                              .context = b->context ? b->context + b->n * context : NULL,
+                              .pooled = b->pooled ? b->pooled + b->n * c->text_pooled_dim : NULL};
         ldmc_err err = {0};
         pthread_mutex_lock(&hdf5_lock);
         int rc = ldmc_cache_read(l->opt.cache, samples[k], &e, &err);
@@ -289,6 +304,8 @@ static void free_batch(ldmc_batch *b) {
     free(b->pixels);
     free(b->mean);
     free(b->std);
+    free(b->context);
+    free(b->pooled);
     free(b->c_size);
     free(b->c_crop);
     free(b->c_target);

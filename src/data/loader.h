@@ -21,9 +21,12 @@ typedef struct ldmc_batch {
     int64_t position; // this rank's batch number since the start of training
     int64_t epoch;
     int bucket, n, height, width;
-    float *pixels;      // (n, height, width, 3) in [-1, 1] (images)
-    int lh, lw, lc;     // latent height, width and channels (cache)
-    float *mean, *std;  // (n, lh, lw, lc) each: the posterior of each entry (cache)
+    float *pixels;     // (n, height, width, 3) in [-1, 1] (images)
+    int lh, lw, lc;    // latent height, width and channels (cache)
+    float *mean, *std; // (n, lh, lw, lc) each: the posterior of each entry (cache)
+    // a cache with text embeddings: (n, text_tokens, context_dim) and (n, pooled_dim), else NULL
+    float *context, *pooled;
+    int text_tokens;
     int32_t *c_size;    // (n, 2): original (height, width)
     int32_t *c_crop;    // (n, 2): (top, left)
     int32_t *c_target;  // (n, 2): (height, width)

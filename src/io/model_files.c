@@ -51,6 +51,11 @@ static int detect_naming(const char *path, const ldmc_model *m, const ldmc_safet
     return 0;
 }
 
+// The weights file in the model's diffusers subfolder.
+static const char *diffusers_file(const ldmc_model_desc *d) {
+    return d->diffusers_file ? d->diffusers_file : "diffusion_pytorch_model.safetensors";
+}
+
 int ldmc_open_model_file(const char *path, const ldmc_model *m, ldmc_key_map *map,
                          ldmc_safetensors *st, const char **domain, ldmc_err *err) {
     if (!is_dir(path)) {
@@ -61,18 +66,16 @@ int ldmc_open_model_file(const char *path, const ldmc_model *m, ldmc_key_map *ma
     }
     *map = (ldmc_key_map){.layout = LDMC_LAYOUT_DIFFUSERS, .model = m};
     *domain = "";
-    static const char *const names[] = {"diffusion_pytorch_model.safetensors",
-                                        "diffusion_pytorch_model.fp16.safetensors"};
-    const char *folder = m->desc->diffusers_folder;
+    const char *folder = m->desc->diffusers_folder, *name = diffusers_file(m->desc);
+    size_t stem = strlen(name) - strlen(".safetensors");
     char file[4096];
-    for (int i = 0; i < 2; i++) {
-        snprintf(file, sizeof file, "%s/%s/%s", path, folder, names[i]);
+    for (int i = 0; i < 2; i++) { // name.safetensors, name.fp16.safetensors
+        snprintf(file, sizeof file, "%s/%s/%.*s%s", path, folder, (int)stem, name,
+                 i ? ".fp16.safetensors" : ".safetensors");
         if (access(file, F_OK) == 0) return ldmc_safetensors_open(st, file, err);
     }
-    return LDMC_ERR(err,
-                    "%s: a diffusers folder needs %s/diffusion_pytorch_model.safetensors "
-                    "(or .fp16.safetensors)",
-                    path, folder);
+    return LDMC_ERR(err, "%s: a diffusers folder needs %s/%s (or %.*s.fp16.safetensors)", path,
+                    folder, name, (int)stem, name);
 }
 
 int ldmc_load_model(const ldmc_model *m, const char *path, const ldmc_load_options *opt,
@@ -92,7 +95,7 @@ static int make_dir(const char *path, ldmc_err *err) {
     return 0;
 }
 
-// <folder>/<the model's subfolder>/diffusion_pytorch_model.safetensors and config.json.
+// <folder>/<the model's subfolder>/<its weights file> and config.json.
 static int save_diffusers_part(const char *folder, const ldmc_save_part *part, ldmc_dtype dtype,
                                ldmc_err *err) {
     const ldmc_model *m = part->map.model;
@@ -107,7 +110,7 @@ static int save_diffusers_part(const char *folder, const ldmc_save_part *part, l
     if (f && fclose(f) != 0) rc = -1;
     free(config);
     if (rc != 0) return LDMC_ERR(err, "%s: cannot write: %s", file, strerror(errno));
-    snprintf(file, sizeof file, "%s/diffusion_pytorch_model.safetensors", dir);
+    snprintf(file, sizeof file, "%s/%s", dir, diffusers_file(m->desc));
     return ldmc_save_weights(file, part, 1, dtype, NULL, err);
 }
 

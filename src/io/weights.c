@@ -8,6 +8,42 @@
 #include <stdlib.h>
 #include <string.h>
 
+// The file tensors of a parameter: n names (rows split evenly), transposed or not.
+typedef struct key_parts {
+    int n;
+    char names[3][256];
+    bool transpose, flatten_1x1;
+} key_parts;
+
+static int map_parts(const ldmc_key_map *map, const char *official, key_parts *k) {
+    const ldmc_model_desc *d = map->model->desc;
+    size_t plen = strlen(d->prefix);
+    *k = (key_parts){.n = 1};
+    if (map->layout == LDMC_LAYOUT_DIFFUSERS && d->diffusers_split &&
+        strncmp(official, d->prefix, plen) == 0) {
+        int n = d->diffusers_split(map->model->config, official + plen, k->names, &k->transpose);
+        if (n > 0) {
+            k->n = n;
+            return 0;
+        }
+    }
+    return ldmc_map_key(map, official, k->names[0], sizeof k->names[0], &k->flatten_1x1);
+}
+
+static bool matches_any(const char *const *globs, const char *text) {
+    for (int i = 0; globs && globs[i]; i++)
+        if (fnmatch(globs[i], text, 0) == 0) return true;
+    return false;
+}
+
+// A parameter a layout may lack (the descriptor's optional_keys, after the prefix).
+static bool optional_param(const ldmc_key_map *map, const char *official) {
+    const ldmc_model_desc *d = map->model->desc;
+    size_t plen = strlen(d->prefix);
+    return strncmp(official, d->prefix, plen) == 0 &&
+           matches_any(d->optional_keys, official + plen);
+}
+
 int ldmc_map_key(const ldmc_key_map *map, const char *official, char *out, size_t size,
                  bool *flatten_1x1) {
     const ldmc_model_desc *d = map->model->desc;
@@ -113,45 +149,60 @@ int ldmc_load_weights(const ldmc_safetensors *st, const ldmc_key_map *map, const
     problem_list missing = {.what = "missing"}, unexpected = {.what = "unexpected"},
                  wrong = {.what = "with the wrong shape or dtype"},
                  unmapped = {.what = "without an equivalent in this layout"};
-    const ldmc_st_tensor **found = calloc((size_t)(p->count ? p->count : 1), sizeof *found);
+    const ldmc_st_tensor **found = calloc((size_t)(p->count ? p->count : 1) * 3, sizeof *found);
+    key_parts *parts = calloc((size_t)(p->count ? p->count : 1), sizeof *parts);
     bool *used = calloc((size_t)(st->count ? st->count : 1), sizeof *used);
-    if (!found || !used) {
+    if (!found || !used || !parts) {
         free(found);
         free(used);
+        free(parts);
         return LDMC_ERR(err, "%s: out of memory", st->path);
     }
     int n_new = 0;
-    char key[512], a[96], b[96];
+    char a[96], b[96];
     for (int i = 0; i < p->count; i++) {
         const ldmc_param *param = &p->items[i];
-        if (ldmc_map_key(map, param->name, key, sizeof key, NULL) != 0) {
-            note(&unmapped, "%s", param->name);
-            continue;
-        }
-        const ldmc_st_tensor *t = ldmc_safetensors_find(st, key);
-        if (!t) {
-            if (may_be_new(opt, param->name))
+        key_parts *k = &parts[i];
+        if (map_parts(map, param->name, k) != 0) {
+            if (optional_param(map, param->name))
                 n_new++;
             else
-                note(&missing, "%s", key);
+                note(&unmapped, "%s", param->name);
             continue;
         }
-        used[t - st->tensors] = true;
         int64_t shape[LDMC_MAX_DIMS];
         int ndim = ldmc_file_shape(param, map, shape);
-        bool same = ndim == t->ndim && is_float(t->dtype);
-        for (int d = 0; same && d < ndim; d++)
-            same = shape[d] == t->shape[d];
-        if (!same)
-            note(&wrong, "%s is %s %s, the model needs F32/F16/BF16 %s", key,
-                 ldmc_dtype_name(t->dtype), shape_text(t->ndim, t->shape, a, sizeof a),
-                 shape_text(ndim, shape, b, sizeof b));
-        else
-            found[i] = t;
+        if (k->n > 1) shape[0] /= k->n;
+        if (k->transpose && ndim == 2) {
+            int64_t rows = shape[0];
+            shape[0] = shape[1], shape[1] = rows;
+        }
+        for (int j = 0; j < k->n; j++) {
+            const ldmc_st_tensor *t = ldmc_safetensors_find(st, k->names[j]);
+            if (!t) {
+                if (may_be_new(opt, param->name) || optional_param(map, param->name))
+                    n_new += j == 0;
+                else
+                    note(&missing, "%s", k->names[j]);
+                continue;
+            }
+            used[t - st->tensors] = true;
+            bool same = ndim == t->ndim && is_float(t->dtype);
+            for (int d = 0; same && d < ndim; d++)
+                same = shape[d] == t->shape[d];
+            if (!same)
+                note(&wrong, "%s is %s %s, the model needs F32/F16/BF16 %s", k->names[j],
+                     ldmc_dtype_name(t->dtype), shape_text(t->ndim, t->shape, a, sizeof a),
+                     shape_text(ndim, shape, b, sizeof b));
+            else
+                found[3 * i + j] = t;
+        }
     }
     size_t domain_len = strlen(domain);
+    const ldmc_model_desc *desc = map->model->desc;
     for (int i = 0; i < st->count; i++)
-        if (!used[i] && strncmp(st->tensors[i].name, domain, domain_len) == 0)
+        if (!used[i] && strncmp(st->tensors[i].name, domain, domain_len) == 0 &&
+            !matches_any(desc->ignored_keys, st->tensors[i].name))
             note(&unexpected, "%s", st->tensors[i].name);
     int rc = 0;
     if (missing.count || unexpected.count || wrong.count || unmapped.count) {
@@ -165,12 +216,32 @@ int ldmc_load_weights(const ldmc_safetensors *st, const ldmc_key_map *map, const
                      " Parameters meant to start fresh must be declared new.");
         rc = LDMC_ERR(err, "%s", text);
     }
-    for (int i = 0; rc == 0 && i < p->count; i++)
-        if (found[i])
-            rc = read_param(st, found[i], &p->items[i], weights + p->items[i].offset, err);
+    for (int i = 0; rc == 0 && i < p->count; i++) {
+        const ldmc_param *param = &p->items[i];
+        float *dst = weights + param->offset;
+        if (!found[3 * i]) continue;
+        if (parts[i].n == 1 && !parts[i].transpose) {
+            rc = read_param(st, found[3 * i], param, dst, err);
+            continue;
+        }
+        int64_t rows = param->shape[0] / parts[i].n, cols = param->numel / param->shape[0];
+        float *tmp = malloc((size_t)(rows * cols > 0 ? rows * cols : 1) * sizeof *tmp);
+        if (!tmp) rc = LDMC_ERR(err, "%s: out of memory", st->path);
+        for (int j = 0; rc == 0 && j < parts[i].n; j++) {
+            rc = ldmc_safetensors_read(st, found[3 * i + j], tmp, LDMC_F32, err);
+            if (rc == 0 && parts[i].transpose) // the file's (cols, rows) back to (rows, cols)
+                for (int64_t r = 0; r < rows; r++)
+                    for (int64_t c = 0; c < cols; c++)
+                        dst[r * cols + c] = tmp[c * rows + r];
+            else if (rc == 0)
+                memcpy(dst + j * rows * cols, tmp, (size_t)(rows * cols) * sizeof *tmp);
+        }
+        free(tmp);
+    }
     if (opt && opt->n_new) *opt->n_new = n_new;
     free(found);
     free(used);
+    free(parts);
     return rc;
 }
 
@@ -198,6 +269,16 @@ static void produce_conv(const ldmc_st_entry *e, void *dst) {
     ldmc_conv_to_official(dst, e->data, e->shape[0], e->shape[2], e->shape[3], e->shape[1]);
 }
 
+// The entry's `data` is a (rows, cols) parameter, `shape` the file's (cols, rows).
+static void produce_transpose(const ldmc_st_entry *e, void *dst) {
+    const float *src = e->data;
+    float *out = dst;
+    int64_t cols = e->shape[0], rows = e->shape[1];
+    for (int64_t c = 0; c < cols; c++)
+        for (int64_t r = 0; r < rows; r++)
+            out[c * rows + r] = src[r * cols + c];
+}
+
 int ldmc_save_weights(const char *path, const ldmc_save_part *parts, int n_parts, ldmc_dtype dtype,
                       const ldmc_safetensors *passthrough, ldmc_err *err) {
     if (!is_float(dtype))
@@ -205,7 +286,7 @@ int ldmc_save_weights(const char *path, const ldmc_save_part *parts, int n_parts
                         ldmc_dtype_name(dtype));
     int total = passthrough ? passthrough->count : 0;
     for (int k = 0; k < n_parts; k++)
-        total += parts[k].map.model->params->count;
+        total += 3 * parts[k].map.model->params->count; // up to 3 tensors per parameter
     ldmc_st_entry *entries = calloc((size_t)(total ? total : 1), sizeof *entries);
     char *names = calloc((size_t)(total ? total : 1), 512);
     if (!entries || !names) {
@@ -224,23 +305,37 @@ int ldmc_save_weights(const char *path, const ldmc_save_part *parts, int n_parts
         }
         for (int i = 0; i < p->count && rc == 0; i++) {
             const ldmc_param *param = &p->items[i];
-            ldmc_st_entry *e = &entries[n];
-            char *name = names + (size_t)n * 512;
-            bool flatten = false;
-            if (ldmc_map_key(&parts[k].map, param->name, name, 512, &flatten) != 0) {
+            key_parts kp;
+            if (map_parts(&parts[k].map, param->name, &kp) != 0) {
+                if (optional_param(&parts[k].map, param->name)) continue; // not in this layout
                 rc = LDMC_ERR(err, "%s: '%s' has no equivalent in the diffusers layout", path,
                               param->name);
                 break;
             }
-            *e = (ldmc_st_entry){.name = name,
-                                 .dtype = dtype,
-                                 .src_dtype = LDMC_F32,
-                                 .data = buffer + param->offset};
-            e->ndim = ldmc_file_shape(param, &parts[k].map, e->shape);
-            bool spatial = (param->flags & LDMC_PARAM_CONV) && !flatten &&
-                           !(param->shape[1] == 1 && param->shape[2] == 1);
-            if (spatial) e->produce = produce_conv;
-            n++;
+            int64_t rows = param->ndim ? param->shape[0] / kp.n : 1;
+            for (int j = 0; j < kp.n; j++) {
+                ldmc_st_entry *e = &entries[n];
+                char *name = names + (size_t)n * 512;
+                snprintf(name, 512, "%s", kp.names[j]);
+                *e = (ldmc_st_entry){.name = name,
+                                     .dtype = dtype,
+                                     .src_dtype = LDMC_F32,
+                                     .data =
+                                         buffer + param->offset +
+                                         (size_t)j * rows *
+                                             (param->numel / (param->ndim ? param->shape[0] : 1))};
+                e->ndim = ldmc_file_shape(param, &parts[k].map, e->shape);
+                if (kp.n > 1) e->shape[0] = rows;
+                bool spatial = (param->flags & LDMC_PARAM_CONV) && !kp.flatten_1x1 &&
+                               !(param->shape[1] == 1 && param->shape[2] == 1);
+                if (spatial) e->produce = produce_conv;
+                if (kp.transpose && e->ndim == 2) {
+                    int64_t r = e->shape[0];
+                    e->shape[0] = e->shape[1], e->shape[1] = r;
+                    e->produce = produce_transpose;
+                }
+                n++;
+            }
         }
     }
     for (int i = 0; rc == 0 && passthrough && i < passthrough->count; i++) {

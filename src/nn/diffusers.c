@@ -258,3 +258,96 @@ char *ldmc_unet_diffusers_config(const void *config, ldmc_err *err) {
 char *ldmc_vae_diffusers_config(const void *config, ldmc_err *err) {
     return printed(vae_config_json(config), err);
 }
+
+// ---- the text encoders: transformers' CLIPTextModel (text_encoder/) and
+// CLIPTextModelWithProjection (text_encoder_2/) -------------------------------------------------
+
+// open_clip's names -> transformers' (the hf layout's keys are transformers' already).
+static const char *const open_clip_renames[][2] = {
+    {"token_embedding.weight", "text_model.embeddings.token_embedding.weight"},
+    {"positional_embedding", "text_model.embeddings.position_embedding.weight"},
+    {"ln_final.", "text_model.final_layer_norm."},
+};
+static const char *const open_clip_block_renames[][2] = {
+    {"ln_1.", "layer_norm1."},
+    {"ln_2.", "layer_norm2."},
+    {"attn.out_proj.", "self_attn.out_proj."},
+    {"mlp.c_fc.", "mlp.fc1."},
+    {"mlp.c_proj.", "mlp.fc2."},
+};
+
+int ldmc_text_diffusers_key(const void *config, const char *key, char *out, size_t size,
+                            bool *flatten_1x1) {
+    const ldmc_text_config *c = config;
+    *flatten_1x1 = false;
+    int n = -1;
+    if (c->layout == LDMC_TEXT_HF) {
+        n = snprintf(out, size, "%s", key);
+        return n >= 0 && (size_t)n < size ? 0 : -1;
+    }
+    for (size_t i = 0; i < sizeof open_clip_renames / sizeof *open_clip_renames; i++) {
+        size_t len = strlen(open_clip_renames[i][0]);
+        if (!strncmp(key, open_clip_renames[i][0], len))
+            n = snprintf(out, size, "%s%s", open_clip_renames[i][1], key + len);
+    }
+    int block, used = 0;
+    if (n < 0 && sscanf(key, "transformer.resblocks.%d.%n", &block, &used) == 1 && used)
+        for (size_t i = 0; i < sizeof open_clip_block_renames / sizeof *open_clip_block_renames;
+             i++) {
+            size_t len = strlen(open_clip_block_renames[i][0]);
+            if (!strncmp(key + used, open_clip_block_renames[i][0], len))
+                n = snprintf(out, size, "text_model.encoder.layers.%d.%s%s", block,
+                             open_clip_block_renames[i][1], key + used + len);
+        }
+    return n >= 0 && (size_t)n < size ? 0
+                                      : -1; // in_proj, text_projection: split; logit_scale: none
+}
+
+int ldmc_text_diffusers_split(const void *config, const char *key, char names[][256],
+                              bool *transpose) {
+    const ldmc_text_config *c = config;
+    *transpose = false;
+    if (c->layout != LDMC_TEXT_OPEN_CLIP) return 0;
+    if (!strcmp(key, "text_projection")) { // P (in, out) is used as x P; a Linear holds P^T
+        snprintf(names[0], 256, "text_projection.weight");
+        *transpose = true;
+        return 1;
+    }
+    int block, used = 0;
+    if (sscanf(key, "transformer.resblocks.%d.attn.in_proj_%n", &block, &used) != 1 || !used)
+        return 0;
+    const char *kind = key + used; // weight or bias: rows q, k, v
+    if (strcmp(kind, "weight") && strcmp(kind, "bias")) return 0;
+    static const char *const qkv[3] = {"q", "k", "v"};
+    for (int j = 0; j < 3; j++)
+        snprintf(names[j], 256, "text_model.encoder.layers.%d.self_attn.%s_proj.%s", block, qkv[j],
+                 kind);
+    return 3;
+}
+
+char *ldmc_text_diffusers_config(const void *config, ldmc_err *err) {
+    const ldmc_text_config *c = config;
+    bool projection = c->projection_dim > 0;
+    cJSON *j = cJSON_CreateObject();
+    const char *architectures[1] = {projection ? "CLIPTextModelWithProjection" : "CLIPTextModel"};
+    cJSON_AddItemToObject(j, "architectures", string_array(architectures, 1));
+    cJSON_AddNumberToObject(j, "attention_dropout", 0.0);
+    cJSON_AddNumberToObject(j, "bos_token_id", 0);
+    cJSON_AddNumberToObject(j, "dropout", 0.0);
+    cJSON_AddNumberToObject(j, "eos_token_id", 2);
+    cJSON_AddStringToObject(j, "hidden_act", c->quick_gelu ? "quick_gelu" : "gelu");
+    cJSON_AddNumberToObject(j, "hidden_size", c->width);
+    cJSON_AddNumberToObject(j, "initializer_factor", 1.0);
+    cJSON_AddNumberToObject(j, "initializer_range", 0.02);
+    cJSON_AddNumberToObject(j, "intermediate_size", c->mlp_width);
+    cJSON_AddNumberToObject(j, "layer_norm_eps", 1e-5);
+    cJSON_AddNumberToObject(j, "max_position_embeddings", c->context_length);
+    cJSON_AddStringToObject(j, "model_type", "clip_text_model");
+    cJSON_AddNumberToObject(j, "num_attention_heads", c->heads);
+    cJSON_AddNumberToObject(j, "num_hidden_layers", c->layers);
+    cJSON_AddNumberToObject(j, "pad_token_id", 1);
+    cJSON_AddNumberToObject(j, "projection_dim", projection ? c->projection_dim : c->width);
+    cJSON_AddStringToObject(j, "torch_dtype", "float32");
+    cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
+    return printed(j, err);
+}

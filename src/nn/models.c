@@ -2,8 +2,10 @@
 #include "nn/models.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "nn/diffusers.h"
+#include "nn/text_encoder.h"
 
 static void *unet_create(const void *config) {
     ldmc_unet *u = malloc(sizeof *u);
@@ -59,6 +61,58 @@ const ldmc_model_desc ldmc_vae_desc = {
     .destroy = vae_destroy,
 };
 
+// ---- the text encoders: one descriptor per key prefix (layout x place in the conditioner)
+
+static void *text_create(const void *config) {
+    ldmc_text_encoder *e = malloc(sizeof *e);
+    LDMC_CHECK(e, "out of memory");
+    ldmc_text_encoder_init(e, config);
+    return e;
+}
+
+static void text_destroy(void *module) {
+    ldmc_text_encoder_free(module);
+    free(module);
+}
+
+static void text_summary(const void *module, FILE *out) {
+    ldmc_text_encoder_print_summary(module, out);
+}
+
+static const char *const text_optional[] = {"logit_scale", NULL};             // not in diffusers
+static const char *const text_ignored[] = {"*embeddings.position_ids", NULL}; // HF's buffer
+
+#define TEXT_DESC(layout_name, index, prefix_text, example)                                        \
+    {                                                                                              \
+        .name = "text_encoder", .title = "text encoder " #index " (" layout_name ")",              \
+        .prefix = prefix_text, .diffusers_folder = index ? "text_encoder_2" : "text_encoder",      \
+        .example_key = example, .diffusers_key = ldmc_text_diffusers_key,                          \
+        .diffusers_split = ldmc_text_diffusers_split, .diffusers_file = "model.safetensors",       \
+        .optional_keys = text_optional, .ignored_keys = text_ignored,                              \
+        .diffusers_config = ldmc_text_diffusers_config, .print_summary = text_summary,             \
+        .create = text_create, .destroy = text_destroy                                             \
+    }
+
+// [layout][index], the prefixes of ldmc_text_prefix
+static const ldmc_model_desc text_descs[2][LDMC_MAX_TEXT_ENCODERS] = {
+    {TEXT_DESC("hf", 0, "conditioner.embedders.0.transformer.",
+               "text_model.embeddings.token_embedding.weight"),
+     TEXT_DESC("hf", 1, "conditioner.embedders.1.transformer.",
+               "text_model.embeddings.token_embedding.weight")},
+    {TEXT_DESC("open_clip", 0, "conditioner.embedders.0.model.", "token_embedding.weight"),
+     TEXT_DESC("open_clip", 1, "conditioner.embedders.1.model.", "token_embedding.weight")},
+};
+
+bool ldmc_model_is_text(const ldmc_model *m) {
+    return m->desc >= &text_descs[0][0] && m->desc <= &text_descs[1][LDMC_MAX_TEXT_ENCODERS - 1];
+}
+
+ldmc_model ldmc_text_model(ldmc_text_encoder *e) {
+    const ldmc_model_desc *d = &text_descs[e->cfg.layout == LDMC_TEXT_OPEN_CLIP][e->cfg.index];
+    LDMC_CHECK(!strcmp(d->prefix, ldmc_text_prefix(&e->cfg)), "text encoder prefixes disagree");
+    return (ldmc_model){d, e, &e->params, &e->cfg};
+}
+
 ldmc_model ldmc_unet_model(ldmc_unet *u) {
     return (ldmc_model){&ldmc_unet_desc, u, &u->params, &u->cfg};
 }
@@ -71,6 +125,8 @@ int ldmc_models_create(const ldmc_model_config *cfg, ldmc_model *out) {
     int n = 0;
     if (cfg->has_unet) out[n++] = ldmc_unet_model(ldmc_unet_desc.create(&cfg->unet));
     if (cfg->has_vae) out[n++] = ldmc_vae_model(ldmc_vae_desc.create(&cfg->vae));
+    for (int i = 0; i < cfg->n_text; i++)
+        out[n++] = ldmc_text_model(text_create(&cfg->text[i]));
     return n;
 }
 

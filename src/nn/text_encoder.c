@@ -39,9 +39,10 @@ static void block_init(ldmc_text_block *b, ldmc_params *p, const ldmc_text_confi
     const int W = c->width;
     if (c->layout == LDMC_TEXT_HF) {
         snprintf(prefix, sizeof prefix, "%stext_model.encoder.layers.%d", ldmc_text_prefix(c), i);
-        nn_linear_init(&b->q, p, nn_name(buf, sizeof buf, prefix, "self_attn.q_proj"), W, W, true);
+        // HF's CLIPAttention registers k, v, q, then out
         nn_linear_init(&b->k, p, nn_name(buf, sizeof buf, prefix, "self_attn.k_proj"), W, W, true);
         nn_linear_init(&b->v, p, nn_name(buf, sizeof buf, prefix, "self_attn.v_proj"), W, W, true);
+        nn_linear_init(&b->q, p, nn_name(buf, sizeof buf, prefix, "self_attn.q_proj"), W, W, true);
         nn_linear_init(&b->out, p, nn_name(buf, sizeof buf, prefix, "self_attn.out_proj"), W, W,
                        true);
         nn_layer_norm_init(&b->norm1, p, nn_name(buf, sizeof buf, prefix, "layer_norm1"), W, 1e-5);
@@ -62,6 +63,9 @@ static void block_init(ldmc_text_block *b, ldmc_params *p, const ldmc_text_confi
                    true);
 }
 
+// The parameters in the order of the official state dicts (tests/ref/data/keys_*.json): HF's
+// embeddings, layers, final norm; open_clip's own parameters (positional_embedding,
+// text_projection, logit_scale) before its submodules (the blocks, token_embedding, ln_final).
 void ldmc_text_encoder_init(ldmc_text_encoder *e, const ldmc_text_config *cfg) {
     *e = (ldmc_text_encoder){.cfg = *cfg, .projection = -1, .logit_scale = -1};
     ldmc_params *p = &e->params;
@@ -69,26 +73,17 @@ void ldmc_text_encoder_init(ldmc_text_encoder *e, const ldmc_text_config *cfg) {
     const int W = cfg->width;
     const char *prefix = ldmc_text_prefix(cfg);
     char buf[256];
-    e->token_embedding = ldmc_params_add(
-        p,
-        join(buf, sizeof buf, prefix,
-             hf ? "text_model.embeddings.token_embedding.weight" : "token_embedding.weight"),
-        2, (int64_t[]){cfg->vocab_size, W}, LDMC_PARAM_NO_DECAY);
-    e->position_embedding = ldmc_params_add(
-        p,
-        join(buf, sizeof buf, prefix,
-             hf ? "text_model.embeddings.position_embedding.weight" : "positional_embedding"),
-        2, (int64_t[]){cfg->context_length, W}, LDMC_PARAM_NO_DECAY);
-    ldmc_params_set_init(p, e->token_embedding, LDMC_INIT_NORMAL, 1);
-    ldmc_params_set_init(p, e->position_embedding, LDMC_INIT_NORMAL, 1);
-    e->blocks = calloc((size_t)cfg->layers, sizeof *e->blocks);
-    LDMC_CHECK(e->blocks, "out of memory");
-    for (int i = 0; i < cfg->layers; i++)
-        block_init(&e->blocks[i], p, cfg, i);
-    nn_layer_norm_init(
-        &e->final_norm, p,
-        join(buf, sizeof buf, prefix, hf ? "text_model.final_layer_norm" : "ln_final"), W, 1e-5);
-    if (!hf) {
+    if (hf) {
+        e->token_embedding = ldmc_params_add(
+            p, join(buf, sizeof buf, prefix, "text_model.embeddings.token_embedding.weight"), 2,
+            (int64_t[]){cfg->vocab_size, W}, LDMC_PARAM_NO_DECAY);
+        e->position_embedding = ldmc_params_add(
+            p, join(buf, sizeof buf, prefix, "text_model.embeddings.position_embedding.weight"), 2,
+            (int64_t[]){cfg->context_length, W}, LDMC_PARAM_NO_DECAY);
+    } else {
+        e->position_embedding =
+            ldmc_params_add(p, join(buf, sizeof buf, prefix, "positional_embedding"), 2,
+                            (int64_t[]){cfg->context_length, W}, LDMC_PARAM_NO_DECAY);
         int P = cfg->projection_dim ? cfg->projection_dim : W;
         e->projection = ldmc_params_add(p, join(buf, sizeof buf, prefix, "text_projection"), 2,
                                         (int64_t[]){W, P}, 0);
@@ -98,6 +93,19 @@ void ldmc_text_encoder_init(ldmc_text_encoder *e, const ldmc_text_config *cfg) {
                                          LDMC_PARAM_NO_DECAY | LDMC_PARAM_FROZEN);
         ldmc_params_set_init(p, e->logit_scale, LDMC_INIT_ZERO, 1);
     }
+    ldmc_params_set_init(p, e->position_embedding, LDMC_INIT_NORMAL, 1);
+    e->blocks = calloc((size_t)cfg->layers, sizeof *e->blocks);
+    LDMC_CHECK(e->blocks, "out of memory");
+    for (int i = 0; i < cfg->layers; i++)
+        block_init(&e->blocks[i], p, cfg, i);
+    if (!hf)
+        e->token_embedding =
+            ldmc_params_add(p, join(buf, sizeof buf, prefix, "token_embedding.weight"), 2,
+                            (int64_t[]){cfg->vocab_size, W}, LDMC_PARAM_NO_DECAY);
+    ldmc_params_set_init(p, e->token_embedding, LDMC_INIT_NORMAL, 1);
+    nn_layer_norm_init(
+        &e->final_norm, p,
+        join(buf, sizeof buf, prefix, hf ? "text_model.final_layer_norm" : "ln_final"), W, 1e-5);
 }
 
 void ldmc_text_encoder_free(ldmc_text_encoder *e) {

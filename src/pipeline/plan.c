@@ -74,6 +74,19 @@ ldmc_dry_run ldmc_dry_run_vae_step(ldmc_vae *v, ldmc_device device, int batch, i
     return r;
 }
 
+ldmc_dry_run ldmc_dry_run_text_forward(ldmc_text_encoder *e, ldmc_device device, int batch) {
+    ldmc_params_reserve(&e->params, LDMC_ROLE_WEIGHTS);
+    int32_t *ids = zeroed((size_t)batch * (size_t)e->cfg.context_length, sizeof *ids);
+    ldmc_ctx ctx;
+    ldmc_ctx_init_dry_run_device(&ctx, device, DRY_RUN_ARENA);
+    ldmc_tensor *context, *pooled;
+    ldmc_text_encoder_forward(&ctx, e, batch, ids, &context, &pooled);
+    ldmc_dry_run r = {ctx.data.high_water, ctx.flops};
+    ldmc_ctx_free(&ctx);
+    free(ids);
+    return r;
+}
+
 // The activations of m's step on the CPU at (batch, h, w): latents for a UNet, images for a VAE.
 static size_t step_activations(const ldmc_model *m, int batch, int h, int w) {
     return m->desc == &ldmc_unet_desc

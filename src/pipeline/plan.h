@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/model.h"
+#include "nn/text_encoder.h"
 #include "nn/unet.h"
 #include "nn/vae.h"
 
@@ -36,6 +37,9 @@ typedef struct ldmc_dry_run {
 ldmc_dry_run ldmc_dry_run_unet_step(ldmc_unet *u, ldmc_device device, int batch, int h, int w);
 // The VAE's step on images (batch, H, W).
 ldmc_dry_run ldmc_dry_run_vae_step(ldmc_vae *v, ldmc_device device, int batch, int H, int W);
+// A frozen text encoder's forward on `batch` prompts (what the conditioner runs before the
+// UNet's step, and drops but for the context and pooled text). Its weights are reserved.
+ldmc_dry_run ldmc_dry_run_text_forward(ldmc_text_encoder *e, ldmc_device device, int batch);
 
 // The plan of any model's training step at H x W pixels, on the CPU without and with gradient
 // checkpointing: a UNet's on the latent of an autoencoder of factor f (H/f x W/f), an

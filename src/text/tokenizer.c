@@ -291,8 +291,7 @@ ldmc_tokenizer *ldmc_tokenizer_load(const char *path, ldmc_err *err) {
     }
     while (n_lines > 1 && !*lines[n_lines - 1]) // trailing empty lines
         n_lines--;
-    bool header = n_lines >= 1 && (strncmp(lines[0], "#version", 8) == 0 ||
-                                   strstr(lines[0], "bpe_simple_vocab") != NULL);
+    bool header = n_lines >= 1 && strstr(lines[0], "#version") != NULL;
     if (n_lines < 2 || !header)
         rc = LDMC_ERR(err,
                       "%s: not a CLIP BPE merges file (expected a '#version' header line, then "
@@ -446,9 +445,11 @@ static void encode_clean(const ldmc_tokenizer *t, ldmc_tokens_convention c, cons
         } else if (!k && ldmc_uni_number(v[i])) {
             k = 1;
             bpe(t, v + i, k, out);
-        } else if (!k && !ldmc_uni_space(v[i])) {
+        } else if (!k && !ldmc_uni_space(v[i]) && v[i] != 0x345) {
+            // (U+0345 folds to a letter under IGNORECASE: it matches no alternative and is
+            // skipped like a space)
             while (i + k < n && !ldmc_uni_space(v[i + k]) && !ldmc_uni_letter(v[i + k]) &&
-                   !ldmc_uni_number(v[i + k]))
+                   !ldmc_uni_number(v[i + k]) && v[i + k] != 0x345)
                 k++;
             bpe(t, v + i, k, out);
         }

@@ -14,7 +14,40 @@
 #include "data/loader.h"
 #include "io/model_files.h"
 #include "nn/models.h"
+#include "pipeline/conditioner.h"
 #include "pipeline/latents.h"
+#include "train/text_models.h"
+
+// The captions' embeddings of a text model into host buffers: context (m, T, D), pooled (m, P).
+static void encode_captions(ldmc_ctx *ctx, const ldmc_conditioner *cond, int m,
+                            const char *const *captions, float *context, float *pooled) {
+    ldmc_tensor *c, *p;
+    ldmc_conditioner_encode(ctx, cond, m, captions, NULL, &c, &p);
+    ldmc_read_f32(c, context);
+    if (p && pooled) ldmc_read_f32(p, pooled);
+}
+
+// The text embeddings a text model's cache holds, with the empty caption's (malloc'ed into
+// *empty); tokens 0 for other models.
+static ldmc_cache_text cache_text(ldmc_ctx *ctx, const ldmc_train_config *cfg,
+                                  const ldmc_conditioner *cond, float **empty) {
+    ldmc_cache_text t = {0};
+    *empty = NULL;
+    if (!cond->n_text) return t;
+    const ldmc_unet_config *u = &cfg->model.unet;
+    t.tokens = cfg->model.text[0].context_length;
+    t.context_dim = u->context_dim;
+    for (int i = 0; i < u->n_vector; i++)
+        if (u->vector[i] == LDMC_VECTOR_POOLED_TEXT) t.pooled_dim = u->pooled_dim;
+    *empty = malloc(((size_t)t.tokens * t.context_dim + (size_t)t.pooled_dim + 1) * sizeof(float));
+    LDMC_CHECK(*empty, "out of memory");
+    const char *nothing[1] = {""};
+    ldmc_ctx_reset(ctx);
+    encode_captions(ctx, cond, 1, nothing, *empty, *empty + (size_t)t.tokens * t.context_dim);
+    t.empty_context = *empty;
+    t.empty_pooled = t.pooled_dim ? *empty + (size_t)t.tokens * t.context_dim : NULL;
+    return t;
+}
 
 int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_variants,
                      ldmc_err *err) {
@@ -53,9 +86,19 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
             ldmc_bucket_assign(&buckets, data.items[i].height, data.items[i].width);
         fill[data.items[i].bucket]++;
     }
-    if (rc == 0) rc = ldmc_cache_create(&w, out, vc->scale_factor, vc->embed_dim, err);
     ldmc_ctx ctx;
     ldmc_ctx_init(&ctx, (size_t)64 << 30, (size_t)1 << 30);
+    // a text model's captions are embedded too (context and pooled text, f16)
+    static ldmc_text_models text; // large: not on the stack
+    ldmc_conditioner cond = {.unet = &cfg->model.unet};
+    float *empty = NULL;
+    ldmc_cache_text tc = {0};
+    if (rc == 0) rc = ldmc_text_models_load(&text, cfg, err);
+    if (rc == 0) {
+        ldmc_text_models_attach(&text, cfg, &cond);
+        tc = cache_text(&ctx, cfg, &cond, &empty);
+    }
+    if (rc == 0) rc = ldmc_cache_create(&w, out, vc->scale_factor, vc->embed_dim, &tc, err);
     int chunk = cfg->batch_size, written = 0, failed = 0;
     double sum = 0, sum2 = 0, count = 0; // over the posterior means: the latent scale
     for (int b = 0; rc == 0 && b < buckets.count; b++) {
@@ -84,7 +127,12 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
         size_t per = (size_t)h * lw * vc->embed_dim;
         float *mean = malloc((size_t)chunk * per * sizeof *mean),
               *std = malloc((size_t)chunk * per * sizeof *std);
-        if (rc == 0 && (!mean || !std)) rc = LDMC_ERR(err, "out of memory for bucket %dx%d", H, W);
+        size_t cper = (size_t)tc.tokens * tc.context_dim;
+        float *context = malloc(((size_t)chunk * cper + 1) * sizeof *context),
+              *pooled = malloc(((size_t)chunk * tc.pooled_dim + 1) * sizeof *pooled);
+        const char **captions = malloc((size_t)chunk * sizeof *captions);
+        if (rc == 0 && (!mean || !std || !context || !pooled || !captions))
+            rc = LDMC_ERR(err, "out of memory for bucket %dx%d", H, W);
         for (int i0 = 0; rc == 0 && i0 < got; i0 += chunk) {
             int m = got - i0 < chunk ? got - i0 : chunk;
             ldmc_ctx_reset(&ctx);
@@ -96,17 +144,27 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
                 double v = mean[k];
                 sum += v, sum2 += v * v, count++;
             }
+            for (int k = 0; k < m; k++)
+                captions[k] = data.items[index[i0 + k]].caption;
+            if (tc.tokens) {
+                ldmc_ctx_reset(&ctx);
+                encode_captions(&ctx, &cond, m, captions, context, pooled);
+            }
             for (int k = 0; rc == 0 && k < m; k++) {
                 const ldmc_crop *p = &plans[i0 + k];
                 const ldmc_sample *smp = &data.items[index[i0 + k]];
-                rc =
-                    ldmc_cache_append(w, mean + k * per, std + k * per, p->c_size, p->c_crop,
-                                      p->c_target, smp->class_id, index[i0 + k], smp->caption, err);
+                rc = ldmc_cache_append(w, mean + k * per, std + k * per, p->c_size, p->c_crop,
+                                       p->c_target, smp->class_id, index[i0 + k], smp->caption,
+                                       tc.tokens ? context + k * cper : NULL,
+                                       tc.pooled_dim ? pooled + k * tc.pooled_dim : NULL, err);
             }
             written += m;
         }
         free(mean);
         free(std);
+        free(context);
+        free(pooled);
+        free(captions);
         if (rc == 0 && got) printf("  %5d x %-5d %6d latents\n", W, H, got);
         free(pixels);
         free(plans);
@@ -125,7 +183,12 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
                "decode%s\n",
                out, written, data.count, flip_variants ? "each also flipped" : "one crop each",
                data.skipped, failed, failed ? " (named above)" : "");
+    if (rc == 0 && tc.tokens)
+        printf("text: each caption's context (%d x %d) and pooled text (%d), f16\n", tc.tokens,
+               tc.context_dim, tc.pooled_dim);
     ldmc_ctx_free(&ctx);
+    ldmc_text_models_free(&text);
+    free(empty);
     free(fill);
     ldmc_dataset_free(&data);
     ldmc_vae_free(&vae);

@@ -29,40 +29,27 @@ static ldmc_step_batch step_batch(const ldmc_batch *b) {
                                       .class_ids = b->class_ids,
                                       .c_size = b->c_size,
                                       .c_crop = b->c_crop,
-                                      .c_target = b->c_target}};
+                                      .c_target = b->c_target,
+                                      .context = b->context,
+                                      .context_tokens = b->text_tokens,
+                                      .pooled = b->pooled,
+                                      .captions = b->captions}};
 }
 
 // ---- diffusion ----------------------------------------------------------------------------------
-
-static int refuse_text_models(const ldmc_train_config *cfg, ldmc_err *err) {
-    const ldmc_unet_config *u = &cfg->model.unet;
-    for (int i = 0; i < u->n_vector; i++)
-        if (u->vector[i] == LDMC_VECTOR_POOLED_TEXT)
-            return LDMC_ERR(
-                err,
-                "%s: the UNet's vector conditioning has pooled_text, and ldmc has no text "
-                "encoders yet: it trains class-conditional and unconditional models "
-                "(configs/demo.yaml, configs/cin_size_cond_train.yaml)",
-                cfg->source_path);
-    if (u->context_dim && !u->n_classes)
-        return LDMC_ERR(
-            err,
-            "%s: the UNet is conditioned on text (context_dim %d), and ldmc has no text "
-            "encoders yet: it trains class-conditional and unconditional models",
-            cfg->source_path, u->context_dim);
-    return 0;
-}
 
 // The UNet trained, the autoencoder frozen: its weights from vae_weights (random in a
 // benchmark), needed to encode images (unless the data is a latent cache) and for previews.
 static int diffusion_setup(trainer *T, ldmc_err *err) {
     const ldmc_train_config *cfg = T->cfg;
-    if (refuse_text_models(cfg, err) != 0) return -1;
     ldmc_unet_init(&T->unet, &cfg->model.unet);
     T->have_unet = true;
     T->unet.recompute = cfg->recompute;
     T->model = ldmc_unet_model(&T->unet);
     T->conditioner = (ldmc_conditioner){.unet = &T->unet.cfg, .dropout = cfg->cond_dropout};
+    // (a benchmark's batches bring random text embeddings: `ldmc bench text` times the encoders)
+    if (!T->bench && ldmc_text_models_load(&T->text, cfg, err) != 0) return -1;
+    ldmc_text_models_attach(&T->text, cfg, &T->conditioner);
     ldmc_vae_init(&T->vae, &cfg->vae);
     T->have_vae = true;
     ldmc_params_alloc(&T->vae.params, LDMC_ROLE_WEIGHTS);
@@ -97,6 +84,26 @@ static int check_cache(trainer *T, ldmc_err *err) {
     if (fabs(c->scale_factor - T->vae.cfg.scale_factor) > 1e-9)
         return LDMC_ERR(err, "%s: made with scale factor %g, the config's VAE has %g",
                         cfg->data_path, c->scale_factor, T->vae.cfg.scale_factor);
+    const ldmc_unet_config *u = &cfg->model.unet;
+    if (ldmc_train_config_has_text(cfg)) {
+        int pooled = 0;
+        for (int i = 0; i < u->n_vector; i++)
+            if (u->vector[i] == LDMC_VECTOR_POOLED_TEXT) pooled = u->pooled_dim;
+        if (!c->text_tokens)
+            return LDMC_ERR(err,
+                            "%s: made without text embeddings: make it again with `ldmc cache` "
+                            "from this text model's config",
+                            cfg->data_path);
+        if (c->text_tokens != cfg->model.text[0].context_length ||
+            c->text_context_dim != u->context_dim || c->text_pooled_dim != pooled)
+            return LDMC_ERR(err,
+                            "%s: text embeddings of %d x %d and pooled %d, the model takes %d x %d "
+                            "and pooled %d",
+                            cfg->data_path, c->text_tokens, c->text_context_dim, c->text_pooled_dim,
+                            cfg->model.text[0].context_length, u->context_dim, pooled);
+        T->conditioner.empty_context = c->empty_context;
+        T->conditioner.empty_pooled = c->empty_pooled;
+    }
     int lalign = 1 << (cfg->model.unet.levels - 1);
     for (int g = 0; g < c->n_groups; g++)
         if (c->groups[g].h % lalign || c->groups[g].w % lalign)
@@ -141,10 +148,29 @@ static double diffusion_micro(trainer *T, const ldmc_batch *b, const ldmc_step_k
     return ldmc_diffusion_loss(&T->ctx, &s, &sb, key, cfg->accumulation);
 }
 
-// Samples of the first classes (a row each, up to 10), or of the unconditional model, from the
-// same noise at every preview: DDIM with classifier-free guidance, the EMA weights when EMA is
-// on, decoded by the autoencoder.
-static int sample_grid(trainer *T, train_grid *g, ldmc_err *err) {
+// A text model's preview prompts: sample.prompts, else the data's first distinct captions (up to
+// 4). Returns how many.
+static int preview_prompts(const trainer *T, const char **out, int max) {
+    const ldmc_train_config *cfg = T->cfg;
+    int n = 0;
+    for (int i = 0; i < cfg->n_sample_prompts && n < max; i++)
+        out[n++] = cfg->sample_prompts[i];
+    if (n || !T->data.have_dataset) return n;
+    const ldmc_dataset *d = &T->data.dataset;
+    for (int i = 0; i < d->count && n < 4 && n < max; i++) {
+        const char *c = d->items[i].caption;
+        bool seen = !c;
+        for (int j = 0; j < n && !seen; j++)
+            seen = !strcmp(out[j], c);
+        if (!seen) out[n++] = c;
+    }
+    return n;
+}
+
+// Samples of the first classes or prompts (a row each, up to 10), or of the unconditional model,
+// from the same noise at every preview: DDIM with classifier-free guidance, the EMA weights when
+// EMA is on, decoded by the autoencoder. `prompts` (rows) for a text model, else NULL.
+static int sample_grid(trainer *T, train_grid *g, const char *const *prompts, ldmc_err *err) {
     const ldmc_train_config *cfg = T->cfg;
     const ldmc_unet_config *uc = &cfg->model.unet;
     const int n = g->rows * g->cols, f = 1 << (T->vae.cfg.levels - 1);
@@ -152,14 +178,20 @@ static int sample_grid(trainer *T, train_grid *g, ldmc_err *err) {
     ldmc_ctx *ctx = &T->ctx;
     ldmc_ctx_reset(ctx);
     int64_t *labels = ldmc_host_scratch(ctx, (size_t)n * sizeof *labels);
+    const char **captions = ldmc_host_scratch(ctx, (size_t)n * sizeof *captions);
     int32_t *size = ldmc_host_scratch(ctx, (size_t)n * 2 * sizeof *size);
     int32_t *crop = ldmc_host_scratch(ctx, (size_t)n * 2 * sizeof *crop);
     for (int i = 0; i < n; i++) {
         labels[i] = i / g->cols;
+        captions[i] = prompts ? prompts[i / g->cols] : NULL;
         size[2 * i] = g->H, size[2 * i + 1] = g->W, crop[2 * i] = crop[2 * i + 1] = 0;
     }
-    ldmc_cond_batch cond = {
-        .n = n, .class_ids = labels, .c_size = size, .c_crop = crop, .c_target = size};
+    ldmc_cond_batch cond = {.n = n,
+                            .class_ids = labels,
+                            .c_size = size,
+                            .c_crop = crop,
+                            .c_target = size,
+                            .captions = captions};
     ldmc_denoiser d = {.unet = &T->unet,
                        .conditioner = &T->conditioner,
                        .cond = &cond,
@@ -191,8 +223,12 @@ static int diffusion_preview(trainer *T, const ldmc_batch *last, train_grid *g, 
     if (!T->vae_weights) return 0; // no decoder: nothing to look at (said at the start)
     const ldmc_train_config *cfg = T->cfg;
     int n_classes = cfg->model.unet.n_classes;
-    *g = (train_grid){.rows = n_classes ? (n_classes < 10 ? n_classes : 10) : 2,
-                      .cols = n_classes ? cfg->sample_per_class : 8,
+    const char *prompts[LDMC_MAX_PATTERNS];
+    int n_prompts = T->text.n ? preview_prompts(T, prompts, 10) : 0;
+    if (T->text.n && !n_prompts) prompts[n_prompts++] = ""; // no captions: the empty prompt
+    int rows = n_classes ? n_classes : n_prompts;
+    *g = (train_grid){.rows = rows ? (rows < 10 ? rows : 10) : 2,
+                      .cols = rows ? cfg->sample_per_class : 8,
                       .H = T->data.sample_h,
                       .W = T->data.sample_w,
                       .tag = "samples"};
@@ -206,10 +242,18 @@ static int diffusion_preview(trainer *T, const ldmc_batch *last, train_grid *g, 
             snprintf(g->label_text[r], sizeof g->label_text[r], "class %d", r);
         g->labels[r] = g->label_text[r];
     }
-    return sample_grid(T, g, err);
+    for (int r = 0; r < g->rows && n_prompts; r++) {
+        snprintf(g->label_text[r], sizeof g->label_text[r], "%s", prompts[r]);
+        g->labels[r] = g->label_text[r];
+    }
+    return sample_grid(T, g, n_prompts ? prompts : NULL, err);
 }
 
-static void diffusion_to_device(trainer *T) { ldmc_params_to_device(&T->vae.params); }
+static void diffusion_to_device(trainer *T) {
+    ldmc_params_to_device(&T->vae.params);
+    for (int i = 0; i < T->text.n; i++)
+        ldmc_params_to_device(&T->text.enc[i].params);
+}
 
 // ---- the autoencoder ----------------------------------------------------------------------------
 

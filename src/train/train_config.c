@@ -60,17 +60,17 @@ static int get_choice(const ldmc_cfg *map, const char *key, const char *const *n
     return ldmc_cfg_error(ldmc_cfg_get(map, key), err, "'%s' is not one of: %s", v, list);
 }
 
-static int get_patterns(const ldmc_cfg *map, const char *key, char **out, int *count,
-                        ldmc_err *err) {
+// A list of at most LDMC_MAX_PATTERNS strings (`what`: glob patterns, prompts).
+static int get_strings(const ldmc_cfg *map, const char *key, const char *what, char **out,
+                       int *count, ldmc_err *err) {
     const ldmc_cfg *n = ldmc_cfg_get(map, key);
     *count = 0;
     if (!n) return 0;
     if (n->kind != LDMC_CFG_LIST || n->count > LDMC_MAX_PATTERNS)
-        return ldmc_cfg_error(n, err, "expected a list of at most %d glob patterns",
-                              LDMC_MAX_PATTERNS);
+        return ldmc_cfg_error(n, err, "expected a list of at most %d %s", LDMC_MAX_PATTERNS, what);
     for (int i = 0; i < n->count; i++) {
         if (n->items[i]->kind != LDMC_CFG_SCALAR)
-            return ldmc_cfg_error(n->items[i], err, "expected a pattern");
+            return ldmc_cfg_error(n->items[i], err, "expected one of the %s", what);
         out[(*count)++] = strdup(n->items[i]->value);
     }
     return 0;
@@ -128,9 +128,9 @@ const ldmc_vae_config *ldmc_train_config_vae(const ldmc_train_config *c) {
 }
 
 static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
-    static const char *const top[] = {"task",       "model",    "vae",   "vae_weights", "init",
-                                      "new_params", "freeze",   "data",  "diffusion",   "optim",
-                                      "ema",        "vae_loss", "train", "sample",      NULL};
+    static const char *const top[] = {
+        "task", "model",     "vae",   "vae_weights", "init",     "text",  "new_params", "freeze",
+        "data", "diffusion", "optim", "ema",         "vae_loss", "train", "sample",     NULL};
     if (ldmc_cfg_check_keys(root, top, err) != 0) return -1;
     int task = 0;
     if (get_choice(root, "task", task_names, &task, err) != 0) return -1;
@@ -150,9 +150,25 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
     }
     if (get_path(root, "vae_weights", false, c->source_path, c->vae_weights, err) ||
         get_path(root, "init", false, c->source_path, c->init, err) ||
-        get_patterns(root, "new_params", c->new_params, &c->n_new_params, err) ||
-        get_patterns(root, "freeze", c->freeze, &c->n_freeze, err))
+        get_strings(root, "new_params", "glob patterns", c->new_params, &c->n_new_params, err) ||
+        get_strings(root, "freeze", "glob patterns", c->freeze, &c->n_freeze, err))
         return -1;
+    const ldmc_cfg *text = ldmc_cfg_get(root, "text");
+    if (text) {
+        static const char *const keys[] = {"vocab", "weights", "uncond", NULL};
+        static const char *const unconds[] = {"zeros", "empty", NULL};
+        int uncond = 0;
+        if (text->kind != LDMC_CFG_MAP)
+            return ldmc_cfg_error(text, err, "expected {vocab: ..., weights: ..., uncond: ...}");
+        if (ldmc_cfg_check_keys(text, keys, err) ||
+            get_path(text, "vocab", false, c->source_path, c->text_vocab, err) ||
+            get_path(text, "weights", false, c->source_path, c->text_weights, err) ||
+            get_choice(text, "uncond", unconds, &uncond, err))
+            return -1;
+        c->text_uncond_empty = uncond == 1;
+        if (!c->model.n_text)
+            return ldmc_cfg_error(text, err, "the model (%s) has no text_encoders", c->source_path);
+    }
 
     const ldmc_cfg *data = ldmc_cfg_get(root, "data");
     if (!data || data->kind != LDMC_CFG_MAP)
@@ -270,9 +286,11 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
     c->seed = (uint64_t)seed;
     const ldmc_cfg *sample = ldmc_cfg_get(root, "sample");
     if (sample) {
-        static const char *const keys[] = {"steps",  "guidance_scale", "per_class",
-                                           "height", "width",          NULL};
+        static const char *const keys[] = {"steps", "guidance_scale", "per_class", "height",
+                                           "width", "prompts",        NULL};
         if (ldmc_cfg_check_keys(sample, keys, err) ||
+            get_strings(sample, "prompts", "prompts", c->sample_prompts, &c->n_sample_prompts,
+                        err) ||
             get_int32(sample, "steps", 1, 1000, &c->sample_steps, err) ||
             get_double(sample, "guidance_scale", 0, 100, &c->sample_guidance, err) ||
             get_int32(sample, "per_class", 1, 64, &c->sample_per_class, err) ||
@@ -351,6 +369,9 @@ void ldmc_train_config_free(ldmc_train_config *c) {
         free(c->new_params[i]);
     for (int i = 0; i < c->n_freeze; i++)
         free(c->freeze[i]);
+    for (int i = 0; i < c->n_sample_prompts; i++)
+        free(c->sample_prompts[i]);
+    c->n_sample_prompts = 0;
     free(c->resolved_yaml);
     c->n_new_params = c->n_freeze = 0;
     c->resolved_yaml = NULL;

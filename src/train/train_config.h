@@ -46,6 +46,10 @@ typedef struct ldmc_train_config {
     // diffusion
     ldmc_noise_options noise;
     double cond_dropout;
+    // text conditioning (a model config with text_encoders)
+    char text_vocab[LDMC_PATH_MAX];   // text.vocab: the tokenizer's merges file or folder
+    char text_weights[LDMC_PATH_MAX]; // text.weights: the encoders' weights ("": init's)
+    bool text_uncond_empty; // text.uncond: empty (encode "", kohya, the refiner) or zeros (sgm)
     // optimizer
     ldmc_adamw adamw;
     ldmc_lr_schedule lr;
@@ -68,6 +72,8 @@ typedef struct ldmc_train_config {
     int sample_steps;
     double sample_guidance; // classifier-free guidance scale of the previews (1: none)
     int sample_per_class, sample_height, sample_width;
+    char *sample_prompts[LDMC_MAX_PATTERNS]; // text models: a row each ("" none: the first captions)
+    int n_sample_prompts;
     char *resolved_yaml; // the config as run, overrides applied
 } ldmc_train_config;
 

@@ -114,6 +114,7 @@ void trainer_free(trainer *T) {
     train_data_close(&T->data);
     if (T->have_unet) ldmc_unet_free(&T->unet);
     if (T->have_vae) ldmc_vae_free(&T->vae);
+    ldmc_text_models_free(&T->text);
     train_log_close(&T->log);
     ldmc_ctx_free(&T->ctx);
 }

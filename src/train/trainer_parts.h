@@ -22,6 +22,7 @@
 #include "nn/vae.h"
 #include "pipeline/conditioner.h"
 #include "train/checkpoint.h"
+#include "train/text_models.h"
 #include "train/train_config.h"
 
 typedef struct trainer trainer;
@@ -92,6 +93,7 @@ struct trainer {
     ldmc_unet unet; // diffusion: the model trained
     ldmc_vae vae;   // vae task: the model trained; diffusion: the frozen autoencoder
     bool have_unet, have_vae;
+    ldmc_text_models text; // text models: the tokenizer and frozen encoders of the conditioner
     bool vae_weights; // diffusion: the autoencoder's weights are loaded (it can encode, decode)
     ldmc_model model; // the model trained
     ldmc_schedule schedule;

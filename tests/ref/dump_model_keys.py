@@ -7,7 +7,9 @@ each parameter count, checks the known totals, and writes tests/ref/data/keys_<c
 tests/ref/check_official_keys.py: a JSON list of [key, shape] in
 state_dict order, with the official prefixes ("model.diffusion_model." for the UNet,
 "first_stage_model." for the VAE, "conditioner.embedders.0." for a ClassEmbedder; the UNet's keys
-come first, then the embedder's).
+come first, then the embedder's), then the text encoders of the config's text_encoders (clip_ref.py:
+"conditioner.embedders.N.transformer." for the hf layout, "conditioner.embedders.N.model." for
+open_clip), in the order ldmc's model files list them: UNet, text encoders.
 
 Run with Debian's python3-torch: /usr/bin/python3 tests/ref/dump_model_keys.py
 """
@@ -17,6 +19,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import clip_ref  # noqa: E402
 import sgm_ref  # noqa: E402
 
 EXPECTED = {
@@ -60,6 +63,11 @@ def main():
                 entries += keys_of(cemb, "conditioner.embedders.0.")
                 n_emb = sgm_ref.count_params(cemb)
                 detail = f" (+ ClassEmbedder {n_emb:,} = {total + n_emb:,})"
+            for i, tc in enumerate(cfg.get("text_encoders") or []):
+                enc = clip_ref.encoder_from_config(tc, device="meta")
+                kind = "transformer." if tc["layout"] == "hf" else "model."
+                entries += keys_of(enc, f"conditioner.embedders.{i}.{kind}")
+                detail += f" + text encoder {i} {sgm_ref.count_params(enc):,}"
         path = write_keys(name, entries)
         print(f"{name}: {total:,} parameters{detail}; {len(entries)} keys -> "
               f"{os.path.relpath(path)}")
