@@ -223,6 +223,19 @@ static void test_bad_files_and_text(void) {
         big[i] = "ab c&#;<\x1b"[i % 9];
     big[(1 << 20) - 1] = 0;
     CHECK(ldmc_tokenize(t, LDMC_TOKENS_HF, big, 77, ids) == 76 && ids[76] == 999, "a 1 MB caption");
+    // one 1 MB word (no spaces, no punctuation): the first 75 tokens of its first 4096 letters
+    // (BPE is quadratic in a word), which are those of the word cut at 4096 letters and at 3000:
+    // where a word ends does not reach its first tokens
+    for (int i = 0; i < (1 << 20) - 1; i++)
+        big[i] = "abcdefghij"[(i * 7 + i / 13) % 10];
+    int32_t a[77], b[77];
+    ldmc_tokenize(t, LDMC_TOKENS_OPEN_CLIP, big, 77, ids);
+    big[4096] = 0;
+    ldmc_tokenize(t, LDMC_TOKENS_OPEN_CLIP, big, 77, a);
+    big[3000] = 0;
+    ldmc_tokenize(t, LDMC_TOKENS_OPEN_CLIP, big, 77, b);
+    CHECK(!memcmp(ids, a, sizeof a) && !memcmp(a, b, sizeof a) && ids[76] == 999,
+          "a long word's tokens depend on its end");
     free(big);
     ldmc_tokenizer_free(t);
 }

@@ -24,6 +24,7 @@
 #include "io/files.h"
 #include "io/image_write.h"
 #include "io/model_files.h"
+#include "io/safetensors.h"
 #include "io/tensorboard.h"
 #include "nn/models.h"
 #include "ops/param_ops.h"
@@ -893,6 +894,53 @@ static void test_text_refiner_shaped_run(void) {
     text_cache_run("refiner_text", "tiny_refiner_text.yaml", "empty", extra);
 }
 
+// text.train: the encoders train with the UNet at their own learning rates (kohya's
+// --train_text_encoder): their weights move (logit_scale, which SDXL does not use, stays), the
+// checkpoints hold them with their EMA and Adam state, and a killed run resumes bit for bit.
+static void test_text_encoders_trained(void) {
+    const char *extra = "diffusion: {prediction: eps, cond_dropout: 0.3}\n";
+    char setting[1400];
+    snprintf(setting, sizeof setting,
+             "text={vocab: %s/tiny_bpe, uncond: zeros, train: true, lr: [1.0e-3, 5.0e-4]}",
+             test_data_dir());
+    const char *sets[] = {setting};
+    ldmc_err err = {0};
+    ldmc_train_result r;
+    REQUIRE(run_in_process_set(text_config("te_straight", "tiny_unet_text.yaml", "zeros", extra),
+                               NULL, sets, 1, &r, &err) == 0,
+            "%s", err.message);
+    const char *k = text_config("te_killed", "tiny_unet_text.yaml", "zeros", extra);
+    CHECK(run_child_set(k, "saved@2", false, setting) == SIGKILL, "killed after step 2");
+    REQUIRE(run_in_process_set(k, "latest", sets, 1, &r, &err) == 0, "%s", err.message);
+    CHECK(r.steps == 4, "resumed to step %lld", (long long)r.steps);
+    check_same_checkpoint("te_straight", "te_killed", 4, true);
+    // the encoders moved from their init; logit_scale did not
+    char init[1300], ckpt[1400];
+    snprintf(init, sizeof init, "%s/tiny_unet_text.yaml.init", fixture);
+    snprintf(ckpt, sizeof ckpt, "%s/te_straight/checkpoints/step-00000004/model.safetensors",
+             fixture);
+    ldmc_safetensors a, b;
+    REQUIRE(ldmc_safetensors_open(&a, init, &err) == 0 && ldmc_safetensors_open(&b, ckpt, &err) == 0,
+            "%s", err.message);
+    static const char *const keys[] = {
+        "conditioner.embedders.0.transformer.text_model.encoder.layers.0.mlp.fc1.weight",
+        "conditioner.embedders.1.model.text_projection", "conditioner.embedders.1.model.logit_scale"};
+    for (int i = 0; i < 3; i++) {
+        const ldmc_st_tensor *ta = ldmc_safetensors_find(&a, keys[i]), *tb = ldmc_safetensors_find(&b, keys[i]);
+        REQUIRE(ta && tb, "%s in the init and the checkpoint", keys[i]);
+        int64_t n = ldmc_st_numel(ta);
+        float *va = malloc((size_t)n * sizeof *va), *vb = malloc((size_t)n * sizeof *vb);
+        REQUIRE(ldmc_safetensors_read(&a, ta, va, LDMC_F32, &err) == 0 &&
+                    ldmc_safetensors_read(&b, tb, vb, LDMC_F32, &err) == 0,
+                "%s", err.message);
+        bool same = !memcmp(va, vb, (size_t)n * sizeof *va);
+        CHECK(i == 2 ? same : !same, "%s %s", keys[i], i == 2 ? "changed" : "did not change");
+        free(va), free(vb);
+    }
+    ldmc_safetensors_close(&a);
+    ldmc_safetensors_close(&b);
+}
+
 // A text model without a vocabulary is refused before anything is written.
 static void test_text_model_needs_a_vocabulary(void) {
     make_fixture();
@@ -1372,6 +1420,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_text_model_needs_a_vocabulary),
         TEST_ENTRY(test_text_sdxl_shaped_run),
         TEST_ENTRY(test_text_refiner_shaped_run),
+        TEST_ENTRY(test_text_encoders_trained),
         TEST_ENTRY(test_latent_cache),
         TEST_ENTRY(test_unusual_images_train_the_same_twice),
         TEST_ENTRY(test_decode_failures_are_named_once),

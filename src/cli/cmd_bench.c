@@ -406,7 +406,7 @@ static int bench_text(int argc, char **argv) {
         const int T = enc.cfg.context_length, V = enc.cfg.vocab_size;
         int32_t *ids = malloc((size_t)batch * T * sizeof *ids);
         for (int b = 0; b < batch; b++) { // prompt b: 8 + 23 b tokens (mod the context)
-            int len = 8 + (23 * b) % (T - 8);
+            int len = T > 8 ? 8 + (23 * b) % (T - 8) : T;
             for (int t = 0; t < T; t++)
                 ids[b * T + t] = t == 0         ? V - 2
                                  : t < len - 1  ? (int32_t)((t * 7919 + b * 104729) % (V - 2))

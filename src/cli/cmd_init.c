@@ -58,9 +58,9 @@ int ldmc_cmd_init(int argc, char **argv) {
             return 1;
         }
         if (!v.has_vae || cfg.has_vae) {
-            fprintf(stderr, "ldmc init: %s\n",
+            fprintf(stderr, "ldmc init: %s: %s\n", !v.has_vae ? vae : config,
                     !v.has_vae ? "--vae names a config without a vae: section"
-                               : "--vae: the config has an autoencoder already");
+                               : "--vae, and the config has an autoencoder already");
             return 1;
         }
         cfg.has_vae = true;

@@ -177,13 +177,17 @@ int ldmc_load_weights(const ldmc_safetensors *st, const ldmc_key_map *map, const
             int64_t rows = shape[0];
             shape[0] = shape[1], shape[1] = rows;
         }
-        for (int j = 0; j < k->n; j++) {
+        // a parameter may be new (or optional) only when none of its tensors is in the file
+        int absent = 0;
+        for (int j = 0; j < k->n; j++)
+            absent += ldmc_safetensors_find(st, k->names[j]) == NULL;
+        bool keep_value =
+            absent == k->n && (may_be_new(opt, param->name) || optional_param(map, param->name));
+        n_new += keep_value;
+        for (int j = 0; j < k->n && !keep_value; j++) {
             const ldmc_st_tensor *t = ldmc_safetensors_find(st, k->names[j]);
             if (!t) {
-                if (may_be_new(opt, param->name) || optional_param(map, param->name))
-                    n_new += j == 0;
-                else
-                    note(&missing, "%s", k->names[j]);
+                note(&missing, "%s", k->names[j]);
                 continue;
             }
             used[t - st->tensors] = true;
@@ -219,7 +223,10 @@ int ldmc_load_weights(const ldmc_safetensors *st, const ldmc_key_map *map, const
     for (int i = 0; rc == 0 && i < p->count; i++) {
         const ldmc_param *param = &p->items[i];
         float *dst = weights + param->offset;
-        if (!found[3 * i]) continue;
+        bool complete = true; // (a problem above stops the load before here otherwise)
+        for (int j = 0; j < parts[i].n; j++)
+            complete &= found[3 * i + j] != NULL;
+        if (!complete) continue;
         if (parts[i].n == 1 && !parts[i].transpose) {
             rc = read_param(st, found[3 * i], param, dst, err);
             continue;

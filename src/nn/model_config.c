@@ -250,6 +250,11 @@ static int parse_text_encoders(const ldmc_cfg *list, ldmc_model_config *out, ldm
         ldmc_text_config *t = &out->text[i];
         if (ldmc_text_config_parse(list->items[i], t, err)) return -1;
         t->index = i;
+        if (i && t->context_length != out->text[0].context_length)
+            return ldmc_cfg_error(list->items[i], err,
+                                  "context_length %d, encoder 0 has %d: their contexts go side by "
+                                  "side, token for token",
+                                  t->context_length, out->text[0].context_length);
         context += t->width;
         if (t->projection_dim) pooled = t->projection_dim, n_pooled++;
     }

@@ -82,7 +82,7 @@ static void text_summary(const void *module, FILE *out) {
 static const char *const text_optional[] = {"logit_scale", NULL};             // not in diffusers
 static const char *const text_ignored[] = {"*embeddings.position_ids", NULL}; // HF's buffer
 
-#define TEXT_DESC(layout_name, index, prefix_text, example)                                        \
+#define TEXT_DESC(layout_name, index, prefix_text, example, folder)                                \
     {                                                                                              \
         .name = "text_encoder", .title = "text encoder " #index " (" layout_name ")",              \
         .prefix = prefix_text, .diffusers_folder = index ? "text_encoder_2" : "text_encoder",      \
@@ -95,12 +95,15 @@ static const char *const text_ignored[] = {"*embeddings.position_ids", NULL}; //
 
 // [layout][index], the prefixes of ldmc_text_prefix
 static const ldmc_model_desc text_descs[2][LDMC_MAX_TEXT_ENCODERS] = {
+    // diffusers keeps CLIP-L in text_encoder/ and bigG in text_encoder_2/, the refiner's too
     {TEXT_DESC("hf", 0, "conditioner.embedders.0.transformer.",
-               "text_model.embeddings.token_embedding.weight"),
+               "text_model.embeddings.token_embedding.weight", "text_encoder"),
      TEXT_DESC("hf", 1, "conditioner.embedders.1.transformer.",
-               "text_model.embeddings.token_embedding.weight")},
-    {TEXT_DESC("open_clip", 0, "conditioner.embedders.0.model.", "token_embedding.weight"),
-     TEXT_DESC("open_clip", 1, "conditioner.embedders.1.model.", "token_embedding.weight")},
+               "text_model.embeddings.token_embedding.weight", "text_encoder")},
+    {TEXT_DESC("open_clip", 0, "conditioner.embedders.0.model.", "token_embedding.weight",
+               "text_encoder_2"),
+     TEXT_DESC("open_clip", 1, "conditioner.embedders.1.model.", "token_embedding.weight",
+               "text_encoder_2")},
 };
 
 bool ldmc_model_is_text(const ldmc_model *m) {

@@ -86,7 +86,11 @@ static void pair_insert(ldmc_tokenizer *t, int32_t a, int32_t b, int32_t rank, i
     uint64_t key = (uint64_t)(a + 1) << 32 | (uint64_t)(b + 1);
     for (size_t i = mix(key) & (t->pair_cap - 1);; i = (i + 1) & (t->pair_cap - 1)) {
         pair_slot *e = &t->pairs[i];
-        if (e->key == key) return; // a repeated merge keeps its first (lowest) rank
+        if (e->key == key) { // a repeated merge takes its last rank, as the originals' dict does
+            e->rank = rank;
+            e->result = result;
+            return;
+        }
         if (!e->key) {
             *e = (pair_slot){key, rank, result};
             return;
@@ -365,7 +369,14 @@ static void ids_push(id_list *l, int32_t id) {
 }
 
 // BPE of one pre-token (code points [0, n)) appended to out.
+// BPE's cost grows with the square of a word's length; a word longer than this (a run of CJK
+// text without spaces, a corrupt caption) is tokenized from its start only: the 77 positions are
+// full long before its end, and a merge reaches no further than a token's length, so the tokens
+// that fit are the same.
+#define MAX_WORD 4096
+
 static void bpe(const ldmc_tokenizer *t, const int32_t *cp, size_t n, id_list *out) {
+    if (n > MAX_WORD) n = MAX_WORD;
     char *utf8 = NULL;
     size_t len = 0;
     ldmc_cps_to_utf8(cp, n, &utf8, &len);

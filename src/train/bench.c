@@ -213,8 +213,9 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     *r = (ldmc_bench_result){0};
     int align = 8 << (cfg->levels - 1);
     if (o->batch < 1 || o->height % align || o->width % align || o->height <= 0 || o->width <= 0)
-        return LDMC_ERR(err, "batch %d at %dx%d: the UNet needs images whose sides "
-                             "are multiples of %d (8 pixels a latent, %d levels)",
+        return LDMC_ERR(err,
+                        "batch %d at %dx%d: the UNet needs images whose sides "
+                        "are multiples of %d (8 pixels a latent, %d levels)",
                         o->batch, o->height, o->width, align, cfg->levels);
     if (o->device == LDMC_CUDA && !o->dry_run && !ldmc_gpu_available())
         return LDMC_ERR(err, "--device cuda, but %s",

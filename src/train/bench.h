@@ -28,16 +28,16 @@ typedef struct ldmc_bench_options {
 
 typedef struct ldmc_bench_result {
     int64_t parameters;
-    double step_ms;        // median over reps
-    double img_per_s;      // batch / step time
-    double flops;          // matrix-product FLOPs of one step (forward + backward)
-    double tflops;         // flops / step time
-    size_t weight_bytes;   // working weights, master copy, gradients, Adam m and v
-    size_t activation_bytes; // the activation arena's high-water mark over a step
-    size_t workspace_bytes;  // the GPU's shared workspace
+    double step_ms;           // median over reps
+    double img_per_s;         // batch / step time
+    double flops;             // matrix-product FLOPs of one step (forward + backward)
+    double tflops;            // flops / step time
+    size_t weight_bytes;      // working weights, master copy, gradients, Adam m and v
+    size_t activation_bytes;  // the activation arena's high-water mark over a step
+    size_t workspace_bytes;   // the GPU's shared workspace
     double guided_forward_ms; // median of the sampling forwards (no gradients) of one image:
     int guided_batch;         // the UNet at batch 2 with guidance; 1 when there is nothing to guide
-    ldmc_profile profile;  // with opts.profile: time per op kind over one step, sorted
+    ldmc_profile profile;     // with opts.profile: time per op kind over one step, sorted
 } ldmc_bench_result;
 
 // The median of n timings (sorts v).

@@ -24,7 +24,7 @@ static void encode_captions(ldmc_ctx *ctx, const ldmc_conditioner *cond, int m,
     ldmc_tensor *c, *p;
     ldmc_conditioner_encode(ctx, cond, m, captions, NULL, &c, &p);
     ldmc_read_f32(c, context);
-    if (p && pooled) ldmc_read_f32(p, pooled);
+    if (p && pooled) ldmc_read_f32(p, pooled); // (pooled NULL: the UNet takes no pooled text)
 }
 
 // The text embeddings a text model's cache holds, with the empty caption's (malloc'ed into
@@ -43,7 +43,8 @@ static ldmc_cache_text cache_text(ldmc_ctx *ctx, const ldmc_train_config *cfg,
     LDMC_CHECK(*empty, "out of memory");
     const char *nothing[1] = {""};
     ldmc_ctx_reset(ctx);
-    encode_captions(ctx, cond, 1, nothing, *empty, *empty + (size_t)t.tokens * t.context_dim);
+    encode_captions(ctx, cond, 1, nothing, *empty,
+                    t.pooled_dim ? *empty + (size_t)t.tokens * t.context_dim : NULL);
     t.empty_context = *empty;
     t.empty_pooled = t.pooled_dim ? *empty + (size_t)t.tokens * t.context_dim : NULL;
     return t;
@@ -148,7 +149,7 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
                 captions[k] = data.items[index[i0 + k]].caption;
             if (tc.tokens) {
                 ldmc_ctx_reset(&ctx);
-                encode_captions(&ctx, &cond, m, captions, context, pooled);
+                encode_captions(&ctx, &cond, m, captions, context, tc.pooled_dim ? pooled : NULL);
             }
             for (int k = 0; rc == 0 && k < m; k++) {
                 const ldmc_crop *p = &plans[i0 + k];

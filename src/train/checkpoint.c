@@ -45,10 +45,18 @@ static int write_text(const char *path, const char *text, ldmc_err *err) {
     return ok ? 0 : LDMC_ERR(err, "%s: cannot write: %s", path, strerror(errno));
 }
 
-// adam_m.<key>, adam_v.<key>: flat f32 vectors in table order.
-static int save_optimizer(const char *path, const ldmc_params *p, ldmc_err *err) {
-    ldmc_st_entry *e = calloc((size_t)(2 * p->count + 1), sizeof *e);
-    char *names = calloc((size_t)(2 * p->count + 1), 512);
+// The tables of a checkpoint's models: the trained model's, then the extra ones'.
+static const ldmc_params *table(const ldmc_checkpoint_model *m, int k) {
+    return k ? m->extra[k - 1]->params : m->model->params;
+}
+
+// adam_m.<key>, adam_v.<key>: flat f32 vectors in table order, the tables one after another.
+static int save_optimizer(const char *path, const ldmc_checkpoint_model *m, ldmc_err *err) {
+    int total = 0;
+    for (int k = 0; k <= m->n_extra; k++)
+        total += table(m, k)->count;
+    ldmc_st_entry *e = calloc((size_t)(2 * total + 1), sizeof *e);
+    char *names = calloc((size_t)(2 * total + 1), 512);
     if (!e || !names) {
         free(e);
         free(names);
@@ -56,17 +64,20 @@ static int save_optimizer(const char *path, const ldmc_params *p, ldmc_err *err)
     }
     int n = 0;
     for (int r = 0; r < 2; r++)
-        for (int i = 0; i < p->count; i++) {
-            char *name = names + (size_t)n * 512;
-            snprintf(name, 512, "%s.%s", r ? "adam_v" : "adam_m", p->items[i].name);
-            e[n] = (ldmc_st_entry){.name = name,
-                                   .dtype = LDMC_F32,
-                                   .src_dtype = LDMC_F32,
-                                   .ndim = 1,
-                                   .shape = {p->items[i].numel},
-                                   .data = p->buffers[r ? LDMC_ROLE_ADAM_V : LDMC_ROLE_ADAM_M] +
-                                           p->items[i].offset};
-            n++;
+        for (int k = 0; k <= m->n_extra; k++) {
+            const ldmc_params *p = table(m, k);
+            for (int i = 0; i < p->count; i++) {
+                char *name = names + (size_t)n * 512;
+                snprintf(name, 512, "%s.%s", r ? "adam_v" : "adam_m", p->items[i].name);
+                e[n] = (ldmc_st_entry){.name = name,
+                                       .dtype = LDMC_F32,
+                                       .src_dtype = LDMC_F32,
+                                       .ndim = 1,
+                                       .shape = {p->items[i].numel},
+                                       .data = p->buffers[r ? LDMC_ROLE_ADAM_V : LDMC_ROLE_ADAM_M] +
+                                               p->items[i].offset};
+                n++;
+            }
         }
     int rc = ldmc_safetensors_write(path, e, n, NULL, 0, err);
     free(e);
@@ -154,17 +165,23 @@ int ldmc_checkpoint_save(const char *out_dir, const ldmc_checkpoint_model *m,
     if (ldmc_mkdirs(root, err) != 0) return -1;
     ldmc_remove_tree(tmp);
     if (mkdir(tmp, 0777) != 0) return LDMC_ERR(err, "%s: cannot create: %s", tmp, strerror(errno));
-    ldmc_key_map map = {.layout = LDMC_LAYOUT_OFFICIAL, .model = m->model};
-    ldmc_save_part weights = {map, LDMC_ROLE_WEIGHTS}, ema = {map, LDMC_ROLE_EMA};
+    ldmc_save_part weights[3], ema[3];
+    int n_models = 1 + m->n_extra;
+    for (int k = 0; k < n_models; k++) {
+        ldmc_key_map map = {.layout = LDMC_LAYOUT_OFFICIAL,
+                            .model = k ? m->extra[k - 1] : m->model};
+        weights[k] = (ldmc_save_part){map, LDMC_ROLE_WEIGHTS};
+        ema[k] = (ldmc_save_part){map, LDMC_ROLE_EMA};
+    }
     snprintf(file, sizeof file, "%s/model.safetensors", tmp);
-    if (ldmc_save_weights(file, &weights, 1, LDMC_F32, NULL, err) != 0) return -1;
+    if (ldmc_save_weights(file, weights, n_models, LDMC_F32, NULL, err) != 0) return -1;
     maybe_die("model", st->step);
     if (m->ema) {
         snprintf(file, sizeof file, "%s/ema.safetensors", tmp);
-        if (ldmc_save_weights(file, &ema, 1, LDMC_F32, NULL, err) != 0) return -1;
+        if (ldmc_save_weights(file, ema, n_models, LDMC_F32, NULL, err) != 0) return -1;
     }
     snprintf(file, sizeof file, "%s/optimizer.safetensors", tmp);
-    if (save_optimizer(file, m->model->params, err) != 0) return -1;
+    if (save_optimizer(file, m, err) != 0) return -1;
     maybe_die("optimizer", st->step);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "step", (double)st->step);
@@ -319,25 +336,29 @@ int ldmc_checkpoint_load(const char *dir, ldmc_checkpoint_model *m, ldmc_train_s
     char file[4200];
     bool has_ema = false;
     if (read_state_json(dir, st, &has_ema, err) != 0) return -1;
-    ldmc_safetensors sf;
-    snprintf(file, sizeof file, "%s/model.safetensors", dir);
-    if (ldmc_safetensors_open(&sf, file, err) != 0) return -1;
-    ldmc_key_map map = {.layout = LDMC_LAYOUT_OFFICIAL, .model = m->model};
-    int rc = ldmc_load_weights(&sf, &map, "", NULL, err);
-    ldmc_safetensors_close(&sf);
-    if (rc == 0 && m->ema) {
-        if (!has_ema)
-            return LDMC_ERR(err, "%s: the run has EMA on but the checkpoint has no EMA weights",
-                            dir);
-        ldmc_load_options into_ema = {.role = LDMC_ROLE_EMA};
-        snprintf(file, sizeof file, "%s/ema.safetensors", dir);
-        rc = ldmc_safetensors_open(&sf, file, err);
-        if (rc == 0) {
-            rc = ldmc_load_weights(&sf, &map, "", &into_ema, err);
-            ldmc_safetensors_close(&sf);
+    if (m->ema && !has_ema)
+        return LDMC_ERR(err, "%s: the run has EMA on but the checkpoint has no EMA weights", dir);
+    int rc = 0;
+    for (int pass = 0; pass < 1 + m->ema && rc == 0; pass++) {
+        ldmc_safetensors sf;
+        snprintf(file, sizeof file, "%s/%s.safetensors", dir, pass ? "ema" : "model");
+        if (ldmc_safetensors_open(&sf, file, err) != 0) return -1;
+        ldmc_load_options opt = {.role = pass ? LDMC_ROLE_EMA : LDMC_ROLE_WEIGHTS};
+        // one model: every tensor of the file is its; several: each owns its prefix, and the
+        // file holds nothing else
+        int used = 0;
+        for (int k = 0; k <= m->n_extra && rc == 0; k++) {
+            const ldmc_model *model = k ? m->extra[k - 1] : m->model;
+            ldmc_key_map map = {.layout = LDMC_LAYOUT_OFFICIAL, .model = model};
+            rc = ldmc_load_weights(&sf, &map, m->n_extra ? model->desc->prefix : "", &opt, err);
+            used += model->params->count;
         }
+        if (rc == 0 && sf.count != used)
+            rc = LDMC_ERR(err, "%s: %d tensors, the run's models have %d", file, sf.count, used);
+        ldmc_safetensors_close(&sf);
     }
     snprintf(file, sizeof file, "%s/optimizer.safetensors", dir);
-    if (rc == 0) rc = load_optimizer(file, m->model->params, err);
+    for (int k = 0; k <= m->n_extra && rc == 0; k++)
+        rc = load_optimizer(file, (ldmc_params *)table(m, k), err);
     return rc;
 }

@@ -30,10 +30,14 @@ typedef struct ldmc_train_state {
     uint64_t data_fingerprint;
 } ldmc_train_state;
 
-// The checkpoint's model part: the model trained (its weights files take the official layout).
+// The checkpoint's model part: the model trained and, when they are trained too, the text
+// encoders (`extra`, up to 2), all in one official-layout file each for weights, EMA and
+// optimizer state.
 typedef struct ldmc_checkpoint_model {
     const ldmc_model *model;
     bool ema; // the EMA buffer exists and is saved
+    const ldmc_model *extra[2];
+    int n_extra;
 } ldmc_checkpoint_model;
 
 int ldmc_checkpoint_save(const char *out_dir, const ldmc_checkpoint_model *m,

@@ -12,6 +12,7 @@
 
 #include "io/files.h"
 #include "io/model_files.h"
+#include "nn/models.h"
 #include "train/trainer_parts.h"
 
 // One run per output folder: <out>/lock is held (flock) for the run's life, and released by the
@@ -86,8 +87,22 @@ static void report_config_changes(const ldmc_train_config *cfg, const char *dir)
     ldmc_cfg_free(now);
 }
 
-static ldmc_checkpoint_model checkpoint_model(const trainer *T) {
-    return (ldmc_checkpoint_model){.model = &T->model, .ema = T->cfg->ema_decay > 0};
+// The model trained, and the text encoders when they are trained too (their descriptors' views
+// live in the trainer, beside the tables).
+static ldmc_checkpoint_model checkpoint_model(trainer *T) {
+    ldmc_checkpoint_model m = {.model = &T->model, .ema = T->cfg->ema_decay > 0};
+    for (int i = 0; i < trainer_text_trained(T); i++) {
+        T->text_models[i] = ldmc_text_model(&T->text.enc[i]);
+        m.extra[m.n_extra++] = &T->text_models[i];
+    }
+    return m;
+}
+
+// The GPU's master, m, v and EMA of every trained table into the host buffers (no-op on the CPU).
+static void tables_to_host(trainer *T) {
+    ldmc_params_to_host(T->model.params);
+    for (int i = 0; i < trainer_text_trained(T); i++)
+        ldmc_params_to_host(&T->text.enc[i].params);
 }
 
 int run_dir_resume(trainer *T, const char *resume, ldmc_err *err) {
@@ -117,7 +132,7 @@ int run_dir_save(trainer *T, char *saved, ldmc_err *err) {
     // The metrics of the steps a checkpoint holds reach the disk first: a run resumed from it
     // keeps every line up to its step.
     if (train_log_sync(&T->log, T->cfg->out, err) != 0) return -1;
-    ldmc_params_to_host(T->model.params); // the GPU's master, m, v and EMA (no-op on the CPU)
+    tables_to_host(T);
     ldmc_checkpoint_model m = checkpoint_model(T);
     return ldmc_checkpoint_save(T->cfg->out, &m, &T->st, T->cfg->resolved_yaml, T->cfg->keep, saved,
                                 err);
@@ -128,7 +143,11 @@ int run_dir_save(trainer *T, char *saved, ldmc_err *err) {
 int run_dir_export(trainer *T, ldmc_err *err) {
     char path[4200];
     snprintf(path, sizeof path, "%s/model.safetensors", T->cfg->out);
-    ldmc_params_to_host(T->model.params);
-    return ldmc_save_models(path, LDMC_LAYOUT_OFFICIAL, &T->model, 1, LDMC_F32,
+    tables_to_host(T);
+    ldmc_checkpoint_model m = checkpoint_model(T);
+    ldmc_model models[3] = {T->model};
+    for (int i = 0; i < m.n_extra; i++)
+        models[1 + i] = *m.extra[i];
+    return ldmc_save_models(path, LDMC_LAYOUT_OFFICIAL, models, 1 + m.n_extra, LDMC_F32,
                             T->cfg->ema_decay > 0 ? LDMC_ROLE_EMA : LDMC_ROLE_WEIGHTS, NULL, err);
 }

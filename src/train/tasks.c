@@ -86,6 +86,11 @@ static int check_cache(trainer *T, ldmc_err *err) {
                         cfg->data_path, c->scale_factor, T->vae.cfg.scale_factor);
     const ldmc_unet_config *u = &cfg->model.unet;
     if (ldmc_train_config_has_text(cfg)) {
+        if (cfg->text_train)
+            return LDMC_ERR(err,
+                            "%s: text.train trains the encoders, and a latent cache holds their "
+                            "outputs as they were: train from images (data.source: images)",
+                            cfg->source_path);
         int pooled = 0;
         for (int i = 0; i < u->n_vector; i++)
             if (u->vector[i] == LDMC_VECTOR_POOLED_TEXT) pooled = u->pooled_dim;

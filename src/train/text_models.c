@@ -1,6 +1,8 @@
 // Loading a text model's tokenizer and encoders (see text_models.h).
 #include "train/text_models.h"
 
+#include <string.h>
+
 #include "io/model_files.h"
 #include "nn/models.h"
 
@@ -41,10 +43,20 @@ int ldmc_text_models_load(ldmc_text_models *t, const ldmc_train_config *cfg, ldm
                             cfg->source_path, i, e->cfg.vocab_size,
                             ldmc_tokenizer_path(t->tokenizer),
                             ldmc_tokenizer_vocab_size(t->tokenizer));
-        ldmc_params_flag_matching(&e->params, "*", LDMC_PARAM_FROZEN, true);
-        ldmc_params_alloc(&e->params, LDMC_ROLE_WEIGHTS);
+        ldmc_params *p = &e->params;
+        if (!cfg->text_train) ldmc_params_flag_matching(p, "*", LDMC_PARAM_FROZEN, true);
+        ldmc_params_alloc(p, LDMC_ROLE_WEIGHTS);
+        if (cfg->text_train) { // trained with the UNet: every role the update needs
+            ldmc_params_alloc(p, LDMC_ROLE_GRAD);
+            ldmc_params_alloc(p, LDMC_ROLE_ADAM_M);
+            ldmc_params_alloc(p, LDMC_ROLE_ADAM_V);
+            if (cfg->ema_decay > 0) ldmc_params_alloc(p, LDMC_ROLE_EMA);
+        }
         ldmc_model m = ldmc_text_model(e);
         if (ldmc_load_model(&m, weights, NULL, err) != 0) return -1;
+        if (cfg->text_train && cfg->ema_decay > 0)
+            memcpy(p->buffers[LDMC_ROLE_EMA], p->buffers[LDMC_ROLE_WEIGHTS],
+                   p->total * sizeof(float));
     }
     return 0;
 }

@@ -1,6 +1,7 @@
-// A text model's tokenizer and frozen text encoders, as training and `ldmc cache` load them:
-// the vocabulary from text.vocab, the encoders from the model config's text_encoders with
-// weights from text.weights (else init), every parameter frozen.
+// A text model's tokenizer and text encoders, as training and `ldmc cache` load them: the
+// vocabulary from text.vocab, the encoders from the model config's text_encoders with weights
+// from text.weights (else init), every parameter frozen, or, with text.train, with the roles
+// the update needs (gradients, Adam m and v, EMA) and only logit_scale frozen.
 // Tested by tests/test_train.c (text runs, the text cache).
 #pragma once
 #include <stdbool.h>

@@ -155,7 +155,7 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
         return -1;
     const ldmc_cfg *text = ldmc_cfg_get(root, "text");
     if (text) {
-        static const char *const keys[] = {"vocab", "weights", "uncond", NULL};
+        static const char *const keys[] = {"vocab", "weights", "uncond", "train", "lr", NULL};
         static const char *const unconds[] = {"zeros", "empty", NULL};
         int uncond = 0;
         if (text->kind != LDMC_CFG_MAP)
@@ -163,8 +163,30 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
         if (ldmc_cfg_check_keys(text, keys, err) ||
             get_path(text, "vocab", false, c->source_path, c->text_vocab, err) ||
             get_path(text, "weights", false, c->source_path, c->text_weights, err) ||
-            get_choice(text, "uncond", unconds, &uncond, err))
+            get_choice(text, "uncond", unconds, &uncond, err) ||
+            ldmc_cfg_bool(text, "train", false, &c->text_train, err))
             return -1;
+        const ldmc_cfg *lr = ldmc_cfg_get(text, "lr");
+        c->text_lr[0] = c->text_lr[1] = -1; // optim.lr (known once optim is read)
+        if (lr && lr->kind == LDMC_CFG_SCALAR) {
+            if (ldmc_cfg_double(text, "lr", false, &c->text_lr[0], err)) return -1;
+            c->text_lr[1] = c->text_lr[0];
+        } else if (lr) {
+            if (lr->kind != LDMC_CFG_LIST || lr->count < 1 || lr->count > 2)
+                return ldmc_cfg_error(lr, err, "expected a learning rate, or one per encoder");
+            for (int i = 0; i < lr->count; i++) {
+                char *end;
+                const char *v = lr->items[i]->value;
+                c->text_lr[i] = v ? strtod(v, &end) : -1;
+                if (!v || *end || c->text_lr[i] < 0)
+                    return ldmc_cfg_error(lr->items[i], err, "expected a learning rate >= 0");
+            }
+            if (lr->count == 1) c->text_lr[1] = c->text_lr[0];
+        }
+        if (lr && !c->text_train)
+            return ldmc_cfg_error(lr, err, "text.lr without text.train: true");
+        if (lr && (c->text_lr[0] < 0 || c->text_lr[1] < 0))
+            return ldmc_cfg_error(lr, err, "a learning rate must be >= 0");
         c->text_uncond_empty = uncond == 1;
         if (!c->model.n_text)
             return ldmc_cfg_error(text, err, "the model (%s) has no text_encoders", c->source_path);
@@ -308,6 +330,8 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
                         "images (3 and 3)",
                         c->source_path, v->in_channels, v->out_channels);
     c->lr.lr = c->adamw.lr;
+    for (int i = 0; i < 2; i++)
+        if (c->text_lr[i] < 0) c->text_lr[i] = c->adamw.lr;
     c->lr.total_steps = c->steps;
     return 0;
 }
@@ -334,7 +358,8 @@ int ldmc_train_config_load(const char *path, const char *const *overrides, int n
         .sample_every = 1000,
         .sample_steps = 50,
         .sample_guidance = 5.0,
-        .sample_per_class = 4};
+        .sample_per_class = 4,
+        .text_lr = {-1, -1}};
     snprintf(out->source_path, sizeof out->source_path, "%s", path);
     ldmc_cfg *root = ldmc_cfg_load(path, err);
     if (!root) return -1;

@@ -50,6 +50,8 @@ typedef struct ldmc_train_config {
     char text_vocab[LDMC_PATH_MAX];   // text.vocab: the tokenizer's merges file or folder
     char text_weights[LDMC_PATH_MAX]; // text.weights: the encoders' weights ("": init's)
     bool text_uncond_empty; // text.uncond: empty (encode "", kohya, the refiner) or zeros (sgm)
+    bool text_train;        // text.train: the encoders are trained too (default frozen)
+    double text_lr[2];      // text.lr: each encoder's learning rate (default optim.lr)
     // optimizer
     ldmc_adamw adamw;
     ldmc_lr_schedule lr;
@@ -65,14 +67,15 @@ typedef struct ldmc_train_config {
     char out[LDMC_PATH_MAX];
     int64_t checkpoint_every, log_every, sample_every;
     int keep;
-    int threads; // 0: LDMC_THREADS or all cores
+    int threads;        // 0: LDMC_THREADS or all cores
     ldmc_device device; // train.device: cpu, or cuda (bf16 activations, fp32 master weights)
     bool recompute;     // train.gradient_checkpointing: blocks recomputed in backward
     // sample grids
     int sample_steps;
     double sample_guidance; // classifier-free guidance scale of the previews (1: none)
     int sample_per_class, sample_height, sample_width;
-    char *sample_prompts[LDMC_MAX_PATTERNS]; // text models: a row each ("" none: the first captions)
+    char
+        *sample_prompts[LDMC_MAX_PATTERNS]; // text models: a row each ("" none: the first captions)
     int n_sample_prompts;
     char *resolved_yaml; // the config as run, overrides applied
 } ldmc_train_config;

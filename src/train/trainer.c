@@ -61,6 +61,9 @@ static int setup_trained(trainer *T, ldmc_err *err) {
     if (!T->bench)
         printf("model: %s, %.2fM parameters, %.2fM trained\n", T->model.desc->name,
                ldmc_params_count(p, false) / 1e6, ldmc_params_count(p, true) / 1e6);
+    for (int i = 0; i < trainer_text_trained(T) && !T->bench; i++)
+        printf("text encoder %d: %.2fM parameters trained, learning rate %g\n", i,
+               ldmc_params_count(&T->text.enc[i].params, true) / 1e6, cfg->text_lr[i]);
     return 0;
 }
 
@@ -104,10 +107,34 @@ int trainer_setup_device(trainer *T, ldmc_err *err) {
     return 0;
 }
 
+int trainer_text_trained(const trainer *T) { return T->cfg->text_train ? T->text.n : 0; }
+
+void trainer_zero_grad(trainer *T) {
+    ldmc_params_zero_grad(T->model.params);
+    for (int i = 0; i < trainer_text_trained(T); i++)
+        ldmc_params_zero_grad(&T->text.enc[i].params);
+}
+
+double trainer_grad_norm(const trainer *T) {
+    double n = ldmc_grad_norm(T->model.params), sum = n * n;
+    for (int i = 0; i < trainer_text_trained(T); i++) {
+        double e = ldmc_grad_norm(&T->text.enc[i].params);
+        sum += e * e;
+    }
+    return sqrt(sum);
+}
+
 void trainer_update(trainer *T, double norm, double lr, int64_t updates) {
     const ldmc_train_config *cfg = T->cfg;
     ldmc_optim_update(T->model.params, &cfg->adamw, cfg->grad_clip, cfg->ema_decay, norm, lr,
                       updates);
+    // the encoders: the same clipping (by the norm of every gradient together) and schedule,
+    // scaled to their own learning rates
+    for (int i = 0; i < trainer_text_trained(T); i++) {
+        double scale = cfg->adamw.lr > 0 ? cfg->text_lr[i] / cfg->adamw.lr : 0;
+        ldmc_optim_update(&T->text.enc[i].params, &cfg->adamw, cfg->grad_clip, cfg->ema_decay, norm,
+                          lr * scale, updates);
+    }
 }
 
 void trainer_free(trainer *T) {
@@ -166,7 +193,7 @@ static const ldmc_batch *next_batch(trainer *T, ldmc_err *err) {
 // something was not finite). Returns the mean loss (NaN for a skipped step).
 static int train_step(trainer *T, const ldmc_batch **last, double *loss_out, ldmc_err *err) {
     const ldmc_train_config *cfg = T->cfg;
-    ldmc_params_zero_grad(T->model.params);
+    trainer_zero_grad(T);
     double loss = 0;
     bool finite = true;
     for (int micro = 0; micro < cfg->accumulation; micro++) {
@@ -181,7 +208,7 @@ static int train_step(trainer *T, const ldmc_batch **last, double *loss_out, ldm
         *last = b;
     }
     loss /= cfg->accumulation;
-    double norm = ldmc_grad_norm(T->model.params);
+    double norm = trainer_grad_norm(T);
     finite = finite && isfinite(norm);
     double lr = ldmc_lr_at(&cfg->lr, T->st.step);
     if (!finite) {

@@ -94,6 +94,7 @@ struct trainer {
     ldmc_vae vae;   // vae task: the model trained; diffusion: the frozen autoencoder
     bool have_unet, have_vae;
     ldmc_text_models text; // text models: the tokenizer and frozen encoders of the conditioner
+    ldmc_model text_models[LDMC_MAX_TEXT_ENCODERS]; // their descriptors' views (checkpoints)
     bool vae_weights; // diffusion: the autoencoder's weights are loaded (it can encode, decode)
     ldmc_model model; // the model trained
     ldmc_schedule schedule;
@@ -114,8 +115,14 @@ void trainer_begin(trainer *T, const ldmc_train_config *cfg, bool bench);
 int trainer_setup_models(trainer *T, ldmc_err *err);
 int trainer_setup_device(trainer *T, ldmc_err *err);
 void trainer_free(trainer *T);
-// The update after a step's micro-batches: clipping, AdamW (update `updates`, from 1), EMA.
+// The update after a step's micro-batches: clipping, AdamW (update `updates`, from 1), EMA; of
+// the trained model and, with text.train, of the text encoders at their learning rates.
 void trainer_update(trainer *T, double norm, double lr, int64_t updates);
+// How many text encoders are trained (0 unless text.train), their gradients zeroed with the
+// model's, and the norm of every trained gradient together.
+int trainer_text_trained(const trainer *T);
+void trainer_zero_grad(trainer *T);
+double trainer_grad_norm(const trainer *T);
 
 // train_data.c
 int train_data_open(trainer *T, ldmc_err *err);
