@@ -1,9 +1,9 @@
 #!/bin/sh
 # Installs what ldmc needs to build and test, from Debian packages (Debian 12 "bookworm").
 #   scripts/setup.sh              build and test dependencies
-#   scripts/setup.sh --reference  also PyTorch, numpy and PIL (Debian's python3-torch and
-#                                 python3-pil), for the op benchmark against PyTorch and for
-#                                 regenerating tests/ref data
+#   scripts/setup.sh --reference  also PyTorch, numpy, PIL and regex (Debian's python3-torch,
+#                                 python3-pil, python3-regex), for the benchmarks against PyTorch
+#                                 and for regenerating tests/ref data
 # Runs apt-get through sudo when not root. Does nothing when everything is already installed.
 set -eu
 
@@ -14,7 +14,7 @@ libprotobuf-c-dev protobuf-c-compiler libisal-dev libutf8proc-dev zlib1g-dev
 libopenmpi-dev openmpi-bin
 python3 python3-numpy"
 case "${1:-}" in
-    --reference) packages="$packages python3 python3-numpy python3-torch python3-pil" ;;
+    --reference) packages="$packages python3 python3-numpy python3-torch python3-pil python3-regex" ;;
     "") ;;
     *) echo "usage: scripts/setup.sh [--reference]" >&2; exit 2 ;;
 esac

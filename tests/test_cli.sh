@@ -94,6 +94,28 @@ prefixes = ("model.diffusion_model.", "first_stage_model.", "conditioner.embedde
 counts = [sum(k.startswith(p) for k in keys) for p in prefixes]
 sys.exit(0 if all(counts) and sum(counts) == len(keys) else 1)
 PY
+# a UNet alone (what a fine-tuning run writes) converts with its config's text encoders left out
+python3 - "$work/whole.safetensors" "$work/unet_only.safetensors" <<'PY' || fail "cannot write a UNet-only file"
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+header = json.loads(data[8:8 + n])
+keep = {k: v for k, v in header.items() if k.startswith("model.diffusion_model.")}
+blobs, offset = [], 0
+for k, v in keep.items():
+    a, b = v["data_offsets"]
+    blobs.append(data[8 + n + a:8 + n + b])
+    v["data_offsets"] = [offset, offset + b - a]
+    offset += b - a
+blob = json.dumps(keep).encode()
+blob += b" " * (-len(blob) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(blob)) + blob + b"".join(blobs))
+PY
+expect_status 0 "$ldmc" convert "$work/unet_only.safetensors" "$work/unet_only.diffusers" \
+    --config "$configs/tiny_unet_text.yaml"
+grep -q "has no text encoder 1 (open_clip): left out" /tmp/ldmc_cli_out.$$ || fail "convert: the absent encoders are not named"
+[ -f "$work/unet_only.diffusers/unet/diffusion_pytorch_model.safetensors" ] && \
+    [ ! -d "$work/unet_only.diffusers/text_encoder" ] || fail "convert of a UNet alone"
 expect_status 1 "$ldmc" init "$configs/tiny_unet_text.yaml" "$work/x.safetensors" --vae "$configs/tiny_unet_class.yaml"
 grep -q "without a vae: section" /tmp/ldmc_cli_out.$$ || fail "init --vae of a config without a vae"
 # the text encoders' forward, timed (bench/text_vs_torch.py reads the JSON)

@@ -236,6 +236,8 @@ static void test_conditioner_dropout_and_guided_batches(void) {
                   g.c_target[2 * i + 1] == sizes[2 * (i % 3) + 1],
               "sample %d of the guided batch", i);
         CHECK(g.keep[i] == (i < 3 ? part_keep[i] : 0), "keep %d: %g", i, g.keep[i]);
+        // the refiner's aesthetic score: 6 when not given, 2.5 in the unconditional half
+        CHECK(g.aesthetic[i] == (i < 3 ? 6.0f : 2.5f), "aesthetic %d: %g", i, g.aesthetic[i]);
     }
     ldmc_ctx_free(&ctx);
 }

@@ -894,6 +894,87 @@ static void test_text_refiner_shaped_run(void) {
     text_cache_run("refiner_text", "tiny_refiner_text.yaml", "empty", extra);
 }
 
+// metadata.jsonl: captions, original sizes and the refiner's aesthetic scores per file; a bad
+// score skips its line, named. A refiner run trains on them, and the latent cache keeps them
+// (test_pipeline.c checks that the score changes the vector).
+static void test_metadata_and_aesthetic_scores(void) {
+    make_text_fixture("tiny_refiner_text.yaml");
+    char path[1400];
+    snprintf(path, sizeof path, "%s/captioned/metadata.jsonl", fixture);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f, "cannot write %s", path);
+    static const char *const shapes[] = {"circle", "cross", "square", "triangle"};
+    int lines = 0;
+    for (int s = 0; s < 4; s++) {
+        char dir[1500];
+        snprintf(dir, sizeof dir, "%s/captioned/%s", fixture, shapes[s]);
+        DIR *d = opendir(dir);
+        REQUIRE(d, "%s", dir);
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            size_t len = strlen(e->d_name);
+            if (e->d_name[0] == '.' || len < 4 || strcmp(e->d_name + len - 4, ".txt") == 0)
+                continue;
+            fprintf(f,
+                    "{\"file\": \"%s/%s\", \"caption\": \"a %s, scored\", \"original_size\": "
+                    "[%d, %d], \"aesthetic_score\": %.2f}\n",
+                    shapes[s], e->d_name, shapes[s], 500 + lines, 600, 1.0 + 0.25 * lines);
+            lines++;
+        }
+        closedir(d);
+    }
+    fprintf(f, "{\"file\": \"circle/x.png\", \"aesthetic_score\": \"high\"}\n");
+    fclose(f);
+    snprintf(path, sizeof path, "%s/captioned", fixture);
+    ldmc_dataset d;
+    ldmc_err err = {0};
+    REQUIRE(ldmc_dataset_scan(path, LDMC_LABELS_METADATA, &d, &err) == 0, "%s", err.message);
+    CHECK(d.count == lines && d.skipped == 1 && strstr(d.skip_reasons[0], "aesthetic_score"),
+          "%d samples (want %d), %d skipped", d.count, lines, d.skipped);
+    bool scored = d.count > 0;
+    for (int i = 0; i < d.count; i++)
+        scored &= d.items[i].has_aesthetic && d.items[i].original_width == 600 &&
+                  d.items[i].aesthetic == 1.0f + 0.25f * (float)(d.items[i].original_height - 500) &&
+                  d.items[i].caption && strstr(d.items[i].caption, "scored");
+    CHECK(scored, "the metadata's scores, sizes and captions");
+    ldmc_dataset_free(&d);
+    // a refiner run on them, and their cache
+    const char *extra = "diffusion: {prediction: eps, t_min: 0, t_max: 200}\n";
+    const char *sets[] = {"data.labels=metadata", "train.steps=2"};
+    ldmc_train_result r;
+    REQUIRE(run_in_process_set(text_config("scored", "tiny_refiner_text.yaml", "empty", extra),
+                               NULL, sets, 2, &r, &err) == 0,
+            "%s", err.message);
+    CHECK(r.steps == 2, "a refiner run on metadata with scores");
+    ldmc_train_config c;
+    REQUIRE(ldmc_train_config_load(text_config("scored_cache", "tiny_refiner_text.yaml", "empty",
+                                               extra),
+                                   sets, 1, &c, &err) == 0,
+            "%s", err.message);
+    char h5[1300], log[1300];
+    snprintf(h5, sizeof h5, "%s/scored.h5", fixture);
+    snprintf(log, sizeof log, "%s/scored_cache.log", fixture);
+    REQUIRE(build_cache_logged(&c, h5, false, log, &err) == 0, "%s", err.message);
+    ldmc_cache cache;
+    REQUIRE(ldmc_cache_open(&cache, h5, &err) == 0, "%s", err.message);
+    float mean[4096], std[4096];
+    REQUIRE(cache.groups[0].h * cache.groups[0].w * cache.channels <= 4096, "latent size");
+    bool arrived = true;
+    for (int64_t i = 0; i < cache.count; i++) {
+        ldmc_cache_entry e = {.mean = mean, .std = std};
+        REQUIRE(ldmc_cache_read(&cache, i, &e, &err) == 0, "%s", err.message);
+        arrived &= e.aesthetic >= 1.0f && e.aesthetic < 1.0f + 0.25f * (float)lines &&
+                   e.aesthetic != 6.0f;
+    }
+    CHECK(arrived && cache.count == lines, "the cache's aesthetic scores (%lld entries)",
+          (long long)cache.count);
+    ldmc_cache_close(&cache);
+    ldmc_train_config_free(&c);
+    // (remove the metadata: the other text tests read .txt captions of the same folder)
+    snprintf(path, sizeof path, "%s/captioned/metadata.jsonl", fixture);
+    remove(path);
+}
+
 // text.train: the encoders train with the UNet at their own learning rates (kohya's
 // --train_text_encoder): their weights move (logit_scale, which SDXL does not use, stays), the
 // checkpoints hold them with their EMA and Adam state, and a killed run resumes bit for bit.
@@ -1421,6 +1502,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_text_sdxl_shaped_run),
         TEST_ENTRY(test_text_refiner_shaped_run),
         TEST_ENTRY(test_text_encoders_trained),
+        TEST_ENTRY(test_metadata_and_aesthetic_scores),
         TEST_ENTRY(test_latent_cache),
         TEST_ENTRY(test_unusual_images_train_the_same_twice),
         TEST_ENTRY(test_decode_failures_are_named_once),

@@ -53,9 +53,10 @@ int ldmc_cmd_convert(int argc, char **argv) {
         return 1;
     }
     struct stat sb;
-    ldmc_layout from = stat(in, &sb) == 0 && S_ISDIR(sb.st_mode) ? LDMC_LAYOUT_DIFFUSERS
-                                                                 : LDMC_LAYOUT_OFFICIAL;
-    ldmc_layout layout = from == LDMC_LAYOUT_OFFICIAL ? LDMC_LAYOUT_DIFFUSERS : LDMC_LAYOUT_OFFICIAL;
+    ldmc_layout from =
+        stat(in, &sb) == 0 && S_ISDIR(sb.st_mode) ? LDMC_LAYOUT_DIFFUSERS : LDMC_LAYOUT_OFFICIAL;
+    ldmc_layout layout =
+        from == LDMC_LAYOUT_OFFICIAL ? LDMC_LAYOUT_DIFFUSERS : LDMC_LAYOUT_OFFICIAL;
     if (to && strcmp(to, "official") && strcmp(to, "diffusers")) {
         fprintf(stderr, "ldmc convert: --to takes official or diffusers, not '%s'\n", to);
         return 2;
@@ -64,6 +65,27 @@ int ldmc_cmd_convert(int argc, char **argv) {
 
     ldmc_model models[LDMC_MAX_MODELS];
     int n = ldmc_models_create(&cfg, models), rc = 0;
+    // The text encoders of the config that the input lacks (a fine-tuned UNet's file, which
+    // holds the UNet alone) are left out, and said so; any other model must be there.
+    for (int i = 0; i < n; i++) {
+        ldmc_safetensors st = {0};
+        ldmc_key_map map;
+        const char *domain;
+        ldmc_err absent = {0};
+        if (!ldmc_model_is_text(&models[i])) continue;
+        if (ldmc_open_model_file(in, &models[i], &map, &st, &domain, &absent) == 0) {
+            ldmc_safetensors_close(&st);
+            continue;
+        }
+        printf("%s has no %s: left out\n", in, models[i].desc->title);
+        ldmc_model_destroy(&models[i]);
+        memmove(&models[i], &models[i + 1], (size_t)(n - i - 1) * sizeof *models);
+        n--, i--;
+    }
+    if (n == 0) {
+        fprintf(stderr, "ldmc convert: %s holds none of the models of %s\n", in, config);
+        return 1;
+    }
     for (int i = 0; i < n && rc == 0; i++) {
         ldmc_params_alloc(models[i].params, LDMC_ROLE_WEIGHTS);
         rc = ldmc_load_model(&models[i], in, NULL, &err);
@@ -90,7 +112,7 @@ int ldmc_cmd_convert(int argc, char **argv) {
         fprintf(stderr, "ldmc convert: %s\n", err.message);
         return 1;
     }
-    printf("wrote %s (%s layout, %s)\n", out, layout == LDMC_LAYOUT_OFFICIAL ? "official" : "diffusers",
-           ldmc_dtype_name(dtype));
+    printf("wrote %s (%s layout, %s)\n", out,
+           layout == LDMC_LAYOUT_OFFICIAL ? "official" : "diffusers", ldmc_dtype_name(dtype));
     return 0;
 }

@@ -126,6 +126,8 @@ int ldmc_cache_open(ldmc_cache *c, const char *path, ldmc_err *err) {
         for (int k = 0; good && k < 6; k++)
             good = (g->datasets[k] = H5Dopen2(grp, entry_datasets[k], H5P_DEFAULT)) >= 0;
         g->datasets[6] = g->datasets[7] = -1;
+        g->datasets[8] =
+            rows_of(grp, "aesthetic", 1, d1) == n ? H5Dopen2(grp, "aesthetic", H5P_DEFAULT) : -1;
         hsize_t d3[3];
         if (good && c->text_tokens)
             good = rows_of(grp, "context", 3, d3) == n && (int)d3[1] == c->text_tokens &&
@@ -156,7 +158,7 @@ int ldmc_cache_open(ldmc_cache *c, const char *path, ldmc_err *err) {
 
 void ldmc_cache_close(ldmc_cache *c) {
     for (int g = 0; g < c->n_groups; g++)
-        for (int k = 0; k < 8; k++)
+        for (int k = 0; k < 9; k++)
             if (c->groups[g].datasets[k] > 0) H5Dclose((hid_t)c->groups[g].datasets[k]);
     c->n_groups = 0;
     free(c->empty_context);
@@ -206,6 +208,7 @@ int ldmc_cache_read(const ldmc_cache *c, int64_t index, ldmc_cache_entry *e, ldm
     if (g < 0) return LDMC_ERR(err, "%s: entry %lld does not exist", c->path, (long long)index);
     const int64_t *d = c->groups[g].datasets;
     int64_t row = index - c->groups[g].first;
+    e->aesthetic = 6.0f;
     if (transfer_row(d[0], H5T_NATIVE_FLOAT, 4, row, e->mean, false) == 0 &&
         transfer_row(d[1], H5T_NATIVE_FLOAT, 4, row, e->std, false) == 0 &&
         transfer_row(d[2], H5T_NATIVE_INT32, 2, row, e->c_size, false) == 0 &&
@@ -214,6 +217,7 @@ int ldmc_cache_read(const ldmc_cache *c, int64_t index, ldmc_cache_entry *e, ldm
         transfer_row(d[5], H5T_NATIVE_INT64, 1, row, &e->class_id, false) == 0 &&
         (!e->context || d[6] < 0 ||
          transfer_row(d[6], H5T_NATIVE_FLOAT, 3, row, e->context, false) == 0) &&
+        (d[8] < 0 || transfer_row(d[8], H5T_NATIVE_FLOAT, 1, row, &e->aesthetic, false) == 0) &&
         (!e->pooled || d[7] < 0 ||
          transfer_row(d[7], H5T_NATIVE_FLOAT, 2, row, e->pooled, false) == 0))
         return 0;
@@ -226,7 +230,8 @@ int ldmc_cache_read(const ldmc_cache *c, int64_t index, ldmc_cache_entry *e, ldm
 
 struct ldmc_cache_writer {
     hid_t file, group;
-    hid_t mean, std, c_size, c_crop, c_target, class_id, sample, caption, context, pooled;
+    hid_t mean, std, c_size, c_crop, c_target, class_id, sample, caption, context, pooled,
+        aesthetic;
     int64_t row, count;
     int h, w, channels;
     ldmc_cache_text text;
@@ -312,8 +317,8 @@ int ldmc_cache_create(ldmc_cache_writer **out, const char *path, double scale_fa
 }
 
 static void close_group(ldmc_cache_writer *w) {
-    hid_t *ds[] = {&w->mean,     &w->std,    &w->c_size,  &w->c_crop,  &w->c_target,
-                   &w->class_id, &w->sample, &w->caption, &w->context, &w->pooled};
+    hid_t *ds[] = {&w->mean,   &w->std,     &w->c_size,  &w->c_crop, &w->c_target, &w->class_id,
+                   &w->sample, &w->caption, &w->context, &w->pooled, &w->aesthetic};
     for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
         if (*ds[i] > 0) H5Dclose(*ds[i]), *ds[i] = -1;
     if (w->group >= 0) H5Gclose(w->group);
@@ -338,6 +343,7 @@ int ldmc_cache_begin_group(ldmc_cache_writer *w, int height, int width, int h, i
     w->class_id = make_dataset(w->group, "class", H5T_NATIVE_INT64, 1, one);
     w->sample = make_dataset(w->group, "sample", H5T_NATIVE_INT32, 1, one);
     w->caption = make_dataset(w->group, "caption", str, 1, one);
+    w->aesthetic = make_dataset(w->group, "aesthetic", H5T_NATIVE_FLOAT, 1, one);
     H5Tclose(str);
     w->context = w->pooled = -1;
     bool text_ok = true;
@@ -355,7 +361,8 @@ int ldmc_cache_begin_group(ldmc_cache_writer *w, int height, int width, int h, i
     w->h = h;
     w->w = lw;
     if (w->group < 0 || w->mean < 0 || w->std < 0 || w->c_size < 0 || w->c_crop < 0 ||
-        w->c_target < 0 || w->class_id < 0 || w->sample < 0 || w->caption < 0 || !text_ok)
+        w->c_target < 0 || w->class_id < 0 || w->sample < 0 || w->caption < 0 || w->aesthetic < 0 ||
+        !text_ok)
         return LDMC_ERR(err, "%s: cannot create /%s", w->path, name);
     return 0;
 }
@@ -366,8 +373,8 @@ static int write_row(hid_t d, hid_t type, int rank, int64_t row, const void *dat
 
 int ldmc_cache_append(ldmc_cache_writer *w, const float *mean, const float *std,
                       const int32_t c_size[2], const int32_t c_crop[2], const int32_t c_target[2],
-                      int64_t class_id, int32_t sample, const char *caption, const float *context,
-                      const float *pooled, ldmc_err *err) {
+                      int64_t class_id, float aesthetic, int32_t sample, const char *caption,
+                      const float *context, const float *pooled, ldmc_err *err) {
     if (w->row >= w->count)
         return LDMC_ERR(err, "%s: more entries than the group was sized for", w->path);
     if (w->text.tokens && (!context || (w->text.pooled_dim && !pooled)))
@@ -382,7 +389,8 @@ int ldmc_cache_append(ldmc_cache_writer *w, const float *mean, const float *std,
              write_row(w->c_target, H5T_NATIVE_INT32, 2, w->row, c_target) |
              write_row(w->class_id, H5T_NATIVE_INT64, 1, w->row, &class_id) |
              write_row(w->sample, H5T_NATIVE_INT32, 1, w->row, &sample) |
-             write_row(w->caption, str, 1, w->row, &text);
+             write_row(w->caption, str, 1, w->row, &text) |
+             write_row(w->aesthetic, H5T_NATIVE_FLOAT, 1, w->row, &aesthetic);
     if (w->text.tokens) rc |= write_row(w->context, H5T_NATIVE_FLOAT, 3, w->row, context);
     if (w->text.pooled_dim) rc |= write_row(w->pooled, H5T_NATIVE_FLOAT, 2, w->row, pooled);
     H5Tclose(str);

@@ -4,7 +4,8 @@
 //   mean, std   (N, h, w, C) f32: the posterior of each (image, variant), unscaled; the trainer
 //               draws z = mean + std ε per step and multiplies by the scale factor
 //   c_size, c_crop, c_target (N, 2) i32: the micro-conditioning of the crop that was encoded
-//   class (N) i64, sample (N) i32 (the image's index in the dataset), caption (N) strings
+//   class (N) i64, sample (N) i32 (the image's index in the dataset), caption (N) strings,
+//   aesthetic (N) f32 (the refiner's aesthetic score; a cache without it reads 6)
 //   context (N, T, D) f16, pooled (N, P) f16: a text model's caption embeddings (the encoders'
 //               contexts side by side, the pooled text), when the cache was made for one
 // and the root attributes format, scale_factor, latent_channels, and text_tokens,
@@ -25,8 +26,8 @@ typedef struct ldmc_cache_group {
     int h, w;          // latent
     int64_t count;
     int64_t first;       // global index of its first entry
-    int64_t datasets[8]; // hid_t of mean, std, c_size, c_crop, c_target, class, context, pooled
-                         // (the last two -1 without text): open while the cache is, so a read
+    int64_t datasets[9]; // hid_t of mean, std, c_size, c_crop, c_target, class, context, pooled,
+                         // aesthetic (-1 when absent): open while the cache is, so a read
                          // selects a row and nothing more
 } ldmc_cache_group;
 
@@ -55,6 +56,7 @@ typedef struct ldmc_cache_entry {
     float *context, *pooled; // (T, D), (P): caller's buffers, filled when the cache has text
     int32_t c_size[2], c_crop[2], c_target[2];
     int64_t class_id;
+    float aesthetic;
 } ldmc_cache_entry;
 
 // Opens a cache and checks its structure (a clear error naming the file and what is missing).
@@ -74,6 +76,6 @@ int ldmc_cache_begin_group(ldmc_cache_writer *w, int height, int width, int h, i
                            int64_t count, ldmc_err *err);
 int ldmc_cache_append(ldmc_cache_writer *w, const float *mean, const float *std,
                       const int32_t c_size[2], const int32_t c_crop[2], const int32_t c_target[2],
-                      int64_t class_id, int32_t sample, const char *caption, const float *context,
-                      const float *pooled, ldmc_err *err);
+                      int64_t class_id, float aesthetic, int32_t sample, const char *caption,
+                      const float *context, const float *pooled, ldmc_err *err);
 int ldmc_cache_finish(ldmc_cache_writer *w, ldmc_err *err);

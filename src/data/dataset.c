@@ -135,7 +135,7 @@ static char *read_caption(const char *image_path) {
 
 // Probes the file and, when it is an image, adds a sample.
 static int add_sample(ldmc_dataset *d, int *cap, const char *path, int class_id, char *caption,
-                      int orig_h, int orig_w) {
+                      int orig_h, int orig_w, const float *aesthetic) {
     ldmc_err err = {0};
     int w, h;
     if (ldmc_image_probe(path, &w, &h, &err) != 0) {
@@ -155,7 +155,9 @@ static int add_sample(ldmc_dataset *d, int *cap, const char *path, int class_id,
                                          .original_height = orig_h > 0 ? orig_h : h,
                                          .original_width = orig_w > 0 ? orig_w : w,
                                          .class_id = class_id,
-                                         .caption = caption};
+                                         .caption = caption,
+                                         .aesthetic = aesthetic ? *aesthetic : 6.0f,
+                                         .has_aesthetic = aesthetic != NULL};
     return 0;
 }
 
@@ -181,6 +183,18 @@ static int scan_metadata(ldmc_dataset *d, const char *meta_path, ldmc_err *err) 
         const cJSON *caption = cJSON_GetObjectItemCaseSensitive(j, "caption");
         const cJSON *cls = cJSON_GetObjectItemCaseSensitive(j, "class");
         const cJSON *size = cJSON_GetObjectItemCaseSensitive(j, "original_size");
+        const cJSON *score = cJSON_GetObjectItemCaseSensitive(j, "aesthetic_score");
+        if (score &&
+            (!cJSON_IsNumber(score) || !(score->valuedouble >= 0) || score->valuedouble > 100)) {
+            snprintf(reason, sizeof reason,
+                     "%s:%d: \"aesthetic_score\" must be a number from 0 to 100 (LAION's scale: "
+                     "about 1 to 10)",
+                     meta_path, lineno);
+            note_skip(d, reason);
+            cJSON_Delete(j);
+            continue;
+        }
+        float aesthetic = score ? (float)score->valuedouble : 0.0f;
         int class_id = cJSON_IsNumber(cls) && cls->valuedouble >= 0 ? (int)cls->valuedouble : -1;
         int oh = 0, ow = 0;
         if (cJSON_IsArray(size) && cJSON_GetArraySize(size) == 2) {
@@ -189,10 +203,10 @@ static int scan_metadata(ldmc_dataset *d, const char *meta_path, ldmc_err *err) 
         }
         char *path = join(d->root, file->valuestring);
         if (class_id > max_class) max_class = class_id;
-        rc = path
-                 ? add_sample(d, &cap, path, class_id,
-                              cJSON_IsString(caption) ? strdup(caption->valuestring) : NULL, oh, ow)
-                 : -1;
+        rc = path ? add_sample(d, &cap, path, class_id,
+                               cJSON_IsString(caption) ? strdup(caption->valuestring) : NULL, oh,
+                               ow, score ? &aesthetic : NULL)
+                  : -1;
         free(path);
         cJSON_Delete(j);
         if (rc) rc = LDMC_ERR(err, "out of memory");
@@ -214,7 +228,7 @@ static int scan_class(ldmc_dataset *d, ldmc_labels labels, const char *dir, int 
     int before = d->count, skipped_before = d->skipped;
     for (int i = 0; rc == 0 && i < files.count; i++)
         rc = add_sample(d, cap, files.items[i], labels == LDMC_LABELS_FOLDERS ? c : -1,
-                        read_caption(files.items[i]), 0, 0);
+                        read_caption(files.items[i]), 0, 0, NULL);
     if (rc == 0 && labels == LDMC_LABELS_FOLDERS && d->count == before) {
         if (files.count == 0)
             rc = LDMC_ERR(err,
@@ -301,6 +315,7 @@ uint64_t ldmc_dataset_fingerprint(const ldmc_dataset *d) {
         h = ldmc_hash_bytes(h, rel, strlen(rel) + 1);
         h = ldmc_hash_bytes(h, numbers, sizeof numbers);
         h = ldmc_hash_bytes(h, caption, strlen(caption) + 1);
+        if (s->has_aesthetic) h = ldmc_hash_bytes(h, &s->aesthetic, sizeof s->aesthetic);
     }
     return h;
 }

@@ -1,8 +1,9 @@
 // Training images on disk: a folder of JPEG and PNG files, with
 //   - a caption beside each image (photo.jpg + photo.txt), or
 //   - class folders (root/<class name>/*.png, classes numbered in name order), or
-//   - root/metadata.jsonl: one {"file", "caption", "class", "original_size": [h, w]} per line,
-//     which lists the samples itself (original_size for files that were resized beforehand).
+//   - root/metadata.jsonl: one {"file", "caption", "class", "original_size": [h, w],
+//     "aesthetic_score"} per line, which lists the samples itself (original_size for files that
+//     were resized beforehand; aesthetic_score for the refiner's vector, 6 when absent).
 // Every file's header is read at scan time; files that cannot be read, are not images, or are
 // corrupt are skipped, counted and named (the first ones), never silently dropped.
 // Tested by tests/test_data.c.
@@ -25,6 +26,8 @@ typedef struct ldmc_sample {
     int original_height, original_width; // c_size: the stored size unless metadata says otherwise
     int class_id;                        // -1 when unlabeled
     char *caption;                       // NULL when none
+    float aesthetic;                     // the refiner's aesthetic score (metadata; else 6)
+    bool has_aesthetic;                  // given by the metadata
     int bucket;                          // set by the batch plan
 } ldmc_sample;
 

@@ -120,6 +120,7 @@ static void reserve(ldmc_loader *l, ldmc_batch *b, int n, int h, int w) {
     b->c_crop = realloc(b->c_crop, (size_t)n * 2 * sizeof(int32_t));
     b->c_target = realloc(b->c_target, (size_t)n * 2 * sizeof(int32_t));
     b->class_ids = realloc(b->class_ids, (size_t)n * sizeof(int64_t));
+    b->aesthetic = realloc(b->aesthetic, (size_t)n * sizeof(float));
     b->captions = realloc(b->captions, (size_t)n * sizeof(char *));
     b->samples = realloc(b->samples, (size_t)n * sizeof(int));
     for (int k = 0; k < b->failed; k++)
@@ -128,8 +129,9 @@ static void reserve(ldmc_loader *l, ldmc_batch *b, int n, int h, int w) {
     b->failed_samples = realloc(b->failed_samples, (size_t)n * sizeof(int));
     b->failed_messages = realloc(b->failed_messages, (size_t)n * sizeof(char *));
     b->new_failures = realloc(b->new_failures, (size_t)n * sizeof(char *));
-    LDMC_CHECK(b->c_size && b->c_crop && b->c_target && b->class_ids && b->captions && b->samples &&
-                   b->failed_samples && b->failed_messages && b->new_failures,
+    LDMC_CHECK(b->c_size && b->c_crop && b->c_target && b->class_ids && b->aesthetic &&
+                   b->captions && b->samples && b->failed_samples && b->failed_messages &&
+                   b->new_failures,
                "out of memory for a %d x %d x %d batch", n, h, w);
 }
 
@@ -182,6 +184,7 @@ static void make_batch(ldmc_loader *l, int64_t position, ldmc_batch *b) {
         memcpy(b->c_crop + 2 * j, e.c_crop, sizeof e.c_crop);
         memcpy(b->c_target + 2 * j, e.c_target, sizeof e.c_target);
         b->class_ids[j] = e.class_id;
+        b->aesthetic[j] = e.aesthetic;
         b->captions[j] = NULL;
         b->samples[j] = samples[k];
     }
@@ -200,6 +203,7 @@ static void make_batch(ldmc_loader *l, int64_t position, ldmc_batch *b) {
         memcpy(b->c_crop + 2 * j, plan_i.c_crop, 2 * sizeof(int32_t));
         memcpy(b->c_target + 2 * j, plan_i.c_target, 2 * sizeof(int32_t));
         b->class_ids[j] = l->data->items[i].class_id;
+        b->aesthetic[j] = l->data->items[i].aesthetic;
         b->captions[j] = l->data->items[i].caption;
         b->samples[j] = i;
     }
@@ -310,6 +314,7 @@ static void free_batch(ldmc_batch *b) {
     free(b->c_crop);
     free(b->c_target);
     free(b->class_ids);
+    free(b->aesthetic);
     free(b->captions);
     free(b->samples);
     for (int k = 0; k < b->failed; k++)

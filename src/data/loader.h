@@ -31,6 +31,7 @@ typedef struct ldmc_batch {
     int32_t *c_crop;    // (n, 2): (top, left)
     int32_t *c_target;  // (n, 2): (height, width)
     int64_t *class_ids; // (n)
+    float *aesthetic;   // (n): the refiner's aesthetic score of each sample (6 when not given)
     const char **captions;
     int *samples;           // (n) dataset indices
     int failed;             // samples of the planned batch that could not be read, and for each:

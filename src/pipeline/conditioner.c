@@ -174,13 +174,18 @@ ldmc_cond_batch ldmc_cond_batch_guided(ldmc_ctx *ctx, const ldmc_conditioner *c,
     for (int i = 0; i < 2 * n; i++)
         keep[i] = i < n && (!b->keep || b->keep[i]) ? 1.0f : 0.0f; // then the unconditional half
     size_t context_row = (size_t)b->context_tokens * (size_t)c->unet->context_dim * sizeof(float);
+    // the aesthetic score: the samples' (6 when not given) and, in the unconditional half, 2.5
+    // (generative-models' refiner and diffusers' negative_aesthetic_score)
+    float *aesthetic = ldmc_host_scratch(ctx, 2 * (size_t)(n ? n : 1) * sizeof *aesthetic);
+    for (int i = 0; i < 2 * n; i++)
+        aesthetic[i] = i >= n ? 2.5f : b->aesthetic ? b->aesthetic[i] : 6.0f;
     return (ldmc_cond_batch){
         .n = 2 * n,
         .class_ids = twice(ctx, b->class_ids, n, sizeof *b->class_ids),
         .c_size = twice(ctx, b->c_size, n, 2 * sizeof *b->c_size),
         .c_crop = twice(ctx, b->c_crop, n, 2 * sizeof *b->c_crop),
         .c_target = twice(ctx, b->c_target, n, 2 * sizeof *b->c_target),
-        .aesthetic = twice(ctx, b->aesthetic, n, sizeof *b->aesthetic),
+        .aesthetic = aesthetic,
         .context = twice(ctx, b->context, n, context_row),
         .context_tokens = b->context_tokens,
         .pooled = twice(ctx, b->pooled, n, (size_t)c->unet->pooled_dim * sizeof(float)),

@@ -65,6 +65,7 @@ const float *ldmc_conditioner_dropout(ldmc_ctx *ctx, const ldmc_conditioner *c,
 // The UNet's conditioning for the batch, in ctx (on its device).
 ldmc_unet_cond ldmc_condition(ldmc_ctx *ctx, const ldmc_conditioner *c, const ldmc_cond_batch *b);
 // The batch twice over (2n samples: the n as given, then the n dropped), in host memory of ctx:
-// the conditional and unconditional halves of a classifier-free-guidance batch.
+// the conditional and unconditional halves of a classifier-free-guidance batch; the
+// unconditional half's aesthetic score is 2.5 (the refiner's negative score).
 ldmc_cond_batch ldmc_cond_batch_guided(ldmc_ctx *ctx, const ldmc_conditioner *c,
                                        const ldmc_cond_batch *b);

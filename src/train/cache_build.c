@@ -155,8 +155,8 @@ int ldmc_cache_build(const ldmc_train_config *cfg, const char *out, bool flip_va
                 const ldmc_crop *p = &plans[i0 + k];
                 const ldmc_sample *smp = &data.items[index[i0 + k]];
                 rc = ldmc_cache_append(w, mean + k * per, std + k * per, p->c_size, p->c_crop,
-                                       p->c_target, smp->class_id, index[i0 + k], smp->caption,
-                                       tc.tokens ? context + k * cper : NULL,
+                                       p->c_target, smp->class_id, smp->aesthetic, index[i0 + k],
+                                       smp->caption, tc.tokens ? context + k * cper : NULL,
                                        tc.pooled_dim ? pooled + k * tc.pooled_dim : NULL, err);
             }
             written += m;

@@ -30,6 +30,7 @@ static ldmc_step_batch step_batch(const ldmc_batch *b) {
                                       .c_size = b->c_size,
                                       .c_crop = b->c_crop,
                                       .c_target = b->c_target,
+                                      .aesthetic = b->aesthetic,
                                       .context = b->context,
                                       .context_tokens = b->text_tokens,
                                       .pooled = b->pooled,
