@@ -194,15 +194,21 @@ def run_case(c, tensors, rng):
     print(f"{name}: loss {loss.item():.6g}, {count} parameter gradients")
 
 
-def main():
+def run_and_save(cases, run, name, generator):
+    """Runs every case (case i samples its stored positions with RandomState(100 + i)) and writes
+    tests/ref/data/<name> with the case list in its metadata."""
     torch.manual_seed(0)
     tensors = {}
-    for i, c in enumerate(CASES):
-        run_case(c, tensors, np.random.RandomState(100 + i))
-    path = os.path.join(HERE, "data", "models.safetensors")
-    save_file(tensors, path, {"cases": json.dumps(CASES), "torch": torch.__version__,
-                              "generator": "tests/ref/make_model_refs.py"})
-    print(f"{path}: {len(CASES)} cases, {len(tensors)} tensors, {os.path.getsize(path) / 1e6:.2f} MB")
+    for i, c in enumerate(cases):
+        run(c, tensors, np.random.RandomState(100 + i))
+    path = os.path.join(HERE, "data", name)
+    save_file(tensors, path, {"cases": json.dumps(cases), "torch": torch.__version__,
+                              "generator": generator})
+    print(f"{path}: {len(cases)} cases, {len(tensors)} tensors, {os.path.getsize(path) / 1e6:.2f} MB")
+
+
+def main():
+    run_and_save(CASES, run_case, "models.safetensors", "tests/ref/make_model_refs.py")
 
 
 if __name__ == "__main__":

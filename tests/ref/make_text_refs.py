@@ -50,8 +50,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import clip_ref  # noqa: E402
 import sgm_ref  # noqa: E402
-from make_model_refs import draw, init_weights, spec, store  # noqa: E402
-from safetensors_writer import save_file  # noqa: E402
+from make_model_refs import draw, init_weights, run_and_save, spec, store  # noqa: E402
 
 CONFIGS = os.path.join(HERE, "..", "..", "configs")
 CTX = 77
@@ -232,14 +231,7 @@ def write_keys(data, path):
 
 def main():
     t0 = time.time()
-    torch.manual_seed(0)
-    tensors = {}
-    for i, c in enumerate(CASES):
-        run_case(c, tensors, np.random.RandomState(100 + i))
-    path = os.path.join(HERE, "data", "text.safetensors")
-    save_file(tensors, path, {"cases": json.dumps(CASES), "torch": torch.__version__,
-                              "generator": "tests/ref/make_text_refs.py"})
-    print(f"{path}: {len(CASES)} cases, {len(tensors)} tensors, {os.path.getsize(path) / 1e6:.3f} MB")
+    run_and_save(CASES, run_case, "text.safetensors", "tests/ref/make_text_refs.py")
     kpath = os.path.join(HERE, "data", "keys_text_encoders.json")
     write_keys(key_lists(), kpath)
     print(f"{kpath}: {os.path.getsize(kpath) / 1e3:.1f} kB")
