@@ -44,7 +44,7 @@ int ldmc_params_add(ldmc_params *p, const char *name, int ndim, const int64_t *s
     *item = (ldmc_param){.ndim = ndim, .flags = flags, .offset = p->total};
     item->name = strdup(name);
     LDMC_CHECK(item->name, "out of memory");
-    memcpy(item->shape, shape, (size_t)ndim * sizeof *shape);
+    if (ndim > 0) memcpy(item->shape, shape, (size_t)ndim * sizeof *shape); // (0-d: shape NULL)
     item->numel = ldmc_shape_numel(ndim, shape);
     item->init = LDMC_INIT_FAN_IN;
     item->fan_in = ndim > 0 && shape[0] > 0 ? item->numel / shape[0] : 1;
@@ -90,7 +90,8 @@ void ldmc_params_reserve(ldmc_params *p, ldmc_param_role role) {
                reserved_bytes(p) >> 20, role_names[role]);
     p->buffers[role] = m;
     p->reserved[role] = true;
-    for (int i = 0; i < p->count; i++) ldmc_params_tensor(p, i);
+    for (int i = 0; i < p->count; i++)
+        ldmc_params_tensor(p, i);
 }
 
 void ldmc_params_set_init(ldmc_params *p, int index, ldmc_param_init init, int64_t fan_in) {
@@ -112,13 +113,15 @@ void ldmc_params_init(ldmc_params *p, uint64_t seed) {
         switch (item->init) {
         case LDMC_INIT_ZERO: memset(w, 0, n * sizeof *w); break;
         case LDMC_INIT_ONE:
-            for (size_t k = 0; k < n; k++) w[k] = 1;
+            for (size_t k = 0; k < n; k++)
+                w[k] = 1;
             break;
         case LDMC_INIT_NORMAL: ldmc_rng_normal(&rng, 0, n, w); break;
         case LDMC_INIT_FAN_IN: {
             float bound = (float)(1.0 / sqrt((double)item->fan_in));
             ldmc_rng_signed_uniform(&rng, 0, n, w);
-            for (size_t k = 0; k < n; k++) w[k] *= bound;
+            for (size_t k = 0; k < n; k++)
+                w[k] *= bound;
             break;
         }
         }
