@@ -194,6 +194,12 @@ int ldmc_vae_config_parse(const ldmc_cfg *s, ldmc_vae_config *c, ldmc_err *err) 
     return 0;
 }
 
+int ldmc_unet_pooled_text_dim(const ldmc_unet_config *c) {
+    for (int i = 0; i < c->n_vector; i++)
+        if (c->vector[i] == LDMC_VECTOR_POOLED_TEXT) return c->pooled_dim;
+    return 0;
+}
+
 const char *ldmc_text_layout_name(ldmc_text_layout layout) {
     return layout == LDMC_TEXT_HF ? "hf" : "open_clip";
 }
@@ -265,10 +271,7 @@ static int parse_text_encoders(const ldmc_cfg *list, ldmc_model_config *out, ldm
         return ldmc_cfg_error(list, err,
                               "the encoders' widths add up to %d, but the UNet's context_dim is %d",
                               context, u->context_dim);
-    bool wants_pooled = false;
-    for (int i = 0; i < u->n_vector; i++)
-        wants_pooled |= u->vector[i] == LDMC_VECTOR_POOLED_TEXT;
-    if (wants_pooled && (n_pooled != 1 || pooled != u->pooled_dim))
+    if (ldmc_unet_pooled_text_dim(u) && (n_pooled != 1 || pooled != u->pooled_dim))
         return ldmc_cfg_error(list, err,
                               "the UNet's vector takes pooled text of %d features: exactly one "
                               "encoder must have projection_dim %d",

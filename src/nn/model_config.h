@@ -57,6 +57,8 @@ typedef struct ldmc_vae_config {
     double scale_factor;           // 0.13025
 } ldmc_vae_config;
 
+// The width of the pooled text the UNet's vector takes: pooled_dim when it has pooled_text, else 0.
+int ldmc_unet_pooled_text_dim(const ldmc_unet_config *c);
 // Whether the level (ds = 2^level) has SpatialTransformers.
 bool ldmc_unet_level_has_attention(const ldmc_unet_config *c, int level);
 int ldmc_unet_config_parse(const ldmc_cfg *section, ldmc_unet_config *out, ldmc_err *err);

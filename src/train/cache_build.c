@@ -37,8 +37,7 @@ static ldmc_cache_text cache_text(ldmc_ctx *ctx, const ldmc_train_config *cfg,
     const ldmc_unet_config *u = &cfg->model.unet;
     t.tokens = cfg->model.text[0].context_length;
     t.context_dim = u->context_dim;
-    for (int i = 0; i < u->n_vector; i++)
-        if (u->vector[i] == LDMC_VECTOR_POOLED_TEXT) t.pooled_dim = u->pooled_dim;
+    t.pooled_dim = ldmc_unet_pooled_text_dim(u);
     *empty = malloc(((size_t)t.tokens * t.context_dim + (size_t)t.pooled_dim + 1) * sizeof(float));
     LDMC_CHECK(*empty, "out of memory");
     const char *nothing[1] = {""};

@@ -92,9 +92,7 @@ static int check_cache(trainer *T, ldmc_err *err) {
                             "%s: text.train trains the encoders, and a latent cache holds their "
                             "outputs as they were: train from images (data.source: images)",
                             cfg->source_path);
-        int pooled = 0;
-        for (int i = 0; i < u->n_vector; i++)
-            if (u->vector[i] == LDMC_VECTOR_POOLED_TEXT) pooled = u->pooled_dim;
+        int pooled = ldmc_unet_pooled_text_dim(u);
         if (!c->text_tokens)
             return LDMC_ERR(err,
                             "%s: made without text embeddings: make it again with `ldmc cache` "
