@@ -1,5 +1,5 @@
 // The diffusion side of a step on the GPU: latents drawn from the VAE posterior, noising for
-// training, the decoder's input scaling, classifier-free guidance and the DDIM update. Twins of
+// training, the decoder's input scaling, classifier-free guidance and the samplers' step. Twins of
 // src/ops/cpu/diffusion.inc: the same formulas with the same roundings (explicit _rn intrinsics:
 // no fused multiply-adds), and the noise drawn here from the same Philox streams (philox.cuh), so
 // both devices compute the same values. Tested by tests/test_cuda.c against the CPU ops.
@@ -75,24 +75,26 @@ extern "C" void ldmc_cuda_guidance(float *y, const uint16_t *cond, const uint16_
     LAUNCH_1D(guidance_kernel, n, y, cond, uncond, scale, n);
 }
 
-__global__ static void ddim_kernel(float *x, const float *model_out, double sa, double sb,
-                                   double spa, double spb, bool predict_v, int64_t n) {
+// The CPU's order: D, then a x + b D, + c D_prev, + s noise, each product and sum rounded once
+// in double.
+__global__ static void sampler_kernel(float *x, const float *model_out, float *denoised,
+                                      const float *noise, double p, double q, double a, double b,
+                                      double c, double s, int64_t n) {
     GRID_STRIDE(i, n) {
-        double xi = x[i], out = model_out[i], eps, x0;
-        if (predict_v) {
-            eps = __dadd_rn(__dmul_rn(sa, out), __dmul_rn(sb, xi));
-            x0 = __dsub_rn(__dmul_rn(sa, xi), __dmul_rn(sb, out));
-        } else {
-            eps = out;
-            x0 = __ddiv_rn(__dsub_rn(xi, __dmul_rn(sb, eps)), sa);
+        double xi = x[i];
+        double d = __dadd_rn(__dmul_rn(p, xi), __dmul_rn(q, (double)model_out[i]));
+        double y = __dadd_rn(__dmul_rn(a, xi), __dmul_rn(b, d));
+        if (denoised) {
+            y = __dadd_rn(y, __dmul_rn(c, (double)denoised[i]));
+            denoised[i] = (float)d;
         }
-        x[i] = (float)__dadd_rn(__dmul_rn(spa, x0), __dmul_rn(spb, eps));
+        if (noise) y = __dadd_rn(y, __dmul_rn(s, (double)noise[i]));
+        x[i] = (float)y;
     }
 }
 
-extern "C" void ldmc_cuda_ddim_step(float *x, const float *model_out, double alpha,
-                                    double alpha_prev, bool predict_v, int64_t n) {
-    // the square roots on the host, correctly rounded as the CPU's
-    LAUNCH_1D(ddim_kernel, n, x, model_out, sqrt(alpha), sqrt(1 - alpha), sqrt(alpha_prev),
-              sqrt(1 - alpha_prev), predict_v, n);
+extern "C" void ldmc_cuda_sampler_step(float *x, const float *model_out, float *denoised,
+                                       const float *noise, double p, double q, double a, double b,
+                                       double c, double s, int64_t n) {
+    LAUNCH_1D(sampler_kernel, n, x, model_out, denoised, noise, p, q, a, b, c, s, n);
 }

@@ -68,9 +68,10 @@ void ldmc_cuda_noise_batch(const ldmc_rng *noise_rng, uint64_t noise_offset, con
 // y (f32) = uncond + scale (cond - uncond) over n values (bf16 operands)
 void ldmc_cuda_guidance(float *y, const uint16_t *cond, const uint16_t *uncond, double scale,
                         int64_t n);
-// One DDIM step of x (f32) in place from alpha-bar `alpha` to `alpha_prev`.
-void ldmc_cuda_ddim_step(float *x, const float *model_out, double alpha, double alpha_prev,
-                         bool predict_v, int64_t n);
+// One sampler step of x (f32) in place: D = p x + q out, x = a x + b D [+ c denoised]
+// [+ s noise], denoised = D; denoised and noise may be NULL.
+void ldmc_cuda_sampler_step(float *x, const float *model_out, float *denoised, const float *noise,
+                            double p, double q, double a, double b, double c, double s, int64_t n);
 
 // ---- conversions and elementwise ops (elementwise.cu) ----------------------------------------
 void ldmc_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n);

@@ -10,6 +10,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "io/model_files.h"
+#include "io/weights.h"
 #include "nn/model_config.h"
 #include "nn/models.h"
 
@@ -231,4 +232,35 @@ int test_save_models(const char *path, int layout, ldmc_unet *u, ldmc_vae *v, in
     if (v) models[n++] = ldmc_vae_model(v);
     return ldmc_save_models(path, (ldmc_layout)layout, models, n, (ldmc_dtype)dtype,
                             LDMC_ROLE_WEIGHTS, passthrough, err);
+}
+
+// ---- the test initialization of make_model_refs.py ---------------------------------------------
+
+void test_init_weights(ldmc_params *p) {
+    ldmc_key_map official = {.layout = LDMC_LAYOUT_OFFICIAL};
+    for (int i = 0; i < p->count; i++) {
+        const ldmc_param *param = &p->items[i];
+        float *w = p->buffers[LDMC_ROLE_WEIGHTS] + param->offset;
+        float *u = malloc((size_t)param->numel * sizeof *u);
+        ldmc_rng rng = ldmc_rng_make(ldmc_hash_name(param->name), 0, 0, LDMC_RNG_TEST);
+        ldmc_rng_signed_uniform(&rng, 0, (size_t)param->numel, u);
+        int64_t shape[LDMC_MAX_DIMS];
+        int ndim = ldmc_file_shape(param, &official, shape);
+        size_t len = strlen(param->name);
+        for (int64_t k = 0; k < param->numel; k++) {
+            double v = u[k];
+            if (ndim >= 2)
+                v /= sqrt((double)(param->numel / shape[0]));
+            else if (len > 7 && strcmp(param->name + len - 7, ".weight") == 0)
+                v = 1 + v / 4;
+            else
+                v /= 4;
+            u[k] = (float)v;
+        }
+        if (param->flags & LDMC_PARAM_CONV)
+            ldmc_conv_from_official(w, u, param->shape[0], param->shape[1], param->shape[2], param->shape[3]);
+        else
+            memcpy(w, u, (size_t)param->numel * sizeof *u);
+        free(u);
+    }
 }

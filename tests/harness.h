@@ -112,6 +112,11 @@ const char *test_tmp_path(const char *name);
 // The configs/ folder (LDMC_CONFIG_DIR in the environment overrides the build's path: a build
 // copied to a GPU machine runs its tests from another checkout).
 const char *test_config_dir(void);
+// make_model_refs.py's test weights (allocated by the caller): every parameter signed_uniform
+// from Philox keyed by the FNV-1a-64 hash of its official key, in the official layout, over
+// √fan_in for matrices and convolutions, 1 + u/4 for a 1-D .weight, u/4 for a 1-D .bias.
+struct ldmc_params;
+void test_init_weights(struct ldmc_params *p);
 // A bundled model config (configs/<file>); fatal if it does not load.
 struct ldmc_model_config test_model_config(const char *file);
 // A UNet's or VAE's weights from a file or folder in any layout (io/model_files.h through the

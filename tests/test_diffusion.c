@@ -1,7 +1,8 @@
 // The diffusion side: the DDPM schedule against the test vectors of
 // ../shared/reference/samplers.md §1, noising as the loss step does it (the timestep draws of
 // diffusion.h, then the noising op: timestep range, offset noise statistics, ε and v targets,
-// min-SNR weights), and the sampling ops (the DDIM update, classifier-free guidance).
+// min-SNR weights), the samplers' σ lists, and the sampling ops (the sampler step,
+// classifier-free guidance).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,34 +54,99 @@ static void test_schedule_matches_the_reference_vectors(void) {
           "snr = 1/σ²");
 }
 
-static void test_ddim_timesteps_and_steps(void) {
+static bool near(double got, double want, double tol) { return fabs(got - want) <= tol; }
+
+// The σ lists against samplers.md §2, §3.6, §5 and §8; σ -> t; the hand-off and SDEdit steps.
+static void test_sigma_lists(void) {
     static ldmc_schedule s;
     ldmc_schedule_sdxl(&s);
-    int ts[1000];
-    REQUIRE(ldmc_ddim_timesteps(&s, 50, ts) == 50, "50 steps");
-    CHECK(ts[0] == 981 && ts[1] == 961 && ts[49] == 1,
-          "LDM's uniform timesteps 981, 961, ..., 1: %d %d %d", ts[0], ts[1], ts[49]);
-    // An exact model (it outputs the true ε) takes x_t to x_{t'} = √ᾱ' x0 + √(1-ᾱ') ε; after the
-    // last step, to ᾱ_0.
-    float x0[4] = {0.5f, -1.0f, 0.25f, 2.0f}, eps[4] = {1.0f, 0.3f, -0.7f, -1.5f}, x[4], v[4];
+    double sig[1001], t[1000];
+    // LDM: 981, 961, ..., 1, then ᾱ_0
+    REQUIRE(ldmc_discretize(&s, LDMC_SIGMAS_LDM, 50, sig, t) == 50, "50 steps");
+    CHECK(t[0] == 981 && t[1] == 961 && t[49] == 1 && near(sig[0], 13.120411, 1e-6) &&
+              near(sig[50], 0.029167, 1e-6),
+          "LDM: t %g %g ... %g, σ %.6f ... %.6f", t[0], t[1], t[49], sig[0], sig[50]);
+    // generative-models: 999, 979, ..., 19, then 0; for 30 steps 965 second (diffusers' trailing
+    // has 966)
+    ldmc_discretize(&s, LDMC_SIGMAS_SGM, 50, sig, t);
+    CHECK(t[0] == 999 && t[1] == 979 && t[49] == 19 && sig[50] == 0 &&
+              near(sig[0], 14.614641, 1e-6) && near(sig[49], 0.134451, 1e-6),
+          "sgm: t %g %g ... %g, σ %.6f", t[0], t[1], t[49], sig[0]);
+    ldmc_discretize(&s, LDMC_SIGMAS_SGM, 30, sig, t);
+    CHECK(t[1] == 965, "sgm, 30 steps: t_1 = %g, want 965", t[1]);
+    // Karras, ρ = 7, over the table's ends
+    ldmc_discretize(&s, LDMC_SIGMAS_KARRAS, 50, sig, t);
+    const double want[] = {14.6146, 13.4292, 12.3272, 11.3036, 10.3538};
+    const double want_end[] = {0.06319, 0.05250, 0.04339, 0.03568, 0.02917};
+    for (int i = 0; i < 5; i++)
+        CHECK(near(sig[i], want[i], 1e-4) && near(sig[45 + i], want_end[i], 1e-5),
+              "karras σ_%d = %.5f (want %.4f), σ_%d = %.5f (want %.5f)", i, sig[i], want[i],
+              45 + i, sig[45 + i], want_end[i]);
+    CHECK(sig[50] == 0 && near(t[0], 999, 1e-9) && round(t[1]) == 985 && round(t[2]) == 970 &&
+              near(t[49], 0, 1e-9),
+          "karras t: %g %g %g ... %g (ComfyUI: 999, 985, 970 ... 0)", t[0], t[1], t[2], t[49]);
+    // σ -> t: the table's values give their own t; between them, log-linear; clamped outside
+    bool table = true;
+    for (int k = 0; k < 1000; k += 37)
+        table &= near(ldmc_sigma_to_t(&s, ldmc_schedule_sigma(&s, k)), k, 1e-9);
+    double mid = exp((log(ldmc_schedule_sigma(&s, 500)) + log(ldmc_schedule_sigma(&s, 501))) / 2);
+    CHECK(table && near(ldmc_sigma_to_t(&s, mid), 500.5, 1e-9) &&
+              ldmc_sigma_to_t(&s, 0.001) == 0 && ldmc_sigma_to_t(&s, 100) == 999,
+          "σ -> t");
+    // the hand-off at 0.8 (diffusers' denoising_end): 40 of 50 steps (the last at 201), and 32
+    // of 40 (refiner from 176)
+    ldmc_discretize(&s, LDMC_SIGMAS_LDM, 50, sig, t);
+    int k = ldmc_switch_step(&s, t, 50, 0.8);
+    CHECK(k == 40 && t[39] == 201 && t[40] == 181, "switch at 0.8 of 50: %d steps", k);
+    ldmc_discretize(&s, LDMC_SIGMAS_LDM, 40, sig, t);
+    k = ldmc_switch_step(&s, t, 40, 0.8);
+    CHECK(k == 32 && t[32] == 176 && near(sig[32], 0.515391, 1e-6), "switch at 0.8 of 40: %d", k);
+    CHECK(ldmc_switch_step(&s, t, 40, 1.0) == 40 && ldmc_switch_step(&s, t, 40, 0.0) == 0,
+          "switch at 1 and 0");
+    // SDEdit (samplers.md §5): strength 0.3 -> 15 steps from t 281, 0.15 -> 7 from 121, 0.75 ->
+    // 37 from 721
+    ldmc_discretize(&s, LDMC_SIGMAS_LDM, 50, sig, t);
+    const double strength[] = {0.3, 0.15, 0.75}, first_t[] = {281, 121, 721},
+                 first_sigma[] = {0.778923, 0.391038, 3.630653};
+    for (int i = 0; i < 3; i++) {
+        int start = ldmc_strength_start(50, strength[i]);
+        CHECK(t[start] == first_t[i] && near(sig[start], first_sigma[i], 1e-6),
+              "strength %g: from step %d, t %g, σ %.6f", strength[i], start, t[start], sig[start]);
+    }
+    CHECK(ldmc_strength_start(50, 1) == 0 && ldmc_strength_start(50, 0) == 50, "strength 1 and 0");
+    CHECK(ldmc_discretization_from_name("karras") == LDMC_SIGMAS_KARRAS &&
+              ldmc_discretization_from_name("nope") == LDMC_SIGMAS_DEFAULT,
+          "names");
+}
+
+// The sampler step op with an exact model (it outputs the true ε or v of x = x0 + σ ε): the
+// model's scalings give D = x0, and Euler's coefficients move x to x0 + σ' ε; the history gets D,
+// the noise adds s z.
+static void test_sampler_step(void) {
+    float x0[4] = {0.5f, -1.0f, 0.25f, 2.0f}, eps[4] = {1.0f, 0.3f, -0.7f, -1.5f}, x[4], out[4],
+          hist[4] = {9, 9, 9, 9}, z[4] = {1, -1, 2, 0.5f};
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
+    const double sigma = 3.2, next = 1.1;
     for (int pred = 0; pred < 2; pred++) {
-        for (int step = 0; step < 2; step++) {
-            int t = step ? 1 : 981, tp = step ? -1 : 961;
-            double a = s.alphas_cumprod[t], ap = s.alphas_cumprod[tp < 0 ? 0 : tp];
-            for (int i = 0; i < 4; i++) {
-                x[i] = (float)(sqrt(a) * x0[i] + sqrt(1 - a) * eps[i]);
-                v[i] = (float)(sqrt(a) * eps[i] - sqrt(1 - a) * x0[i]);
-            }
-            ldmc_tensor *xt = ldmc_wrap(&ctx, LDMC_F32, x, 1, (int64_t[]){4});
-            ldmc_tensor *out = ldmc_wrap(&ctx, LDMC_F32, pred ? v : eps, 1, (int64_t[]){4});
-            ldmc_ddim_update(&ctx, xt, out, a, ap, pred == 1);
-            for (int i = 0; i < 4; i++) {
-                double want = sqrt(ap) * x0[i] + sqrt(1 - ap) * eps[i];
-                CHECK(fabs(x[i] - want) < 1e-5 * (1 + fabs(want)), "%s step %d->%d: %g, want %g",
-                      pred ? "v" : "eps", t, tp, x[i], want);
-            }
+        for (int i = 0; i < 4; i++) {
+            x[i] = (float)(x0[i] + sigma * eps[i]);
+            out[i] = pred ? (float)((eps[i] - sigma * x0[i]) / sqrt(1 + sigma * sigma)) : eps[i];
+        }
+        ldmc_sampler_coeffs k = {.a = next / sigma, .b = 1 - next / sigma, .c = 0.5, .s = 0.25};
+        if (pred)
+            k.p = 1 / (sigma * sigma + 1), k.q = -sigma / sqrt(sigma * sigma + 1);
+        else
+            k.p = 1, k.q = -sigma;
+        ldmc_tensor *xt = ldmc_wrap(&ctx, LDMC_F32, x, 1, (int64_t[]){4});
+        ldmc_sampler_update(&ctx, xt, ldmc_wrap(&ctx, LDMC_F32, out, 1, (int64_t[]){4}),
+                            ldmc_wrap(&ctx, LDMC_F32, hist, 1, (int64_t[]){4}),
+                            ldmc_wrap(&ctx, LDMC_F32, z, 1, (int64_t[]){4}), &k);
+        for (int i = 0; i < 4; i++) {
+            double want = x0[i] + next * eps[i] + 0.5 * (pred ? x0[i] : 9) + 0.25 * z[i];
+            CHECK(fabs(x[i] - want) < 1e-5 * (1 + fabs(want)) && fabs(hist[i] - x0[i]) < 1e-5,
+                  "%s: x %g, want %g; D %g, want %g", pred ? "v" : "eps", x[i], want, hist[i],
+                  x0[i]);
         }
     }
     // guidance over (2, 3): the conditional row, then the unconditional one
@@ -190,7 +256,8 @@ static void test_timestep_range_targets_and_weights(void) {
 int main(int argc, char **argv) {
     static const test_entry tests[] = {
         TEST_ENTRY(test_schedule_matches_the_reference_vectors),
-        TEST_ENTRY(test_ddim_timesteps_and_steps),
+        TEST_ENTRY(test_sigma_lists),
+        TEST_ENTRY(test_sampler_step),
         TEST_ENTRY(test_offset_noise_statistics),
         TEST_ENTRY(test_timestep_range_targets_and_weights),
     };

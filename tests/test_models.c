@@ -26,38 +26,6 @@
 static ldmc_safetensors model_ref, text_ref, *ref = &model_ref;
 static cJSON *model_cases, *text_cases;
 
-// ---- the test initialization of make_model_refs.py ------------------------------------------------
-
-// Every parameter: Philox keyed by the FNV-1a-64 hash of its official key, in the official layout.
-static void init_weights(ldmc_params *p) {
-    ldmc_key_map official = {.layout = LDMC_LAYOUT_OFFICIAL};
-    for (int i = 0; i < p->count; i++) {
-        const ldmc_param *param = &p->items[i];
-        float *w = p->buffers[LDMC_ROLE_WEIGHTS] + param->offset;
-        float *u = malloc((size_t)param->numel * sizeof *u);
-        ldmc_rng rng = ldmc_rng_make(ldmc_hash_name(param->name), 0, 0, LDMC_RNG_TEST);
-        ldmc_rng_signed_uniform(&rng, 0, (size_t)param->numel, u);
-        int64_t shape[LDMC_MAX_DIMS];
-        int ndim = ldmc_file_shape(param, &official, shape);
-        size_t len = strlen(param->name);
-        for (int64_t k = 0; k < param->numel; k++) {
-            double v = u[k];
-            if (ndim >= 2)
-                v /= sqrt((double)(param->numel / shape[0]));
-            else if (len > 7 && strcmp(param->name + len - 7, ".weight") == 0)
-                v = 1 + v / 4;
-            else
-                v /= 4;
-            u[k] = (float)v;
-        }
-        if (param->flags & LDMC_PARAM_CONV)
-            ldmc_conv_from_official(w, u, param->shape[0], param->shape[1], param->shape[2], param->shape[3]);
-        else
-            memcpy(w, u, (size_t)param->numel * sizeof *u);
-        free(u);
-    }
-}
-
 // ---- inputs and comparisons -----------------------------------------------------------------------
 
 static const cJSON *input_spec(const cJSON *c, const char *name) {
@@ -210,7 +178,7 @@ static double model_rtol(double K, int depth) { return tolerance_f32(4.0 * depth
 static void ready_for_training(ldmc_params *p) {
     ldmc_params_alloc(p, LDMC_ROLE_WEIGHTS);
     ldmc_params_alloc(p, LDMC_ROLE_GRAD);
-    init_weights(p);
+    test_init_weights(p);
 }
 
 // The case's UNet (its config file is the case's `config` parameter), ready for training.

@@ -90,9 +90,10 @@ void ldmc_cuda_guidance(float *y, const uint16_t *cond, const uint16_t *uncond, 
     free(u);
 }
 
-void ldmc_cuda_ddim_step(float *x, const float *model_out, double alpha, double alpha_prev,
-                         bool predict_v, int64_t n) {
-    ddim_step_f32(x, model_out, alpha, alpha_prev, predict_v, n);
+void ldmc_cuda_sampler_step(float *x, const float *model_out, float *denoised, const float *noise,
+                            double p, double q, double a, double b, double c, double s, int64_t n) {
+    ldmc_sampler_coeffs k = {p, q, a, b, c, s};
+    sampler_step_f32(x, model_out, denoised, noise, &k, n);
 }
 
 // ---- elementwise ----------------------------------------------------------------------------------

@@ -15,6 +15,12 @@
 // approximation, and CLIP's QuickGELU x sigmoid(1.702 x).
 enum { LDMC_GELU_ERF = 0, LDMC_GELU_TANH = 1, LDMC_GELU_QUICK = 2 };
 
+// The coefficients of one sampler step (ops.h, ldmc_sampler_update): the denoised D = p x + q out,
+// then x = a x + b D + c D_prev + s noise.
+typedef struct ldmc_sampler_coeffs {
+    double p, q, a, b, c, s;
+} ldmc_sampler_coeffs;
+
 // A 2-D convolution or pooling window over (N, H, W, C) -> (N, Ho, Wo, O).
 typedef struct ldmc_conv_geom {
     int N, H, W, C; // input

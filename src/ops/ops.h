@@ -9,6 +9,7 @@
 
 #include "core/rng.h"
 #include "core/tape.h"
+#include "ops/cpu_kernels.h"
 
 // ---- dense ----------------------------------------------------------------------------------
 // x (..., in), w (out, in), b (out) or NULL -> (..., out)
@@ -117,10 +118,13 @@ void ldmc_diffusion_noise(ldmc_ctx *ctx, ldmc_tensor *z, const double *sa, const
 // Classifier-free guidance on a model output (2n, ...) whose rows [0, n) are conditional and
 // [n, 2n) unconditional: f32 (n, ...) = uncond + scale (cond - uncond).
 ldmc_tensor *ldmc_guidance(ldmc_ctx *ctx, ldmc_tensor *out, double scale);
-// One DDIM (η = 0) step of x (f32) in place, from ᾱ = alpha to alpha_prev, given the model's
-// output (f32, ε or v).
-void ldmc_ddim_update(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *model_out, double alpha,
-                      double alpha_prev, bool predict_v);
+// One step of a sampler (src/pipeline/sampler.c) on x (f32, in place) from the model's output
+// (f32, like x) at σ: the denoised D = k.p x + k.q out (the model's scalings), then
+// x = k.a x + k.b D + k.c D_prev + k.s noise, in double per value. `denoised` (f32 like x, or
+// NULL) holds a multistep sampler's D_prev on entry and D on return; `noise` (f32 like x, or NULL)
+// the ancestral samplers' draws.
+void ldmc_sampler_update(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *model_out,
+                         ldmc_tensor *denoised, ldmc_tensor *noise, const ldmc_sampler_coeffs *k);
 // x's values in `dtype` (f32 or bf16; on the CPU only f32): x itself when it has that dtype.
 ldmc_tensor *ldmc_cast(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_dtype dtype);
 // Concatenation along the first dimension (samples); all else equal, dtypes included.

@@ -1,6 +1,6 @@
 // The diffusion side of a step as ops on either device (see ops.h, "diffusion and sampling"):
 // drawing latents from the VAE posterior, noising them for training, the decoder's input
-// scaling, classifier-free guidance, the DDIM update, dtype conversion and concatenation of
+// scaling, classifier-free guidance, the samplers' step, dtype conversion and concatenation of
 // batches. Kernels: src/ops/cpu/diffusion.inc and kernels/diffusion.cu. None of them is
 // differentiated but concat_rows: their inputs must not need a gradient.
 // Tested by tests/test_diffusion.c and tests/test_cuda.c (GPU vs CPU).
@@ -104,18 +104,26 @@ ldmc_tensor *ldmc_guidance(ldmc_ctx *ctx, ldmc_tensor *out, double scale) {
     return y;
 }
 
-void ldmc_ddim_update(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *model_out, double alpha,
-                      double alpha_prev, bool predict_v) {
+void ldmc_sampler_update(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *model_out,
+                         ldmc_tensor *denoised, ldmc_tensor *noise, const ldmc_sampler_coeffs *k) {
     char shape[96];
-    OP_CHECK(x->dtype == LDMC_F32 && model_out->dtype == LDMC_F32 && ldmc_same_shape(x, model_out),
-             "ddim_update", model_out, "x and the model's output must both be f32 %s",
-             ldmc_shape_str(x, shape, sizeof shape));
-    check_no_grad("ddim_update", x);
+    ldmc_tensor *operands[] = {model_out, denoised, noise};
+    for (int i = 0; i < 3; i++)
+        OP_CHECK(!operands[i] || (operands[i]->dtype == LDMC_F32 && x->dtype == LDMC_F32 &&
+                                  ldmc_same_shape(x, operands[i]) &&
+                                  operands[i]->device == x->device),
+                 "sampler_update", operands[i] ? operands[i] : x,
+                 "x, the model's output, the denoised state and the noise must all be f32 %s",
+                 ldmc_shape_str(x, shape, sizeof shape));
+    check_no_grad("sampler_update", x);
     if (ctx->dry_run) return;
     if (ON_GPU(x))
-        GPU(ldmc_cuda_ddim_step(DF(x), DF(model_out), alpha, alpha_prev, predict_v, ldmc_numel(x)));
+        GPU(ldmc_cuda_sampler_step(DF(x), DF(model_out), denoised ? DF(denoised) : NULL,
+                                   noise ? DF(noise) : NULL, k->p, k->q, k->a, k->b, k->c, k->s,
+                                   ldmc_numel(x)));
     else
-        ddim_step_f32(OUT(x), DATA(model_out), alpha, alpha_prev, predict_v, ldmc_numel(x));
+        sampler_step_f32(OUT(x), DATA(model_out), denoised ? OUT(denoised) : NULL,
+                         noise ? DATA(noise) : NULL, k, ldmc_numel(x));
 }
 
 ldmc_tensor *ldmc_cast(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_dtype dtype) {

@@ -1,6 +1,7 @@
 // The denoiser and the samplers (see sampler.h). Tested by tests/test_pipeline.c.
 #include "pipeline/sampler.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,10 +14,12 @@ bool ldmc_denoiser_guided(const ldmc_denoiser *d) {
     return d->guidance_scale != 1.0 && ldmc_conditioner_can_drop(d->conditioner);
 }
 
-ldmc_tensor *ldmc_denoise(ldmc_ctx *ctx, const ldmc_denoiser *d, ldmc_tensor *x, double t) {
+ldmc_tensor *ldmc_denoise(ldmc_ctx *ctx, const ldmc_denoiser *d, ldmc_tensor *x, double sigma,
+                          double t) {
     bool guided = ldmc_denoiser_guided(d), was_recording = ctx->recording;
     ctx->recording = false;
-    ldmc_tensor *in = ldmc_cast(ctx, x, ctx->act_dtype);
+    // c_in x in the activation dtype (ldmc_latent_unscale is that division)
+    ldmc_tensor *in = ldmc_latent_unscale(ctx, x, sqrt(sigma * sigma + 1));
     ldmc_cond_batch cond = guided ? ldmc_cond_batch_guided(ctx, d->conditioner, d->cond) : *d->cond;
     if (guided) in = ldmc_concat_rows(ctx, (ldmc_tensor *[]){in, in}, 2);
     int B = cond.n;
@@ -33,72 +36,168 @@ ldmc_tensor *ldmc_denoise(ldmc_ctx *ctx, const ldmc_denoiser *d, ldmc_tensor *x,
 
 // ---- samplers -----------------------------------------------------------------------------------
 
-enum { MAX_SAMPLER_STATE = 2 };
-
-// A sampler's run: its options, the timesteps it visits and the state it keeps across steps
-// (tensors like x, zeroed at the start).
-typedef struct sampler_run {
-    const ldmc_sample_options *o;
-    const int *timesteps;
-    int n;
-    ldmc_tensor *state[MAX_SAMPLER_STATE];
-} sampler_run;
+typedef enum { EULER, EULER_ANCESTRAL, DPMPP_2M } sampler_kind;
 
 struct ldmc_sampler {
     const char *name;
-    int state_tensors; // how many tensors of state the sampler keeps (<= MAX_SAMPLER_STATE)
-    // The timesteps visited, descending; returns how many (at most `steps`).
-    int (*timesteps)(const ldmc_schedule *s, int steps, int *out);
-    // x (f32, in place) from timesteps[i] to the next (the last step lands on ᾱ_0), given the
-    // guided model output at timesteps[i].
-    void (*step)(ldmc_ctx *ctx, const sampler_run *run, int i, ldmc_tensor *x,
-                 ldmc_tensor *model_out);
+    sampler_kind kind;
+    ldmc_discretization sigmas; // its default σ list
 };
-
-static void ddim_step(ldmc_ctx *ctx, const sampler_run *run, int i, ldmc_tensor *x,
-                      ldmc_tensor *model_out) {
-    const double *a = run->o->schedule->alphas_cumprod;
-    int t = run->timesteps[i], t_prev = i + 1 < run->n ? run->timesteps[i + 1] : 0;
-    ldmc_ddim_update(ctx, x, model_out, a[t], a[t_prev], run->o->prediction == LDMC_PREDICT_V);
-}
 
 static const ldmc_sampler samplers[] = {
-    {"ddim", 0, ldmc_ddim_timesteps, ddim_step},
+    {"ddim", EULER, LDMC_SIGMAS_LDM},
+    {"euler", EULER, LDMC_SIGMAS_SGM},
+    {"euler_a", EULER_ANCESTRAL, LDMC_SIGMAS_SGM},
+    {"dpmpp_2m", DPMPP_2M, LDMC_SIGMAS_KARRAS},
 };
+enum { N_SAMPLERS = sizeof samplers / sizeof samplers[0] };
 
 const ldmc_sampler *ldmc_sampler_find(const char *name) {
-    for (size_t i = 0; i < sizeof samplers / sizeof samplers[0]; i++)
+    for (int i = 0; i < N_SAMPLERS; i++)
         if (!strcmp(samplers[i].name, name)) return &samplers[i];
     return NULL;
 }
 
 const char *ldmc_sampler_name(const ldmc_sampler *s) { return s->name; }
 
+const char *ldmc_sampler_names(void) { return "ddim, euler, euler_a, dpmpp_2m"; }
+
+bool ldmc_sampler_ancestral(const ldmc_sampler *s) { return s->kind == EULER_ANCESTRAL; }
+
+ldmc_discretization ldmc_sampler_discretization(const ldmc_sample_options *o) {
+    return o->discretization != LDMC_SIGMAS_DEFAULT ? o->discretization : o->sampler->sigmas;
+}
+
+// The options' σ list (steps + 1) and timesteps (steps), malloc'd together; NULL when out of
+// memory.
+static double *sigma_list(const ldmc_sample_options *o, double **t) {
+    double *s = malloc((size_t)(2 * o->steps + 1) * sizeof *s);
+    if (!s) return NULL;
+    *t = s + o->steps + 1;
+    ldmc_discretize(o->schedule, ldmc_sampler_discretization(o), o->steps, s, *t);
+    return s;
+}
+
+static double list_value(const ldmc_sample_options *o, int i, bool timestep) {
+    LDMC_CHECK(i >= 0 && i <= o->steps - (timestep ? 1 : 0), "sampler: step %d of %d", i,
+               o->steps);
+    double *t, *s = sigma_list(o, &t);
+    LDMC_CHECK(s, "out of memory");
+    double v = timestep ? t[i] : s[i];
+    free(s);
+    return v;
+}
+
+double ldmc_sampler_sigma(const ldmc_sample_options *o, int i) { return list_value(o, i, false); }
+
+double ldmc_sampler_timestep(const ldmc_sample_options *o, int i) {
+    return list_value(o, i, true);
+}
+
+int ldmc_sampler_switch(const ldmc_sample_options *o, double fraction) {
+    double *t, *s = sigma_list(o, &t);
+    LDMC_CHECK(s, "out of memory");
+    int k = ldmc_switch_step(o->schedule, t, o->steps, fraction);
+    free(s);
+    return k;
+}
+
+// The coefficients of step i (σ_i -> σ_{i+1}) for the update op; *ancestral_sigma receives the
+// noise's scale (0: none). `first`: the run's first step (a multistep sampler has no history).
+static ldmc_sampler_coeffs step_coeffs(const ldmc_sample_options *o, const double *sig, int i,
+                                       bool first, double *ancestral_sigma) {
+    const double s = sig[i], sn = sig[i + 1];
+    ldmc_sampler_coeffs k = {0};
+    if (o->prediction == LDMC_PREDICT_V)
+        k.p = 1 / (s * s + 1), k.q = -s / sqrt(s * s + 1);
+    else
+        k.p = 1, k.q = -s;
+    *ancestral_sigma = 0;
+    switch (o->sampler->kind) {
+    case EULER: // x + (σn - σ) (x - D)/σ
+        k.a = sn / s, k.b = 1 - sn / s;
+        break;
+    case EULER_ANCESTRAL: { // to σ_down, then σ_up of fresh noise (k-diffusion, η = 1)
+        double up = sn > 0 ? fmin(sn, sqrt(sn * sn * (s * s - sn * sn) / (s * s))) : 0;
+        double down = sqrt(sn * sn - up * up);
+        k.a = down / s, k.b = 1 - down / s, k.s = up;
+        *ancestral_sigma = up;
+        break;
+    }
+    case DPMPP_2M: { // in t = -log σ: x = (σn/σ) x - expm1(-h) D'
+        if (sn == 0) {
+            k.a = 0, k.b = 1; // the last step lands on D
+            break;
+        }
+        double h = log(s / sn), e = -expm1(-h);
+        k.a = sn / s, k.b = e;
+        if (!first) { // D' = (1 + 1/2r) D - (1/2r) D_prev, r = h_prev / h
+            double r = log(sig[i - 1] / s) / h;
+            k.b = e * (1 + 1 / (2 * r)), k.c = -e / (2 * r);
+        }
+        break;
+    }
+    }
+    if (i + 1 == o->steps && sn > 0) { // the list ends above 0 (DDIM at ᾱ_0): the VP latents
+        double f = 1 / sqrt(sn * sn + 1);
+        k.a *= f, k.b *= f, k.c *= f, k.s *= f;
+    }
+    return k;
+}
+
+// Noise like x whose row r is values [offset, ...) of stream rows[r], as a tensor in ctx.
+static ldmc_tensor *row_noise(ldmc_ctx *ctx, const ldmc_rng *rows, const ldmc_tensor *x,
+                              uint64_t offset) {
+    const int64_t n = x->shape[0], per_row = n ? ldmc_numel(x) / n : 0;
+    const int64_t total = n * per_row;
+    float *z = ldmc_host_scratch(ctx, (size_t)(total > 0 ? total : 1) * sizeof *z);
+    if (!ctx->dry_run)
+        for (int64_t r = 0; r < n; r++)
+            ldmc_rng_normal(&rows[r], offset, (size_t)per_row, z + r * per_row);
+    return ldmc_input(ctx, LDMC_F32, x->ndim, x->shape, z, LDMC_F32);
+}
+
+// Row r's ancestral noise of step i: values from i · (the row's size, rounded up to even).
+static ldmc_tensor *ancestral_noise(ldmc_ctx *ctx, const ldmc_sample_options *o,
+                                    const ldmc_tensor *x, int i) {
+    const int64_t per_row = x->shape[0] ? ldmc_numel(x) / x->shape[0] : 0;
+    return row_noise(ctx, o->noise, x, (uint64_t)i * (((uint64_t)per_row + 1) & ~(uint64_t)1));
+}
+
+void ldmc_sampler_add_noise(ldmc_ctx *ctx, ldmc_tensor *x, const ldmc_rng *rows, double scale) {
+    ldmc_ctx_mark mark = ldmc_ctx_mark_here(ctx);
+    ldmc_sampler_coeffs k = {.a = 1, .s = scale}; // x = x + scale ε (no model output: p = q = 0)
+    ldmc_sampler_update(ctx, x, x, NULL, row_noise(ctx, rows, x, 0), &k);
+    ldmc_ctx_rewind(ctx, mark);
+}
+
 int ldmc_run_sampler(ldmc_ctx *ctx, const ldmc_sample_options *o, const ldmc_denoiser *d,
                      ldmc_tensor *x, ldmc_err *err) {
     if (o->steps < 1 || o->steps > o->schedule->steps)
         return LDMC_ERR(err, "%s: %d steps of a %d-step schedule", o->sampler->name, o->steps,
                         o->schedule->steps);
-    int *timesteps = malloc((size_t)o->steps * sizeof *timesteps);
-    if (!timesteps) return LDMC_ERR(err, "out of memory");
-    sampler_run run = {.o = o, .timesteps = timesteps};
-    run.n = o->sampler->timesteps(o->schedule, o->steps, timesteps);
-    int last = o->last < run.n ? o->last : run.n;
-    if (o->first < 0 || o->first > last) {
-        free(timesteps);
+    if (o->first < 0 || o->first > o->last || o->last > o->steps)
         return LDMC_ERR(err, "%s: steps [%d, %d) of %d", o->sampler->name, o->first, o->last,
-                        run.n);
-    }
-    for (int k = 0; k < o->sampler->state_tensors; k++)
-        run.state[k] = ldmc_zeros(ctx, LDMC_F32, x->ndim, x->shape);
+                        o->steps);
+    if (ldmc_sampler_ancestral(o->sampler) && !o->noise)
+        return LDMC_ERR(err, "%s: an ancestral sampler needs its noise streams", o->sampler->name);
+    double *t, *sig = sigma_list(o, &t);
+    if (!sig) return LDMC_ERR(err, "out of memory");
+    ldmc_tensor *denoised =
+        o->sampler->kind == DPMPP_2M ? ldmc_zeros(ctx, LDMC_F32, x->ndim, x->shape) : NULL;
     bool was_recording = ctx->recording;
     ctx->recording = false;
-    for (int i = o->first; i < last; i++) {
+    for (int i = o->first; i < o->last; i++) {
         ldmc_ctx_mark mark = ldmc_ctx_mark_here(ctx);
-        o->sampler->step(ctx, &run, i, x, ldmc_denoise(ctx, d, x, timesteps[i]));
+        double up;
+        ldmc_sampler_coeffs k = step_coeffs(o, sig, i, i == o->first, &up);
+        ldmc_tensor *out = ldmc_denoise(ctx, d, x, sig[i], t[i]);
+        ldmc_tensor *noise = up > 0 ? ancestral_noise(ctx, o, x, i) : NULL;
+        ldmc_sampler_update(ctx, x, out, denoised, noise, &k);
         ldmc_ctx_rewind(ctx, mark);
+        if (o->progress) o->progress(o->progress_arg, i);
     }
     ctx->recording = was_recording;
-    free(timesteps);
+    free(sig);
     return 0;
 }

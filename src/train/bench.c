@@ -201,7 +201,7 @@ static double guided_forward_ms(ldmc_ctx *ctx, ldmc_unet *u, const bench_step *s
         ldmc_ctx_reset(ctx);
         ldmc_tensor *x = ldmc_input(
             ctx, LDMC_F32, 4, (int64_t[]){1, b->lh, b->lw, u->cfg.in_channels}, b->mean, LDMC_F32);
-        ldmc_denoise(ctx, &d, x, 500);
+        ldmc_denoise(ctx, &d, x, 1.618, 500); // (σ_500)
         ldmc_device_synchronize(ctx->device);
         if (i >= 0) ms[i] = 1e3 * (train_now() - t0);
     }

@@ -206,9 +206,11 @@ static int sample_grid(trainer *T, train_grid *g, const char *const *prompts, ld
                              .steps = cfg->sample_steps,
                              .first = 0,
                              .last = cfg->sample_steps};
-    ldmc_tensor *x = ldmc_new(ctx, LDMC_F32, 4, (int64_t[]){n, h, w, C});
-    ldmc_rng noise = ldmc_rng_make(cfg->seed, 0, 0, LDMC_RNG_SAMPLE); // the same at every preview
-    ldmc_fill_normal(x, &noise, 0);
+    ldmc_tensor *x = ldmc_zeros(ctx, LDMC_F32, 4, (int64_t[]){n, h, w, C});
+    ldmc_rng *noise = ldmc_host_scratch(ctx, (size_t)n * sizeof *noise);
+    for (int i = 0; i < n; i++) // the same at every preview
+        noise[i] = ldmc_rng_make(cfg->seed, (uint32_t)i, 0, LDMC_RNG_SAMPLE);
+    ldmc_sampler_add_noise(ctx, x, noise, sqrt(pow(ldmc_sampler_sigma(&o, 0), 2) + 1));
     bool swap = cfg->ema_decay > 0;
     if (swap) ldmc_params_ema_swap(&T->unet.params);
     int rc = ldmc_run_sampler(ctx, &o, &d, x, err);

@@ -50,6 +50,18 @@ def uniform(seed, n, offset=0, step=0, rank=0, purpose=0):
     return (b.astype(np.float64) * 2.0 ** -24).astype(np.float32)
 
 
+def normal(seed, n, offset=0, step=0, rank=0, purpose=0):
+    """Box-Muller on uniform(i & ~1), uniform(i | 1) in double, rounded to float32 (rng.h)."""
+    i = np.arange(offset, offset + n, dtype=np.uint64)
+    lo, hi = offset & ~1, (offset + n - 1) | 1  # the pairs' first and last index
+    u = uniform(seed, hi + 1 - lo, lo, step, rank, purpose).astype(np.float64)
+    u0 = u[(i & ~np.uint64(1)).astype(np.int64) - lo]
+    u1 = u[(i | np.uint64(1)).astype(np.int64) - lo]
+    r = np.sqrt(-2.0 * np.log(1.0 - u0))
+    angle = 2.0 * np.pi * u1
+    return np.where(i % np.uint64(2) == 0, r * np.cos(angle), r * np.sin(angle)).astype(np.float32)
+
+
 if __name__ == "__main__":
     # The Random123 known answers (kat_vectors).
     kat = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
