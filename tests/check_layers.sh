@@ -3,7 +3,8 @@
 #   - device knowledge stays behind the ops: only src/ops/ and src/core/device.c name the CUDA
 #     kernels' interface (ldmc_cuda_*, kernels/ldmc_cuda.h);
 #   - the layers only look down: core includes core; ops core; nn core, ops, io; io core; data
-#     core, io; diffusion core; pipeline everything but train and cli; train everything but cli;
+#     core, io; diffusion core; pipeline everything but train, eval and cli; train everything
+#     but eval and cli; eval everything but cli;
 #   - one diffusion loss step (src/pipeline/loss.c) and one noising (the op, with one CPU kernel
 #     and its CUDA twin; the GPU emulation calls the CPU kernel);
 #   - src/train/trainer.c stays a loop: under 500 lines.
@@ -35,7 +36,8 @@ allowed() {
     data) echo "core io data" ;;
     pipeline) echo "core ops io nn text diffusion pipeline" ;;
     train) echo "core ops io nn text diffusion data pipeline train" ;;
-    cli) echo "core ops io nn text diffusion data pipeline train cli" ;;
+    eval) echo "core ops io nn text diffusion data pipeline train eval" ;;
+    cli) echo "core ops io nn text diffusion data pipeline train eval cli" ;;
     esac
 }
 for dir in src/*/; do

@@ -1,6 +1,7 @@
 #!/bin/sh
 # The `ldmc` command line: usage and exit codes, `ldmc info` (build; model configs, their exact
-# parameter counts and memory plans), `ldmc init` and `ldmc convert` errors, a quick `ldmc bench ops`.
+# parameter counts and memory plans), `ldmc init` and `ldmc convert` errors, `ldmc sample`, a quick
+# `ldmc bench ops`.
 # With a second CLI built against the CPU emulation of the CUDA kernels, `bench train` and
 # `bench step` on the GPU code path too.
 # Usage: tests/test_cli.sh path/to/ldmc [path/to/ldmc_cli_emulated]
@@ -122,6 +123,48 @@ grep -q "without a vae: section" /tmp/ldmc_cli_out.$$ || fail "init --vae of a c
 expect_status 0 "$ldmc" bench text --config "$configs/tiny_unet_text.yaml" --batch 2 --reps 1 --json
 lines=$(grep -c '"layout": "\(hf\|open_clip\)".*"ms_forward": [0-9.]*}' /tmp/ldmc_cli_out.$$)
 [ "$lines" -eq 2 ] || fail "bench text --json printed $lines encoder lines, want 2"
+# ldmc sample: a class model from a model config and weights; the parameters in each PNG's text
+# chunk; a text model's prompts from a file (the tiny vocabulary); the job's errors
+expect_status 0 "$ldmc" init "$configs/tiny_unet_class.yaml" "$work/class.safetensors" --vae "$configs/tiny_vae.yaml"
+expect_status 0 "$ldmc" sample "$configs/tiny_unet_class.yaml" --weights "$work/class.safetensors" \
+    --vae "$configs/tiny_vae.yaml" --class 0,3 --n 2 --batch 3 --seed 11 --steps 3 --cfg 2 \
+    --sampler dpmpp_2m --size 16x8 --out "$work/samples"
+grep -q "wrote 4 images to $work/samples (and grid.png)" /tmp/ldmc_cli_out.$$ || fail "sample: $(tail -1 /tmp/ldmc_cli_out.$$)"
+grep -q "images 4-4 of 4 | step 3/3" /tmp/ldmc_cli_out.$$ || fail "sample: no progress line per batch"
+[ -f "$work/samples/grid.png" ] && [ -f "$work/samples/00003-14.png" ] || fail "sample: files $(ls "$work/samples")"
+grep -aq "^Steps: 3, Sampler: dpmpp_2m, Schedule: karras, CFG scale: 2, Seed: 14, Size: 16x8" \
+    "$work/samples/00003-14.png" && grep -aq "parameters.class 3$" "$work/samples/00003-14.png" ||
+    fail "sample: the PNG's parameters text"
+data=$(dirname "$0")/ref/data
+printf 'a red circle\n\n  two squares \n' >"$work/prompts.txt"
+expect_status 0 "$ldmc" sample "$configs/tiny_unet_text.yaml" --weights "$work/whole.safetensors" \
+    --vae "$configs/tiny_vae.yaml" --vocab "$data/tiny_bpe" --prompts "$work/prompts.txt" --seed 5 --steps 2 --size 16x16 \
+    --sampler euler_a --schedule karras --no-grid --quiet --out "$work/text"
+[ "$(ls "$work/text" | wc -l)" -eq 2 ] || fail "sample --prompts: $(ls "$work/text")"
+grep -aq "parameters.  two squares $" "$work/text/00001-6.png" &&
+    grep -aq "^Steps: 2, Sampler: euler_a, Schedule: karras" "$work/text/00001-6.png" ||
+    fail "sample --prompts: the second prompt's parameters"
+if [ -n "$emulated" ]; then # the GPU path (bf16 activations, weights on the device)
+    expect_status 0 "$emulated" sample "$configs/tiny_unet_class.yaml" --weights "$work/class.safetensors" \
+        --vae "$configs/tiny_vae.yaml" --class 2 --n 2 --batch 2 --steps 2 --size 16x8 --sampler euler_a \
+        --device cuda --out "$work/gpu"
+    grep -q "wrote 2 images" /tmp/ldmc_cli_out.$$ || fail "sample --device cuda (emulated): $(tail -1 /tmp/ldmc_cli_out.$$)"
+fi
+expect_status 2 "$ldmc" sample "$configs/tiny_unet_class.yaml" --class 1
+grep -q "no --out DIR" /tmp/ldmc_cli_out.$$ || fail "sample without --out"
+expect_status 2 "$ldmc" sample "$configs/tiny_unet_class.yaml" --class x --out "$work/x"
+expect_status 2 "$ldmc" sample "$configs/tiny_unet_class.yaml" --class 1 --prompt hi --out "$work/x"
+expect_status 1 "$ldmc" sample "$configs/tiny_unet_class.yaml" --class 1 --out "$work/x"
+grep -q "samples from --weights FILE" /tmp/ldmc_cli_out.$$ || fail "sample: a model config without weights"
+expect_status 1 "$ldmc" sample "$configs/tiny_unet_class.yaml" --weights "$work/class.safetensors" \
+    --vae "$configs/tiny_vae.yaml" --class 1 --size 16x8 --sampler plms --out "$work/x"
+grep -q "sampler plms: expected one of ddim, euler, euler_a, dpmpp_2m" /tmp/ldmc_cli_out.$$ || fail "sample: an unknown sampler"
+expect_status 1 "$ldmc" sample "$configs/demo.yaml" --class 1 --out "$work/x"
+grep -q "no weights at .*model.safetensors: the run has not finished" /tmp/ldmc_cli_out.$$ ||
+    fail "sample: a training config whose run has not finished"
+expect_status 1 "$ldmc" sample "$configs/tiny_unet_text.yaml" --weights "$work/whole.safetensors" \
+    --vocab "$data/tiny_bpe" --prompts /nonexistent.txt --out "$work/x"
+grep -q "/nonexistent.txt: cannot read" /tmp/ldmc_cli_out.$$ || fail "sample: a missing prompts file"
 rm -rf "$work"
 
 expect_status 0 "$ldmc" bench ops --reps 1 --filter group_norm --json

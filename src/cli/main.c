@@ -12,6 +12,9 @@ static const struct {
 } commands[] = {
     {"train", ldmc_cmd_train,
      "train a UNet or a VAE from a config (configs/demo.yaml, the recipes)"},
+    {"sample", ldmc_cmd_sample,
+     "images from a trained run or a model's weights: prompts or classes, samplers, guidance, "
+     "the refiner, SDEdit"},
     {"cache", ldmc_cmd_cache, "encode a training config's images into an HDF5 latent cache"},
     {"demo-data", ldmc_cmd_demo_data,
      "draw the demo dataset: shapes of four classes, varied sizes"},

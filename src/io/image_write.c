@@ -3,6 +3,7 @@
 #include "io/image_write.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,74 @@ int ldmc_png_write(const char *path, const uint8_t *rgb, int width, int height, 
     png_image image = rgb_png(width, height);
     if (!png_image_write_to_file(&image, path, 0, rgb, 0, NULL))
         return LDMC_ERR(err, "%s: cannot write the PNG: %s", path, image.message);
+    return 0;
+}
+
+typedef struct png_write_state {
+    FILE *f;
+    png_structp png;
+    png_infop info;
+    char message[256];
+} png_write_state;
+
+static void png_error_handler(png_structp png, png_const_charp msg) {
+    png_write_state *s = png_get_error_ptr(png);
+    snprintf(s->message, sizeof s->message, "%s", msg);
+    png_longjmp(png, 1);
+}
+
+static void png_warning_handler(png_structp png, png_const_charp msg) { (void)png, (void)msg; }
+
+// libpng's full write API (the simplified one writes no text); -1 with s->message on failure.
+static int write_png_with_text(png_write_state *s, const uint8_t *rgb, int width, int height,
+                               const char *key, const char *text) {
+    s->png = png_create_write_struct(PNG_LIBPNG_VER_STRING, s, png_error_handler,
+                                     png_warning_handler);
+    if (!s->png || !(s->info = png_create_info_struct(s->png))) {
+        snprintf(s->message, sizeof s->message, "out of memory");
+        return -1;
+    }
+    if (setjmp(png_jmpbuf(s->png))) return -1;
+    png_init_io(s->png, s->f);
+    png_set_IHDR(s->png, s->info, (png_uint_32)width, (png_uint_32)height, 8, PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    bool ascii = true;
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        ascii &= *p < 0x80;
+    png_text t;
+    memset(&t, 0, sizeof t);
+    t.compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
+    t.key = (png_charp)key;
+    t.text = (png_charp)text;
+    t.text_length = strlen(text);
+    png_set_text(s->png, s->info, &t, 1);
+    png_write_info(s->png, s->info);
+    for (int y = 0; y < height; y++)
+        png_write_row(s->png, rgb + (size_t)y * width * 3);
+    png_write_end(s->png, s->info);
+    return 0;
+}
+
+int ldmc_png_write_text(const char *path, const uint8_t *rgb, int width, int height,
+                        const char *key, const char *text, ldmc_err *err) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    png_write_state s = {.f = fopen(tmp, "wb")};
+    if (!s.f) return LDMC_ERR(err, "%s: cannot write: %s", tmp, strerror(errno));
+    int rc = write_png_with_text(&s, rgb, width, height, key, text);
+    png_destroy_write_struct(&s.png, &s.info);
+    if (fclose(s.f) != 0 && rc == 0) {
+        rc = -1;
+        snprintf(s.message, sizeof s.message, "%s", strerror(errno));
+    }
+    if (rc == 0 && rename(tmp, path) != 0) {
+        rc = -1;
+        snprintf(s.message, sizeof s.message, "%s", strerror(errno));
+    }
+    if (rc != 0) {
+        remove(tmp);
+        return LDMC_ERR(err, "%s: cannot write the PNG: %s", path, s.message);
+    }
     return 0;
 }
 
