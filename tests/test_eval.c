@@ -7,10 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/rng.h"
 #include "data/image.h"
+#include "eval/fid.h"
 #include "eval/sample.h"
 #include "harness.h"
 #include "io/model_files.h"
+#include "io/safetensors.h"
+#include "nn/inception.h"
 #include "nn/models.h"
 
 // `ldmc init CONFIG OUT --vae VAE_CONFIG --seed seed`: freshly initialized weights, one file.
@@ -284,12 +288,127 @@ static void test_sdedit_and_job_checks(void) {
     free(plain), free(edited), free(again);
 }
 
+// ---- the FID Inception ------------------------------------------------------------------------
+
+// make_inception_refs.py's weights by key: signed_uniform(FNV-1a-64(key)), scaled by kind.
+static int philox_source(void *arg, const char *name, int ndim, const int64_t *shape, float *out,
+                         ldmc_err *err) {
+    (void)arg, (void)err;
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++)
+        n *= shape[d];
+    ldmc_rng rng = ldmc_rng_make(ldmc_hash_name(name), 0, 0, LDMC_RNG_TEST);
+    ldmc_rng_signed_uniform(&rng, 0, (size_t)n, out);
+    size_t len = strlen(name);
+#define ENDS(s) (len >= strlen(s) && !strcmp(name + len - strlen(s), s))
+    for (int64_t i = 0; i < n; i++) {
+        double u = out[i], v;
+        if (ENDS("conv.weight"))
+            v = u * sqrt(6.0 / (double)(n / shape[0]));
+        else if (!strcmp(name, "fc.weight"))
+            v = u / sqrt(2048.0);
+        else if (ENDS(".weight") || ENDS("running_var"))
+            v = 1 + u / 4;
+        else
+            v = u / 4;
+        out[i] = (float)v;
+    }
+#undef ENDS
+    return 0;
+}
+
+static float *ref_tensor(const ldmc_safetensors *st, const char *name, int64_t *n) {
+    const ldmc_st_tensor *t = ldmc_safetensors_find(st, name);
+    LDMC_CHECK(t, "%s: no %s", st->path, name);
+    *n = ldmc_st_numel(t);
+    float *v = malloc((size_t)*n * sizeof *v);
+    ldmc_err err = {0};
+    LDMC_CHECK(v && ldmc_safetensors_read(st, t, v, LDMC_F32, &err) == 0, "%s", err.message);
+    return v;
+}
+
+static double max_abs_diff(const float *a, const float *b, int64_t n, double *scale) {
+    double worst = 0;
+    *scale = 0;
+    for (int64_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs((double)a[i] - b[i])), *scale = fmax(*scale, fabs((double)b[i]));
+    return worst;
+}
+
+// pytorch-fid's preprocessing (PyTorch's bilinear to 299, 2x - 1) and torch-fidelity's (TF1's
+// legacy bilinear, (x - 128)/128) against PyTorch on the same image; the network's pool3 features
+// and unbiased logits against torchvision's Inception3 with pytorch-fid's blocks (float64),
+// the same random weights, both images in one batch.
+static void test_inception_against_reference(void) {
+    ldmc_safetensors ref;
+    ldmc_err err = {0};
+    char path[1024];
+    snprintf(path, sizeof path, "%s/inception.safetensors", test_data_dir());
+    REQUIRE(ldmc_safetensors_open(&ref, path, &err) == 0, "%s", err.message);
+    const int W[2] = {56, 48}, H[2] = {40, 64}, S = LDMC_INCEPTION_SIZE;
+    const size_t in = (size_t)S * S * 3;
+    float *x = malloc(2 * in * sizeof *x), *tf = malloc(in * sizeof *tf);
+    for (int i = 0; i < 2; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "image%d", i);
+        int64_t n;
+        float *px = ref_tensor(&ref, name, &n);
+        uint8_t *rgb = malloc((size_t)n);
+        for (int64_t k = 0; k < n; k++)
+            rgb[k] = (uint8_t)px[k];
+        ldmc_fid_preprocess_image(rgb, W[i], H[i], LDMC_FID_PYTORCH, x + i * in);
+        if (i == 1) ldmc_fid_preprocess_image(rgb, W[i], H[i], LDMC_FID_TF, tf);
+        free(px), free(rgb);
+    }
+    const char *modes[2] = {"pytorch", "tf"};
+    for (int m = 0; m < 2; m++) {
+        char key[32];
+        int64_t n, n_idx;
+        snprintf(key, sizeof key, "%s.input", modes[m]);
+        float *want = ref_tensor(&ref, key, &n);
+        snprintf(key, sizeof key, "%s.input.idx", modes[m]);
+        const ldmc_st_tensor *it = ldmc_safetensors_find(&ref, key);
+        REQUIRE(it, "no %s", key);
+        n_idx = ldmc_st_numel(it);
+        int32_t *idx = malloc((size_t)n_idx * sizeof *idx);
+        REQUIRE(ldmc_safetensors_read(&ref, it, idx, LDMC_I32, &err) == 0, "%s", err.message);
+        float *got = malloc((size_t)n * sizeof *got);
+        for (int64_t k = 0; k < n; k++)
+            got[k] = (m ? tf : x + in)[idx[k]];
+        double scale, worst = max_abs_diff(got, want, n, &scale);
+        // fid-is.md's resize tolerance, 1e-3 on the [0, 255] scale (measured: 4.7e-6 and 0 here)
+        CHECK(worst <= 1e-3 / 127.5, "%s preprocessing: max |Δ| %.3g", modes[m], worst);
+        free(want), free(idx), free(got);
+    }
+    ldmc_inception net;
+    REQUIRE(ldmc_inception_load(&net, philox_source, NULL, &err) == 0, "%s", err.message);
+    float *pool3 = malloc(2 * LDMC_INCEPTION_FEATURES * sizeof *pool3),
+          *logits = malloc(2 * LDMC_INCEPTION_CLASSES * sizeof *logits);
+    ldmc_inception_forward(ctx(), &net, x, 2, pool3, logits);
+    int64_t n;
+    float *want = ref_tensor(&ref, "pool3", &n);
+    double scale, worst = max_abs_diff(pool3, want, n, &scale);
+    // float32 against float64 through 48 convolutions on the longest path: 1e-5 of the largest
+    // value (fid-is.md: torch-fidelity's CPU test allows 1e-5 against TF; measured 3e-7 here)
+    CHECK(n == 2 * LDMC_INCEPTION_FEATURES && worst <= 1e-5 * scale,
+          "pool3: max |Δ| %.3g of max |f| %.3g", worst, scale);
+    free(want);
+    want = ref_tensor(&ref, "logits", &n);
+    worst = max_abs_diff(logits, want, n, &scale);
+    CHECK(n == 2 * LDMC_INCEPTION_CLASSES && worst <= 1e-5 * scale,
+          "logits: max |Δ| %.3g of max |l| %.3g (measured 5e-7)", worst, scale);
+    free(want), free(pool3), free(logits), free(x), free(tf);
+    ldmc_inception_free(&net);
+    ldmc_safetensors_close(&ref);
+}
+
 int main(int argc, char **argv) {
     static const test_entry tests[] = {
         TEST_ENTRY(test_every_sampler),
         TEST_ENTRY(test_an_image_from_its_seed),
         TEST_ENTRY(test_refiner_hand_off),
         TEST_ENTRY(test_sdedit_and_job_checks),
+        TEST_ENTRY(test_inception_against_reference),
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }
