@@ -402,6 +402,165 @@ static void test_inception_against_reference(void) {
     ldmc_safetensors_close(&ref);
 }
 
+// ---- FID and IS ---------------------------------------------------------------------------------
+
+// A float64 reference stored as float32 plus its remainder (make_fid_refs.py).
+static double ref_double(const ldmc_safetensors *st, const char *name, int k) {
+    char lo[80];
+    snprintf(lo, sizeof lo, "%.60s.lo", name);
+    int64_t n;
+    float *hi = ref_tensor(st, name, &n), *rest = ref_tensor(st, lo, &n);
+    double v = (double)hi[k] + rest[k];
+    free(hi), free(rest);
+    return v;
+}
+
+static double *ref_features(const ldmc_safetensors *st, const char *name, int *rows) {
+    int64_t n;
+    float *f = ref_tensor(st, name, &n);
+    double *d = malloc((size_t)n * sizeof *d);
+    for (int64_t i = 0; i < n; i++)
+        d[i] = f[i];
+    free(f);
+    *rows = (int)(n / 64);
+    return d;
+}
+
+// Statistics against numpy (mean, np.cov); the distance against pytorch-fid's scipy.sqrtm
+// formula, full rank and singular (fewer images than features); pytorch-fid's test fact
+// (equal covariances: FID = ||mu1 - mu2||²); the .npz pytorch-fid writes read, ldmc's own written
+// and read back exactly, a damaged one refused.
+static void test_fid_against_scipy(void) {
+    ldmc_safetensors ref;
+    ldmc_err err = {0};
+    char path[1024];
+    snprintf(path, sizeof path, "%s/fid.safetensors", test_data_dir());
+    REQUIRE(ldmc_safetensors_open(&ref, path, &err) == 0, "%s", err.message);
+    const char *cases[2] = {"full", "singular"};
+    // relative to scipy: the eigensolver's round-off against sqrtm's (measured: 2e-14 full rank,
+    // 7e-9 singular, where sqrtm works on a defective product)
+    const double tol[2] = {1e-9, 1e-7};
+    for (int c = 0; c < 2; c++) {
+        char name[64];
+        int na, nb;
+        snprintf(name, sizeof name, "%s.a", cases[c]);
+        double *a = ref_features(&ref, name, &na);
+        snprintf(name, sizeof name, "%s.b", cases[c]);
+        double *b = ref_features(&ref, name, &nb);
+        ldmc_fid_stats sa, sb;
+        REQUIRE(ldmc_fid_stats_compute(a, na, 64, &sa, &err) == 0 &&
+                    ldmc_fid_stats_compute(b, nb, 64, &sb, &err) == 0,
+                "%s", err.message);
+        int64_t n;
+        snprintf(name, sizeof name, "%s.mu_a", cases[c]);
+        float *mu = ref_tensor(&ref, name, &n);
+        snprintf(name, sizeof name, "%s.sigma_a", cases[c]);
+        float *sigma = ref_tensor(&ref, name, &n);
+        double worst = 0;
+        for (int i = 0; i < 64; i++)
+            worst = fmax(worst, fabs(sa.mu[i] - mu[i]) / (1 + fabs(mu[i])));
+        for (int i = 0; i < 64 * 64; i++)
+            worst = fmax(worst, fabs(sa.sigma[i] - sigma[i]) / (1 + fabs(sigma[i])));
+        CHECK(worst < 1e-6, "%s: mu and sigma against numpy: %.3g", cases[c], worst);
+        double fid;
+        REQUIRE(ldmc_fid_distance(&sa, &sb, &fid, &err) == 0, "%s", err.message);
+        snprintf(name, sizeof name, "%s.fid", cases[c]);
+        double want = ref_double(&ref, name, 0);
+        CHECK(fabs(fid - want) <= tol[c] * want, "%s: FID %.15g, scipy %.15g (rel %.3g)",
+              cases[c], fid, want, fabs(fid - want) / want);
+        free(a), free(b), free(mu), free(sigma);
+        ldmc_fid_stats_free(&sa);
+        ldmc_fid_stats_free(&sb);
+    }
+    // equal covariances (I) and means 0 and 1: FID = d
+    enum { D = 2048 };
+    ldmc_fid_stats e1 = {.d = D}, e2 = {.d = D};
+    e1.mu = calloc(D, sizeof(double)), e2.mu = malloc(D * sizeof(double));
+    e1.sigma = calloc((size_t)D * D, sizeof(double)), e2.sigma = calloc((size_t)D * D, sizeof(double));
+    for (int i = 0; i < D; i++)
+        e2.mu[i] = 1, e1.sigma[(size_t)i * D + i] = e2.sigma[(size_t)i * D + i] = 1;
+    double fid;
+    REQUIRE(ldmc_fid_distance(&e1, &e2, &fid, &err) == 0, "%s", err.message);
+    CHECK(fabs(fid - D) < 1e-8, "equal covariances: FID %.12g, want %d", fid, D);
+    ldmc_fid_stats_free(&e1);
+    ldmc_fid_stats_free(&e2);
+    // pytorch-fid's .npz (np.savez_compressed)
+    ldmc_fid_stats st, back;
+    snprintf(path, sizeof path, "%s/fid_stats.npz", test_data_dir());
+    REQUIRE(ldmc_fid_stats_read(path, &st, &err) == 0, "%s", err.message);
+    int64_t n;
+    float *mu = ref_tensor(&ref, "full.mu_a", &n);
+    CHECK(st.d == 64 && fabs(st.mu[5] - mu[5]) < 1e-6, "the .npz's mu: d %d", st.d);
+    free(mu);
+    const char *mine = test_tmp_path("stats.npz");
+    REQUIRE(ldmc_fid_stats_write(mine, &st, &err) == 0, "%s", err.message);
+    REQUIRE(ldmc_fid_stats_read(mine, &back, &err) == 0, "%s", err.message);
+    CHECK(back.d == 64 && !memcmp(back.mu, st.mu, 64 * sizeof(double)) &&
+              !memcmp(back.sigma, st.sigma, 64 * 64 * sizeof(double)),
+          "written and read back");
+    ldmc_fid_stats_free(&back);
+    // damaged: truncated, and not a zip
+    FILE *in = fopen(mine, "rb"), *out = fopen(test_tmp_path("cut.npz"), "wb");
+    char buf[3000];
+    size_t got = fread(buf, 1, sizeof buf, in);
+    fwrite(buf, 1, got / 2, out);
+    fclose(in), fclose(out);
+    err = (ldmc_err){0};
+    CHECK(ldmc_fid_stats_read(test_tmp_path("cut.npz"), &back, &err) != 0 &&
+              strstr(err.message, "cut.npz"),
+          "a truncated .npz: %s", err.message);
+    err = (ldmc_err){0};
+    CHECK(ldmc_fid_stats_read(path + 0, &back, &err) == 0, "%s", err.message);
+    ldmc_fid_stats_free(&back);
+    err = (ldmc_err){0};
+    snprintf(path, sizeof path, "%s/fid.safetensors", test_data_dir());
+    CHECK(ldmc_fid_stats_read(path, &back, &err) != 0 && strstr(err.message, "not a .npz"),
+          "a safetensors file as statistics: %s", err.message);
+    ldmc_fid_stats_free(&st);
+    ldmc_safetensors_close(&ref);
+}
+
+// numpy's RandomState(2020).permutation; the Inception Score with torch-fidelity's shuffle and
+// OpenAI's sequential splits against torch-fidelity's formula.
+static void test_inception_score(void) {
+    ldmc_safetensors ref;
+    ldmc_err err = {0};
+    char path[1024];
+    snprintf(path, sizeof path, "%s/fid.safetensors", test_data_dir());
+    REQUIRE(ldmc_safetensors_open(&ref, path, &err) == 0, "%s", err.message);
+    const ldmc_st_tensor *pt = ldmc_safetensors_find(&ref, "permutation");
+    REQUIRE(pt && ldmc_st_numel(pt) == 53, "the permutation");
+    int32_t want[53];
+    int got[53];
+    REQUIRE(ldmc_safetensors_read(&ref, pt, want, LDMC_I32, &err) == 0, "%s", err.message);
+    ldmc_numpy_permutation(2020, 53, got);
+    bool same = true;
+    for (int i = 0; i < 53; i++)
+        same &= got[i] == want[i];
+    CHECK(same, "RandomState(2020).permutation(53): %d %d %d ..., numpy %d %d %d ...", got[0],
+          got[1], got[2], want[0], want[1], want[2]);
+    int64_t n;
+    float *l = ref_tensor(&ref, "logits", &n);
+    double *logits = malloc((size_t)n * sizeof *logits);
+    for (int64_t i = 0; i < n; i++)
+        logits[i] = l[i];
+    const char *keys[2] = {"is.shuffled", "is.sequential"};
+    for (int s = 0; s < 2; s++) {
+        double mean, std;
+        REQUIRE(ldmc_inception_score(logits, 53, 20, 10, s == 0, &mean, &std, &err) == 0, "%s",
+                err.message);
+        double wm = ref_double(&ref, keys[s], 0), ws = ref_double(&ref, keys[s], 1);
+        CHECK(fabs(mean - wm) < 1e-12 * wm && fabs(std - ws) < 1e-10 * ws,
+              "%s: %.15g ± %.15g, torch-fidelity %.15g ± %.15g", keys[s], mean, std, wm, ws);
+    }
+    double mean, std;
+    CHECK(ldmc_inception_score(logits, 5, 20, 10, true, &mean, &std, &err) != 0 &&
+              strstr(err.message, "5 images in 10 splits"),
+          "fewer images than splits: %s", err.message);
+    free(l), free(logits);
+    ldmc_safetensors_close(&ref);
+}
+
 int main(int argc, char **argv) {
     static const test_entry tests[] = {
         TEST_ENTRY(test_every_sampler),
@@ -409,6 +568,8 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_refiner_hand_off),
         TEST_ENTRY(test_sdedit_and_job_checks),
         TEST_ENTRY(test_inception_against_reference),
+        TEST_ENTRY(test_fid_against_scipy),
+        TEST_ENTRY(test_inception_score),
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }
