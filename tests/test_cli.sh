@@ -1,7 +1,7 @@
 #!/bin/sh
 # The `ldmc` command line: usage and exit codes, `ldmc info` (build; model configs, their exact
-# parameter counts and memory plans), `ldmc init` and `ldmc convert` errors, `ldmc sample`, a quick
-# `ldmc bench ops`.
+# parameter counts and memory plans), `ldmc init` and `ldmc convert` errors, `ldmc sample`, `ldmc
+# eval` usage and errors, quick `ldmc bench ops`, `bench inception` and `bench sample` runs.
 # With a second CLI built against the CPU emulation of the CUDA kernels, `bench train` and
 # `bench step` on the GPU code path too.
 # Usage: tests/test_cli.sh path/to/ldmc [path/to/ldmc_cli_emulated]
@@ -165,11 +165,30 @@ grep -q "no weights at .*model.safetensors: the run has not finished" /tmp/ldmc_
 expect_status 1 "$ldmc" sample "$configs/tiny_unet_text.yaml" --weights "$work/whole.safetensors" \
     --vocab "$data/tiny_bpe" --prompts /nonexistent.txt --out "$work/x"
 grep -q "/nonexistent.txt: cannot read" /tmp/ldmc_cli_out.$$ || fail "sample: a missing prompts file"
+# ldmc eval: usage; the FID Inception's weights asked for; statistics files named when bad
+expect_status 2 "$ldmc" eval
+expect_status 0 "$ldmc" eval --help
+grep -q "ldmc eval fid A B" /tmp/ldmc_cli_out.$$ || fail "eval --help"
+expect_status 2 "$ldmc" eval nothing
+expect_status 2 "$ldmc" eval fid only-one
+expect_status 2 "$ldmc" eval is "$work" --mode tf2
+expect_status 2 "$ldmc" eval is "$work"
+grep -q "pt_inception-2015-12-05-6726825d.pth" /tmp/ldmc_cli_out.$$ || fail "eval: the Inception's weights are not named"
+expect_status 1 "$ldmc" eval fid /nonexistent_a.npz /nonexistent_b.npz
+grep -q "/nonexistent_a.npz: not a .npz" /tmp/ldmc_cli_out.$$ || fail "eval fid: a missing statistics file is not named"
+expect_status 1 "$ldmc" eval is "$work" --inception "$work/class.safetensors"
+grep -q "no tensor 'Conv2d_1a_3x3.conv.weight': not the FID Inception's weights" /tmp/ldmc_cli_out.$$ ||
+    fail "eval: other weights as the Inception's"
 rm -rf "$work"
 
 expect_status 0 "$ldmc" bench ops --reps 1 --filter group_norm --json
 lines=$(grep -c '"op": "group_norm".*"ms_forward_backward": [0-9.]*}' /tmp/ldmc_cli_out.$$)
 [ "$lines" -eq 2 ] || fail "bench ops --json printed $lines group_norm lines, want 2"
+expect_status 0 "$ldmc" bench inception --batch 1 --reps 1 --json
+grep -q '"batch": 1, "size": 512, .*"images_per_s": [0-9.]*}' /tmp/ldmc_cli_out.$$ || fail "bench inception --json"
+expect_status 0 "$ldmc" bench sample --config "$configs/tiny_unet_class.yaml" --res 32 --steps 2 --reps 1 --json
+grep -q '"unet_batch": 2, "sampler": "euler", .*"ms_per_step": [0-9.]*}' /tmp/ldmc_cli_out.$$ || fail "bench sample --json"
+expect_status 2 "$ldmc" bench sample --config "$configs/tiny_unet_class.yaml" --sampler plms
 expect_status 2 "$ldmc" bench ops --reps 0
 expect_status 2 "$ldmc" bench nothing
 

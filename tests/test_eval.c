@@ -6,12 +6,16 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "core/rng.h"
 #include "data/image.h"
 #include "eval/fid.h"
 #include "eval/sample.h"
 #include "harness.h"
+#include "io/files.h"
+#include "io/image_write.h"
 #include "io/model_files.h"
 #include "io/safetensors.h"
 #include "nn/inception.h"
@@ -561,6 +565,173 @@ static void test_inception_score(void) {
     ldmc_safetensors_close(&ref);
 }
 
+// ---- the command line ---------------------------------------------------------------------------
+
+// The ldmc binary: the build's, or LDMC_CLI from the environment (a build copied elsewhere).
+static const char *cli(void) {
+    const char *path = getenv("LDMC_CLI");
+    return path ? path : LDMC_CLI;
+}
+
+// Runs `ldmc <args>` with its output in log; the exit status.
+static int run_ldmc(const char *args, const char *log) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>&1", cli(), args, log);
+    int status = system(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static bool log_has(const char *log, const char *text, char *line, size_t size) {
+    FILE *f = fopen(log, "r");
+    bool found = false;
+    while (f && !found && fgets(line, (int)size, f))
+        found = strstr(line, text) != NULL;
+    if (f) fclose(f);
+    return found;
+}
+
+static void produce_inception(const ldmc_st_entry *e, void *dst) {
+    ldmc_err err = {0};
+    philox_source(NULL, e->name, e->ndim, e->shape, dst, &err);
+}
+
+// make_inception_refs.py's random weights as a safetensors file with pytorch-fid's keys.
+static void write_random_inception(const char *path) {
+    const ldmc_inception_tensor *t;
+    int n = ldmc_inception_tensors(&t);
+    ldmc_st_entry *e = calloc((size_t)n, sizeof *e);
+    for (int i = 0; i < n; i++) {
+        e[i] = (ldmc_st_entry){.name = t[i].name, .dtype = LDMC_F32, .src_dtype = LDMC_F32,
+                               .ndim = t[i].ndim, .produce = produce_inception};
+        memcpy(e[i].shape, t[i].shape, sizeof t[i].shape);
+    }
+    ldmc_err err = {0};
+    LDMC_CHECK(ldmc_safetensors_write(path, e, n, NULL, 0, &err) == 0, "%s", err.message);
+    free(e);
+}
+
+// A folder of n random 8-bit images of w x h (seeds from `seed`), plus `junk` unreadable files.
+static void write_folder(const char *dir, int n, int w, int h, uint64_t seed, int junk) {
+    ldmc_err err = {0};
+    LDMC_CHECK(ldmc_mkdirs(dir, &err) == 0, "%s", err.message);
+    uint8_t *px = malloc((size_t)w * h * 3);
+    float *u = malloc((size_t)w * h * 3 * sizeof *u);
+    for (int i = 0; i < n; i++) {
+        test_fill(u, (int64_t)w * h * 3, seed + (uint64_t)i, 1, 0);
+        for (int k = 0; k < w * h * 3; k++) // smooth-ish: a gradient plus noise
+            px[k] = (uint8_t)fmin(255, fmax(0, 128 + 60 * u[k] + (k % (w * 3)) / 3.0 - i * 9));
+        char path[1200];
+        snprintf(path, sizeof path, "%s/img%03d.png", dir, i);
+        LDMC_CHECK(ldmc_png_write(path, px, w, h, &err) == 0, "%s", err.message);
+    }
+    for (int j = 0; j < junk; j++) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/broken%d.jpg", dir, j);
+        FILE *f = fopen(path, "wb");
+        fputs("not a jpeg", f);
+        fclose(f);
+    }
+    free(px), free(u);
+}
+
+// `ldmc eval stats|fid|is|run` on folders of random images with random Inception weights: the
+// command's numbers equal the library's on the same features; a broken file is left out and
+// counted; two .npz files need no network; an evaluation run samples, scores and writes
+// metrics.json; usage errors.
+static void test_eval_command(void) {
+    char weights[1024]; // (test_tmp_path's buffers rotate)
+    snprintf(weights, sizeof weights, "%s", test_tmp_path("inception.safetensors"));
+    write_random_inception(weights);
+    const char *a = test_tmp_path("eval_a"), *b = test_tmp_path("eval_b");
+    char dir_a[1024], dir_b[1024], args[4096], line[1024];
+    snprintf(dir_a, sizeof dir_a, "%s", a);
+    snprintf(dir_b, sizeof dir_b, "%s", b);
+    write_folder(dir_a, 3, 40, 32, 100, 1);
+    write_folder(dir_b, 3, 48, 48, 200, 0);
+    char log[1024];
+    snprintf(log, sizeof log, "%s", test_tmp_path("eval.log"));
+    char npz_a[1024], npz_b[1024];
+    snprintf(npz_a, sizeof npz_a, "%s", test_tmp_path("a.npz"));
+    snprintf(npz_b, sizeof npz_b, "%s", test_tmp_path("b.npz"));
+    snprintf(args, sizeof args, "eval stats '%s' '%s' --inception '%s' --batch 3", dir_a, npz_a,
+             weights);
+    REQUIRE(run_ldmc(args, log) == 0, "ldmc %s failed", args);
+    CHECK(log_has(log, "3 images, 1 left out", line, sizeof line), "the broken file counted");
+    snprintf(args, sizeof args, "eval stats '%s' '%s' --inception '%s'", dir_b, npz_b, weights);
+    REQUIRE(run_ldmc(args, log) == 0, "ldmc %s failed", args);
+    // the library on the same folders
+    ldmc_inception net;
+    ldmc_err err = {0};
+    REQUIRE(ldmc_inception_load_file(&net, weights, &err) == 0, "%s", err.message);
+    ldmc_fid_options o = {.mode = LDMC_FID_PYTORCH, .batch = 2, .quiet = true};
+    ldmc_fid_features fa, fb;
+    int skipped;
+    REQUIRE(ldmc_fid_folder_features(ctx(), &net, dir_a, &o, &fa, &skipped, &err) == 0 &&
+                ldmc_fid_folder_features(ctx(), &net, dir_b, &o, &fb, &skipped, &err) == 0,
+            "%s", err.message);
+    ldmc_fid_stats sa, sb, read_a;
+    REQUIRE(ldmc_fid_stats_compute(fa.pool3, fa.n, LDMC_INCEPTION_FEATURES, &sa, &err) == 0 &&
+                ldmc_fid_stats_compute(fb.pool3, fb.n, LDMC_INCEPTION_FEATURES, &sb, &err) == 0 &&
+                ldmc_fid_stats_read(npz_a, &read_a, &err) == 0,
+            "%s", err.message);
+    double worst = 0;
+    for (int i = 0; i < LDMC_INCEPTION_FEATURES; i++)
+        worst = fmax(worst, fabs(read_a.mu[i] - sa.mu[i]));
+    // (another batch size may sum a GEMM in another order)
+    CHECK(fa.n == 3 && worst < 1e-5, "eval stats: mu differs by %.3g from the library's", worst);
+    double fid, fid_cli = -1;
+    REQUIRE(ldmc_fid_distance(&sa, &sb, &fid, &err) == 0, "%s", err.message);
+    snprintf(args, sizeof args, "eval fid '%s' '%s'", npz_a, npz_b); // no network needed
+    REQUIRE(run_ldmc(args, log) == 0, "ldmc %s failed", args);
+    CHECK(log_has(log, "FID ", line, sizeof line) && sscanf(line, "FID %lf", &fid_cli) == 1 &&
+              fabs(fid_cli - fid) < 1e-4 * (1 + fid),
+          "eval fid of the two .npz: %.9g, the library %.9g", fid_cli, fid);
+    snprintf(args, sizeof args, "eval fid '%s' '%s' --inception '%s'", dir_a, npz_b, weights);
+    REQUIRE(run_ldmc(args, log) == 0, "ldmc %s failed", args);
+    CHECK(log_has(log, "FID ", line, sizeof line) && sscanf(line, "FID %lf", &fid_cli) == 1 &&
+              fabs(fid_cli - fid) < 1e-4 * (1 + fid),
+          "eval fid of a folder and an .npz: %.9g, the library %.9g", fid_cli, fid);
+    double mean, std, mean_cli = -1;
+    REQUIRE(ldmc_inception_score(fa.logits, fa.n, LDMC_INCEPTION_CLASSES, 2, true, &mean, &std,
+                                 &err) == 0,
+            "%s", err.message);
+    snprintf(args, sizeof args, "eval is '%s' --inception '%s' --splits 2", dir_a, weights);
+    REQUIRE(run_ldmc(args, log) == 0, "ldmc %s failed", args);
+    CHECK(log_has(log, "IS ", line, sizeof line) && sscanf(line, "IS %lf", &mean_cli) == 1 &&
+              fabs(mean_cli - mean) < 1e-5 * mean,
+          "eval is: %g, the library %g", mean_cli, mean);
+    // an evaluation run of the tiny class model: 10 images (1 of each class)
+    class_model();
+    char out[1024];
+    snprintf(out, sizeof out, "%s", test_tmp_path("eval_run"));
+    snprintf(args, sizeof args,
+             "eval run '%s' --weights '%s' --vae '%s' --images 10 --ref '%s' --inception '%s' "
+             "--out '%s' --steps 2 --size 16x8 --sampler ddim --seed 3 --batch 5 --quiet",
+             config_path("tiny_unet_class.yaml"), test_tmp_path("class.safetensors"),
+             config_path("tiny_vae.yaml"), npz_b, weights, out);
+    REQUIRE(run_ldmc(args, log) == 0, "ldmc %s failed: see %s", args, log);
+    char metrics[1200];
+    snprintf(metrics, sizeof metrics, "%s/metrics.json", out);
+    CHECK(log_has(metrics, "\"fid\": ", line, sizeof line) && strstr(line, "\"images\": 10"),
+          "eval run: metrics.json %s", line);
+    char png[1200];
+    snprintf(png, sizeof png, "%s/00009-12.png", out);
+    CHECK(access(png, F_OK) == 0, "eval run: no %s", png);
+    snprintf(args, sizeof args, "eval run '%s' --weights '%s' --vae '%s' --images 15 --ref '%s' "
+             "--inception '%s' --out '%s'",
+             config_path("tiny_unet_class.yaml"), test_tmp_path("class.safetensors"),
+             config_path("tiny_vae.yaml"), npz_b, weights, out);
+    CHECK(run_ldmc(args, log) == 2 && log_has(log, "not a multiple of the 10 classes", line,
+                                              sizeof line),
+          "15 images of 10 classes");
+    snprintf(args, sizeof args, "eval fid '%s' '%s'", dir_a, npz_b);
+    CHECK(run_ldmc(args, log) == 2 && log_has(log, "--inception", line, sizeof line),
+          "a folder without the Inception's weights");
+    ldmc_fid_stats_free(&sa), ldmc_fid_stats_free(&sb), ldmc_fid_stats_free(&read_a);
+    ldmc_fid_features_free(&fa), ldmc_fid_features_free(&fb);
+    ldmc_inception_free(&net);
+}
+
 int main(int argc, char **argv) {
     static const test_entry tests[] = {
         TEST_ENTRY(test_every_sampler),
@@ -570,6 +741,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_inception_against_reference),
         TEST_ENTRY(test_fid_against_scipy),
         TEST_ENTRY(test_inception_score),
+        TEST_ENTRY(test_eval_command),
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }

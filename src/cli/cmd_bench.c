@@ -14,7 +14,10 @@
 #include "core/rng.h"
 #include "core/tape.h"
 #include "core/threads.h"
+#include "eval/fid.h"
+#include "nn/inception.h"
 #include "nn/text_encoder.h"
+#include "pipeline/sampler.h"
 #include "ops/ops.h"
 #include "train/bench.h"
 #include "train/trainer.h"
@@ -461,12 +464,205 @@ static int bench_text(int argc, char **argv) {
     return 0;
 }
 
+static const char *inception_usage =
+    "usage: ldmc bench inception [--batch B] [--reps N] [--json]\n";
+
+// The FID Inception's features (random weights; the preprocessing of 512x512 images included),
+// images/s on the CPU; bench/inception_vs_torch.py times torchvision's in the same run.
+static int bench_inception(int argc, char **argv) {
+    int batch = 8, reps = 3;
+    bool json = false;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--batch") && i + 1 < argc)
+            batch = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json"))
+            json = true;
+        else {
+            fputs(inception_usage, stderr);
+            return 2;
+        }
+    }
+    if (batch < 1 || batch > 256 || reps < 1 || reps > 100) {
+        fputs(inception_usage, stderr);
+        return 2;
+    }
+    ldmc_inception net;
+    ldmc_err err = {0};
+    if (ldmc_inception_init_random(&net, 1, &err) != 0) {
+        fprintf(stderr, "ldmc bench inception: %s\n", err.message);
+        return 1;
+    }
+    const int S = 512, R = LDMC_INCEPTION_SIZE;
+    uint8_t *images = malloc((size_t)batch * S * S * 3);
+    float *x = malloc((size_t)batch * R * R * 3 * sizeof *x),
+          *pool3 = malloc((size_t)batch * LDMC_INCEPTION_FEATURES * sizeof *pool3),
+          *logits = malloc((size_t)batch * LDMC_INCEPTION_CLASSES * sizeof *logits);
+    for (size_t i = 0; i < (size_t)batch * S * S * 3; i++)
+        images[i] = (uint8_t)((i * 2654435761u) >> 24);
+    ldmc_ctx ctx;
+    ldmc_ctx_init(&ctx, (size_t)16 << 30, (size_t)256 << 20);
+    double *ms = calloc((size_t)reps, sizeof *ms);
+    for (int r = -1; r < reps; r++) { // r = -1: the warm-up
+        double t0 = now_ms();
+        for (int b = 0; b < batch; b++)
+            ldmc_fid_preprocess_image(images + (size_t)b * S * S * 3, S, S, LDMC_FID_PYTORCH,
+                                      x + (size_t)b * R * R * 3);
+        ldmc_inception_forward(&ctx, &net, x, batch, pool3, logits);
+        if (r >= 0) ms[r] = now_ms() - t0;
+    }
+    double med = ldmc_median(ms, reps), ips = 1e3 * batch / med;
+    if (json)
+        printf("{\"batch\": %d, \"size\": %d, \"threads\": %d, \"reps\": %d, \"ms\": %.3f, "
+               "\"images_per_s\": %.3f}\n",
+               batch, S, ldmc_threads_get(), reps, med, ips);
+    else
+        printf("FID Inception: %d images of %dx%d, %d threads: %.1f ms a batch, %.2f images/s "
+               "(median of %d)\n",
+               batch, S, S, ldmc_threads_get(), med, ips, reps);
+    free(images), free(x), free(pool3), free(logits), free(ms);
+    ldmc_ctx_free(&ctx);
+    ldmc_inception_free(&net);
+    return 0;
+}
+
+static const char *sample_usage =
+    "usage: ldmc bench sample --config MODEL [--batch B] [--res H [W]] [--steps N] [--cfg S]\n"
+    "                         [--sampler NAME] [--reps N] [--json]\n";
+
+// Sampler steps of a UNet (random weights; a class model's classes, a text model's random text
+// embeddings of 77 tokens): ms a step (the guided UNet pass over 2B and the update), median of
+// reps runs of --steps steps. bench/sample_vs_torch.py times the same step in PyTorch.
+static int bench_sample(int argc, char **argv) {
+    const char *config = NULL, *sampler = "euler";
+    int batch = 1, H = 64, W = 64, steps = 4, reps = 3;
+    double cfg_scale = 5;
+    bool json = false;
+    for (int i = 0; i < argc; i++) {
+        bool more = i + 1 < argc;
+        if (!strcmp(argv[i], "--config") && more)
+            config = argv[++i];
+        else if (!strcmp(argv[i], "--batch") && more)
+            batch = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--res") && more) {
+            H = W = atoi(argv[++i]);
+            if (i + 1 < argc && argv[i + 1][0] != '-') W = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--steps") && more)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--cfg") && more)
+            cfg_scale = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--sampler") && more)
+            sampler = argv[++i];
+        else if (!strcmp(argv[i], "--reps") && more)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json"))
+            json = true;
+        else {
+            fputs(sample_usage, stderr);
+            return 2;
+        }
+    }
+    ldmc_model_config mc;
+    ldmc_err err = {0};
+    if (!config || batch < 1 || steps < 2 || reps < 1 || H < 8 || W < 8 ||
+        !ldmc_sampler_find(sampler)) {
+        fputs(sample_usage, stderr);
+        return 2;
+    }
+    if (load_model(config, &mc, &err) != 0) {
+        fprintf(stderr, "ldmc bench sample: %s\n", err.message);
+        return 1;
+    }
+    const int align = 8 << (mc.unet.levels - 1), h = H / 8, w = W / 8, C = mc.unet.in_channels;
+    if (H % align || W % align) {
+        fprintf(stderr, "ldmc bench sample: --res %d %d: multiples of %d\n", H, W, align);
+        return 2;
+    }
+    ldmc_unet u;
+    ldmc_unet_init(&u, &mc.unet);
+    ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
+    ldmc_params_init(&u.params, 1);
+    const int T = 77, P = ldmc_unet_pooled_text_dim(&mc.unet);
+    bool text = mc.unet.context_dim && !mc.unet.n_classes;
+    int64_t *labels = calloc((size_t)batch, sizeof *labels);
+    int32_t *size = malloc((size_t)batch * 2 * sizeof *size);
+    float *context = text ? malloc((size_t)batch * T * mc.unet.context_dim * sizeof(float)) : NULL,
+          *pooled = P ? malloc((size_t)batch * P * sizeof(float)) : NULL;
+    for (int b = 0; b < batch; b++)
+        labels[b] = b % (mc.unet.n_classes ? mc.unet.n_classes : 1), size[2 * b] = H,
+        size[2 * b + 1] = W;
+    ldmc_rng rng = ldmc_rng_make(3, 0, 0, LDMC_RNG_TEST);
+    if (context) ldmc_rng_normal(&rng, 0, (size_t)batch * T * mc.unet.context_dim, context);
+    if (pooled) ldmc_rng_normal(&rng, 1u << 30, (size_t)batch * P, pooled);
+    int32_t *crop = calloc((size_t)batch * 2, sizeof *crop);
+    float *aesthetic = malloc((size_t)batch * sizeof *aesthetic);
+    for (int b = 0; b < batch; b++)
+        aesthetic[b] = 6;
+    ldmc_cond_batch cond = {.n = batch,
+                            .class_ids = mc.unet.n_classes ? labels : NULL,
+                            .c_size = size,
+                            .c_crop = crop,
+                            .c_target = size,
+                            .aesthetic = aesthetic,
+                            .context = context,
+                            .context_tokens = text ? T : 0,
+                            .pooled = pooled};
+    ldmc_conditioner cond_model = {.unet = &u.cfg}; // (unconditional: the embeddings zeroed)
+    ldmc_denoiser d = {
+        .unet = &u, .conditioner = &cond_model, .cond = &cond, .guidance_scale = cfg_scale};
+    ldmc_schedule schedule;
+    ldmc_schedule_sdxl(&schedule);
+    ldmc_rng *noise = malloc((size_t)batch * sizeof *noise);
+    for (int b = 0; b < batch; b++)
+        noise[b] = ldmc_rng_make(7 + (uint64_t)b, 1, 0, LDMC_RNG_SAMPLE);
+    ldmc_sample_options o = {.sampler = ldmc_sampler_find(sampler),
+                             .schedule = &schedule,
+                             .steps = steps,
+                             .last = steps,
+                             .noise = noise};
+    ldmc_ctx ctx;
+    ldmc_ctx_init(&ctx, (size_t)64 << 30, (size_t)1 << 30);
+    double *ms = calloc((size_t)reps, sizeof *ms);
+    for (int r = -1; r < reps; r++) {
+        ldmc_ctx_reset(&ctx);
+        ldmc_tensor *x = ldmc_zeros(&ctx, LDMC_F32, 4, (int64_t[]){batch, h, w, C});
+        ldmc_sampler_add_noise(&ctx, x, noise, 14.6);
+        double t0 = now_ms();
+        if (ldmc_run_sampler(&ctx, &o, &d, x, &err) != 0) {
+            fprintf(stderr, "ldmc bench sample: %s\n", err.message);
+            return 1;
+        }
+        if (r >= 0) ms[r] = (now_ms() - t0) / steps;
+    }
+    double med = ldmc_median(ms, reps);
+    int passes = ldmc_denoiser_guided(&d) ? 2 * batch : batch;
+    if (json)
+        printf("{\"config\": \"%s\", \"batch\": %d, \"height\": %d, \"width\": %d, "
+               "\"unet_batch\": %d, \"sampler\": \"%s\", \"cfg\": %g, \"steps\": %d, "
+               "\"threads\": %d, \"reps\": %d, \"ms_per_step\": %.3f}\n",
+               config, batch, H, W, passes, sampler, cfg_scale, steps, ldmc_threads_get(), reps,
+               med);
+    else
+        printf("%s: %s at %dx%d, batch %d (the UNet sees %d), %d threads: %.1f ms a step "
+               "(median of %d runs of %d steps)\n",
+               config, sampler, W, H, batch, passes, ldmc_threads_get(), med, reps, steps);
+    free(ms), free(labels), free(size), free(crop), free(aesthetic), free(context), free(pooled),
+        free(noise);
+    ldmc_ctx_free(&ctx);
+    ldmc_unet_free(&u);
+    return 0;
+}
+
 int ldmc_cmd_bench(int argc, char **argv) {
     if (argc >= 1 && strcmp(argv[0], "ops") == 0) return bench_ops(argc - 1, argv + 1);
     if (argc >= 1 && strcmp(argv[0], "step") == 0) return bench_step(argc - 1, argv + 1);
     if (argc >= 1 && strcmp(argv[0], "train") == 0) return bench_train(argc - 1, argv + 1);
     if (argc >= 1 && strcmp(argv[0], "text") == 0) return bench_text(argc - 1, argv + 1);
-    fprintf(stderr, "usage: ldmc bench ops [--json] [--reps N] [--filter TEXT]\n%s%s%s", step_usage,
-            train_usage, text_usage);
+    if (argc >= 1 && strcmp(argv[0], "inception") == 0)
+        return bench_inception(argc - 1, argv + 1);
+    if (argc >= 1 && strcmp(argv[0], "sample") == 0) return bench_sample(argc - 1, argv + 1);
+    fprintf(stderr, "usage: ldmc bench ops [--json] [--reps N] [--filter TEXT]\n%s%s%s%s%s",
+            step_usage, train_usage, text_usage, inception_usage, sample_usage);
     return 2;
 }

@@ -17,7 +17,7 @@ static const char *usage_text =
     "                   [--refiner CONFIG [--refiner-weights FILE] [--switch F]]\n"
     "                   [--weights FILE] [--vae VAE_CONFIG] [--vae-weights FILE] [--vocab PATH]\n"
     "                   [--prediction eps|v] [--uncond zeros|empty] [--device cpu|cuda]\n"
-    "                   [--no-grid] [--quiet]\n"
+    "                   [--shard R/W] [--no-grid] [--quiet]\n"
     "  CONFIG       a training config (samples its run's model.safetensors) or a model config\n"
     "               with --weights (an official SDXL file holds UNet, VAE and text encoders)\n"
     "  --prompt     a prompt (repeatable); --prompts: a file of prompts, one per line\n"
@@ -30,6 +30,7 @@ static const char *usage_text =
     "  --size       WxH (1024x1024; a training config: sample.width x sample.height)\n"
     "  --init       SDEdit from an image, running the last --strength of the steps (0.3)\n"
     "  --refiner    the refiner's config: it takes the latents at --switch of the schedule (0.8)\n"
+    "  --shard      make only images i with i % W == R (one of W processes of an evaluation)\n"
     "  --out        the folder for NNNNN-SEED.png (generation parameters in a text chunk), grid.png\n";
 
 // The prompts of a file, one per line (blank lines skipped); NULL with a message on failure.
@@ -90,7 +91,7 @@ static int parse_classes(const char *s, int *out, int max) {
 
 typedef struct args {
     const char *config, *out, *prompts_file, *classes, *refiner, *refiner_weights, *init;
-    const char *sampler, *schedule, *size, *device;
+    const char *sampler, *schedule, *size, *device, *shard;
     ldmc_sample_model_options model;
     const char **prompts;
     int n_prompts, n, batch, steps;
@@ -168,6 +169,8 @@ static int parse_args(int argc, char **argv, args *a) {
             a->model.uncond = v;
         } else if (!strcmp(o, "--device")) {
             a->device = v;
+        } else if (!strcmp(o, "--shard")) {
+            a->shard = v;
         } else {
             goto bad;
         }
@@ -231,6 +234,12 @@ int ldmc_cmd_sample(int argc, char **argv) {
                            .quiet = a.quiet};
     if (a.schedule && !(job.discretization = ldmc_discretization_from_name(a.schedule))) {
         fprintf(stderr, "ldmc sample: --schedule %s: expected ldm, sgm or karras\n", a.schedule);
+        rc = 2;
+    }
+    char tail;
+    if (a.shard && (sscanf(a.shard, "%d/%d%c", &job.shard, &job.shards, &tail) != 2 ||
+                    job.shards < 1 || job.shard < 0 || job.shard >= job.shards)) {
+        fprintf(stderr, "ldmc sample: --shard %s: expected R/W with 0 <= R < W, e.g. 0/8\n", a.shard);
         rc = 2;
     }
     if (a.size && (sscanf(a.size, "%dx%d", &job.width, &job.height) != 2 || job.width <= 0 ||

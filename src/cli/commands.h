@@ -9,6 +9,7 @@ int ldmc_cmd_train(int argc, char **argv);
 int ldmc_cmd_cache(int argc, char **argv);
 int ldmc_cmd_demo_data(int argc, char **argv);
 int ldmc_cmd_sample(int argc, char **argv);
+int ldmc_cmd_eval(int argc, char **argv);
 
 // For the commands that read a training config (train, cache, bench step): loads it with the
 // --set overrides; on failure prints "ldmc <command>: <message>" and returns -1.

@@ -15,6 +15,9 @@ static const struct {
     {"sample", ldmc_cmd_sample,
      "images from a trained run or a model's weights: prompts or classes, samplers, guidance, "
      "the refiner, SDEdit"},
+    {"eval", ldmc_cmd_eval,
+     "FID and Inception Score of image folders and statistics (pytorch-fid, torch-fidelity), "
+     "and evaluation runs"},
     {"cache", ldmc_cmd_cache, "encode a training config's images into an HDF5 latent cache"},
     {"demo-data", ldmc_cmd_demo_data,
      "draw the demo dataset: shapes of four classes, varied sizes"},

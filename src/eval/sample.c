@@ -372,7 +372,12 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
     if (images_out) *images_out = NULL;
     if (check_job(m, job, err) != 0) return -1;
     const int W = job->width, H = job->height, f = m->factor, C = m->unet.cfg.in_channels;
-    const int h = H / f, w = W / f, total = job->n_rows * job->per_row;
+    const int h = H / f, w = W / f, all_images = job->n_rows * job->per_row;
+    // this shard's images: i = shard, shard + shards, ... (their seeds and names stay global)
+    const int shards = job->shards > 0 ? job->shards : 1, shard = job->shard;
+    if (shard < 0 || shard >= shards)
+        return LDMC_ERR(err, "shard %d of %d", shard, shards);
+    const int total = all_images / shards + (shard < all_images % shards);
     const size_t image_px = (size_t)W * H * 3, latent = (size_t)h * w * C;
     ldmc_sample_options o = {.sampler = ldmc_sampler_find(job->sampler),
                              .schedule = &m->schedule,
@@ -411,7 +416,7 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
         int32_t *size = ldmc_host_scratch(ctx, (size_t)nb * 2 * sizeof *size);
         int32_t *crop = ldmc_host_scratch(ctx, (size_t)nb * 2 * sizeof *crop);
         for (int j = 0; j < nb; j++) {
-            const int i = b0 + j, row = i / job->per_row;
+            const int i = (b0 + j) * shards + shard, row = i / job->per_row;
             const uint64_t seed = job->seed + (uint64_t)i;
             start[j] = ldmc_rng_make(seed, 0, 0, LDMC_RNG_SAMPLE);
             ancestral[j] = ldmc_rng_make(seed, 1, 0, LDMC_RNG_SAMPLE);
@@ -457,8 +462,8 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
         p.done_before += p.steps;
         ldmc_decode_latents(ctx, &m->vae, x, decoded);
         for (int j = 0; j < nb && rc == 0; j++) {
-            const int i = b0 + j, row = i / job->per_row;
-            uint8_t *img = all + (size_t)i * image_px;
+            const int i = (b0 + j) * shards + shard, row = i / job->per_row;
+            uint8_t *img = all + (size_t)(b0 + j) * image_px;
             for (size_t q = 0; q < image_px; q++)
                 img[q] = to_u8(decoded[(size_t)j * image_px + q]);
             char row_text[64];
@@ -478,7 +483,7 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
         }
     }
     if (!job->quiet && p.tty) printf("\n");
-    if (rc == 0 && job->grid && total > 1)
+    if (rc == 0 && job->grid && total > 1 && shards == 1)
         rc = write_grid(job->out_dir, all, job->n_rows, job->per_row, W, H, err);
     free(z0), free(decoded), free(text);
     if (rc == 0 && images_out)

@@ -69,10 +69,13 @@ typedef struct ldmc_sample_job {
     const char *out_dir;
     bool grid;
     bool quiet; // no progress lines
+    // Sharding (an evaluation over several processes): this job makes images i with
+    // i % shards == shard only, under their global names and seeds. 0 and 0 (or 1): all.
+    int shard, shards;
 } ldmc_sample_job;
 
 // Runs the job on m (and its refiner) in ctx: <out_dir>/<NNNNN>-<seed>.png per image and
-// grid.png. When `images` is not NULL it receives the n_rows x per_row images (H, W, 3) as
-// 8-bit pixels (malloc'd). Returns how many images were written, or -1.
+// grid.png (unsharded). When `images` is not NULL it receives the job's (or shard's) images
+// (H, W, 3) in order as 8-bit pixels (malloc'd). Returns how many images were written, or -1.
 int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *job,
                     uint8_t **images, ldmc_err *err);

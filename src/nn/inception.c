@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/device.h"
+#include "core/rng.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
 
@@ -111,30 +112,30 @@ static void build(builder *bd) {
 
 static const char *const bn_parts[4] = {"weight", "bias", "running_mean", "running_var"};
 
-int ldmc_inception_keys(const char ***keys) {
-    static const char **list;
-    if (!list) {
+int ldmc_inception_tensors(const ldmc_inception_tensor **out) {
+    static ldmc_inception_tensor list[MAX_CONVS * 5 + 2];
+    static int n;
+    if (!n) {
         static ldmc_inception_conv convs[MAX_CONVS];
         builder bd = {convs, 0};
         build(&bd);
-        static char names[MAX_CONVS * 5 + 3][64];
-        static const char *ptrs[MAX_CONVS * 5 + 3];
-        int n = 0;
         for (int i = 0; i < bd.n; i++) {
-            snprintf(names[n], 64, "%.39s.conv.weight", convs[i].name), ptrs[n] = names[n], n++;
-            for (int k = 0; k < 4; k++)
-                snprintf(names[n], 64, "%.39s.bn.%s", convs[i].name, bn_parts[k]),
-                    ptrs[n] = names[n], n++;
+            const ldmc_inception_conv *c = &convs[i];
+            ldmc_inception_tensor *t = &list[n++];
+            snprintf(t->name, sizeof t->name, "%.39s.conv.weight", c->name);
+            t->ndim = 4, t->shape[0] = c->O, t->shape[1] = c->C, t->shape[2] = c->kh,
+            t->shape[3] = c->kw;
+            for (int k = 0; k < 4; k++) {
+                t = &list[n++];
+                snprintf(t->name, sizeof t->name, "%.39s.bn.%s", c->name, bn_parts[k]);
+                t->ndim = 1, t->shape[0] = c->O;
+            }
         }
-        ptrs[n++] = "fc.weight";
-        ptrs[n++] = "fc.bias";
-        ptrs[n] = NULL;
-        list = ptrs;
+        list[n++] = (ldmc_inception_tensor){
+            "fc.weight", 2, {LDMC_INCEPTION_CLASSES, LDMC_INCEPTION_FEATURES}};
+        list[n++] = (ldmc_inception_tensor){"fc.bias", 1, {LDMC_INCEPTION_CLASSES}};
     }
-    *keys = list;
-    int n = 0;
-    while (list[n])
-        n++;
+    *out = list;
     return n;
 }
 
@@ -224,6 +225,31 @@ static int file_source(void *arg, const char *name, int ndim, const int64_t *sha
                         want);
     }
     return ldmc_safetensors_read(st, t, out, LDMC_F32, err);
+}
+
+static int random_source(void *arg, const char *name, int ndim, const int64_t *shape, float *out,
+                         ldmc_err *err) {
+    (void)err;
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++)
+        n *= shape[d];
+    ldmc_rng rng = ldmc_rng_make(*(const uint64_t *)arg ^ ldmc_hash_name(name), 0, 0,
+                                 LDMC_RNG_INIT);
+    ldmc_rng_signed_uniform(&rng, 0, (size_t)n, out);
+    size_t len = strlen(name);
+    bool conv = len > 11 && !strcmp(name + len - 11, "conv.weight"),
+         gain = (len > 11 && !strcmp(name + len - 11, "running_var")) ||
+                (ndim == 1 && len > 9 && !strcmp(name + len - 9, "bn.weight"));
+    for (int64_t i = 0; i < n; i++)
+        out[i] = conv ? out[i] * (float)sqrt(6.0 / (double)(n / shape[0]))
+                 : ndim == 2 ? out[i] / 45.25f
+                 : gain      ? 1 + out[i] / 4
+                             : out[i] / 4;
+    return 0;
+}
+
+int ldmc_inception_init_random(ldmc_inception *m, uint64_t seed, ldmc_err *err) {
+    return ldmc_inception_load(m, random_source, &seed, err);
 }
 
 int ldmc_inception_load_file(ldmc_inception *m, const char *path, ldmc_err *err) {

@@ -36,11 +36,18 @@ typedef int (*ldmc_inception_source)(void *arg, const char *name, int ndim, cons
 // Loads the weights by name from `source` and folds the batch norms. -1 with the message.
 int ldmc_inception_load(ldmc_inception *m, ldmc_inception_source source, void *arg,
                         ldmc_err *err);
+// Random weights for benchmarks: convolutions U(-1, 1)·√(6/fan_in), batch norms near the identity.
+int ldmc_inception_init_random(ldmc_inception *m, uint64_t seed, ldmc_err *err);
 // From a file: pytorch-fid's .pth (io/torch_file.h), or a safetensors file with the same keys.
 int ldmc_inception_load_file(ldmc_inception *m, const char *path, ldmc_err *err);
 void ldmc_inception_free(ldmc_inception *m);
-// Every key the model reads, in order (NULL-terminated after the last): for tests and messages.
-int ldmc_inception_keys(const char ***keys);
+// The tensors the model reads, in order: their keys and PyTorch shapes. Returns how many.
+typedef struct ldmc_inception_tensor {
+    char name[64];
+    int ndim;
+    int64_t shape[4];
+} ldmc_inception_tensor;
+int ldmc_inception_tensors(const ldmc_inception_tensor **out);
 
 // x: (N, 299, 299, 3) f32 in [-1, 1] on the CPU context -> pool3 (N, 2048) and, when logits is
 // not NULL, the unbiased logits (N, 1008), both host f32. Unrecorded; what it allocates in ctx is
