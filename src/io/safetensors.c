@@ -1,6 +1,8 @@
 // Safetensors reader and writer (see safetensors.h). Tested by tests/test_safetensors.c.
 #include "io/safetensors.h"
 
+#include "io/torch_file.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -21,7 +23,10 @@ static void free_contents(ldmc_safetensors *st) {
     }
     free(st->tensors);
     free(st->meta);
-    if (st->map) munmap(st->map, st->map_size);
+    if (st->map && st->owned)
+        free(st->map);
+    else if (st->map)
+        munmap(st->map, st->map_size);
     free(st->path);
     *st = (ldmc_safetensors){0};
 }
@@ -187,6 +192,13 @@ int ldmc_safetensors_open(ldmc_safetensors *st, const char *path, ldmc_err *err)
         close(fd);
         LDMC_ERR(err, "%s: not a regular file", path);
         goto fail;
+    }
+    unsigned char head[LDMC_TORCH_PROBE_BYTES];
+    ssize_t head_len = pread(fd, head, sizeof head, 0);
+    if (head_len > 0 && ldmc_torch_file_probe(head, (size_t)head_len)) {
+        close(fd);
+        free_contents(st);
+        return ldmc_torch_open(st, path, err);
     }
     if (sb.st_size < 8) {
         close(fd);

@@ -4,8 +4,11 @@
 // every field before any tensor is used: header length, JSON, dtype (F32, F16, BF16, I32, I64),
 // shape, offsets inside the data section, size = numel x dtype size, no two tensors overlapping,
 // no duplicate names. Writing goes to "<path>.tmp", is fsynced and renamed, so a crash never
-// leaves a half-written file under the real name. Tested by tests/test_safetensors.c.
+// leaves a half-written file under the real name. PyTorch files (.pth, .pt, .ckpt) open through
+// the same call (io/torch_file.h), their tensors copied into an owned buffer.
+// Tested by tests/test_safetensors.c (and tests/test_torch_file.c).
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,8 +34,9 @@ typedef struct ldmc_st_meta {
 
 typedef struct ldmc_safetensors {
     char *path;
-    void *map;
+    void *map; // the mapped file, or (owned) a malloc'd buffer
     size_t map_size;
+    bool owned; // map is a malloc'd buffer (a PyTorch file's tensors), freed instead of unmapped
     const unsigned char *data; // the data section
     uint64_t data_size;
     ldmc_st_tensor *tensors; // in file order of their offsets
@@ -42,6 +46,7 @@ typedef struct ldmc_safetensors {
 } ldmc_safetensors;
 
 // Opens and validates; on failure returns -1 with a message naming the file and the problem.
+// A PyTorch file (ldmc_torch_file_probe) is read by ldmc_torch_open instead.
 int ldmc_safetensors_open(ldmc_safetensors *st, const char *path, ldmc_err *err);
 void ldmc_safetensors_close(ldmc_safetensors *st);
 const ldmc_st_tensor *ldmc_safetensors_find(const ldmc_safetensors *st, const char *name);
