@@ -465,15 +465,17 @@ static int bench_text(int argc, char **argv) {
 }
 
 static const char *inception_usage =
-    "usage: ldmc bench inception [--batch B] [--reps N] [--json]\n";
+    "usage: ldmc bench inception [--batch B] [--reps N] [--json] [--profile]\n";
 
 // The FID Inception's features (random weights; the preprocessing of 512x512 images included),
 // images/s on the CPU; bench/inception_vs_torch.py times torchvision's in the same run.
 static int bench_inception(int argc, char **argv) {
     int batch = 8, reps = 3;
-    bool json = false;
+    bool json = false, profile = false;
     for (int i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "--batch") && i + 1 < argc)
+        if (!strcmp(argv[i], "--profile"))
+            profile = true;
+        else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
             batch = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
@@ -504,13 +506,18 @@ static int bench_inception(int argc, char **argv) {
     ldmc_ctx ctx;
     ldmc_ctx_init(&ctx, (size_t)16 << 30, (size_t)256 << 20);
     double *ms = calloc((size_t)reps, sizeof *ms);
-    for (int r = -1; r < reps; r++) { // r = -1: the warm-up
+    static ldmc_profile prof;
+    double prep_ms = 0;
+    for (int r = -1; r < reps + profile; r++) { // r = -1: the warm-up; r = reps: profiled
+        if (r == reps) ldmc_profile_start(&ctx, &prof);
         double t0 = now_ms();
         for (int b = 0; b < batch; b++)
             ldmc_fid_preprocess_image(images + (size_t)b * S * S * 3, S, S, LDMC_FID_PYTORCH,
                                       x + (size_t)b * R * R * 3);
+        if (r == reps) prep_ms = now_ms() - t0;
         ldmc_inception_forward(&ctx, &net, x, batch, pool3, logits);
-        if (r >= 0) ms[r] = now_ms() - t0;
+        if (r >= 0 && r < reps) ms[r] = now_ms() - t0;
+        ldmc_profile_start(&ctx, NULL);
     }
     double med = ldmc_median(ms, reps), ips = 1e3 * batch / med;
     if (json)
@@ -521,6 +528,13 @@ static int bench_inception(int argc, char **argv) {
         printf("FID Inception: %d images of %dx%d, %d threads: %.1f ms a batch, %.2f images/s "
                "(median of %d)\n",
                batch, S, S, ldmc_threads_get(), med, ips, reps);
+    if (profile) {
+        printf("  %-20s %9.1f ms\n", "preprocessing", prep_ms);
+        ldmc_profile_sort(&prof);
+        for (int i = 0; i < prof.count && i < 8; i++)
+            printf("  %-20s %9.1f ms  %6lld calls\n", prof.entries[i].name, prof.entries[i].ms,
+                   (long long)prof.entries[i].calls);
+    }
     free(images), free(x), free(pool3), free(logits), free(ms);
     ldmc_ctx_free(&ctx);
     ldmc_inception_free(&net);
