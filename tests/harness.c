@@ -10,6 +10,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "io/model_files.h"
+#include "io/safetensors.h"
 #include "io/weights.h"
 #include "nn/model_config.h"
 #include "nn/models.h"
@@ -263,4 +264,21 @@ void test_init_weights(ldmc_params *p) {
             memcpy(w, u, (size_t)param->numel * sizeof *u);
         free(u);
     }
+}
+
+void test_expect_open_failure(int (*open)(ldmc_safetensors *, const char *, ldmc_err *),
+                              const char *path, const char *text) {
+    ldmc_err err = {0};
+    ldmc_safetensors st;
+    int rc = open(&st, path, &err);
+    CHECK(rc == -1 && err.failed, "%s: opened, expected an error containing '%s'", path, text);
+    if (rc != -1) {
+        ldmc_safetensors_close(&st);
+        return;
+    }
+    CHECK(strstr(err.message, path) != NULL, "the message does not name the file: %s", err.message);
+    CHECK(strstr(err.message, text) != NULL, "message '%s' does not contain '%s'", err.message,
+          text);
+    CHECK(st.map == NULL && st.tensors == NULL && st.count == 0,
+          "a failed open leaves state behind");
 }

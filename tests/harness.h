@@ -112,6 +112,11 @@ const char *test_tmp_path(const char *name);
 // The configs/ folder (LDMC_CONFIG_DIR in the environment overrides the build's path: a build
 // copied to a GPU machine runs its tests from another checkout).
 const char *test_config_dir(void);
+// `open` (ldmc_safetensors_open or ldmc_torch_open) on path must fail with a message that names
+// the file and contains `text`, and leave nothing behind.
+struct ldmc_safetensors;
+void test_expect_open_failure(int (*open)(struct ldmc_safetensors *, const char *, ldmc_err *),
+                              const char *path, const char *text);
 // make_model_refs.py's test weights (allocated by the caller): every parameter signed_uniform
 // from Philox keyed by the FNV-1a-64 hash of its official key, in the official layout, over
 // √fan_in for matrices and convolutions, 1 + u/4 for a 1-D .weight, u/4 for a 1-D .bias.

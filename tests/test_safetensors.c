@@ -38,19 +38,7 @@ static const char *write_raw(const char *name, uint64_t header_len, const char *
 }
 
 static void expect_open_error(const char *path, const char *text) {
-    ldmc_safetensors st;
-    ldmc_err err = {0};
-    int rc = ldmc_safetensors_open(&st, path, &err);
-    CHECK(rc == -1 && err.failed, "%s: opened, expected an error containing '%s'", path, text);
-    if (rc != -1) {
-        ldmc_safetensors_close(&st);
-        return;
-    }
-    CHECK(strstr(err.message, path) != NULL, "the message does not name the file: %s", err.message);
-    CHECK(strstr(err.message, text) != NULL, "message '%s' does not contain '%s'", err.message,
-          text);
-    CHECK(st.map == NULL && st.tensors == NULL && st.count == 0,
-          "a failed open leaves state behind");
+    test_expect_open_failure(ldmc_safetensors_open, path, text);
 }
 
 static void test_round_trip_every_dtype(void) {

@@ -138,19 +138,7 @@ static void test_ckpt_reads_its_state_dict(void) {
 }
 
 static void expect_refused(const char *path, const char *text) {
-    ldmc_err err = {0};
-    ldmc_safetensors st;
-    int rc = ldmc_torch_open(&st, path, &err);
-    CHECK(rc == -1 && err.failed, "%s: opened, expected an error containing '%s'", path, text);
-    if (rc == 0) {
-        ldmc_safetensors_close(&st);
-        return;
-    }
-    CHECK(strstr(err.message, path) != NULL, "the message does not name the file: %s", err.message);
-    CHECK(strstr(err.message, text) != NULL, "message '%s' does not contain '%s'", err.message,
-          text);
-    CHECK(st.map == NULL && st.tensors == NULL && st.count == 0,
-          "a failed open leaves state behind");
+    test_expect_open_failure(ldmc_torch_open, path, text);
 }
 
 // A pickled call of os.system (PyTorch's plain torch.load would run it) is refused by name, in

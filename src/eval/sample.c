@@ -41,6 +41,15 @@ static bool exists(const char *path) {
     return stat(path, &st) == 0;
 }
 
+// --vae: the autoencoder of another model config.
+static int vae_from_config(ldmc_train_config *c, const char *path, ldmc_err *err) {
+    ldmc_model_config v;
+    if (ldmc_model_config_load(path, &v, err) != 0) return -1;
+    if (!v.has_vae) return LDMC_ERR(err, "%s: --vae names a config without a `vae:` section", path);
+    c->has_vae = true, c->vae = v.vae;
+    return 0;
+}
+
 // A model config (a `unet:` section) as the training config the loaders take.
 static int from_model_config(ldmc_sample_model *m, const char *config,
                              const ldmc_sample_model_options *o, ldmc_err *err) {
@@ -56,16 +65,8 @@ static int from_model_config(ldmc_sample_model *m, const char *config,
                         "or a diffusers folder)",
                         config);
     snprintf(m->weights, sizeof m->weights, "%s", o->weights);
-    if (o->vae_config) {
-        ldmc_model_config v;
-        if (ldmc_model_config_load(o->vae_config, &v, err) != 0) return -1;
-        if (!v.has_vae)
-            return LDMC_ERR(err, "%s: --vae names a config without a `vae:` section",
-                            o->vae_config);
-        c->has_vae = true, c->vae = v.vae;
-    } else if (c->model.has_vae) {
-        c->has_vae = true, c->vae = c->model.vae;
-    }
+    if (o->vae_config && vae_from_config(c, o->vae_config, err) != 0) return -1;
+    if (!o->vae_config && c->model.has_vae) c->has_vae = true, c->vae = c->model.vae;
     snprintf(c->vae_weights, sizeof c->vae_weights, "%s", o->vae_weights ? o->vae_weights : o->weights);
     snprintf(c->text_vocab, sizeof c->text_vocab, "%s", o->vocab ? o->vocab : "");
     snprintf(c->text_weights, sizeof c->text_weights, "%s", o->weights);
@@ -91,14 +92,7 @@ static int from_train_config(ldmc_sample_model *m, const char *config,
                         "%s: no weights at %s: the run has not finished (train it, or name a "
                         "checkpoint's model.safetensors or ema.safetensors with --weights)",
                         config, m->weights);
-    if (o->vae_config) {
-        ldmc_model_config v;
-        if (ldmc_model_config_load(o->vae_config, &v, err) != 0) return -1;
-        if (!v.has_vae)
-            return LDMC_ERR(err, "%s: --vae names a config without a `vae:` section",
-                            o->vae_config);
-        c->has_vae = true, c->vae = v.vae;
-    }
+    if (o->vae_config && vae_from_config(c, o->vae_config, err) != 0) return -1;
     if (o->vae_weights) snprintf(c->vae_weights, sizeof c->vae_weights, "%s", o->vae_weights);
     if (o->vocab) snprintf(c->text_vocab, sizeof c->text_vocab, "%s", o->vocab);
     if (c->text_train) // the run trained the encoders: they are in its weights
