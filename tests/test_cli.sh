@@ -139,9 +139,10 @@ data=$(dirname "$0")/ref/data
 printf 'a red circle\n\n  two squares \n' >"$work/prompts.txt"
 expect_status 0 "$ldmc" sample "$configs/tiny_unet_text.yaml" --weights "$work/whole.safetensors" \
     --vae "$configs/tiny_vae.yaml" --vocab "$data/tiny_bpe" --prompts "$work/prompts.txt" --seed 5 --steps 2 --size 16x16 \
-    --sampler euler_a --schedule karras --no-grid --quiet --out "$work/text"
+    --sampler euler_a --schedule karras --negative "blurry, low quality" --no-grid --quiet --out "$work/text"
 [ "$(ls "$work/text" | wc -l)" -eq 2 ] || fail "sample --prompts: $(ls "$work/text")"
 grep -aq "parameters.  two squares $" "$work/text/00001-6.png" &&
+    grep -aq "^Negative prompt: blurry, low quality$" "$work/text/00001-6.png" &&
     grep -aq "^Steps: 2, Sampler: euler_a, Schedule: karras" "$work/text/00001-6.png" ||
     fail "sample --prompts: the second prompt's parameters"
 if [ -n "$emulated" ]; then # the GPU path (bf16 activations, weights on the device)

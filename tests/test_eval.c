@@ -196,7 +196,8 @@ static void test_an_image_from_its_seed(void) {
 
 // The hand-off: a refiner with the base's own weights continues exactly where the base stops
 // (Euler keeps no state), so any switch point gives the base's images; another refiner changes
-// them, and the more so the earlier it takes over (--switch: the base's share of the schedule).
+// them, and the more so the earlier it takes over (--switch: the base's share of the schedule);
+// negative prompts.
 static void test_refiner_hand_off(void) {
     static ldmc_sample_model base, same, refiner;
     text_model(&base, "tiny_unet_text.yaml", test_tmp_path("text_base.safetensors"), 7, true);
@@ -240,6 +241,23 @@ static void test_refiner_hand_off(void) {
     CHECK(d_soon > d_late, "a refiner taking the last 80%% of the schedule moved the images less "
                            "(%.0f) than one taking the last 50%% (%.0f)",
           d_soon, d_late);
+    // a negative prompt is the unconditional branch: "" equals the dropped caption when that is
+    // "" encoded (uncond empty) and not when it is zeros; another negative prompt moves the images
+    uint8_t *neg_empty, *neg_blue, *plain_empty;
+    job.refiner = NULL, job.negative = "";
+    REQUIRE(ldmc_sample_run(ctx(), &base, &job, &neg_empty, &err) == 2, "%s", err.message);
+    job.negative = "blue squares";
+    REQUIRE(ldmc_sample_run(ctx(), &base, &job, &neg_blue, &err) == 2, "%s", err.message);
+    base.conditioner.uncond_empty = true;
+    job.negative = NULL;
+    REQUIRE(ldmc_sample_run(ctx(), &base, &job, &plain_empty, &err) == 2, "%s", err.message);
+    base.conditioner.uncond_empty = false;
+    CHECK(pixels_differ(alone, neg_empty, PX, &worst) > 0,
+          "negative \"\" gave the zeroed branch's images");
+    CHECK(pixels_differ(plain_empty, neg_empty, PX, &worst) == 0,
+          "negative \"\" and the \"\"-encoded branch differ by up to %d levels", worst);
+    CHECK(pixels_differ(neg_blue, neg_empty, PX, &worst) > 0, "the negative prompt changed nothing");
+    free(neg_empty), free(neg_blue), free(plain_empty);
     // the job's checks: a class on a text model, a prompt on a class model
     const int one_class = 1;
     ldmc_sample_job bad = job;
@@ -247,6 +265,12 @@ static void test_refiner_hand_off(void) {
     err = (ldmc_err){0};
     CHECK(ldmc_sample_run(ctx(), &base, &bad, NULL, &err) < 0 && strstr(err.message, "--class"),
           "a class for a text model: %s", err.message);
+    ldmc_sample_job neg = class_job("euler", "negative");
+    neg.negative = "blurry";
+    err = (ldmc_err){0};
+    CHECK(ldmc_sample_run(ctx(), class_model(), &neg, NULL, &err) < 0 &&
+              strstr(err.message, "--negative"),
+          "a negative prompt for a class model: %s", err.message);
     free(alone), free(with_same), free(refined), free(early);
     ldmc_sample_model_free(&base);
     ldmc_sample_model_free(&same);

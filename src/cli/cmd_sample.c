@@ -13,7 +13,8 @@
 static const char *usage_text =
     "usage: ldmc sample CONFIG (--prompt TEXT ... | --prompts FILE | --class N[,N...]) --out DIR\n"
     "                   [--n N] [--batch B] [--seed S] [--steps N] [--cfg S] [--sampler NAME]\n"
-    "                   [--schedule ldm|sgm|karras] [--size WxH] [--init IMAGE --strength S]\n"
+    "                   [--schedule ldm|sgm|karras] [--size WxH] [--negative TEXT]\n"
+    "                   [--init IMAGE --strength S]\n"
     "                   [--refiner CONFIG [--refiner-weights FILE] [--switch F]]\n"
     "                   [--weights FILE] [--vae VAE_CONFIG] [--vae-weights FILE] [--vocab PATH]\n"
     "                   [--prediction eps|v] [--uncond zeros|empty] [--device cpu|cuda]\n"
@@ -21,6 +22,7 @@ static const char *usage_text =
     "  CONFIG       a training config (samples its run's model.safetensors) or a model config\n"
     "               with --weights (an official SDXL file holds UNet, VAE and text encoders)\n"
     "  --prompt     a prompt (repeatable); --prompts: a file of prompts, one per line\n"
+    "  --negative   a text model's negative prompt: the unconditional branch of guidance\n"
     "  --class      classes of a class-conditional model\n"
     "  --n          images per prompt or class (1); --batch: images per run (1)\n"
     "  --seed       image i gets seed + i (default: from the clock, printed)\n"
@@ -90,7 +92,8 @@ static int parse_classes(const char *s, int *out, int max) {
 }
 
 typedef struct args {
-    const char *config, *out, *prompts_file, *classes, *refiner, *refiner_weights, *init;
+    const char *config, *out, *prompts_file, *classes, *refiner, *refiner_weights, *init,
+        *negative;
     const char *sampler, *schedule, *size, *device, *shard;
     ldmc_sample_model_options model;
     const char **prompts;
@@ -120,6 +123,8 @@ static int parse_args(int argc, char **argv, args *a) {
             goto bad;
         } else if (!strcmp(o, "--prompt")) {
             a->prompts[a->n_prompts++] = v;
+        } else if (!strcmp(o, "--negative")) {
+            a->negative = v;
         } else if (!strcmp(o, "--prompts")) {
             a->prompts_file = v;
         } else if (!strcmp(o, "--class")) {
@@ -221,6 +226,7 @@ int ldmc_cmd_sample(int argc, char **argv) {
     ldmc_sample_job job = {.prompts = a.n_prompts ? a.prompts
                                       : file_prompts ? (const char *const *)file_prompts
                                                      : NULL,
+                           .negative = a.negative,
                            .classes = n_classes ? classes : NULL,
                            .n_rows = a.n_prompts ? a.n_prompts : n_file ? n_file : n_classes ? n_classes : 1,
                            .per_row = a.n,

@@ -253,7 +253,7 @@ static const char *base_name(const char *path) {
     return s ? s + 1 : path;
 }
 
-// The `parameters` text: the prompt line, then "Key: value" pairs.
+// The `parameters` text: the prompt line, the negative prompt's, then "Key: value" pairs.
 static void parameters_text(char *out, size_t size, const ldmc_sample_model *m,
                             const ldmc_sample_job *job, const char *row, uint64_t seed,
                             const ldmc_sample_options *o) {
@@ -263,6 +263,7 @@ static void parameters_text(char *out, size_t size, const ldmc_sample_model *m,
         if (at < size) at += (size_t)snprintf(out + at, size - at, __VA_ARGS__);                   \
     } while (0)
     PUT("%s\n", row);
+    if (job->negative) PUT("Negative prompt: %s\n", job->negative);
     PUT("Steps: %d, Sampler: %s, Schedule: %s, CFG scale: %g, Seed: %llu, Size: %dx%d, Model: %s",
         job->steps, ldmc_sampler_name(o->sampler),
         ldmc_discretization_name(ldmc_sampler_discretization(o)), job->guidance,
@@ -333,6 +334,9 @@ static int check_job(const ldmc_sample_model *m, const ldmc_sample_job *job, ldm
     }
     if (m->text.n && !job->prompts)
         return LDMC_ERR(err, "%s: a text model: give --prompt or --prompts", m->cfg.source_path);
+    if (job->negative && !m->text.n)
+        return LDMC_ERR(err, "%s: --negative, but the model has no text encoders",
+                        m->cfg.source_path);
     if (!m->text.n && job->prompts)
         return LDMC_ERR(err, "%s: --prompt, but the model has no text encoders",
                         m->cfg.source_path);
@@ -407,6 +411,7 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
         ldmc_rng *ancestral = ldmc_host_scratch(ctx, (size_t)nb * sizeof *ancestral);
         int64_t *labels = ldmc_host_scratch(ctx, (size_t)nb * sizeof *labels);
         const char **captions = ldmc_host_scratch(ctx, (size_t)nb * sizeof *captions);
+        const char **negative = ldmc_host_scratch(ctx, (size_t)nb * sizeof *negative);
         int32_t *size = ldmc_host_scratch(ctx, (size_t)nb * 2 * sizeof *size);
         int32_t *crop = ldmc_host_scratch(ctx, (size_t)nb * 2 * sizeof *crop);
         for (int j = 0; j < nb; j++) {
@@ -416,6 +421,7 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
             ancestral[j] = ldmc_rng_make(seed, 1, 0, LDMC_RNG_SAMPLE);
             labels[j] = job->classes ? job->classes[row] : 0;
             captions[j] = job->prompts ? job->prompts[row] : NULL;
+            negative[j] = job->negative;
             size[2 * j] = H, size[2 * j + 1] = W, crop[2 * j] = crop[2 * j + 1] = 0;
         }
         ldmc_cond_batch cond = {.n = nb,
@@ -423,7 +429,8 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
                                 .c_size = size,
                                 .c_crop = crop,
                                 .c_target = size,
-                                .captions = job->prompts ? captions : NULL};
+                                .captions = job->prompts ? captions : NULL,
+                                .negative = job->negative ? negative : NULL};
         o.noise = ancestral;
         ldmc_tensor *x;
         if (z0) {

@@ -52,6 +52,7 @@ void ldmc_sample_model_to_device(ldmc_sample_model *m);
 
 typedef struct ldmc_sample_job {
     const char *const *prompts; // text models: the prompts (rows of the grid)
+    const char *negative;       // text models: the negative prompt of every image (NULL: none)
     const int *classes;         // class-conditional models: the classes (rows)
     int n_rows;                 // prompts or classes; 1 for an unconditional model
     int per_row;                // images of each

@@ -170,9 +170,14 @@ static void *twice(ldmc_ctx *ctx, const void *items, int n, size_t size) {
 ldmc_cond_batch ldmc_cond_batch_guided(ldmc_ctx *ctx, const ldmc_conditioner *c,
                                        const ldmc_cond_batch *b) {
     int n = b->n;
+    // a negative prompt is the unconditional half's caption, kept (encoded) rather than dropped
+    const bool negative = b->negative && b->captions && c->n_text > 0;
     float *keep = ldmc_host_scratch(ctx, 2 * (size_t)(n ? n : 1) * sizeof *keep);
     for (int i = 0; i < 2 * n; i++)
-        keep[i] = i < n && (!b->keep || b->keep[i]) ? 1.0f : 0.0f; // then the unconditional half
+        keep[i] = (i < n ? !b->keep || b->keep[i] : negative) ? 1.0f : 0.0f;
+    const char **captions = twice(ctx, b->captions, n, sizeof *b->captions);
+    for (int i = 0; negative && i < n; i++)
+        captions[n + i] = b->negative[i] ? b->negative[i] : "";
     size_t context_row = (size_t)b->context_tokens * (size_t)c->unet->context_dim * sizeof(float);
     // the aesthetic score: the samples' (6 when not given) and, in the unconditional half, 2.5
     // (generative-models' refiner and diffusers' negative_aesthetic_score)
@@ -189,7 +194,7 @@ ldmc_cond_batch ldmc_cond_batch_guided(ldmc_ctx *ctx, const ldmc_conditioner *c,
         .context = twice(ctx, b->context, n, context_row),
         .context_tokens = b->context_tokens,
         .pooled = twice(ctx, b->pooled, n, (size_t)c->unet->pooled_dim * sizeof(float)),
-        .captions = twice(ctx, b->captions, n, sizeof *b->captions),
+        .captions = captions,
         .keep = keep,
     };
 }

@@ -5,7 +5,7 @@
 // with conditioning dropout in training and the unconditional branch of classifier-free guidance:
 // a dropped sample's class embedding and text embeddings are zeros, its size conditioning is kept
 // (sgm's ucg); or, with uncond_empty, its caption is "" and encoded (kohya's caption dropout,
-// the refiner's unconditional branch in sgm). Captions go through the tokenizer and the encoders
+// the refiner's unconditional branch in sgm); or, sampling, a negative prompt is encoded there. Captions go through the tokenizer and the encoders
 // here; text embeddings may also come in computed (the benchmark's random ones).
 // Tested by tests/test_pipeline.c and, through training, tests/test_train.c.
 #pragma once
@@ -30,6 +30,9 @@ typedef struct ldmc_cond_batch {
     const float *pooled;         // (n, pooled_dim): pooled text embeddings
     const char *const *captions; // (n): text models without context; a NULL caption is ""
     const float *keep;           // (n): 1 keeps a sample's conditioning, 0 drops it; NULL keeps all
+    // (n) sampling with guidance, text models: each sample's negative prompt, encoded as the
+    // unconditional branch instead of the dropped conditioning (zeros or ""); NULL: none
+    const char *const *negative;
 } ldmc_cond_batch;
 
 typedef struct ldmc_conditioner {
