@@ -82,6 +82,12 @@ sys.exit(0 if keys and all(k.startswith("first_stage_model.") for k in keys) els
 PY
 cmp -s "$work/vae.safetensors" "$work/back.safetensors" || fail "bare -> official is not the original file"
 
+# a legacy Stable Diffusion-style .ckpt (PyTorch pickle; its state_dict holds official keys)
+# converts like any weights file
+data=$(dirname "$0")/ref/data
+expect_status 0 "$ldmc" convert "$data/torch/tiny_vae.ckpt" "$work/from_ckpt.safetensors" --config "$configs/tiny_vae.yaml"
+[ -s "$work/from_ckpt.safetensors" ] || fail "convert of a .ckpt wrote nothing"
+
 # A whole SDXL-shaped file without downloads: UNet, VAE and both text encoders in one official
 # file (ldmc init --vae), which the trainer, `ldmc convert` and other tools read.
 expect_status 0 "$ldmc" init "$configs/tiny_unet_text.yaml" "$work/whole.safetensors" \
