@@ -160,6 +160,8 @@ fi
 expect_status 2 "$ldmc" sample "$configs/tiny_unet_class.yaml" --class 1
 grep -q "no --out DIR" /tmp/ldmc_cli_out.$$ || fail "sample without --out"
 expect_status 2 "$ldmc" sample "$configs/tiny_unet_class.yaml" --class x --out "$work/x"
+expect_status 2 "$ldmc" sample "$configs/tiny_unet_class.yaml" --class 1 --shard 0/2 --out "$work/x"
+grep -q "every shard needs the same --seed" /tmp/ldmc_cli_out.$$ || fail "sample --shard without --seed"
 expect_status 2 "$ldmc" sample "$configs/tiny_unet_class.yaml" --class 1 --prompt hi --out "$work/x"
 expect_status 1 "$ldmc" sample "$configs/tiny_unet_class.yaml" --class 1 --out "$work/x"
 grep -q "samples from --weights FILE" /tmp/ldmc_cli_out.$$ || fail "sample: a model config without weights"

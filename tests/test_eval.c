@@ -303,6 +303,11 @@ static void test_sdedit_and_job_checks(void) {
     err = (ldmc_err){0};
     CHECK(ldmc_sample_run(ctx(), m, &job, NULL, &err) < 0 && strstr(err.message, "dpmpp_2m"),
           "an unknown sampler: %s", err.message);
+    job.sampler = "ddim", job.steps = 600;
+    err = (ldmc_err){0};
+    CHECK(ldmc_sample_run(ctx(), m, &job, NULL, &err) < 0 && strstr(err.message, "t = 600"),
+          "DDIM's LDM timesteps of 600 steps (from t = 600): %s", err.message);
+    job.steps = 4;
     job.sampler = "ddim", job.width = 18;
     err = (ldmc_err){0};
     CHECK(ldmc_sample_run(ctx(), m, &job, NULL, &err) < 0 && strstr(err.message, "multiples of 4"),
@@ -742,7 +747,7 @@ static void test_eval_command(void) {
     snprintf(png, sizeof png, "%s/00009-12.png", out);
     CHECK(access(png, F_OK) == 0, "eval run: no %s", png);
     snprintf(args, sizeof args, "eval run '%s' --weights '%s' --vae '%s' --images 15 --ref '%s' "
-             "--inception '%s' --out '%s'",
+             "--inception '%s' --out '%s_15'",
              config_path("tiny_unet_class.yaml"), test_tmp_path("class.safetensors"),
              config_path("tiny_vae.yaml"), npz_b, weights, out);
     CHECK(run_ldmc(args, log) == 2 && log_has(log, "not a multiple of the 10 classes", line,
@@ -751,6 +756,28 @@ static void test_eval_command(void) {
     snprintf(args, sizeof args, "eval fid '%s' '%s'", dir_a, npz_b);
     CHECK(run_ldmc(args, log) == 2 && log_has(log, "--inception", line, sizeof line),
           "a folder without the Inception's weights");
+    // checked before any sampling: an --out that holds images already, a missing reference
+    snprintf(args, sizeof args,
+             "eval run '%s' --out '%s' --weights '%s' --vae '%s' --images 10 --ref '%s' "
+             "--inception '%s'",
+             config_path("tiny_unet_class.yaml"), out, test_tmp_path("class.safetensors"),
+             config_path("tiny_vae.yaml"), npz_b, weights);
+    CHECK(run_ldmc(args, log) == 2 && log_has(log, "is not empty", line, sizeof line),
+          "eval run into a folder of images");
+    snprintf(args, sizeof args,
+             "eval run '%s' --weights '%s' --vae '%s' --images 10 --ref /nonexistent.npz "
+             "--inception '%s' --out '%s_new'",
+             config_path("tiny_unet_class.yaml"), test_tmp_path("class.safetensors"),
+             config_path("tiny_vae.yaml"), weights, out);
+    CHECK(run_ldmc(args, log) == 1 && log_has(log, "/nonexistent.npz", line, sizeof line),
+          "eval run with a missing reference");
+    char empty[1200];
+    snprintf(empty, sizeof empty, "%s_empty", out);
+    REQUIRE(ldmc_mkdirs(empty, &err) == 0, "%s", err.message);
+    snprintf(args, sizeof args, "eval stats '%s' '%s.npz' --inception '%s'", empty, empty,
+             weights);
+    CHECK(run_ldmc(args, log) == 1 && log_has(log, "no PNG or JPEG images", line, sizeof line),
+          "eval stats of an empty folder");
     ldmc_fid_stats_free(&sa), ldmc_fid_stats_free(&sb), ldmc_fid_stats_free(&read_a);
     ldmc_fid_features_free(&fa), ldmc_fid_features_free(&fb);
     ldmc_inception_free(&net);

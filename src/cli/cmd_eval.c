@@ -1,6 +1,7 @@
 // `ldmc eval stats|fid|is|run`: FID and Inception Score (src/eval/fid.h) of image folders and
 // statistics files, and an evaluation run that samples a model (`ldmc sample`) and scores it.
 // Tested by tests/test_cli.sh (and the parts by tests/test_eval.c).
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +81,7 @@ static int folder_features(ldmc_ctx *ctx, const ldmc_inception *net, const eval_
 static int stats_of(ldmc_ctx *ctx, const ldmc_inception *net, const eval_args *a,
                     const char *input, ldmc_fid_stats *s) {
     ldmc_err err = {0};
+    *s = (ldmc_fid_stats){0};
     if (!is_dir(input)) {
         if (ldmc_fid_stats_read(input, s, &err) == 0) return 0;
         fprintf(stderr, "ldmc eval: %s\n", err.message);
@@ -136,30 +138,60 @@ static int eval_run(int argc, char **argv, const eval_args *a, ldmc_ctx *ctx,
     char **pass = calloc((size_t)argc + 8, sizeof *pass);
     int n_pass = 0;
     for (int i = 0; i < argc; i++) {
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(argv[i], "--images") && v)
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        // ldmc sample's options without a value; every other option takes the next argument
+        bool flag = !strcmp(o, "--no-grid") || !strcmp(o, "--quiet");
+        if (!strcmp(o, "--images") && v) {
             images = atoi(v), i++;
-        else if (!strcmp(argv[i], "--ref") && v)
+        } else if (!strcmp(o, "--ref") && v) {
             ref = v, i++;
-        else if (argv[i][0] != '-' && !config)
-            config = argv[i];
-        else {
-            if (!strcmp(argv[i], "--out") && v) out = v;
-            if (!strcmp(argv[i], "--prompts") && v) prompts = v;
-            if (!strcmp(argv[i], "--shard") && v) shard = v;
-            if ((!strcmp(argv[i], "--class") || !strcmp(argv[i], "--n") ||
-                 !strcmp(argv[i], "--prompt")) && v) {
-                fprintf(stderr, "ldmc eval run: %s: the run chooses the classes and counts\n",
-                        argv[i]);
-                free(pass);
-                return 2;
-            }
+        } else if (o[0] != '-' && !config) {
+            config = o;
+        } else if (!strcmp(o, "--class") || !strcmp(o, "--n") || !strcmp(o, "--prompt")) {
+            fprintf(stderr, "ldmc eval run: %s: the run chooses the classes and counts\n", o);
+            free(pass);
+            return 2;
+        } else {
+            if (!strcmp(o, "--out") && v) out = v;
+            if (!strcmp(o, "--prompts") && v) prompts = v;
+            if (!strcmp(o, "--shard") && v) shard = v;
             pass[n_pass++] = argv[i];
+            if (o[0] == '-' && !flag && v) pass[n_pass++] = argv[++i];
         }
     }
     if (!config || !ref || !out || images < 2) {
         fprintf(stderr, "ldmc eval run: needs CONFIG, --images N (>= 2), --ref STATS and --out\n%s",
                 usage_text);
+        free(pass);
+        return 2;
+    }
+    // what would fail after the sampling, checked before it: the reference, the splits, a folder
+    // whose other images the score would take in
+    ldmc_err err = {0};
+    if (!is_dir(ref)) {
+        ldmc_fid_stats probe_ref;
+        if (ldmc_fid_stats_read(ref, &probe_ref, &err) != 0) {
+            fprintf(stderr, "ldmc eval run: %s\n", err.message);
+            free(pass);
+            return 1;
+        }
+        ldmc_fid_stats_free(&probe_ref);
+    }
+    if (images < a->splits) {
+        fprintf(stderr, "ldmc eval run: %d images in %d IS splits\n", images, a->splits);
+        free(pass);
+        return 2;
+    }
+    DIR *d = opendir(out);
+    int entries = 0;
+    for (struct dirent *e; d && (e = readdir(d));)
+        entries += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    if (d) closedir(d);
+    if (entries && !(shard && strcmp(shard, "0/1"))) {
+        fprintf(stderr,
+                "ldmc eval run: %s is not empty: the score would take in every image there "
+                "(give a new --out)\n",
+                out);
         free(pass);
         return 2;
     }
@@ -170,9 +202,9 @@ static int eval_run(int argc, char **argv, const eval_args *a, ldmc_ctx *ctx,
         if (!strcmp(pass[i], "--weights")) po.weights = pass[i + 1];
         if (!strcmp(pass[i], "--vocab")) po.vocab = pass[i + 1];
     }
-    ldmc_err err = {0};
     if (ldmc_sample_model_load(&probe, config, &po, &err) != 0) {
         fprintf(stderr, "ldmc eval run: %s\n", err.message);
+        ldmc_sample_model_free(&probe);
         free(pass);
         return 1;
     }
@@ -185,8 +217,8 @@ static int eval_run(int argc, char **argv, const eval_args *a, ldmc_ctx *ctx,
         FILE *f = fopen(prompts, "r");
         char line[8192];
         rows = 0;
-        while (f && fgets(line, sizeof line, f))
-            rows += strspn(line, " \t\r\n") < strlen(line);
+        while (f && fgets(line, sizeof line, f)) // as ldmc sample reads them: blank lines skipped
+            rows += strcspn(line, "\r\n") > 0;
         if (f) fclose(f);
         if (rows == 0) rows = 1; // ldmc sample names the problem
     }

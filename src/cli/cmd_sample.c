@@ -247,6 +247,10 @@ int ldmc_cmd_sample(int argc, char **argv) {
                     job.shards < 1 || job.shard < 0 || job.shard >= job.shards)) {
         fprintf(stderr, "ldmc sample: --shard %s: expected R/W with 0 <= R < W, e.g. 0/8\n", a.shard);
         rc = 2;
+    } else if (a.shard && !a.have_seed) {
+        fprintf(stderr, "ldmc sample: --shard: every shard needs the same --seed (image i gets "
+                        "seed + i)\n");
+        rc = 2;
     }
     if (a.size && (sscanf(a.size, "%dx%d", &job.width, &job.height) != 2 || job.width <= 0 ||
                    job.height <= 0)) {
@@ -310,7 +314,7 @@ int ldmc_cmd_sample(int argc, char **argv) {
             rc = 1;
         else
             printf("wrote %d image%s to %s%s\n", written, written == 1 ? "" : "s", a.out,
-                   job.grid && written > 1 ? " (and grid.png)" : "");
+                   job.grid && written > 1 && job.shards <= 1 ? " (and grid.png)" : "");
     }
     if (rc == 1) fprintf(stderr, "ldmc sample: %s\n", err.message);
     if (have_ctx) ldmc_ctx_free(&ctx);

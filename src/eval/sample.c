@@ -313,6 +313,23 @@ static int check_job(const ldmc_sample_model *m, const ldmc_sample_job *job, ldm
                         ldmc_sampler_names());
     if (job->steps < 1 || job->steps > m->schedule.steps)
         return LDMC_ERR(err, "--steps %d: expected 1 to %d", job->steps, m->schedule.steps);
+    ldmc_sample_options so = {.sampler = ldmc_sampler_find(job->sampler),
+                              .schedule = &m->schedule,
+                              .discretization = job->discretization,
+                              .steps = job->steps};
+    if (ldmc_sampler_discretization(&so) == LDMC_SIGMAS_LDM) {
+        // LDM's uniform timesteps (stride N // n) leave the top of the schedule out when the
+        // steps do not divide it: refused when more than two strides are missing (600 steps
+        // would start at t = 600) or a timestep repeats (1000 steps: 999 twice)
+        const int N = m->schedule.steps, stride = N / job->steps;
+        double t0 = ldmc_sampler_timestep(&so, 0),
+               t1 = job->steps > 1 ? ldmc_sampler_timestep(&so, 1) : -1;
+        if ((N - 1) - t0 >= 2 * stride || t0 == t1)
+            return LDMC_ERR(err,
+                            "%s with %d steps: LDM's timesteps would start at t = %g of %d (use a "
+                            "step count that divides %d, or --schedule sgm)",
+                            job->sampler, job->steps, t0, m->schedule.steps, m->schedule.steps);
+    }
     if (job->per_row < 1 || job->batch < 1 || job->n_rows < 1)
         return LDMC_ERR(err, "nothing to sample (%d rows of %d, batch %d)", job->n_rows,
                         job->per_row, job->batch);
@@ -389,7 +406,9 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
     if (ldmc_mkdirs(job->out_dir, err) != 0) return -1;
     float *z0 = NULL;
     if (job->init_image && !(z0 = init_latents(ctx, m, job->init_image, W, H, err))) return -1;
-    uint8_t *all = malloc((size_t)total * image_px);
+    // every image kept only for the caller or the grid; else a batch's worth
+    const bool keep_all = images_out || (job->grid && total > 1 && shards == 1);
+    uint8_t *all = malloc((size_t)(keep_all ? total : job->batch) * image_px);
     float *decoded = malloc((size_t)job->batch * image_px * sizeof *decoded);
     char *text = malloc(8192);
     if (!all || !decoded || !text) {
@@ -464,7 +483,7 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
         ldmc_decode_latents(ctx, &m->vae, x, decoded);
         for (int j = 0; j < nb && rc == 0; j++) {
             const int i = (b0 + j) * shards + shard, row = i / job->per_row;
-            uint8_t *img = all + (size_t)(b0 + j) * image_px;
+            uint8_t *img = all + (size_t)(keep_all ? b0 + j : j) * image_px;
             for (size_t q = 0; q < image_px; q++)
                 img[q] = to_u8(decoded[(size_t)j * image_px + q]);
             char row_text[64];
@@ -484,8 +503,12 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
         }
     }
     if (!job->quiet && p.tty) printf("\n");
-    if (rc == 0 && job->grid && total > 1 && shards == 1)
-        rc = write_grid(job->out_dir, all, job->n_rows, job->per_row, W, H, err);
+    if (rc == 0 && keep_all && job->grid && total > 1 && shards == 1 &&
+        write_grid(job->out_dir, all, job->n_rows, job->per_row, W, H, err) != 0) {
+        // the images are written: a grid that cannot be made is a warning
+        fprintf(stderr, "warning: no grid.png: %s\n", err->message);
+        *err = (ldmc_err){0};
+    }
     free(z0), free(decoded), free(text);
     if (rc == 0 && images_out)
         *images_out = all;

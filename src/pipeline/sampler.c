@@ -131,10 +131,10 @@ static ldmc_sampler_coeffs step_coeffs(const ldmc_sample_options *o, const doubl
         }
         double h = log(s / sn), e = -expm1(-h);
         k.a = sn / s, k.b = e;
-        if (!first) { // D' = (1 + 1/2r) D - (1/2r) D_prev, r = h_prev / h
-            double r = log(sig[i - 1] / s) / h;
+        double r = first ? 0 : log(sig[i - 1] / s) / h;
+        if (r > 0 && isfinite(r)) { // D' = (1 + 1/2r) D - (1/2r) D_prev, r = h_prev / h
             k.b = e * (1 + 1 / (2 * r)), k.c = -e / (2 * r);
-        }
+        } // (else first order: the first step, or a repeated σ)
         break;
     }
     }
