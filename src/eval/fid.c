@@ -193,8 +193,9 @@ int ldmc_fid_folder_features(ldmc_ctx *ctx, const ldmc_inception *m, const char 
     if (!d) return LDMC_ERR(err, "%s: cannot read the folder: %s", dir, strerror(errno));
     char **names = NULL;
     int n = 0, cap = 0, unsupported = 0;
+    bool oom = false;
     struct dirent *e;
-    while ((e = readdir(d))) {
+    while (!oom && (e = readdir(d))) {
         int kind = image_kind(e->d_name);
         if (kind == 2) {
             if (unsupported++ < 3)
@@ -205,13 +206,22 @@ int ldmc_fid_folder_features(ldmc_ctx *ctx, const ldmc_inception *m, const char 
         if (n == cap) {
             cap = cap ? 2 * cap : 256;
             char **grown = realloc(names, (size_t)cap * sizeof *names);
-            if (!grown) break;
+            if (!grown) {
+                oom = true;
+                break;
+            }
             names = grown;
         }
-        if (!(names[n] = strdup(e->d_name))) break;
-        n++;
+        if (!(names[n] = strdup(e->d_name))) oom = true;
+        n += !oom;
     }
     closedir(d);
+    if (oom) {
+        for (int i = 0; i < n; i++)
+            free(names[i]);
+        free(names);
+        return LDMC_ERR(err, "%s: out of memory listing the folder", dir);
+    }
     *skipped += unsupported;
     if (n == 0) {
         free(names);
@@ -356,6 +366,9 @@ static double *npy_values(const unsigned char *data, size_t count, bool f32) {
     return v;
 }
 
+// The widest statistics read (pytorch-fid's layers give 64, 192, 768 or 2048 features).
+enum { MAX_STATS_DIM = 8192 };
+
 // A member of the archive, read whole.
 static unsigned char *zip_member(zip_t *z, const char *path, const char *name, size_t *size,
                                  ldmc_err *err) {
@@ -364,7 +377,7 @@ static unsigned char *zip_member(zip_t *z, const char *path, const char *name, s
         LDMC_ERR(err, "%s: no %s (pytorch-fid's statistics hold mu and sigma)", path, name);
         return NULL;
     }
-    if (st.size > ((zip_uint64_t)1 << 36)) {
+    if (st.size > (zip_uint64_t)MAX_STATS_DIM * MAX_STATS_DIM * 8 + 65536) { // sigma's bound
         LDMC_ERR(err, "%s: %s is too large", path, name);
         return NULL;
     }
@@ -406,7 +419,7 @@ int ldmc_fid_stats_read(const char *path, ldmc_fid_stats *out, ldmc_err *err) {
     snprintf(what, sizeof what, "%s: sigma", path);
     if (rc == 0) rc = npy_parse(what, sigma, n_sigma, &nd_sigma, s_sigma, &f_sigma, &d_sigma, err);
     if (rc == 0 && (nd_mu != 1 || nd_sigma != 2 || s_sigma[0] != s_mu[0] || s_sigma[1] != s_mu[0] ||
-                    s_mu[0] < 1 || s_mu[0] > 65536))
+                    s_mu[0] < 1 || s_mu[0] > MAX_STATS_DIM))
         rc = LDMC_ERR(err, "%s: mu must be (d) and sigma (d, d); got %s(%lld) and (%lld, %lld)",
                       path, nd_mu == 1 ? "" : "not ", (long long)s_mu[0], (long long)s_sigma[0],
                       (long long)s_sigma[1]);
