@@ -12,16 +12,14 @@ warm-up; the ratio is images/s of ldmc over PyTorch's (above 1: ldmc is faster).
 Usage: bench/inception_vs_torch.py [--ldmc build/ldmc] [--batch B] [--reps N] [--threads N]
 """
 import argparse
-import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "ref"))
+from ldmc_json import ldmc_json  # noqa: E402
 
 
 def torch_images_per_s(batch, reps, threads, channels_last):
@@ -56,15 +54,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
-    info = subprocess.run([args.ldmc, "info"], check=True, capture_output=True, text=True).stdout
-    core = re.search(r"kernels for (\w+)", info)
-    if core:  # PyTorch's GEMMs go through Debian's OpenBLAS too: the same kernels
-        os.environ["OPENBLAS_CORETYPE"] = core.group(1)
-    env = dict(os.environ, LDMC_THREADS=str(args.threads))
-    out = subprocess.run([args.ldmc, "bench", "inception", "--batch", str(args.batch), "--reps",
-                          str(args.reps), "--json"], env=env, check=True, capture_output=True,
-                         text=True).stdout
-    spec = json.loads(out.strip().splitlines()[-1])
+    spec = ldmc_json(args.ldmc, ["bench", "inception", "--batch", str(args.batch), "--reps",
+                                 str(args.reps), "--json"], args.threads)
     import torch
     nchw = torch_images_per_s(args.batch, args.reps, args.threads, False)
     nhwc = torch_images_per_s(args.batch, args.reps, args.threads, True)

@@ -13,17 +13,15 @@ Usage: bench/sample_vs_torch.py [--config configs/cin_size_cond.yaml] [--ldmc bu
                                 [--res H W] [--batch B] [--steps N] [--reps N] [--threads N]
 """
 import argparse
-import json
 import math
 import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "ref"))
+from ldmc_json import ldmc_json  # noqa: E402
 
 
 def torch_ms_per_step(cfg_path, spec, reps, threads, channels_last):
@@ -83,17 +81,10 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
-    info = subprocess.run([args.ldmc, "info"], check=True, capture_output=True, text=True).stdout
-    core = re.search(r"kernels for (\w+)", info)
-    if core:
-        os.environ["OPENBLAS_CORETYPE"] = core.group(1)
-    env = dict(os.environ, LDMC_THREADS=str(args.threads))
     res = [str(r) for r in args.res]
-    out = subprocess.run([args.ldmc, "bench", "sample", "--config", args.config, "--res", *res,
-                          "--batch", str(args.batch), "--steps", str(args.steps), "--reps",
-                          str(args.reps), "--json"], env=env, check=True, capture_output=True,
-                         text=True).stdout
-    spec = json.loads(out.strip().splitlines()[-1])
+    spec = ldmc_json(args.ldmc, ["bench", "sample", "--config", args.config, "--res", *res,
+                                 "--batch", str(args.batch), "--steps", str(args.steps), "--reps",
+                                 str(args.reps), "--json"], args.threads)
     import torch
     nchw = torch_ms_per_step(args.config, spec, args.reps, args.threads, False)
     nhwc = torch_ms_per_step(args.config, spec, args.reps, args.threads, True)
