@@ -444,7 +444,7 @@ static void test_samplers_against_reference(void) {
                                  .noise = ancestral};
         ldmc_ctx_reset(&ctx);
         ldmc_tensor *x = ldmc_zeros(&ctx, LDMC_F32, 4, (int64_t[]){2, 8, 8, 4});
-        ldmc_sampler_add_noise(&ctx, x, start, sqrt(pow(ldmc_sampler_sigma(&o, 0), 2) + 1));
+        ldmc_sampler_start_noise(&ctx, &o, x, start);
         REQUIRE(ldmc_run_sampler(&ctx, &o, &d, x, &err) == 0, "%s", err.message);
         float got[N2], want[N2];
         char key[64];

@@ -641,7 +641,7 @@ static int bench_sample(int argc, char **argv) {
     for (int r = -1; r < reps; r++) {
         ldmc_ctx_reset(&ctx);
         ldmc_tensor *x = ldmc_zeros(&ctx, LDMC_F32, 4, (int64_t[]){batch, h, w, C});
-        ldmc_sampler_add_noise(&ctx, x, noise, 14.6);
+        ldmc_sampler_start_noise(&ctx, &o, x, noise);
         double t0 = now_ms();
         if (ldmc_run_sampler(&ctx, &o, &d, x, &err) != 0) {
             fprintf(stderr, "ldmc bench sample: %s\n", err.message);

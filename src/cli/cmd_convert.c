@@ -5,9 +5,9 @@
 // Tested by tests/test_cli.sh and tests/test_weights.c.
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli/commands.h"
+#include "io/files.h"
 #include "io/model_files.h"
 #include "nn/models.h"
 
@@ -52,9 +52,7 @@ int ldmc_cmd_convert(int argc, char **argv) {
         fprintf(stderr, "ldmc convert: %s\n", err.message);
         return 1;
     }
-    struct stat sb;
-    ldmc_layout from =
-        stat(in, &sb) == 0 && S_ISDIR(sb.st_mode) ? LDMC_LAYOUT_DIFFUSERS : LDMC_LAYOUT_OFFICIAL;
+    ldmc_layout from = ldmc_is_dir(in) ? LDMC_LAYOUT_DIFFUSERS : LDMC_LAYOUT_OFFICIAL;
     ldmc_layout layout =
         from == LDMC_LAYOUT_OFFICIAL ? LDMC_LAYOUT_DIFFUSERS : LDMC_LAYOUT_OFFICIAL;
     if (to && strcmp(to, "official") && strcmp(to, "diffusers")) {

@@ -5,11 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli/commands.h"
 #include "eval/fid.h"
 #include "eval/sample.h"
+#include "io/files.h"
 
 static const char *usage_text =
     "usage: ldmc eval stats INPUT OUT.npz   [options]  the FID statistics (mu, sigma) of a folder\n"
@@ -51,11 +51,6 @@ static int load_inception(const eval_args *a, ldmc_inception *net) {
     return 0;
 }
 
-static bool is_dir(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 static ldmc_fid_options fid_options(const eval_args *a) {
     return (ldmc_fid_options){
         .mode = a->mode && !strcmp(a->mode, "torch-fidelity") ? LDMC_FID_TF : LDMC_FID_PYTORCH,
@@ -82,7 +77,7 @@ static int stats_of(ldmc_ctx *ctx, const ldmc_inception *net, const eval_args *a
                     const char *input, ldmc_fid_stats *s) {
     ldmc_err err = {0};
     *s = (ldmc_fid_stats){0};
-    if (!is_dir(input)) {
+    if (!ldmc_is_dir(input)) {
         if (ldmc_fid_stats_read(input, s, &err) == 0) return 0;
         fprintf(stderr, "ldmc eval: %s\n", err.message);
         return 1;
@@ -168,7 +163,7 @@ static int eval_run(int argc, char **argv, const eval_args *a, ldmc_ctx *ctx,
     // what would fail after the sampling, checked before it: the reference, the splits, a folder
     // whose other images the score would take in
     ldmc_err err = {0};
-    if (!is_dir(ref)) {
+    if (!ldmc_is_dir(ref)) {
         ldmc_fid_stats probe_ref;
         if (ldmc_fid_stats_read(ref, &probe_ref, &err) != 0) {
             fprintf(stderr, "ldmc eval run: %s\n", err.message);
@@ -320,7 +315,7 @@ int ldmc_cmd_eval(int argc, char **argv) {
         return 2;
     }
     // `fid` of two statistics files needs no network
-    bool need_net = !(!strcmp(sub, "fid") && !is_dir(pos[0]) && !is_dir(pos[1]));
+    bool need_net = !(!strcmp(sub, "fid") && !ldmc_is_dir(pos[0]) && !ldmc_is_dir(pos[1]));
     ldmc_inception net = {0};
     int rc = need_net ? load_inception(&a, &net) : 0;
     ldmc_ctx ctx;

@@ -451,6 +451,7 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
                                 .captions = job->prompts ? captions : NULL,
                                 .negative = job->negative ? negative : NULL};
         o.noise = ancestral;
+        o.first = first, o.last = k, o.prediction = m->prediction; // the base's part
         ldmc_tensor *x;
         if (z0) {
             float *rows = ldmc_host_scratch(ctx, (size_t)nb * latent * sizeof *rows);
@@ -460,14 +461,13 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
             ldmc_sampler_add_noise(ctx, x, start, ldmc_sampler_sigma(&o, first));
         } else {
             x = ldmc_zeros(ctx, LDMC_F32, 4, (int64_t[]){nb, h, w, C});
-            ldmc_sampler_add_noise(ctx, x, start, sqrt(pow(ldmc_sampler_sigma(&o, 0), 2) + 1));
+            ldmc_sampler_start_noise(ctx, &o, x, start);
         }
         p.first = b0, p.count = nb, p.done = 0;
         ldmc_denoiser d = {.unet = &m->unet,
                            .conditioner = &m->conditioner,
                            .cond = &cond,
                            .guidance_scale = job->guidance};
-        o.first = first, o.last = k, o.prediction = m->prediction;
         rc = ldmc_run_sampler(ctx, &o, &d, x, err);
         if (rc == 0 && k < job->steps) { // the refiner takes the latents where the base stopped
             ldmc_denoiser rd = {.unet = &job->refiner->unet,

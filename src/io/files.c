@@ -65,6 +65,11 @@ int ldmc_path_resolve(const char *base, const char *path, char *out, size_t size
     return len >= 0 && (size_t)len < size ? 0 : -1;
 }
 
+bool ldmc_is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 int ldmc_mkdirs(const char *path, ldmc_err *err) {
     char buf[4096];
     snprintf(buf, sizeof buf, "%s", path);

@@ -3,6 +3,7 @@
 // Tested by tests/test_config.c (paths), tests/test_train.c (checkpoint folders) and
 // tests/test_data.c (the demo data).
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "core/error.h"
@@ -13,6 +14,8 @@
 // it lies under it (configs/../runs/demo -> runs/demo), else absolute. -1 when it does not fit.
 int ldmc_path_resolve(const char *base, const char *path, char *out, size_t size);
 
+// Whether path is a folder (following symbolic links).
+bool ldmc_is_dir(const char *path);
 // Creates a directory and its parents (mkdir -p).
 int ldmc_mkdirs(const char *path, ldmc_err *err);
 // Removes a file or a folder with everything in it (rm -rf); 0 on success.

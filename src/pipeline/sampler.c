@@ -2,6 +2,7 @@
 #include "pipeline/sampler.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,9 +61,14 @@ const ldmc_sampler *ldmc_sampler_find(const char *name) {
 
 const char *ldmc_sampler_name(const ldmc_sampler *s) { return s->name; }
 
-const char *ldmc_sampler_names(void) { return "ddim, euler, euler_a, dpmpp_2m"; }
-
-bool ldmc_sampler_ancestral(const ldmc_sampler *s) { return s->kind == EULER_ANCESTRAL; }
+const char *ldmc_sampler_names(void) {
+    static char names[128];
+    if (!names[0])
+        for (int i = 0; i < N_SAMPLERS; i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
+                     samplers[i].name);
+    return names;
+}
 
 ldmc_discretization ldmc_sampler_discretization(const ldmc_sample_options *o) {
     return o->discretization != LDMC_SIGMAS_DEFAULT ? o->discretization : o->sampler->sigmas;
@@ -171,6 +177,12 @@ void ldmc_sampler_add_noise(ldmc_ctx *ctx, ldmc_tensor *x, const ldmc_rng *rows,
     ldmc_ctx_rewind(ctx, mark);
 }
 
+void ldmc_sampler_start_noise(ldmc_ctx *ctx, const ldmc_sample_options *o, ldmc_tensor *x,
+                              const ldmc_rng *rows) {
+    double sigma = ldmc_sampler_sigma(o, o->first);
+    ldmc_sampler_add_noise(ctx, x, rows, sqrt(sigma * sigma + 1));
+}
+
 int ldmc_run_sampler(ldmc_ctx *ctx, const ldmc_sample_options *o, const ldmc_denoiser *d,
                      ldmc_tensor *x, ldmc_err *err) {
     if (o->steps < 1 || o->steps > o->schedule->steps)
@@ -179,7 +191,7 @@ int ldmc_run_sampler(ldmc_ctx *ctx, const ldmc_sample_options *o, const ldmc_den
     if (o->first < 0 || o->first > o->last || o->last > o->steps)
         return LDMC_ERR(err, "%s: steps [%d, %d) of %d", o->sampler->name, o->first, o->last,
                         o->steps);
-    if (ldmc_sampler_ancestral(o->sampler) && !o->noise)
+    if (o->sampler->kind == EULER_ANCESTRAL && !o->noise)
         return LDMC_ERR(err, "%s: an ancestral sampler needs its noise streams", o->sampler->name);
     double *t, *sig = sigma_list(o, &t);
     if (!sig) return LDMC_ERR(err, "out of memory");

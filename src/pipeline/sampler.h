@@ -60,7 +60,6 @@ const ldmc_sampler *ldmc_sampler_find(const char *name);
 const char *ldmc_sampler_name(const ldmc_sampler *s);
 // The names, comma-separated, for messages.
 const char *ldmc_sampler_names(void);
-bool ldmc_sampler_ancestral(const ldmc_sampler *s);
 ldmc_discretization ldmc_sampler_discretization(const ldmc_sample_options *o);
 // σ of step i of the options' list (i = steps: where the run ends), and its timestep (i < steps).
 double ldmc_sampler_sigma(const ldmc_sample_options *o, int i);
@@ -68,9 +67,12 @@ double ldmc_sampler_timestep(const ldmc_sample_options *o, int i);
 // The step a base model hands off at, for a refiner that takes the last `1 - fraction` of the
 // schedule (ldmc_switch_step).
 int ldmc_sampler_switch(const ldmc_sample_options *o, double fraction);
-// x (f32 (n, ...), in ctx) += scale ε, row r's ε from rows[r] (from value 0): the start of a run,
-// zeros + √(σ_first² + 1) ε for pure noise, or an image's latents + σ_first ε for SDEdit.
+// x (f32 (n, ...), in ctx) += scale ε, row r's ε from rows[r] (from value 0): an image's latents
+// + σ_first ε for SDEdit.
 void ldmc_sampler_add_noise(ldmc_ctx *ctx, ldmc_tensor *x, const ldmc_rng *rows, double scale);
+// Pure noise at the start of step o->first: x (zeros on entry) = √(σ_first² + 1) ε, ε as above.
+void ldmc_sampler_start_noise(ldmc_ctx *ctx, const ldmc_sample_options *o, ldmc_tensor *x,
+                              const ldmc_rng *rows);
 // Runs steps [first, last) from x (f32 (n, h, w, C), in ctx; VE at σ_first, so pure noise is
 // ε √(σ_first² + 1)) in place; when the run ends the list (last = steps) x is returned as the
 // latents to decode (VP: divided by √(σ_end² + 1), which is 1 unless the list ends above 0).

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include "io/files.h"
 #include "text/text_clean.h"
 #include "text/unicode.h"
 
@@ -138,11 +139,6 @@ static char *read_text(const char *path, size_t *len, ldmc_err *err) {
     return buf;
 }
 
-static bool is_dir(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 static bool is_file(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
@@ -159,7 +155,7 @@ static char *join(const char *dir, const char *name) {
 // The merges file a path names: itself, or the merges.txt of the folder, of its tokenizer/ or of
 // its tokenizer_2/ (a diffusers folder). NULL with an error.
 static char *find_merges(const char *path, ldmc_err *err) {
-    if (!is_dir(path)) {
+    if (!ldmc_is_dir(path)) {
         if (is_file(path)) return strdup(path);
         LDMC_ERR(err,
                  "%s: no such tokenizer vocabulary (a merges file, a tokenizer folder or a "

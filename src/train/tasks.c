@@ -210,7 +210,7 @@ static int sample_grid(trainer *T, train_grid *g, const char *const *prompts, ld
     ldmc_rng *noise = ldmc_host_scratch(ctx, (size_t)n * sizeof *noise);
     for (int i = 0; i < n; i++) // the same at every preview
         noise[i] = ldmc_rng_make(cfg->seed, (uint32_t)i, 0, LDMC_RNG_SAMPLE);
-    ldmc_sampler_add_noise(ctx, x, noise, sqrt(pow(ldmc_sampler_sigma(&o, 0), 2) + 1));
+    ldmc_sampler_start_noise(ctx, &o, x, noise);
     bool swap = cfg->ema_decay > 0;
     if (swap) ldmc_params_ema_swap(&T->unet.params);
     int rc = ldmc_run_sampler(ctx, &o, &d, x, err);
