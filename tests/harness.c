@@ -259,7 +259,8 @@ void test_init_weights(ldmc_params *p) {
             u[k] = (float)v;
         }
         if (param->flags & LDMC_PARAM_CONV)
-            ldmc_conv_from_official(w, u, param->shape[0], param->shape[1], param->shape[2], param->shape[3]);
+            ldmc_conv_from_official(w, u, param->shape[0], param->shape[1], param->shape[2],
+                                    param->shape[3]);
         else
             memcpy(w, u, (size_t)param->numel * sizeof *u);
         free(u);

@@ -175,8 +175,8 @@ static void run_diffusion_ops(ldmc_ctx *ctx, const float *moments, int B, int h,
 }
 
 static void free_diffusion_results(diffusion_results *r) {
-    free(r->z), free(r->z32), free(r->unscaled), free(r->guided), free(r->sampler), free(r->history),
-        free(r->rows);
+    free(r->z), free(r->z32), free(r->unscaled), free(r->guided), free(r->sampler),
+        free(r->history), free(r->rows);
     for (int v = 0; v < 2; v++)
         free(r->x_t[v]), free(r->target[v]);
 }

@@ -80,8 +80,8 @@ static void test_sigma_lists(void) {
     const double want_end[] = {0.06319, 0.05250, 0.04339, 0.03568, 0.02917};
     for (int i = 0; i < 5; i++)
         CHECK(near(sig[i], want[i], 1e-4) && near(sig[45 + i], want_end[i], 1e-5),
-              "karras σ_%d = %.5f (want %.4f), σ_%d = %.5f (want %.5f)", i, sig[i], want[i],
-              45 + i, sig[45 + i], want_end[i]);
+              "karras σ_%d = %.5f (want %.4f), σ_%d = %.5f (want %.5f)", i, sig[i], want[i], 45 + i,
+              sig[45 + i], want_end[i]);
     CHECK(sig[50] == 0 && near(t[0], 999, 1e-9) && round(t[1]) == 985 && round(t[2]) == 970 &&
               near(t[49], 0, 1e-9),
           "karras t: %g %g %g ... %g (ComfyUI: 999, 985, 970 ... 0)", t[0], t[1], t[2], t[49]);
@@ -90,8 +90,8 @@ static void test_sigma_lists(void) {
     for (int k = 0; k < 1000; k += 37)
         table &= near(ldmc_sigma_to_t(&s, ldmc_schedule_sigma(&s, k)), k, 1e-9);
     double mid = exp((log(ldmc_schedule_sigma(&s, 500)) + log(ldmc_schedule_sigma(&s, 501))) / 2);
-    CHECK(table && near(ldmc_sigma_to_t(&s, mid), 500.5, 1e-9) &&
-              ldmc_sigma_to_t(&s, 0.001) == 0 && ldmc_sigma_to_t(&s, 100) == 999,
+    CHECK(table && near(ldmc_sigma_to_t(&s, mid), 500.5, 1e-9) && ldmc_sigma_to_t(&s, 0.001) == 0 &&
+              ldmc_sigma_to_t(&s, 100) == 999,
           "σ -> t");
     // the hand-off at 0.8 (diffusers' denoising_end): 40 of 50 steps (the last at 201), and 32
     // of 40 (refiner from 176)

@@ -35,12 +35,13 @@ static void write_init(const char *config, const char *vae_config, const char *p
         ldmc_params_alloc(models[i].params, LDMC_ROLE_WEIGHTS);
         ldmc_params_init(models[i].params, seed);
         // the zero-initialized output layers drawn too, so that samples depend on the model
-        if (i == 0) test_fill(models[i].params->buffers[LDMC_ROLE_WEIGHTS],
-                              (int64_t)models[i].params->total, seed + 1, 0.1, 0);
+        if (i == 0)
+            test_fill(models[i].params->buffers[LDMC_ROLE_WEIGHTS],
+                      (int64_t)models[i].params->total, seed + 1, 0.1, 0);
     }
     ldmc_err err = {0};
-    LDMC_CHECK(ldmc_save_models(path, LDMC_LAYOUT_OFFICIAL, models, n, LDMC_F32,
-                                LDMC_ROLE_WEIGHTS, NULL, &err) == 0,
+    LDMC_CHECK(ldmc_save_models(path, LDMC_LAYOUT_OFFICIAL, models, n, LDMC_F32, LDMC_ROLE_WEIGHTS,
+                                NULL, &err) == 0,
                "%s", err.message);
     for (int i = 0; i < n; i++)
         ldmc_model_destroy(&models[i]);
@@ -70,15 +71,15 @@ static ldmc_sample_model *class_model(void) {
     ldmc_sample_model_options o = {
         .weights = w, .vae_config = config_path("tiny_vae.yaml"), .need_vae = true};
     ldmc_err err = {0};
-    LDMC_CHECK(ldmc_sample_model_load(&m, config_path("tiny_unet_class.yaml"), &o, &err) == 0,
-               "%s", err.message);
+    LDMC_CHECK(ldmc_sample_model_load(&m, config_path("tiny_unet_class.yaml"), &o, &err) == 0, "%s",
+               err.message);
     loaded = true;
     return &m;
 }
 
 // A text model (tiny_unet_text.yaml or tiny_refiner_text.yaml) with the tiny vocabulary.
-static void text_model(ldmc_sample_model *m, const char *config, const char *weights,
-                       uint64_t seed, bool vae) {
+static void text_model(ldmc_sample_model *m, const char *config, const char *weights, uint64_t seed,
+                       bool vae) {
     write_init(config, vae ? "tiny_vae.yaml" : NULL, weights, seed);
     ldmc_sample_model_options o = {.weights = weights,
                                    .vae_config = vae ? config_path("tiny_vae.yaml") : NULL,
@@ -238,8 +239,9 @@ static void test_refiner_hand_off(void) {
     double d_late = 0, d_soon = 0;
     for (int i = 0; i < PX; i++)
         d_late += fabs((double)alone[i] - refined[i]), d_soon += fabs((double)alone[i] - early[i]);
-    CHECK(d_soon > d_late, "a refiner taking the last 80%% of the schedule moved the images less "
-                           "(%.0f) than one taking the last 50%% (%.0f)",
+    CHECK(d_soon > d_late,
+          "a refiner taking the last 80%% of the schedule moved the images less "
+          "(%.0f) than one taking the last 50%% (%.0f)",
           d_soon, d_late);
     // a negative prompt is the unconditional branch: "" equals the dropped caption when that is
     // "" encoded (uncond empty) and not when it is zeros; another negative prompt moves the images
@@ -256,7 +258,8 @@ static void test_refiner_hand_off(void) {
           "negative \"\" gave the zeroed branch's images");
     CHECK(pixels_differ(plain_empty, neg_empty, PX, &worst) == 0,
           "negative \"\" and the \"\"-encoded branch differ by up to %d levels", worst);
-    CHECK(pixels_differ(neg_blue, neg_empty, PX, &worst) > 0, "the negative prompt changed nothing");
+    CHECK(pixels_differ(neg_blue, neg_empty, PX, &worst) > 0,
+          "the negative prompt changed nothing");
     free(neg_empty), free(neg_blue), free(plain_empty);
     // the job's checks: a class on a text model, a prompt on a class model
     const int one_class = 1;
@@ -499,8 +502,8 @@ static void test_fid_against_scipy(void) {
         REQUIRE(ldmc_fid_distance(&sa, &sb, &fid, &err) == 0, "%s", err.message);
         snprintf(name, sizeof name, "%s.fid", cases[c]);
         double want = ref_double(&ref, name, 0);
-        CHECK(fabs(fid - want) <= tol[c] * want, "%s: FID %.15g, scipy %.15g (rel %.3g)",
-              cases[c], fid, want, fabs(fid - want) / want);
+        CHECK(fabs(fid - want) <= tol[c] * want, "%s: FID %.15g, scipy %.15g (rel %.3g)", cases[c],
+              fid, want, fabs(fid - want) / want);
         free(a), free(b), free(mu), free(sigma);
         ldmc_fid_stats_free(&sa);
         ldmc_fid_stats_free(&sb);
@@ -509,7 +512,8 @@ static void test_fid_against_scipy(void) {
     enum { D = 2048 };
     ldmc_fid_stats e1 = {.d = D}, e2 = {.d = D};
     e1.mu = calloc(D, sizeof(double)), e2.mu = malloc(D * sizeof(double));
-    e1.sigma = calloc((size_t)D * D, sizeof(double)), e2.sigma = calloc((size_t)D * D, sizeof(double));
+    e1.sigma = calloc((size_t)D * D, sizeof(double)),
+    e2.sigma = calloc((size_t)D * D, sizeof(double));
     for (int i = 0; i < D; i++)
         e2.mu[i] = 1, e1.sigma[(size_t)i * D + i] = e2.sigma[(size_t)i * D + i] = 1;
     double fid;
@@ -630,8 +634,11 @@ static void write_random_inception(const char *path) {
     int n = ldmc_inception_tensors(&t);
     ldmc_st_entry *e = calloc((size_t)n, sizeof *e);
     for (int i = 0; i < n; i++) {
-        e[i] = (ldmc_st_entry){.name = t[i].name, .dtype = LDMC_F32, .src_dtype = LDMC_F32,
-                               .ndim = t[i].ndim, .produce = produce_inception};
+        e[i] = (ldmc_st_entry){.name = t[i].name,
+                               .dtype = LDMC_F32,
+                               .src_dtype = LDMC_F32,
+                               .ndim = t[i].ndim,
+                               .produce = produce_inception};
         memcpy(e[i].shape, t[i].shape, sizeof t[i].shape);
     }
     ldmc_err err = {0};
@@ -746,12 +753,13 @@ static void test_eval_command(void) {
     char png[1200];
     snprintf(png, sizeof png, "%s/00009-12.png", out);
     CHECK(access(png, F_OK) == 0, "eval run: no %s", png);
-    snprintf(args, sizeof args, "eval run '%s' --weights '%s' --vae '%s' --images 15 --ref '%s' "
+    snprintf(args, sizeof args,
+             "eval run '%s' --weights '%s' --vae '%s' --images 15 --ref '%s' "
              "--inception '%s' --out '%s_15'",
              config_path("tiny_unet_class.yaml"), test_tmp_path("class.safetensors"),
              config_path("tiny_vae.yaml"), npz_b, weights, out);
-    CHECK(run_ldmc(args, log) == 2 && log_has(log, "not a multiple of the 10 classes", line,
-                                              sizeof line),
+    CHECK(run_ldmc(args, log) == 2 &&
+              log_has(log, "not a multiple of the 10 classes", line, sizeof line),
           "15 images of 10 classes");
     snprintf(args, sizeof args, "eval fid '%s' '%s'", dir_a, npz_b);
     CHECK(run_ldmc(args, log) == 2 && log_has(log, "--inception", line, sizeof line),
@@ -774,8 +782,7 @@ static void test_eval_command(void) {
     char empty[1200];
     snprintf(empty, sizeof empty, "%s_empty", out);
     REQUIRE(ldmc_mkdirs(empty, &err) == 0, "%s", err.message);
-    snprintf(args, sizeof args, "eval stats '%s' '%s.npz' --inception '%s'", empty, empty,
-             weights);
+    snprintf(args, sizeof args, "eval stats '%s' '%s.npz' --inception '%s'", empty, empty, weights);
     CHECK(run_ldmc(args, log) == 1 && log_has(log, "no PNG or JPEG images", line, sizeof line),
           "eval stats of an empty folder");
     ldmc_fid_stats_free(&sa), ldmc_fid_stats_free(&sb), ldmc_fid_stats_free(&read_a);

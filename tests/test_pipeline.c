@@ -12,6 +12,7 @@
 
 #include "core/device.h"
 #include "harness.h"
+#include "io/safetensors.h"
 #include "nn/model_config.h"
 #include "nn/text_encoder.h"
 #include "nn/unet.h"
@@ -21,7 +22,6 @@
 #include "pipeline/loss.h"
 #include "pipeline/plan.h"
 #include "pipeline/sampler.h"
-#include "io/safetensors.h"
 #include "text/tokenizer.h"
 
 enum { B = 3, H = 16, W = 16 }; // the tiny VAE's f = 2: latents 8 x 8

@@ -17,8 +17,8 @@
 #include "eval/fid.h"
 #include "nn/inception.h"
 #include "nn/text_encoder.h"
-#include "pipeline/sampler.h"
 #include "ops/ops.h"
+#include "pipeline/sampler.h"
 #include "train/bench.h"
 #include "train/trainer.h"
 
@@ -673,8 +673,7 @@ int ldmc_cmd_bench(int argc, char **argv) {
     if (argc >= 1 && strcmp(argv[0], "step") == 0) return bench_step(argc - 1, argv + 1);
     if (argc >= 1 && strcmp(argv[0], "train") == 0) return bench_train(argc - 1, argv + 1);
     if (argc >= 1 && strcmp(argv[0], "text") == 0) return bench_text(argc - 1, argv + 1);
-    if (argc >= 1 && strcmp(argv[0], "inception") == 0)
-        return bench_inception(argc - 1, argv + 1);
+    if (argc >= 1 && strcmp(argv[0], "inception") == 0) return bench_inception(argc - 1, argv + 1);
     if (argc >= 1 && strcmp(argv[0], "sample") == 0) return bench_sample(argc - 1, argv + 1);
     fprintf(stderr, "usage: ldmc bench ops [--json] [--reps N] [--filter TEXT]\n%s%s%s%s%s",
             step_usage, train_usage, text_usage, inception_usage, sample_usage);

@@ -37,10 +37,9 @@ typedef struct eval_args {
 static int load_inception(const eval_args *a, ldmc_inception *net) {
     const char *path = a->inception ? a->inception : getenv("LDMC_INCEPTION");
     if (!path) {
-        fprintf(stderr,
-                "ldmc eval: the FID Inception's weights are needed: --inception "
-                "pt_inception-2015-12-05-6726825d.pth (pytorch-fid's release fid_weights; "
-                "docs/evaluation.md)\n");
+        fprintf(stderr, "ldmc eval: the FID Inception's weights are needed: --inception "
+                        "pt_inception-2015-12-05-6726825d.pth (pytorch-fid's release fid_weights; "
+                        "docs/evaluation.md)\n");
         return 2;
     }
     ldmc_err err = {0};
@@ -73,8 +72,8 @@ static int folder_features(ldmc_ctx *ctx, const ldmc_inception *net, const eval_
 }
 
 // Statistics of a folder or an .npz.
-static int stats_of(ldmc_ctx *ctx, const ldmc_inception *net, const eval_args *a,
-                    const char *input, ldmc_fid_stats *s) {
+static int stats_of(ldmc_ctx *ctx, const ldmc_inception *net, const eval_args *a, const char *input,
+                    ldmc_fid_stats *s) {
     ldmc_err err = {0};
     *s = (ldmc_fid_stats){0};
     if (!ldmc_is_dir(input)) {
@@ -218,8 +217,8 @@ static int eval_run(int argc, char **argv, const eval_args *a, ldmc_ctx *ctx,
         if (rows == 0) rows = 1; // ldmc sample names the problem
     }
     if (images % rows) {
-        fprintf(stderr, "ldmc eval run: --images %d is not a multiple of the %d %s\n", images,
-                rows, classes ? "classes" : "prompts");
+        fprintf(stderr, "ldmc eval run: --images %d is not a multiple of the %d %s\n", images, rows,
+                classes ? "classes" : "prompts");
         free(pass);
         return 2;
     }
@@ -298,15 +297,14 @@ int ldmc_cmd_eval(int argc, char **argv) {
         else if (argv[i][0] != '-' && n_pos < 2)
             pos[n_pos++] = argv[i];
         else {
-            fprintf(stderr, "ldmc eval %s: unexpected argument '%s'\n%s", sub, argv[i],
-                    usage_text);
+            fprintf(stderr, "ldmc eval %s: unexpected argument '%s'\n%s", sub, argv[i], usage_text);
             free(rest);
             return 2;
         }
     }
     int want = !strcmp(sub, "is") ? 1 : !strcmp(sub, "run") ? 0 : 2;
-    bool known = !strcmp(sub, "stats") || !strcmp(sub, "fid") || !strcmp(sub, "is") ||
-                 !strcmp(sub, "run");
+    bool known =
+        !strcmp(sub, "stats") || !strcmp(sub, "fid") || !strcmp(sub, "is") || !strcmp(sub, "run");
     if (!known || n_pos != want || a.batch < 1 || a.splits < 1 ||
         (a.mode && strcmp(a.mode, "pytorch-fid") && strcmp(a.mode, "torch-fidelity"))) {
         fprintf(stderr, "ldmc eval: %s\n%s", known ? "bad arguments" : "unknown subcommand",

@@ -28,12 +28,14 @@ static const char *usage_text =
     "  --seed       image i gets seed + i (default: from the clock, printed)\n"
     "  --steps      sampler steps (50; a training config: its sample.steps)\n"
     "  --cfg        classifier-free guidance scale (5; a training config: sample.guidance_scale)\n"
-    "  --sampler    ddim, euler, euler_a, dpmpp_2m (euler); --schedule: the sigmas (the sampler's)\n"
+    "  --sampler    ddim, euler, euler_a, dpmpp_2m (euler); --schedule: the sigmas (the "
+    "sampler's)\n"
     "  --size       WxH (1024x1024; a training config: sample.width x sample.height)\n"
     "  --init       SDEdit from an image, running the last --strength of the steps (0.3)\n"
     "  --refiner    the refiner's config: it takes the latents at --switch of the schedule (0.8)\n"
     "  --shard      make only images i with i % W == R (one of W processes of an evaluation)\n"
-    "  --out        the folder for NNNNN-SEED.png (generation parameters in a text chunk), grid.png\n";
+    "  --out        the folder for NNNNN-SEED.png (generation parameters in a text chunk), "
+    "grid.png\n";
 
 // The prompts of a file, one per line (blank lines skipped); NULL with a message on failure.
 static char **read_prompts(const char *path, int *n) {
@@ -92,8 +94,7 @@ static int parse_classes(const char *s, int *out, int max) {
 }
 
 typedef struct args {
-    const char *config, *out, *prompts_file, *classes, *refiner, *refiner_weights, *init,
-        *negative;
+    const char *config, *out, *prompts_file, *classes, *refiner, *refiner_weights, *init, *negative;
     const char *sampler, *schedule, *size, *device, *shard;
     ldmc_sample_model_options model;
     const char **prompts;
@@ -190,8 +191,7 @@ static int parse_args(int argc, char **argv, args *a) {
                 usage_text);
         return 2;
     }
-    if ((a->n_prompts || a->prompts_file) + !!a->classes > 1 ||
-        (a->n_prompts && a->prompts_file)) {
+    if ((a->n_prompts || a->prompts_file) + !!a->classes > 1 || (a->n_prompts && a->prompts_file)) {
         fprintf(stderr, "ldmc sample: give prompts (--prompt or --prompts) or --class, one way\n");
         return 2;
     }
@@ -223,12 +223,15 @@ int ldmc_cmd_sample(int argc, char **argv) {
         free(a.prompts);
         return 1;
     }
-    ldmc_sample_job job = {.prompts = a.n_prompts ? a.prompts
+    ldmc_sample_job job = {.prompts = a.n_prompts    ? a.prompts
                                       : file_prompts ? (const char *const *)file_prompts
                                                      : NULL,
                            .negative = a.negative,
                            .classes = n_classes ? classes : NULL,
-                           .n_rows = a.n_prompts ? a.n_prompts : n_file ? n_file : n_classes ? n_classes : 1,
+                           .n_rows = a.n_prompts ? a.n_prompts
+                                     : n_file    ? n_file
+                                     : n_classes ? n_classes
+                                                 : 1,
                            .per_row = a.n,
                            .batch = a.batch,
                            .sampler = a.sampler ? a.sampler : "euler",
@@ -245,7 +248,8 @@ int ldmc_cmd_sample(int argc, char **argv) {
     char tail;
     if (a.shard && (sscanf(a.shard, "%d/%d%c", &job.shard, &job.shards, &tail) != 2 ||
                     job.shards < 1 || job.shard < 0 || job.shard >= job.shards)) {
-        fprintf(stderr, "ldmc sample: --shard %s: expected R/W with 0 <= R < W, e.g. 0/8\n", a.shard);
+        fprintf(stderr, "ldmc sample: --shard %s: expected R/W with 0 <= R < W, e.g. 0/8\n",
+                a.shard);
         rc = 2;
     } else if (a.shard && !a.have_seed) {
         fprintf(stderr, "ldmc sample: --shard: every shard needs the same --seed (image i gets "

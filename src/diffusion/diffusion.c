@@ -68,8 +68,7 @@ int ldmc_discretize(const ldmc_schedule *s, ldmc_discretization d, int steps, do
         sigmas[steps] = 0;
         break;
     }
-    default:
-        LDMC_FATAL("discretization %d", (int)d);
+    default: LDMC_FATAL("discretization %d", (int)d);
     }
     return steps;
 }

@@ -36,7 +36,8 @@ static void resize_torch(const float *src, int w, int h, float *dst, int S) {
                             b = src[((size_t)y0 * w + x1) * 3 + c],
                             d = src[((size_t)y1 * w + x0) * 3 + c],
                             e = src[((size_t)y1 * w + x1) * 3 + c];
-                dst[((size_t)y * S + x) * 3 + c] = ly0 * (lx0 * a + lx1 * b) + ly1 * (lx0 * d + lx1 * e);
+                dst[((size_t)y * S + x) * 3 + c] =
+                    ly0 * (lx0 * a + lx1 * b) + ly1 * (lx0 * d + lx1 * e);
             }
         }
     }
@@ -231,7 +232,8 @@ int ldmc_fid_folder_features(ldmc_ctx *ctx, const ldmc_inception *m, const char 
     const int batch = o->batch > 0 ? o->batch : 8;
     batch_buffers b = {0};
     int rc = buffers_alloc(&b, batch, err);
-    if (rc == 0 && (rc = features_alloc(out, n, err)) != 0) buffers_free(&b), b = (batch_buffers){0};
+    if (rc == 0 && (rc = features_alloc(out, n, err)) != 0)
+        buffers_free(&b), b = (batch_buffers){0};
     const size_t in = (size_t)LDMC_INCEPTION_SIZE * LDMC_INCEPTION_SIZE * 3;
     progress_line p = {!o->quiet, isatty(fileno(stdout)), n};
     int kept = 0, k = 0, bad = 0;
@@ -274,7 +276,9 @@ void ldmc_fid_features_free(ldmc_fid_features *f) {
 
 int ldmc_fid_stats_compute(const double *x, int n, int d, ldmc_fid_stats *out, ldmc_err *err) {
     *out = (ldmc_fid_stats){.d = d, .n = n};
-    if (n < 2) return LDMC_ERR(err, "statistics of %d image%s: at least 2 are needed", n, n == 1 ? "" : "s");
+    if (n < 2)
+        return LDMC_ERR(err, "statistics of %d image%s: at least 2 are needed", n,
+                        n == 1 ? "" : "s");
     out->mu = calloc((size_t)d, sizeof *out->mu);
     out->sigma = malloc((size_t)d * d * sizeof *out->sigma);
     double *c = malloc((size_t)n * d * sizeof *c);
@@ -310,11 +314,12 @@ static int npy_parse(const char *name, const unsigned char *b, size_t n, int *nd
     if (n < 10 || memcmp(b, "\x93NUMPY", 6) != 0)
         return LDMC_ERR(err, "%s: not a .npy array", name);
     size_t hl = b[6] == 1 ? (size_t)b[8] | (size_t)b[9] << 8
-                          : n >= 12 ? (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 |
-                                          (size_t)b[11] << 24
-                                    : (size_t)-1;
+                : n >= 12
+                    ? (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24
+                    : (size_t)-1;
     size_t start = b[6] == 1 ? 10 : 12;
-    if (hl == (size_t)-1 || start + hl > n) return LDMC_ERR(err, "%s: a truncated .npy header", name);
+    if (hl == (size_t)-1 || start + hl > n)
+        return LDMC_ERR(err, "%s: a truncated .npy header", name);
     char header[1024];
     size_t len = hl < sizeof header - 1 ? hl : sizeof header - 1;
     memcpy(header, b + start, len);
@@ -439,12 +444,13 @@ int ldmc_fid_stats_read(const char *path, ldmc_fid_stats *out, ldmc_err *err) {
 // A float64 C-order .npy of a 1-d or 2-d array, in memory.
 static unsigned char *npy_encode(const double *v, int ndim, const int64_t *shape, size_t *size) {
     char header[128];
-    int hl = ndim == 1 ? snprintf(header, sizeof header,
-                                  "{'descr': '<f8', 'fortran_order': False, 'shape': (%lld,), }",
-                                  (long long)shape[0])
-                       : snprintf(header, sizeof header,
-                                  "{'descr': '<f8', 'fortran_order': False, 'shape': (%lld, %lld), }",
-                                  (long long)shape[0], (long long)shape[1]);
+    int hl = ndim == 1
+                 ? snprintf(header, sizeof header,
+                            "{'descr': '<f8', 'fortran_order': False, 'shape': (%lld,), }",
+                            (long long)shape[0])
+                 : snprintf(header, sizeof header,
+                            "{'descr': '<f8', 'fortran_order': False, 'shape': (%lld, %lld), }",
+                            (long long)shape[0], (long long)shape[1]);
     int total = 10 + hl + 1, pad = (64 - total % 64) % 64; // numpy aligns the data to 64 bytes
     size_t count = ndim == 1 ? (size_t)shape[0] : (size_t)shape[0] * shape[1];
     size_t n = (size_t)(total + pad) + count * 8;
@@ -511,8 +517,8 @@ static int symmetric_eigen(double *a, int d, bool vectors, double *w, ldmc_err *
 int ldmc_fid_distance(const ldmc_fid_stats *s1, const ldmc_fid_stats *s2, double *fid,
                       ldmc_err *err) {
     if (s1->d != s2->d)
-        return LDMC_ERR(err, "statistics of %d and %d features: not the same network layer",
-                        s1->d, s2->d);
+        return LDMC_ERR(err, "statistics of %d and %d features: not the same network layer", s1->d,
+                        s2->d);
     const int d = s1->d;
     const size_t dd = (size_t)d * d;
     double *v = malloc(dd * sizeof *v), *w = malloc((size_t)d * sizeof *w),
@@ -529,8 +535,8 @@ int ldmc_fid_distance(const ldmc_fid_stats *s1, const ldmc_fid_stats *s2, double
                 t[(size_t)i * d + k] = v[(size_t)i * d + k] * sqrt(w[k] > 0 ? w[k] : 0);
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, d, d, 1, t, d, v, d, 0, r, d);
         // t = √Σ1 Σ2 √Σ1, symmetric positive semi-definite, similar to Σ1 Σ2
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1, r, d, s2->sigma, d, 0,
-                    v, d);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1, r, d, s2->sigma, d, 0, v,
+                    d);
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1, v, d, r, d, 0, t, d);
         for (int i = 0; i < d; i++)
             for (int k = 0; k < i; k++) {
@@ -606,8 +612,8 @@ void ldmc_numpy_permutation(uint32_t seed, int n, int *perm) {
     }
 }
 
-int ldmc_inception_score(const double *logits, int n, int k, int splits, bool shuffle,
-                         double *mean, double *std, ldmc_err *err) {
+int ldmc_inception_score(const double *logits, int n, int k, int splits, bool shuffle, double *mean,
+                         double *std, ldmc_err *err) {
     if (splits < 1 || n < splits)
         return LDMC_ERR(err, "Inception Score: %d images in %d splits", n, splits);
     int *order = malloc((size_t)n * sizeof *order);

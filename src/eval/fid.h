@@ -69,8 +69,7 @@ int ldmc_fid_stats_read(const char *path, ldmc_fid_stats *out, ldmc_err *err);
 int ldmc_fid_stats_write(const char *path, const ldmc_fid_stats *s, ldmc_err *err);
 
 // The Fréchet distance ||mu1 - mu2||² + tr Σ1 + tr Σ2 - 2 tr √(Σ1 Σ2). -1 on a LAPACK failure.
-int ldmc_fid_distance(const ldmc_fid_stats *a, const ldmc_fid_stats *b, double *fid,
-                      ldmc_err *err);
+int ldmc_fid_distance(const ldmc_fid_stats *a, const ldmc_fid_stats *b, double *fid, ldmc_err *err);
 
 // numpy's RandomState(seed).permutation(n) (MT19937, legacy seeding and shuffle), into perm.
 void ldmc_numpy_permutation(uint32_t seed, int n, int *perm);
@@ -78,5 +77,5 @@ void ldmc_numpy_permutation(uint32_t seed, int n, int *perm);
 // The Inception Score of n logit rows (k classes): per split exp(mean KL(p || mean p)), then the
 // mean and the population std over splits. shuffle: torch-fidelity's (RandomState(2020)); off:
 // OpenAI's sequential splits.
-int ldmc_inception_score(const double *logits, int n, int k, int splits, bool shuffle,
-                         double *mean, double *std, ldmc_err *err);
+int ldmc_inception_score(const double *logits, int n, int k, int splits, bool shuffle, double *mean,
+                         double *std, ldmc_err *err);

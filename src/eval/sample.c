@@ -67,7 +67,8 @@ static int from_model_config(ldmc_sample_model *m, const char *config,
     snprintf(m->weights, sizeof m->weights, "%s", o->weights);
     if (o->vae_config && vae_from_config(c, o->vae_config, err) != 0) return -1;
     if (!o->vae_config && c->model.has_vae) c->has_vae = true, c->vae = c->model.vae;
-    snprintf(c->vae_weights, sizeof c->vae_weights, "%s", o->vae_weights ? o->vae_weights : o->weights);
+    snprintf(c->vae_weights, sizeof c->vae_weights, "%s",
+             o->vae_weights ? o->vae_weights : o->weights);
     snprintf(c->text_vocab, sizeof c->text_vocab, "%s", o->vocab ? o->vocab : "");
     snprintf(c->text_weights, sizeof c->text_weights, "%s", o->weights);
     c->text_uncond_empty = has_vector_part(&c->model.unet, LDMC_VECTOR_AESTHETIC_SCORE);
@@ -86,7 +87,8 @@ static int from_train_config(ldmc_sample_model *m, const char *config,
     int len = o->weights ? snprintf(m->weights, sizeof m->weights, "%s", o->weights)
                          : snprintf(m->weights, sizeof m->weights, "%.*s/model.safetensors",
                                     (int)sizeof m->weights - 20, c->out);
-    if (len >= (int)sizeof m->weights) return LDMC_ERR(err, "%s: the weights' path is too long", config);
+    if (len >= (int)sizeof m->weights)
+        return LDMC_ERR(err, "%s: the weights' path is too long", config);
     if (!exists(m->weights))
         return LDMC_ERR(err,
                         "%s: no weights at %s: the run has not finished (train it, or name a "
@@ -131,7 +133,8 @@ int ldmc_sample_model_load(ldmc_sample_model *m, const char *config,
         if (!c->vae_weights[0])
             return LDMC_ERR(err, "%s: the autoencoder needs weights (--vae-weights)", config);
         if (c->vae.embed_dim != c->model.unet.in_channels)
-            return LDMC_ERR(err, "%s: the autoencoder's latents have %d channels, the UNet takes %d",
+            return LDMC_ERR(err,
+                            "%s: the autoencoder's latents have %d channels, the UNet takes %d",
                             config, c->vae.embed_dim, c->model.unet.in_channels);
         ldmc_vae_init(&m->vae, &c->vae);
         m->have_vae = true;
@@ -273,8 +276,7 @@ static void parameters_text(char *out, size_t size, const ldmc_sample_model *m,
         PUT(", Refiner: %s, Refiner switch at: %g", base_name(job->refiner->weights),
             job->switch_at);
     if (job->init_image)
-        PUT(", Init image: %s, Denoising strength: %g", base_name(job->init_image),
-            job->strength);
+        PUT(", Init image: %s, Denoising strength: %g", base_name(job->init_image), job->strength);
     PUT(", Version: ldmc");
 #undef PUT
 }
@@ -390,8 +392,7 @@ int ldmc_sample_run(ldmc_ctx *ctx, ldmc_sample_model *m, const ldmc_sample_job *
     const int h = H / f, w = W / f, all_images = job->n_rows * job->per_row;
     // this shard's images: i = shard, shard + shards, ... (their seeds and names stay global)
     const int shards = job->shards > 0 ? job->shards : 1, shard = job->shard;
-    if (shard < 0 || shard >= shards)
-        return LDMC_ERR(err, "shard %d of %d", shard, shards);
+    if (shard < 0 || shard >= shards) return LDMC_ERR(err, "shard %d of %d", shard, shards);
     const int total = all_images / shards + (shard < all_images % shards);
     const size_t image_px = (size_t)W * H * 3, latent = (size_t)h * w * C;
     ldmc_sample_options o = {.sampler = ldmc_sampler_find(job->sampler),

@@ -3,8 +3,8 @@
 #include "io/image_write.h"
 
 #include <errno.h>
-#include <stdbool.h>
 #include <png.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,8 +60,8 @@ static void png_warning_handler(png_structp png, png_const_charp msg) { (void)pn
 // libpng's full write API (the simplified one writes no text); -1 with s->message on failure.
 static int write_png_with_text(png_write_state *s, const uint8_t *rgb, int width, int height,
                                const char *key, const char *text) {
-    s->png = png_create_write_struct(PNG_LIBPNG_VER_STRING, s, png_error_handler,
-                                     png_warning_handler);
+    s->png =
+        png_create_write_struct(PNG_LIBPNG_VER_STRING, s, png_error_handler, png_warning_handler);
     if (!s->png || !(s->info = png_create_info_struct(s->png))) {
         snprintf(s->message, sizeof s->message, "out of memory");
         return -1;

@@ -174,8 +174,7 @@ static int load_conv(ldmc_inception_conv *c, ldmc_inception_source source, void 
     return rc;
 }
 
-int ldmc_inception_load(ldmc_inception *m, ldmc_inception_source source, void *arg,
-                        ldmc_err *err) {
+int ldmc_inception_load(ldmc_inception *m, ldmc_inception_source source, void *arg, ldmc_err *err) {
     memset(m, 0, sizeof *m);
     m->convs = calloc(MAX_CONVS, sizeof *m->convs);
     if (!m->convs) return LDMC_ERR(err, "out of memory");
@@ -233,15 +232,15 @@ static int random_source(void *arg, const char *name, int ndim, const int64_t *s
     int64_t n = 1;
     for (int d = 0; d < ndim; d++)
         n *= shape[d];
-    ldmc_rng rng = ldmc_rng_make(*(const uint64_t *)arg ^ ldmc_hash_name(name), 0, 0,
-                                 LDMC_RNG_INIT);
+    ldmc_rng rng =
+        ldmc_rng_make(*(const uint64_t *)arg ^ ldmc_hash_name(name), 0, 0, LDMC_RNG_INIT);
     ldmc_rng_signed_uniform(&rng, 0, (size_t)n, out);
     size_t len = strlen(name);
     bool conv = len > 11 && !strcmp(name + len - 11, "conv.weight"),
          gain = (len > 11 && !strcmp(name + len - 11, "running_var")) ||
                 (ndim == 1 && len > 9 && !strcmp(name + len - 9, "bn.weight"));
     for (int64_t i = 0; i < n; i++)
-        out[i] = conv ? out[i] * (float)sqrt(6.0 / (double)(n / shape[0]))
+        out[i] = conv        ? out[i] * (float)sqrt(6.0 / (double)(n / shape[0]))
                  : ndim == 2 ? out[i] / 45.25f
                  : gain      ? 1 + out[i] / 4
                              : out[i] / 4;
@@ -322,8 +321,8 @@ static ldmc_tensor *mixed_b(const fwd *f, const char *m, ldmc_tensor *x) {
 
 static ldmc_tensor *mixed_c(const fwd *f, const char *m, ldmc_tensor *x) {
     ldmc_tensor *b1 = basic(f, m, "branch1x1", x);
-    ldmc_tensor *b7 = basic(f, m, "branch7x7_3",
-                            basic(f, m, "branch7x7_2", basic(f, m, "branch7x7_1", x)));
+    ldmc_tensor *b7 =
+        basic(f, m, "branch7x7_3", basic(f, m, "branch7x7_2", basic(f, m, "branch7x7_1", x)));
     ldmc_tensor *bd = basic(f, m, "branch7x7dbl_1", x);
     bd = basic(f, m, "branch7x7dbl_2", bd);
     bd = basic(f, m, "branch7x7dbl_3", bd);
@@ -388,7 +387,8 @@ void ldmc_inception_forward(ldmc_ctx *ctx, const ldmc_inception *m, const float 
     h = ldmc_avg_pool2d(ctx, h, 8, 8, 0, true); // the global average: pool3
     ldmc_read_f32(h, pool3);
     if (logits) {
-        ldmc_tensor *p = ldmc_wrap(ctx, LDMC_F32, pool3, 2, (int64_t[]){n, LDMC_INCEPTION_FEATURES});
+        ldmc_tensor *p =
+            ldmc_wrap(ctx, LDMC_F32, pool3, 2, (int64_t[]){n, LDMC_INCEPTION_FEATURES});
         ldmc_tensor *w = ldmc_wrap(ctx, LDMC_F32, m->fc_weight, 2,
                                    (int64_t[]){LDMC_INCEPTION_CLASSES, LDMC_INCEPTION_FEATURES});
         ldmc_read_f32(ldmc_linear(ctx, p, w, NULL), logits); // no bias: the IS's logits

@@ -34,8 +34,7 @@ typedef int (*ldmc_inception_source)(void *arg, const char *name, int ndim, cons
                                      float *out, ldmc_err *err);
 
 // Loads the weights by name from `source` and folds the batch norms. -1 with the message.
-int ldmc_inception_load(ldmc_inception *m, ldmc_inception_source source, void *arg,
-                        ldmc_err *err);
+int ldmc_inception_load(ldmc_inception *m, ldmc_inception_source source, void *arg, ldmc_err *err);
 // Random weights for benchmarks: convolutions U(-1, 1)·√(6/fan_in), batch norms near the identity.
 int ldmc_inception_init_random(ldmc_inception *m, uint64_t seed, ldmc_err *err);
 // From a file: pytorch-fid's .pth (io/torch_file.h), or a safetensors file with the same keys.

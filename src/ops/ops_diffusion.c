@@ -109,9 +109,9 @@ void ldmc_sampler_update(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *model_out,
     char shape[96];
     ldmc_tensor *operands[] = {model_out, denoised, noise};
     for (int i = 0; i < 3; i++)
-        OP_CHECK(!operands[i] || (operands[i]->dtype == LDMC_F32 && x->dtype == LDMC_F32 &&
-                                  ldmc_same_shape(x, operands[i]) &&
-                                  operands[i]->device == x->device),
+        OP_CHECK(!operands[i] ||
+                     (operands[i]->dtype == LDMC_F32 && x->dtype == LDMC_F32 &&
+                      ldmc_same_shape(x, operands[i]) && operands[i]->device == x->device),
                  "sampler_update", operands[i] ? operands[i] : x,
                  "x, the model's output, the denoised state and the noise must all be f32 %s",
                  ldmc_shape_str(x, shape, sizeof shape));

@@ -5,9 +5,10 @@
 // with conditioning dropout in training and the unconditional branch of classifier-free guidance:
 // a dropped sample's class embedding and text embeddings are zeros, its size conditioning is kept
 // (sgm's ucg); or, with uncond_empty, its caption is "" and encoded (kohya's caption dropout,
-// the refiner's unconditional branch in sgm); or, sampling, a negative prompt is encoded there. Captions go through the tokenizer and the encoders
-// here; text embeddings may also come in computed (the benchmark's random ones).
-// Tested by tests/test_pipeline.c and, through training, tests/test_train.c.
+// the refiner's unconditional branch in sgm); or, sampling, a negative prompt is encoded there.
+// Captions go through the tokenizer and the encoders here; text embeddings may also come in
+// computed (the benchmark's random ones). Tested by tests/test_pipeline.c and, through training,
+// tests/test_train.c.
 #pragma once
 #include <stdint.h>
 

@@ -85,8 +85,7 @@ static double *sigma_list(const ldmc_sample_options *o, double **t) {
 }
 
 static double list_value(const ldmc_sample_options *o, int i, bool timestep) {
-    LDMC_CHECK(i >= 0 && i <= o->steps - (timestep ? 1 : 0), "sampler: step %d of %d", i,
-               o->steps);
+    LDMC_CHECK(i >= 0 && i <= o->steps - (timestep ? 1 : 0), "sampler: step %d of %d", i, o->steps);
     double *t, *s = sigma_list(o, &t);
     LDMC_CHECK(s, "out of memory");
     double v = timestep ? t[i] : s[i];
@@ -96,9 +95,7 @@ static double list_value(const ldmc_sample_options *o, int i, bool timestep) {
 
 double ldmc_sampler_sigma(const ldmc_sample_options *o, int i) { return list_value(o, i, false); }
 
-double ldmc_sampler_timestep(const ldmc_sample_options *o, int i) {
-    return list_value(o, i, true);
-}
+double ldmc_sampler_timestep(const ldmc_sample_options *o, int i) { return list_value(o, i, true); }
 
 int ldmc_sampler_switch(const ldmc_sample_options *o, double fraction) {
     double *t, *s = sigma_list(o, &t);
