@@ -51,12 +51,11 @@ __global__ static void noise_kernel(philox_stream s, uint64_t noise_offset, uint
 }
 
 extern "C" void ldmc_cuda_noise_batch(const ldmc_rng *noise_rng, uint64_t noise_offset,
-                                      const float *z, const double *sa, const double *sb, int B,
-                                      int64_t per_sample, int C, float offset_noise, bool predict_v,
-                                      uint16_t *x_t, float *target) {
+                                      uint64_t offset_start, const float *z, const double *sa,
+                                      const double *sb, int B, int64_t per_sample, int C,
+                                      float offset_noise, bool predict_v, uint16_t *x_t,
+                                      float *target) {
     int64_t n = (int64_t)B * per_sample;
-    // the offsets follow the n values of eps, from the next even index (a whole normal pair)
-    uint64_t offset_start = noise_offset + (((uint64_t)n + 1) & ~(uint64_t)1);
     LAUNCH_1D(noise_kernel, n, philox_of(noise_rng), noise_offset, offset_start, z, sa, sb,
               per_sample, C, n, offset_noise, predict_v, x_t, target);
 }

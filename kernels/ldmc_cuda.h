@@ -62,9 +62,10 @@ void ldmc_cuda_latent_unscale(uint16_t *y, const float *z, float scale, int64_t 
 // values) plus offset noise (B * C values from the next even offset), then per sample b:
 // x_t = sa[b] z + sb[b] eps', target = eps' (epsilon) or sa[b] eps' - sb[b] z (v). z is f32; x_t
 // is bf16; target is f32; sa, sb (B) are device doubles.
-void ldmc_cuda_noise_batch(const ldmc_rng *noise_rng, uint64_t noise_offset, const float *z,
-                           const double *sa, const double *sb, int B, int64_t per_sample, int C,
-                           float offset_noise, bool predict_v, uint16_t *x_t, float *target);
+void ldmc_cuda_noise_batch(const ldmc_rng *noise_rng, uint64_t noise_offset, uint64_t offset_start,
+                           const float *z, const double *sa, const double *sb, int B,
+                           int64_t per_sample, int C, float offset_noise, bool predict_v,
+                           uint16_t *x_t, float *target);
 // y (f32) = uncond + scale (cond - uncond) over n values (bf16 operands)
 void ldmc_cuda_guidance(float *y, const uint16_t *cond, const uint16_t *uncond, double scale,
                         int64_t n);

@@ -219,6 +219,20 @@ expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8
 ckpt=$(sed -n 's/.*"activations_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
 awk -v a="$ckpt" -v b="$plain" 'BEGIN { exit !(a > 0 && a < b / 3) }' ||
     fail "gradient checkpointing: $ckpt GiB of activations against $plain without"
+# one rank's plan of a data-parallel run: ZeRO-1 over 8 ranks leaves the bf16 weights (2 bytes a
+# parameter) and f32 gradients (4) whole and shares the master, m, v and EMA (16): about
+# 6 + 16/8 = 8 bytes a parameter against 22 for one rank with an EMA
+for ranks in 1 8; do
+    expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
+        --device cuda --dry-run --ranks $ranks --zero --ema --json
+    grep -q "\"ranks\": $ranks, \"zero\": true, \"ema\": true" /tmp/ldmc_cli_out.$$ ||
+        fail "bench train --ranks $ranks: not in the JSON"
+    eval "weights_$ranks=\$(sed -n 's/.*\"weights_gib\": \\([0-9.]*\\).*/\\1/p' /tmp/ldmc_cli_out.$$)"
+done
+awk -v a="$weights_1" -v b="$weights_8" 'BEGIN { p = 2.567463684e9 / 2^30;
+    exit !(a > 21.9 * p && a < 22.1 * p && b > 7.9 * p && b < 8.2 * p) }' ||
+    fail "ZeRO-1 plan: $weights_1 GiB a rank alone, $weights_8 GiB at 8 ranks"
+expect_status 2 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --ranks 8
 if [ -n "$emulated" ]; then
     expect_status 0 "$emulated" bench train --config "$configs/tiny_unet_class.yaml" --batch 2 \
         --res 32 --device cuda --reps 1 --warmup 1 --profile --json

@@ -146,7 +146,8 @@ static void run_diffusion_ops(ldmc_ctx *ctx, const float *moments, int B, int h,
     const double sa[3] = {0.9, 0.5, 0.1}, sb[3] = {sqrt(1 - 0.81), sqrt(0.75), sqrt(0.99)};
     for (int v = 0; v < 2; v++) {
         ldmc_tensor *x_t, *target;
-        ldmc_diffusion_noise(ctx, z, sa, sb, 0.05, v == 1, &noise, (uint64_t)1 << 40, &x_t,
+        ldmc_diffusion_noise(ctx, z, sa, sb, 0.05, v == 1, &noise, (uint64_t)1 << 40,
+                             ((uint64_t)1 << 40) + ((ldmc_numel(z) + 1) & ~(int64_t)1), &x_t,
                              &target);
         r->x_t[v] = read_all(x_t), r->target[v] = read_all(target);
     }

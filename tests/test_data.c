@@ -515,24 +515,52 @@ static void test_batches_hold_one_bucket_and_every_sample(void) {
     CHECK(ps.n_batches == 20 && repeats == 16 - 4 - 1, "%d repeats in %d batches, 11 at least",
           repeats, ps.n_batches);
     ldmc_epoch_plan_free(&ps);
-    // Two ranks take disjoint halves that cover the epoch.
-    ldmc_batch_plan r0, r1;
+    // Two ranks: global batches of 2 x BATCH, those of one rank with the doubled batch; at every
+    // step both ranks are in the same bucket, on disjoint rows that cover the epoch.
+    ldmc_batch_plan r0, r1, one;
     ldmc_batch_plan_init(&r0, N, bucket_of, BUCKETS, BATCH, 42, 0, 2);
     ldmc_batch_plan_init(&r1, N, bucket_of, BUCKETS, BATCH, 42, 1, 2);
-    int taken[N] = {0};
+    ldmc_batch_plan_init(&one, N, bucket_of, BUCKETS, 2 * BATCH, 42, 0, 1);
+    ldmc_epoch_plan pr, po;
+    ldmc_batch_plan_epoch(&r0, 0, &pr);
+    ldmc_batch_plan_epoch(&one, 0, &po);
+    bool same_plan = pr.n_batches == po.n_batches && !memcmp(pr.order, po.order, N * sizeof(int));
+    for (int k = 0; same_plan && k < pr.n_batches; k++)
+        same_plan =
+            pr.batches[k].bucket == po.batches[k].bucket && pr.batches[k].n == po.batches[k].n;
+    CHECK(same_plan, "2 ranks x %d: the global batches differ from 1 rank x %d's", BATCH,
+          2 * BATCH);
+    CHECK(ldmc_batch_plan_steps_per_epoch(&r0) == pr.n_batches, "steps per epoch: every global "
+                                                                "batch once");
+    int taken[N] = {0}, empty = 0;
     for (int k = 0; k < ldmc_batch_plan_steps_per_epoch(&r0); k++) {
-        const ldmc_batch_ref *a = ldmc_batch_plan_batch(&r0, &p0, k),
-                             *b = ldmc_batch_plan_batch(&r1, &p0, k);
-        for (int j = 0; j < a->n; j++)
-            taken[p0.order[a->first + j]]++;
-        if (k * 2 + 1 < p0.n_batches)
-            for (int j = 0; j < b->n; j++)
-                taken[p0.order[b->first + j]]++;
+        ldmc_batch_ref a = ldmc_batch_plan_batch(&r0, &pr, k),
+                       b = ldmc_batch_plan_batch(&r1, &pr, k);
+        CHECK(a.bucket == b.bucket && a.row == 0 && b.row == BATCH && a.total == pr.batches[k].n &&
+                  b.total == a.total && a.n + b.n == a.total,
+              "global batch %d: rank parts (bucket %d %d, rows %d %d, n %d %d of %d)", k, a.bucket,
+              b.bucket, a.row, b.row, a.n, b.n, a.total);
+        empty += b.n == 0;
+        for (int j = 0; j < a.n; j++)
+            taken[pr.order[a.first + j]]++;
+        for (int j = 0; j < b.n; j++)
+            taken[pr.order[b.first + j]]++;
     }
     int covered = 0, twice = 0;
     for (int i = 0; i < N; i++)
         covered += taken[i] >= 1, twice += taken[i] > 1;
     CHECK(covered == N && twice == 0, "2 ranks: %d covered, %d taken twice", covered, twice);
+    CHECK(ldmc_batch_plan_rank_samples(&r0, 0) + ldmc_batch_plan_rank_samples(&r1, 1) == N,
+          "the ranks' counts add up to the epoch");
+    CHECK(empty > 0, "a bucket's last global batch leaves rank 1 empty here (the test's point)");
+    // A resume at another global batch moves to the same point of the epoch.
+    int64_t half = pr.n_batches / 2 + 3 * (int64_t)pr.n_batches; // epoch 3, halfway
+    int64_t moved = ldmc_batch_plan_translate(&s, half, 2 * BATCH);
+    CHECK(moved / p0.n_batches == 3 && llabs(moved % p0.n_batches - p0.n_batches / 2) <= 1,
+          "position %lld (of %d per epoch) moved to %lld (of %d)", (long long)half, pr.n_batches,
+          (long long)moved, p0.n_batches);
+    ldmc_epoch_plan_free(&pr);
+    ldmc_epoch_plan_free(&po);
     ldmc_epoch_plan_free(&p0);
     ldmc_epoch_plan_free(&p0b);
     ldmc_epoch_plan_free(&p1);

@@ -17,13 +17,15 @@ static void noise_batch(const ldmc_schedule *s, const ldmc_noise_options *o, con
                         int H, int W, int C, uint64_t seed, uint32_t step, uint32_t micro,
                         float *xt, float *target, float *t, float *w) {
     double *sa = malloc((size_t)B * sizeof *sa), *sb = malloc((size_t)B * sizeof *sb);
-    ldmc_draw_timesteps(s, o, B, seed, step, 0, micro, t, w, sa, sb);
+    ldmc_step_key key = {seed, step, 0, micro, 0, 0};
+    ldmc_draw_timesteps(s, o, B, &key, t, w, sa, sb);
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
     ldmc_tensor *zt = ldmc_wrap(&ctx, LDMC_F32, (void *)z, 4, (int64_t[]){B, H, W, C}), *x, *tg;
     ldmc_rng noise = ldmc_rng_make(seed, step, 0, LDMC_RNG_NOISE);
     ldmc_diffusion_noise(&ctx, zt, sa, sb, o->offset_noise, o->prediction == LDMC_PREDICT_V, &noise,
-                         (uint64_t)micro << 40, &x, &tg);
+                         ldmc_step_row_offset(&key, (int64_t)H * W * C),
+                         ldmc_step_second_block(&key, B, (int64_t)H * W * C, C), &x, &tg);
     memcpy(xt, x->data, ldmc_nbytes(x));
     memcpy(target, tg->data, ldmc_nbytes(tg));
     ldmc_ctx_free(&ctx);

@@ -108,7 +108,7 @@ static void test_loss_step_is_a_function_of_its_key(void) {
     float *g1 = malloc(n * sizeof *g1), *g2 = malloc(n * sizeof *g2);
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
-    ldmc_step_key key = {7, 12, 0, 1};
+    ldmc_step_key key = {7, 12, 0, 1, 0, 0};
     double l1 = loss_and_grads(&ctx, &m, &t.b, &key, g1);
     double l2 = loss_and_grads(&ctx, &m, &t.b, &key, g2);
     CHECK(isfinite(l1) && l1 == l2 && !memcmp(g1, g2, n * sizeof *g1),
@@ -205,7 +205,7 @@ static void test_conditioner_dropout_and_guided_batches(void) {
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
     enum { N = 4000 };
-    ldmc_step_key key = {5, 9, 0, 0};
+    ldmc_step_key key = {5, 9, 0, 0, 0, 0};
     const float *keep = ldmc_conditioner_dropout(&ctx, &cond, &key, N);
     REQUIRE(keep, "no dropout drawn");
     int dropped = 0;

@@ -67,14 +67,14 @@ void ldmc_cuda_latent_unscale(uint16_t *y, const float *z, float scale, int64_t 
     free(v);
 }
 
-void ldmc_cuda_noise_batch(const ldmc_rng *noise_rng, uint64_t noise_offset, const float *z,
-                           const double *sa, const double *sb, int B, int64_t per_sample, int C,
-                           float offset_noise, bool predict_v, uint16_t *x_t, float *target) {
+void ldmc_cuda_noise_batch(const ldmc_rng *noise_rng, uint64_t noise_offset, uint64_t offset_start,
+                           const float *z, const double *sa, const double *sb, int B,
+                           int64_t per_sample, int C, float offset_noise, bool predict_v,
+                           uint16_t *x_t, float *target) {
     int64_t n = (int64_t)B * per_sample;
     float *x = zeros(n), *offsets = zeros((int64_t)B * C);
     ldmc_rng_normal(noise_rng, noise_offset, (size_t)n, target);
-    ldmc_rng_normal(noise_rng, noise_offset + (((uint64_t)n + 1) & ~(uint64_t)1), (size_t)B * C,
-                    offsets);
+    ldmc_rng_normal(noise_rng, offset_start, (size_t)B * C, offsets);
     diffusion_noise_forward_f32(x, target, z, offsets, sa, sb, B, per_sample, C, offset_noise,
                                 predict_v);
     store(x_t, x, n);

@@ -220,8 +220,11 @@ static const char *train_usage =
     "usage: ldmc bench train --config MODEL [--batch B] [--res H [W]] [--device cuda|cpu]\n"
     "                        [--reps N] [--warmup N] [--gradient-checkpointing] [--profile] "
     "[--dry-run]\n"
-    "                        [--json]\n"
-    "  MODEL: a model config (configs/sdxl_base.yaml), or a name in configs/ (sdxl_base)\n";
+    "                        [--ranks N] [--zero] [--ema] [--json]\n"
+    "  MODEL: a model config (configs/sdxl_base.yaml), or a name in configs/ (sdxl_base)\n"
+    "  --dry-run plans the step's memory without running it; with --ranks N, one rank's of a\n"
+    "  data-parallel run of N ranks (--zero: ZeRO-1, the master, Adam m, v and EMA sharded;\n"
+    "  --ema: an fp32 EMA too)\n";
 
 // A model config by path, or by name from the configs/ folder of the working directory.
 static const char *model_path(const char *name, char *path, size_t size) {
@@ -253,6 +256,7 @@ static int bench_train(int argc, char **argv) {
                             .reps = 10,
                             .warmup = 3,
                             .seed = 1,
+                            .ranks = 1,
                             .device = ldmc_gpu_available() ? LDMC_CUDA : LDMC_CPU};
     bool json = false, ok = true;
     for (int i = 0; i < argc && ok; i++) {
@@ -277,14 +281,25 @@ static int bench_train(int argc, char **argv) {
             o.profile = true;
         } else if (!strcmp(a, "--dry-run")) {
             o.dry_run = true;
+        } else if (!strcmp(a, "--ranks") && more) {
+            o.ranks = atoi(argv[++i]);
+        } else if (!strcmp(a, "--zero")) {
+            o.zero = true;
+        } else if (!strcmp(a, "--ema")) {
+            o.ema = true;
         } else if (!strcmp(a, "--json")) {
             json = true;
         } else {
             ok = false;
         }
     }
-    if (!ok || !config || o.reps < 1 || o.reps > 1000 || o.warmup < 0) {
+    if (!ok || !config || o.reps < 1 || o.reps > 1000 || o.warmup < 0 || o.ranks < 1 ||
+        o.ranks > 65536) {
         fputs(train_usage, stderr);
+        return 2;
+    }
+    if ((o.ranks > 1 || o.zero || o.ema) && !o.dry_run) {
+        fprintf(stderr, "ldmc bench train: --ranks, --zero and --ema plan a run: with --dry-run\n");
         return 2;
     }
     ldmc_model_config mc;
@@ -310,6 +325,8 @@ static int bench_train(int argc, char **argv) {
         print_bytes_json("activations_gib", r.activation_bytes);
         print_bytes_json("workspace_gib", r.workspace_bytes);
         print_bytes_json("peak_gib", peak);
+        printf(", \"ranks\": %d, \"zero\": %s, \"ema\": %s", o.ranks, o.zero ? "true" : "false",
+               o.ema ? "true" : "false");
         if (!o.dry_run) {
             printf(", \"reps\": %d, \"step_ms\": %.3f, \"img_per_s\": %.4f, \"tflops\": %.3f, "
                    "\"guided_forward_ms\": %.3f, \"guided_forward_batch\": %d",
@@ -329,9 +346,13 @@ static int bench_train(int argc, char **argv) {
            o.width, o.recompute ? ", gradient checkpointing" : "", r.parameters / 1e9);
     printf("  model FLOPs: %.2f TFLOP a step, %.3f an image (forward + backward)\n", r.flops / 1e12,
            r.flops / o.batch / 1e12);
-    printf("  memory: weights and optimizer %.2f GiB, activations %.2f GiB, workspace %.2f GiB: "
+    char per_rank[96] = "";
+    if (o.ranks > 1 || o.zero || o.ema)
+        snprintf(per_rank, sizeof per_rank, " (one rank of %d%s%s)", o.ranks,
+                 o.zero && o.ranks > 1 ? ", ZeRO-1" : "", o.ema ? ", fp32 EMA" : "");
+    printf("  memory%s: weights and optimizer %.2f GiB, activations %.2f GiB, workspace %.2f GiB: "
            "%.2f GiB\n",
-           (double)r.weight_bytes / (1 << 30), (double)r.activation_bytes / (1 << 30),
+           per_rank, (double)r.weight_bytes / (1 << 30), (double)r.activation_bytes / (1 << 30),
            (double)r.workspace_bytes / (1 << 30), (double)peak / (1 << 30));
     if (o.dry_run) return 0;
     printf("  training step: %.1f ms (median of %d): %.2f img/s, %.1f TFLOP/s\n", r.step_ms, o.reps,

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/commands.h"
+#include "train/dist.h"
 #include "train/trainer.h"
 
 static const char *usage_text =
@@ -12,8 +13,11 @@ static const char *usage_text =
     "  --set      overrides a config value (repeatable), e.g. --set optim.lr=5e-5\n"
     "  --resume   continues a run from its newest checkpoint (latest) or a given one\n"
     "exit status: 0 trained to train.steps (or nothing left to do), 1 an error, 2 a usage error,\n"
-    "  130 (SIGINT) or 143 (SIGTERM): stopped by the signal after saving a checkpoint, resumable\n"
-    "  with --resume latest (a second signal stops at once, without saving)\n";
+    "  130 (SIGINT), 143 (SIGTERM) or 138 (SIGUSR1, SLURM's pre-emption warning): stopped by the\n"
+    "  signal after saving a checkpoint, resumable with --resume latest (a second signal stops at\n"
+    "  once, without saving); 3: a data-parallel rank saw no step for dist.timeout seconds\n"
+    "data parallelism: run under `mpirun -np N` or `srun --mpi=pmix` (docs/multigpu.md); rank 0\n"
+    "  prints the log, the other ranks only their errors (LDMC_LOG_ALL_RANKS=1: all of it)\n";
 
 int ldmc_cli_train_config(const char *command, const char *path, const char *const *sets,
                           int n_sets, ldmc_train_config *cfg) {
@@ -52,12 +56,30 @@ int ldmc_cmd_train(int argc, char **argv) {
     ldmc_train_config cfg;
     ldmc_train_result result;
     ldmc_err err = {0};
+    if (ldmc_dist_init(&err) != 0) {
+        fprintf(stderr, "ldmc train: %s\n", err.message);
+        free(sets);
+        return 1;
+    }
+    const ldmc_dist *d = ldmc_dist_get();
+    char who[96] = "";
+    if (d->world > 1) {
+        snprintf(who, sizeof who, " (rank %d of %d, %s)", d->rank, d->world, d->host);
+        const char *all = getenv("LDMC_LOG_ALL_RANKS");
+        if (d->rank > 0 && !(all && *all == '1') && !freopen("/dev/null", "w", stdout))
+            fprintf(stderr, "ldmc train%s: cannot silence stdout\n", who);
+    }
     int rc = ldmc_cli_train_config("train", config, sets, n_sets, &cfg);
     free(sets);
-    if (rc != 0) return 1;
-    rc = ldmc_train(&cfg, resume, &result, &err);
-    ldmc_train_config_free(&cfg);
-    if (rc != 0) fprintf(stderr, "ldmc train: %s\n", err.message);
+    if (rc == 0) {
+        rc = ldmc_train(&cfg, resume, &result, &err);
+        ldmc_train_config_free(&cfg);
+        if (rc != 0) fprintf(stderr, "ldmc train%s: %s\n", who, err.message);
+    } else {
+        rc = -1;
+    }
+    // (a rank that failed alone exits without MPI_Finalize: the launcher ends the others)
+    if (rc == 0) ldmc_dist_finalize();
     if (rc == 0 && result.interrupted) return 128 + result.interrupted; // as a shell reports it
     return rc == 0 ? 0 : 1;
 }

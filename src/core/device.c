@@ -1,6 +1,7 @@
 // Devices and the GPU runtime (see device.h).
 #include "core/device.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -8,6 +9,9 @@
 #include "core/error.h"
 #ifdef LDMC_HAVE_CUDA
 #include "kernels/ldmc_cuda.h"
+#endif
+#ifdef LDMC_HAVE_NCCL
+#include "kernels/ldmc_nccl.h"
 #endif
 
 bool ldmc_gpu_available(void) {
@@ -242,5 +246,76 @@ void ldmc_fill_normal(ldmc_tensor *t, const ldmc_rng *rng, uint64_t offset) {
     }
 #else
     LDMC_FATAL("a GPU tensor in a build without CUDA");
+#endif
+}
+
+// ---- GPU collectives
+// ------------------------------------------------------------------------------
+#ifdef LDMC_HAVE_NCCL
+#define COMM_CALL(call) call
+#else
+#define COMM_CALL(call) LDMC_FATAL("%s: this build of ldmc has no NCCL", __func__)
+#endif
+
+bool ldmc_gpu_has_comm(void) {
+#ifdef LDMC_HAVE_NCCL
+    return true;
+#else
+    return false;
+#endif
+}
+
+int ldmc_gpu_device_count(void) {
+#ifdef LDMC_HAVE_CUDA
+    return ldmc_cuda_device_count();
+#else
+    return 0;
+#endif
+}
+
+void ldmc_gpu_set_device(int device) { COMM_CALL(ldmc_nccl_set_device(device)); }
+void ldmc_gpu_comm_unique_id(void *id) { COMM_CALL(ldmc_nccl_unique_id(id)); }
+
+int ldmc_gpu_comm_init(const void *id, int rank, int world, char *message, size_t size) {
+#ifdef LDMC_HAVE_NCCL
+    return ldmc_nccl_init(id, rank, world, message, size);
+#else
+    (void)id, (void)rank, (void)world;
+    snprintf(message, size, "this build of ldmc has no NCCL");
+    return -1;
+#endif
+}
+
+void ldmc_gpu_comm_group(bool start) { COMM_CALL(ldmc_nccl_group(start)); }
+void ldmc_gpu_comm_after_compute(void) { COMM_CALL(ldmc_nccl_after_compute()); }
+void ldmc_gpu_comm_join(void) { COMM_CALL(ldmc_nccl_join()); }
+void ldmc_gpu_comm_allreduce_f32(float *buf, size_t count) {
+    COMM_CALL(ldmc_nccl_allreduce_f32(buf, count));
+}
+void ldmc_gpu_comm_reduce_f32(float *buf, size_t count, int root) {
+    COMM_CALL(ldmc_nccl_reduce_f32(buf, count, root));
+}
+void ldmc_gpu_comm_bcast(void *buf, size_t bytes, int root) {
+    COMM_CALL(ldmc_nccl_bcast(buf, bytes, root));
+}
+
+int ldmc_gpu_comm_error(char *message, size_t size) {
+#ifdef LDMC_HAVE_NCCL
+    return ldmc_nccl_error(message, size);
+#else
+    (void)message, (void)size;
+    return 0;
+#endif
+}
+
+void ldmc_gpu_comm_abort(void) {
+#ifdef LDMC_HAVE_NCCL
+    ldmc_nccl_abort();
+#endif
+}
+
+void ldmc_gpu_comm_destroy(void) {
+#ifdef LDMC_HAVE_NCCL
+    ldmc_nccl_destroy();
 #endif
 }

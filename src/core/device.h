@@ -57,6 +57,23 @@ double ldmc_read_scalar(const ldmc_tensor *t);
 // memory in *free_bytes, when that leaves less than 1 GiB.
 int ldmc_ctx_init_gpu_free(ldmc_ctx *ctx, size_t meta_bytes, size_t *free_bytes);
 
+// ---- GPU collectives (NCCL, kernels/ldmc_nccl.h; src/train/dist.c is their user) ---------------
+// Whether this build has NCCL; without it every call below is fatal.
+bool ldmc_gpu_has_comm(void);
+int ldmc_gpu_device_count(void);
+void ldmc_gpu_set_device(int device);
+void ldmc_gpu_comm_unique_id(void *id); // 128 bytes
+int ldmc_gpu_comm_init(const void *id, int rank, int world, char *message, size_t size);
+void ldmc_gpu_comm_group(bool start);
+void ldmc_gpu_comm_after_compute(void);
+void ldmc_gpu_comm_join(void);
+void ldmc_gpu_comm_allreduce_f32(float *buf, size_t count);
+void ldmc_gpu_comm_reduce_f32(float *buf, size_t count, int root);
+void ldmc_gpu_comm_bcast(void *buf, size_t bytes, int root);
+int ldmc_gpu_comm_error(char *message, size_t size);
+void ldmc_gpu_comm_abort(void);
+void ldmc_gpu_comm_destroy(void);
+
 // Waits until the GPU has finished everything queued (no-op on the CPU or without CUDA).
 void ldmc_device_synchronize(ldmc_device device);
 // Fills t (F32 or BF16, on either device) with values offset.. of the normal stream.

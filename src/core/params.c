@@ -3,6 +3,7 @@
 
 #include <fnmatch.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -65,30 +66,81 @@ int ldmc_params_flag_matching(ldmc_params *p, const char *pattern, unsigned flag
     return matched;
 }
 
+static bool state_role(ldmc_param_role role) {
+    return role == LDMC_ROLE_MASTER || role == LDMC_ROLE_ADAM_M || role == LDMC_ROLE_ADAM_V ||
+           role == LDMC_ROLE_EMA;
+}
+
+void ldmc_params_set_shard(ldmc_params *p, size_t begin, size_t end) {
+    for (int r = 0; r < LDMC_ROLE_COUNT; r++)
+        LDMC_CHECK(!state_role(r) || (!p->buffers[r] && !p->device[r]),
+                   "a shard set after the %s buffer exists", role_names[r]);
+    LDMC_CHECK(begin <= end && end <= p->total, "shard [%zu, %zu) of %zu elements", begin, end,
+               p->total);
+    p->sharded = true, p->shard_begin = begin, p->shard_end = end;
+}
+
+bool ldmc_params_role_sharded(const ldmc_params *p, ldmc_param_role role) {
+    return p->sharded && state_role(role);
+}
+
+void ldmc_params_role_range(const ldmc_params *p, ldmc_param_role role, size_t *begin,
+                            size_t *end) {
+    bool s = ldmc_params_role_sharded(p, role);
+    *begin = s ? p->shard_begin : 0;
+    *end = s ? p->shard_end : p->total;
+}
+
+bool ldmc_params_owns(const ldmc_params *p, int i) {
+    return !p->sharded ||
+           (p->items[i].offset >= p->shard_begin && p->items[i].offset < p->shard_end);
+}
+
+// A role's buffer holds [begin, end) of the layout: its pointer is the memory's start moved back
+// by begin elements (computed on integers: only the range is ever touched).
+static void *shifted(void *memory, size_t begin, size_t elem) {
+    return memory ? (void *)((uintptr_t)memory - begin * elem) : NULL;
+}
+
+// The memory itself from a role's pointer.
+static void *unshifted(void *buffer, size_t begin, size_t elem) {
+    return buffer ? (void *)((uintptr_t)buffer + begin * elem) : NULL;
+}
+
+static size_t role_count(const ldmc_params *p, ldmc_param_role role) {
+    size_t b, e;
+    ldmc_params_role_range(p, role, &b, &e);
+    return e - b ? e - b : 1;
+}
+
 void ldmc_params_alloc(ldmc_params *p, ldmc_param_role role) {
     LDMC_CHECK((unsigned)role < LDMC_ROLE_COUNT, "bad parameter role %d", (int)role);
     if (p->buffers[role]) return;
-    size_t bytes = (p->total ? p->total : 1) * sizeof(float);
-    p->buffers[role] = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    LDMC_CHECK(p->buffers[role], "out of memory: %zu MiB for the %s buffer", bytes >> 20,
-               role_names[role]);
-    memset(p->buffers[role], 0, bytes);
+    size_t b, e;
+    ldmc_params_role_range(p, role, &b, &e);
+    size_t bytes = role_count(p, role) * sizeof(float);
+    void *m = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    LDMC_CHECK(m, "out of memory: %zu MiB for the %s buffer", bytes >> 20, role_names[role]);
+    memset(m, 0, bytes);
+    p->buffers[role] = shifted(m, b, sizeof(float));
     for (int i = 0; i < p->count; i++)
         ldmc_params_tensor(p, i);
 }
 
-static size_t reserved_bytes(const ldmc_params *p) {
-    return ((p->total ? p->total : 1) * sizeof(float) + 4095) & ~(size_t)4095;
+static size_t reserved_bytes(const ldmc_params *p, ldmc_param_role role) {
+    return (role_count(p, role) * sizeof(float) + 4095) & ~(size_t)4095;
 }
 
 void ldmc_params_reserve(ldmc_params *p, ldmc_param_role role) {
     LDMC_CHECK((unsigned)role < LDMC_ROLE_COUNT, "bad parameter role %d", (int)role);
     if (p->buffers[role]) return;
-    void *m = mmap(NULL, reserved_bytes(p), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+    size_t b, e;
+    ldmc_params_role_range(p, role, &b, &e);
+    void *m = mmap(NULL, reserved_bytes(p, role), PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     LDMC_CHECK(m != MAP_FAILED, "cannot reserve %zu MiB of address space for the %s buffer",
-               reserved_bytes(p) >> 20, role_names[role]);
-    p->buffers[role] = m;
+               reserved_bytes(p, role) >> 20, role_names[role]);
+    p->buffers[role] = shifted(m, b, sizeof(float));
     p->reserved[role] = true;
     for (int i = 0; i < p->count; i++)
         ldmc_params_tensor(p, i);
@@ -126,6 +178,15 @@ void ldmc_params_init(ldmc_params *p, uint64_t seed) {
         }
         }
     }
+}
+
+void ldmc_params_ema_reset(ldmc_params *p) {
+    size_t b, e;
+    ldmc_params_role_range(p, LDMC_ROLE_EMA, &b, &e);
+    LDMC_CHECK(p->buffers[LDMC_ROLE_EMA] && p->buffers[LDMC_ROLE_WEIGHTS],
+               "EMA reset without buffers");
+    memcpy(p->buffers[LDMC_ROLE_EMA] + b, p->buffers[LDMC_ROLE_WEIGHTS] + b,
+           (e - b) * sizeof(float));
 }
 
 void ldmc_params_zero_grad(ldmc_params *p) {
@@ -167,6 +228,16 @@ int64_t ldmc_params_count(const ldmc_params *p, bool trainable_only) {
     return n;
 }
 
+// A zeroed GPU buffer of a role (f32; the shard's range of a state role).
+static void device_alloc(ldmc_params *p, ldmc_param_role role) {
+    size_t b, e;
+    ldmc_params_role_range(p, role, &b, &e);
+    size_t bytes = role_count(p, role) * sizeof(float);
+    void *m = ldmc_gpu_malloc(bytes);
+    ldmc_gpu_zero(m, bytes);
+    p->device[role] = shifted(m, b, sizeof(float));
+}
+
 void ldmc_params_to_device(ldmc_params *p) {
     LDMC_CHECK(ldmc_gpu_available(),
                "parameters on the GPU: no CUDA in this build, or no device visible");
@@ -175,17 +246,36 @@ void ldmc_params_to_device(ldmc_params *p) {
                "parameters moved to the GPU before their weights exist");
     const size_t n = p->total ? p->total : 1;
     p->device[LDMC_ROLE_WEIGHTS] = ldmc_gpu_malloc(n * sizeof(uint16_t));
-    p->device[LDMC_ROLE_MASTER] = ldmc_gpu_malloc(n * sizeof(float));
-    for (int r = LDMC_ROLE_GRAD; r < LDMC_ROLE_COUNT; r++)
-        if (p->buffers[r] && !p->reserved[r]) p->device[r] = ldmc_gpu_malloc(n * sizeof(float));
-    // the host weights become the master, the bf16 working copy its rounding
-    const size_t bytes = p->total * sizeof(float);
-    ldmc_gpu_upload(p->device[LDMC_ROLE_MASTER], p->buffers[LDMC_ROLE_WEIGHTS], bytes);
-    ldmc_gpu_f32_to_bf16(p->device[LDMC_ROLE_WEIGHTS], p->device[LDMC_ROLE_MASTER],
-                         (int64_t)p->total);
-    for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++)
-        if (p->device[r]) ldmc_gpu_upload(p->device[r], p->buffers[r], bytes);
-    if (p->device[LDMC_ROLE_GRAD]) ldmc_gpu_zero(p->device[LDMC_ROLE_GRAD], bytes);
+    for (int r = LDMC_ROLE_MASTER; r < LDMC_ROLE_COUNT; r++)
+        if (r == LDMC_ROLE_MASTER || (p->buffers[r] && !p->reserved[r])) device_alloc(p, r);
+    // the host weights become the master (its range), the bf16 working copy their rounding
+    // (through the master's buffer when it holds them all, else through a bounded scratch)
+    size_t b, e;
+    ldmc_params_role_range(p, LDMC_ROLE_MASTER, &b, &e);
+    float *master = p->device[LDMC_ROLE_MASTER];
+    const float *host = p->buffers[LDMC_ROLE_WEIGHTS];
+    ldmc_gpu_upload(master + b, host + b, (e - b) * sizeof(float));
+    if (!p->sharded) {
+        ldmc_gpu_f32_to_bf16(p->device[LDMC_ROLE_WEIGHTS], master, (int64_t)p->total);
+    } else {
+        const size_t chunk = (size_t)1 << 24;
+        float *scratch = ldmc_gpu_malloc((p->total < chunk ? n : chunk) * sizeof(float));
+        for (size_t at = 0; at < p->total; at += chunk) {
+            size_t k = p->total - at < chunk ? p->total - at : chunk;
+            ldmc_gpu_upload(scratch, host + at, k * sizeof(float));
+            ldmc_gpu_f32_to_bf16((uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + at, scratch,
+                                 (int64_t)k);
+        }
+        ldmc_device_synchronize(LDMC_CUDA);
+        ldmc_gpu_free(scratch);
+    }
+    for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++) {
+        if (!p->device[r]) continue;
+        ldmc_params_role_range(p, r, &b, &e);
+        ldmc_gpu_upload((float *)p->device[r] + b, p->buffers[r] + b, (e - b) * sizeof(float));
+    }
+    if (p->device[LDMC_ROLE_GRAD])
+        ldmc_gpu_zero(p->device[LDMC_ROLE_GRAD], p->total * sizeof(float));
     p->on_device = true;
     for (int i = 0; i < p->count; i++)
         ldmc_params_tensor(p, i);
@@ -195,32 +285,37 @@ void ldmc_params_device_alloc(ldmc_params *p, ldmc_param_role role) {
     LDMC_CHECK(p->on_device && role != LDMC_ROLE_WEIGHTS && role != LDMC_ROLE_MASTER,
                "a GPU %s buffer for parameters not on the GPU", role_names[role]);
     if (p->device[role]) return;
-    size_t bytes = (p->total ? p->total : 1) * sizeof(float);
-    p->device[role] = ldmc_gpu_malloc(bytes);
-    ldmc_gpu_zero(p->device[role], bytes);
+    device_alloc(p, role);
     for (int i = 0; i < p->count; i++)
         ldmc_params_tensor(p, i);
 }
 
 void ldmc_params_to_host(ldmc_params *p) {
     if (!p->on_device) return;
-    const size_t bytes = p->total * sizeof(float);
-    ldmc_gpu_download(p->buffers[LDMC_ROLE_WEIGHTS], p->device[LDMC_ROLE_MASTER], bytes);
-    for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++)
-        if (p->device[r]) ldmc_gpu_download(p->buffers[r], p->device[r], bytes);
+    size_t b, e;
+    ldmc_params_role_range(p, LDMC_ROLE_MASTER, &b, &e);
+    ldmc_gpu_download(p->buffers[LDMC_ROLE_WEIGHTS] + b, (float *)p->device[LDMC_ROLE_MASTER] + b,
+                      (e - b) * sizeof(float));
+    for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++) {
+        if (!p->device[r]) continue;
+        ldmc_params_role_range(p, r, &b, &e);
+        ldmc_gpu_download(p->buffers[r] + b, (float *)p->device[r] + b, (e - b) * sizeof(float));
+    }
 }
 
 void ldmc_params_free(ldmc_params *p) {
-    for (int r = 0; r < LDMC_ROLE_COUNT; r++)
-        ldmc_gpu_free(p->device[r]);
+    for (int r = 0; r < LDMC_ROLE_COUNT; r++) {
+        size_t b, e;
+        ldmc_params_role_range(p, r, &b, &e);
+        ldmc_gpu_free(unshifted(p->device[r], b, r == LDMC_ROLE_WEIGHTS ? 2 : 4));
+        void *m = unshifted(p->buffers[r], b, sizeof(float));
+        if (p->reserved[r])
+            munmap(m, reserved_bytes(p, r));
+        else
+            free(m);
+    }
     for (int i = 0; i < p->count; i++)
         free(p->items[i].name);
     free(p->items);
-    for (int r = 0; r < LDMC_ROLE_COUNT; r++) {
-        if (p->reserved[r])
-            munmap(p->buffers[r], reserved_bytes(p));
-        else
-            free(p->buffers[r]);
-    }
     *p = (ldmc_params){0};
 }

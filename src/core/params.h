@@ -58,9 +58,22 @@ typedef struct ldmc_params {
     // on_device, the tensor views point there and the host buffers are the checkpoint side.
     void *device[LDMC_ROLE_COUNT];
     bool on_device;
+    // ZeRO-1 (ldmc_params_set_shard): the optimizer state's range of the layout on this rank
+    bool sharded;
+    size_t shard_begin, shard_end;
 } ldmc_params;
 
 const char *ldmc_param_role_name(ldmc_param_role role);
+// ZeRO-1 (src/train/dist.h): the optimizer state's roles (MASTER, ADAM_M, ADAM_V, EMA) hold only
+// the elements [begin, end) of the layout, this rank's range, on the host and on the GPU; their
+// buffer pointers still index by layout offset, and only the range may be touched. Call before
+// those roles are allocated; parameters must not straddle the range's ends.
+void ldmc_params_set_shard(ldmc_params *p, size_t begin, size_t end);
+// Whether the role's buffers hold only the shard, and the layout range they hold.
+bool ldmc_params_role_sharded(const ldmc_params *p, ldmc_param_role role);
+void ldmc_params_role_range(const ldmc_params *p, ldmc_param_role role, size_t *begin, size_t *end);
+// Whether parameter i lies in the shard (every parameter of a table without one).
+bool ldmc_params_owns(const ldmc_params *p, int i);
 // Adds a parameter; returns its index. Fatal on a duplicate name or after buffers exist.
 int ldmc_params_add(ldmc_params *p, const char *name, int ndim, const int64_t *shape,
                     unsigned flags);
@@ -79,6 +92,8 @@ void ldmc_params_set_init(ldmc_params *p, int index, ldmc_param_init init, int64
 // Fills the weights buffer: each parameter from its own Philox stream, keyed by the seed and the
 // hash of its name (so adding a parameter changes no other), purpose LDMC_RNG_INIT.
 void ldmc_params_init(ldmc_params *p, uint64_t seed);
+// The EMA buffer from the weights (its range under a shard), as a run starts.
+void ldmc_params_ema_reset(ldmc_params *p);
 // Zeroes the gradient buffer.
 void ldmc_params_zero_grad(ldmc_params *p);
 ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index);
@@ -89,7 +104,8 @@ void ldmc_params_to_device(ldmc_params *p);
 // A zeroed GPU buffer for a role the host does not keep (a benchmark's gradients and Adam state),
 // after ldmc_params_to_device; the tensor views are re-bound. Idempotent.
 void ldmc_params_device_alloc(ldmc_params *p, ldmc_param_role role);
-// Copies the GPU's master weights, m, v and EMA into the host buffers (for a checkpoint).
+// Copies the GPU's master weights, m, v and EMA into the host buffers (for a checkpoint); with a
+// shard, the master's range only (src/train/dist.h gathers the rest).
 void ldmc_params_to_host(ldmc_params *p);
 // Count of parameter elements (padding excluded); frozen ones excluded when trainable_only.
 int64_t ldmc_params_count(const ldmc_params *p, bool trainable_only);

@@ -17,10 +17,21 @@ uint64_t ldmc_hash_bytes(uint64_t h, const void *data, size_t n) {
 }
 
 ldmc_rng ldmc_step_rng(const ldmc_step_key *key, uint32_t purpose) {
-    return ldmc_rng_make(key->seed, key->step, key->rank, purpose);
+    return ldmc_rng_make(key->seed, key->step, 0, purpose);
 }
 
 uint64_t ldmc_step_offset(const ldmc_step_key *key) { return (uint64_t)key->micro << 40; }
+
+uint64_t ldmc_step_row_offset(const ldmc_step_key *key, int64_t per_row) {
+    return ldmc_step_offset(key) + (uint64_t)key->first * (uint64_t)per_row;
+}
+
+uint64_t ldmc_step_second_block(const ldmc_step_key *key, int n, int64_t per_row,
+                                int64_t per_row2) {
+    uint64_t rows = (uint64_t)(key->total > 0 ? key->total : n);
+    return ldmc_step_offset(key) + ((rows * (uint64_t)per_row + 1) & ~(uint64_t)1) +
+           (uint64_t)key->first * (uint64_t)per_row2;
+}
 
 uint64_t ldmc_hash_name(const char *name) {
     return ldmc_hash_bytes(LDMC_HASH_START, name, strlen(name));

@@ -42,16 +42,26 @@ void ldmc_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t o
 
 ldmc_rng ldmc_rng_make(uint64_t seed, uint32_t step, uint32_t rank, uint32_t purpose);
 
-// The key of a training micro-batch's draws: every stream of step `step` on `rank`, of which
-// micro-batch `micro` (the accumulation index) owns the 2^40 values from micro << 40, whatever
-// the batch sizes.
+// The key of a training micro-batch's draws: every stream of step `step`, of which micro-batch
+// `micro` (the accumulation index) owns the 2^40 values from micro << 40, whatever the batch
+// sizes. Under data parallelism a rank holds rows [first, first + n) of a global micro-batch of
+// `total` rows (0: the rank holds it all), and every per-sample draw is taken at the sample's
+// global row: the draws of a step do not depend on how many ranks share it. `rank` keys only the
+// context's streams (dropout inside the model), which stay distinct per rank.
 typedef struct ldmc_step_key {
     uint64_t seed;
     uint32_t step, rank, micro;
+    int32_t first, total;
 } ldmc_step_key;
-// The step's stream for `purpose`, and where the micro-batch's values start in it.
+// The step's stream for `purpose` (the same on every rank), and where the micro-batch's values
+// start in it.
 ldmc_rng ldmc_step_rng(const ldmc_step_key *key, uint32_t purpose);
 uint64_t ldmc_step_offset(const ldmc_step_key *key);
+// Where this rank's rows start when each row takes `per_row` values of a stream, and where a
+// second block of `per_row2` values per row starts after the whole global micro-batch's first
+// block of `per_row` values (from an even index: normals come in pairs).
+uint64_t ldmc_step_row_offset(const ldmc_step_key *key, int64_t per_row);
+uint64_t ldmc_step_second_block(const ldmc_step_key *key, int n, int64_t per_row, int64_t per_row2);
 // The largest training step a run may reach: streams are keyed by a 32-bit step (kept below 2^31
 // so that a step count fits an int everywhere).
 #define LDMC_MAX_STEPS ((int64_t)INT32_MAX)

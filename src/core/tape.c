@@ -238,12 +238,14 @@ void *ldmc_host_scratch(ldmc_ctx *ctx, size_t bytes) { return ldmc_arena_alloc(&
 
 static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node);
 
-static void run_backward(ldmc_ctx *ctx, int first, int end) {
+// The nodes [first, end) backward; `hook` after each (the top-level walk).
+static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_hook *hook) {
     for (int i = end - 1; i >= first; i--) {
         ldmc_node *node = &ctx->nodes[i];
         bool reached = false;
         for (int o = 0; o < node->n_out && !reached; o++)
             reached = ldmc_grad_if_any(node->out[o]) != NULL;
+        if (hook && i + 1 < end) hook->node_done(hook->user, i + 1);
         if (!reached) continue;
         ctx->flops += node->backward_flops; // dry runs too: a plan counts the whole step
         if (ctx->dry_run && node->op->backward != recompute_backward) {
@@ -261,6 +263,11 @@ static void run_backward(ldmc_ctx *ctx, int first, int end) {
             node->op->backward(ctx, node);
         }
     }
+    if (hook && first < end) hook->node_done(hook->user, first);
+}
+
+bool ldmc_node_is_recompute(const ldmc_node *node) {
+    return node->op->backward == recompute_backward;
 }
 
 // g += seed (or 1) for a gradient in GPU memory: the values go up through a scratch buffer.
@@ -291,7 +298,9 @@ void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_gr
     }
     bool was_recording = ctx->recording;
     ctx->recording = false;
-    run_backward(ctx, 0, ctx->n_nodes);
+    const ldmc_backward_hook *hook = ctx->dry_run ? NULL : ctx->backward_hook;
+    if (hook) hook->begin(hook->user, ctx);
+    run_backward(ctx, 0, ctx->n_nodes, hook);
     ctx->recording = was_recording;
 }
 
@@ -340,7 +349,7 @@ static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node) {
             any = true;
         }
     }
-    if (any) run_backward(ctx, first, ctx->n_nodes);
+    if (any) run_backward(ctx, first, ctx->n_nodes, NULL);
 
     ctx->n_nodes = first;
     ldmc_arena_release(&ctx->data, data_mark);

@@ -39,6 +39,16 @@ typedef struct ldmc_profile {
 
 typedef void (*ldmc_backward_fn)(ldmc_ctx *ctx, ldmc_node *node);
 
+// A hook on backward (the data-parallel gradient reduction, src/train/dist.h): `begin` once the
+// tape is complete, before the first node's backward; `node_done` after each recorded node's
+// backward, from the last node down (not for the nodes of a recompute region's re-run, which all
+// come under their region's node). Dry runs call neither.
+typedef struct ldmc_backward_hook {
+    void (*begin)(void *user, const ldmc_ctx *ctx);
+    void (*node_done)(void *user, int node);
+    void *user;
+} ldmc_backward_hook;
+
 // One entry per op kind: its name (used in every message about it) and its backward, or NULL
 // for ops without one (recording such an op with an input that needs a gradient is fatal).
 typedef struct ldmc_op_info {
@@ -81,6 +91,7 @@ struct ldmc_ctx {
     // backward products of the gradients needed), dry runs included: a step's model FLOPs.
     double flops;
     ldmc_profile *profile; // NULL: no timing
+    const ldmc_backward_hook *backward_hook; // NULL: none
 };
 
 // data_bytes / meta_bytes: address space reserved for each arena (committed only when touched).
@@ -147,6 +158,9 @@ void *ldmc_host_scratch(ldmc_ctx *ctx, size_t bytes);
 void ldmc_backward(ldmc_ctx *ctx, ldmc_tensor *loss, const float *seed_grad);
 // The same from several outputs at once (an op with several outputs, or several losses).
 void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_grads, int n);
+
+// Whether the node is a recompute region's (whose re-run reads parameters the tape does not list).
+bool ldmc_node_is_recompute(const ldmc_node *node);
 
 // Runs `fn` as a recompute region (see the top of this file). When not recording, or when no
 // input needs a gradient, this is a plain call.

@@ -13,11 +13,12 @@ void ldmc_batch_plan_init(ldmc_batch_plan *s, int n_samples, const int *sample_b
                            .sample_bucket = sample_bucket,
                            .n_buckets = n_buckets,
                            .batch_size = batch_size,
+                           .global = batch_size * world,
                            .seed = seed,
                            .rank = rank,
                            .world = world};
     LDMC_CHECK(batch_size >= 1 && world >= 1 && rank >= 0 && rank < world &&
-                   n_buckets <= LDMC_MAX_BUCKETS,
+                   (int64_t)batch_size * world <= INT32_MAX && n_buckets <= LDMC_MAX_BUCKETS,
                "batch plan: batch %d, rank %d of %d", batch_size, rank, world);
     for (int i = 0; i < n_samples; i++)
         s->fill[sample_bucket[i]]++;
@@ -38,7 +39,7 @@ static void shuffle(int *a, int n, const ldmc_rng *rng) {
 void ldmc_batch_plan_epoch(const ldmc_batch_plan *s, int64_t epoch, ldmc_epoch_plan *plan) {
     int max_batches = s->n_buckets; // partial batches: at most one per bucket
     for (int b = 0; b < s->n_buckets; b++)
-        max_batches += s->fill[b] / s->batch_size;
+        max_batches += s->fill[b] / s->global;
     *plan = (ldmc_epoch_plan){.epoch = epoch};
     plan->order = malloc((size_t)(s->n_samples ? s->n_samples : 1) * sizeof *plan->order);
     plan->batches = malloc((size_t)max_batches * sizeof *plan->batches);
@@ -51,8 +52,8 @@ void ldmc_batch_plan_epoch(const ldmc_batch_plan *s, int64_t epoch, ldmc_epoch_p
             if (s->sample_bucket[i] == b) tmp[n++] = i;
         ldmc_rng rng = ldmc_rng_make(s->seed, (uint32_t)epoch, (uint32_t)(1 + b), LDMC_RNG_DATA);
         shuffle(tmp, n, &rng);
-        for (int first = 0; first < n; first += s->batch_size) {
-            int k = n - first < s->batch_size ? n - first : s->batch_size;
+        for (int first = 0; first < n; first += s->global) {
+            int k = n - first < s->global ? n - first : s->global;
             plan->batches[plan->n_batches++] = (ldmc_batch_ref){.bucket = b, .n = k, .first = used};
             memcpy(plan->order + used, tmp + first, (size_t)k * sizeof *tmp);
             used += k;
@@ -115,15 +116,40 @@ void ldmc_epoch_plan_free(ldmc_epoch_plan *plan) {
     *plan = (ldmc_epoch_plan){0};
 }
 
-int ldmc_batch_plan_steps_per_epoch(const ldmc_batch_plan *s) {
+int ldmc_batch_plan_steps_with(const ldmc_batch_plan *s, int global) {
     int n_batches = 0;
     for (int b = 0; b < s->n_buckets; b++)
-        n_batches += (s->fill[b] + s->batch_size - 1) / s->batch_size;
-    return (n_batches + s->world - 1) / s->world;
+        n_batches += (s->fill[b] + global - 1) / global;
+    return n_batches;
 }
 
-const ldmc_batch_ref *ldmc_batch_plan_batch(const ldmc_batch_plan *s, const ldmc_epoch_plan *plan,
-                                            int index) {
-    int i = index * s->world + s->rank;
-    return &plan->batches[i % plan->n_batches];
+int ldmc_batch_plan_steps_per_epoch(const ldmc_batch_plan *s) {
+    return ldmc_batch_plan_steps_with(s, s->global);
+}
+
+int ldmc_batch_plan_rank_samples(const ldmc_batch_plan *s, int rank) {
+    int n = 0, row = rank * s->batch_size;
+    for (int b = 0; b < s->n_buckets; b++) {
+        int rest = s->fill[b] % s->global, part = rest > row ? rest - row : 0;
+        n += s->fill[b] / s->global * s->batch_size + (part < s->batch_size ? part : s->batch_size);
+    }
+    return n;
+}
+
+int64_t ldmc_batch_plan_translate(const ldmc_batch_plan *s, int64_t position, int global) {
+    int before = ldmc_batch_plan_steps_with(s, global), now = ldmc_batch_plan_steps_per_epoch(s);
+    if (global == s->global || before == 0) return position;
+    int64_t epoch = position / before, index = position % before;
+    return epoch * now + index * now / before;
+}
+
+ldmc_batch_ref ldmc_batch_plan_batch(const ldmc_batch_plan *s, const ldmc_epoch_plan *plan,
+                                     int index) {
+    ldmc_batch_ref r = plan->batches[index];
+    int row = s->rank * s->batch_size, left = r.n > row ? r.n - row : 0;
+    return (ldmc_batch_ref){.bucket = r.bucket,
+                            .n = left < s->batch_size ? left : s->batch_size,
+                            .first = r.first + (left ? row : 0),
+                            .row = row,
+                            .total = r.n};
 }

@@ -147,19 +147,19 @@ static void make_batch(ldmc_loader *l, int64_t position, ldmc_batch *b) {
     int64_t epoch = position / l->steps_per_epoch;
     pthread_mutex_lock(&l->lock);
     const ldmc_epoch_plan *plan = plan_of(l, epoch);
-    const ldmc_batch_ref *ref =
-        ldmc_batch_plan_batch(&l->plan, plan, (int)(position % l->steps_per_epoch));
-    ldmc_batch_ref r = *ref;
-    int *samples = malloc((size_t)r.n * sizeof *samples);
+    ldmc_batch_ref r = ldmc_batch_plan_batch(&l->plan, plan, (int)(position % l->steps_per_epoch));
+    int *samples = malloc((size_t)(r.n ? r.n : 1) * sizeof *samples);
     LDMC_CHECK(samples, "out of memory");
     memcpy(samples, plan->order + r.first, (size_t)r.n * sizeof *samples);
     pthread_mutex_unlock(&l->lock);
 
     int h = l->buckets->height[r.bucket], w = l->buckets->width[r.bucket];
     b->bucket = r.bucket;
-    reserve(l, b, r.n, h, w);
+    reserve(l, b, r.n ? r.n : 1, h, w);
     b->position = position;
     b->epoch = epoch;
+    b->row = r.row;
+    b->total = r.total;
     b->height = h;
     b->width = w;
     b->n = 0;
@@ -257,6 +257,8 @@ int ldmc_loader_start(ldmc_loader **out, ldmc_dataset *data, const ldmc_buckets 
     ldmc_batch_plan_init(&l->plan, count, l->sample_bucket, buckets->count, opt->batch_size,
                          opt->seed, opt->rank, opt->world);
     l->steps_per_epoch = ldmc_batch_plan_steps_per_epoch(&l->plan);
+    if (opt->start_global > 0)
+        start_position = ldmc_batch_plan_translate(&l->plan, start_position, opt->start_global);
     for (int i = 0; i < l->opt.prefetch; i++)
         l->slots[i].ready = -1;
     l->next_to_make = l->next_to_take = l->released = start_position;
@@ -295,6 +297,8 @@ const ldmc_batch *ldmc_loader_next(ldmc_loader *l) {
     }
     return b;
 }
+
+int64_t ldmc_loader_position(const ldmc_loader *l) { return l->next_to_take; }
 
 const ldmc_batch_plan *ldmc_loader_batch_plan(const ldmc_loader *l) { return &l->plan; }
 

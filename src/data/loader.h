@@ -18,9 +18,12 @@
 #include "data/microcond.h"
 
 typedef struct ldmc_batch {
-    int64_t position; // this rank's batch number since the start of training
+    int64_t position; // the global batch's number since the start of training
     int64_t epoch;
     int bucket, n, height, width;
+    // this rank's part of the global batch: rows [row, row + planned) of `total` (n is what
+    // decoded of the planned rows)
+    int row, total;
     float *pixels;     // (n, height, width, 3) in [-1, 1] (images)
     int lh, lw, lc;    // latent height, width and channels (cache)
     float *mean, *std; // (n, lh, lw, lc) each: the posterior of each entry (cache)
@@ -49,8 +52,11 @@ typedef struct ldmc_loader_options {
     int prefetch; // batches prepared ahead (>= 1)
     double flip;  // probability of a horizontal flip
     uint64_t seed;
-    int rank, world;
+    int rank, world;         // this rank's part of every global batch (world x batch_size)
     const ldmc_cache *cache; // read latents from this cache instead of images (data is NULL)
+    // The global batch size the start position counts in, when it differs from this run's (a
+    // resume at another world size): the start moves to the same point of its epoch. 0: the same.
+    int start_global;
 } ldmc_loader_options;
 
 typedef struct ldmc_loader ldmc_loader;
@@ -63,6 +69,8 @@ int ldmc_loader_start(ldmc_loader **out, ldmc_dataset *data, const ldmc_buckets 
                       const ldmc_loader_options *opt, int64_t start_position, ldmc_err *err);
 // The next batch, valid until the following call.
 const ldmc_batch *ldmc_loader_next(ldmc_loader *l);
+// The position of the next batch (global batches since the start of training).
+int64_t ldmc_loader_position(const ldmc_loader *l);
 const ldmc_batch_plan *ldmc_loader_batch_plan(const ldmc_loader *l);
 // Seconds the caller has spent blocked in ldmc_loader_next since the start.
 double ldmc_loader_wait_seconds(const ldmc_loader *l);

@@ -9,17 +9,16 @@
 #include "core/error.h"
 #include "core/rng.h"
 
-void ldmc_draw_timesteps(const ldmc_schedule *s, const ldmc_noise_options *o, int B, uint64_t seed,
-                         uint32_t step, uint32_t rank, uint32_t stream, float *t, float *weight,
-                         double *sa, double *sb) {
+void ldmc_draw_timesteps(const ldmc_schedule *s, const ldmc_noise_options *o, int B,
+                         const ldmc_step_key *key, float *t, float *weight, double *sa,
+                         double *sb) {
     LDMC_CHECK(o->t_min >= 0 && o->t_max <= s->steps && o->t_min < o->t_max,
                "noise: timestep range [%d, %d) outside the schedule's %d steps", o->t_min, o->t_max,
                s->steps);
-    ldmc_rng times = ldmc_rng_make(seed, step, rank, LDMC_RNG_TIMESTEP);
+    ldmc_rng times = ldmc_step_rng(key, LDMC_RNG_TIMESTEP);
     float *u = malloc((size_t)(B ? B : 1) * sizeof *u);
     LDMC_CHECK(u, "out of memory");
-    // Each micro-batch (stream) owns 2^40 values of the step's streams, whatever the batch sizes.
-    ldmc_rng_uniform(&times, (uint64_t)stream << 40, (size_t)B, u);
+    ldmc_rng_uniform(&times, ldmc_step_row_offset(key, 1), (size_t)B, u);
     for (int b = 0; b < B; b++) {
         int tb = o->t_min + (int)floor(u[b] * (o->t_max - o->t_min));
         if (tb >= o->t_max) tb = o->t_max - 1;

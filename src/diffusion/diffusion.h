@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/rng.h"
 #include "diffusion/schedule.h"
 
 typedef enum ldmc_prediction { LDMC_PREDICT_EPS, LDMC_PREDICT_V } ldmc_prediction;
@@ -19,13 +20,11 @@ typedef struct ldmc_noise_options {
     double min_snr_gamma; // 0: no weighting; 5 is the usual choice
 } ldmc_noise_options;
 
-// The per-sample draws of a micro-batch of B: t (B) from the TIMESTEP stream of (seed, step,
-// rank) at (stream << 40), the loss weight (B) (min-SNR-γ: min(snr, γ)/snr for ε, /(snr + 1) for
-// v; 1 without), and sa = √ᾱ_t, sb = √(1-ᾱ_t) (B) in double. `stream` tells the micro-batches of
-// one step apart (the accumulation index).
-void ldmc_draw_timesteps(const ldmc_schedule *s, const ldmc_noise_options *o, int B, uint64_t seed,
-                         uint32_t step, uint32_t rank, uint32_t stream, float *t, float *weight,
-                         double *sa, double *sb);
+// The per-sample draws of a micro-batch of B rows: t (B) from the step's TIMESTEP stream at each
+// row's global index (ldmc_step_row_offset), the loss weight (B) (min-SNR-γ: min(snr, γ)/snr for
+// ε, /(snr + 1) for v; 1 without), and sa = √ᾱ_t, sb = √(1-ᾱ_t) (B) in double.
+void ldmc_draw_timesteps(const ldmc_schedule *s, const ldmc_noise_options *o, int B,
+                         const ldmc_step_key *key, float *t, float *weight, double *sa, double *sb);
 
 // The σ lists the samplers walk (../shared/reference/samplers.md §2, §3.6, §8), descending, with
 // the timestep the UNet gets at each: steps + 1 values of σ (the last where the run ends) and

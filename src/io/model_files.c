@@ -121,7 +121,7 @@ int ldmc_save_models(const char *path, ldmc_layout layout, const ldmc_model *mod
     if (n == 0) return LDMC_ERR(err, "%s: no model to save", path);
     if (n > LDMC_MAX_SAVE_PARTS) return LDMC_ERR(err, "%s: %d models in one file", path, n);
     for (int i = 0; i < n; i++)
-        parts[i] = (ldmc_save_part){{.layout = layout, .model = &models[i]}, role};
+        parts[i] = (ldmc_save_part){{.layout = layout, .model = &models[i]}, role, NULL};
     if (layout == LDMC_LAYOUT_OFFICIAL)
         return ldmc_save_weights(path, parts, n, dtype, passthrough, err);
     if (make_dir(path, err) != 0) return -1;

@@ -223,6 +223,8 @@ int ldmc_load_weights(const ldmc_safetensors *st, const ldmc_key_map *map, const
     for (int i = 0; rc == 0 && i < p->count; i++) {
         const ldmc_param *param = &p->items[i];
         float *dst = weights + param->offset;
+        // a sharded role (ZeRO-1) holds this rank's parameters only (every one is checked above)
+        if (ldmc_params_role_sharded(p, role) && !ldmc_params_owns(p, i)) continue;
         bool complete = true; // (a problem above stops the load before here otherwise)
         for (int j = 0; j < parts[i].n; j++)
             complete &= found[3 * i + j] != NULL;
@@ -304,7 +306,7 @@ int ldmc_save_weights(const char *path, const ldmc_save_part *parts, int n_parts
     int n = 0, rc = 0;
     for (int k = 0; k < n_parts && rc == 0; k++) {
         const ldmc_params *p = parts[k].map.model->params;
-        const float *buffer = p->buffers[parts[k].role];
+        const float *buffer = parts[k].data ? parts[k].data : p->buffers[parts[k].role];
         if (!buffer) {
             rc = LDMC_ERR(err, "%s: the %s buffer to save does not exist", path,
                           ldmc_param_role_name(parts[k].role));

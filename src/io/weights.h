@@ -52,6 +52,8 @@ int ldmc_load_weights(const ldmc_safetensors *st, const ldmc_key_map *map, const
 typedef struct ldmc_save_part {
     ldmc_key_map map;
     ldmc_param_role role; // LDMC_ROLE_WEIGHTS, or LDMC_ROLE_EMA for the averaged weights
+    const float *data;    // the values in the table's layout instead of the role's buffer (a
+                          // sharded EMA gathered whole), or NULL
 } ldmc_save_part;
 
 // Writes the parts' parameters in `dtype` (F32, F16 or BF16), in table order, followed by every

@@ -110,11 +110,12 @@ ldmc_tensor *ldmc_latent_sample(ldmc_ctx *ctx, ldmc_tensor *mean, ldmc_tensor *s
 ldmc_tensor *ldmc_latent_unscale(ldmc_ctx *ctx, ldmc_tensor *z, double scale);
 // Noising for training: z (B, ..., C) f32 -> x_t = sa[b] z + sb[b] ε' (activation dtype) and the
 // target ε' or (predict_v) sa[b] ε' - sb[b] z (f32), where ε' = ε + offset_noise · m[b, c]: n
-// values of ε from `offset`, then B·C of m from the next even index. sa, sb (B) are host values
-// (√ᾱ_t and √(1-ᾱ_t) of each sample's timestep).
+// values of ε from `offset`, then B·C of m from `offsets_at` (a training step takes both at the
+// rows' global indices: ldmc_step_row_offset and ldmc_step_second_block). sa, sb (B) are host
+// values (√ᾱ_t and √(1-ᾱ_t) of each sample's timestep).
 void ldmc_diffusion_noise(ldmc_ctx *ctx, ldmc_tensor *z, const double *sa, const double *sb,
                           double offset_noise, bool predict_v, const ldmc_rng *rng, uint64_t offset,
-                          ldmc_tensor **x_t, ldmc_tensor **target);
+                          uint64_t offsets_at, ldmc_tensor **x_t, ldmc_tensor **target);
 // Classifier-free guidance on a model output (2n, ...) whose rows [0, n) are conditional and
 // [n, 2n) unconditional: f32 (n, ...) = uncond + scale (cond - uncond).
 ldmc_tensor *ldmc_guidance(ldmc_ctx *ctx, ldmc_tensor *out, double scale);

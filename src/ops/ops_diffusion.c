@@ -57,7 +57,7 @@ ldmc_tensor *ldmc_latent_unscale(ldmc_ctx *ctx, ldmc_tensor *z, double scale) {
 
 void ldmc_diffusion_noise(ldmc_ctx *ctx, ldmc_tensor *z, const double *sa, const double *sb,
                           double offset_noise, bool predict_v, const ldmc_rng *rng, uint64_t offset,
-                          ldmc_tensor **x_t, ldmc_tensor **target) {
+                          uint64_t offsets_at, ldmc_tensor **x_t, ldmc_tensor **target) {
     OP_CHECK(z->ndim >= 2 && z->dtype == LDMC_F32, "diffusion_noise", z,
              "the latents must be f32 (B, ..., C)");
     check_no_grad("diffusion_noise", z);
@@ -65,8 +65,6 @@ void ldmc_diffusion_noise(ldmc_ctx *ctx, ldmc_tensor *z, const double *sa, const
     const int64_t n = ldmc_numel(z), per_sample = B ? n / B : 0;
     *x_t = ldmc_new(ctx, ctx->act_dtype, z->ndim, z->shape);
     *target = ldmc_new(ctx, LDMC_F32, z->ndim, z->shape);
-    // The noise of the batch: n values of ε, then the B C offsets from the next even index.
-    const uint64_t offsets_at = offset + (((uint64_t)n + 1) & ~(uint64_t)1);
     // (the GPU's per-sample coefficients are allocated in a dry run too: it plans the same bytes)
     double *coefficients =
         ON_GPU(z) ? ldmc_scratch(ctx, (size_t)2 * (B ? B : 1) * sizeof(double)) : NULL;
@@ -75,8 +73,9 @@ void ldmc_diffusion_noise(ldmc_ctx *ctx, ldmc_tensor *z, const double *sa, const
         (void)coefficients; // (a build without CUDA never gets here)
         GPU(ldmc_cuda_to_device(coefficients, sa, (size_t)B * sizeof(double)));
         GPU(ldmc_cuda_to_device(coefficients + B, sb, (size_t)B * sizeof(double)));
-        GPU(ldmc_cuda_noise_batch(rng, offset, DF(z), coefficients, coefficients + B, B, per_sample,
-                                  C, (float)offset_noise, predict_v, BF(*x_t), DF(*target)));
+        GPU(ldmc_cuda_noise_batch(rng, offset, offsets_at, DF(z), coefficients, coefficients + B, B,
+                                  per_sample, C, (float)offset_noise, predict_v, BF(*x_t),
+                                  DF(*target)));
         return;
     }
     float *offsets = ldmc_host_scratch(ctx, (size_t)(B ? B : 1) * (C ? C : 1) * sizeof(float));

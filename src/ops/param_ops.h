@@ -12,6 +12,11 @@
 // every run): per parameter in table order on the host; over the whole buffer on the GPU, where
 // frozen parameters and the padding between tensors hold zeros.
 double ldmc_params_grad_sum_squares(const ldmc_params *p);
+// Σ g² of each trainable parameter this rank owns (ldmc_params_owns) into partial[i] (count
+// entries), 0 for the others: ZeRO-1's norm, summed over ranks then in table order, is then the
+// same as ldmc_params_grad_sum_squares. On the GPU the owned range's sum, in one kernel, goes into
+// the slot of its first parameter.
+void ldmc_params_grad_partials(const ldmc_params *p, double *partial);
 // Every gradient times `factor` (clipping).
 void ldmc_params_grad_scale(ldmc_params *p, double factor);
 
@@ -26,8 +31,10 @@ typedef struct ldmc_adamw_coeffs {
 } ldmc_adamw_coeffs;
 void ldmc_params_adamw(ldmc_params *p, int index, const ldmc_adamw_coeffs *c);
 
-// ema = d ema + (1 - d) weights for every parameter (the f32 master on the GPU).
+// ema = d ema + (1 - d) weights for every parameter (the f32 master on the GPU); for the shard's
+// under ZeRO-1.
 void ldmc_params_ema_update(ldmc_params *p, double decay);
 // Exchanges the weights and the EMA weights (on the GPU: the master and the EMA, then the bf16
-// working copy from the new master). No-op without an EMA buffer.
+// working copy from the new master); the shard's only under ZeRO-1 (the caller gathers the
+// working weights). No-op without an EMA buffer.
 void ldmc_params_ema_swap(ldmc_params *p);

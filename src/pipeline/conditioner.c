@@ -16,7 +16,7 @@ const float *ldmc_conditioner_dropout(ldmc_ctx *ctx, const ldmc_conditioner *c,
     if (c->dropout <= 0 || !ldmc_conditioner_can_drop(c)) return NULL;
     float *keep = ldmc_host_scratch(ctx, (size_t)(n ? n : 1) * sizeof *keep);
     ldmc_rng rng = ldmc_step_rng(key, LDMC_RNG_COND_DROP);
-    ldmc_rng_uniform(&rng, ldmc_step_offset(key), (size_t)n, keep);
+    ldmc_rng_uniform(&rng, ldmc_step_row_offset(key, 1), (size_t)n, keep);
     for (int i = 0; i < n; i++)
         keep[i] = keep[i] < c->dropout ? 0.0f : 1.0f;
     return keep;

@@ -28,7 +28,8 @@ ldmc_latent_moments ldmc_latent_moments_input(ldmc_ctx *ctx, const float *mean, 
 ldmc_tensor *ldmc_draw_latents(ldmc_ctx *ctx, ldmc_latent_moments q, double scale,
                                const ldmc_step_key *key) {
     ldmc_rng rng = ldmc_step_rng(key, LDMC_RNG_LATENT);
-    return ldmc_latent_sample(ctx, q.mean, q.std, scale, &rng, ldmc_step_offset(key));
+    int64_t per_row = q.mean->shape[0] ? ldmc_numel(q.mean) / q.mean->shape[0] : 0;
+    return ldmc_latent_sample(ctx, q.mean, q.std, scale, &rng, ldmc_step_row_offset(key, per_row));
 }
 
 void ldmc_decode_latents(ldmc_ctx *ctx, const ldmc_vae *vae, ldmc_tensor *z, float *images) {

@@ -33,7 +33,7 @@ static ldmc_tensor *latents(ldmc_ctx *ctx, const ldmc_diffusion_step *s, const l
 }
 
 double ldmc_diffusion_loss(ldmc_ctx *ctx, const ldmc_diffusion_step *s, const ldmc_step_batch *b,
-                           const ldmc_step_key *key, int accumulation) {
+                           const ldmc_step_key *key, double grad_scale) {
     begin(ctx, key);
     const int B = b->n;
     ldmc_tensor *z = latents(ctx, s, b, key);
@@ -41,13 +41,14 @@ double ldmc_diffusion_loss(ldmc_ctx *ctx, const ldmc_diffusion_step *s, const ld
     float *weight = ldmc_host_scratch(ctx, (size_t)B * sizeof *weight);
     double *sa = ldmc_host_scratch(ctx, (size_t)B * sizeof *sa);
     double *sb = ldmc_host_scratch(ctx, (size_t)B * sizeof *sb);
-    ldmc_draw_timesteps(s->schedule, s->noise, B, key->seed, key->step, key->rank, key->micro, t,
-                        weight, sa, sb);
+    ldmc_draw_timesteps(s->schedule, s->noise, B, key, t, weight, sa, sb);
     ldmc_tensor *x_t, *target;
     ldmc_rng noise = ldmc_step_rng(key, LDMC_RNG_NOISE);
+    const int64_t per_row = B ? ldmc_numel(z) / B : 0, C = z->shape[z->ndim - 1];
     ldmc_diffusion_noise(ctx, z, sa, sb, s->noise->offset_noise,
-                         s->noise->prediction == LDMC_PREDICT_V, &noise, ldmc_step_offset(key),
-                         &x_t, &target);
+                         s->noise->prediction == LDMC_PREDICT_V, &noise,
+                         ldmc_step_row_offset(key, per_row),
+                         ldmc_step_second_block(key, B, per_row, C), &x_t, &target);
     ldmc_cond_batch cond = b->cond;
     cond.keep = ldmc_conditioner_dropout(ctx, s->conditioner, key, B);
     ldmc_unet_cond c = ldmc_condition(ctx, s->conditioner, &cond);
@@ -56,14 +57,14 @@ double ldmc_diffusion_loss(ldmc_ctx *ctx, const ldmc_diffusion_step *s, const ld
     ldmc_tensor *loss = ldmc_mse_loss_weighted(ctx, out, target, weight);
     double value = ctx->dry_run ? NAN : ldmc_read_scalar(loss);
     if (ctx->dry_run || isfinite(value)) {
-        float seed = 1.0f / (float)accumulation;
+        float seed = (float)grad_scale;
         ldmc_backward(ctx, loss, &seed);
     }
     return value;
 }
 
 double ldmc_vae_loss(ldmc_ctx *ctx, const ldmc_vae_step *s, const ldmc_step_batch *b,
-                     const ldmc_step_key *key, int accumulation) {
+                     const ldmc_step_key *key, double grad_scale) {
     begin(ctx, key);
     const int B = b->n;
     ldmc_tensor *x = ldmc_input(ctx, ctx->act_dtype, 4,
@@ -72,7 +73,8 @@ double ldmc_vae_loss(ldmc_ctx *ctx, const ldmc_vae_step *s, const ldmc_step_batc
     ldmc_vae_posterior q = ldmc_vae_encode(ctx, s->vae, x);
     ldmc_tensor *eps = ldmc_new_like(ctx, q.mean);
     ldmc_rng rng = ldmc_step_rng(key, LDMC_RNG_LATENT);
-    if (!ctx->dry_run) ldmc_fill_normal(eps, &rng, ldmc_step_offset(key));
+    if (!ctx->dry_run)
+        ldmc_fill_normal(eps, &rng, ldmc_step_row_offset(key, B ? ldmc_numel(eps) / B : 0));
     ldmc_tensor *rec = ldmc_vae_decode(ctx, s->vae, ldmc_vae_sample(ctx, &q, eps));
     ldmc_tensor *l1 = ldmc_l1_loss(ctx, rec, x), *kl = ldmc_vae_kl(ctx, &q);
     // Σ|x - x̂| / (B H W 3) is the L1 mean; the KL term is scaled to the same per-element unit.
@@ -86,10 +88,10 @@ double ldmc_vae_loss(ldmc_ctx *ctx, const ldmc_vae_step *s, const ldmc_step_batc
         value = ldmc_read_scalar(l1) + s->kl_weight * kl_mean / elements;
     }
     if (ctx->dry_run || isfinite(value)) {
-        float s_l1 = (float)(elements / accumulation);
+        float s_l1 = (float)(elements * grad_scale);
         float *s_kl = ldmc_host_scratch(ctx, (size_t)B * sizeof(float));
         for (int i = 0; i < B; i++)
-            s_kl[i] = (float)(s->kl_weight / B / accumulation);
+            s_kl[i] = (float)(s->kl_weight / B * grad_scale);
         ldmc_backward_many(ctx, (ldmc_tensor *[]){l1, kl}, (const float *[]){&s_l1, s_kl}, 2);
     }
     return value;

@@ -42,12 +42,14 @@ typedef struct ldmc_vae_step {
     double kl_weight;
 } ldmc_vae_step;
 
-// One micro-batch of a step of `accumulation` micro-batches: resets ctx, computes the loss and,
-// when it is finite, runs backward with the gradients divided by `accumulation` (parameter
-// gradients add up in the table's gradient buffer). Returns the loss (NaN in a dry run, which
+// One micro-batch: resets ctx, computes the loss (the mean over the micro-batch) and, when it is
+// finite, runs backward with the gradients times `grad_scale` (parameter gradients add up in the
+// table's gradient buffer). A step of A micro-batches on one rank passes 1 / A; a rank that holds
+// n of a global micro-batch's N rows passes n / (N A), so that the sum of every rank's gradients
+// is the gradient of the mean loss. Returns the loss (NaN in a dry run, which
 // allocates as the real step does and computes nothing). The VAE's loss is per image element:
 // (Σ|x - x̂| + kl_weight Σ KL) / (n H W 3).
 double ldmc_diffusion_loss(ldmc_ctx *ctx, const ldmc_diffusion_step *s, const ldmc_step_batch *b,
-                           const ldmc_step_key *key, int accumulation);
+                           const ldmc_step_key *key, double grad_scale);
 double ldmc_vae_loss(ldmc_ctx *ctx, const ldmc_vae_step *s, const ldmc_step_batch *b,
-                     const ldmc_step_key *key, int accumulation);
+                     const ldmc_step_key *key, double grad_scale);

@@ -2,6 +2,7 @@
 // bench train` (the SDXL UNet step), both through the pipeline's loss step, as training runs it.
 // Tested by tests/test_cli.sh.
 #include "train/bench.h"
+#include "train/dist.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -70,8 +71,8 @@ int ldmc_train_bench(const ldmc_train_config *cfg, int height, int width, int re
         for (int r = -1; r < reps; r++) { // one warm-up
             double t0 = train_now();
             ldmc_params_zero_grad(T->model.params);
-            ldmc_step_key key = {cfg->seed, (uint32_t)T->st.step, 0, 0};
-            double loss = T->task->micro_step(T, &b, &key);
+            ldmc_step_key key = {cfg->seed, (uint32_t)T->st.step, 0, 0, 0, 0};
+            double loss = T->task->micro_step(T, &b, &key, 1.0);
             double norm = ldmc_grad_norm(T->model.params);
             if (isfinite(loss) && isfinite(norm))
                 trainer_update(T, norm, cfg->adamw.lr, T->st.step + 1);
@@ -159,13 +160,34 @@ static double train_step(ldmc_ctx *ctx, ldmc_unet *u, const bench_step *s, const
         .lr = 1e-5, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01};
     double t0 = train_now();
     ldmc_params_zero_grad(&u->params);
-    ldmc_diffusion_loss(ctx, &s->step, &in->batch, &(ldmc_step_key){1, (uint32_t)step, 0, 0}, 1);
+    ldmc_diffusion_loss(ctx, &s->step, &in->batch, &(ldmc_step_key){1, (uint32_t)step, 0, 0, 0, 0},
+                        1);
     ldmc_optim_update(&u->params, &opt, 1.0, 0, ldmc_grad_norm(&u->params), opt.lr, step);
     ldmc_device_synchronize(ctx->device);
     return 1e3 * (train_now() - t0);
 }
 
 // Gradients, Adam m and v where the weights are: the GPU's bf16 and master copies, or the host.
+// One rank's bytes of the parameter roles: the working weights (bf16 on the GPU) and f32 gradients
+// whole; the fp32 master (GPU), Adam m and v and the EMA (o->ema) whole, or under ZeRO-1 the
+// largest of the ranks' parameter-aligned ranges (dist.h).
+static size_t plan_role_bytes(const ldmc_params *p, const ldmc_bench_options *o) {
+    const bool gpu = o->device == LDMC_CUDA;
+    const int ranks = o->ranks > 1 ? o->ranks : 1;
+    size_t state = p->total;
+    if (o->zero && ranks > 1) {
+        size_t *begin = malloc(((size_t)ranks + 1) * sizeof *begin);
+        LDMC_CHECK(begin, "out of memory");
+        ldmc_zero_ranges(p, ranks, begin);
+        state = 0;
+        for (int r = 0; r < ranks; r++)
+            if (begin[r + 1] - begin[r] > state) state = begin[r + 1] - begin[r];
+        free(begin);
+    }
+    int state_roles = 2 + gpu + o->ema; // m, v, the master on the GPU, the EMA
+    return p->total * (gpu ? 2 + 4 : 4 + 4) + state * 4 * (size_t)state_roles;
+}
+
 static int alloc_training(ldmc_unet *u, ldmc_device device, ldmc_ctx *ctx, size_t *weight_bytes,
                           ldmc_err *err) {
     ldmc_params *p = &u->params;
@@ -232,7 +254,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     int h = o->height / 8, w = o->width / 8;
     if (o->dry_run) {
         ldmc_dry_run plan = ldmc_dry_run_unet_step(&u, o->device, o->batch, h, w);
-        r->weight_bytes = u.params.total * (o->device == LDMC_CUDA ? 2 + 4 * 4 : 4 * 4);
+        r->weight_bytes = plan_role_bytes(&u.params, o);
         r->flops = plan.flops, r->activation_bytes = plan.activations;
         ldmc_unet_free(&u);
         return 0;

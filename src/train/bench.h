@@ -24,6 +24,10 @@ typedef struct ldmc_bench_options {
     bool profile;
     bool dry_run;
     uint64_t seed;
+    // the dry run's plan of one rank of a data-parallel run: `ranks` ranks (1: one process),
+    // ZeRO-1 (the fp32 master, Adam m and v and the EMA sharded), an fp32 EMA
+    int ranks;
+    bool zero, ema;
 } ldmc_bench_options;
 
 typedef struct ldmc_bench_result {
@@ -32,7 +36,8 @@ typedef struct ldmc_bench_result {
     double img_per_s;         // batch / step time
     double flops;             // matrix-product FLOPs of one step (forward + backward)
     double tflops;            // flops / step time
-    size_t weight_bytes;      // working weights, master copy, gradients, Adam m and v
+    size_t weight_bytes;      // working weights, master copy, gradients, Adam m and v (and the
+                              // EMA with opts.ema): one rank's (its largest ZeRO range)
     size_t activation_bytes;  // the activation arena's high-water mark over a step
     size_t workspace_bytes;   // the GPU's shared workspace
     double guided_forward_ms; // median of the sampling forwards (no gradients) of one image:

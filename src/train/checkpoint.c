@@ -2,6 +2,7 @@
 #include "train/checkpoint.h"
 
 #include "io/files.h"
+#include "train/dist.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -50,7 +51,8 @@ static const ldmc_params *table(const ldmc_checkpoint_model *m, int k) {
     return k ? m->extra[k - 1]->params : m->model->params;
 }
 
-// adam_m.<key>, adam_v.<key>: flat f32 vectors in table order, the tables one after another.
+// adam_m.<key>, adam_v.<key>: flat f32 vectors in table order, the tables one after another; of
+// the parameters this rank owns (all of them without ZeRO).
 static int save_optimizer(const char *path, const ldmc_checkpoint_model *m, ldmc_err *err) {
     int total = 0;
     for (int k = 0; k <= m->n_extra; k++)
@@ -67,6 +69,7 @@ static int save_optimizer(const char *path, const ldmc_checkpoint_model *m, ldmc
         for (int k = 0; k <= m->n_extra; k++) {
             const ldmc_params *p = table(m, k);
             for (int i = 0; i < p->count; i++) {
+                if (!ldmc_params_owns(p, i)) continue;
                 char *name = names + (size_t)n * 512;
                 snprintf(name, 512, "%s.%s", r ? "adam_v" : "adam_m", p->items[i].name);
                 e[n] = (ldmc_st_entry){.name = name,
@@ -85,25 +88,35 @@ static int save_optimizer(const char *path, const ldmc_checkpoint_model *m, ldmc
     return rc;
 }
 
-static int load_optimizer(const char *path, ldmc_params *p, ldmc_err *err) {
-    ldmc_safetensors st;
-    if (ldmc_safetensors_open(&st, path, err) != 0) return -1;
+// The optimizer file `index` of `count` in dir: optimizer.safetensors alone, or a rank's.
+static void optimizer_path(char *path, size_t size, const char *dir, int index, int count) {
+    if (count == 1)
+        snprintf(path, size, "%s/optimizer.safetensors", dir);
+    else
+        snprintf(path, size, "%s/optimizer-%05d-of-%05d.safetensors", dir, index, count);
+}
+
+// m and v of every parameter this rank owns, from whichever of the files holds it.
+static int load_optimizer(const ldmc_safetensors *files, int n_files, ldmc_params *p,
+                          ldmc_err *err) {
     int rc = 0;
     for (int r = 0; r < 2 && rc == 0; r++)
         for (int i = 0; i < p->count && rc == 0; i++) {
+            if (!ldmc_params_owns(p, i)) continue;
             char name[512];
             snprintf(name, sizeof name, "%s.%s", r ? "adam_v" : "adam_m", p->items[i].name);
-            const ldmc_st_tensor *t = ldmc_safetensors_find(&st, name);
+            const ldmc_safetensors *st = NULL;
+            const ldmc_st_tensor *t = NULL;
+            for (int f = 0; f < n_files && !t; f++)
+                t = ldmc_safetensors_find(st = &files[f], name);
             if (!t || t->dtype != LDMC_F32 || ldmc_st_numel(t) != p->items[i].numel)
-                rc = LDMC_ERR(err, "%s: '%s' is missing or has the wrong size for this model", path,
-                              name);
+                rc = LDMC_ERR(err, "%s: '%s' is missing or has the wrong size for this model",
+                              n_files == 1 ? files[0].path : "the optimizer files", name);
             else
-                rc = ldmc_safetensors_read(&st, t,
-                                           p->buffers[r ? LDMC_ROLE_ADAM_V : LDMC_ROLE_ADAM_M] +
-                                               p->items[i].offset,
-                                           LDMC_F32, err);
+                rc = ldmc_safetensors_read(
+                    st, t, p->buffers[r ? LDMC_ROLE_ADAM_V : LDMC_ROLE_ADAM_M] + p->items[i].offset,
+                    LDMC_F32, err);
         }
-    ldmc_safetensors_close(&st);
     return rc;
 }
 
@@ -159,30 +172,43 @@ int ldmc_checkpoint_save(const char *out_dir, const ldmc_checkpoint_model *m,
                          const ldmc_train_state *st, const char *config_yaml, int keep,
                          char *saved_path, ldmc_err *err) {
     char root[4000], final[4100], tmp[4200], file[4400];
+    const ldmc_dist *d = ldmc_dist_get();
+    const bool lead = d->rank == 0, shards = m->zero && d->world > 1;
     snprintf(root, sizeof root, "%s/checkpoints", out_dir);
     snprintf(final, sizeof final, "%s/step-%08lld", root, (long long)st->step);
     snprintf(tmp, sizeof tmp, "%s.tmp", final);
-    if (ldmc_mkdirs(root, err) != 0) return -1;
-    ldmc_remove_tree(tmp);
-    if (mkdir(tmp, 0777) != 0) return LDMC_ERR(err, "%s: cannot create: %s", tmp, strerror(errno));
+    int rc = 0;
+    if (lead && ldmc_mkdirs(root, err) != 0) rc = -1;
+    if (lead && rc == 0) {
+        ldmc_remove_tree(tmp);
+        if (mkdir(tmp, 0777) != 0)
+            rc = LDMC_ERR(err, "%s: cannot create: %s", tmp, strerror(errno));
+    }
+    if (ldmc_dist_agree(rc, tmp, err) != 0) return -1;
     ldmc_save_part weights[3], ema[3];
     int n_models = 1 + m->n_extra;
     for (int k = 0; k < n_models; k++) {
         ldmc_key_map map = {.layout = LDMC_LAYOUT_OFFICIAL,
                             .model = k ? m->extra[k - 1] : m->model};
-        weights[k] = (ldmc_save_part){map, LDMC_ROLE_WEIGHTS};
-        ema[k] = (ldmc_save_part){map, LDMC_ROLE_EMA};
+        weights[k] = (ldmc_save_part){map, LDMC_ROLE_WEIGHTS, NULL};
+        ema[k] = (ldmc_save_part){map, LDMC_ROLE_EMA, m->ema_full[k]};
     }
-    snprintf(file, sizeof file, "%s/model.safetensors", tmp);
-    if (ldmc_save_weights(file, weights, n_models, LDMC_F32, NULL, err) != 0) return -1;
-    maybe_die("model", st->step);
-    if (m->ema) {
-        snprintf(file, sizeof file, "%s/ema.safetensors", tmp);
-        if (ldmc_save_weights(file, ema, n_models, LDMC_F32, NULL, err) != 0) return -1;
+    if (lead) {
+        snprintf(file, sizeof file, "%s/model.safetensors", tmp);
+        rc = ldmc_save_weights(file, weights, n_models, LDMC_F32, NULL, err);
+        maybe_die("model", st->step);
+        if (rc == 0 && m->ema) {
+            snprintf(file, sizeof file, "%s/ema.safetensors", tmp);
+            rc = ldmc_save_weights(file, ema, n_models, LDMC_F32, NULL, err);
+        }
     }
-    snprintf(file, sizeof file, "%s/optimizer.safetensors", tmp);
-    if (save_optimizer(file, m, err) != 0) return -1;
-    maybe_die("optimizer", st->step);
+    if (rc == 0 && (lead || shards)) {
+        optimizer_path(file, sizeof file, tmp, d->rank, shards ? d->world : 1);
+        rc = save_optimizer(file, m, err);
+        maybe_die("optimizer", st->step);
+    }
+    if (ldmc_dist_agree(rc, tmp, err) != 0) return -1;
+    if (!lead) return ldmc_dist_agree(0, final, err); // rank 0 finishes: state, rename, pruning
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "step", (double)st->step);
     cJSON_AddNumberToObject(j, "batches", (double)st->batches);
@@ -195,6 +221,9 @@ int ldmc_checkpoint_save(const char *out_dir, const ldmc_checkpoint_model *m,
     snprintf(fingerprint, sizeof fingerprint, "%016llx", (unsigned long long)st->data_fingerprint);
     cJSON_AddStringToObject(j, "data_fingerprint", fingerprint);
     cJSON_AddBoolToObject(j, "ema", m->ema);
+    cJSON_AddNumberToObject(j, "world", d->world);
+    cJSON_AddNumberToObject(j, "global_batch", (double)st->global_batch);
+    cJSON_AddNumberToObject(j, "optimizer_files", shards ? d->world : 1);
     // Every random draw is Philox keyed by (seed, step, rank, purpose): the seed and the step are
     // the whole generator state; the data position is the batch count.
     cJSON_AddStringToObject(j, "rng", "philox4x32-10 keyed by (seed, step, rank, purpose)");
@@ -202,16 +231,19 @@ int ldmc_checkpoint_save(const char *out_dir, const ldmc_checkpoint_model *m,
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
     snprintf(file, sizeof file, "%s/state.json", tmp);
-    int rc = text ? write_text(file, text, err) : LDMC_ERR(err, "out of memory");
+    rc = text ? write_text(file, text, err) : LDMC_ERR(err, "out of memory");
     free(text);
     snprintf(file, sizeof file, "%s/config.yaml", tmp);
     if (rc == 0) rc = write_text(file, config_yaml ? config_yaml : "", err);
-    if (rc != 0) return -1;
-    maybe_die("before-rename", st->step);
-    if (fsync_path(tmp) != 0) return LDMC_ERR(err, "%s: cannot sync: %s", tmp, strerror(errno));
-    ldmc_remove_tree(final); // a run that rewrites a step it already saved
-    if (rename(tmp, final) != 0)
-        return LDMC_ERR(err, "%s: cannot rename into place: %s", final, strerror(errno));
+    if (rc == 0) maybe_die("before-rename", st->step);
+    if (rc == 0 && fsync_path(tmp) != 0)
+        rc = LDMC_ERR(err, "%s: cannot sync: %s", tmp, strerror(errno));
+    if (rc == 0) {
+        ldmc_remove_tree(final); // a run that rewrites a step it already saved
+        if (rename(tmp, final) != 0)
+            rc = LDMC_ERR(err, "%s: cannot rename into place: %s", final, strerror(errno));
+    }
+    if (ldmc_dist_agree(rc, final, err) != 0) return -1;
     fsync_path(root);
     maybe_die("saved", st->step);
     if (saved_path) snprintf(saved_path, 4200, "%s", final);
@@ -307,7 +339,7 @@ static int read_state_json(const char *dir, ldmc_train_state *st, bool *has_ema,
     }
     const cJSON *format = cJSON_GetObjectItemCaseSensitive(j, "format");
     const cJSON *ema = cJSON_GetObjectItemCaseSensitive(j, "ema");
-    *st = (ldmc_train_state){0};
+    *st = (ldmc_train_state){.world = 1, .optimizer_files = 1};
     int rc = 0;
     if (!cJSON_IsString(format) || strcmp(format->valuestring, LDMC_STATE_FORMAT) != 0)
         rc = LDMC_ERR(err, "%s: \"format\" must be \"%s\"", file, LDMC_STATE_FORMAT);
@@ -322,6 +354,11 @@ static int read_state_json(const char *dir, ldmc_train_state *st, bool *has_ema,
                      state_count(j, "images", false, 0, exact, &st->images, file, err) ||
                      state_count(j, "data_samples", false, 0, INT32_MAX, &st->data_samples, file,
                                  err) ||
+                     state_count(j, "world", false, 1, INT32_MAX, &st->world, file, err) ||
+                     state_count(j, "global_batch", false, 0, INT32_MAX, &st->global_batch, file,
+                                 err) ||
+                     state_count(j, "optimizer_files", false, 1, INT32_MAX, &st->optimizer_files,
+                                 file, err) ||
                      state_u64(j, "seed", true, 10, &st->seed, file, err) ||
                      state_u64(j, "data_fingerprint", false, 16, &st->data_fingerprint, file, err)
                  ? -1
@@ -357,8 +394,18 @@ int ldmc_checkpoint_load(const char *dir, ldmc_checkpoint_model *m, ldmc_train_s
             rc = LDMC_ERR(err, "%s: %d tensors, the run's models have %d", file, sf.count, used);
         ldmc_safetensors_close(&sf);
     }
-    snprintf(file, sizeof file, "%s/optimizer.safetensors", dir);
+    int n_files = (int)st->optimizer_files, opened = 0;
+    ldmc_safetensors *files = calloc((size_t)n_files, sizeof *files);
+    if (!files) return LDMC_ERR(err, "out of memory");
+    for (; opened < n_files && rc == 0; opened++) {
+        optimizer_path(file, sizeof file, dir, opened, n_files);
+        if (ldmc_safetensors_open(&files[opened], file, err) != 0) break;
+    }
+    if (opened < n_files) rc = -1;
     for (int k = 0; k <= m->n_extra && rc == 0; k++)
-        rc = load_optimizer(file, (ldmc_params *)table(m, k), err);
+        rc = load_optimizer(files, n_files, (ldmc_params *)table(m, k), err);
+    for (int f = 0; f < opened; f++)
+        ldmc_safetensors_close(&files[f]);
+    free(files);
     return rc;
 }

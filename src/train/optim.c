@@ -29,7 +29,7 @@ void ldmc_adamw_step(ldmc_params *p, const ldmc_adamw *opt, double lr, int64_t s
     const float decay = (float)(1 - lr * opt->weight_decay);
     for (int i = 0; i < p->count; i++) {
         const ldmc_param *item = &p->items[i];
-        if (item->flags & LDMC_PARAM_FROZEN) continue;
+        if ((item->flags & LDMC_PARAM_FROZEN) || !ldmc_params_owns(p, i)) continue;
         // PyTorch's AdamW: decoupled decay first, w -= lr wd w, then the Adam step.
         c.decay = (item->flags & LDMC_PARAM_NO_DECAY) ? 1.0f : decay;
         ldmc_params_adamw(p, i, &c);

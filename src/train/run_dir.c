@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -90,7 +91,7 @@ static void report_config_changes(const ldmc_train_config *cfg, const char *dir)
 // The model trained, and the text encoders when they are trained too (their descriptors' views
 // live in the trainer, beside the tables).
 static ldmc_checkpoint_model checkpoint_model(trainer *T) {
-    ldmc_checkpoint_model m = {.model = &T->model, .ema = T->cfg->ema_decay > 0};
+    ldmc_checkpoint_model m = {.model = &T->model, .ema = T->cfg->ema_decay > 0, .zero = T->zero};
     for (int i = 0; i < trainer_text_trained(T); i++) {
         T->text_models[i] = ldmc_text_model(&T->text.enc[i]);
         m.extra[m.n_extra++] = &T->text_models[i];
@@ -98,11 +99,41 @@ static ldmc_checkpoint_model checkpoint_model(trainer *T) {
     return m;
 }
 
-// The GPU's master, m, v and EMA of every trained table into the host buffers (no-op on the CPU).
+// The GPU's master, m, v and EMA of every trained table into the host buffers (no-op on the CPU;
+// under ZeRO the ranks' ranges of the master are gathered into every rank's host weights).
 static void tables_to_host(trainer *T) {
-    ldmc_params_to_host(T->model.params);
-    for (int i = 0; i < trainer_text_trained(T); i++)
-        ldmc_params_to_host(&T->text.enc[i].params);
+    ldmc_params *tables[1 + LDMC_MAX_TEXT_ENCODERS];
+    int n = trainer_tables(T, tables);
+    for (int k = 0; k < n; k++) {
+        if (!tables[k]->on_device) continue;
+        ldmc_params_to_host(tables[k]);
+        if (!tables[k]->sharded) continue;
+        size_t *ranges = malloc(((size_t)T->dist->world + 1) * sizeof *ranges);
+        LDMC_CHECK(ranges, "out of memory");
+        ldmc_zero_ranges(tables[k], T->dist->world, ranges);
+        ldmc_dist_allgather_ranges(tables[k]->buffers[LDMC_ROLE_WEIGHTS], ranges);
+        free(ranges);
+    }
+}
+
+// ZeRO: every rank's range of the EMA gathered whole on rank 0, in full[k] (malloc'd; NULL on the
+// other ranks and without ZeRO), for the checkpoint and the final weights.
+static void gather_ema(trainer *T, ldmc_checkpoint_model *m, float **full) {
+    if (!T->zero || !m->ema) return;
+    ldmc_params *tables[1 + LDMC_MAX_TEXT_ENCODERS];
+    int n = trainer_tables(T, tables);
+    size_t *ranges = malloc(((size_t)T->dist->world + 1) * sizeof *ranges);
+    LDMC_CHECK(ranges, "out of memory");
+    for (int k = 0; k < n; k++) {
+        ldmc_zero_ranges(tables[k], T->dist->world, ranges);
+        if (T->lead) {
+            full[k] = calloc(tables[k]->total ? tables[k]->total : 1, sizeof(float));
+            LDMC_CHECK(full[k], "out of memory for the EMA weights");
+        }
+        ldmc_dist_gather_ranges(full[k], tables[k]->buffers[LDMC_ROLE_EMA], ranges);
+        m->ema_full[k] = full[k];
+    }
+    free(ranges);
 }
 
 int run_dir_resume(trainer *T, const char *resume, ldmc_err *err) {
@@ -129,13 +160,24 @@ int run_dir_resume(trainer *T, const char *resume, ldmc_err *err) {
 }
 
 int run_dir_save(trainer *T, char *saved, ldmc_err *err) {
+    ldmc_dist_watchdog_arm(false); // (a save takes as long as the disks do)
     // The metrics of the steps a checkpoint holds reach the disk first: a run resumed from it
     // keeps every line up to its step.
-    if (train_log_sync(&T->log, T->cfg->out, err) != 0) return -1;
-    tables_to_host(T);
-    ldmc_checkpoint_model m = checkpoint_model(T);
-    return ldmc_checkpoint_save(T->cfg->out, &m, &T->st, T->cfg->resolved_yaml, T->cfg->keep, saved,
-                                err);
+    int rc = T->lead ? train_log_sync(&T->log, T->cfg->out, err) : 0;
+    if (ldmc_dist_agree(rc, "metrics.jsonl", err) == 0) {
+        tables_to_host(T);
+        ldmc_checkpoint_model m = checkpoint_model(T);
+        float *ema[3] = {NULL, NULL, NULL};
+        gather_ema(T, &m, ema);
+        T->st.world = T->dist->world;
+        T->st.global_batch = (int64_t)T->dist->world * T->cfg->batch_size;
+        rc = ldmc_checkpoint_save(T->cfg->out, &m, &T->st, T->cfg->resolved_yaml, T->cfg->keep,
+                                  saved, err);
+        for (int k = 0; k < 3; k++)
+            free(ema[k]);
+    }
+    ldmc_dist_watchdog_arm(true);
+    return rc == 0 ? 0 : -1;
 }
 
 // The final weights beside the checkpoints: <out>/model.safetensors, the EMA weights when EMA is
@@ -143,11 +185,19 @@ int run_dir_save(trainer *T, char *saved, ldmc_err *err) {
 int run_dir_export(trainer *T, ldmc_err *err) {
     char path[4200];
     snprintf(path, sizeof path, "%s/model.safetensors", T->cfg->out);
+    ldmc_dist_watchdog_arm(false);
     tables_to_host(T);
     ldmc_checkpoint_model m = checkpoint_model(T);
-    ldmc_model models[3] = {T->model};
-    for (int i = 0; i < m.n_extra; i++)
-        models[1 + i] = *m.extra[i];
-    return ldmc_save_models(path, LDMC_LAYOUT_OFFICIAL, models, 1 + m.n_extra, LDMC_F32,
-                            T->cfg->ema_decay > 0 ? LDMC_ROLE_EMA : LDMC_ROLE_WEIGHTS, NULL, err);
+    float *ema[3] = {NULL, NULL, NULL};
+    gather_ema(T, &m, ema);
+    ldmc_save_part parts[3];
+    for (int k = 0; k <= m.n_extra; k++) {
+        ldmc_key_map map = {.layout = LDMC_LAYOUT_OFFICIAL, .model = k ? m.extra[k - 1] : m.model};
+        parts[k] = (ldmc_save_part){map, m.ema ? LDMC_ROLE_EMA : LDMC_ROLE_WEIGHTS, ema[k]};
+    }
+    int rc = T->lead ? ldmc_save_weights(path, parts, 1 + m.n_extra, LDMC_F32, NULL, err) : 0;
+    for (int k = 0; k < 3; k++)
+        free(ema[k]);
+    ldmc_dist_watchdog_arm(true);
+    return ldmc_dist_agree(rc, path, err);
 }

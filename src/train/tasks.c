@@ -140,7 +140,8 @@ static int diffusion_check_data(trainer *T, ldmc_err *err) {
     return 0;
 }
 
-static double diffusion_micro(trainer *T, const ldmc_batch *b, const ldmc_step_key *key) {
+static double diffusion_micro(trainer *T, const ldmc_batch *b, const ldmc_step_key *key,
+                              double grad_scale) {
     const ldmc_train_config *cfg = T->cfg;
     ldmc_diffusion_step s = {.unet = &T->unet,
                              .vae = T->vae_weights ? &T->vae : NULL,
@@ -149,7 +150,7 @@ static double diffusion_micro(trainer *T, const ldmc_batch *b, const ldmc_step_k
                              .noise = &cfg->noise,
                              .conditioner = &T->conditioner};
     ldmc_step_batch sb = step_batch(b);
-    return ldmc_diffusion_loss(&T->ctx, &s, &sb, key, cfg->accumulation);
+    return ldmc_diffusion_loss(&T->ctx, &s, &sb, key, grad_scale);
 }
 
 // A text model's preview prompts: sample.prompts, else the data's first distinct captions (up to
@@ -211,11 +212,9 @@ static int sample_grid(trainer *T, train_grid *g, const char *const *prompts, ld
     for (int i = 0; i < n; i++) // the same at every preview
         noise[i] = ldmc_rng_make(cfg->seed, (uint32_t)i, 0, LDMC_RNG_SAMPLE);
     ldmc_sampler_start_noise(ctx, &o, x, noise);
-    bool swap = cfg->ema_decay > 0;
-    if (swap) ldmc_params_ema_swap(&T->unet.params);
+    bool swap = cfg->ema_decay > 0; // (the caller swapped the EMA weights in: preview_ema)
     int rc = ldmc_run_sampler(ctx, &o, &d, x, err);
     if (rc == 0) ldmc_decode_latents(ctx, &T->vae, x, g->images);
-    if (swap) ldmc_params_ema_swap(&T->unet.params);
     char guidance[32] = "";
     if (ldmc_denoiser_guided(&d))
         snprintf(guidance, sizeof guidance, ", guidance %g", d.guidance_scale);
@@ -281,14 +280,16 @@ static int vae_check_data(trainer *T, ldmc_err *err) {
     return 0;
 }
 
-static double vae_micro(trainer *T, const ldmc_batch *b, const ldmc_step_key *key) {
+static double vae_micro(trainer *T, const ldmc_batch *b, const ldmc_step_key *key,
+                        double grad_scale) {
     ldmc_vae_step s = {.vae = &T->vae, .kl_weight = T->cfg->kl_weight};
     ldmc_step_batch sb = step_batch(b);
-    return ldmc_vae_loss(&T->ctx, &s, &sb, key, T->cfg->accumulation);
+    return ldmc_vae_loss(&T->ctx, &s, &sb, key, grad_scale);
 }
 
 // The last batch's first images (top row) over their reconstructions (bottom row).
 static int vae_preview(trainer *T, const ldmc_batch *last, train_grid *g, ldmc_err *err) {
+    if (!last || last->n == 0) return 0; // (rank 0's part of the last batch was empty)
     *g = (train_grid){.rows = 2,
                       .cols = last->n < 8 ? last->n : 8,
                       .H = last->height,
@@ -313,9 +314,9 @@ static void vae_to_device(trainer *T) { (void)T; }
 
 static const train_task tasks[] = {
     [LDMC_TASK_DIFFUSION] = {"diffusion loss", diffusion_setup, diffusion_check_data,
-                             diffusion_micro, diffusion_preview, diffusion_to_device},
-    [LDMC_TASK_VAE] = {"VAE loss", vae_setup, vae_check_data, vae_micro, vae_preview,
-                       vae_to_device},
+                             diffusion_micro, diffusion_preview, diffusion_to_device, true},
+    [LDMC_TASK_VAE] = {"VAE loss", vae_setup, vae_check_data, vae_micro, vae_preview, vae_to_device,
+                       false},
 };
 
 const train_task *train_task_of(ldmc_task task) { return &tasks[task]; }

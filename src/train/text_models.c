@@ -5,6 +5,7 @@
 
 #include "io/model_files.h"
 #include "nn/models.h"
+#include "train/dist.h"
 
 bool ldmc_train_config_has_text(const ldmc_train_config *cfg) {
     const ldmc_unet_config *u = &cfg->model.unet;
@@ -47,6 +48,7 @@ int ldmc_text_models_load(ldmc_text_models *t, const ldmc_train_config *cfg, ldm
         if (!cfg->text_train) ldmc_params_flag_matching(p, "*", LDMC_PARAM_FROZEN, true);
         ldmc_params_alloc(p, LDMC_ROLE_WEIGHTS);
         if (cfg->text_train) { // trained with the UNet: every role the update needs
+            ldmc_dist_shard(p, cfg->dist_zero);
             ldmc_params_alloc(p, LDMC_ROLE_GRAD);
             ldmc_params_alloc(p, LDMC_ROLE_ADAM_M);
             ldmc_params_alloc(p, LDMC_ROLE_ADAM_V);
@@ -54,9 +56,7 @@ int ldmc_text_models_load(ldmc_text_models *t, const ldmc_train_config *cfg, ldm
         }
         ldmc_model m = ldmc_text_model(e);
         if (ldmc_load_model(&m, weights, NULL, err) != 0) return -1;
-        if (cfg->text_train && cfg->ema_decay > 0)
-            memcpy(p->buffers[LDMC_ROLE_EMA], p->buffers[LDMC_ROLE_WEIGHTS],
-                   p->total * sizeof(float));
+        if (cfg->text_train && cfg->ema_decay > 0) ldmc_params_ema_reset(p);
     }
     return 0;
 }

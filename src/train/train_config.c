@@ -128,9 +128,10 @@ const ldmc_vae_config *ldmc_train_config_vae(const ldmc_train_config *c) {
 }
 
 static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
-    static const char *const top[] = {
-        "task", "model",     "vae",   "vae_weights", "init",     "text",  "new_params", "freeze",
-        "data", "diffusion", "optim", "ema",         "vae_loss", "train", "sample",     NULL};
+    static const char *const top[] = {"task",  "model",      "vae",      "vae_weights", "init",
+                                      "text",  "new_params", "freeze",   "data",        "diffusion",
+                                      "optim", "ema",        "vae_loss", "train",       "sample",
+                                      "dist",  NULL};
     if (ldmc_cfg_check_keys(root, top, err) != 0) return -1;
     int task = 0;
     if (get_choice(root, "task", task_names, &task, err) != 0) return -1;
@@ -283,6 +284,15 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
             get_double(vae_loss, "kl_weight", 0, 1e3, &c->kl_weight, err))
             return -1;
     }
+    const ldmc_cfg *dist = ldmc_cfg_get(root, "dist");
+    if (dist) {
+        static const char *const keys[] = {"zero", "bucket_mb", "timeout", NULL};
+        if (ldmc_cfg_check_keys(dist, keys, err) ||
+            ldmc_cfg_bool(dist, "zero", false, &c->dist_zero, err) ||
+            get_double(dist, "bucket_mb", 0.001, 4096, &c->dist_bucket_mb, err) ||
+            get_double(dist, "timeout", 0, 1e7, &c->dist_timeout, err))
+            return -1;
+    }
     const ldmc_cfg *train = ldmc_cfg_get(root, "train");
     if (!train) return LDMC_ERR(err, "%s: a `train:` section is required", c->source_path);
     static const char *const train_keys[] = {
@@ -352,6 +362,8 @@ int ldmc_train_config_load(const char *path, const char *const *overrides, int n
         .accumulation = 1,
         .nonfinite = LDMC_NONFINITE_SKIP,
         .kl_weight = 1e-6,
+        .dist_bucket_mb = 100,
+        .dist_timeout = 600,
         .keep = 2,
         .log_every = 10,
         .checkpoint_every = 1000,

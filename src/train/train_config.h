@@ -59,6 +59,10 @@ typedef struct ldmc_train_config {
     int accumulation;
     ldmc_nonfinite nonfinite;
     double ema_decay; // 0: no EMA
+    // data parallelism (docs/multigpu.md)
+    bool dist_zero;        // dist.zero: ZeRO-1 (optimizer state sharded over ranks)
+    double dist_bucket_mb; // dist.bucket_mb: gradient bucket size (MiB of f32)
+    double dist_timeout;   // dist.timeout: seconds without a step before a rank ends the job
     // vae task
     double kl_weight;
     // run

@@ -8,16 +8,28 @@ static void print_bucket_fill(const train_data *d, const ldmc_batch_plan *s) {
     int used = 0;
     for (int b = 0; b < d->buckets.count; b++)
         used += s->fill[b] > 0;
-    printf("buckets (width x height): %d of %d in use, batch size %d, %d batches per epoch\n", used,
-           d->buckets.count, s->batch_size, ldmc_batch_plan_steps_per_epoch(s));
+    printf("buckets (width x height): %d of %d in use, batch size %d%s, %d batches per epoch\n",
+           used, d->buckets.count, s->global, s->world > 1 ? " (global)" : "",
+           ldmc_batch_plan_steps_per_epoch(s));
     for (int b = 0; b < d->buckets.count; b++) {
         if (!s->fill[b]) continue;
-        int batches = (s->fill[b] + s->batch_size - 1) / s->batch_size;
+        int batches = (s->fill[b] + s->global - 1) / s->global;
         printf("  %5d x %-5d  %6d samples  %5d batches%s\n", d->buckets.width[b],
                d->buckets.height[b], s->fill[b], batches,
-               s->fill[b] % s->batch_size ? " (the last one partial)" : "");
+               s->fill[b] % s->global ? " (the last one partial)" : "");
     }
     printf("  every sample is in a bucket: %d in all, none dropped\n", s->n_samples);
+    if (s->world == 1) return;
+    // every rank's part of an epoch: the same bucket at every step, disjoint samples
+    int total = 0;
+    for (int r = 0; r < s->world; r++) {
+        int n = ldmc_batch_plan_rank_samples(s, r);
+        total += n;
+        printf("  rank %d: %d samples per epoch (batch %d of each global batch)\n", r, n,
+               s->batch_size);
+    }
+    printf("  ranks together: %d samples per epoch, %s\n", total,
+           total == s->n_samples ? "each once" : "MISMATCH (a bug: please report)");
 }
 
 // The data's sample count and fingerprint go into every checkpoint; a resumed run says when they
@@ -77,12 +89,25 @@ int train_data_open(trainer *T, ldmc_err *err) {
                               .prefetch = cfg->prefetch,
                               .flip = cfg->flip,
                               .seed = cfg->seed,
-                              .rank = 0,
-                              .world = 1,
+                              .rank = T->dist->rank,
+                              .world = T->dist->world,
                               .cache = d->have_cache ? &d->cache : NULL};
+    // a resume with another global batch (world x batch size) continues at the same point of
+    // its epoch
+    int global = T->dist->world * cfg->batch_size;
+    bool moved = T->dir.resumed && T->st.global_batch > 0 && T->st.global_batch != global;
+    if (moved) lo.start_global = (int)T->st.global_batch;
     if (ldmc_loader_start(&d->loader, d->have_dataset ? &d->dataset : NULL, &d->buckets, &lo,
                           T->st.batches, err) != 0)
         return -1;
+    if (moved) {
+        int64_t now = ldmc_loader_position(d->loader);
+        printf("resume: the global batch was %lld (%lld ranks), it is %d (%d ranks): the data "
+               "resumes at the same point of its epoch (batch %lld, was %lld)\n",
+               (long long)T->st.global_batch, (long long)T->st.world, global, T->dist->world,
+               (long long)now, (long long)T->st.batches);
+        T->st.batches = now;
+    }
     print_bucket_fill(d, ldmc_loader_batch_plan(d->loader));
     return 0;
 }

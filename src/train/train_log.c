@@ -58,11 +58,12 @@ static int open_metrics(train_log *log, const char *out, int64_t step, ldmc_err 
     return 0;
 }
 
-int train_log_open(train_log *log, const char *out, int64_t step, int64_t steps_left,
+int train_log_open(train_log *log, const char *out, int64_t step, int64_t steps_left, bool files,
                    ldmc_err *err) {
     *log = (train_log){.first_step = step};
     log->losses = calloc((size_t)(steps_left > 0 ? steps_left : 1), sizeof *log->losses);
     if (!log->losses) return LDMC_ERR(err, "out of memory");
+    if (!files) return 0;
     if (open_metrics(log, out, step, err) != 0) return -1;
     char dir[4200];
     snprintf(dir, sizeof dir, "%s/tensorboard", out);
@@ -87,6 +88,7 @@ void train_log_step(train_log *log, const ldmc_train_state *st, double loss, dou
                     double norm) {
     log->losses[st->step - 1 - log->first_step] = loss;
     if (isfinite(loss)) log->loss_window += loss, log->loss_window_n++;
+    if (!log->metrics) return;
     fprintf(log->metrics, "{\"step\":%lld", (long long)st->step);
     json_number(log->metrics, "loss", loss);
     json_number(log->metrics, "lr", lr);
@@ -111,9 +113,11 @@ void train_log_progress(train_log *log, const ldmc_train_state *st, int64_t step
            log->loss_window_n ? log->loss_window / log->loss_window_n : NAN, lr, ips, 100 * wait,
            eta);
     fflush(stdout);
-    fflush(log->metrics);
-    ldmc_tensorboard_scalar(&log->tb, "perf/images_per_second", st->step, ips);
-    ldmc_tensorboard_scalar(&log->tb, "perf/data_wait_fraction", st->step, wait);
+    if (log->metrics) {
+        fflush(log->metrics);
+        ldmc_tensorboard_scalar(&log->tb, "perf/images_per_second", st->step, ips);
+        ldmc_tensorboard_scalar(&log->tb, "perf/data_wait_fraction", st->step, wait);
+    }
     log->t_window = t, log->wait_window = waited, log->images_window = 0, log->loss_window = 0;
     log->loss_window_n = 0;
 }
@@ -168,7 +172,7 @@ void train_log_finish(train_log *log, const char *out, const char *title, int64_
                       double *first_loss, double *last_loss) {
     if (log->metrics) fflush(log->metrics);
     mean_of_tenths(log->losses, done, first_loss, last_loss);
-    if (!curve) return;
+    if (!curve || !log->metrics) return;
     char path[4200];
     int64_t *steps;
     double *all;

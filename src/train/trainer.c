@@ -11,6 +11,7 @@
 #include "core/device.h"
 #include "core/threads.h"
 #include "io/model_files.h"
+#include "ops/param_ops.h"
 #include "train/optim.h"
 #include "train/trainer_parts.h"
 
@@ -19,11 +20,18 @@
 
 static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) { interrupted = sig; }
+// Whether the run stops after this step: a signal here, or (several ranks) on any rank, as the
+// ranks agreed at the end of the step.
+static bool stop_agreed;
+static bool stopping(const trainer *T) { return T->sync ? stop_agreed : interrupted != 0; }
 
 // ---- setup --------------------------------------------------------------------------------------
 
 void trainer_begin(trainer *T, const ldmc_train_config *cfg, bool bench) {
     *T = (trainer){.cfg = cfg, .task = train_task_of(cfg->task), .bench = bench};
+    T->dist = ldmc_dist_get();
+    T->lead = T->dist->rank == 0;
+    T->zero = cfg->dist_zero && T->dist->world > 1 && !bench;
     T->dir.lock_fd = -1;
     T->st.seed = cfg->seed;
     if (cfg->threads > 0) ldmc_threads_set(cfg->threads);
@@ -42,6 +50,7 @@ static int setup_trained(trainer *T, ldmc_err *err) {
                             cfg->freeze[i]);
     if (ldmc_params_count(p, true) == 0)
         return LDMC_ERR(err, "%s: every parameter is frozen", cfg->source_path);
+    ldmc_dist_shard(p, T->zero);
     ldmc_params_alloc(p, LDMC_ROLE_GRAD);
     ldmc_params_alloc(p, LDMC_ROLE_ADAM_M);
     ldmc_params_alloc(p, LDMC_ROLE_ADAM_V);
@@ -56,8 +65,7 @@ static int setup_trained(trainer *T, ldmc_err *err) {
         printf("init: %s%s", cfg->init, n_new ? "" : "\n");
         if (n_new) printf(" (%d new parameters keep their fresh initialization)\n", n_new);
     }
-    if (cfg->ema_decay > 0)
-        memcpy(p->buffers[LDMC_ROLE_EMA], p->buffers[LDMC_ROLE_WEIGHTS], p->total * sizeof(float));
+    if (cfg->ema_decay > 0) ldmc_params_ema_reset(p);
     if (!T->bench)
         printf("model: %s, %.2fM parameters, %.2fM trained\n", T->model.desc->name,
                ldmc_params_count(p, false) / 1e6, ldmc_params_count(p, true) / 1e6);
@@ -82,6 +90,7 @@ int trainer_setup_device(trainer *T, ldmc_err *err) {
         ldmc_ctx_init(&T->ctx, DATA_ARENA, META_ARENA);
         return 0;
     }
+    if (ldmc_gpu_available() && ldmc_dist_gpu(err) != 0) return -1; // the rank's device, NCCL
     if (!ldmc_gpu_available())
         return LDMC_ERR(err, "%s: train.device is cuda, but %s", cfg->source_path,
 #ifdef LDMC_HAVE_CUDA
@@ -108,6 +117,19 @@ int trainer_setup_device(trainer *T, ldmc_err *err) {
 }
 
 int trainer_text_trained(const trainer *T) { return T->cfg->text_train ? T->text.n : 0; }
+
+int trainer_tables(trainer *T, ldmc_params **tables) {
+    int n = 0;
+    tables[n++] = T->model.params;
+    for (int i = 0; i < trainer_text_trained(T); i++)
+        tables[n++] = &T->text.enc[i].params;
+    return n;
+}
+
+void trainer_swap_ema(trainer *T) {
+    ldmc_params_ema_swap(T->model.params);
+    if (T->sync) ldmc_grad_sync_gather_weights(T->sync); // (ZeRO: each rank swapped its range)
+}
 
 void trainer_zero_grad(trainer *T) {
     ldmc_params_zero_grad(T->model.params);
@@ -144,14 +166,36 @@ void trainer_free(trainer *T) {
     ldmc_text_models_free(&T->text);
     train_log_close(&T->log);
     ldmc_ctx_free(&T->ctx);
+    ldmc_grad_sync_free(T->sync);
+    T->sync = NULL;
+}
+
+// The gradient reduction over the trained tables, and the watchdog (a group of several ranks).
+static void setup_dist(trainer *T) {
+    const ldmc_dist *d = T->dist;
+    if (d->world == 1) return;
+    ldmc_params *tables[1 + LDMC_MAX_TEXT_ENCODERS];
+    int n = trainer_tables(T, tables);
+    ldmc_grad_sync_options o = {.bucket_mb = T->cfg->dist_bucket_mb, .zero = T->zero};
+    T->sync = ldmc_grad_sync_new(tables, n, &o);
+    double largest;
+    int buckets = ldmc_grad_sync_buckets(T->sync, &largest);
+    printf("data parallel: %d ranks (%s), global batch %d x %d = %d, gradients in %d buckets (up "
+           "to %.1f MiB) reduced %s, %s, watchdog %g s\n",
+           d->world, d->launcher, d->world, T->cfg->batch_size, d->world * T->cfg->batch_size,
+           buckets, largest, d->nccl ? "by NCCL" : "by MPI",
+           T->zero ? "ZeRO-1 (optimizer state sharded)" : "optimizer state replicated",
+           T->cfg->dist_timeout);
+    ldmc_dist_watchdog_start(T->cfg->dist_timeout);
 }
 
 // Everything before the first step: the folder, the models, a resume, the data, the device, the
 // logs. Returns 1 when the run is at train.steps already.
 static int setup(trainer *T, const char *resume, ldmc_err *err) {
     const ldmc_train_config *cfg = T->cfg;
-    if (run_dir_open(&T->dir, cfg, resume != NULL, err) != 0 || trainer_setup_models(T, err) != 0)
-        return -1;
+    // rank 0 holds the folder (its lock, logs, checkpoints' shared files); the others wait for it
+    int rc = T->lead ? run_dir_open(&T->dir, cfg, resume != NULL, err) : 0;
+    if (ldmc_dist_agree(rc, cfg->out, err) != 0 || trainer_setup_models(T, err) != 0) return -1;
     if (resume && run_dir_resume(T, resume, err) != 0) return -1;
     if (T->st.step >= cfg->steps) {
         printf("the run is at step %lld already, train.steps is %lld: nothing to do (raise "
@@ -160,28 +204,32 @@ static int setup(trainer *T, const char *resume, ldmc_err *err) {
         return 1;
     }
     if (train_data_open(T, err) != 0 || trainer_setup_device(T, err) != 0 ||
-        train_log_open(&T->log, cfg->out, T->st.step, cfg->steps - T->st.step, err) != 0)
+        train_log_open(&T->log, cfg->out, T->st.step, cfg->steps - T->st.step, T->lead, err) != 0)
         return -1;
-    printf("training: steps %lld to %lld, batch %d x %d accumulation, %d threads, out %s\n",
+    setup_dist(T);
+    printf("training: steps %lld to %lld, batch %d x %d accumulation%s, %d threads, out %s\n",
            (long long)T->st.step + 1, (long long)cfg->steps, cfg->batch_size, cfg->accumulation,
-           ldmc_threads_get(), cfg->out);
+           T->dist->world > 1 ? " per rank" : "", ldmc_threads_get(), cfg->out);
     fflush(stdout);
     return 0;
 }
 
 // ---- the loop -----------------------------------------------------------------------------------
 
-// The next batch with images in it: a batch whose every image failed to decode (named in the
-// log) is skipped, unless a whole epoch of them comes in a row.
-static const ldmc_batch *next_batch(trainer *T, ldmc_err *err) {
+// The next global batch with images in it (of which this rank's part, maybe empty, and the
+// images of all ranks in *n_global): a batch whose every image failed to decode (named in the
+// log) is skipped on every rank, unless a whole epoch of them comes in a row.
+static const ldmc_batch *next_batch(trainer *T, int64_t *n_global, ldmc_err *err) {
     ldmc_loader *loader = T->data.loader;
     int64_t per_epoch = ldmc_batch_plan_steps_per_epoch(ldmc_loader_batch_plan(loader));
     for (int64_t empty = 0;; empty++) {
         const ldmc_batch *b = ldmc_loader_next(loader);
         T->st.batches++;
-        for (int k = 0; k < b->n_new_failures; k++)
-            printf("  left out: %s\n", b->new_failures[k]);
-        if (b->n > 0) return b;
+        for (int k = 0; k < b->n_new_failures; k++) // (the other ranks' output goes to stderr)
+            fprintf(T->lead ? stdout : stderr, "  left out: %s\n", b->new_failures[k]);
+        *n_global = b->n;
+        ldmc_dist_sum_i64(n_global, 1);
+        if (*n_global > 0) return b;
         if (empty >= per_epoch) {
             LDMC_ERR(err, "%s: no image of a whole epoch could be decoded", T->cfg->data_path);
             return NULL;
@@ -193,22 +241,43 @@ static const ldmc_batch *next_batch(trainer *T, ldmc_err *err) {
 // something was not finite). Returns the mean loss (NaN for a skipped step).
 static int train_step(trainer *T, const ldmc_batch **last, double *loss_out, ldmc_err *err) {
     const ldmc_train_config *cfg = T->cfg;
+    const int world = T->dist->world;
+    ldmc_dist_test_fault(T->st.step + 1);
     trainer_zero_grad(T);
-    double loss = 0;
+    double loss = 0; // this rank's part of the step's mean loss
     bool finite = true;
     for (int micro = 0; micro < cfg->accumulation; micro++) {
-        const ldmc_batch *b = next_batch(T, err);
+        int64_t n_global;
+        const ldmc_batch *b = next_batch(T, &n_global, err);
         if (!b) return -1;
-        ldmc_step_key key = {cfg->seed, (uint32_t)T->st.step, 0, (uint32_t)micro};
-        double l = T->task->micro_step(T, b, &key);
+        ldmc_step_key key = {
+            cfg->seed, (uint32_t)T->st.step, (uint32_t)T->dist->rank, (uint32_t)micro, b->row,
+            b->total};
+        // each rank's gradients weighted by its share of the global micro-batch; the last
+        // micro-batch's reduced bucket by bucket as backward finishes them
+        double share = (double)b->n / (double)n_global;
+        if (T->sync && micro == cfg->accumulation - 1)
+            T->ctx.backward_hook = ldmc_grad_sync_hook(T->sync);
+        double l = b->n > 0 ? T->task->micro_step(T, b, &key, share / cfg->accumulation) : 0;
+        T->ctx.backward_hook = NULL;
         finite = finite && isfinite(l);
-        loss += l;
-        T->st.images += b->n;
-        T->log.images_window += b->n;
+        loss += world == 1 ? l : l * share;
+        T->st.images += n_global;
+        T->log.images_window += n_global;
         *last = b;
     }
     loss /= cfg->accumulation;
-    double norm = trainer_grad_norm(T);
+    if (T->sync) {
+        ldmc_grad_sync_finish(T->sync);
+        // the ranks agree: the mean loss, whether anything was not finite, a stop signal
+        double agreed[3] = {finite ? loss : 0, !finite, interrupted != 0};
+        ldmc_dist_sum_f64(agreed, 3);
+        loss = agreed[1] > 0 ? NAN : agreed[0];
+        finite = agreed[1] == 0;
+        stop_agreed = agreed[2] > 0;
+        if (stop_agreed && !interrupted) interrupted = SIGTERM;
+    }
+    double norm = T->sync ? sqrt(ldmc_grad_sync_sum_squares(T->sync)) : trainer_grad_norm(T);
     finite = finite && isfinite(norm);
     double lr = ldmc_lr_at(&cfg->lr, T->st.step);
     if (!finite) {
@@ -223,23 +292,32 @@ static int train_step(trainer *T, const ldmc_batch **last, double *loss_out, ldm
                what, (long long)T->st.skipped_steps);
     } else {
         trainer_update(T, norm, lr, T->st.step + 1 - T->st.skipped_steps);
+        if (T->sync) ldmc_grad_sync_gather_weights(T->sync); // ZeRO: every rank's range
     }
     T->st.step++;
+    ldmc_dist_heartbeat();
     *loss_out = finite ? loss : NAN;
     train_log_step(&T->log, &T->st, *loss_out, lr, norm);
     return 0;
 }
 
-// The preview of this step; one that cannot be written is a warning: the checkpoint matters more.
+// The preview of this step, by rank 0 (every rank swaps in the EMA weights when the task
+// previews them); one that cannot be written is a warning: the checkpoint matters more.
 static void preview(trainer *T, const ldmc_batch *last, ldmc_train_result *result) {
     ldmc_err err = {0};
-    if (train_preview(T, last, result->last_grid, &err) != 0) {
+    bool swap = T->task->preview_ema && T->cfg->ema_decay > 0;
+    ldmc_dist_watchdog_arm(false);
+    if (swap) trainer_swap_ema(T);
+    if (!T->lead) {
+    } else if (train_preview(T, last, result->last_grid, &err) != 0) {
         result->last_grid[0] = '\0';
         printf("warning: step %lld: no sample grid: %s (training goes on)\n", (long long)T->st.step,
                err.message);
     } else if (result->last_grid[0]) {
         printf("samples: %s\n", result->last_grid);
     }
+    if (swap) trainer_swap_ema(T);
+    ldmc_dist_watchdog_arm(true);
 }
 
 static int loop(trainer *T, ldmc_train_result *result, ldmc_err *err) {
@@ -248,16 +326,16 @@ static int loop(trainer *T, ldmc_train_result *result, ldmc_err *err) {
     int64_t last_saved = -1;
     train_log_start(&T->log, ldmc_loader_wait_seconds(T->data.loader));
     int rc = 0;
-    while (rc == 0 && T->st.step < cfg->steps && !interrupted) {
+    while (rc == 0 && T->st.step < cfg->steps && !stopping(T)) {
         double loss;
         rc = train_step(T, &last, &loss, err);
         if (rc != 0) break;
-        bool final = T->st.step == cfg->steps || interrupted;
-        if (T->st.step % cfg->log_every == 0 || final)
+        bool stop = stopping(T), final = T->st.step == cfg->steps || stop;
+        if (T->lead && (T->st.step % cfg->log_every == 0 || final))
             train_log_progress(&T->log, &T->st, cfg->steps, ldmc_lr_at(&cfg->lr, T->st.step - 1),
                                ldmc_loader_wait_seconds(T->data.loader));
         // (an interrupted run saves its checkpoint at once, without a preview)
-        if (!interrupted && (T->st.step % cfg->sample_every == 0 || T->st.step == cfg->steps))
+        if (!stop && (T->st.step % cfg->sample_every == 0 || T->st.step == cfg->steps))
             preview(T, last, result);
         if (T->st.step % cfg->checkpoint_every == 0 || final) {
             rc = run_dir_save(T, result->last_checkpoint, err);
@@ -291,8 +369,10 @@ static void report(const trainer *T, const ldmc_train_result *r, int64_t done) {
     if (r->interrupted)
         printf("interrupted (%s) at step %lld of %lld: checkpoint saved; `--resume latest` "
                "continues\n",
-               r->interrupted == SIGINT ? "SIGINT" : "SIGTERM", (long long)T->st.step,
-               (long long)T->cfg->steps);
+               r->interrupted == SIGINT    ? "SIGINT"
+               : r->interrupted == SIGUSR1 ? "SIGUSR1"
+                                           : "SIGTERM",
+               (long long)T->st.step, (long long)T->cfg->steps);
 }
 
 int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_result *result,
@@ -308,16 +388,19 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
         run_dir_close(&T->dir, cfg->out, rc < 0);
         return rc < 0 ? -1 : 0;
     }
-    interrupted = 0;
-    // The first SIGINT or SIGTERM ends the run after the current step, with a checkpoint; the
-    // handler then falls back to the default, so a second one stops the process at once.
-    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND}, old_int, old_term;
+    interrupted = 0, stop_agreed = false;
+    // The first SIGINT, SIGTERM or SIGUSR1 (SLURM's warning before pre-emption or the time limit,
+    // sbatch --signal) ends the run after the current step, with a checkpoint; the handler then
+    // falls back to the default, so a second one stops the process at once.
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND}, old[3];
+    const int signals[3] = {SIGINT, SIGTERM, SIGUSR1};
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
+    for (int i = 0; i < 3; i++)
+        sigaction(signals[i], &sa, &old[i]);
     rc = loop(T, result, err);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    for (int i = 0; i < 3; i++)
+        sigaction(signals[i], &old[i], NULL);
+    ldmc_dist_watchdog_stop();
     if (interrupted && T->st.step < cfg->steps) result->interrupted = interrupted;
     int64_t done = T->st.step - T->log.first_step;
     train_log_finish(&T->log, cfg->out, T->task->loss_title, done, rc == 0, &result->first_loss,
@@ -325,9 +408,14 @@ int ldmc_train(const ldmc_train_config *cfg, const char *resume, ldmc_train_resu
     result->steps = T->st.step;
     result->skipped_steps = T->st.skipped_steps;
     result->skipped_files = T->data.have_dataset ? T->data.dataset.skipped : 0;
-    result->failed_files = ldmc_loader_failed_files(T->data.loader);
-    result->left_out = ldmc_loader_left_out(T->data.loader);
+    int64_t failures[2] = {ldmc_loader_failed_files(T->data.loader),
+                           ldmc_loader_left_out(T->data.loader)};
+    if (rc == 0) ldmc_dist_sum_i64(failures, 2); // every rank's part of the data
+    result->failed_files = failures[0], result->left_out = failures[1];
     if (rc == 0 && done > 0) report(T, result, done);
+    if (rc == 0 && done > 0 && T->sync)
+        printf("data parallel: %.0f%% of the gradient buckets were reduced while backward ran\n",
+               100 * ldmc_grad_sync_overlap(T->sync));
     trainer_free(T);
     run_dir_close(&T->dir, cfg->out, false);
     return rc;

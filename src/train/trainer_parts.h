@@ -22,6 +22,7 @@
 #include "nn/vae.h"
 #include "pipeline/conditioner.h"
 #include "train/checkpoint.h"
+#include "train/dist.h"
 #include "train/text_models.h"
 #include "train/train_config.h"
 
@@ -45,13 +46,16 @@ typedef struct train_task {
     int (*setup_models)(trainer *T, ldmc_err *err);
     // The data against the models (a latent cache's channels, the classes).
     int (*check_data)(trainer *T, ldmc_err *err);
-    // Forward and backward of one micro-batch (the pipeline's loss step); returns the loss.
-    double (*micro_step)(trainer *T, const ldmc_batch *b, const ldmc_step_key *key);
+    // Forward and backward of one micro-batch (the pipeline's loss step, its gradients times
+    // grad_scale); returns the loss.
+    double (*micro_step)(trainer *T, const ldmc_batch *b, const ldmc_step_key *key,
+                         double grad_scale);
     // The preview of the current weights: samples, or the last batch's reconstructions.
     // grid->images NULL (and 0 returned) when there is nothing to show.
     int (*preview)(trainer *T, const ldmc_batch *last, train_grid *grid, ldmc_err *err);
     // Moves what the task keeps besides the trained table to the GPU.
     void (*to_device)(trainer *T);
+    bool preview_ema; // the preview samples with the EMA weights (when EMA is on)
 } train_task;
 
 const train_task *train_task_of(ldmc_task task);
@@ -106,6 +110,11 @@ struct trainer {
     ldmc_train_state st;
     run_dir dir;
     train_log log;
+    // data parallelism (dist.h): the group, the gradient reduction over the trained tables
+    const ldmc_dist *dist;
+    bool lead;            // rank 0: logs, previews, the run's folder and files
+    ldmc_grad_sync *sync; // NULL on one rank
+    bool zero;            // ZeRO-1: the trained tables' optimizer state is sharded
 };
 
 // trainer.c: what a run and a benchmark start with, and end with.
@@ -123,8 +132,13 @@ void trainer_update(trainer *T, double norm, double lr, int64_t updates);
 int trainer_text_trained(const trainer *T);
 void trainer_zero_grad(trainer *T);
 double trainer_grad_norm(const trainer *T);
+// The trained tables: the model's, then the trained text encoders'; returns how many.
+int trainer_tables(trainer *T, ldmc_params **tables);
+// Swaps the weights and the EMA of the previewed model on every rank (all must call it).
+void trainer_swap_ema(trainer *T);
 
-// train_data.c
+// train_data.c: the loader at this rank's part of the run's position (a resume with another
+// global batch continues at the same point of the epoch), its counts printed per rank.
 int train_data_open(trainer *T, ldmc_err *err);
 void train_data_close(train_data *d);
 
@@ -137,8 +151,9 @@ int run_dir_export(trainer *T, ldmc_err *err);
 // (no step taken).
 void run_dir_close(run_dir *d, const char *out, bool refused);
 
-// train_log.c
-int train_log_open(train_log *log, const char *out, int64_t step, int64_t steps_left,
+// train_log.c. `files`: metrics.jsonl and TensorBoard are written (rank 0's log); otherwise
+// only the losses are kept.
+int train_log_open(train_log *log, const char *out, int64_t step, int64_t steps_left, bool files,
                    ldmc_err *err);
 // The clock of the progress line starts (the loader has waited `waited` seconds so far).
 void train_log_start(train_log *log, double waited);
