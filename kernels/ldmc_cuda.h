@@ -26,6 +26,7 @@ extern "C" {
 
 // ---- runtime: device, streams, memory (runtime.cu) -------------------------------------------
 int ldmc_cuda_device_count(void); // 0 when there is no usable device
+void ldmc_cuda_set_device(int device);
 void ldmc_cuda_print_info(FILE *out);
 void *ldmc_cuda_stream(void); // the compute stream (created on first use)
 void *ldmc_cuda_malloc(size_t bytes);

@@ -11,7 +11,6 @@
 extern "C" {
 #endif
 
-void ldmc_nccl_set_device(int device);
 void ldmc_nccl_unique_id(void *id); // 128 bytes (NCCL_UNIQUE_ID_BYTES)
 // 0, or -1 with NCCL's message: the communicator of `world` ranks (nonblocking, so that a
 // failure elsewhere can abort it: NCCL's fault-tolerance rule).

@@ -31,8 +31,6 @@ static ncclResult_t settle(ncclResult_t r) {
                        ncclGetLastError(comm));                                                    \
     } while (0)
 
-extern "C" void ldmc_nccl_set_device(int device) { CUDA_CHECK(cudaSetDevice(device)); }
-
 extern "C" void ldmc_nccl_unique_id(void *id) {
     ncclUniqueId u;
     ncclResult_t r = ncclGetUniqueId(&u);

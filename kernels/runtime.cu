@@ -20,6 +20,8 @@ extern "C" int ldmc_cuda_device_count(void) {
     return n;
 }
 
+extern "C" void ldmc_cuda_set_device(int device) { CUDA_CHECK(cudaSetDevice(device)); }
+
 extern "C" void ldmc_cuda_print_info(FILE *out) {
     int runtime = 0, driver = 0;
     cudaRuntimeGetVersion(&runtime);

@@ -201,6 +201,41 @@ const char *test_tmp_path(const char *name) {
     return p;
 }
 
+int test_write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fputs(text, f);
+    return fclose(f);
+}
+
+bool test_same_file(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    bool same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        same = ca == cb;
+        if (ca == EOF) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+int test_count_in_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    char *data = malloc(1 << 22);
+    LDMC_CHECK(data, "out of memory");
+    size_t n = fread(data, 1, (1 << 22) - 1, f);
+    fclose(f);
+    data[n] = '\0';
+    int count = 0;
+    for (const char *p = data; (p = strstr(p, text)); p += strlen(text))
+        count++;
+    free(data);
+    return count;
+}
+
 const char *test_config_dir(void) {
     const char *dir = getenv("LDMC_CONFIG_DIR");
     return dir ? dir : LDMC_CONFIG_DIR;

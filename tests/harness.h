@@ -112,6 +112,12 @@ const char *test_tmp_path(const char *name);
 // The configs/ folder (LDMC_CONFIG_DIR in the environment overrides the build's path: a build
 // copied to a GPU machine runs its tests from another checkout).
 const char *test_config_dir(void);
+// Files of whole-run tests: writes `text` to path (0, or -1); whether two files hold the same
+// bytes (false when either cannot be read); how often `text` occurs in a file (its first 4 MiB;
+// -1 when it cannot be read).
+int test_write_text(const char *path, const char *text);
+bool test_same_file(const char *a, const char *b);
+int test_count_in_file(const char *path, const char *text);
 // `open` (ldmc_safetensors_open or ldmc_torch_open) on path must fail with a message that names
 // the file and contains `text`, and leave nothing behind.
 struct ldmc_safetensors;

@@ -223,13 +223,6 @@ static void test_loss_curve_png(void) {
 // ---- configs
 // ---------------------------------------------------------------------------------------
 
-static int write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
-    fputs(text, f);
-    return fclose(f);
-}
-
 static void test_recipe_configs(void) {
     static const char *const recipes[] = {"demo.yaml",
                                           "demo_vae.yaml",
@@ -375,7 +368,7 @@ static const char *tiny_config_on(const char *name, bool vae_task, const char *d
             "train: {steps: 6, seed: 3, out: %s, checkpoint_every: 3, keep: 5, log_every: 2, "
             "sample_every: 6}\n%s",
             test_config_dir(), test_config_dir(), data, name, extra);
-    LDMC_CHECK(write_text(p, text) == 0, "cannot write %s", p);
+    LDMC_CHECK(test_write_text(p, text) == 0, "cannot write %s", p);
     return p;
 }
 
@@ -493,22 +486,6 @@ static int run_cli(const char *log, const char *const *args, const child_signals
     return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
 }
 
-// How often `text` occurs in the file at `path` (-1 when it cannot be read).
-static int count_in_file(const char *path, const char *text) {
-    size_t n = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return -1;
-    char *data = malloc(1 << 22);
-    n = fread(data, 1, (1 << 22) - 1, f);
-    fclose(f);
-    data[n] = '\0';
-    int count = 0;
-    for (const char *p = data; (p = strstr(p, text)); p += strlen(text))
-        count++;
-    free(data);
-    return count;
-}
-
 static void copy_file(const char *from, const char *to) {
     FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
     LDMC_CHECK(in && out, "cannot copy %s to %s", from, to);
@@ -519,19 +496,6 @@ static void copy_file(const char *from, const char *to) {
     LDMC_CHECK(fclose(out) == 0, "cannot write %s", to);
 }
 
-static bool same_file(const char *a, const char *b) {
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    bool same = fa && fb;
-    while (same) {
-        int ca = fgetc(fa), cb = fgetc(fb);
-        same = ca == cb;
-        if (ca == EOF) break;
-    }
-    if (fa) fclose(fa);
-    if (fb) fclose(fb);
-    return same;
-}
-
 static void check_same_checkpoint(const char *run_a, const char *run_b, int step, bool ema) {
     static const char *const files[] = {"model.safetensors", "optimizer.safetensors", "state.json",
                                         "ema.safetensors"};
@@ -539,8 +503,8 @@ static void check_same_checkpoint(const char *run_a, const char *run_b, int step
         char a[1400], b[1400];
         snprintf(a, sizeof a, "%s/%s/checkpoints/step-%08d/%s", fixture, run_a, step, files[i]);
         snprintf(b, sizeof b, "%s/%s/checkpoints/step-%08d/%s", fixture, run_b, step, files[i]);
-        CHECK(same_file(a, b), "%s differs between %s and %s at step %d", files[i], run_a, run_b,
-              step);
+        CHECK(test_same_file(a, b), "%s differs between %s and %s at step %d", files[i], run_a,
+              run_b, step);
     }
 }
 
@@ -583,7 +547,7 @@ static void test_resume_after_kill_is_bit_identical(void) {
     // and the same lines as the uninterrupted run's (losses, norms, the image count)
     char straight[1400];
     snprintf(straight, sizeof straight, "%s/straight/metrics.jsonl", fixture);
-    CHECK(same_file(path, straight), "metrics.jsonl differs from the uninterrupted run's");
+    CHECK(test_same_file(path, straight), "metrics.jsonl differs from the uninterrupted run's");
     snprintf(path, sizeof path, "%s/killed/loss_curve.png", fixture);
     CHECK(access(path, F_OK) == 0, "the loss curve is drawn");
     // the same for the autoencoder
@@ -712,7 +676,7 @@ static void make_text_fixture(const char *model) {
                         char text[128];
                         snprintf(text, sizeof text, "%s %s &amp; its shadow, photo #%d", moods[k],
                                  shapes[s], k);
-                        LDMC_CHECK(write_text(caption, text) == 0, "%s", caption);
+                        LDMC_CHECK(test_write_text(caption, text) == 0, "%s", caption);
                     }
                 closedir(d);
             }
@@ -755,7 +719,7 @@ static const char *text_config(const char *name, const char *model, const char *
              "sample_every: 4}\n%s",
              test_config_dir(), model, test_config_dir(), model, test_data_dir(), uncond, name,
              extra);
-    LDMC_CHECK(write_text(p, text) == 0, "cannot write %s", p);
+    LDMC_CHECK(test_write_text(p, text) == 0, "cannot write %s", p);
     return p;
 }
 
@@ -785,7 +749,7 @@ static void text_run_resumes(const char *name, const char *model, const char *un
     char a[1400], b[1400];
     snprintf(a, sizeof a, "%s/%s/checkpoints/step-00000004/model.safetensors", fixture, straight);
     snprintf(b, sizeof b, "%s/%s/checkpoints/step-00000004/model.safetensors", fixture, dropped);
-    CHECK(!same_file(a, b), "%s: the captions change nothing", name);
+    CHECK(!test_same_file(a, b), "%s: the captions change nothing", name);
 }
 
 // `ldmc cache` of a text run's data holds each caption's embeddings (checked against the
@@ -1032,11 +996,12 @@ static void test_text_model_needs_a_vocabulary(void) {
              "model: %s/tiny_unet_text.yaml\nvae: %s/tiny_vae.yaml\nvae_weights: vae.safetensors\n"
              "data: {path: data}\ntrain: {steps: 1, out: text}\n",
              LDMC_CONFIG_DIR, LDMC_CONFIG_DIR);
-    REQUIRE(write_text(path, text) == 0, "write");
+    REQUIRE(test_write_text(path, text) == 0, "write");
     char log[1300];
     snprintf(log, sizeof log, "%s/text.log", fixture);
     int status = run_cli(log, (const char *[]){"train", path, NULL}, NULL);
-    CHECK(status == 1 && count_in_file(log, "text.vocab") == 1, "exit %d, log: %s", status, log);
+    CHECK(status == 1 && test_count_in_file(log, "text.vocab") == 1, "exit %d, log: %s", status,
+          log);
     // a refused run leaves nothing behind (no out folder with a lock in it)
     snprintf(path, sizeof path, "%s/text", fixture);
     struct stat sb;
@@ -1057,9 +1022,9 @@ static void test_latent_cache(void) {
     snprintf(log, sizeof log, "%s/cache.log", fixture);
     REQUIRE(build_cache_logged(&c, h5, true, log, &err) == 0, "%s", err.message);
     // the cut JPEG passes the scan and fails to decode: named once, counted once
-    CHECK(count_in_file(log, "cut.jpg") == 1 &&
-              count_in_file(log, "1 failed to decode (named above)") == 1 &&
-              count_in_file(log, "; 0 skipped at scan") == 1,
+    CHECK(test_count_in_file(log, "cut.jpg") == 1 &&
+              test_count_in_file(log, "1 failed to decode (named above)") == 1 &&
+              test_count_in_file(log, "; 0 skipped at scan") == 1,
           "the cache's log (%s) does not name the cut JPEG once and count it once", log);
     ldmc_cache cache;
     REQUIRE(ldmc_cache_open(&cache, h5, &err) == 0, "%s", err.message);
@@ -1179,9 +1144,9 @@ static void test_unusual_images_train_the_same_twice(void) {
         REQUIRE(status == 0, "run %d exited %d (%s)", i, status, log[i]);
     }
     check_same_checkpoint("unusual_0", "unusual_1", 6, true);
-    CHECK(count_in_file(log[0], ", 0 files skipped") == 1 &&
-              count_in_file(log[0], "left out:") == 0 &&
-              count_in_file(log[0], "decode failures: none") == 1,
+    CHECK(test_count_in_file(log[0], ", 0 files skipped") == 1 &&
+              test_count_in_file(log[0], "left out:") == 0 &&
+              test_count_in_file(log[0], "decode failures: none") == 1,
           "every unusual file is read (%s)", log[0]);
 }
 
@@ -1208,7 +1173,7 @@ static void test_decode_failures_are_named_once(void) {
         snprintf(log, sizeof log, "%s/%s/train.log", fixture, names[i]);
         snprintf(line, sizeof line, "decode failures: 1 file, left out %lld times (named above)",
                  (long long)r[0].left_out);
-        CHECK(count_in_file(log, "cut.jpg") == 1 && count_in_file(log, line) == 1,
+        CHECK(test_count_in_file(log, "cut.jpg") == 1 && test_count_in_file(log, line) == 1,
               "%s: the cut JPEG is not named once, or not counted as '%s'", log, line);
     }
     check_same_checkpoint("prefetch_1", "prefetch_8", 6, true);
@@ -1258,7 +1223,7 @@ static void test_state_json_is_checked(void) {
         REQUIRE(at, "state.json has no %s", key);
         const char *end = at + strcspn(at, ",\n");
         snprintf(text, sizeof text, "%.*s%s %s%s", (int)(at - good), good, key, edits[e][1], end);
-        REQUIRE(write_text(path, text) == 0, "write %s", path);
+        REQUIRE(test_write_text(path, text) == 0, "write %s", path);
         ldmc_err_clear(&err);
         CHECK(run_in_process_set(config, "latest", sets, 1, &r, &err) != 0 &&
                   strstr(err.message, path) && strstr(err.message, edits[e][0]),
@@ -1267,7 +1232,7 @@ static void test_state_json_is_checked(void) {
     // not JSON, cut short, empty, and much too long
     const char *bodies[] = {"{\"step\": 6, \"batch", "", "[1, 2, 3]"};
     for (int b = 0; b < 3; b++) {
-        REQUIRE(write_text(path, bodies[b]) == 0, "write %s", path);
+        REQUIRE(test_write_text(path, bodies[b]) == 0, "write %s", path);
         ldmc_err_clear(&err);
         CHECK(run_in_process_set(config, "latest", sets, 1, &r, &err) != 0 &&
                   strstr(err.message, path),
@@ -1277,14 +1242,14 @@ static void test_state_json_is_checked(void) {
     memset(huge, ' ', 1 << 17);
     memcpy(huge, good, n);
     huge[(1 << 17) - 1] = '\0';
-    REQUIRE(write_text(path, huge) == 0, "write %s", path);
+    REQUIRE(test_write_text(path, huge) == 0, "write %s", path);
     free(huge);
     ldmc_err_clear(&err);
     CHECK(run_in_process_set(config, "latest", sets, 1, &r, &err) != 0 &&
               strstr(err.message, "larger than"),
           "a 128 KiB state.json: %s", err.message);
     // the file as written resumes
-    REQUIRE(write_text(path, good) == 0, "write %s", path);
+    REQUIRE(test_write_text(path, good) == 0, "write %s", path);
     ldmc_err_clear(&err);
     CHECK(run_in_process_set(config, "latest", sets, 1, &r, &err) == 0 && r.steps == 8, "%s",
           err.message);
@@ -1300,7 +1265,7 @@ static void test_preview_failure_keeps_the_checkpoint(void) {
     snprintf(log, sizeof log, "%s/train.log", out);
     ldmc_err err = {0};
     REQUIRE(ldmc_mkdirs(out, &err) == 0, "%s", err.message);
-    REQUIRE(write_text(samples, "in the way\n") == 0, "write %s", samples);
+    REQUIRE(test_write_text(samples, "in the way\n") == 0, "write %s", samples);
     ldmc_train_result r;
     const char *sets[] = {"train.sample_every=3"};
     CHECK(run_in_process_set(tiny_config("no_previews", false, ""), NULL, sets, 1, &r, &err) == 0 &&
@@ -1309,8 +1274,8 @@ static void test_preview_failure_keeps_the_checkpoint(void) {
     char checkpoint[1500];
     snprintf(checkpoint, sizeof checkpoint, "%s/checkpoints/step-00000006/model.safetensors", out);
     CHECK(access(checkpoint, F_OK) == 0, "no checkpoint after failed previews");
-    CHECK(count_in_file(log, "warning: step 3: no sample grid") == 1 &&
-              count_in_file(log, "warning: step 6: no sample grid") == 1,
+    CHECK(test_count_in_file(log, "warning: step 3: no sample grid") == 1 &&
+              test_count_in_file(log, "warning: step 6: no sample grid") == 1,
           "the failed previews are not warned about in %s", log);
 }
 
@@ -1330,7 +1295,7 @@ static void test_signals_stop_a_run(void) {
         .metrics = metrics, .after_lines = 1, .delay_ms = 200, .sig = SIGTERM, .count = 1};
     int status = run_cli(log, long_steps, &one);
     CHECK(status == 128 + SIGTERM, "SIGTERM: exit status %d, want %d", status, 128 + SIGTERM);
-    CHECK(count_in_file(log, "interrupted (SIGTERM) at step 2 of 6: checkpoint saved") == 1,
+    CHECK(test_count_in_file(log, "interrupted (SIGTERM) at step 2 of 6: checkpoint saved") == 1,
           "no 'interrupted' line in %s", log);
     snprintf(path, sizeof path, "%s/signalled/checkpoints/step-00000002", fixture);
     CHECK(access(path, F_OK) == 0, "no checkpoint at the interrupted step");
@@ -1348,7 +1313,8 @@ static void test_signals_stop_a_run(void) {
     CHECK(status == 128 + SIGINT, "two SIGINTs: status %d, want %d", status, 128 + SIGINT);
     snprintf(path, sizeof path, "%s/signalled/checkpoints/step-00000004", fixture);
     CHECK(access(path, F_OK) != 0, "the second SIGINT did not stop the step at once");
-    CHECK(count_in_file(log, "interrupted (SIGINT)") == 0, "a second SIGINT saved a checkpoint");
+    CHECK(test_count_in_file(log, "interrupted (SIGINT)") == 0,
+          "a second SIGINT saved a checkpoint");
     // and the run resumes to its end
     status = run_cli(log, resume, NULL);
     CHECK(status == 0, "resumed run: status %d", status);
@@ -1374,21 +1340,23 @@ static void test_resume_says_what_changed(void) {
     const char *config = tiny_config_on("changes", false, "wide", "");
     REQUIRE(run_in_process(config, NULL, &r, &err) == 0, "%s", err.message);
     snprintf(log, sizeof log, "%s/changes/train.log", fixture);
-    CHECK(count_in_file(log, "buckets (width x height)") == 1 &&
-              count_in_file(log, "   40 x 24 ") == 1 && count_in_file(log, "   24 x 40 ") == 0,
+    CHECK(test_count_in_file(log, "buckets (width x height)") == 1 &&
+              test_count_in_file(log, "   40 x 24 ") == 1 &&
+              test_count_in_file(log, "   24 x 40 ") == 0,
           "the bucket of 64x36 pictures is not printed as 40 x 24 (width x height): %s", log);
     snprintf(path, sizeof path, "%s/wide/a/3.png", fixture); // one more picture
     REQUIRE(ldmc_png_write(path, rgb, 64, 36, &err) == 0, "%s", err.message);
     free(rgb);
     const char *sets[] = {"train.steps=8", "data.batch_size=4", "optim.lr=2.0e-3"};
     REQUIRE(run_in_process_set(config, "latest", sets, 3, &r, &err) == 0, "%s", err.message);
-    CHECK(count_in_file(log, "data.batch_size: 3 -> 4") == 1 &&
-              count_in_file(log, "optim.lr: 1.0e-3 -> 2.0e-3") == 1 &&
-              count_in_file(log, "train.steps: 6 -> 8") == 1 &&
-              count_in_file(log, "the data changed since the checkpoint (6 samples then, 7 now)") ==
-                  1,
+    CHECK(test_count_in_file(log, "data.batch_size: 3 -> 4") == 1 &&
+              test_count_in_file(log, "optim.lr: 1.0e-3 -> 2.0e-3") == 1 &&
+              test_count_in_file(log, "train.steps: 6 -> 8") == 1 &&
+              test_count_in_file(
+                  log, "the data changed since the checkpoint (6 samples then, 7 now)") == 1,
           "the resumed run does not say what changed: %s", log);
-    CHECK(count_in_file(log, "warmup") == 0, "an unchanged setting is named as changed: %s", log);
+    CHECK(test_count_in_file(log, "warmup") == 0, "an unchanged setting is named as changed: %s",
+          log);
 }
 
 // ---- the GPU trainer (built a second time as test_train_cuda, label cuda)

@@ -24,6 +24,8 @@ static size_t workspace_size;
 
 int ldmc_cuda_device_count(void) { return 1; }
 
+void ldmc_cuda_set_device(int device) { (void)device; }
+
 void ldmc_cuda_print_info(FILE *out) {
     fprintf(out, "CUDA:        emulated on the CPU (tests of the GPU code path only)\n");
 }

@@ -10,6 +10,7 @@
 #include "eval/fid.h"
 #include "eval/sample.h"
 #include "io/files.h"
+#include "train/dist.h"
 
 static const char *usage_text =
     "usage: ldmc eval stats INPUT OUT.npz   [options]  the FID statistics (mu, sigma) of a folder\n"
@@ -26,7 +27,8 @@ static const char *usage_text =
     "                    torch-fidelity's shuffled ones\n"
     "run: class-conditional models sample every class equally (N a multiple of the classes),\n"
     "  text models the prompts of --prompts FILE; --shard R/W samples only a shard (score the\n"
-    "  folder with `ldmc eval fid DIR STATS.npz` once every shard is done)\n";
+    "  folder with `ldmc eval fid DIR STATS.npz` once every shard is done); under mpirun or\n"
+    "  srun the ranks share the sampling and rank 0 scores\n";
 
 typedef struct eval_args {
     const char *inception, *mode;
@@ -232,6 +234,15 @@ static int eval_run(int argc, char **argv, const eval_args *a, ldmc_ctx *ctx,
         return 2;
     }
     snprintf(per, sizeof per, "%d", images / rows);
+    // under mpirun or srun: every rank has looked at the folder before any writes to it, then
+    // samples its shard (ldmc sample takes rank/world), and rank 0 scores them all
+    if (ldmc_dist_init(&err) != 0) {
+        fprintf(stderr, "ldmc eval run: %s\n", err.message);
+        free(pass);
+        return 1;
+    }
+    const bool ranks = ldmc_dist_get()->world > 1 && !shard;
+    ldmc_dist_barrier();
     char **sargv = calloc((size_t)n_pass + 8, sizeof *sargv);
     int sn = 0;
     sargv[sn++] = (char *)config;
@@ -242,7 +253,12 @@ static int eval_run(int argc, char **argv, const eval_args *a, ldmc_ctx *ctx,
         sargv[sn++] = pass[i];
     int rc = ldmc_cmd_sample(sn, sargv);
     free(sargv), free(pass);
+    if (ranks && ldmc_dist_agree(rc, "sampling", &err) != 0) {
+        if (rc == 0) fprintf(stderr, "ldmc eval run: %s\n", err.message);
+        return rc ? rc : 1;
+    }
     if (rc != 0) return rc;
+    if (ranks && ldmc_dist_get()->rank > 0) return 0; // rank 0 scores the folder
     if (shard && strcmp(shard, "0/1")) {
         printf("shard %s sampled; once every shard is done: ldmc eval fid %s %s\n", shard, out,
                ref);

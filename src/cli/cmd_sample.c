@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "core/device.h"
 #include "eval/sample.h"
+#include "train/dist.h"
 
 static const char *usage_text =
     "usage: ldmc sample CONFIG (--prompt TEXT ... | --prompts FILE | --class N[,N...]) --out DIR\n"
@@ -33,7 +34,8 @@ static const char *usage_text =
     "  --size       WxH (1024x1024; a training config: sample.width x sample.height)\n"
     "  --init       SDEdit from an image, running the last --strength of the steps (0.3)\n"
     "  --refiner    the refiner's config: it takes the latents at --switch of the schedule (0.8)\n"
-    "  --shard      make only images i with i % W == R (one of W processes of an evaluation)\n"
+    "  --shard      make only images i with i % W == R (one of W processes of an evaluation);\n"
+    "               under mpirun or srun each rank takes its own (rank/world) by itself\n"
     "  --out        the folder for NNNNN-SEED.png (generation parameters in a text chunk), "
     "grid.png\n";
 
@@ -256,6 +258,25 @@ int ldmc_cmd_sample(int argc, char **argv) {
                         "seed + i)\n");
         rc = 2;
     }
+    // under mpirun or srun each rank makes its shard of the images (rank/world), on its GPU
+    ldmc_err dist_err = {0};
+    if (rc == 0 && ldmc_dist_init(&dist_err) != 0) {
+        fprintf(stderr, "ldmc sample: %s\n", dist_err.message);
+        rc = 1;
+    } else if (rc == 0 && ldmc_dist_get()->world > 1 && !a.shard) {
+        const ldmc_dist *d = ldmc_dist_get();
+        if (!a.have_seed) {
+            fprintf(stderr,
+                    "ldmc sample: %d ranks: every rank needs the same --seed (image i gets "
+                    "seed + i)\n",
+                    d->world);
+            rc = 2;
+        }
+        job.shard = d->rank, job.shards = d->world;
+        job.grid = false;
+        ldmc_dist_quiet_ranks();
+        if (device == LDMC_CUDA) ldmc_dist_use_local_gpu();
+    }
     if (a.size && (sscanf(a.size, "%dx%d", &job.width, &job.height) != 2 || job.width <= 0 ||
                    job.height <= 0)) {
         fprintf(stderr, "ldmc sample: --size %s: expected WIDTHxHEIGHT, e.g. 1024x1024\n", a.size);
@@ -318,7 +339,9 @@ int ldmc_cmd_sample(int argc, char **argv) {
             rc = 1;
         else
             printf("wrote %d image%s to %s%s\n", written, written == 1 ? "" : "s", a.out,
-                   job.grid && written > 1 && job.shards <= 1 ? " (and grid.png)" : "");
+                   job.shards > 1            ? " (this process's shard; the others write theirs)"
+                   : job.grid && written > 1 ? " (and grid.png)"
+                                             : "");
     }
     if (rc == 1) fprintf(stderr, "ldmc sample: %s\n", err.message);
     if (have_ctx) ldmc_ctx_free(&ctx);

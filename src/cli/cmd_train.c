@@ -63,12 +63,8 @@ int ldmc_cmd_train(int argc, char **argv) {
     }
     const ldmc_dist *d = ldmc_dist_get();
     char who[96] = "";
-    if (d->world > 1) {
-        snprintf(who, sizeof who, " (rank %d of %d, %s)", d->rank, d->world, d->host);
-        const char *all = getenv("LDMC_LOG_ALL_RANKS");
-        if (d->rank > 0 && !(all && *all == '1') && !freopen("/dev/null", "w", stdout))
-            fprintf(stderr, "ldmc train%s: cannot silence stdout\n", who);
-    }
+    if (d->world > 1) snprintf(who, sizeof who, " (rank %d of %d, %s)", d->rank, d->world, d->host);
+    ldmc_dist_quiet_ranks();
     int rc = ldmc_cli_train_config("train", config, sets, n_sets, &cfg);
     free(sets);
     if (rc == 0) {
@@ -78,8 +74,6 @@ int ldmc_cmd_train(int argc, char **argv) {
     } else {
         rc = -1;
     }
-    // (a rank that failed alone exits without MPI_Finalize: the launcher ends the others)
-    if (rc == 0) ldmc_dist_finalize();
     if (rc == 0 && result.interrupted) return 128 + result.interrupted; // as a shell reports it
     return rc == 0 ? 0 : 1;
 }

@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "core/threads.h"
+#include "train/dist.h"
 
 static const struct {
     const char *name;
@@ -48,7 +49,13 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            int rc = commands[i].run(argc - 2, argv + 2);
+            // under mpirun: MPI ends with every rank's success; a rank that failed exits without
+            // it, and the launcher ends the others
+            if (rc == 0 || rc >= 128) ldmc_dist_finalize();
+            return rc;
+        }
     fprintf(stderr, "ldmc: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

@@ -273,7 +273,7 @@ int ldmc_gpu_device_count(void) {
 #endif
 }
 
-void ldmc_gpu_set_device(int device) { COMM_CALL(ldmc_nccl_set_device(device)); }
+void ldmc_gpu_set_device(int device) { GPU_CALL(ldmc_cuda_set_device(device)); }
 void ldmc_gpu_comm_unique_id(void *id) { COMM_CALL(ldmc_nccl_unique_id(id)); }
 
 int ldmc_gpu_comm_init(const void *id, int rank, int world, char *message, size_t size) {

@@ -60,8 +60,8 @@ int ldmc_ctx_init_gpu_free(ldmc_ctx *ctx, size_t meta_bytes, size_t *free_bytes)
 // ---- GPU collectives (NCCL, kernels/ldmc_nccl.h; src/train/dist.c is their user) ---------------
 // Whether this build has NCCL; without it every call below is fatal.
 bool ldmc_gpu_has_comm(void);
-int ldmc_gpu_device_count(void);
-void ldmc_gpu_set_device(int device);
+int ldmc_gpu_device_count(void);        // 0 without CUDA
+void ldmc_gpu_set_device(int device);   // (the process's device: before anything else uses one)
 void ldmc_gpu_comm_unique_id(void *id); // 128 bytes
 int ldmc_gpu_comm_init(const void *id, int rank, int world, char *message, size_t size);
 void ldmc_gpu_comm_group(bool start);

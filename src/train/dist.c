@@ -90,6 +90,17 @@ void ldmc_dist_finalize(void) {
     group.mpi = false;
 }
 
+void ldmc_dist_quiet_ranks(void) {
+    const char *all = getenv("LDMC_LOG_ALL_RANKS");
+    if (group.rank > 0 && !(all && *all == '1') && !freopen("/dev/null", "w", stdout))
+        fprintf(stderr, "ldmc: rank %d: cannot silence stdout\n", group.rank);
+}
+
+void ldmc_dist_use_local_gpu(void) {
+    int devices = ldmc_gpu_device_count();
+    if (group.world > 1 && devices > 0) ldmc_gpu_set_device(group.local_rank % devices);
+}
+
 int ldmc_dist_gpu(ldmc_err *err) {
     if (group.nccl || group.world == 1) return 0;
     if (!ldmc_gpu_available()) return LDMC_ERR(err, "rank %d: no CUDA device", group.rank);
@@ -100,9 +111,7 @@ int ldmc_dist_gpu(ldmc_err *err) {
         return LDMC_ERR(err, "data parallelism on GPUs needs NCCL: this build has none (install "
                              "NCCL where CMake finds it and rebuild with LDMC_NCCL=ON)");
 #ifdef LDMC_HAVE_MPI
-    // the device first: NCCL binds the communicator to the current one
-    int devices = ldmc_gpu_device_count();
-    ldmc_gpu_set_device(group.local_rank % devices);
+    ldmc_dist_use_local_gpu(); // the device first: NCCL binds the communicator to the current one
     unsigned char id[128] = {0};
     if (group.rank == 0) ldmc_gpu_comm_unique_id(id);
     MPI_Bcast(id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
@@ -201,26 +210,51 @@ void ldmc_dist_shard(ldmc_params *p, bool zero) {
 }
 
 #ifdef LDMC_HAVE_MPI
-// counts and displacements of the ranges, as MPI's v-collectives take them
+// MPI's v-collectives count and place in ints: the ranges go in units of 16 elements (every
+// parameter starts on a 64-byte boundary and is padded to one, so every range is whole units),
+// which reaches 2^35 elements (SDXL's 2.57e9 would overflow ints of elements from 7 ranks on).
+enum { RANGE_UNIT = 16 };
+
+static MPI_Datatype range_unit(MPI_Datatype element) {
+    MPI_Datatype unit;
+    MPI_Type_contiguous(RANGE_UNIT, element, &unit);
+    MPI_Type_commit(&unit);
+    return unit;
+}
+
+// counts and displacements of the ranges in units
 static void range_counts(const size_t *begin, int *counts, int *displs) {
     for (int r = 0; r < group.world; r++) {
-        LDMC_CHECK(begin[r + 1] - begin[r] <= INT32_MAX && begin[r] <= INT32_MAX,
-                   "a ZeRO range beyond 2^31 elements: use more ranks");
-        counts[r] = (int)(begin[r + 1] - begin[r]);
-        displs[r] = (int)begin[r];
+        LDMC_CHECK(begin[r] % RANGE_UNIT == 0 && begin[r + 1] % RANGE_UNIT == 0 &&
+                       begin[r + 1] / RANGE_UNIT <= INT32_MAX,
+                   "ZeRO range [%zu, %zu): not in whole units of %d elements below 2^31 units",
+                   begin[r], begin[r + 1], (int)RANGE_UNIT);
+        counts[r] = (int)((begin[r + 1] - begin[r]) / RANGE_UNIT);
+        displs[r] = (int)(begin[r] / RANGE_UNIT);
     }
+}
+
+// The ranges of buf (elements of `element`) from every rank to every rank (root < 0) or to root.
+static void gather_v(void *buf, const void *mine, const size_t *begin, MPI_Datatype element,
+                     int root) {
+    int *counts = malloc(2 * (size_t)group.world * sizeof *counts);
+    LDMC_CHECK(counts, "out of memory");
+    range_counts(begin, counts, counts + group.world);
+    MPI_Datatype unit = range_unit(element);
+    if (root < 0)
+        MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, counts + group.world, unit,
+                       MPI_COMM_WORLD);
+    else
+        MPI_Gatherv(mine, counts[group.rank], unit, buf, counts, counts + group.world, unit, root,
+                    MPI_COMM_WORLD);
+    MPI_Type_free(&unit);
+    free(counts);
 }
 #endif
 
 void ldmc_dist_allgather_ranges(float *buf, const size_t *begin) {
 #ifdef LDMC_HAVE_MPI
-    if (group.world == 1) return;
-    int *counts = malloc(2 * (size_t)group.world * sizeof *counts);
-    LDMC_CHECK(counts, "out of memory");
-    range_counts(begin, counts, counts + group.world);
-    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, counts + group.world, MPI_FLOAT,
-                   MPI_COMM_WORLD);
-    free(counts);
+    if (group.world > 1) gather_v(buf, NULL, begin, MPI_FLOAT, -1);
 #else
     (void)buf, (void)begin;
 #endif
@@ -233,24 +267,14 @@ void ldmc_dist_gather_ranges(float *full, const float *mine, const size_t *begin
         return;
     }
 #ifdef LDMC_HAVE_MPI
-    int *counts = malloc(2 * (size_t)group.world * sizeof *counts);
-    LDMC_CHECK(counts, "out of memory");
-    range_counts(begin, counts, counts + group.world);
-    MPI_Gatherv(mine + b, (int)n, MPI_FLOAT, full, counts, counts + group.world, MPI_FLOAT, 0,
-                MPI_COMM_WORLD);
-    free(counts);
+    gather_v(full, mine + b, begin, MPI_FLOAT, 0);
 #endif
 }
 
 // bf16 bit patterns (the emulated GPU's working weights, in host memory) gathered like f32 ranges
 static void allgather_bf16(uint16_t *buf, const size_t *begin) {
 #ifdef LDMC_HAVE_MPI
-    int *counts = malloc(2 * (size_t)group.world * sizeof *counts);
-    LDMC_CHECK(counts, "out of memory");
-    range_counts(begin, counts, counts + group.world);
-    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, counts + group.world,
-                   MPI_UINT16_T, MPI_COMM_WORLD);
-    free(counts);
+    gather_v(buf, NULL, begin, MPI_UINT16_T, -1);
 #else
     (void)buf, (void)begin;
 #endif
@@ -343,7 +367,7 @@ static void start_ready(ldmc_grad_sync *s, int node) {
 
 static int param_at(const ldmc_params *p, const float *g) {
     const float *base = grad_of(p);
-    if (!base || g < base || g >= base + p->total) return -1;
+    if (!base || p->count == 0 || g < base || g >= base + p->total) return -1;
     size_t offset = (size_t)(g - base);
     int lo = 0, hi = p->count - 1;
     while (lo < hi) { // the last parameter starting at or before offset

@@ -44,6 +44,12 @@ int ldmc_dist_init(ldmc_err *err);
 const ldmc_dist *ldmc_dist_get(void); // after ldmc_dist_init (a group of one before)
 // MPI_Finalize (after every rank's last collective); no-op without MPI.
 void ldmc_dist_finalize(void);
+// Ranks other than 0 print nothing to stdout (their errors still reach stderr), unless
+// LDMC_LOG_ALL_RANKS=1.
+void ldmc_dist_quiet_ranks(void);
+// A GPU rank's device: local_rank % the visible devices (before anything uses the GPU; no-op on
+// one rank or without CUDA).
+void ldmc_dist_use_local_gpu(void);
 // NCCL's communicator over the group, on device `local_rank % devices` (a GPU build with NCCL;
 // -1 with the reason otherwise). Idempotent.
 int ldmc_dist_gpu(ldmc_err *err);

@@ -156,6 +156,18 @@ int run_dir_resume(trainer *T, const char *resume, ldmc_err *err) {
            (long long)T->st.step, (long long)T->st.batches, (long long)T->st.skipped_steps);
     T->dir.resumed = true;
     report_config_changes(cfg, dir);
+    if (T->st.global_batch == 0) { // saved before data parallelism: one process, its batch size
+        char path[4300];
+        snprintf(path, sizeof path, "%s/config.yaml", dir);
+        ldmc_err ignore = {0};
+        ldmc_cfg *was = ldmc_cfg_load(path, &ignore);
+        int64_t batch = 4; // (the default of data.batch_size)
+        if (was)
+            ldmc_cfg_int(ldmc_cfg_get(was, "data"), "batch_size", false, 1, INT32_MAX, &batch,
+                         &ignore);
+        ldmc_cfg_free(was);
+        T->st.global_batch = batch;
+    }
     return 0;
 }
 
@@ -164,7 +176,8 @@ int run_dir_save(trainer *T, char *saved, ldmc_err *err) {
     // The metrics of the steps a checkpoint holds reach the disk first: a run resumed from it
     // keeps every line up to its step.
     int rc = T->lead ? train_log_sync(&T->log, T->cfg->out, err) : 0;
-    if (ldmc_dist_agree(rc, "metrics.jsonl", err) == 0) {
+    rc = ldmc_dist_agree(rc, "metrics.jsonl", err);
+    if (rc == 0) {
         tables_to_host(T);
         ldmc_checkpoint_model m = checkpoint_model(T);
         float *ema[3] = {NULL, NULL, NULL};
@@ -198,6 +211,7 @@ int run_dir_export(trainer *T, ldmc_err *err) {
     int rc = T->lead ? ldmc_save_weights(path, parts, 1 + m.n_extra, LDMC_F32, NULL, err) : 0;
     for (int k = 0; k < 3; k++)
         free(ema[k]);
+    rc = ldmc_dist_agree(rc, path, err); // (the other ranks wait here for rank 0's write)
     ldmc_dist_watchdog_arm(true);
-    return ldmc_dist_agree(rc, path, err);
+    return rc;
 }

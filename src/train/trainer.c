@@ -317,6 +317,7 @@ static void preview(trainer *T, const ldmc_batch *last, ldmc_train_result *resul
         printf("samples: %s\n", result->last_grid);
     }
     if (swap) trainer_swap_ema(T);
+    ldmc_dist_barrier(); // (the other ranks wait here, unwatched, for rank 0's preview)
     ldmc_dist_watchdog_arm(true);
 }
 
