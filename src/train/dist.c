@@ -304,6 +304,7 @@ struct ldmc_grad_sync {
     int n_tables;
     bucket *buckets;
     int n_buckets, next;
+    int done; // MPI: the buckets before this one are known complete
     bool zero, gpu, nccl;
     int n_nodes;
     int node;                  // the node backward has just finished (n_nodes: none yet, -1: done)
@@ -356,12 +357,16 @@ static void start_bucket(ldmc_grad_sync *s, int k) {
 static void start_ready(ldmc_grad_sync *s, int node) {
     while (s->next < s->n_buckets && s->buckets[s->next].ready_at >= node)
         start_bucket(s, s->next++);
+}
+
+// MPI moves its nonblocking collectives only inside MPI calls: test what is in flight, in order,
+// after every node of backward.
+static void progress(ldmc_grad_sync *s) {
 #ifdef LDMC_HAVE_MPI
-    // progress for what is in flight (MPI's nonblocking collectives move inside MPI calls)
-    if (!s->nccl && s->next > 0) {
-        int done;
-        MPI_Testall(1, &s->buckets[s->next - 1].request, &done, MPI_STATUSES_IGNORE);
-    }
+    for (int flag = 1; flag && s->done < s->next; s->done += flag)
+        MPI_Test(&s->buckets[s->done].request, &flag, MPI_STATUS_IGNORE);
+#else
+    (void)s;
 #endif
 }
 
@@ -422,6 +427,7 @@ static void hook_node_done(void *user, int node) {
         if (s->nccl) ldmc_gpu_comm_after_compute();
         start_ready(s, node);
     }
+    if (!s->nccl) progress(s);
 }
 
 ldmc_grad_sync *ldmc_grad_sync_new(ldmc_params *const *tables, int n_tables,
@@ -534,7 +540,7 @@ void ldmc_grad_sync_finish(ldmc_grad_sync *s) {
     }
     for (int k = 0; k < s->n_buckets; k++)
         s->buckets[k].started = false;
-    s->next = 0;
+    s->next = s->done = 0;
 }
 
 double ldmc_grad_sync_sum_squares(ldmc_grad_sync *s) {
