@@ -88,6 +88,20 @@ static void make_fixture(void) {
              "train: {steps: 1, seed: 7, out: OUT, threads: 1, device: " DEVICE "}\n",
              test_config_dir());
     LDMC_CHECK(test_write_text(path, text) == 0, "cannot write %s", path);
+    // a text model whose encoders train too: three tables reduced and sharded (captions empty)
+    snprintf(path, sizeof path, "%s/text.yaml", fixture);
+    snprintf(text, sizeof text,
+             "task: diffusion\nmodel: %s/tiny_unet_text.yaml\nvae: %s/tiny_vae.yaml\n"
+             "vae_weights: vae.safetensors\ninit: text.init\n"
+             "text: {vocab: %s/tiny_bpe, uncond: zeros, train: true, lr: [1.0e-3, 5.0e-4]}\n"
+             "data: {source: images, path: data, buckets: {pixels: 1024, multiple: 8, "
+             "max_ratio: 2}, batch_size: 2, workers: 1, prefetch: 2}\n"
+             "diffusion: {cond_dropout: 0.3}\n"
+             "optim: {lr: 1.0e-3, grad_clip: 1.0, accumulation: 2}\nema: {decay: 0.9}\n"
+             "dist: {bucket_mb: 0.05}\n"
+             "train: {steps: 1, seed: 7, out: OUT, threads: 1, device: " DEVICE "}\n",
+             test_config_dir(), test_config_dir(), test_data_dir());
+    LDMC_CHECK(test_write_text(path, text) == 0, "cannot write %s", path);
 }
 
 typedef struct job {
@@ -386,19 +400,19 @@ static void test_two_ranks_twice_are_bit_identical(void) {
 // collective, and the gradient norm is summed per parameter in table order either way), the
 // optimizer state in one file per rank. (On the GPU the norm is summed per rank's range: the
 // clipping factor, and so the weights, may differ by rounding.)
-static void check_zero_equals_replicated(const char *two, const char *zero, bool exact) {
-    if (exact) check_same_run(two, zero, 4, false);
-    const char *shards[] = {checkpoint(zero, 4, "optimizer-00000-of-00002.safetensors"),
-                            checkpoint(zero, 4, "optimizer-00001-of-00002.safetensors")};
+static void check_zero_equals_replicated(const char *two, const char *zero, bool exact, int step) {
+    if (exact) check_same_run(two, zero, step, false);
+    const char *shards[] = {checkpoint(zero, step, "optimizer-00000-of-00002.safetensors"),
+                            checkpoint(zero, step, "optimizer-00001-of-00002.safetensors")};
     double scale,
-        d = max_difference(checkpoint(two, 4, "optimizer.safetensors"), shards, 2, &scale);
+        d = max_difference(checkpoint(two, step, "optimizer.safetensors"), shards, 2, &scale);
     printf("  %s: max |Adam state (ZeRO) - (replicated)| = %.3g\n", zero, d);
     CHECK(d >= 0 && d <= (exact ? 0 : 1e-5 * scale),
           "Adam m, v under ZeRO differ from the replicated run's by %g (or are missing)", d);
-    d = max_difference(checkpoint(two, 4, "model.safetensors"),
-                       (const char *[]){checkpoint(zero, 4, "model.safetensors")}, 1, &scale);
+    d = max_difference(checkpoint(two, step, "model.safetensors"),
+                       (const char *[]){checkpoint(zero, step, "model.safetensors")}, 1, &scale);
     CHECK(d >= 0 && d <= (exact ? 0 : 1e-4), "%s: the weights differ by %g", zero, d);
-    CHECK(access(checkpoint(zero, 4, "optimizer.safetensors"), F_OK) != 0,
+    CHECK(access(checkpoint(zero, step, "optimizer.safetensors"), F_OK) != 0,
           "ZeRO writes no whole optimizer file");
 }
 
@@ -410,9 +424,9 @@ static void test_zero_equals_replicated(void) {
     CHECK(test_count_in_file(run_path("zero.log", ""), "ZeRO-1 (optimizer state sharded)") == 1,
           "ZeRO is not announced");
 #ifdef LDMC_TEST_NCCL
-    check_zero_equals_replicated("two", "zero", false);
+    check_zero_equals_replicated("two", "zero", false, 4);
 #else
-    check_zero_equals_replicated("two", "zero", true);
+    check_zero_equals_replicated("two", "zero", true, 4);
 #endif
 }
 
@@ -433,7 +447,7 @@ static void test_emulated_gpu_ranks(void) {
     REQUIRE(run_job(&zero, &took) == 0, "see %s/gpu_zero.log", fixture);
     REQUIRE(run_job(&two1, &took) == 0 && run_job(&one1, &took) == 0, "see %s/gpu_*_1.log",
             fixture);
-    check_zero_equals_replicated("gpu_two", "gpu_zero", false);
+    check_zero_equals_replicated("gpu_two", "gpu_zero", false, 4);
     check_one_step("gpu_two_1", "gpu_one_1", true);
 }
 #endif
@@ -527,6 +541,32 @@ static void test_vae_task_on_two_ranks(void) {
 #endif
 }
 
+// Text encoders trained with the UNet: the model's and both encoders' tables are bucketed and
+// reduced together, and under ZeRO each table is sharded; one step equals one process with the
+// doubled batch to rounding, and ZeRO equals replicated bit for bit (CPU).
+static void test_text_encoders_on_two_ranks(void) {
+    make_fixture();
+    char model[1200], init[1400];
+    snprintf(model, sizeof model, "%s/tiny_unet_text.yaml", test_config_dir());
+    snprintf(init, sizeof init, "%s/text.init", fixture);
+    const char *init_args[] = {"init", model, init, NULL};
+    double took;
+    job make = {.out = "text_init", .cmd = init_args};
+    REQUIRE(run_job(&make, &took) == 0, "ldmc init: see %s/text_init.log", fixture);
+    job two = {.ranks = 2, .out = "te_two", .config = "text"},
+        zero = {.ranks = 2, .out = "te_zero", .config = "text", .sets = {"dist.zero=true"}},
+        one = {.out = "te_one", .config = "text", .sets = {"data.batch_size=4"}};
+    REQUIRE(run_job(&two, &took) == 0 && run_job(&zero, &took) == 0 && run_job(&one, &took) == 0,
+            "see %s/te_*.log", fixture);
+#ifdef LDMC_TEST_NCCL
+    check_one_step("te_two", "te_one", true);
+    check_zero_equals_replicated("te_two", "te_zero", false, 1);
+#else
+    check_one_step("te_two", "te_one", false);
+    check_zero_equals_replicated("te_two", "te_zero", true, 1);
+#endif
+}
+
 // `mpirun -np 2 ldmc sample`: each rank makes its shard (rank/world) of the images, and together
 // they are those of one process, byte for byte.
 static void test_sample_under_mpirun_shares_the_images(void) {
@@ -595,6 +635,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_a_failed_rank_ends_the_job),
         TEST_ENTRY(test_preemption_signal_saves_and_resumes),
         TEST_ENTRY(test_vae_task_on_two_ranks),
+        TEST_ENTRY(test_text_encoders_on_two_ranks),
         TEST_ENTRY(test_sample_under_mpirun_shares_the_images),
 #ifdef LDMC_CLI_EMULATED
         TEST_ENTRY(test_emulated_gpu_ranks),
