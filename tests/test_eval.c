@@ -753,6 +753,23 @@ static void test_eval_command(void) {
     char png[1200];
     snprintf(png, sizeof png, "%s/00009-12.png", out);
     CHECK(access(png, F_OK) == 0, "eval run: no %s", png);
+    // the same run under `mpirun -np 2`: each rank samples its shard, rank 0 scores the folder:
+    // the same images, so the same metrics (at the same thread count, LDMC_THREADS)
+    if (system("mpirun --version > /dev/null 2>&1") == 0) {
+        char cmd[8192], metrics2[1200], line2[1024];
+        snprintf(
+            cmd, sizeof cmd,
+            "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ASAN_OPTIONS=detect_leaks=0 "
+            "mpirun --oversubscribe --bind-to none -np 2 '%s' eval run '%s' "
+            "--weights '%s' --vae '%s' --images 10 --ref '%s' --inception '%s' --out '%s_mpi' "
+            "--steps 2 --size 16x8 --sampler ddim --seed 3 --batch 5 --quiet >'%s' 2>&1",
+            cli(), config_path("tiny_unet_class.yaml"), test_tmp_path("class.safetensors"),
+            config_path("tiny_vae.yaml"), npz_b, weights, out, log);
+        CHECK(system(cmd) == 0, "mpirun -np 2 ldmc eval run failed: see %s", log);
+        snprintf(metrics2, sizeof metrics2, "%s_mpi/metrics.json", out);
+        CHECK(log_has(metrics2, "\"fid\": ", line2, sizeof line2) && !strcmp(line, line2),
+              "eval run on 2 ranks: %s, on one: %s", line2, line);
+    }
     snprintf(args, sizeof args,
              "eval run '%s' --weights '%s' --vae '%s' --images 15 --ref '%s' "
              "--inception '%s' --out '%s_15'",
