@@ -14,6 +14,7 @@
 #include "io/weights.h"
 #include "nn/model_config.h"
 #include "nn/models.h"
+#include "nn/vae.h"
 
 int test_failures;
 bool test_quiet;
@@ -199,6 +200,19 @@ const char *test_tmp_path(const char *name) {
     char *p = path[next++ % 8];
     snprintf(p, sizeof path[0], "%s/%s", test_tmpdir(), name);
     return p;
+}
+
+void test_write_tiny_vae(const char *path, uint64_t seed, bool poison) {
+    ldmc_model_config vc = test_model_config("tiny_vae.yaml");
+    static ldmc_vae v;
+    ldmc_vae_init(&v, &vc.vae);
+    ldmc_params_alloc(&v.params, LDMC_ROLE_WEIGHTS);
+    ldmc_params_init(&v.params, seed);
+    if (poison) v.params.buffers[LDMC_ROLE_WEIGHTS][v.params.items[0].offset] = INFINITY;
+    ldmc_err err = {0};
+    LDMC_CHECK(test_save_models(path, LDMC_LAYOUT_OFFICIAL, NULL, &v, LDMC_F32, NULL, &err) == 0,
+               "%s", err.message);
+    ldmc_vae_free(&v);
 }
 
 int test_write_text(const char *path, const char *text) {

@@ -116,6 +116,9 @@ const char *test_config_dir(void);
 // bytes (false when either cannot be read); how often `text` occurs in a file (its first 4 MiB;
 // -1 when it cannot be read).
 int test_write_text(const char *path, const char *text);
+// configs/tiny_vae.yaml's weights initialized from `seed` into an official file at path; with
+// `poison`, its first weight is infinite (every latent, and so every loss, is not finite).
+void test_write_tiny_vae(const char *path, uint64_t seed, bool poison);
 bool test_same_file(const char *a, const char *b);
 int test_count_in_file(const char *path, const char *text);
 // `open` (ldmc_safetensors_open or ldmc_torch_open) on path must fail with a message that names

@@ -49,15 +49,8 @@ static void make_fixture(void) {
     char path[1200];
     snprintf(path, sizeof path, "%s/data", fixture);
     LDMC_CHECK(ldmc_shapes_write(path, 6, 1, &err) == 0, "%s", err.message);
-    ldmc_model_config vc = test_model_config("tiny_vae.yaml");
-    static ldmc_vae v;
-    ldmc_vae_init(&v, &vc.vae);
-    ldmc_params_alloc(&v.params, LDMC_ROLE_WEIGHTS);
-    ldmc_params_init(&v.params, 5);
     snprintf(path, sizeof path, "%s/vae.safetensors", fixture);
-    LDMC_CHECK(test_save_models(path, LDMC_LAYOUT_OFFICIAL, NULL, &v, LDMC_F32, NULL, &err) == 0,
-               "%s", err.message);
-    ldmc_vae_free(&v);
+    test_write_tiny_vae(path, 5, false);
     // A tiny class-conditional UNet run with everything a step draws: timesteps, offset noise,
     // class dropout, min-SNR weights, v prediction, clipping, accumulation, EMA; checkpoints at
     // every other step. Batch 2 per rank; gradients in small buckets (several per step).

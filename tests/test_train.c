@@ -317,21 +317,11 @@ static void make_fixture(void) {
     fwrite(buf, 1, n * 3 / 4, out);
     fclose(in);
     fclose(out);
-    ldmc_model_config vc = test_model_config("tiny_vae.yaml");
-    static ldmc_vae v;
-    ldmc_vae_init(&v, &vc.vae);
-    ldmc_params_alloc(&v.params, LDMC_ROLE_WEIGHTS);
-    ldmc_params_init(&v.params, 5);
     snprintf(path, sizeof path, "%s/vae.safetensors", fixture);
-    LDMC_CHECK(test_save_models(path, LDMC_LAYOUT_OFFICIAL, NULL, &v, LDMC_F32, NULL, &err) == 0,
-               "%s", err.message);
+    test_write_tiny_vae(path, 5, false);
     // the same weights with one infinity: every latent, and so every loss, is not finite
-    float *w = v.params.buffers[LDMC_ROLE_WEIGHTS];
-    w[v.params.items[0].offset] = INFINITY;
     snprintf(path, sizeof path, "%s/vae_inf.safetensors", fixture);
-    LDMC_CHECK(test_save_models(path, LDMC_LAYOUT_OFFICIAL, NULL, &v, LDMC_F32, NULL, &err) == 0,
-               "%s", err.message);
-    ldmc_vae_free(&v);
+    test_write_tiny_vae(path, 5, true);
 }
 
 // Writes <fixture>/<name>.yaml for a tiny run on <fixture>/<data> into <fixture>/<name>/; `extra`

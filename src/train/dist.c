@@ -290,7 +290,6 @@ typedef struct bucket {
 #ifdef LDMC_HAVE_MPI
     MPI_Request request;
 #endif
-    bool started;
 } bucket;
 
 typedef struct table_info {
@@ -306,7 +305,6 @@ struct ldmc_grad_sync {
     int n_buckets, next;
     int done; // MPI: the buckets before this one are known complete
     bool zero, gpu, nccl;
-    int n_nodes;
     int node;                  // the node backward has just finished (n_nodes: none yet, -1: done)
     int64_t early, all_issued; // buckets started before backward's last node, and in all
     ldmc_backward_hook hook;
@@ -322,7 +320,6 @@ static void start_bucket(ldmc_grad_sync *s, int k) {
     const table_info *t = &s->tables[b->table];
     float *g = grad_of(t->p) + b->begin;
     size_t n = b->end - b->begin;
-    b->started = true;
     s->early += s->node > 0;
     s->all_issued++;
     if (s->nccl) {
@@ -387,7 +384,6 @@ static int param_at(const ldmc_params *p, const float *g) {
 
 static void hook_begin(void *user, const ldmc_ctx *ctx) {
     ldmc_grad_sync *s = user;
-    s->n_nodes = ctx->n_nodes;
     int recompute = ctx->n_nodes; // the first recompute region: it may read any parameter
     for (int t = 0; t < s->n_tables; t++)
         for (int i = 0; i < s->tables[t].p->count; i++)
@@ -538,8 +534,6 @@ void ldmc_grad_sync_finish(ldmc_grad_sync *s) {
         }
 #endif
     }
-    for (int k = 0; k < s->n_buckets; k++)
-        s->buckets[k].started = false;
     s->next = s->done = 0;
 }
 
