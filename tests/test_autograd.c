@@ -63,8 +63,8 @@ static void test_inference_records_nothing(void) {
 static void dummy_backward(ldmc_ctx *ctx, ldmc_node *node) { (void)ctx, (void)node; }
 
 static void test_op_without_backward_fails_by_name(void) {
-    static const ldmc_op_info no_backward = {"argmax_like_op", NULL};
-    static const ldmc_op_info with_backward = {"fine_op", dummy_backward};
+    static const ldmc_op_info no_backward = {"argmax_like_op", NULL, LDMC_READS_ALL, NULL};
+    static const ldmc_op_info with_backward = {"fine_op", dummy_backward, LDMC_READS_ALL, NULL};
     ldmc_ctx ctx;
     test_ctx_init(&ctx);
     ldmc_tensor *x = input(&ctx, 1, (int64_t[]){4}, 4), *y = ldmc_new_like(&ctx, x);

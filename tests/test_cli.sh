@@ -212,12 +212,20 @@ expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8
     --device cuda --dry-run --json
 per_image=$(sed -n 's/.*"tflop_per_image": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
 plain=$(sed -n 's/.*"activations_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
+unplanned=$(sed -n 's/.*"activations_unplanned_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
+live=$(sed -n 's/.*"activations_live_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
 awk -v f="$per_image" 'BEGIN { exit !(f > 19.5 && f < 21.5) }' ||
     fail "SDXL base: $per_image TFLOP an image forward + backward, want about 20.6"
+# the memory plan: activations freed after their last use, gradients after their producer's
+# backward, norms' and activations' outputs made again in backward (31.2 GiB planned on
+# 2026-12-03, 146.1 without a plan), placed within 2% of the most bytes live at once
+awk -v p="$plain" -v u="$unplanned" -v l="$live" \
+    'BEGIN { exit !(p > 0 && p < 34 && u > 140 && p <= 1.02 * l && l <= p) }' ||
+    fail "SDXL base's memory plan: $plain GiB planned, $live live at once, $unplanned unplanned"
 expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
     --device cuda --dry-run --gradient-checkpointing --json
 ckpt=$(sed -n 's/.*"activations_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
-awk -v a="$ckpt" -v b="$plain" 'BEGIN { exit !(a > 0 && a < b / 3) }' ||
+awk -v a="$ckpt" -v b="$plain" 'BEGIN { exit !(a > 0 && a < 0.6 * b) }' ||
     fail "gradient checkpointing: $ckpt GiB of activations against $plain without"
 # one rank's plan of a data-parallel run: ZeRO-1 over 8 ranks leaves the bf16 weights (2 bytes a
 # parameter) and f32 gradients (4) whole and shares the master, m, v and EMA (16): about

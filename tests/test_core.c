@@ -7,6 +7,7 @@
 
 #include "core/arena.h"
 #include "core/dtype.h"
+#include "core/memplan.h"
 #include "core/params.h"
 #include "core/rng.h"
 #include "core/tape.h"
@@ -273,6 +274,46 @@ static void test_threads(void) {
     CHECK(ldmc_threads_get() == before, "restore");
 }
 
+// The memory plan's placement: random intervals of random sizes (some released by a mark, some
+// live to the end) never share bytes while both are live; the top is at least the most bytes
+// live at once and, on these, within 10% of it; records come out in order of death.
+static void test_memory_plan_placement(void) {
+    ldmc_step_plan p = {0};
+    uint64_t state = 12345;
+    int64_t tick = 0;
+    for (int i = 0; i < 3000; i++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        size_t bytes = 1 + (size_t)(state >> 40) % 100000;
+        int slot = ldmc_plan_add(&p, bytes, (size_t)i, tick, (ldmc_mem_kind)(i % 3 == 2), "t");
+        ldmc_plan_use(&p, slot, tick + (int64_t)((state >> 20) % 200), i % 5 != 0);
+        if (i % 7 == 0) tick++;
+        if (i % 500 == 499) ldmc_plan_release(&p, (size_t)i - 20, tick++);
+    }
+    int slot = ldmc_plan_add(&p, 0, 3000, tick, LDMC_MEM_DATA, "empty");
+    ldmc_plan_use(&p, slot, tick, true);
+    ldmc_plan_finish(&p, tick + 300);
+    CHECK(p.recs[0].dies == p.end, "a record no op reads lives to the end");
+    int bad = 0;
+    for (int i = 0; i < p.n && !bad; i++)
+        for (int j = i + 1; j < p.n; j++) {
+            const ldmc_mem_rec *a = &p.recs[i], *b = &p.recs[j];
+            bool time = a->born <= b->dies && b->born <= a->dies;
+            bool space = a->offset < b->offset + b->bytes && b->offset < a->offset + a->bytes;
+            if (time && space && a->bytes && b->bytes) bad = 1;
+        }
+    CHECK(!bad, "two records live at once share bytes");
+    for (int i = 0; i < p.n; i++)
+        CHECK(p.recs[i].offset % LDMC_PLAN_ALIGN == 0 &&
+                  p.recs[i].offset + p.recs[i].bytes <= p.peak,
+              "record %d at %zu (+%zu) within the top %zu, aligned", i, p.recs[i].offset,
+              p.recs[i].bytes, p.peak);
+    CHECK(p.peak >= p.live_peak && p.peak <= p.live_peak + p.live_peak / 10,
+          "top %zu against %zu live at once", p.peak, p.live_peak);
+    for (int i = 1; i < p.n; i++)
+        CHECK(p.recs[p.by_death[i - 1]].dies <= p.recs[p.by_death[i]].dies, "order of death");
+    ldmc_plan_free(&p);
+}
+
 int main(int argc, char **argv) {
     static const test_entry tests[] = {
         TEST_ENTRY(test_dtype_names_and_sizes),
@@ -287,6 +328,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_tensor_helpers),
         TEST_ENTRY(test_errors),
         TEST_ENTRY(test_threads),
+        TEST_ENTRY(test_memory_plan_placement),
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }

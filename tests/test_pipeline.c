@@ -141,7 +141,64 @@ static void test_loss_step_is_a_function_of_its_key(void) {
     models_free(&m);
 }
 
-// The dry run of a training step allocates what the real step allocates, to the byte.
+// A step of the diffusion loss or of the VAE's, for ldmc_plan_step and the replays below.
+typedef struct plan_case {
+    const ldmc_diffusion_step *diffusion;
+    const ldmc_vae_step *vae;
+    const ldmc_step_batch *b;
+    ldmc_step_key key;
+    double loss;
+} plan_case;
+
+static void plan_case_run(ldmc_ctx *ctx, void *user) {
+    plan_case *c = user;
+    c->loss = c->diffusion ? ldmc_diffusion_loss(ctx, c->diffusion, c->b, &c->key, 1)
+                           : ldmc_vae_loss(ctx, c->vae, c->b, &c->key, 1);
+}
+
+// The step run plainly, then replaying its plan with every record filled with NaN bytes when it
+// dies (a read of freed memory, or a record freed too early, turns the loss or a gradient NaN or
+// different): the same loss and gradients, bit for bit, in the plan's bytes. The plan needs less
+// than the bump arena and no less than the most bytes live at once.
+static void check_replay(plan_case *c, ldmc_params *params, const ldmc_step_plan *plan,
+                         const char *what) {
+    size_t n = params->total;
+    float *g1 = malloc(n * sizeof *g1), *g2 = malloc(n * sizeof *g2);
+    float *grads = params->buffers[LDMC_ROLE_GRAD];
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    for (int replay = 0; replay < 2; replay++) {
+        ldmc_params_zero_grad(params);
+        ctx.plan_poison = replay;
+        ldmc_ctx_use_plan(&ctx, replay ? plan : NULL);
+        ldmc_arena_reset_high_water(&ctx.data);
+        plan_case_run(&ctx, c);
+        if (!replay) {
+            CHECK(ctx.data.high_water == plan->unplanned,
+                  "%s: the dry run's bump arena %zu bytes, the real step's %zu", what,
+                  plan->unplanned, ctx.data.high_water);
+            memcpy(g1, grads, n * sizeof *g1);
+        } else {
+            memcpy(g2, grads, n * sizeof *g2);
+        }
+        ldmc_ctx_use_plan(&ctx, NULL);
+        if (!replay) CHECK(isfinite(c->loss), "%s: a finite loss", what);
+        if (!replay) ctx.flops = 0;
+    }
+    double plain = c->loss;
+    plan_case_run(&ctx, c); // (plain again: the loss of the replay was overwritten)
+    CHECK(c->loss == plain, "%s: the same loss twice", what);
+    CHECK(!memcmp(g1, g2, n * sizeof *g1), "%s: the replayed plan gives the plain step's gradients",
+          what);
+    CHECK(plan->peak < plan->unplanned && plan->peak >= plan->live_peak,
+          "%s: planned %zu bytes, live at once %zu, unplanned %zu", what, plan->peak,
+          plan->live_peak, plan->unplanned);
+    ldmc_ctx_free(&ctx);
+    free(g1), free(g2);
+}
+
+// The dry run of a training step allocates what the real step allocates, to the byte; its memory
+// plan replayed by the real step gives the same numbers.
 static void test_memory_plan_matches_a_real_step(void) {
     static models m;
     models_init(&m, "tiny_unet_text.yaml");
@@ -151,8 +208,11 @@ static void test_memory_plan_matches_a_real_step(void) {
         ldmc_unet plan_model;
         ldmc_unet_init(&plan_model, c);
         plan_model.recompute = m.unet.recompute = recompute;
-        ldmc_dry_run plan = ldmc_dry_run_unet_step(&plan_model, LDMC_CPU, B, 8, 8);
+        ldmc_step_plan kept = {0};
+        ldmc_dry_run plan = ldmc_dry_run_unet_step(&plan_model, LDMC_CPU, B, 8, 8, &kept);
         ldmc_unet_free(&plan_model);
+        CHECK(plan.activations == kept.peak && plan.unplanned == kept.unplanned,
+              "the dry run reports its plan");
         static float mean[B * 8 * 8 * 4], std[B * 8 * 8 * 4], context[B * 77 * 48], pooled[B * 24];
         static int32_t sizes[2 * B];
         static int64_t labels[B];
@@ -172,30 +232,40 @@ static void test_memory_plan_matches_a_real_step(void) {
                                       .context = context,
                                       .context_tokens = 77,
                                       .pooled = pooled}};
+        plan_case pc = {.diffusion = &m.step, .b = &b};
         ldmc_ctx ctx;
         test_ctx_init(&ctx);
-        double loss = ldmc_diffusion_loss(&ctx, &m.step, &b, &(ldmc_step_key){0}, 1);
-        CHECK(isfinite(loss), "the text model's step");
-        CHECK(plan.activations == ctx.data.high_water, "%s: dry run %zu bytes, real step %zu",
-              recompute ? "recomputed" : "plain", plan.activations, ctx.data.high_water);
+        plan_case_run(&ctx, &pc);
+        CHECK(isfinite(pc.loss), "the text model's step");
         CHECK(plan.flops == ctx.flops, "dry run %.0f FLOP, real step %.0f", plan.flops, ctx.flops);
         ldmc_ctx_free(&ctx);
+        check_replay(&pc, &m.unet.params, &kept,
+                     recompute ? "text UNet, recomputed" : "text UNet, plain");
+        ldmc_plan_free(&kept);
     }
-    // the autoencoder's step
+    // the class UNet's step from images (the frozen VAE's encoding kept, its activations
+    // dropped), with conditioning dropout, planned by ldmc_plan_step on the same arguments
+    static models k;
+    models_init(&k, "tiny_unet_class.yaml");
     static batch t;
     batch_init(&t);
+    plan_case pc = {.diffusion = &k.step, .b = &t.b, .key = {7, 3, 0, 0, 0, 0}};
+    ldmc_step_plan kept = {0};
+    ldmc_plan_step(LDMC_CPU, plan_case_run, &pc, &kept);
+    check_replay(&pc, &k.unet.params, &kept, "class UNet from images");
+    ldmc_plan_free(&kept);
+    models_free(&k);
+    // the autoencoder's step
     ldmc_vae plan_vae;
     ldmc_vae_init(&plan_vae, &m.vae.cfg);
-    ldmc_dry_run plan = ldmc_dry_run_vae_step(&plan_vae, LDMC_CPU, B, H, W);
+    ldmc_dry_run plan = ldmc_dry_run_vae_step(&plan_vae, LDMC_CPU, B, H, W, &kept);
     ldmc_vae_free(&plan_vae);
+    CHECK(plan.activations == kept.peak, "the VAE's dry run reports its plan");
     ldmc_params_alloc(&m.vae.params, LDMC_ROLE_GRAD);
     ldmc_vae_step vs = {.vae = &m.vae, .kl_weight = 1e-6};
-    ldmc_ctx ctx;
-    test_ctx_init(&ctx);
-    CHECK(isfinite(ldmc_vae_loss(&ctx, &vs, &t.b, &(ldmc_step_key){0}, 1)), "the VAE's step");
-    CHECK(plan.activations == ctx.data.high_water, "VAE: dry run %zu bytes, real step %zu",
-          plan.activations, ctx.data.high_water);
-    ldmc_ctx_free(&ctx);
+    pc = (plan_case){.vae = &vs, .b = &t.b};
+    check_replay(&pc, &m.vae.params, &kept, "VAE");
+    ldmc_plan_free(&kept);
     models_free(&m);
 }
 
@@ -270,16 +340,18 @@ static void test_conditioner_encodes_captions(void) {
     const char *captions[3] = {"a bright circle &amp; its shadow", NULL, "one big cross"};
     int32_t sizes[6] = {32, 32, 24, 40, 40, 24};
     float keep[3] = {1, 0, 1};
-    ldmc_cond_batch b = {.n = 3, .c_size = sizes, .c_crop = sizes, .c_target = sizes,
-                         .captions = captions};
+    ldmc_cond_batch b = {
+        .n = 3, .c_size = sizes, .c_crop = sizes, .c_target = sizes, .captions = captions};
     // each encoder alone, for the expected values
     float *ref_l = malloc((size_t)3 * T * DL * sizeof *ref_l);
     float *ref_g = malloc((size_t)3 * T * (D - DL) * sizeof *ref_g), ref_p[3 * 24];
     REQUIRE(P <= 24, "pooled %d", P);
     ldmc_tensor *x, *p;
-    ldmc_text_encoder_forward(&ctx, &enc[0], 3, ldmc_conditioner_tokens(&ctx, &cond, 0, captions, NULL, 3), &x, &p);
+    ldmc_text_encoder_forward(&ctx, &enc[0], 3,
+                              ldmc_conditioner_tokens(&ctx, &cond, 0, captions, NULL, 3), &x, &p);
     ldmc_read_f32(x, ref_l);
-    ldmc_text_encoder_forward(&ctx, &enc[1], 3, ldmc_conditioner_tokens(&ctx, &cond, 1, captions, NULL, 3), &x, &p);
+    ldmc_text_encoder_forward(&ctx, &enc[1], 3,
+                              ldmc_conditioner_tokens(&ctx, &cond, 1, captions, NULL, 3), &x, &p);
     ldmc_read_f32(x, ref_g);
     ldmc_read_f32(p, ref_p);
     // the tokens: CLIP-L's convention pads with the end token, bigG's with 0

@@ -323,6 +323,8 @@ static int bench_train(int argc, char **argv) {
             o.recompute ? "true" : "false", (long long)r.parameters, r.flops / o.batch / 1e12);
         print_bytes_json("weights_gib", r.weight_bytes);
         print_bytes_json("activations_gib", r.activation_bytes);
+        print_bytes_json("activations_unplanned_gib", r.plan.unplanned);
+        print_bytes_json("activations_live_gib", r.plan.live_peak);
         print_bytes_json("workspace_gib", r.workspace_bytes);
         print_bytes_json("peak_gib", peak);
         printf(", \"ranks\": %d, \"zero\": %s, \"ema\": %s", o.ranks, o.zero ? "true" : "false",
@@ -340,6 +342,7 @@ static int bench_train(int argc, char **argv) {
             printf("]");
         }
         printf("}\n");
+        ldmc_plan_free(&r.plan);
         return 0;
     }
     printf("%s on %s: batch %d at %dx%d%s, %.3fB parameters\n", config, dev, o.batch, o.height,
@@ -354,6 +357,12 @@ static int bench_train(int argc, char **argv) {
            "%.2f GiB\n",
            per_rank, (double)r.weight_bytes / (1 << 30), (double)r.activation_bytes / (1 << 30),
            (double)r.workspace_bytes / (1 << 30), (double)peak / (1 << 30));
+    printf("  activations by the step's memory plan: %.2f GiB (%.2f GiB live at once at most; "
+           "%.2f GiB if nothing were freed before the step's end)\n",
+           (double)r.plan.peak / (1 << 30), (double)r.plan.live_peak / (1 << 30),
+           (double)r.plan.unplanned / (1 << 30));
+    if (o.dry_run) ldmc_plan_print_peak(&r.plan, stdout, 12);
+    ldmc_plan_free(&r.plan);
     if (o.dry_run) return 0;
     printf("  training step: %.1f ms (median of %d): %.2f img/s, %.1f TFLOP/s\n", r.step_ms, o.reps,
            r.img_per_s, r.tflops);

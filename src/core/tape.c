@@ -15,8 +15,7 @@ static void set_device(ldmc_ctx *ctx, ldmc_device device) {
     ctx->act_dtype = device == LDMC_CUDA ? LDMC_BF16 : LDMC_F32;
 }
 
-void ldmc_ctx_init_device(ldmc_ctx *ctx, ldmc_device device, size_t data_bytes,
-                          size_t meta_bytes) {
+void ldmc_ctx_init_device(ldmc_ctx *ctx, ldmc_device device, size_t data_bytes, size_t meta_bytes) {
     *ctx = (ldmc_ctx){0};
     if (device == LDMC_CUDA)
         ldmc_arena_init_device(&ctx->data, "GPU activation", data_bytes);
@@ -51,15 +50,141 @@ void ldmc_ctx_free(ldmc_ctx *ctx) {
     *ctx = (ldmc_ctx){0};
 }
 
+// ---- the memory plan (core/memplan.h) -----------------------------------------------------------
+
+static int32_t slot_of(const ldmc_tensor *t) { return t ? (t->base ? t->base : t)->slot : 0; }
+
+static void zero_data(ldmc_ctx *ctx, void *p, size_t bytes) {
+    if (ctx->data.virtual_only || bytes == 0) return;
+    if (ctx->data.device)
+        ldmc_gpu_zero(p, bytes);
+    else
+        memset(p, 0, bytes);
+}
+
+// Every allocation of the activation arena: at its planned offset while a plan is replayed, else
+// from the bump arena (and recorded while a plan is recorded). *slot gets the record.
+static void *data_alloc(ldmc_ctx *ctx, size_t bytes, bool zero, ldmc_mem_kind kind,
+                        const char *name, int32_t *slot) {
+    static const char *kinds[] = {"activation", "gradient", "scratch"};
+    int32_t s = 0;
+    void *p;
+    if (ctx->plan) {
+        const ldmc_step_plan *plan = ctx->plan;
+        LDMC_CHECK(ctx->plan_cursor < plan->n,
+                   "memory plan: the step makes more allocations than its plan's %d (a %s of "
+                   "%zu bytes for '%s'); a step's allocations may depend on its shapes only",
+                   plan->n, kinds[kind], bytes, name ? name : "?");
+        const ldmc_mem_rec *r = &plan->recs[ctx->plan_cursor];
+        LDMC_CHECK(r->bytes == bytes && r->kind == kind,
+                   "memory plan: allocation %d of the step is a %s of %zu bytes for '%s', its "
+                   "plan has a %s of %zu bytes for '%s'; a step's allocations may depend on its "
+                   "shapes only",
+                   ctx->plan_cursor, kinds[kind], bytes, name ? name : "?", kinds[r->kind],
+                   r->bytes, r->name ? r->name : "?");
+        s = ++ctx->plan_cursor;
+        p = ctx->data.base + r->offset;
+        if (zero) zero_data(ctx, p, bytes);
+    } else {
+        p = zero ? ldmc_arena_calloc(&ctx->data, bytes) : ldmc_arena_alloc(&ctx->data, bytes);
+        if (ctx->plan_out)
+            s = ldmc_plan_add(ctx->plan_out, bytes, (size_t)((char *)p - ctx->data.base),
+                              ctx->plan_tick, kind, name);
+    }
+    if (slot) *slot = s;
+    return p;
+}
+
+static void plan_use(ldmc_ctx *ctx, int32_t slot, bool consume) {
+    if (ctx->plan_out) ldmc_plan_use(ctx->plan_out, slot, ctx->plan_tick, consume);
+}
+
+// NaN bytes (0xFF...: a NaN in f32 and bf16) over a record that died, so that a read of freed
+// memory shows in tests. Host memory only (the CPU, and the GPU's emulation).
+static void poison(ldmc_ctx *ctx, void *p, size_t bytes) {
+#ifndef LDMC_CUDA_EMULATED
+    if (ctx->data.device) return;
+#endif
+    memset(p, 0xFF, bytes);
+}
+
+// The plan's clock moves on. A replay that poisons fills the records whose last tick this was.
+static void plan_tick(ldmc_ctx *ctx) {
+    const ldmc_step_plan *p = ctx->plan;
+    if (p && ctx->plan_poison)
+        while (ctx->plan_freed < p->n &&
+               p->recs[p->by_death[ctx->plan_freed]].dies <= ctx->plan_tick) {
+            const ldmc_mem_rec *r = &p->recs[p->by_death[ctx->plan_freed++]];
+            if (r->dies == ctx->plan_tick) poison(ctx, ctx->data.base + r->offset, r->bytes);
+        }
+    ctx->plan_tick++;
+}
+
+// Releases the activation arena to `mark` (ldmc_ctx_data_mark's): the records above it end now.
+static void data_release(ldmc_ctx *ctx, size_t mark) {
+    if (ctx->plan) {
+        LDMC_CHECK(mark <= (size_t)ctx->plan_cursor,
+                   "memory plan: release to a mark ahead of the step");
+    } else {
+        if (ctx->plan_out) ldmc_plan_release(ctx->plan_out, mark, ctx->plan_tick);
+        ldmc_arena_release(&ctx->data, mark);
+    }
+    plan_tick(ctx);
+}
+
+size_t ldmc_ctx_data_mark(const ldmc_ctx *ctx) {
+    return ctx->plan ? (size_t)ctx->plan_cursor : ldmc_arena_mark(&ctx->data);
+}
+
+// Whether t's data was allocated above the data mark.
+static bool above_mark(const ldmc_ctx *ctx, const ldmc_tensor *t, size_t mark) {
+    if (ctx->plan) return t->slot > 0 && (size_t)t->slot > mark;
+    return ldmc_arena_above(&ctx->data, t->data, mark);
+}
+
+static void plan_start(ldmc_ctx *ctx) {
+    ctx->plan_tick = 0, ctx->plan_cursor = 0, ctx->plan_freed = 0;
+    if (ctx->plan_out) ldmc_plan_clear(ctx->plan_out);
+}
+
+void ldmc_ctx_record_plan(ldmc_ctx *ctx, ldmc_step_plan *plan) {
+    LDMC_CHECK(ctx->dry_run, "memory plan: only a dry run records a plan");
+    ctx->plan_out = plan;
+    plan_start(ctx);
+}
+
+void ldmc_ctx_finish_plan(ldmc_ctx *ctx) {
+    LDMC_CHECK(ctx->plan_out, "memory plan: the context records none");
+    ldmc_plan_finish(ctx->plan_out, ctx->plan_tick);
+    ctx->plan_out = NULL;
+}
+
+void ldmc_ctx_use_plan(ldmc_ctx *ctx, const ldmc_step_plan *plan) {
+    LDMC_CHECK(!ctx->plan_out, "memory plan: a context cannot record and replay at once");
+    if (plan)
+        LDMC_CHECK(
+            plan->peak <= ctx->data.capacity,
+            "the step needs %.2f GiB of activations and their gradients; the %s arena has "
+            "%.2f GiB (a smaller batch or resolution, or gradient checkpointing, needs less)",
+            (double)plan->peak / (1 << 30), ctx->data.name, (double)ctx->data.capacity / (1 << 30));
+    ctx->plan = plan;
+    plan_start(ctx);
+    if (plan && plan->peak > ctx->data.high_water) ctx->data.high_water = plan->peak;
+}
+
+// ---- contexts
+// ------------------------------------------------------------------------------------
+
 void ldmc_ctx_reset(ldmc_ctx *ctx) {
     ldmc_arena_reset(&ctx->data);
     ldmc_arena_reset(&ctx->meta);
     ctx->n_nodes = 0;
     ctx->rng_offset = 0;
+    plan_start(ctx);
 }
 
 ldmc_ctx_mark ldmc_ctx_mark_here(const ldmc_ctx *ctx) {
-    return (ldmc_ctx_mark){.data = ldmc_arena_mark(&ctx->data),
+    return (ldmc_ctx_mark){.data = ldmc_ctx_data_mark(ctx),
                            .meta = ldmc_arena_mark(&ctx->meta),
                            .nodes = ctx->n_nodes,
                            .rng_offset = ctx->rng_offset};
@@ -67,7 +192,7 @@ ldmc_ctx_mark ldmc_ctx_mark_here(const ldmc_ctx *ctx) {
 
 void ldmc_ctx_rewind(ldmc_ctx *ctx, ldmc_ctx_mark mark) {
     LDMC_CHECK(mark.nodes <= ctx->n_nodes, "rewinding a context to a mark past its tape");
-    ldmc_arena_release(&ctx->data, mark.data);
+    data_release(ctx, mark.data);
     ldmc_arena_release(&ctx->meta, mark.meta);
     ctx->n_nodes = mark.nodes;
     ctx->rng_offset = mark.rng_offset;
@@ -83,13 +208,13 @@ static ldmc_tensor *new_header(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const 
 
 ldmc_tensor *ldmc_new(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape) {
     ldmc_tensor *t = new_header(ctx, dtype, ndim, shape);
-    t->data = ldmc_arena_alloc(&ctx->data, ldmc_nbytes(t));
+    t->data = data_alloc(ctx, ldmc_nbytes(t), false, LDMC_MEM_DATA, NULL, &t->slot);
     return t;
 }
 
 ldmc_tensor *ldmc_zeros(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t *shape) {
     ldmc_tensor *t = new_header(ctx, dtype, ndim, shape);
-    t->data = ldmc_arena_calloc(&ctx->data, ldmc_nbytes(t));
+    t->data = data_alloc(ctx, ldmc_nbytes(t), true, LDMC_MEM_DATA, NULL, &t->slot);
     return t;
 }
 
@@ -115,6 +240,7 @@ ldmc_tensor *ldmc_reshape(ldmc_ctx *ctx, ldmc_tensor *t, int ndim, const int64_t
     v->requires_grad = t->requires_grad;
     v->is_param = t->is_param;
     v->name = t->name;
+    v->slot = slot_of(t);
     return v;
 }
 
@@ -133,7 +259,11 @@ float *ldmc_grad(ldmc_ctx *ctx, ldmc_tensor *t) {
                    "a recompute region reads tensor '%s' that was not passed to "
                    "ldmc_recompute as an input; its gradient would be lost",
                    owner->name ? owner->name : "?");
-        owner->grad = ldmc_arena_calloc(&ctx->data, (size_t)ldmc_numel(owner) * sizeof(float));
+        owner->grad = data_alloc(ctx, (size_t)ldmc_numel(owner) * sizeof(float), true,
+                                 LDMC_MEM_GRAD, owner->name, &owner->grad_slot);
+        // a leaf's gradient is the caller's to read after backward
+        if (ctx->plan_out && owner->grad_slot && !owner->producer)
+            ctx->plan_out->recs[owner->grad_slot - 1].to_end = true;
     }
     return owner->grad;
 }
@@ -163,12 +293,16 @@ static ldmc_node *append_node(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor
     memcpy(node->out, out, (size_t)n_out * sizeof *out);
     node->args = NULL;
     node->backward_flops = 0;
-    for (int i = 0; i < n_out; i++)
+    for (int i = 0; i < n_out; i++) {
         out[i]->requires_grad = true;
+        out[i]->producer = ctx->n_nodes;
+        grad_owner(out[i])->producer = ctx->n_nodes;
+    }
     return node;
 }
 
-// ---- op timing -----------------------------------------------------------------------------------
+// ---- op timing
+// -----------------------------------------------------------------------------------
 
 static double profile_now(const ldmc_ctx *ctx) {
     ldmc_device_synchronize(ctx->device);
@@ -211,6 +345,19 @@ static void profile_forward(ldmc_ctx *ctx, const char *name) {
     ctx->profile->mark = now;
 }
 
+// The op's inputs and outputs are read at this tick (every op ends by recording itself).
+static void forward_uses(ldmc_ctx *ctx, ldmc_tensor **in, int n_in, ldmc_tensor **out, int n_out) {
+    if (!ctx->plan_out) return;
+    for (int i = 0; i < n_in; i++)
+        plan_use(ctx, slot_of(in[i]), true);
+    for (int o = 0; o < n_out; o++) {
+        int32_t slot = slot_of(out[o]);
+        plan_use(ctx, slot, false);
+        ldmc_mem_rec *r = slot ? &ctx->plan_out->recs[slot - 1] : NULL;
+        if (r && !r->name) r->name = out[o]->name;
+    }
+}
+
 ldmc_node *ldmc_record(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor **in, int n_in,
                        ldmc_tensor **out, int n_out) {
     profile_forward(ctx, op->name);
@@ -221,10 +368,15 @@ ldmc_node *ldmc_record(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor **in, 
         out[i]->requires_grad = false;
         if (!out[i]->name) out[i]->name = op->name;
     }
-    if (!ctx->recording || !needs) return NULL;
-    LDMC_CHECK(op->backward, "op '%s' has no backward, but its input '%s' needs a gradient",
-               op->name, needs->name ? needs->name : "?");
-    return append_node(ctx, op, in, n_in, out, n_out);
+    forward_uses(ctx, in, n_in, out, n_out);
+    ldmc_node *node = NULL;
+    if (ctx->recording && needs) {
+        LDMC_CHECK(op->backward, "op '%s' has no backward, but its input '%s' needs a gradient",
+                   op->name, needs->name ? needs->name : "?");
+        node = append_node(ctx, op, in, n_in, out, n_out);
+    }
+    plan_tick(ctx);
+    return node;
 }
 
 void *ldmc_node_args(ldmc_ctx *ctx, ldmc_node *node, size_t bytes) {
@@ -232,13 +384,89 @@ void *ldmc_node_args(ldmc_ctx *ctx, ldmc_node *node, size_t bytes) {
     return node->args;
 }
 
-void *ldmc_scratch(ldmc_ctx *ctx, size_t bytes) { return ldmc_arena_alloc(&ctx->data, bytes); }
+void *ldmc_scratch(ldmc_ctx *ctx, size_t bytes) {
+    return data_alloc(ctx, bytes, false, LDMC_MEM_SCRATCH, "scratch", NULL);
+}
 
 void *ldmc_host_scratch(ldmc_ctx *ctx, size_t bytes) { return ldmc_arena_alloc(&ctx->meta, bytes); }
 
 static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node);
 
-// The nodes [first, end) backward; `hook` after each (the top-level walk).
+static bool reads_bit(uint32_t mask, int i) { return (mask >> (i < 31 ? i : 31)) & 1; }
+
+// A node's backward reads the gradients of its outputs, writes its inputs', and reads the
+// tensors its op's `reads` names (all of them when the op does not say).
+static void backward_uses(ldmc_ctx *ctx, const ldmc_node *node) {
+    if (!ctx->plan_out) return;
+    const ldmc_op_reads r = node->op->reads;
+    for (int i = 0; i < node->n_in; i++) {
+        if (!node->in[i]) continue;
+        plan_use(ctx, grad_owner(node->in[i])->grad_slot, false);
+        if (!r.known || reads_bit(r.in, i)) plan_use(ctx, slot_of(node->in[i]), true);
+    }
+    for (int o = 0; o < node->n_out; o++) {
+        plan_use(ctx, grad_owner(node->out[o])->grad_slot, false);
+        if (!r.known || reads_bit(r.out, o)) plan_use(ctx, slot_of(node->out[o]), true);
+    }
+}
+
+// Makes x's data again when its op's `again` output was dropped (see ldmc_backward_many): first
+// the producer's dropped inputs, then the producer's forward once more into a fresh allocation.
+// A view takes its base's new data (views are reshapes: the same first byte).
+static void remake(ldmc_ctx *ctx, ldmc_tensor *x) {
+    if (!x) return;
+    ldmc_tensor *u = grad_owner(x);
+    if (u->dropped && !u->remade) {
+        ldmc_node *p = &ctx->nodes[u->producer - 1];
+        for (int i = 0; i < p->n_in; i++)
+            remake(ctx, p->in[i]);
+        u->data = data_alloc(ctx, ldmc_nbytes(u), false, LDMC_MEM_DATA, u->name, &u->slot);
+        u->remade = true;
+        if (!ctx->dry_run) p->op->again(ctx, p);
+        for (int i = 0; i < p->n_in; i++)
+            if (p->in[i]) plan_use(ctx, slot_of(p->in[i]), true);
+        plan_use(ctx, u->slot, false);
+    }
+    if (x != u) x->data = u->data;
+}
+
+// The tensors a node's backward reads, made again where they were dropped.
+static void remake_reads(ldmc_ctx *ctx, const ldmc_node *node) {
+    const ldmc_op_reads r = node->op->reads;
+    bool all =
+        !r.known || node->op->backward == recompute_backward; // a region re-runs on its inputs
+    for (int i = 0; i < node->n_in; i++)
+        if (all || reads_bit(r.in, i)) remake(ctx, node->in[i]);
+    if (node->op->backward == recompute_backward) return;
+    for (int o = 0; o < node->n_out; o++)
+        if (all || reads_bit(r.out, o)) remake(ctx, node->out[o]);
+}
+
+// An op with `pass`: its first input whose gradient does not exist yet (and is the whole of a
+// tensor the output's size, not a parameter's, not shared with another input) takes the output's
+// gradient buffer, which nothing reads after this node.
+static void pass_through(ldmc_ctx *ctx, const ldmc_node *node) {
+    ldmc_tensor *y = grad_owner(node->out[0]);
+    for (int k = 0; k < node->n_in; k++) {
+        ldmc_tensor *x = node->in[k] ? grad_owner(node->in[k]) : NULL;
+        if (!x || !x->requires_grad || x->grad || x->is_param || !y->grad ||
+            ldmc_numel(x) != ldmc_numel(y))
+            continue;
+        if (ctx->in_recompute && x->id < ctx->recompute_first_id) continue; // (ldmc_grad says why)
+        bool shared = false;
+        for (int j = 0; j < node->n_in; j++)
+            shared = shared || (j != k && node->in[j] && grad_owner(node->in[j]) == x);
+        if (shared) continue;
+        x->grad = y->grad, x->grad_slot = y->grad_slot;
+        if (ctx->plan_out && x->grad_slot && !x->producer)
+            ctx->plan_out->recs[x->grad_slot - 1].to_end = true; // now a leaf's gradient
+        return;
+    }
+}
+
+// The nodes [first, end) backward; `hook` after each (the top-level walk). Each reached node's
+// input gradients are allocated (zeroed) before its backward runs, in input order, in dry runs
+// and real ones alike: a replayed plan sees the same allocations whatever the op's code does.
 static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_hook *hook) {
     for (int i = end - 1; i >= first; i--) {
         ldmc_node *node = &ctx->nodes[i];
@@ -248,8 +476,15 @@ static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_
         if (hook && i + 1 < end) hook->node_done(hook->user, i + 1);
         if (!reached) continue;
         ctx->flops += node->backward_flops; // dry runs too: a plan counts the whole step
+        remake_reads(ctx, node);
+        if (node->op->backward != recompute_backward) {
+            if (node->op->reads.pass) pass_through(ctx, node);
+            for (int k = 0; k < node->n_in; k++)
+                ldmc_grad(ctx, node->in[k]);
+            backward_uses(ctx, node);
+        }
         if (ctx->dry_run && node->op->backward != recompute_backward) {
-            for (int k = 0; k < node->n_in; k++) ldmc_grad(ctx, node->in[k]); // allocations only
+            plan_tick(ctx);
             continue;
         }
         if (ctx->profile && node->op->backward != recompute_backward) {
@@ -259,9 +494,11 @@ static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_
             profile_add(ctx->profile, node->op->name, true, t1 - t0);
             ctx->profile->mark = t1;
         } else {
-            if (ctx->profile) ctx->profile->mark = profile_now(ctx); // a re-run's ops time from here
+            if (ctx->profile)
+                ctx->profile->mark = profile_now(ctx); // a re-run's ops time from here
             node->op->backward(ctx, node);
         }
+        plan_tick(ctx);
     }
     if (hook && first < end) hook->node_done(hook->user, first);
 }
@@ -270,12 +507,14 @@ bool ldmc_node_is_recompute(const ldmc_node *node) {
     return node->op->backward == recompute_backward;
 }
 
-// g += seed (or 1) for a gradient in GPU memory: the values go up through a scratch buffer.
+// g += seed (or 1) for a gradient in GPU memory: the values go up through a scratch buffer (a
+// dry run of a GPU step allocates it too).
 static void seed_device(ldmc_ctx *ctx, float *g, const float *seed, int64_t count) {
-    size_t mark = ldmc_arena_mark(&ctx->data);
-    float *tmp = ldmc_arena_alloc(&ctx->data, (size_t)count * sizeof(float));
-    ldmc_gpu_add_from_host(g, seed, count, tmp);
-    ldmc_arena_release(&ctx->data, mark);
+    size_t mark = ldmc_ctx_data_mark(ctx);
+    float *tmp = data_alloc(ctx, (size_t)count * sizeof(float), false, LDMC_MEM_SCRATCH,
+                            "gradient seed", NULL);
+    if (!ctx->dry_run) ldmc_gpu_add_from_host(g, seed, count, tmp);
+    data_release(ctx, mark);
 }
 
 void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_grads, int n) {
@@ -287,15 +526,24 @@ void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_gr
                    outs[k]->name ? outs[k]->name : "?");
         int64_t count = ldmc_numel(outs[k]);
         const float *seed = seed_grads ? seed_grads[k] : NULL;
-        if (ctx->dry_run) continue;
         if (ctx->device == LDMC_CUDA) {
             seed_device(ctx, g, seed, count);
             continue;
         }
+        if (ctx->dry_run) continue;
 #pragma omp parallel for schedule(static) if (count > 65536)
         for (int64_t i = 0; i < count; i++)
             g[i] += seed ? seed[i] : 1.0f;
     }
+    // Under a memory plan, the outputs of ops with `again` are not kept for backward: their
+    // records end at their last use in forward, and backward makes them again where it reads them.
+    if (ctx->plan || ctx->plan_out)
+        for (int i = 0; i < ctx->n_nodes; i++) {
+            const ldmc_node *node = &ctx->nodes[i];
+            if (!node->op->again) continue;
+            for (int o = 0; o < node->n_out; o++)
+                if (!node->out[o]->base && node->out[o]->slot) node->out[o]->dropped = true;
+        }
     bool was_recording = ctx->recording;
     ctx->recording = false;
     const ldmc_backward_hook *hook = ctx->dry_run ? NULL : ctx->backward_hook;
@@ -326,7 +574,7 @@ static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const recompute_args *args = node->args;
     for (int i = 0; i < node->n_in; i++)
         ldmc_grad(ctx, node->in[i]); // kept below the mark
-    size_t data_mark = ldmc_arena_mark(&ctx->data), meta_mark = ldmc_arena_mark(&ctx->meta);
+    size_t data_mark = ldmc_ctx_data_mark(ctx), meta_mark = ldmc_arena_mark(&ctx->meta);
     uint64_t rng_saved = ctx->rng_offset, first_id_saved = ctx->recompute_first_id;
     bool in_recompute_saved = ctx->in_recompute;
     int first = ctx->n_nodes;
@@ -345,21 +593,24 @@ static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node) {
         LDMC_CHECK(ldmc_numel(out[o]) == ldmc_numel(node->out[o]),
                    "recompute region output %d changed size on its re-run", o);
         if (g && out[o]->requires_grad) {
-            grad_owner(out[o])->grad = g; // the recorded outputs take the region's gradient
+            ldmc_tensor *owner =
+                grad_owner(out[o]); // the re-run outputs take the region's gradient
+            owner->grad = g;
+            owner->grad_slot = grad_owner(node->out[o])->grad_slot;
             any = true;
         }
     }
     if (any) run_backward(ctx, first, ctx->n_nodes, NULL);
 
     ctx->n_nodes = first;
-    ldmc_arena_release(&ctx->data, data_mark);
+    data_release(ctx, data_mark);
     ldmc_arena_release(&ctx->meta, meta_mark);
     ctx->rng_offset = rng_saved;
     ctx->in_recompute = in_recompute_saved;
     ctx->recompute_first_id = first_id_saved;
 }
 
-static const ldmc_op_info recompute_op = {"recompute", recompute_backward};
+static const ldmc_op_info recompute_op = {"recompute", recompute_backward, LDMC_READS_ALL, NULL};
 
 // memmove on the context's device.
 static void move_data(ldmc_ctx *ctx, void *dst, const void *src, size_t bytes) {
@@ -369,30 +620,44 @@ static void move_data(ldmc_ctx *ctx, void *dst, const void *src, size_t bytes) {
         memmove(dst, src, bytes);
 }
 
+// Where the bump arena put t (during a replay: where the dry run's did).
+static size_t bump_offset(const ldmc_ctx *ctx, const ldmc_tensor *t) {
+    if (ctx->plan) return ctx->plan->recs[t->slot - 1].bump;
+    return (size_t)((char *)t->data - ctx->data.base);
+}
+
 // Moves the tensors above `mark` down to it, in address order (so that no move overwrites one
-// not yet moved), and releases everything above them.
+// not yet moved), and releases everything above them. During a replay they go to their planned
+// offsets instead, which the plan keeps clear of their old places (those live one tick more).
 static void compact(ldmc_ctx *ctx, size_t mark, ldmc_tensor **keep, int n_keep, const char *what) {
     ldmc_tensor *sorted[64];
     LDMC_CHECK(n_keep <= 64, "%s: %d tensors to keep (at most 64)", what, n_keep);
     int n = 0;
     for (int o = 0; o < n_keep; o++) {
-        if (!ldmc_arena_above(&ctx->data, keep[o]->data, mark)) continue;
+        if (!above_mark(ctx, keep[o], mark)) continue;
         int j = n++;
-        while (j > 0 && (char *)sorted[j - 1]->data > (char *)keep[o]->data) {
+        while (j > 0 && bump_offset(ctx, sorted[j - 1]) > bump_offset(ctx, keep[o])) {
             sorted[j] = sorted[j - 1];
             j--;
         }
         sorted[j] = keep[o];
     }
-    ldmc_arena_release(&ctx->data, mark);
+    data_release(ctx, mark);
     for (int i = 0; i < n; i++) {
         size_t bytes = ldmc_nbytes(sorted[i]);
-        void *dst = ldmc_arena_alloc(&ctx->data, bytes);
-        LDMC_CHECK((char *)dst <= (char *)sorted[i]->data, "%s: tensors kept overlap each other",
-                   what);
+        int32_t old = sorted[i]->slot;
+        void *dst = data_alloc(ctx, bytes, false, LDMC_MEM_DATA, sorted[i]->name, &sorted[i]->slot);
+        LDMC_CHECK(ctx->plan || (char *)dst <= (char *)sorted[i]->data,
+                   "%s: tensors kept overlap each other", what);
+        if (ctx->plan_out && old) { // the old place is read by the move
+            ldmc_mem_rec *r = &ctx->plan_out->recs[old - 1];
+            r->dies = ctx->plan_tick;
+            ctx->plan_out->recs[sorted[i]->slot - 1].consumed = r->consumed;
+        }
         if (!ctx->dry_run) move_data(ctx, dst, sorted[i]->data, bytes);
         sorted[i]->data = dst;
     }
+    if (n) plan_tick(ctx);
 }
 
 void ldmc_ctx_keep(ldmc_ctx *ctx, size_t data_mark, ldmc_tensor **keep, int n) {
@@ -414,7 +679,7 @@ void ldmc_recompute(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor **
     memcpy(inputs, in, (size_t)n_in * sizeof *in);
     in = inputs;
     uint64_t rng_offset = ctx->rng_offset;
-    size_t mark = ldmc_arena_mark(&ctx->data);
+    size_t mark = ldmc_ctx_data_mark(ctx);
     ctx->recording = false;
     fn(ctx, user, in, n_in, out, n_out);
     ctx->recording = true;

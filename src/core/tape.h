@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "core/arena.h"
+#include "core/memplan.h"
 #include "core/tensor.h"
 
 typedef struct ldmc_ctx ldmc_ctx;
@@ -51,9 +52,36 @@ typedef struct ldmc_backward_hook {
 
 // One entry per op kind: its name (used in every message about it) and its backward, or NULL
 // for ops without one (recording such an op with an input that needs a gradient is fatal).
+// `reads` says which of a node's tensors its backward reads (besides the gradients): bit i of
+// `in` for input i (inputs past 31 share bit 31), bit o of `out` for output o. An op without it
+// is taken to read all of them. The memory plan (core/memplan.h) frees an activation once no
+// backward still to run reads it: a bit missing here where backward does read the tensor is a
+// read of freed memory, which tests/test_autograd.c's poisoned replays catch.
+// `pass`: the op's backward adds its output's gradient unchanged into each input's (an add), so
+// the first input whose gradient does not exist yet takes the output's gradient buffer itself
+// (no zeroing, no copy); the backward then skips the input whose gradient is dy.
+typedef struct ldmc_op_reads {
+    bool known;
+    uint32_t in, out;
+    bool pass;
+} ldmc_op_reads;
+// clang-format off
+#define LDMC_READS(in_mask, out_mask) {true, (in_mask), (out_mask), false}
+#define LDMC_READS_PASS(in_mask, out_mask) {true, (in_mask), (out_mask), true}
+#define LDMC_READS_ALL {false, 0, 0, false}
+// clang-format on
+
+// `again` (NULL: none) runs a node's forward once more into node->out[0]->data, from its inputs
+// and args, bit for bit as the first time: an output so cheap to recompute (a normalization, an
+// activation) is not kept for backward under a memory plan, but made again, right before the
+// first backward that reads it, into memory of its own (see ldmc_backward_many).
+typedef void (*ldmc_again_fn)(ldmc_ctx *ctx, ldmc_node *node);
+
 typedef struct ldmc_op_info {
     const char *name;
     ldmc_backward_fn backward;
+    ldmc_op_reads reads;
+    ldmc_again_fn again;
 } ldmc_op_info;
 
 struct ldmc_node {
@@ -62,7 +90,7 @@ struct ldmc_node {
     int n_in;
     ldmc_tensor **out;
     int n_out;
-    void *args; // op-specific, allocated with ldmc_node_args
+    void *args;            // op-specific, allocated with ldmc_node_args
     double backward_flops; // set by the op: what its backward adds to ctx->flops
 };
 
@@ -75,10 +103,10 @@ struct ldmc_ctx {
     ldmc_arena meta; // tensor headers, node argument records
     ldmc_node *nodes;
     int n_nodes, cap_nodes;
-    ldmc_device device;  // where the data arena lives and every new tensor with it
+    ldmc_device device;   // where the data arena lives and every new tensor with it
     ldmc_dtype act_dtype; // what ops write: f32 on the CPU, bf16 on the GPU
-    bool recording; // record ops for backward (training); off for inference
-    bool dry_run;   // shapes and memory only: ops allocate but compute nothing (memory plans)
+    bool recording;       // record ops for backward (training); off for inference
+    bool dry_run;         // shapes and memory only: ops allocate but compute nothing (memory plans)
     uint64_t next_id;
     // Random streams for ops such as dropout: each call draws a fresh range of the Philox stream
     // keyed by (seed, step, rank); the offset is restored when a recompute region is re-run.
@@ -90,8 +118,16 @@ struct ldmc_ctx {
     // Matrix-product FLOPs of the ops run (linear, matmul, conv2d, attention; forward and the
     // backward products of the gradients needed), dry runs included: a step's model FLOPs.
     double flops;
-    ldmc_profile *profile; // NULL: no timing
+    ldmc_profile *profile;                   // NULL: no timing
     const ldmc_backward_hook *backward_hook; // NULL: none
+    // The step's memory plan (core/memplan.h). A dry run records one into plan_out; a real step
+    // replays `plan` (ldmc_ctx_use_plan): its allocations take the planned offsets, checked
+    // against the records one by one. plan_tick is the plan's clock; plan_cursor the next record.
+    ldmc_step_plan *plan_out;
+    const ldmc_step_plan *plan;
+    int64_t plan_tick;
+    int plan_cursor, plan_freed; // plan_freed: records (in order of death) already past
+    bool plan_poison;            // replay: fill each record with NaN bytes when it dies (tests)
 };
 
 // data_bytes / meta_bytes: address space reserved for each arena (committed only when touched).
@@ -117,6 +153,17 @@ typedef struct ldmc_ctx_mark {
 ldmc_ctx_mark ldmc_ctx_mark_here(const ldmc_ctx *ctx);
 // Drops everything allocated and recorded since the mark.
 void ldmc_ctx_rewind(ldmc_ctx *ctx, ldmc_ctx_mark mark);
+// The activation arena's mark (ldmc_ctx_keep's data_mark): its top, or during a replayed plan
+// the next record.
+size_t ldmc_ctx_data_mark(const ldmc_ctx *ctx);
+
+// Memory plans (core/memplan.h). ldmc_ctx_record_plan makes a dry-run context record the step it
+// runs next (from its ldmc_ctx_reset) into `plan`; ldmc_ctx_finish_plan places it. A context
+// replays `plan` (NULL: back to the bump arena) from its next ldmc_ctx_reset on; fatal, naming
+// the sizes, when the plan's peak exceeds the arena. The plan must outlive its use.
+void ldmc_ctx_record_plan(ldmc_ctx *ctx, ldmc_step_plan *plan);
+void ldmc_ctx_finish_plan(ldmc_ctx *ctx);
+void ldmc_ctx_use_plan(ldmc_ctx *ctx, const ldmc_step_plan *plan);
 // Drops the activations allocated since `data_mark` but `keep`'s, which move down to the mark
 // (their headers stay where they are): an unrecorded computation's results, without its
 // intermediates.
@@ -154,7 +201,9 @@ void *ldmc_scratch(ldmc_ctx *ctx, size_t bytes);
 void *ldmc_host_scratch(ldmc_ctx *ctx, size_t bytes);
 
 // Seeds ∂loss/∂loss with `seed_grad` (NULL means 1 for every element: a scalar loss) and runs
-// the tape backward. Parameter gradients accumulate into the flat gradient buffer.
+// the tape backward. Parameter gradients accumulate into the flat gradient buffer. After it, the
+// gradients of parameters and of leaves (ldmc_requires_grad) are defined; an intermediate
+// tensor's buffer may have been handed on (an add's `pass`) or freed (a memory plan).
 void ldmc_backward(ldmc_ctx *ctx, ldmc_tensor *loss, const float *seed_grad);
 // The same from several outputs at once (an op with several outputs, or several losses).
 void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_grads, int n);

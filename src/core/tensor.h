@@ -26,6 +26,11 @@ typedef struct ldmc_tensor {
     bool is_param;    // a view into the parameter table's flat buffers
     uint64_t id;      // creation order within a context (0 for parameters)
     const char *name; // parameter name, or the op that made it
+    // The step's memory plan (core/memplan.h): the records of the data and of the gradient
+    // (0: none, e.g. memory the caller owns); the recorded node that made the tensor (index + 1,
+    // 0: none); whether backward makes it again (`dropped`: its op has `again`) and has done so.
+    int32_t slot, grad_slot, producer;
+    bool dropped, remade;
 } ldmc_tensor;
 
 int64_t ldmc_shape_numel(int ndim, const int64_t *shape);

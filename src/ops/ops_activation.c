@@ -1,5 +1,5 @@
-// SiLU, GELU (exact, tanh, quick), GEGLU and softmax ops (see ops.h). Kernels: src/ops/cpu/activation.inc.
-// Tested by tests/test_ops.c and tests/test_gradcheck.c.
+// SiLU, GELU (exact, tanh, quick), GEGLU and softmax ops (see ops.h). Kernels:
+// src/ops/cpu/activation.inc. Tested by tests/test_ops.c and tests/test_gradcheck.c.
 #include "ops/op_util.h"
 
 static void silu_backward(ldmc_ctx *ctx, ldmc_node *node) {
@@ -10,16 +10,23 @@ static void silu_backward(ldmc_ctx *ctx, ldmc_node *node) {
         silu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x));
 }
 
-static const ldmc_op_info silu_op = {"silu", silu_backward};
+static void silu_compute(ldmc_tensor *y, const ldmc_tensor *x) {
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_silu_forward(BF(y), BF(x), ldmc_numel(x)));
+    else
+        silu_forward_f32(OUT(y), DATA(x), ldmc_numel(x));
+}
+
+static void silu_again(ldmc_ctx *ctx, ldmc_node *node) {
+    (void)ctx;
+    silu_compute(node->out[0], node->in[0]);
+}
+
+static const ldmc_op_info silu_op = {"silu", silu_backward, LDMC_READS(1, 0), silu_again};
 
 ldmc_tensor *ldmc_silu(ldmc_ctx *ctx, ldmc_tensor *x) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
-    COMPUTE(ctx) {
-        if (ON_GPU(x))
-            GPU(ldmc_cuda_silu_forward(BF(y), BF(x), ldmc_numel(x)));
-        else
-            silu_forward_f32(OUT(y), DATA(x), ldmc_numel(x));
-    }
+    COMPUTE(ctx) silu_compute(y, x);
     RECORD(ctx, &silu_op, y, x);
     return y;
 }
@@ -34,7 +41,7 @@ static void gelu_backward(ldmc_ctx *ctx, ldmc_node *node) {
         gelu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x), kind);
 }
 
-static const ldmc_op_info gelu_op = {"gelu", gelu_backward};
+static const ldmc_op_info gelu_op = {"gelu", gelu_backward, LDMC_READS(1, 0), NULL};
 
 static ldmc_tensor *gelu(ldmc_ctx *ctx, ldmc_tensor *x, int kind) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
@@ -53,7 +60,9 @@ ldmc_tensor *ldmc_gelu(ldmc_ctx *ctx, ldmc_tensor *x, bool tanh_approx) {
     return gelu(ctx, x, tanh_approx ? LDMC_GELU_TANH : LDMC_GELU_ERF);
 }
 
-ldmc_tensor *ldmc_quick_gelu(ldmc_ctx *ctx, ldmc_tensor *x) { return gelu(ctx, x, LDMC_GELU_QUICK); }
+ldmc_tensor *ldmc_quick_gelu(ldmc_ctx *ctx, ldmc_tensor *x) {
+    return gelu(ctx, x, LDMC_GELU_QUICK);
+}
 
 static void geglu_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
@@ -65,7 +74,21 @@ static void geglu_backward(ldmc_ctx *ctx, ldmc_node *node) {
         geglu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), M, F);
 }
 
-static const ldmc_op_info geglu_op = {"geglu", geglu_backward};
+static void geglu_compute(ldmc_tensor *y, const ldmc_tensor *x) {
+    int F = (int)last_dim(y);
+    int64_t M = ldmc_numel(y) / (F ? F : 1);
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_geglu_forward(BF(y), BF(x), M, F));
+    else
+        geglu_forward_f32(OUT(y), DATA(x), M, F);
+}
+
+static void geglu_again(ldmc_ctx *ctx, ldmc_node *node) {
+    (void)ctx;
+    geglu_compute(node->out[0], node->in[0]);
+}
+
+static const ldmc_op_info geglu_op = {"geglu", geglu_backward, LDMC_READS(1, 0), geglu_again};
 
 ldmc_tensor *ldmc_geglu(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim >= 1 && last_dim(x) % 2 == 0, "geglu", x,
@@ -75,14 +98,7 @@ ldmc_tensor *ldmc_geglu(ldmc_ctx *ctx, ldmc_tensor *x) {
         shape[i] = x->shape[i];
     shape[x->ndim - 1] /= 2;
     ldmc_tensor *y = ldmc_new(ctx, ctx->act_dtype, x->ndim, shape);
-    int F = (int)shape[x->ndim - 1];
-    int64_t M = ldmc_numel(y) / (F ? F : 1);
-    COMPUTE(ctx) {
-        if (ON_GPU(x))
-            GPU(ldmc_cuda_geglu_forward(BF(y), BF(x), M, F));
-        else
-            geglu_forward_f32(OUT(y), DATA(x), M, F);
-    }
+    COMPUTE(ctx) geglu_compute(y, x);
     RECORD(ctx, &geglu_op, y, x);
     return y;
 }
@@ -96,7 +112,7 @@ static void softmax_backward(ldmc_ctx *ctx, ldmc_node *node) {
         softmax_backward_f32(ldmc_grad(ctx, x), DOUT(y), DATA(y), ldmc_numel(x) / C, C);
 }
 
-static const ldmc_op_info softmax_op = {"softmax", softmax_backward};
+static const ldmc_op_info softmax_op = {"softmax", softmax_backward, LDMC_READS(0, 1), NULL};
 
 ldmc_tensor *ldmc_softmax(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim >= 1 && last_dim(x) > 0, "softmax", x, "the last dimension must be non-empty");

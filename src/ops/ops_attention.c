@@ -24,7 +24,7 @@ static void attention_backward(ldmc_ctx *ctx, ldmc_node *node) {
                                a->D, scale, a->causal);
 }
 
-static const ldmc_op_info attention_op = {"attention", attention_backward};
+static const ldmc_op_info attention_op = {"attention", attention_backward, LDMC_READS(7, 1), NULL};
 
 static ldmc_tensor *attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_tensor *v,
                               int heads, bool causal) {

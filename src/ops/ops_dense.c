@@ -24,7 +24,7 @@ static void linear_backward(ldmc_ctx *ctx, ldmc_node *node) {
                             out);
 }
 
-static const ldmc_op_info linear_op = {"linear", linear_backward};
+static const ldmc_op_info linear_op = {"linear", linear_backward, LDMC_READS(3, 0), NULL};
 
 ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b) {
     OP_CHECK(w->ndim == 2, "linear", w, "the weight must be (out, in)");
@@ -49,7 +49,8 @@ ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_ten
                                (int)w->shape[0]);
     }
     ldmc_node *node = RECORD(ctx, &linear_op, y, x, w, b);
-    if (node) node->backward_flops = 2.0 * (double)M * w->shape[1] * w->shape[0] * (needs(x) + needs(w));
+    if (node)
+        node->backward_flops = 2.0 * (double)M * w->shape[1] * w->shape[0] * (needs(x) + needs(w));
     return y;
 }
 
@@ -67,11 +68,11 @@ static void matmul_backward(ldmc_ctx *ctx, ldmc_node *node) {
         GPU(ldmc_cuda_bmm_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, y), DOUT(node->out[0]), BF(x),
                                    BF(y), a->B, a->M, a->N, a->K, a->trans_a, a->trans_b));
     else
-        bmm_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, y), DOUT(node->out[0]), DATA(x),
-                         DATA(y), a->B, a->M, a->N, a->K, a->trans_a, a->trans_b);
+        bmm_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, y), DOUT(node->out[0]), DATA(x), DATA(y),
+                         a->B, a->M, a->N, a->K, a->trans_a, a->trans_b);
 }
 
-static const ldmc_op_info matmul_op = {"matmul", matmul_backward};
+static const ldmc_op_info matmul_op = {"matmul", matmul_backward, LDMC_READS(3, 0), NULL};
 
 ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool trans_a,
                          bool trans_b) {
@@ -97,7 +98,8 @@ ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool tra
     ldmc_node *node = RECORD(ctx, &matmul_op, c, a, b);
     if (node) {
         *(matmul_args *)ldmc_node_args(ctx, node, sizeof args) = args;
-        node->backward_flops = 2.0 * args.B * args.M * args.N * (double)args.K * (needs(a) + needs(b));
+        node->backward_flops =
+            2.0 * args.B * args.M * args.N * (double)args.K * (needs(a) + needs(b));
     }
     return c;
 }
@@ -114,7 +116,7 @@ static void conv2d_backward(ldmc_ctx *ctx, ldmc_node *node) {
                             DOUT(node->out[0]), DATA(x), DATA(w), node->args);
 }
 
-static const ldmc_op_info conv2d_op = {"conv2d", conv2d_backward};
+static const ldmc_op_info conv2d_op = {"conv2d", conv2d_backward, LDMC_READS(3, 0), NULL};
 
 ldmc_tensor *ldmc_conv2d_padded(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b,
                                 int stride, const int pad[4]) {

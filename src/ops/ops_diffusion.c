@@ -151,7 +151,8 @@ static void concat_rows_backward(ldmc_ctx *ctx, ldmc_node *node) {
     }
 }
 
-static const ldmc_op_info concat_rows_op = {"concat_rows", concat_rows_backward};
+static const ldmc_op_info concat_rows_op = {"concat_rows", concat_rows_backward, LDMC_READS(0, 0),
+                                            NULL};
 
 ldmc_tensor *ldmc_concat_rows(ldmc_ctx *ctx, ldmc_tensor **xs, int n) {
     LDMC_CHECK(n >= 1, "concat_rows: needs at least one tensor");

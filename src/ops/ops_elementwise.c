@@ -14,11 +14,13 @@ static void check_same(const char *op, const ldmc_tensor *a, const ldmc_tensor *
 static void add_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const float *dy = DOUT(node->out[0]);
     int64_t n = ldmc_numel(node->out[0]);
-    for (int i = 0; i < 2; i++)
-        accumulate_on(node->in[i], ldmc_grad(ctx, node->in[i]), dy, 1.0, n);
+    for (int i = 0; i < 2; i++) {
+        float *dx = ldmc_grad(ctx, node->in[i]);
+        if (dx != dy) accumulate_on(node->in[i], dx, dy, 1.0, n); // (dy itself: passed through)
+    }
 }
 
-static const ldmc_op_info add_op = {"add", add_backward};
+static const ldmc_op_info add_op = {"add", add_backward, LDMC_READS_PASS(0, 0), NULL};
 
 ldmc_tensor *ldmc_add(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     check_same("add", a, b);
@@ -39,11 +41,11 @@ static void mul_backward(ldmc_ctx *ctx, ldmc_node *node) {
         GPU(ldmc_cuda_mul_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), BF(a),
                                    BF(b), ldmc_numel(a)));
     else
-        mul_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), DATA(a),
-                         DATA(b), ldmc_numel(a));
+        mul_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), DATA(a), DATA(b),
+                         ldmc_numel(a));
 }
 
-static const ldmc_op_info mul_op = {"mul", mul_backward};
+static const ldmc_op_info mul_op = {"mul", mul_backward, LDMC_READS(3, 0), NULL};
 
 ldmc_tensor *ldmc_mul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     check_same("mul", a, b);
@@ -65,7 +67,7 @@ static void sub_backward(ldmc_ctx *ctx, ldmc_node *node) {
     accumulate_on(node->in[1], ldmc_grad(ctx, node->in[1]), dy, -1.0, n);
 }
 
-static const ldmc_op_info sub_op = {"sub", sub_backward};
+static const ldmc_op_info sub_op = {"sub", sub_backward, LDMC_READS(0, 0), NULL};
 
 ldmc_tensor *ldmc_sub(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     check_same("sub", a, b);
@@ -86,7 +88,7 @@ static void affine_backward(ldmc_ctx *ctx, ldmc_node *node) {
                   ldmc_numel(x));
 }
 
-static const ldmc_op_info affine_op = {"affine", affine_backward};
+static const ldmc_op_info affine_op = {"affine", affine_backward, LDMC_READS(0, 0), NULL};
 
 ldmc_tensor *ldmc_affine(ldmc_ctx *ctx, ldmc_tensor *x, double a, double b) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
@@ -103,7 +105,9 @@ ldmc_tensor *ldmc_affine(ldmc_ctx *ctx, ldmc_tensor *x, double a, double b) {
     return y;
 }
 
-ldmc_tensor *ldmc_scale(ldmc_ctx *ctx, ldmc_tensor *x, double s) { return ldmc_affine(ctx, x, s, 0); }
+ldmc_tensor *ldmc_scale(ldmc_ctx *ctx, ldmc_tensor *x, double s) {
+    return ldmc_affine(ctx, x, s, 0);
+}
 
 // d exp(x) = exp(x) dx: the output is the saved value.
 static void exp_backward(ldmc_ctx *ctx, ldmc_node *node) {
@@ -114,7 +118,7 @@ static void exp_backward(ldmc_ctx *ctx, ldmc_node *node) {
         mul_backward_f32(ldmc_grad(ctx, x), NULL, DOUT(y), NULL, DATA(y), ldmc_numel(x));
 }
 
-static const ldmc_op_info exp_op = {"exp", exp_backward};
+static const ldmc_op_info exp_op = {"exp", exp_backward, LDMC_READS(0, 1), NULL};
 
 ldmc_tensor *ldmc_exp(ldmc_ctx *ctx, ldmc_tensor *x) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
@@ -143,7 +147,7 @@ static void clamp_backward(ldmc_ctx *ctx, ldmc_node *node) {
                            ldmc_numel(x));
 }
 
-static const ldmc_op_info clamp_op = {"clamp", clamp_backward};
+static const ldmc_op_info clamp_op = {"clamp", clamp_backward, LDMC_READS(1, 0), NULL};
 
 ldmc_tensor *ldmc_clamp(ldmc_ctx *ctx, ldmc_tensor *x, double lo, double hi) {
     OP_CHECK(lo <= hi, "clamp", x, "the bounds [%g, %g] are reversed", lo, hi);
@@ -168,7 +172,7 @@ static void sum_rows_backward(ldmc_ctx *ctx, ldmc_node *node) {
         sum_rows_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), B, n);
 }
 
-static const ldmc_op_info sum_rows_op = {"sum_rows", sum_rows_backward};
+static const ldmc_op_info sum_rows_op = {"sum_rows", sum_rows_backward, LDMC_READS(0, 0), NULL};
 
 ldmc_tensor *ldmc_sum_rows(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim >= 1, "sum_rows", x, "the input must be (B, ...)");
@@ -194,7 +198,7 @@ static void embedding_backward(ldmc_ctx *ctx, ldmc_node *node) {
                                ldmc_numel(labels), (int)table->shape[1]);
 }
 
-static const ldmc_op_info embedding_op = {"embedding", embedding_backward};
+static const ldmc_op_info embedding_op = {"embedding", embedding_backward, LDMC_READS(2, 0), NULL};
 
 ldmc_tensor *ldmc_embedding(ldmc_ctx *ctx, ldmc_tensor *table, ldmc_tensor *labels) {
     OP_CHECK(table->ndim == 2, "embedding", table, "the table must be (N, D)");
@@ -245,7 +249,8 @@ static void add_broadcast_backward(ldmc_ctx *ctx, ldmc_node *node) {
                                    a->P, a->C);
 }
 
-static const ldmc_op_info add_broadcast_op = {"add_broadcast", add_broadcast_backward};
+static const ldmc_op_info add_broadcast_op = {"add_broadcast", add_broadcast_backward,
+                                              LDMC_READS(0, 0), NULL};
 
 ldmc_tensor *ldmc_add_broadcast(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *v) {
     OP_CHECK(x->ndim >= 2, "add_broadcast", x, "x must be (B, ..., C)");
@@ -280,14 +285,14 @@ static void dropout_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const dropout_args *a = node->args;
     ldmc_tensor *x = node->in[0];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_dropout_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), ldmc_numel(x),
-                                       a->p, &a->rng, a->offset));
+        GPU(ldmc_cuda_dropout_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), ldmc_numel(x), a->p,
+                                       &a->rng, a->offset));
     else
         dropout_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), ldmc_numel(x), a->p, &a->rng,
                              a->offset);
 }
 
-static const ldmc_op_info dropout_op = {"dropout", dropout_backward};
+static const ldmc_op_info dropout_op = {"dropout", dropout_backward, LDMC_READS(0, 0), NULL};
 
 ldmc_tensor *ldmc_dropout(ldmc_ctx *ctx, ldmc_tensor *x, double p) {
     OP_CHECK(p >= 0 && p < 1, "dropout", x, "p = %g must be in [0, 1)", p);

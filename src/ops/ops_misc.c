@@ -21,8 +21,8 @@ static void timestep_embedding_backward(ldmc_ctx *ctx, ldmc_node *node) {
                                         (int)ldmc_numel(t), a->dim, a->max_period);
 }
 
-static const ldmc_op_info timestep_embedding_op = {"timestep_embedding",
-                                                   timestep_embedding_backward};
+static const ldmc_op_info timestep_embedding_op = {
+    "timestep_embedding", timestep_embedding_backward, LDMC_READS(1, 0), NULL};
 
 ldmc_tensor *ldmc_timestep_embedding(ldmc_ctx *ctx, ldmc_tensor *t, int dim, double max_period) {
     OP_CHECK(t->ndim == 1, "timestep_embedding", t, "the timesteps must be (B), as f32");
@@ -79,8 +79,8 @@ static void l1_backward(ldmc_ctx *ctx, ldmc_node *node) {
                     ldmc_numel(a));
 }
 
-static const ldmc_op_info mse_op = {"mse_loss", mse_backward};
-static const ldmc_op_info l1_op = {"l1_loss", l1_backward};
+static const ldmc_op_info mse_op = {"mse_loss", mse_backward, LDMC_READS(3, 0), NULL};
+static const ldmc_op_info l1_op = {"l1_loss", l1_backward, LDMC_READS(3, 0), NULL};
 
 static ldmc_tensor *loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool l1) {
     const char *name = l1 ? "l1_loss" : "mse_loss";
@@ -148,7 +148,8 @@ static void mse_weighted_backward(ldmc_ctx *ctx, ldmc_node *node) {
                           DATA(b), w, B, ldmc_numel(a) / B);
 }
 
-static const ldmc_op_info mse_weighted_op = {"mse_loss_weighted", mse_weighted_backward};
+static const ldmc_op_info mse_weighted_op = {"mse_loss_weighted", mse_weighted_backward,
+                                             LDMC_READS(3, 0), NULL};
 
 ldmc_tensor *ldmc_mse_loss_weighted(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b,
                                     const float *weights) {
@@ -185,7 +186,8 @@ static void scale_rows_backward(ldmc_ctx *ctx, ldmc_node *node) {
         scale_rows_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), w, B, ldmc_numel(x) / B);
 }
 
-static const ldmc_op_info scale_rows_op = {"scale_rows", scale_rows_backward};
+static const ldmc_op_info scale_rows_op = {"scale_rows", scale_rows_backward, LDMC_READS(0, 0),
+                                           NULL};
 
 ldmc_tensor *ldmc_scale_rows(ldmc_ctx *ctx, ldmc_tensor *x, const float *s) {
     OP_CHECK(x->ndim >= 1, "scale_rows", x, "the input must be (B, ...)");

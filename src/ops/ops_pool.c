@@ -14,8 +14,7 @@ static void avg_pool_backward(ldmc_ctx *ctx, ldmc_node *node) {
         GPU(ldmc_cuda_avg_pool2d_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), &a->g,
                                           a->count_include_pad));
     else
-        avg_pool2d_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), &a->g,
-                                a->count_include_pad);
+        avg_pool2d_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), &a->g, a->count_include_pad);
 }
 
 static void max_pool_backward(ldmc_ctx *ctx, ldmc_node *node) {
@@ -27,8 +26,8 @@ static void max_pool_backward(ldmc_ctx *ctx, ldmc_node *node) {
         max_pool2d_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), &a->g);
 }
 
-static const ldmc_op_info avg_pool_op = {"avg_pool2d", avg_pool_backward};
-static const ldmc_op_info max_pool_op = {"max_pool2d", max_pool_backward};
+static const ldmc_op_info avg_pool_op = {"avg_pool2d", avg_pool_backward, LDMC_READS(0, 0), NULL};
+static const ldmc_op_info max_pool_op = {"max_pool2d", max_pool_backward, LDMC_READS(1, 0), NULL};
 
 static ldmc_tensor *pool(ldmc_ctx *ctx, ldmc_tensor *x, int kernel, int stride, int padding,
                          bool is_max, bool count_include_pad) {

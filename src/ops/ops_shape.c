@@ -11,8 +11,8 @@ static void copy_cols(const ldmc_tensor *where, void *dst, int dst_C, int dst_of
         copy_columns_f32(dst, dst_C, dst_off, src, src_C, src_off, M, C, false);
 }
 
-static void add_cols(const ldmc_tensor *where, float *dst, int dst_C, int dst_off,
-                     const float *src, int src_C, int src_off, int64_t M, int C) {
+static void add_cols(const ldmc_tensor *where, float *dst, int dst_C, int dst_off, const float *src,
+                     int src_C, int src_off, int64_t M, int C) {
     if (ON_GPU(where))
         GPU(ldmc_cuda_add_columns(dst, dst_C, dst_off, src, src_C, src_off, M, C));
     else
@@ -37,7 +37,7 @@ static void concat_backward(ldmc_ctx *ctx, ldmc_node *node) {
     }
 }
 
-static const ldmc_op_info concat_op = {"concat", concat_backward};
+static const ldmc_op_info concat_op = {"concat", concat_backward, LDMC_READS(0, 0), NULL};
 
 ldmc_tensor *ldmc_concat(ldmc_ctx *ctx, ldmc_tensor **xs, int n) {
     LDMC_CHECK(n >= 1, "concat: needs at least one tensor");
@@ -61,7 +61,8 @@ ldmc_tensor *ldmc_concat(ldmc_ctx *ctx, ldmc_tensor **xs, int n) {
     int off = 0;
     for (int i = 0; i < n; i++) {
         int C = (int)last_dim(xs[i]);
-        COMPUTE(ctx) copy_cols(y, cols_data(y, y), (int)total, off, cols_data(y, xs[i]), C, 0, M, C);
+        COMPUTE(ctx)
+        copy_cols(y, cols_data(y, y), (int)total, off, cols_data(y, xs[i]), C, 0, M, C);
         off += C;
     }
     ldmc_record(ctx, &concat_op, xs, n, &y, 1);
@@ -81,7 +82,7 @@ static void split_backward(ldmc_ctx *ctx, ldmc_node *node) {
     }
 }
 
-static const ldmc_op_info split_op = {"split", split_backward};
+static const ldmc_op_info split_op = {"split", split_backward, LDMC_READS(0, 0), NULL};
 
 void ldmc_split(ldmc_ctx *ctx, ldmc_tensor *x, const int *sizes, int n, ldmc_tensor **out) {
     OP_CHECK(x->ndim >= 1 && n >= 1, "split", x, "needs a tensor of rank >= 1 and pieces");
@@ -100,8 +101,8 @@ void ldmc_split(ldmc_ctx *ctx, ldmc_tensor *x, const int *sizes, int n, ldmc_ten
     for (int i = 0; i < n; i++) {
         shape[x->ndim - 1] = sizes[i];
         out[i] = ldmc_new(ctx, ctx->act_dtype, x->ndim, shape);
-        COMPUTE(ctx) copy_cols(x, cols_data(x, out[i]), sizes[i], 0, cols_data(x, x), total, off, M,
-                               sizes[i]);
+        COMPUTE(ctx)
+        copy_cols(x, cols_data(x, out[i]), sizes[i], 0, cols_data(x, x), total, off, M, sizes[i]);
         off += sizes[i];
     }
     ldmc_record(ctx, &split_op, &x, 1, out, n);
@@ -117,7 +118,8 @@ static void upsample_backward(ldmc_ctx *ctx, ldmc_node *node) {
         upsample_nearest2x_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), N, H, W, C);
 }
 
-static const ldmc_op_info upsample_op = {"upsample_nearest2x", upsample_backward};
+static const ldmc_op_info upsample_op = {"upsample_nearest2x", upsample_backward, LDMC_READS(0, 0),
+                                         NULL};
 
 ldmc_tensor *ldmc_upsample_nearest2x(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim == 4, "upsample_nearest2x", x, "the input must be (N, H, W, C)");

@@ -77,7 +77,7 @@ void ldmc_conditioner_encode(ldmc_ctx *ctx, const ldmc_conditioner *c, int n,
     // Frozen encoders: their activations are dropped once the context and pooled text exist
     // (only those stay in the arena, under the UNet's step).
     bool drop = frozen(c);
-    size_t mark = ldmc_arena_mark(&ctx->data);
+    size_t mark = ldmc_ctx_data_mark(ctx);
     for (int e = 0; e < c->n_text; e++) {
         const int32_t *ids = ldmc_conditioner_tokens(ctx, c, e, captions, empty, n);
         ldmc_tensor *p = NULL;

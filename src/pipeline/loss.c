@@ -25,7 +25,7 @@ static ldmc_tensor *latents(ldmc_ctx *ctx, const ldmc_diffusion_step *s, const l
             s->latent_scale, key);
     }
     LDMC_CHECK(s->vae, "diffusion loss: a batch of images and no autoencoder to encode them");
-    size_t mark = ldmc_arena_mark(&ctx->data);
+    size_t mark = ldmc_ctx_data_mark(ctx);
     ldmc_latent_moments q = ldmc_encode_images(ctx, s->vae, b->pixels, b->n, b->height, b->width);
     ldmc_tensor *z = ldmc_draw_latents(ctx, q, s->latent_scale, key);
     ldmc_ctx_keep(ctx, mark, &z, 1);

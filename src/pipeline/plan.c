@@ -23,7 +23,55 @@ static void *zeroed(size_t n, size_t size) {
     return p;
 }
 
-ldmc_dry_run ldmc_dry_run_unet_step(ldmc_unet *u, ldmc_device device, int batch, int h, int w) {
+double ldmc_plan_step(ldmc_device device, void (*run)(ldmc_ctx *ctx, void *user), void *user,
+                      ldmc_step_plan *plan) {
+    ldmc_ctx ctx;
+    ldmc_ctx_init_dry_run_device(&ctx, device, DRY_RUN_ARENA);
+    run(&ctx, user); // without a plan: the bump arena's high-water mark
+    size_t unplanned = ctx.data.high_water;
+    double flops = ctx.flops;
+    ldmc_ctx_free(&ctx);
+    ldmc_ctx_init_dry_run_device(&ctx, device, DRY_RUN_ARENA);
+    ldmc_ctx_record_plan(&ctx, plan);
+    run(&ctx, user);
+    ldmc_ctx_finish_plan(&ctx);
+    ldmc_ctx_free(&ctx);
+    plan->unplanned = unplanned;
+    return flops;
+}
+
+// The plan of run's step (kept in `plan` when not NULL) and its figures.
+static ldmc_dry_run dry_run(ldmc_device device, void (*run)(ldmc_ctx *ctx, void *user), void *user,
+                            ldmc_step_plan *plan) {
+    ldmc_step_plan own = {0}, *p = plan ? plan : &own;
+    double flops = ldmc_plan_step(device, run, user, p);
+    ldmc_dry_run r = {p->peak, p->unplanned, p->live_peak, flops};
+    ldmc_plan_free(&own);
+    return r;
+}
+
+typedef struct diffusion_run {
+    const ldmc_diffusion_step *step;
+    const ldmc_step_batch *b;
+} diffusion_run;
+
+static void run_diffusion(ldmc_ctx *ctx, void *user) {
+    const diffusion_run *r = user;
+    ldmc_diffusion_loss(ctx, r->step, r->b, &(ldmc_step_key){0}, 1);
+}
+
+typedef struct vae_run {
+    const ldmc_vae_step *step;
+    const ldmc_step_batch *b;
+} vae_run;
+
+static void run_vae(ldmc_ctx *ctx, void *user) {
+    const vae_run *r = user;
+    ldmc_vae_loss(ctx, r->step, r->b, &(ldmc_step_key){0}, 1);
+}
+
+ldmc_dry_run ldmc_dry_run_unet_step(ldmc_unet *u, ldmc_device device, int batch, int h, int w,
+                                    ldmc_step_plan *plan) {
     const ldmc_unet_config *c = &u->cfg;
     reserve(&u->params);
     static ldmc_schedule schedule;
@@ -53,25 +101,17 @@ ldmc_dry_run ldmc_dry_run_unet_step(ldmc_unet *u, ldmc_device device, int batch,
                                   .context = context,
                                   .context_tokens = TEXT_TOKENS,
                                   .pooled = pooled}};
-    ldmc_ctx ctx;
-    ldmc_ctx_init_dry_run_device(&ctx, device, DRY_RUN_ARENA);
-    ldmc_diffusion_loss(&ctx, &step, &b, &(ldmc_step_key){0}, 1);
-    ldmc_dry_run r = {ctx.data.high_water, ctx.flops};
-    ldmc_ctx_free(&ctx);
+    ldmc_dry_run r = dry_run(device, run_diffusion, &(diffusion_run){&step, &b}, plan);
     free(sizes), free(labels), free(context), free(pooled);
     return r;
 }
 
-ldmc_dry_run ldmc_dry_run_vae_step(ldmc_vae *v, ldmc_device device, int batch, int H, int W) {
+ldmc_dry_run ldmc_dry_run_vae_step(ldmc_vae *v, ldmc_device device, int batch, int H, int W,
+                                   ldmc_step_plan *plan) {
     reserve(&v->params);
     ldmc_vae_step step = {.vae = v, .kl_weight = 1e-6};
     ldmc_step_batch b = {.n = batch, .height = H, .width = W};
-    ldmc_ctx ctx;
-    ldmc_ctx_init_dry_run_device(&ctx, device, DRY_RUN_ARENA);
-    ldmc_vae_loss(&ctx, &step, &b, &(ldmc_step_key){0}, 1);
-    ldmc_dry_run r = {ctx.data.high_water, ctx.flops};
-    ldmc_ctx_free(&ctx);
-    return r;
+    return dry_run(device, run_vae, &(vae_run){&step, &b}, plan);
 }
 
 ldmc_dry_run ldmc_dry_run_text_forward(ldmc_text_encoder *e, ldmc_device device, int batch) {
@@ -81,17 +121,17 @@ ldmc_dry_run ldmc_dry_run_text_forward(ldmc_text_encoder *e, ldmc_device device,
     ldmc_ctx_init_dry_run_device(&ctx, device, DRY_RUN_ARENA);
     ldmc_tensor *context, *pooled;
     ldmc_text_encoder_forward(&ctx, e, batch, ids, &context, &pooled);
-    ldmc_dry_run r = {ctx.data.high_water, ctx.flops};
+    ldmc_dry_run r = {ctx.data.high_water, ctx.data.high_water, ctx.data.high_water, ctx.flops};
     ldmc_ctx_free(&ctx);
     free(ids);
     return r;
 }
 
-// The activations of m's step on the CPU at (batch, h, w): latents for a UNet, images for a VAE.
-static size_t step_activations(const ldmc_model *m, int batch, int h, int w) {
+// m's step on the CPU at (batch, h, w): latents for a UNet, images for a VAE.
+static ldmc_dry_run step_activations(const ldmc_model *m, int batch, int h, int w) {
     return m->desc == &ldmc_unet_desc
-               ? ldmc_dry_run_unet_step(m->module, LDMC_CPU, batch, h, w).activations
-               : ldmc_dry_run_vae_step(m->module, LDMC_CPU, batch, h, w).activations;
+               ? ldmc_dry_run_unet_step(m->module, LDMC_CPU, batch, h, w, NULL)
+               : ldmc_dry_run_vae_step(m->module, LDMC_CPU, batch, h, w, NULL);
 }
 
 int ldmc_model_plan(const ldmc_model *m, int batch, int H, int W, int f, ldmc_memory_plan *plan,
@@ -116,9 +156,10 @@ int ldmc_model_plan(const ldmc_model *m, int batch, int H, int W, int f, ldmc_me
     plan->optimizer = 2 * plan->gradients;
     bool was = *recompute;
     *recompute = false;
-    plan->activations = step_activations(m, batch, H / step_f, W / step_f);
+    ldmc_dry_run plain = step_activations(m, batch, H / step_f, W / step_f);
+    plan->activations = plain.activations, plan->unplanned = plain.unplanned;
     *recompute = true;
-    plan->activations_recomputed = step_activations(m, batch, H / step_f, W / step_f);
+    plan->activations_recomputed = step_activations(m, batch, H / step_f, W / step_f).activations;
     *recompute = was;
     return step_f;
 }

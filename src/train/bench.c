@@ -72,7 +72,7 @@ int ldmc_train_bench(const ldmc_train_config *cfg, int height, int width, int re
             double t0 = train_now();
             ldmc_params_zero_grad(T->model.params);
             ldmc_step_key key = {cfg->seed, (uint32_t)T->st.step, 0, 0, 0, 0};
-            double loss = T->task->micro_step(T, &b, &key, 1.0);
+            double loss = trainer_micro_step(T, &b, &key, 1.0);
             double norm = ldmc_grad_norm(T->model.params);
             if (isfinite(loss) && isfinite(norm))
                 trainer_update(T, norm, cfg->adamw.lr, T->st.step + 1);
@@ -167,6 +167,17 @@ static double train_step(ldmc_ctx *ctx, ldmc_unet *u, const bench_step *s, const
     return 1e3 * (train_now() - t0);
 }
 
+// The step's loss and backward on a dry-run context: its memory plan.
+typedef struct plan_args {
+    const bench_step *s;
+    const bench_inputs *in;
+} plan_args;
+
+static void plan_run(ldmc_ctx *ctx, void *user) {
+    const plan_args *a = user;
+    ldmc_diffusion_loss(ctx, &a->s->step, &a->in->batch, &(ldmc_step_key){0}, 1);
+}
+
 // Gradients, Adam m and v where the weights are: the GPU's bf16 and master copies, or the host.
 // One rank's bytes of the parameter roles: the working weights (bf16 on the GPU) and f32 gradients
 // whole; the fp32 master (GPU), Adam m and v and the EMA (o->ema) whole, or under ZeRO-1 the
@@ -252,8 +263,9 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     u.recompute = o->recompute;
     r->parameters = ldmc_params_count(&u.params, false);
     int h = o->height / 8, w = o->width / 8;
+    r->plan = (ldmc_step_plan){0};
     if (o->dry_run) {
-        ldmc_dry_run plan = ldmc_dry_run_unet_step(&u, o->device, o->batch, h, w);
+        ldmc_dry_run plan = ldmc_dry_run_unet_step(&u, o->device, o->batch, h, w, &r->plan);
         r->weight_bytes = plan_role_bytes(&u.params, o);
         r->flops = plan.flops, r->activation_bytes = plan.activations;
         ldmc_unet_free(&u);
@@ -274,6 +286,9 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     int reps = o->reps > 0 ? o->reps : 1;
     double *ms = calloc((size_t)reps, sizeof *ms);
     LDMC_CHECK(ms, "out of memory");
+    plan_args pa = {&s, &in};
+    ldmc_plan_step(o->device, plan_run, &pa, &r->plan);
+    ldmc_ctx_use_plan(&ctx, &r->plan);
     int64_t step = 1;
     for (int i = 0; i < o->warmup; i++)
         train_step(&ctx, &u, &s, &in, step++);
@@ -292,6 +307,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
         ldmc_profile_start(&ctx, NULL);
         ldmc_profile_sort(&r->profile);
     }
+    ldmc_ctx_use_plan(&ctx, NULL);
     r->guided_forward_ms = guided_forward_ms(&ctx, &u, &s, &one, reps, ms, &r->guided_batch);
     if (o->device == LDMC_CUDA) r->workspace_bytes = ldmc_gpu_workspace_bytes();
     free(ms);

@@ -5,7 +5,8 @@
 // (a classifier-free-guidance sampling step). Reports the median step time, images per second,
 // the step's matrix-product FLOPs as the ops count them (achieved TFLOP/s), the memory of the
 // weights, optimizer and activations, and with `profile` the time per op kind. A dry run counts
-// FLOPs and activation memory without computing, on any machine.
+// FLOPs and activation memory without computing, on any machine. The step replays its memory
+// plan (core/memplan.h), made by a dry run of the same step.
 // Tested by tests/test_cli.sh (a tiny config on the CPU, and a dry run of SDXL base).
 #pragma once
 #include <stdbool.h>
@@ -13,6 +14,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/memplan.h"
 #include "core/tape.h"
 #include "nn/model_config.h"
 
@@ -38,7 +40,8 @@ typedef struct ldmc_bench_result {
     double tflops;            // flops / step time
     size_t weight_bytes;      // working weights, master copy, gradients, Adam m and v (and the
                               // EMA with opts.ema): one rank's (its largest ZeRO range)
-    size_t activation_bytes;  // the activation arena's high-water mark over a step
+    size_t activation_bytes;  // activations and their gradients: the step's memory plan's peak
+    ldmc_step_plan plan;      // that plan (ldmc_plan_free it); plan.unplanned: nothing freed
     size_t workspace_bytes;   // the GPU's shared workspace
     double guided_forward_ms; // median of the sampling forwards (no gradients) of one image:
     int guided_batch;         // the UNet at batch 2 with guidance; 1 when there is nothing to guide

@@ -140,8 +140,8 @@ static int diffusion_check_data(trainer *T, ldmc_err *err) {
     return 0;
 }
 
-static double diffusion_micro(trainer *T, const ldmc_batch *b, const ldmc_step_key *key,
-                              double grad_scale) {
+static double diffusion_micro(trainer *T, ldmc_ctx *ctx, const ldmc_batch *b,
+                              const ldmc_step_key *key, double grad_scale) {
     const ldmc_train_config *cfg = T->cfg;
     ldmc_diffusion_step s = {.unet = &T->unet,
                              .vae = T->vae_weights ? &T->vae : NULL,
@@ -150,7 +150,7 @@ static double diffusion_micro(trainer *T, const ldmc_batch *b, const ldmc_step_k
                              .noise = &cfg->noise,
                              .conditioner = &T->conditioner};
     ldmc_step_batch sb = step_batch(b);
-    return ldmc_diffusion_loss(&T->ctx, &s, &sb, key, grad_scale);
+    return ldmc_diffusion_loss(ctx, &s, &sb, key, grad_scale);
 }
 
 // A text model's preview prompts: sample.prompts, else the data's first distinct captions (up to
@@ -280,11 +280,11 @@ static int vae_check_data(trainer *T, ldmc_err *err) {
     return 0;
 }
 
-static double vae_micro(trainer *T, const ldmc_batch *b, const ldmc_step_key *key,
+static double vae_micro(trainer *T, ldmc_ctx *ctx, const ldmc_batch *b, const ldmc_step_key *key,
                         double grad_scale) {
     ldmc_vae_step s = {.vae = &T->vae, .kl_weight = T->cfg->kl_weight};
     ldmc_step_batch sb = step_batch(b);
-    return ldmc_vae_loss(&T->ctx, &s, &sb, key, grad_scale);
+    return ldmc_vae_loss(ctx, &s, &sb, key, grad_scale);
 }
 
 // The last batch's first images (top row) over their reconstructions (bottom row).

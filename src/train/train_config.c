@@ -296,10 +296,11 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
     const ldmc_cfg *train = ldmc_cfg_get(root, "train");
     if (!train) return LDMC_ERR(err, "%s: a `train:` section is required", c->source_path);
     static const char *const train_keys[] = {
-        "steps",        "seed",    "out",    "checkpoint_every",       "keep", "log_every",
-        "sample_every", "threads", "device", "gradient_checkpointing", NULL};
+        "steps",        "seed",    "out",    "checkpoint_every",       "keep",        "log_every",
+        "sample_every", "threads", "device", "gradient_checkpointing", "memory_plan", NULL};
     int64_t seed = 0;
     const char *device = "cpu";
+    c->memory_plan = true;
     if (ldmc_cfg_check_keys(train, train_keys, err) ||
         get_int(train, "steps", 1, LDMC_MAX_STEPS, &c->steps, err) ||
         get_int(train, "seed", 0, INT64_MAX, &seed, err) ||
@@ -310,6 +311,7 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
         get_int(train, "sample_every", 1, INT64_MAX, &c->sample_every, err) ||
         get_int32(train, "threads", 0, 4096, &c->threads, err) ||
         ldmc_cfg_bool(train, "gradient_checkpointing", false, &c->recompute, err) ||
+        ldmc_cfg_bool(train, "memory_plan", false, &c->memory_plan, err) ||
         get_string(train, "device", false, &device, err))
         return -1;
     if (ldmc_device_parse(device, &c->device) != 0)

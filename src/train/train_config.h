@@ -74,6 +74,7 @@ typedef struct ldmc_train_config {
     int threads;        // 0: LDMC_THREADS or all cores
     ldmc_device device; // train.device: cpu, or cuda (bf16 activations, fp32 master weights)
     bool recompute;     // train.gradient_checkpointing: blocks recomputed in backward
+    bool memory_plan;   // train.memory_plan: steps replay memory plans (core/memplan.h)
     // sample grids
     int sample_steps;
     double sample_guidance; // classifier-free guidance scale of the previews (1: none)

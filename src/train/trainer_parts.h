@@ -46,9 +46,9 @@ typedef struct train_task {
     int (*setup_models)(trainer *T, ldmc_err *err);
     // The data against the models (a latent cache's channels, the classes).
     int (*check_data)(trainer *T, ldmc_err *err);
-    // Forward and backward of one micro-batch (the pipeline's loss step, its gradients times
-    // grad_scale); returns the loss.
-    double (*micro_step)(trainer *T, const ldmc_batch *b, const ldmc_step_key *key,
+    // Forward and backward of one micro-batch on ctx (T->ctx, or a dry run's that records its
+    // memory plan): the pipeline's loss step, its gradients times grad_scale; returns the loss.
+    double (*micro_step)(trainer *T, ldmc_ctx *ctx, const ldmc_batch *b, const ldmc_step_key *key,
                          double grad_scale);
     // The preview of the current weights: samples, or the last batch's reconstructions.
     // grid->images NULL (and 0 returned) when there is nothing to show.
@@ -89,6 +89,14 @@ typedef struct train_log {
     int loss_window_n;
 } train_log;
 
+// The micro-step's memory plans (core/memplan.h), one per shape of micro-batch met (trainer.c).
+typedef struct step_plan_entry step_plan_entry;
+typedef struct step_plans {
+    step_plan_entry *items;
+    int n;
+    uint64_t clock; // the last use's stamp (the least recently used plan goes first)
+} step_plans;
+
 struct trainer {
     const ldmc_train_config *cfg;
     const train_task *task;
@@ -107,6 +115,7 @@ struct trainer {
     train_data data;
     // the step: one context on the training device (the step, the frozen encoder, previews)
     ldmc_ctx ctx;
+    step_plans plans;
     ldmc_train_state st;
     run_dir dir;
     train_log log;
@@ -127,6 +136,10 @@ void trainer_free(trainer *T);
 // The update after a step's micro-batches: clipping, AdamW (update `updates`, from 1), EMA; of
 // the trained model and, with text.train, of the text encoders at their learning rates.
 void trainer_update(trainer *T, double norm, double lr, int64_t updates);
+// One micro-batch's forward and backward (the task's micro_step) on T->ctx, replaying the memory
+// plan of the batch's shape (made the first time the shape comes) unless train.memory_plan is off.
+double trainer_micro_step(trainer *T, const ldmc_batch *b, const ldmc_step_key *key,
+                          double grad_scale);
 // How many text encoders are trained (0 unless text.train), their gradients zeroed with the
 // model's, and the norm of every trained gradient together.
 int trainer_text_trained(const trainer *T);
