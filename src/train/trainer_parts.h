@@ -140,6 +140,7 @@ void trainer_update(trainer *T, double norm, double lr, int64_t updates);
 // plan of the batch's shape (made the first time the shape comes) unless train.memory_plan is off.
 double trainer_micro_step(trainer *T, const ldmc_batch *b, const ldmc_step_key *key,
                           double grad_scale);
+void trainer_plans_free(trainer *T); // (trainer_free)
 // How many text encoders are trained (0 unless text.train), their gradients zeroed with the
 // model's, and the norm of every trained gradient together.
 int trainer_text_trained(const trainer *T);
