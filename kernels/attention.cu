@@ -8,8 +8,9 @@
 //   forward:  S = scale Q K^T (f32), softmax rows -> lse and P (bf16), O = P V (bf16, into o);
 //   backward: S again, P = exp(S - lse), dP = dO V^T, dS = P (dP - Δ) with Δ_i = Σ_d dO o,
 //             dq += scale dS K, dk += scale dS^T Q, dv += P^T dO (f32, beta = 1, in place).
-// The score tiles (H, cq, ld) live in the workspace; cq keeps them under ATTN_CHUNK_BYTES, so no
-// (Nq, Nk) matrix of every query is held. Chunks run in order: dk and dv sum in a fixed order.
+// The score tiles (H, cq, ld) live in the workspace; cq keeps them under attention_chunk_bytes
+// (512 MiB unless ldmc_cuda_set_chunk_bytes says otherwise), so no (Nq, Nk) matrix of every query
+// is held. Chunks run in order: dk and dv sum in a fixed order.
 // Causal attention (Nq = Nk): query i's scores past key i are left out of the softmax and their
 // probabilities (and so dS) are 0, as the CPU's.
 //
@@ -20,9 +21,12 @@
 #include "kernels/cublas.cuh"
 #include "kernels/ldmc_cuda.h"
 
+static size_t attention_chunk_bytes = LDMC_CUDA_CHUNK_MAX;
 
-static const size_t ATTN_CHUNK_BYTES = (size_t)512 << 20;
-
+extern "C" void ldmc_cuda_set_chunk_bytes(size_t attention, size_t conv) {
+    attention_chunk_bytes = attention ? attention : LDMC_CUDA_CHUNK_MAX;
+    conv_set_chunk_bytes(conv);
+}
 
 // Score rows padded to 8 values: 16-byte aligned rows for the tensor-core GEMMs.
 static int score_ld(int Nk) { return (Nk + 7) / 8 * 8; }
@@ -30,7 +34,7 @@ static int score_ld(int Nk) { return (Nk + 7) / 8 * 8; }
 // Queries a chunk: H cq ld bytes_per_score bytes at most (at least one row), a multiple of 64
 // when above 64.
 static int query_chunk(int Nq, int H, int ld, size_t bytes_per_score) {
-    int64_t cq = (int64_t)(ATTN_CHUNK_BYTES / ((size_t)H * ld * bytes_per_score));
+    int64_t cq = (int64_t)(attention_chunk_bytes / ((size_t)H * ld * bytes_per_score));
     if (cq > Nq) cq = Nq;
     if (cq > 64) cq -= cq % 64;
     return cq > 1 ? (int)cq : 1;
@@ -42,18 +46,17 @@ static void gemm_heads(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t
                        int k, float alpha, const uint16_t *A, int lda, int64_t sa,
                        const uint16_t *B, int ldb, int64_t sb, float beta, void *C, bool c_f32,
                        int ldc, int64_t sc, int heads) {
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, sa, B,
-                                            CUDA_R_16BF, ldb, sb, &beta, C,
-                                            c_f32 ? CUDA_R_32F : CUDA_R_16BF, ldc, sc, heads,
-                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        h, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, sa, B, CUDA_R_16BF, ldb, sb, &beta, C,
+        c_f32 ? CUDA_R_32F : CUDA_R_16BF, ldc, sc, heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 // S (H, cq, ld) = scale Q K^T for the chunk's `rows` queries: column-major S^T (Nk, rows) =
 // K (Nk, D) Q^T (D, rows), where the stored K reads as K^T (D, Nk), hence op T.
 static void scores(cublasHandle_t h, float *S, const uint16_t *qc, const uint16_t *kb, int rows,
                    int cq, int ld, int Nk, int H, int D, float scale) {
-    gemm_heads(h, CUBLAS_OP_T, CUBLAS_OP_N, Nk, rows, D, scale, kb, H * D, D, qc, H * D, D, 0.0f,
-               S, true, ld, (int64_t)cq * ld, H);
+    gemm_heads(h, CUBLAS_OP_T, CUBLAS_OP_N, Nk, rows, D, scale, kb, H * D, D, qc, H * D, D, 0.0f, S,
+               true, ld, (int64_t)cq * ld, H);
 }
 
 // One warp per row t < total, grid-stride by warps (launched with LAUNCH_1D over 32 threads a
@@ -192,8 +195,8 @@ extern "C" void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, co
     const size_t dp_bytes = want_ds ? align256(tile * sizeof(float)) : 0;
     const size_t ds_bytes = want_ds ? align256(tile * sizeof(uint16_t)) : 0;
     const size_t p_bytes = want_p ? align256(tile * sizeof(uint16_t)) : 0;
-    char *ws = (char *)ldmc_cuda_workspace(delta_bytes + dob_bytes + s_bytes + dp_bytes +
-                                           ds_bytes + p_bytes);
+    char *ws = (char *)ldmc_cuda_workspace(delta_bytes + dob_bytes + s_bytes + dp_bytes + ds_bytes +
+                                           p_bytes);
     float *delta = (float *)ws;
     uint16_t *dob = (uint16_t *)(ws + delta_bytes);
     float *S = (float *)(ws + delta_bytes + dob_bytes);
@@ -220,16 +223,16 @@ extern "C" void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, co
                       rows, cq, ld, Nk, Nq, i0, causal, total);
             // dv^T (D, Nk) += dO^T (D, rows) P (rows, Nk): the stored P reads as P^T, hence op T
             if (dv)
-                gemm_heads(h, CUBLAS_OP_N, CUBLAS_OP_T, D, Nk, rows, 1.0f, dob + qoff, HD, D, P,
-                           ld, sstride, 1.0f, dv + kvoff, true, HD, D, H);
+                gemm_heads(h, CUBLAS_OP_N, CUBLAS_OP_T, D, Nk, rows, 1.0f, dob + qoff, HD, D, P, ld,
+                           sstride, 1.0f, dv + kvoff, true, HD, D, H);
             // dq^T (D, rows) += scale K^T (D, Nk) dS^T (Nk, rows)
             if (dq)
                 gemm_heads(h, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, Nk, scale, kb, HD, D, dS, ld,
                            sstride, 1.0f, dq + qoff, true, HD, D, H);
             // dk^T (D, Nk) += scale Q^T (D, rows) dS (rows, Nk)
             if (dk)
-                gemm_heads(h, CUBLAS_OP_N, CUBLAS_OP_T, D, Nk, rows, scale, q + qoff, HD, D, dS,
-                           ld, sstride, 1.0f, dk + kvoff, true, HD, D, H);
+                gemm_heads(h, CUBLAS_OP_N, CUBLAS_OP_T, D, Nk, rows, scale, q + qoff, HD, D, dS, ld,
+                           sstride, 1.0f, dk + kvoff, true, HD, D, H);
         }
     }
 }

@@ -27,6 +27,10 @@ static inline unsigned ldmc_blocks(int64_t n, int threads) {
 // Workspace pieces start on 256-byte boundaries (cuBLAS's and cuDNN's alignment for fast paths).
 static inline size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
+// The bytes of temporaries one chunk may hold are LDMC_CUDA_CHUNK_MAX (ldmc_cuda.h) unless
+// ldmc_cuda_set_chunk_bytes (attention.cu) says otherwise; conv.cu takes its share through this.
+void conv_set_chunk_bytes(size_t bytes);
+
 // The compute stream every launcher uses (runtime.cu).
 static inline cudaStream_t ldmc_stream(void) { return (cudaStream_t)ldmc_cuda_stream(); }
 

@@ -9,7 +9,8 @@
 // - Shapes and argument meanings are those of the CPU twin of the same name in
 //   src/ops/cpu/decl.inc (images channels-last (N, H, W, C), tokens (B, L, C)).
 // - Temporary memory (bf16 copies of gradients for tensor-core GEMMs, cuDNN workspaces, score
-//   tiles) comes from one device workspace that grows to the largest request (ldmc_cuda_workspace).
+//   tiles) comes from one device workspace (ldmc_cuda_workspace), reserved before a run at the
+//   most its launchers ask for (ldmc_cuda_workspace_max).
 // tests/test_cuda.c checks every op against the CPU through the op API (ctest -L cuda).
 #pragma once
 #include <stdbool.h>
@@ -26,7 +27,12 @@ extern "C" {
 
 // ---- runtime: device, streams, memory (runtime.cu) -------------------------------------------
 int ldmc_cuda_device_count(void); // 0 when there is no usable device
+// NULL when a device is usable; else why not: cudaGetDeviceCount's error (an insufficient
+// driver, no device), the driver's version (none: no driver loaded) and the runtime's.
+const char *ldmc_cuda_unavailable_reason(void);
 void ldmc_cuda_set_device(int device);
+// The driver's and runtime's versions, the devices (or why there is none), and the versions of
+// cuBLAS, cuDNN and NCCL, each as loaded and as built against.
 void ldmc_cuda_print_info(FILE *out);
 void *ldmc_cuda_stream(void); // the compute stream (created on first use)
 void *ldmc_cuda_malloc(size_t bytes);
@@ -39,14 +45,48 @@ void ldmc_cuda_to_host(void *dst, const void *src, size_t bytes);
 void ldmc_cuda_copy(void *dst, const void *src, size_t bytes); // device -> device
 void ldmc_cuda_zero(void *p, size_t bytes);
 void ldmc_cuda_synchronize(void);
-// The shared device workspace, at least `bytes` (valid until the next call that grows it).
+// The shared device workspace, at least `bytes` (valid until the next call that grows it). A run
+// reserves it up front (ldmc_cuda_workspace_reserve, src/core/device.c) at ldmc_cuda_workspace_max,
+// before it measures the memory left for its activations; a request beyond the reservation
+// still grows it, saying so on stderr, since the reservation rests on the caller's bound of its
+// largest tensor (a growth that does not fit is fatal, naming the reservation).
 void *ldmc_cuda_workspace(size_t bytes);
-size_t ldmc_cuda_workspace_bytes(void);
+// Frees the workspace and allocates exactly `bytes` (rounded up to a MiB), now.
+void ldmc_cuda_workspace_reserve(size_t bytes);
+size_t ldmc_cuda_workspace_bytes(void);    // its size now
+size_t ldmc_cuda_workspace_reserved(void); // the last reservation (0: none)
+
+// The workspace's bounds, as the launchers size their requests (keep in step with them): the
+// most one chunk of attention's score tiles or of the implicit GEMM's columns holds (the default
+// of ldmc_cuda_set_chunk_bytes; common.cuh), and the most workspace a cuDNN algorithm may ask for
+// (conv.cu: a convolution with none within it takes the implicit GEMM).
+#define LDMC_CUDA_CHUNK_MAX ((size_t)512 << 20)
+#define LDMC_CUDA_CUDNN_WORKSPACE_MAX ((size_t)1 << 30)
+// The most workspace one launcher asks for when no tensor it is given holds more than `largest`
+// values (the zero-padded copy of an asymmetrically padded convolution input counts as one):
+//   - a cuDNN convolution's backward: dy, dx (padded), the padded x and dw as bf16 beside the
+//     algorithm's workspace: 8 bytes a value + LDMC_CUDA_CUDNN_WORKSPACE_MAX (its forward: the
+//     padded x, 2 bytes a value, + the same);
+//   - attention's backward: Δ (f32) and dO (bf16), 6 bytes a value, + one chunk of score tiles;
+//   - the implicit GEMM: one chunk (its rows of dy, columns and their gradients);
+//   - a linear layer's backward: dy as bf16 (2 bytes a value); src/core/device.c's staging of
+//     host values or of a bf16 read: f32 (4 bytes a value), and its overlapping moves (the kept
+//     latents, a part of a gradient bucket);
+// and 1 MiB for the pieces' 256-byte alignment. The norms', losses' and column sums' partial
+// sums (tens of MiB at SDXL's sizes) stay below the cuDNN term.
+static inline size_t ldmc_cuda_workspace_max(int64_t largest) {
+    size_t n = largest > 0 ? (size_t)largest : 0;
+    size_t conv = 8 * n + LDMC_CUDA_CUDNN_WORKSPACE_MAX, attention = 6 * n + LDMC_CUDA_CHUNK_MAX;
+    return (conv > attention ? conv : attention) + ((size_t)1 << 20);
+}
 // Bytes of device memory in use by this process, and the device's total.
 void ldmc_cuda_memory(size_t *used, size_t *total);
 const char *ldmc_cuda_device_name(void);
 // The cuBLAS handle (cublasHandle_t) bound to the compute stream.
 void *ldmc_cuda_cublas(void);
+// The cuDNN handle (cudnnHandle_t) bound to the compute stream; NULL in a build without cuDNN or
+// when cuDNN cannot start.
+void *ldmc_cuda_cudnn(void);
 
 // ---- Philox streams, bit-identical to src/core/rng.c (rng.cu) --------------------------------
 void ldmc_cuda_rng_uniform(const ldmc_rng *rng, uint64_t offset, size_t n, float *out);
@@ -165,6 +205,16 @@ void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const uint16_t *w,
                               const ldmc_conv_geom *g);
 void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const uint16_t *x,
                                const uint16_t *w, const ldmc_conv_geom *g);
+
+// ---- chunk and slice bounds (attention.cu, conv.cu): for tests, which run many chunks of small
+// tensors; the defaults suit training ----------------------------------------------------------
+// The bytes of temporaries one chunk may hold: attention's score tiles per chunk of queries, the
+// convolutions' implicit GEMM's columns per chunk of output pixels; 0 = the default,
+// LDMC_CUDA_CHUNK_MAX (a larger bound outgrows the workspace a run reserves).
+void ldmc_cuda_set_chunk_bytes(size_t attention, size_t conv);
+// The most values one convolution call's input or output may hold before the batch is cut along
+// N into slices; 0 = the default, 2^31 - 1 (cuDNN's int32 indexing).
+void ldmc_cuda_set_conv_slice_elements(int64_t max_elements);
 
 // ---- normalization (norm.cu): mean and rstd are f32, saved for backward ------------------------
 void ldmc_cuda_group_norm_forward(uint16_t *y, float *mean, float *rstd, const uint16_t *x,

@@ -1,73 +1,182 @@
 #!/bin/sh
-# The GPU checks in one command, on a machine with an NVIDIA GPU, from the repository root after a
-# CUDA build (./scripts/setup.sh, or a build/ folder copied from a machine with nvcc):
-#   1. the CUDA tests (test_cuda: every op, AdamW/EMA and the tiny models' steps against the CPU;
-#      test_train_cuda: GPU and CPU runs resume each other's checkpoints);
-#   2. `ldmc bench train` on the SDXL base UNet, batch 8 at 1024x1024, with gradient
-#      checkpointing (without it the step's activations need ~158 GiB: see docs/benchmarks.md),
-#      its time per op kind, and a dry run that prints the memory plan;
-#   3. bench/sdxl_train_torch.py: PyTorch's step of the same UNet on the same card, eager (and
-#      compiled with --compile-too), with its top kernels.
-# Everything goes to OUT (default gpu-results/): the logs and one JSON per benchmark.
+# The GPU checks as one prepared run of at most 10 minutes, on a machine with an NVIDIA GPU, from
+# the repository root after a CUDA build (./scripts/setup.sh, or a build folder made elsewhere and
+# carried: ldmc, tests/test_cuda, tests/test_train_cuda and gpu-libs/ or gpu-libs.tar.gz from
+# scripts/gpu_bundle.sh, see docs/gpu.md):
+#   0. the environment (env.txt): nvidia-smi, the driver, `ldd` of every binary through its
+#      RUNPATH alone (a library "not found" is said loudly, and LD_LIBRARY_PATH then gets the
+#      cuDNN and NCCL of a PyTorch venv as a fallback), `ldmc info` (CUDA, cuBLAS, cuDNN, NCCL
+#      versions as loaded and as built), PyTorch's versions;
+#   1. test_cuda with CUDA_LAUNCH_BLOCKING=1 (a failing kernel is named at its launch): every op,
+#      AdamW/EMA and the tiny models' steps against the CPU;
+#   2. `ldmc bench train` on the SDXL base UNet, batch 8 at 1024x1024, without gradient
+#      checkpointing as PyTorch's eager step (the memory plan: 31.2 GiB of activations, 74.2 GiB
+#      in all: docs/benchmarks.md; with less than that free it runs with checkpointing instead),
+#      its time per op kind (--profile) and cuDNN's plan for every convolution shape
+#      (LDMC_CONV_LOG=1, in ldmc-bench.err), after a dry run that prints the memory plan;
+#   3. bench/sdxl_train_torch.py: PyTorch's eager step of the same UNet on the same card (and
+#      compiled with --compile-too, which does not fit the 10 minutes), with its top kernels;
+#   4. test_train_cuda with CUDA_LAUNCH_BLOCKING=1: GPU and CPU runs resume each other's
+#      checkpoints (last: its CPU runs make it the slowest, and the budget may cut it).
+# Every step runs under `timeout`, within a budget for the whole run (default 540 s, leaving a
+# cold start's extra time within 10 minutes); summary.txt has each step's exit status and time.
+# Everything goes to OUT: $OUT when set (the device runner's folder), else the argument, else
+# gpu-results/.
 #
-# Usage: scripts/gpu_check.sh [OUT] [--quick] [--compile-too]
-#   --quick: the tests and a batch-2 benchmark only (a few minutes on an H100)
-# Environment: BUILD (default build), PYTHON (default python3), and LD_LIBRARY_PATH is extended
-# with the cuDNN and NCCL of a PyTorch venv at /opt/torch/.venv when present.
+# Usage: scripts/gpu_check.sh [OUT] [--quick] [--compile-too] [--budget SECONDS]
+#   --quick: the tests and a batch-2 benchmark only
+# Environment: BUILD (default build), PYTHON (default /opt/torch/.venv/bin/python when present,
+# else python3), OUT.
 set -u
-out=gpu-results
+start=$(date +%s)
+exec 3>&1 # the console, for the steps' status lines
+out=${OUT:-}
+arg_out=gpu-results
 quick=0
 compile=0
-for a in "$@"; do
-    case "$a" in
+budget=540
+while [ $# -gt 0 ]; do
+    case "$1" in
     --quick) quick=1 ;;
     --compile-too) compile=1 ;;
-    -*) echo "usage: scripts/gpu_check.sh [OUT] [--quick] [--compile-too]" >&2; exit 2 ;;
-    *) out=$a ;;
+    --budget) budget=${2:?--budget needs seconds}; shift ;;
+    -*) echo "usage: scripts/gpu_check.sh [OUT] [--quick] [--compile-too] [--budget S]" >&2
+        exit 2 ;;
+    *) arg_out=$1 ;;
     esac
+    shift
 done
+[ -n "$out" ] || out=$arg_out
 build=${BUILD:-build}
-python=${PYTHON:-python3}
+venv=/opt/torch/.venv
+if [ -n "${PYTHON:-}" ]; then python=$PYTHON
+elif [ -x "$venv/bin/python" ]; then python=$venv/bin/python
+else python=python3; fi
 root=$(pwd)
+case "$build" in /*) build_abs=$build ;; *) build_abs=$root/$build ;; esac
 mkdir -p "$out"
-venv=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
-for d in "$venv/cudnn/lib" "$venv/nccl/lib" "$root/$build/gpu-libs"; do
-    [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
-export LD_LIBRARY_PATH
+summary="$out/summary.txt"
+: > "$summary"
 # a build copied from another checkout finds this one's configs, data and CLI
-export LDMC_CONFIG_DIR="$root/configs" LDMC_TEST_DATA="$root/tests/ref/data" LDMC_CLI="$root/$build/ldmc"
+export LDMC_CONFIG_DIR="$root/configs" LDMC_TEST_DATA="$root/tests/ref/data" \
+    LDMC_CLI="$build_abs/ldmc"
 
 status=0
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-"$build/ldmc" info > "$out/ldmc-info.txt" 2>&1
-
-echo "== CUDA tests"
-for t in test_cuda test_train_cuda; do
-    "$build/tests/$t" > "$out/$t.log" 2>&1
+# step NAME SECONDS command...: runs it under timeout, capped by what is left of the budget
+# (keeping 5 s to finish); records its exit status and time; 124 is a timeout.
+step() {
+    name=$1 limit=$2
+    shift 2
+    left=$((start + budget - $(date +%s) - 5))
+    [ "$limit" -gt "$left" ] && limit=$left
+    if [ "$limit" -lt 5 ]; then
+        echo "$name: skipped, the budget of ${budget}s is spent" | tee -a "$summary" >&3
+        status=1
+        return 1
+    fi
+    t0=$(date +%s)
+    timeout -k 5 "$limit" "$@"
     rc=$?
-    echo "$t: exit $rc ($(tail -n 1 "$out/$t.log"))"
-    [ $rc -eq 77 ] && echo "  (77: no CUDA device visible; the checks below will fail too)"
-    [ $rc -ne 0 ] && status=1
-done
+    t=$(($(date +%s) - t0))
+    note=""
+    [ $rc -eq 124 ] && note=" (timed out after ${limit}s)"
+    [ $rc -eq 77 ] && note=" (77: skipped, no CUDA device visible)"
+    echo "$name: exit $rc in ${t}s$note" | tee -a "$summary" >&3
+    [ $rc -eq 0 ] || status=1
+    return $rc
+}
 
+# ---- 0. the environment -------------------------------------------------------------------------
+# a carried build brings its non-CUDA libraries packed (scripts/gpu_bundle.sh)
+if [ ! -d "$build/gpu-libs" ] && [ -f "$build/gpu-libs.tar.gz" ]; then
+    tar -C "$build" -xzf "$build/gpu-libs.tar.gz" && echo "unpacked $build/gpu-libs.tar.gz"
+fi
+env_file="$out/env.txt"
+{
+    echo "== date, host"; date -u; uname -a
+    echo "== nvidia-smi"; timeout 20 nvidia-smi 2>&1
+    echo "== driver"
+    timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.max.sm \
+        --format=csv 2>&1
+    cat /proc/driver/nvidia/version 2>&1
+    echo "== CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-(unset)}" \
+        "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-(unset)}"
+} > "$env_file" 2>&1
+missing=0
+for b in ldmc tests/test_cuda tests/test_train_cuda; do
+    {
+        echo "== ldd $build/$b (RUNPATH: $(readelf -d "$build/$b" 2>/dev/null |
+            sed -n 's/.*R\(UN\)\{0,1\}PATH.*\[\(.*\)\]/\2/p'))"
+        env -u LD_LIBRARY_PATH ldd "$build/$b" 2>&1
+    } >> "$env_file"
+    if [ ! -x "$build/$b" ] ||
+        env -u LD_LIBRARY_PATH ldd "$build/$b" 2>&1 | grep -q "not found"; then
+        missing=1
+        echo "!! $build/$b: MISSING or a library NOT FOUND through its RUNPATH:" |
+            tee -a "$env_file"
+        env -u LD_LIBRARY_PATH ldd "$build/$b" 2>&1 | grep "not found" | tee -a "$env_file"
+    fi
+done
+if [ $missing -eq 1 ]; then
+    status=1
+    for d in "$venv"/lib/python3*/site-packages/nvidia/cudnn/lib \
+        "$venv"/lib/python3*/site-packages/nvidia/nccl/lib; do
+        [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    done
+    export LD_LIBRARY_PATH
+    echo "!! falling back to LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" | tee -a "$env_file"
+fi
+{
+    echo "== ldmc info"; timeout 30 "$build/ldmc" info 2>&1
+    echo "== PyTorch ($python)"
+    timeout 60 "$python" -c 'import torch; print("torch", torch.__version__, "CUDA",
+torch.version.cuda, "cuDNN", torch.backends.cudnn.version(), "NCCL",
+".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else "-",
+"device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")' 2>&1
+} >> "$env_file"
+echo "== environment: $env_file"
+grep -E "^(CUDA|cuBLAS|cuDNN|NCCL): |^  (device|no device)|^torch " "$env_file"
+echo "env: $(($(date +%s) - start))s" >> "$summary"
+
+# ---- 1. the kernels against the CPU ------------------------------------------------------------
+echo "== test_cuda (CUDA_LAUNCH_BLOCKING=1)"
+step test_cuda 150 env CUDA_LAUNCH_BLOCKING=1 "$build/tests/test_cuda" > "$out/test_cuda.log" 2>&1
+tail -n 2 "$out/test_cuda.log"
+
+# ---- 2. ldmc's SDXL step ------------------------------------------------------------------------
 batch=8
 [ $quick -eq 1 ] && batch=2
 echo "== ldmc bench train (batch $batch, 1024x1024)"
-"$build/ldmc" bench train --config sdxl_base --batch $batch --res 1024 --dry-run --device cuda \
-    > "$out/ldmc-plan.txt" 2>&1
-"$build/ldmc" bench train --config sdxl_base --batch $batch --res 1024 --device cuda \
-    --gradient-checkpointing --profile \
-    --reps 5 --warmup 2 --json > "$out/ldmc-bench.json" 2> "$out/ldmc-bench.err" || status=1
+step ldmc-plan 40 "$build/ldmc" bench train --config sdxl_base --batch $batch --res 1024 \
+    --dry-run --device cuda > "$out/ldmc-plan.txt" 2>&1
+ckpt=""
+if command -v nvidia-smi >/dev/null; then # the plan's 74.2 GiB and ~3 GiB for workspace, libraries
+    free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits | head -n 1)
+    [ "${free_mib:-0}" -lt 79000 ] && ckpt=--gradient-checkpointing
+fi
+[ -n "$ckpt" ] && echo "  (less than 77 GiB free: with gradient checkpointing)"
+step ldmc-bench 180 env LDMC_CONV_LOG=1 "$build/ldmc" bench train --config sdxl_base \
+    --batch $batch --res 1024 --device cuda $ckpt --profile --reps 5 \
+    --warmup 2 --json > "$out/ldmc-bench.json" 2> "$out/ldmc-bench.err"
 cat "$out/ldmc-bench.json"
+grep -c "cuDNN algorithm" "$out/ldmc-bench.err" | sed 's/^/conv plans logged: /'
 
-echo "== PyTorch (same card, same run)"
-"$python" bench/sdxl_train_torch.py --batch $batch --res 1024 --steps 5 --warmup 2 --profile --json \
-    > "$out/torch-eager.json" 2> "$out/torch-eager.err" || status=1
+# ---- 3. PyTorch on the same card ----------------------------------------------------------------
+echo "== PyTorch eager (same card, same run)"
+step torch-eager 150 "$python" bench/sdxl_train_torch.py --device cuda --batch $batch --res 1024 \
+    --steps 5 --warmup 2 --profile --json > "$out/torch-eager.json" 2> "$out/torch-eager.err"
 cat "$out/torch-eager.json"
 if [ $compile -eq 1 ]; then
-    "$python" bench/sdxl_train_torch.py --batch $batch --res 1024 --steps 5 --warmup 3 --compile \
-        --json > "$out/torch-compile.json" 2> "$out/torch-compile.err" || status=1
+    step torch-compile 400 "$python" bench/sdxl_train_torch.py --device cuda --batch $batch \
+        --res 1024 --steps 5 --warmup 3 --compile --json > "$out/torch-compile.json" \
+        2> "$out/torch-compile.err"
     cat "$out/torch-compile.json"
 fi
+
+# ---- 4. the GPU trainer -------------------------------------------------------------------------
+echo "== test_train_cuda (CUDA_LAUNCH_BLOCKING=1)"
+step test_train_cuda 200 env CUDA_LAUNCH_BLOCKING=1 "$build/tests/test_train_cuda" \
+    > "$out/test_train_cuda.log" 2>&1
+tail -n 2 "$out/test_train_cuda.log"
+echo "total: $(($(date +%s) - start))s, status $status" | tee -a "$summary"
 exit $status

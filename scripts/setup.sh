@@ -14,6 +14,7 @@ libyaml-dev libcjson-dev libturbojpeg0-dev libpng-dev libhdf5-dev libstb-dev
 libprotobuf-c-dev protobuf-c-compiler libisal-dev libutf8proc-dev zlib1g-dev libzip-dev
 liblapacke-dev
 libopenmpi-dev openmpi-bin
+patchelf
 python3 python3-numpy"
 case "${1:-}" in
     --reference) packages="$packages python3 python3-numpy python3-torch python3-pil python3-regex

@@ -28,6 +28,20 @@ expect_status 0 "$ldmc" info
 for field in "build:" "threads:" "OpenBLAS:" "libraries:" "libjpeg-turbo" "HDF5" "libyaml" "cJSON"; do
     grep -q "$field" /tmp/ldmc_cli_out.$$ || fail "ldmc info lacks '$field'"
 done
+# the GPU side: the CUDA runtime and driver with the devices or why there is none (an old driver
+# shows here), cuBLAS, cuDNN and NCCL as loaded and as built against; a CPU build says it has none
+grep -q "^CUDA: " /tmp/ldmc_cli_out.$$ || fail "ldmc info lacks the CUDA line"
+if grep -q "^build:       CUDA on" /tmp/ldmc_cli_out.$$; then
+    for field in "^CUDA: .*runtime [0-9.]*.*driver" "^cuBLAS: .*(built with " "^cuDNN: " \
+        "^NCCL: "; do
+        grep -q "$field" /tmp/ldmc_cli_out.$$ || fail "ldmc info (CUDA build) lacks '$field'"
+    done
+    grep -qE "^  device 0: |^  no device: [^ ]" /tmp/ldmc_cli_out.$$ ||
+        fail "ldmc info names neither a device nor why there is none"
+else
+    grep -q "^CUDA:  *not in this build" /tmp/ldmc_cli_out.$$ ||
+        fail "a CPU build's ldmc info does not say it has no CUDA"
+fi
 LDMC_THREADS=1 "$ldmc" info | grep -q "threads:     1 " || fail "LDMC_THREADS=1 not honoured"
 expect_status 2 "$ldmc" info --bogus
 

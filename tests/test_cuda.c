@@ -5,6 +5,8 @@
 //   - every op of src/ops through the op API, forward and the gradient of every input, on the
 //     same inputs (f32 values that bf16 holds exactly, so both devices start from identical
 //     numbers) with SDXL's channel counts at small spatial sizes;
+//   - attention and the convolutions in many chunks and slices (bounds lowered on small
+//     tensors) against the CPU and against themselves under the default bounds;
 //   - AdamW, EMA and the gradient norm over the flat buffers;
 //   - a training step of the tiny UNet (class- and text-conditioned) and the tiny VAE.
 //
@@ -243,9 +245,9 @@ typedef enum { IN_BF16, IN_F32, IN_LABELS, IN_F32_CONST } in_kind;
 typedef struct op_input {
     int ndim;
     int64_t shape[4];
-    in_kind kind;   // BF16: an activation (bf16 on the GPU); F32: f32 on both (timesteps, a
-                    // loss target); LABELS: I64 in [0, label_max); F32_CONST: f32, no gradient
-    double scale;   // values uniform in [-scale, scale) + shift
+    in_kind kind; // BF16: an activation (bf16 on the GPU); F32: f32 on both (timesteps, a
+                  // loss target); LABELS: I64 in [0, label_max); F32_CONST: f32, no gradient
+    double scale; // values uniform in [-scale, scale) + shift
     double shift;
     int label_max;
 } op_input;
@@ -263,10 +265,14 @@ typedef struct op_case {
     bool upstream_like_output;
 } op_case;
 
-#define T4(a, b, c, d) 4, {a, b, c, d}
-#define T3(a, b, c) 3, {a, b, c}
-#define T2(a, b) 2, {a, b}
-#define T1(a) 1, {a}
+#define T4(a, b, c, d)                                                                             \
+    4, { a, b, c, d }
+#define T3(a, b, c)                                                                                \
+    3, { a, b, c }
+#define T2(a, b)                                                                                   \
+    2, { a, b }
+#define T1(a)                                                                                      \
+    1, { a }
 
 static ldmc_tensor *run_linear(ldmc_ctx *c, ldmc_tensor **in) {
     return ldmc_linear(c, in[0], in[1], in[2]);
@@ -303,7 +309,9 @@ static ldmc_tensor *run_layer_norm(ldmc_ctx *c, ldmc_tensor **in) {
 }
 static ldmc_tensor *run_silu(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_silu(c, in[0]); }
 static ldmc_tensor *run_gelu(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_gelu(c, in[0], false); }
-static ldmc_tensor *run_quick_gelu(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_quick_gelu(c, in[0]); }
+static ldmc_tensor *run_quick_gelu(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_quick_gelu(c, in[0]);
+}
 static ldmc_tensor *run_gelu_tanh(ldmc_ctx *c, ldmc_tensor **in) {
     return ldmc_gelu(c, in[0], true);
 }
@@ -317,6 +325,9 @@ static ldmc_tensor *run_attention1(ldmc_ctx *c, ldmc_tensor **in) {
 }
 static ldmc_tensor *run_causal_attention12(ldmc_ctx *c, ldmc_tensor **in) {
     return ldmc_causal_attention(c, in[0], in[1], in[2], 12);
+}
+static ldmc_tensor *run_causal_attention2(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_causal_attention(c, in[0], in[1], in[2], 2);
 }
 static ldmc_tensor *run_concat_rows(ldmc_ctx *c, ldmc_tensor **in) {
     return ldmc_concat_rows(c, in, 2);
@@ -369,7 +380,9 @@ static ldmc_tensor *run_max_pool(ldmc_ctx *c, ldmc_tensor **in) {
 static ldmc_tensor *run_timestep(ldmc_ctx *c, ldmc_tensor **in) {
     return ldmc_timestep_embedding(c, in[0], 320, 10000);
 }
-static ldmc_tensor *run_mse(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_mse_loss(c, in[0], in[1]); }
+static ldmc_tensor *run_mse(ldmc_ctx *c, ldmc_tensor **in) {
+    return ldmc_mse_loss(c, in[0], in[1]);
+}
 static ldmc_tensor *run_l1(ldmc_ctx *c, ldmc_tensor **in) { return ldmc_l1_loss(c, in[0], in[1]); }
 static ldmc_tensor *run_mse_weighted(ldmc_ctx *c, ldmc_tensor **in) {
     return ldmc_mse_loss_weighted(c, in[0], in[1], (const float[]){0.5f, 2.0f});
@@ -378,8 +391,10 @@ static ldmc_tensor *run_scale_rows(ldmc_ctx *c, ldmc_tensor **in) {
     return ldmc_scale_rows(c, in[0], (const float[]){0.0f, 1.5f});
 }
 
-#define ACT(...) {__VA_ARGS__, IN_BF16, 1, 0, 0}
-#define F32IN(...) {__VA_ARGS__, IN_F32, 1, 0, 0}
+#define ACT(...)                                                                                   \
+    { __VA_ARGS__, IN_BF16, 1, 0, 0 }
+#define F32IN(...)                                                                                 \
+    { __VA_ARGS__, IN_F32, 1, 0, 0 }
 
 static const op_case op_cases[] = {
     {"linear 320->640, 77 tokens",
@@ -573,23 +588,25 @@ static op_result run_op(ldmc_ctx *ctx, const op_case *c, void **host, const floa
     return r;
 }
 
-static void test_ops_match_the_cpu(void) {
-    const op_case *c = test_arg;
-    void *host[MAX_IN];
+static void free_result(op_result *r, int n_in) {
+    for (int i = 0; i < n_in; i++)
+        free(r->grad[i]);
+    free(r->out);
+}
+
+// The case's inputs (host[i]) and the upstream gradient: random, the same on both devices (sized
+// by a CPU dry pass), or like the output (op_case.upstream_like_output).
+static float *case_inputs(const op_case *c, void **host) {
     for (int i = 0; i < c->n_in; i++)
         host[i] = make_input(&c->in[i], ldmc_shape_numel(c->in[i].ndim, c->in[i].shape),
                              100 + (uint64_t)i);
-    ldmc_ctx cpu, gpu;
-    test_ctx_init(&cpu);
-    gpu_ctx_init(&gpu);
-    // the upstream gradient: random, the same on both devices (sized by a CPU dry pass)
     ldmc_tensor *probe_in[MAX_IN];
     ldmc_ctx probe;
     ldmc_ctx_init_dry_run(&probe, (size_t)1 << 34);
     for (int i = 0; i < c->n_in; i++)
-        probe_in[i] = ldmc_input(&probe, c->in[i].kind == IN_LABELS ? LDMC_I64 : LDMC_F32,
-                                 c->in[i].ndim, c->in[i].shape, host[i],
-                                 c->in[i].kind == IN_LABELS ? LDMC_I64 : LDMC_F32);
+        probe_in[i] =
+            ldmc_input(&probe, c->in[i].kind == IN_LABELS ? LDMC_I64 : LDMC_F32, c->in[i].ndim,
+                       c->in[i].shape, host[i], c->in[i].kind == IN_LABELS ? LDMC_I64 : LDMC_F32);
     int64_t n_out = ldmc_numel(c->run(&probe, probe_in));
     ldmc_ctx_free(&probe);
     float *up = malloc((size_t)n_out * sizeof *up);
@@ -612,32 +629,158 @@ static void test_ops_match_the_cpu(void) {
             up[i] = out[i] + 0.5f * rms * up[i];
         ldmc_ctx_free(&fwd);
     }
+    return up;
+}
 
-    op_result want = run_op(&cpu, c, host, up), got = run_op(&gpu, c, host, up);
-    double rtol = bf16_rtol(c->factor);
-    char what[160];
-    REQUIRE(want.n_out == got.n_out, "%s: %lld outputs on the GPU, %lld on the CPU", c->name,
-            (long long)got.n_out, (long long)want.n_out);
-    snprintf(what, sizeof what, "%s forward", c->name);
-    CHECK_CLOSE(what, got.out, want.out, NULL, want.n_out, rtol);
+// got against want within rtol: the output and every input's gradient. `how` names the pair.
+static void check_results(const op_case *c, const char *how, const op_result *got,
+                          const op_result *want, double rtol) {
+    char what[200];
+    REQUIRE(want->n_out == got->n_out, "%s%s: %lld outputs, %lld wanted", c->name, how,
+            (long long)got->n_out, (long long)want->n_out);
+    snprintf(what, sizeof what, "%s forward%s", c->name, how);
+    CHECK_CLOSE(what, got->out, want->out, NULL, want->n_out, rtol);
     for (int i = 0; i < c->n_in; i++) {
-        CHECK(!want.grad[i] == !got.grad[i], "%s: input %d has a gradient on one device only",
-              c->name, i);
-        if (!want.grad[i] || !got.grad[i]) continue;
-        snprintf(what, sizeof what, "%s gradient of input %d", c->name, i);
-        CHECK_CLOSE(what, got.grad[i], want.grad[i], NULL,
+        CHECK(!want->grad[i] == !got->grad[i], "%s%s: input %d has a gradient on one side only",
+              c->name, how, i);
+        if (!want->grad[i] || !got->grad[i]) continue;
+        snprintf(what, sizeof what, "%s gradient of input %d%s", c->name, i, how);
+        CHECK_CLOSE(what, got->grad[i], want->grad[i], NULL,
                     ldmc_shape_numel(c->in[i].ndim, c->in[i].shape), rtol);
     }
-    for (int i = 0; i < c->n_in; i++) {
+}
+
+static void test_ops_match_the_cpu(void) {
+    const op_case *c = test_arg;
+    void *host[MAX_IN];
+    float *up = case_inputs(c, host);
+    ldmc_ctx cpu, gpu;
+    test_ctx_init(&cpu);
+    gpu_ctx_init(&gpu);
+    op_result want = run_op(&cpu, c, host, up), got = run_op(&gpu, c, host, up);
+    check_results(c, "", &got, &want, bf16_rtol(c->factor));
+    for (int i = 0; i < c->n_in; i++)
         free(host[i]);
-        free(want.grad[i]);
-        free(got.grad[i]);
-    }
-    free(want.out);
-    free(got.out);
+    free_result(&want, c->n_in);
+    free_result(&got, c->n_in);
     free(up);
     ldmc_ctx_free(&cpu);
     ldmc_ctx_free(&gpu);
+}
+
+// ---- chunks and slices ------------------------------------------------------------------------
+// Attention runs over chunks of queries and the convolutions' implicit GEMM over chunks of output
+// pixels, each chunk's temporaries within a byte bound; a convolution whose input or output has
+// 2^31 values or more runs as slices along N. Lowered bounds (ldmc_cuda_set_chunk_bytes,
+// ldmc_cuda_set_conv_slice_elements) cut small tensors into several pieces, the last one ragged:
+// the results must match the CPU's, and the GPU's under the default bounds (one piece; attention:
+// chunks of 64 queries). Each case gives the pieces its bound makes (kernels/attention.cu's
+// query_chunk, kernels/conv.cu's gemm_chunk_rows and slice_count). The emulation has no pieces
+// (there the cases repeat the op tests); on a GPU, a convolution whose channels are multiples of 8
+// takes cuDNN, which is sliced but not chunked.
+typedef struct piece_case {
+    op_case op;
+    size_t attention_bytes, conv_bytes; // 0: the default
+    int64_t slice_elements;             // 0: the default
+} piece_case;
+
+static const piece_case piece_cases[] = {
+    // a score row: 10 heads x ld 80 x 6 bytes forward, 12 backward: queries in chunks of 32
+    // (32, 32, 32, 4) forward and of 16 (6 x 16, 4) backward
+    {{"cross-attention 10 heads, 77 keys, in chunks of queries",
+      run_attention10,
+      3,
+      {ACT(T3(2, 100, 640)), ACT(T3(2, 77, 640)), ACT(T3(2, 77, 640))},
+      8,
+      true},
+     153600,
+     0,
+     0},
+    // 2 heads x ld 80 x 6 (12) bytes: chunks of 25 (25, 25, 25, 2) and 12 (6 x 12, 5) queries;
+    // the mask follows each chunk's first query
+    {{"causal self-attention 2 heads x 64, 77 tokens, in chunks of queries",
+      run_causal_attention2,
+      3,
+      {ACT(T3(2, 77, 128)), ACT(T3(2, 77, 128)), ACT(T3(2, 77, 128))},
+      8,
+      false},
+     24000,
+     0,
+     0},
+    // K = 27: 54 bytes a pixel forward, 27 x 6 + 128 x 2 = 418 backward: 512 pixels in chunks of
+    // 148 (3 x 148, 68) and 19 (26 x 19, 18)
+    {{"conv2d 3x3 3->128, implicit GEMM in chunks of pixels",
+      run_conv3,
+      3,
+      {ACT(T4(2, 16, 16, 3)), ACT(T4(128, 3, 3, 3)), ACT(T1(128))},
+      4,
+      false},
+     0,
+     8000,
+     0},
+    // K = 1152: 2304 bytes a pixel forward, 7168 backward: 70 pixels in chunks of 20 (3 x 20,
+    // 10) and 6 (11 x 6, 4); stride 2 and asymmetric padding
+    {{"conv2d VAE downsample pads (0,1,0,1), implicit GEMM in chunks of pixels",
+      run_conv_vae_down,
+      3,
+      {ACT(T4(2, 10, 14, 128)), ACT(T4(128, 3, 3, 128)), ACT(T1(128))},
+      4,
+      false},
+     0,
+     46080,
+     0},
+    // a sample's padded input is 11 x 15 x 128 = 21120 values: 5 samples in slices of 2, 2, 1
+    {{"conv2d VAE downsample pads (0,1,0,1), 5 samples in slices along N",
+      run_conv_vae_down,
+      3,
+      {ACT(T4(5, 10, 14, 128)), ACT(T4(128, 3, 3, 128)), ACT(T1(128))},
+      4,
+      false},
+     0,
+     0,
+     2 * 21120},
+    // a sample's output is 16 x 16 x 128 = 32768 values: slices of 2, 2, 1
+    {{"conv2d 3x3 3->128, 5 samples in slices along N",
+      run_conv3,
+      3,
+      {ACT(T4(5, 16, 16, 3)), ACT(T4(128, 3, 3, 3)), ACT(T1(128))},
+      4,
+      false},
+     0,
+     0,
+     2 * 32768},
+};
+
+// Against the GPU under the default bounds, the same arithmetic in other groupings: a GEMM of
+// another shape may sum in another order (cuBLAS picks its kernel by shape), dk, dv and dw add the
+// pieces one by one (with cuDNN, each slice's dw rounded to bf16 first), and a bf16 output or
+// probability may round one step the other way: factor 2.
+static void test_pieces_match_the_default(void) {
+    const piece_case *k = test_arg;
+    const op_case *c = &k->op;
+    void *host[MAX_IN];
+    float *up = case_inputs(c, host);
+    ldmc_ctx cpu, usual_ctx, pieces;
+    test_ctx_init(&cpu);
+    gpu_ctx_init(&usual_ctx);
+    gpu_ctx_init(&pieces);
+    op_result want = run_op(&cpu, c, host, up), usual = run_op(&usual_ctx, c, host, up);
+    ldmc_cuda_set_chunk_bytes(k->attention_bytes, k->conv_bytes);
+    ldmc_cuda_set_conv_slice_elements(k->slice_elements);
+    op_result got = run_op(&pieces, c, host, up);
+    ldmc_cuda_set_chunk_bytes(0, 0);
+    ldmc_cuda_set_conv_slice_elements(0);
+    check_results(c, "", &got, &want, bf16_rtol(c->factor));
+    check_results(c, " (against the default pieces)", &got, &usual, bf16_rtol(2));
+    for (int i = 0; i < c->n_in; i++)
+        free(host[i]);
+    free_result(&want, c->n_in);
+    free_result(&usual, c->n_in);
+    free_result(&got, c->n_in);
+    free(up);
+    ldmc_ctx_free(&cpu);
+    ldmc_ctx_free(&usual_ctx);
+    ldmc_ctx_free(&pieces);
 }
 
 // ---- the optimizer over the flat buffers --------------------------------------------------------
@@ -769,8 +912,8 @@ static double unet_step(ldmc_ctx *ctx, ldmc_unet *u, int B, int H, int W) {
         int k = ldmc_vector_part_scalars(part);
         if (!k) {
             pooled = bf16_exact((int64_t)B * c->pooled_dim, 3, 1);
-            parts[part] = ldmc_input(ctx, ctx->act_dtype, 2, (int64_t[]){B, c->pooled_dim},
-                                     pooled, LDMC_F32);
+            parts[part] =
+                ldmc_input(ctx, ctx->act_dtype, 2, (int64_t[]){B, c->pooled_dim}, pooled, LDMC_F32);
         } else {
             parts[part] = ldmc_input(ctx, LDMC_F32, 2, (int64_t[]){B, k},
                                      part == LDMC_VECTOR_CROP_COORDS ? crops : sizes, LDMC_F32);
@@ -781,8 +924,8 @@ static double unet_step(ldmc_ctx *ctx, ldmc_unet *u, int B, int H, int W) {
         cond.class_labels = ldmc_input(ctx, LDMC_I64, 1, (int64_t[]){B}, labels, LDMC_I64);
     } else if (c->context_dim) {
         ctxv = bf16_exact((int64_t)B * 77 * c->context_dim, 4, 1);
-        cond.context = ldmc_input(ctx, ctx->act_dtype, 3, (int64_t[]){B, 77, c->context_dim},
-                                  ctxv, LDMC_F32);
+        cond.context =
+            ldmc_input(ctx, ctx->act_dtype, 3, (int64_t[]){B, 77, c->context_dim}, ctxv, LDMC_F32);
     }
     int64_t shape[4] = {B, H, W, c->in_channels};
     ldmc_tensor *xin = ldmc_input(ctx, ctx->act_dtype, 4, shape, x, LDMC_F32);
@@ -932,7 +1075,8 @@ static void test_text_encoders_match_the_cpu(void) {
         double ratio, cos = cosine(b, a, (size_t)n_out, &ratio);
         CHECK(cos >= 0.999 && fabs(ratio - 1) <= 0.01,
               "text encoder %d outputs: cosine %.5f, norm ratio %.4f", k, cos, ratio);
-        CHECK(fabs(l_gpu - l_cpu) <= 0.03 * (fabs(l_cpu) + 1), "text encoder %d loss: CPU %.5f, GPU %.5f", k, l_cpu, l_gpu);
+        CHECK(fabs(l_gpu - l_cpu) <= 0.03 * (fabs(l_cpu) + 1),
+              "text encoder %d loss: CPU %.5f, GPU %.5f", k, l_cpu, l_gpu);
         size_t n = cpu_e.params.total;
         float *g = malloc(n * sizeof *g);
         ldmc_cuda_to_host(g, gpu_e.params.device[LDMC_ROLE_GRAD], n * sizeof *g);
@@ -978,13 +1122,17 @@ int main(int argc, char **argv) {
     }
     ldmc_cuda_print_info(stdout);
     enum { N_OPS = sizeof op_cases / sizeof op_cases[0] };
-    static test_entry tests[9 + N_OPS];
+    enum { N_PIECES = sizeof piece_cases / sizeof piece_cases[0] };
+    static test_entry tests[9 + N_OPS + N_PIECES];
     int n = 0;
     tests[n++] = (test_entry)TEST_ENTRY(test_philox_streams_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_bf16_conversions_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_diffusion_ops_match_the_cpu);
     for (int i = 0; i < N_OPS; i++)
         tests[n++] = (test_entry){op_cases[i].name, test_ops_match_the_cpu, &op_cases[i]};
+    for (int i = 0; i < N_PIECES; i++)
+        tests[n++] =
+            (test_entry){piece_cases[i].op.name, test_pieces_match_the_default, &piece_cases[i]};
     tests[n++] = (test_entry)TEST_ENTRY(test_adamw_ema_and_norm_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_class_step_matches_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_text_step_matches_the_cpu);

@@ -1431,16 +1431,61 @@ static void test_gpu_vae_task(void) {
           (long long)r.steps, r.last_loss);
 }
 
+// A GPU context reserves the workspace at its maximum before it measures the memory its arena
+// takes, leaving the headroom free; staging within the reservation leaves it as it is, and a
+// request beyond it grows it (said on stderr) rather than failing.
+static void test_gpu_workspace_reserved_up_front(void) {
+    ldmc_ctx ctx;
+    size_t free_b = 0;
+    REQUIRE(ldmc_ctx_init_gpu_free(&ctx, (size_t)64 << 20, &free_b) == 0,
+            "a GPU context: %.1f GiB free", (double)free_b / (1 << 30));
+    size_t reserved = ldmc_gpu_workspace_reserved(),
+           max = ldmc_gpu_workspace_max(LDMC_GPU_LARGEST_DEFAULT);
+    CHECK(reserved >= max && reserved < max + ((size_t)1 << 20),
+          "%zu bytes reserved for a maximum of %zu", reserved, max);
+    CHECK(ldmc_gpu_workspace_bytes() == reserved, "workspace %zu, reserved %zu",
+          ldmc_gpu_workspace_bytes(), reserved);
+    size_t used, total;
+    ldmc_gpu_memory(&used, &total);
+    size_t left = total - used, headroom = ldmc_gpu_headroom(total), slack = (size_t)64 << 20;
+    CHECK(left + slack > headroom && left < headroom + slack,
+          "%.3f GiB left free beside the arena, want the headroom %.3f GiB",
+          (double)left / (1 << 30), (double)headroom / (1 << 30));
+    // a bf16 read stages f32 values in the workspace: with 8 MiB reserved, 1 Mi values fit and
+    // 4 Mi values grow it
+    ldmc_gpu_workspace_reserve((size_t)8 << 20);
+    int64_t small = (int64_t)1 << 20, large = (int64_t)4 << 20;
+    float *host = malloc((size_t)large * sizeof *host);
+    REQUIRE(host, "no memory for %lld floats", (long long)large);
+    ldmc_tensor *t = ldmc_new(&ctx, LDMC_BF16, 1, &small);
+    ldmc_gpu_zero(t->data, ldmc_nbytes(t));
+    ldmc_read_f32(t, host);
+    CHECK(ldmc_gpu_workspace_bytes() == ((size_t)8 << 20), "a read within it: workspace %zu",
+          ldmc_gpu_workspace_bytes());
+    ldmc_tensor *big = ldmc_new(&ctx, LDMC_BF16, 1, &large);
+    ldmc_gpu_zero(big->data, ldmc_nbytes(big));
+    host[large - 1] = 1.0f;
+    ldmc_read_f32(big, host);
+    CHECK(ldmc_gpu_workspace_bytes() == (size_t)large * 4 && host[large - 1] == 0.0f,
+          "a read beyond the reservation: workspace %zu, want %zu", ldmc_gpu_workspace_bytes(),
+          (size_t)large * 4);
+    CHECK(ldmc_gpu_workspace_reserved() == ((size_t)8 << 20), "reserved %zu",
+          ldmc_gpu_workspace_reserved());
+    free(host);
+    ldmc_ctx_free(&ctx);
+}
+
 // The program runs the CPU tests (test_train, label cpu) or, built with LDMC_TEST_CUDA, the GPU
 // trainer's (test_train_cuda, label cuda; skipped without a device).
 int main(int argc, char **argv) {
     static const test_entry gpu_tests[] = {
         TEST_ENTRY(test_gpu_and_cpu_resume_each_other),
         TEST_ENTRY(test_gpu_vae_task),
+        TEST_ENTRY(test_gpu_workspace_reserved_up_front),
     };
 #ifdef LDMC_TEST_CUDA
     if (!ldmc_gpu_available()) {
-        printf("no CUDA device: skipped\n");
+        printf("no CUDA device: skipped (%s)\n", ldmc_gpu_unavailable_reason());
         return 77;
     }
     return test_main(argc, argv, gpu_tests, (int)(sizeof gpu_tests / sizeof gpu_tests[0]));

@@ -422,6 +422,9 @@ void ldmc_cuda_layer_norm_backward(float *dx, float *dgamma, float *dbeta, const
 
 // ---- attention -------------------------------------------------------------------------------------
 
+// The CPU twins compute in one piece: there are no chunks to bound.
+void ldmc_cuda_set_chunk_bytes(size_t attention, size_t conv) { (void)attention, (void)conv; }
+
 void ldmc_cuda_attention_forward(uint16_t *o, float *lse, const uint16_t *q, const uint16_t *k,
                                  const uint16_t *v, int B, int Nq, int Nk, int H, int D,
                                  float scale, bool causal) {

@@ -20,9 +20,10 @@ enum { HEADER = 64 };
 static const size_t EMULATED_MEMORY = (size_t)8 << 30; // what ldmc_cuda_memory reports in total
 static size_t allocated;
 static void *workspace;
-static size_t workspace_size;
+static size_t workspace_size, workspace_reserved;
 
 int ldmc_cuda_device_count(void) { return 1; }
+const char *ldmc_cuda_unavailable_reason(void) { return NULL; }
 
 void ldmc_cuda_set_device(int device) { (void)device; }
 
@@ -33,6 +34,7 @@ void ldmc_cuda_print_info(FILE *out) {
 const char *ldmc_cuda_device_name(void) { return "CPU emulation of the CUDA backend"; }
 void *ldmc_cuda_stream(void) { return NULL; }
 void *ldmc_cuda_cublas(void) { return NULL; }
+void *ldmc_cuda_cudnn(void) { return NULL; }
 void ldmc_cuda_synchronize(void) {}
 
 // Address space reserved, committed on touch, as a GPU arena of "all free memory" needs.
@@ -60,20 +62,42 @@ void ldmc_cuda_to_host(void *dst, const void *src, size_t bytes) { memcpy(dst, s
 void ldmc_cuda_copy(void *dst, const void *src, size_t bytes) { memmove(dst, src, bytes); }
 void ldmc_cuda_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
 
+static size_t round_mib(size_t bytes) {
+    return (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
+}
+
+// As runtime.cu's: grows by replacement, said on stderr past a reservation.
 void *ldmc_cuda_workspace(size_t bytes) {
     if (bytes > workspace_size) {
+        size_t grown = round_mib(bytes);
+        if (workspace_reserved)
+            fprintf(stderr,
+                    "ldmc: the GPU workspace grows from %.0f to %.0f MiB during the run: a "
+                    "request beyond the %.0f MiB reserved up front (emulated)\n",
+                    (double)workspace_size / (1 << 20), (double)grown / (1 << 20),
+                    (double)workspace_reserved / (1 << 20));
         ldmc_cuda_free(workspace);
-        workspace_size = (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
+        workspace_size = grown;
         workspace = ldmc_cuda_malloc(workspace_size);
     }
     return workspace;
 }
 
+void ldmc_cuda_workspace_reserve(size_t bytes) {
+    bytes = round_mib(bytes);
+    if (bytes != workspace_size) {
+        ldmc_cuda_free(workspace);
+        workspace = ldmc_cuda_malloc(bytes);
+        workspace_size = bytes;
+    }
+    workspace_reserved = bytes;
+}
+
 size_t ldmc_cuda_workspace_bytes(void) { return workspace_size; }
+size_t ldmc_cuda_workspace_reserved(void) { return workspace_reserved; }
 
 // The reservations count as used (the arena's whole size, as on a GPU).
 void ldmc_cuda_memory(size_t *used, size_t *total) {
     if (used) *used = allocated < EMULATED_MEMORY ? allocated : EMULATED_MEMORY;
     if (total) *total = EMULATED_MEMORY;
 }
-

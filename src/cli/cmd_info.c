@@ -64,8 +64,10 @@ static void print_plan(const ldmc_memory_plan *m, int batch, int H, int W, int h
            gib(fixed + m->activations));
     printf("  activations with gradient checkpointing %9.2f GiB   total %.2f GiB\n",
            gib(m->activations_recomputed), gib(fixed + m->activations_recomputed));
-    printf("  (activations: the arena's high-water mark in a dry run of forward, loss and backward;"
-           " bf16 activations on the GPU take about half)\n");
+    printf("  (activations: the step's memory plan, from a dry run of forward, loss and backward;"
+           " %.2f GiB if nothing were freed before the step's end; bf16 activations on the GPU"
+           " take about half)\n",
+           gib(m->unplanned));
 }
 
 // The frozen text encoders of a text model's step: their weights, and the peak of their forward

@@ -312,8 +312,7 @@ int ldmc_cmd_sample(int argc, char **argv) {
         if (device == LDMC_CUDA) {
             if (!ldmc_gpu_available()) {
                 err = (ldmc_err){0};
-                LDMC_ERR(&err, "--device cuda, but no CUDA device is visible (or this build has "
-                               "no CUDA)");
+                LDMC_ERR(&err, "--device cuda, but no GPU: %s", ldmc_gpu_unavailable_reason());
                 rc = 1;
             } else {
                 ldmc_sample_model_to_device(&base);

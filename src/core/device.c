@@ -22,12 +22,23 @@ bool ldmc_gpu_available(void) {
 #endif
 }
 
+const char *ldmc_gpu_unavailable_reason(void) {
+#ifdef LDMC_HAVE_CUDA
+    return ldmc_cuda_unavailable_reason();
+#else
+    return "this build of ldmc has no CUDA (build where nvcc is found, LDMC_CUDA=ON)";
+#endif
+}
+
 const char *ldmc_device_name(ldmc_device device) { return device == LDMC_CUDA ? "cuda" : "cpu"; }
 
 int ldmc_device_parse(const char *name, ldmc_device *out) {
-    if (!strcasecmp(name, "cpu")) *out = LDMC_CPU;
-    else if (!strcasecmp(name, "cuda") || !strcasecmp(name, "gpu")) *out = LDMC_CUDA;
-    else return -1;
+    if (!strcasecmp(name, "cpu"))
+        *out = LDMC_CPU;
+    else if (!strcasecmp(name, "cuda") || !strcasecmp(name, "gpu"))
+        *out = LDMC_CUDA;
+    else
+        return -1;
     return 0;
 }
 
@@ -57,11 +68,30 @@ size_t ldmc_gpu_workspace_bytes(void) {
 #endif
 }
 
+size_t ldmc_gpu_workspace_reserved(void) {
+#ifdef LDMC_HAVE_CUDA
+    return ldmc_cuda_workspace_reserved();
+#else
+    return 0;
+#endif
+}
+
+void ldmc_gpu_workspace_reserve(size_t bytes) { GPU_CALL(ldmc_cuda_workspace_reserve(bytes)); }
+
+size_t ldmc_gpu_workspace_max(int64_t largest) {
+#ifdef LDMC_HAVE_CUDA
+    return ldmc_cuda_workspace_max(largest);
+#else
+    (void)largest;
+    return 0;
+#endif
+}
+
 void ldmc_gpu_print_info(FILE *out) {
 #ifdef LDMC_HAVE_CUDA
     ldmc_cuda_print_info(out);
 #else
-    (void)out;
+    fprintf(out, "CUDA:        not in this build (LDMC_CUDA=OFF)\n");
 #endif
 }
 
@@ -201,21 +231,33 @@ ldmc_tensor *ldmc_input(ldmc_ctx *ctx, ldmc_dtype dtype, int ndim, const int64_t
     return t;
 }
 
-int ldmc_ctx_init_gpu_free(ldmc_ctx *ctx, size_t meta_bytes, size_t *free_bytes) {
+size_t ldmc_gpu_headroom(size_t total) {
+    size_t two = total / 50, one = (size_t)1 << 30;
+    return two > one ? two : one;
+}
+
+int ldmc_ctx_init_gpu(ldmc_ctx *ctx, size_t meta_bytes, int64_t largest, size_t *free_bytes) {
 #ifdef LDMC_HAVE_CUDA
-    ldmc_cuda_workspace((size_t)64 << 20); // the libraries' handles and a first workspace
+    // what the libraries hold once started, then the workspace at its most: measured, not guessed
+    ldmc_cuda_cublas();
+    ldmc_cuda_cudnn();
+    ldmc_cuda_workspace_reserve(
+        ldmc_cuda_workspace_max(largest ? largest : LDMC_GPU_LARGEST_DEFAULT));
     size_t used, total;
     ldmc_cuda_memory(&used, &total);
-    size_t free_b = total - used, five = total / 20, three = (size_t)3 << 30;
-    size_t headroom = five > three ? five : three;
+    size_t free_b = total - used, headroom = ldmc_gpu_headroom(total);
     if (free_bytes) *free_bytes = free_b;
     if (free_b < headroom + ((size_t)1 << 30)) return -1;
     ldmc_ctx_init_device(ctx, LDMC_CUDA, free_b - headroom, meta_bytes);
     return 0;
 #else
-    (void)ctx, (void)meta_bytes, (void)free_bytes;
+    (void)ctx, (void)meta_bytes, (void)largest, (void)free_bytes;
     LDMC_FATAL("a GPU context in a build without CUDA");
 #endif
+}
+
+int ldmc_ctx_init_gpu_free(ldmc_ctx *ctx, size_t meta_bytes, size_t *free_bytes) {
+    return ldmc_ctx_init_gpu(ctx, meta_bytes, 0, free_bytes);
 }
 
 void ldmc_device_synchronize(ldmc_device device) {

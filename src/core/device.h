@@ -14,6 +14,9 @@
 
 // True when this build has CUDA and a device is present.
 bool ldmc_gpu_available(void);
+// NULL when ldmc_gpu_available(); else why not, for the user: a build without CUDA, or the CUDA
+// runtime's error with the driver's and runtime's versions (an insufficient driver shows here).
+const char *ldmc_gpu_unavailable_reason(void);
 // "cpu" or "cuda"; ldmc_device_parse returns -1 for anything else.
 const char *ldmc_device_name(ldmc_device device);
 int ldmc_device_parse(const char *name, ldmc_device *out);
@@ -22,9 +25,15 @@ int ldmc_device_parse(const char *name, ldmc_device *out);
 const char *ldmc_gpu_name(void);
 // Bytes of GPU memory in use by this process, and the device's total.
 void ldmc_gpu_memory(size_t *used, size_t *total);
-// The shared GPU workspace's size now (it grows to the largest request).
+// The shared GPU workspace: its size now, and what was reserved up front (0: nothing yet).
 size_t ldmc_gpu_workspace_bytes(void);
-// The device, driver and library versions, for `ldmc info`.
+size_t ldmc_gpu_workspace_reserved(void);
+// Reserves it at exactly `bytes` now (a request beyond still grows it, said on stderr).
+void ldmc_gpu_workspace_reserve(size_t bytes);
+// The most workspace a step whose largest tensor holds `largest` values can ask for (the
+// kernels' own bounds, docs/gpu.md); 0 in a build without CUDA.
+size_t ldmc_gpu_workspace_max(int64_t largest);
+// The CUDA, driver and library versions and the devices (or why there is none), for `ldmc info`.
 void ldmc_gpu_print_info(FILE *out);
 void *ldmc_gpu_malloc(size_t bytes);
 void ldmc_gpu_free(void *p); // NULL is fine
@@ -51,11 +60,21 @@ void ldmc_write_f32(ldmc_tensor *t, const float *src);
 void ldmc_read_f32(const ldmc_tensor *t, float *dst);
 // A scalar's value (loss), as a double.
 double ldmc_read_scalar(const ldmc_tensor *t);
-// A GPU context whose activation arena takes the memory free now but a headroom for the shared
-// workspace (bf16 copies of gradients, attention score tiles, cuDNN's workspaces) and the
-// libraries' own allocations: 3 GiB or 5% of the card, the more. Returns -1, with the free
-// memory in *free_bytes, when that leaves less than 1 GiB.
+// A GPU context whose activation arena takes the memory free after the libraries' handles (cuBLAS,
+// cuDNN) exist and the shared workspace (bf16 copies of gradients, attention score tiles, cuDNN's
+// workspaces) is reserved at its maximum for tensors of up to `largest` values
+// (ldmc_gpu_workspace_max; 0: LDMC_GPU_LARGEST_DEFAULT), but a headroom for what the libraries
+// allocate later (cuBLAS's own workspace, kernels loaded on first use, NCCL's buffers): 1 GiB or
+// 2% of the card, the more; a step within that bound never grows the workspace. Returns -1, with
+// the free memory in *free_bytes, when that leaves less than 1 GiB.
+int ldmc_ctx_init_gpu(ldmc_ctx *ctx, size_t meta_bytes, int64_t largest, size_t *free_bytes);
+// The same for the default largest tensor.
 int ldmc_ctx_init_gpu_free(ldmc_ctx *ctx, size_t meta_bytes, size_t *free_bytes);
+// 2^28 values: the largest tensor of an SDXL base training step at 1024², batch 8, is its GEGLU
+// projection at 64² (8 x 4096 x 5120 = 1.7e8 values): a 3 GiB reservation.
+#define LDMC_GPU_LARGEST_DEFAULT ((int64_t)1 << 28)
+// The headroom ldmc_ctx_init_gpu leaves free on a card of `total` bytes.
+size_t ldmc_gpu_headroom(size_t total);
 
 // ---- GPU collectives (NCCL, kernels/ldmc_nccl.h; src/train/dist.c is their user) ---------------
 // Whether this build has NCCL; without it every call below is fatal.

@@ -103,7 +103,9 @@ void ldmc_dist_use_local_gpu(void) {
 
 int ldmc_dist_gpu(ldmc_err *err) {
     if (group.nccl || group.world == 1) return 0;
-    if (!ldmc_gpu_available()) return LDMC_ERR(err, "rank %d: no CUDA device", group.rank);
+    if (!ldmc_gpu_available())
+        return LDMC_ERR(err, "rank %d: no CUDA device: %s", group.rank,
+                        ldmc_gpu_unavailable_reason());
 #ifdef LDMC_CUDA_EMULATED
     return 0; // the emulated GPU's memory is host memory: MPI reduces it (the tests' GPU path)
 #endif

@@ -91,14 +91,9 @@ int trainer_setup_device(trainer *T, ldmc_err *err) {
         return 0;
     }
     if (ldmc_gpu_available() && ldmc_dist_gpu(err) != 0) return -1; // the rank's device, NCCL
-    if (!ldmc_gpu_available())
-        return LDMC_ERR(err, "%s: train.device is cuda, but %s", cfg->source_path,
-#ifdef LDMC_HAVE_CUDA
-                        "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
-#else
-                        "this build of ldmc has no CUDA (build where nvcc is found, LDMC_CUDA=ON)"
-#endif
-        );
+    if (!ldmc_gpu_available()) // why: no CUDA in the build, no driver, an old driver, no device
+        return LDMC_ERR(err, "%s: train.device is cuda, but no GPU: %s", cfg->source_path,
+                        ldmc_gpu_unavailable_reason());
     ldmc_params_to_device(T->model.params);
     T->task->to_device(T);
     size_t free_b;
