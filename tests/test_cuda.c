@@ -1117,7 +1117,7 @@ static void test_recompute_on_the_gpu_changes_nothing(void) {
 
 int main(int argc, char **argv) {
     if (ldmc_cuda_device_count() == 0) {
-        printf("no CUDA device: skipped\n");
+        printf("no CUDA device (%s): skipped\n", ldmc_cuda_unavailable_reason());
         return 77;
     }
     ldmc_cuda_print_info(stdout);

@@ -251,13 +251,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
                         "are multiples of %d (8 pixels a latent, %d levels)",
                         o->batch, o->height, o->width, align, cfg->levels);
     if (o->device == LDMC_CUDA && !o->dry_run && !ldmc_gpu_available())
-        return LDMC_ERR(err, "--device cuda, but %s",
-#ifdef LDMC_HAVE_CUDA
-                        "no CUDA device is visible"
-#else
-                        "this build of ldmc has no CUDA"
-#endif
-        );
+        return LDMC_ERR(err, "--device cuda, but no GPU: %s", ldmc_gpu_unavailable_reason());
     ldmc_unet u;
     ldmc_unet_init(&u, cfg);
     u.recompute = o->recompute;
