@@ -60,6 +60,11 @@ static void run_diffusion(ldmc_ctx *ctx, void *user) {
     ldmc_diffusion_loss(ctx, r->step, r->b, &(ldmc_step_key){0}, 1);
 }
 
+double ldmc_plan_diffusion_step(ldmc_device device, const ldmc_diffusion_step *step,
+                                const ldmc_step_batch *b, ldmc_step_plan *plan) {
+    return ldmc_plan_step(device, run_diffusion, &(diffusion_run){step, b}, plan);
+}
+
 typedef struct vae_run {
     const ldmc_vae_step *step;
     const ldmc_step_batch *b;

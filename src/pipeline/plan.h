@@ -15,6 +15,7 @@
 #include "nn/text_encoder.h"
 #include "nn/unet.h"
 #include "nn/vae.h"
+#include "pipeline/loss.h"
 
 typedef struct ldmc_memory_plan {
     int64_t parameters, trainable;
@@ -55,6 +56,10 @@ ldmc_dry_run ldmc_dry_run_text_forward(ldmc_text_encoder *e, ldmc_device device,
 // replays the plan with ldmc_ctx_use_plan. Returns the step's matrix-product FLOPs.
 double ldmc_plan_step(ldmc_device device, void (*run)(ldmc_ctx *ctx, void *user), void *user,
                       ldmc_step_plan *plan);
+// ldmc_plan_step of the diffusion loss's step on batch b (its allocations depend on the shapes
+// only, not on the key or the values).
+double ldmc_plan_diffusion_step(ldmc_device device, const ldmc_diffusion_step *step,
+                                const ldmc_step_batch *b, ldmc_step_plan *plan);
 
 // The plan of any model's training step at H x W pixels, on the CPU without and with gradient
 // checkpointing: a UNet's on the latent of an autoencoder of factor f (H/f x W/f), an

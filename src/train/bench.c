@@ -167,17 +167,6 @@ static double train_step(ldmc_ctx *ctx, ldmc_unet *u, const bench_step *s, const
     return 1e3 * (train_now() - t0);
 }
 
-// The step's loss and backward on a dry-run context: its memory plan.
-typedef struct plan_args {
-    const bench_step *s;
-    const bench_inputs *in;
-} plan_args;
-
-static void plan_run(ldmc_ctx *ctx, void *user) {
-    const plan_args *a = user;
-    ldmc_diffusion_loss(ctx, &a->s->step, &a->in->batch, &(ldmc_step_key){0}, 1);
-}
-
 // Gradients, Adam m and v where the weights are: the GPU's bf16 and master copies, or the host.
 // One rank's bytes of the parameter roles: the working weights (bf16 on the GPU) and f32 gradients
 // whole; the fp32 master (GPU), Adam m and v and the EMA (o->ema) whole, or under ZeRO-1 the
@@ -280,8 +269,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     int reps = o->reps > 0 ? o->reps : 1;
     double *ms = calloc((size_t)reps, sizeof *ms);
     LDMC_CHECK(ms, "out of memory");
-    plan_args pa = {&s, &in};
-    ldmc_plan_step(o->device, plan_run, &pa, &r->plan);
+    ldmc_plan_diffusion_step(o->device, &s.step, &in.batch, &r->plan);
     ldmc_ctx_use_plan(&ctx, &r->plan);
     int64_t step = 1;
     for (int i = 0; i < o->warmup; i++)
