@@ -46,11 +46,16 @@ __global__ static void silu_forward_kernel(uint16_t *y, const uint16_t *x, int64
 }
 
 // d/dx x σ(x) = σ(x) (1 + x (1 - σ(x)))
-__global__ static void silu_backward_kernel(float *dx, const float *dy, const uint16_t *x,
-                                            int64_t n) {
+// beta 0: dx is written, never read (a fresh gradient); 1: added to.
+__device__ static inline float grad_add(float beta, const float *g, float v) {
+    return beta != 0.0f ? *g + v : v;
+}
+
+__global__ static void silu_backward_kernel(float *dx, float beta, const float *dy,
+                                            const uint16_t *x, int64_t n) {
     GRID_STRIDE(i, n) {
         float v = bf16_load(x, i), s = sigmoid(v);
-        dx[i] += dy[i] * s * (1.0f + v * (1.0f - s));
+        dx[i] = grad_add(beta, dx + i, dy[i] * s * (1.0f + v * (1.0f - s)));
     }
 }
 
@@ -59,9 +64,9 @@ __global__ static void gelu_forward_kernel(uint16_t *y, const uint16_t *x, int64
     GRID_STRIDE(i, n) { y[i] = bf16_from(gelu(bf16_load(x, i), kind)); }
 }
 
-__global__ static void gelu_backward_kernel(float *dx, const float *dy, const uint16_t *x,
-                                            int64_t n, int kind) {
-    GRID_STRIDE(i, n) { dx[i] += dy[i] * gelu_grad(bf16_load(x, i), kind); }
+__global__ static void gelu_backward_kernel(float *dx, float beta, const float *dy,
+                                            const uint16_t *x, int64_t n, int kind) {
+    GRID_STRIDE(i, n) { dx[i] = grad_add(beta, dx + i, dy[i] * gelu_grad(bf16_load(x, i), kind)); }
 }
 
 // One thread per output (m, f): y = x[m, f] * gelu_erf(x[m, F + f]).
@@ -74,15 +79,15 @@ __global__ static void geglu_forward_kernel(uint16_t *y, const uint16_t *x, int6
 }
 
 // Each thread owns one (value, gate) pair of dx, so no two threads touch the same element.
-__global__ static void geglu_backward_kernel(float *dx, const float *dy, const uint16_t *x,
-                                             int64_t MF, int F) {
+__global__ static void geglu_backward_kernel(float *dx, float beta, const float *dy,
+                                             const uint16_t *x, int64_t MF, int F) {
     GRID_STRIDE(i, MF) {
         int64_t m = i / F, f = i - m * F;
         const uint16_t *row = x + m * 2 * F;
         float a = bf16_load(row, f), gate = bf16_load(row, F + f), g = dy[i];
         float *drow = dx + m * 2 * F;
-        drow[f] += g * gelu(gate, 0);
-        drow[F + f] += g * a * gelu_grad(gate, 0);
+        drow[f] = grad_add(beta, drow + f, g * gelu(gate, 0));
+        drow[F + f] = grad_add(beta, drow + F + f, g * a * gelu_grad(gate, 0));
     }
 }
 
@@ -138,9 +143,10 @@ extern "C" void ldmc_cuda_silu_forward(uint16_t *y, const uint16_t *x, int64_t n
     LAUNCH_1D(silu_forward_kernel, n, y, x, n);
 }
 
-extern "C" void ldmc_cuda_silu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n) {
+extern "C" void ldmc_cuda_silu_backward(float *dx, float beta, const float *dy, const uint16_t *x,
+                                        int64_t n) {
     if (!dx) return;
-    LAUNCH_1D(silu_backward_kernel, n, dx, dy, x, n);
+    LAUNCH_1D(silu_backward_kernel, n, dx, beta, dy, x, n);
 }
 
 extern "C" void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n,
@@ -148,10 +154,10 @@ extern "C" void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n
     LAUNCH_1D(gelu_forward_kernel, n, y, x, n, kind);
 }
 
-extern "C" void ldmc_cuda_gelu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n,
-                                        int kind) {
+extern "C" void ldmc_cuda_gelu_backward(float *dx, float beta, const float *dy, const uint16_t *x,
+                                        int64_t n, int kind) {
     if (!dx) return;
-    LAUNCH_1D(gelu_backward_kernel, n, dx, dy, x, n, kind);
+    LAUNCH_1D(gelu_backward_kernel, n, dx, beta, dy, x, n, kind);
 }
 
 extern "C" void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t M, int F) {
@@ -159,11 +165,11 @@ extern "C" void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t 
     LAUNCH_1D(geglu_forward_kernel, MF, y, x, MF, F);
 }
 
-extern "C" void ldmc_cuda_geglu_backward(float *dx, const float *dy, const uint16_t *x, int64_t M,
-                                         int F) {
+extern "C" void ldmc_cuda_geglu_backward(float *dx, float beta, const float *dy, const uint16_t *x,
+                                         int64_t M, int F) {
     if (!dx) return;
     int64_t MF = M * F;
-    LAUNCH_1D(geglu_backward_kernel, MF, dx, dy, x, MF, F);
+    LAUNCH_1D(geglu_backward_kernel, MF, dx, beta, dy, x, MF, F);
 }
 
 extern "C" void ldmc_cuda_softmax_forward(uint16_t *y, const uint16_t *x, int64_t M, int C) {

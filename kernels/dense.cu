@@ -28,13 +28,13 @@ extern "C" void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const u
     if (b) ldmc_cuda_add_bias(y, b, M, out);
 }
 
-extern "C" void ldmc_cuda_linear_backward(float *dx, float *dw, float *db, const float *dy,
-                                          const uint16_t *x, const uint16_t *w, int64_t M, int in,
-                                          int out) {
+extern "C" void ldmc_cuda_linear_backward(float *dx, float dx_beta, float *dw, float *db,
+                                          const float *dy, const uint16_t *x, const uint16_t *w,
+                                          int64_t M, int in, int out) {
     if (db) ldmc_cuda_column_sums(db, dy, M, out); // before the workspace holds dy's copy
     if (!dx && !dw) return;
     const uint16_t *dyb = bf16_copy(dy, M * out);
-    if (dx) gemm_rm(false, false, M, in, out, dyb, out, 0, w, in, 0, 1.0f, dx, true, in, 0, 1);
+    if (dx) gemm_rm(false, false, M, in, out, dyb, out, 0, w, in, 0, dx_beta, dx, true, in, 0, 1);
     if (dw) gemm_rm(true, false, out, in, M, dyb, out, 0, x, in, 0, 1.0f, dw, true, in, 0, 1);
 }
 

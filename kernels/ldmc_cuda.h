@@ -176,20 +176,22 @@ void ldmc_cuda_mse_rows_backward(float *da, float *db, const float *g, const voi
 
 // ---- activations (activation.cu) --------------------------------------------------------------
 void ldmc_cuda_silu_forward(uint16_t *y, const uint16_t *x, int64_t n);
-void ldmc_cuda_silu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n);
+void ldmc_cuda_silu_backward(float *dx, float beta, const float *dy, const uint16_t *x, int64_t n);
 // kind: 0 exact (erf), 1 tanh approximation, 2 QuickGELU (as src/ops/cpu_kernels.h numbers them).
 void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n, int kind);
-void ldmc_cuda_gelu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n, int kind);
+void ldmc_cuda_gelu_backward(float *dx, float beta, const float *dy, const uint16_t *x, int64_t n,
+                             int kind);
 void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t M, int F);
-void ldmc_cuda_geglu_backward(float *dx, const float *dy, const uint16_t *x, int64_t M, int F);
+void ldmc_cuda_geglu_backward(float *dx, float beta, const float *dy, const uint16_t *x, int64_t M,
+                              int F);
 void ldmc_cuda_softmax_forward(uint16_t *y, const uint16_t *x, int64_t M, int C);
 void ldmc_cuda_softmax_backward(float *dx, const float *dy, const uint16_t *y, int64_t M, int C);
 
 // ---- dense: cuBLAS, bf16 in, f32 accumulation (dense.cu) ---------------------------------------
 void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
                               int64_t M, int in, int out);
-void ldmc_cuda_linear_backward(float *dx, float *dw, float *db, const float *dy, const uint16_t *x,
-                               const uint16_t *w, int64_t M, int in, int out);
+void ldmc_cuda_linear_backward(float *dx, float dx_beta, float *dw, float *db, const float *dy,
+                               const uint16_t *x, const uint16_t *w, int64_t M, int in, int out);
 void ldmc_cuda_bmm_forward(uint16_t *c, const uint16_t *a, const uint16_t *b, int B, int M, int N,
                            int K, bool trans_a, bool trans_b);
 void ldmc_cuda_bmm_backward(float *da, float *db, const float *dc, const uint16_t *a,

@@ -11,13 +11,15 @@
 #      AdamW/EMA and the tiny models' steps against the CPU;
 #   2. `ldmc bench train` on the SDXL base UNet, batch 8 at 1024x1024, without gradient
 #      checkpointing as PyTorch's eager step (the memory plan: 31.2 GiB of activations, 74.2 GiB
-#      in all: docs/benchmarks.md; with less than that free it runs with checkpointing instead),
+#      in all: docs/benchmarks.md; with less than that free, with the projections recomputed,
+#      55.5 GiB; with less than that, with checkpointing),
 #      its time per op kind (--profile) and cuDNN's plan for every convolution shape
 #      (LDMC_CONV_LOG=1, in ldmc-bench.err), after a dry run that prints the memory plan;
 #   3. bench/sdxl_train_torch.py: PyTorch's eager step of the same UNet on the same card (and
 #      compiled with --compile-too, which does not fit the 10 minutes), with its top kernels;
 #   4. test_train_cuda with CUDA_LAUNCH_BLOCKING=1: GPU and CPU runs resume each other's
-#      checkpoints (last: its CPU runs make it the slowest, and the budget may cut it).
+#      checkpoints (its CPU runs make it the slowest, and the budget may cut it);
+#   5. what recomputing the projections costs: the same benchmark with --recompute-projections.
 # Every step runs under `timeout`, within a budget for the whole run (default 540 s, leaving a
 # cold start's extra time within 10 minutes); summary.txt has each step's exit status and time.
 # Everything goes to OUT: $OUT when set (the device runner's folder), else the argument, else
@@ -152,9 +154,13 @@ step ldmc-plan 40 "$build/ldmc" bench train --config sdxl_base --batch $batch --
 ckpt=""
 if command -v nvidia-smi >/dev/null; then # the plan's 74.2 GiB and ~3 GiB for workspace, libraries
     free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits | head -n 1)
-    [ "${free_mib:-0}" -lt 79000 ] && ckpt=--gradient-checkpointing
+    if [ "${free_mib:-0}" -lt 62000 ]; then
+        ckpt=--gradient-checkpointing
+    elif [ "${free_mib:-0}" -lt 79000 ]; then
+        ckpt=--recompute-projections
+    fi
 fi
-[ -n "$ckpt" ] && echo "  (less than 77 GiB free: with gradient checkpointing)"
+[ -n "$ckpt" ] && echo "  (less than 77 GiB free: with $ckpt)"
 step ldmc-bench 180 env LDMC_CONV_LOG=1 "$build/ldmc" bench train --config sdxl_base \
     --batch $batch --res 1024 --device cuda $ckpt --profile --reps 5 \
     --warmup 2 --json > "$out/ldmc-bench.json" 2> "$out/ldmc-bench.err"
@@ -178,5 +184,14 @@ echo "== test_train_cuda (CUDA_LAUNCH_BLOCKING=1)"
 step test_train_cuda 200 env CUDA_LAUNCH_BLOCKING=1 "$build/tests/test_train_cuda" \
     > "$out/test_train_cuda.log" 2>&1
 tail -n 2 "$out/test_train_cuda.log"
+
+# ---- 5. the projections made again in backward --------------------------------------------------
+if [ -z "$ckpt" ]; then
+    echo "== ldmc bench train --recompute-projections (what 55.5 GiB instead of 74.2 costs)"
+    step ldmc-bench-projections 90 "$build/ldmc" bench train --config sdxl_base --batch $batch \
+        --res 1024 --device cuda --recompute-projections --reps 3 --warmup 1 --json \
+        > "$out/ldmc-bench-projections.json" 2> "$out/ldmc-bench-projections.err"
+    cat "$out/ldmc-bench-projections.json"
+fi
 echo "total: $(($(date +%s) - start))s, status $status" | tee -a "$summary"
 exit $status

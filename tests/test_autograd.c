@@ -30,6 +30,34 @@ static void test_fan_out_accumulates(void) {
     ldmc_ctx_free(&ctx);
 }
 
+// Ops that write a fresh gradient (ldmc_op_reads.writes) instead of adding into a zeroed one: x
+// feeds a SiLU and two linear layers (h = silu(x) w1^T + x w2^T + x w3^T, each w (1, 3)), so
+// backward reaches x first through one op that writes its gradient and then through two that must
+// add: dh/dx_j = silu'(x_j) w1_j + w2_j + w3_j. The written buffer starts as NaN bytes
+// (test_ctx_init), so an element left unwritten shows too.
+static void test_first_writes_then_adds(void) {
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    ldmc_tensor *x = input(&ctx, 2, (int64_t[]){4, 3}, 3);
+    ldmc_tensor *w[3];
+    for (int i = 0; i < 3; i++)
+        w[i] = input(&ctx, 2, (int64_t[]){1, 3}, 10 + (uint64_t)i);
+    ldmc_tensor *h = ldmc_linear(&ctx, ldmc_silu(&ctx, x), w[0], NULL);
+    h = ldmc_add(&ctx, h, ldmc_linear(&ctx, x, w[1], NULL));
+    h = ldmc_add(&ctx, h, ldmc_linear(&ctx, x, w[2], NULL));
+    ldmc_backward(&ctx, h, NULL);
+    const float *g = ldmc_grad_if_any(x), *xv = x->data;
+    const float *w0 = w[0]->data, *w1 = w[1]->data, *w2 = w[2]->data;
+    for (int i = 0; i < 12; i++) {
+        int j = i % 3;
+        double s = 1 / (1 + exp(-(double)xv[i])), ds = s * (1 + xv[i] * (1 - s));
+        double want = ds * w0[j] + w1[j] + w2[j];
+        CHECK(fabs(g[i] - want) <= 1e-5 * (1 + fabs(want)), "dh/dx[%d] = %g, want %g", i, g[i],
+              want);
+    }
+    ldmc_ctx_free(&ctx);
+}
+
 // Concatenating a tensor with itself and splitting it again: both halves flow back to it.
 static void test_views_and_concat_share_gradients(void) {
     ldmc_ctx ctx;
@@ -284,6 +312,7 @@ static void test_recompute_misuse_is_caught(void) {
 int main(int argc, char **argv) {
     static const test_entry tests[] = {
         TEST_ENTRY(test_fan_out_accumulates),
+        TEST_ENTRY(test_first_writes_then_adds),
         TEST_ENTRY(test_views_and_concat_share_gradients),
         TEST_ENTRY(test_inference_records_nothing),
         TEST_ENTRY(test_op_without_backward_fails_by_name),

@@ -40,7 +40,8 @@ static void linear_f(const fd_case *c, double **in, double *out) {
     linear_forward_f64(out, in[0], in[1], c->has_bias ? in[2] : NULL, c->M, c->K, c->N);
 }
 static void linear_b(const fd_case *c, double **in, const double *dy, double **d) {
-    linear_backward_f64(d[0], d[1], c->has_bias ? d[2] : NULL, dy, in[0], in[1], c->M, c->K, c->N);
+    linear_backward_f64(d[0], 1, d[1], c->has_bias ? d[2] : NULL, dy, in[0], in[1], c->M, c->K,
+                        c->N);
 }
 static void bmm_f(const fd_case *c, double **in, double *out) {
     bmm_forward_f64(out, in[0], in[1], c->B, c->M, c->N, c->K, c->flag_a, c->flag_b);
@@ -84,25 +85,25 @@ static void silu_f(const fd_case *c, double **in, double *out) {
     silu_forward_f64(out, in[0], c->in_numel[0]);
 }
 static void silu_b(const fd_case *c, double **in, const double *dy, double **d) {
-    silu_backward_f64(d[0], dy, in[0], c->in_numel[0]);
+    silu_backward_f64(d[0], 1, dy, in[0], c->in_numel[0]);
 }
 static void gelu_f(const fd_case *c, double **in, double *out) {
     gelu_forward_f64(out, in[0], c->in_numel[0], c->flag_a);
 }
 static void gelu_b(const fd_case *c, double **in, const double *dy, double **d) {
-    gelu_backward_f64(d[0], dy, in[0], c->in_numel[0], c->flag_a);
+    gelu_backward_f64(d[0], 1, dy, in[0], c->in_numel[0], c->flag_a);
 }
 static void quick_gelu_f(const fd_case *c, double **in, double *out) {
     gelu_forward_f64(out, in[0], c->in_numel[0], LDMC_GELU_QUICK);
 }
 static void quick_gelu_b(const fd_case *c, double **in, const double *dy, double **d) {
-    gelu_backward_f64(d[0], dy, in[0], c->in_numel[0], LDMC_GELU_QUICK);
+    gelu_backward_f64(d[0], 1, dy, in[0], c->in_numel[0], LDMC_GELU_QUICK);
 }
 static void geglu_f(const fd_case *c, double **in, double *out) {
     geglu_forward_f64(out, in[0], c->M, c->N);
 }
 static void geglu_b(const fd_case *c, double **in, const double *dy, double **d) {
-    geglu_backward_f64(d[0], dy, in[0], c->M, c->N);
+    geglu_backward_f64(d[0], 1, dy, in[0], c->M, c->N);
 }
 static void softmax_f(const fd_case *c, double **in, double *out) {
     softmax_forward_f64(out, in[0], c->M, c->C);

@@ -159,9 +159,10 @@ static void plan_case_run(ldmc_ctx *ctx, void *user) {
 // The step run plainly, then replaying its plan with every record filled with NaN bytes when it
 // dies (a read of freed memory, or a record freed too early, turns the loss or a gradient NaN or
 // different): the same loss and gradients, bit for bit, in the plan's bytes. The plan needs less
-// than the bump arena and no less than the most bytes live at once.
+// than the bump arena and no less than the most bytes live at once. The replay counts the FLOPs
+// its dry run did (`flops`: products made again in backward included).
 static void check_replay(plan_case *c, ldmc_params *params, const ldmc_step_plan *plan,
-                         const char *what) {
+                         double flops, const char *what) {
     size_t n = params->total;
     float *g1 = malloc(n * sizeof *g1), *g2 = malloc(n * sizeof *g2);
     float *grads = params->buffers[LDMC_ROLE_GRAD];
@@ -180,6 +181,8 @@ static void check_replay(plan_case *c, ldmc_params *params, const ldmc_step_plan
             memcpy(g1, grads, n * sizeof *g1);
         } else {
             memcpy(g2, grads, n * sizeof *g2);
+            CHECK(ctx.flops == flops, "%s: the replay's %.0f FLOP, its dry run's %.0f", what,
+                  ctx.flops, flops);
         }
         ldmc_ctx_use_plan(&ctx, NULL);
         if (!replay) CHECK(isfinite(c->loss), "%s: a finite loss", what);
@@ -204,10 +207,16 @@ static void test_memory_plan_matches_a_real_step(void) {
     models_init(&m, "tiny_unet_text.yaml");
     m.conditioner.dropout = 0; // as planned (dropout adds a few masked embeddings)
     const ldmc_unet_config *c = &m.unet.cfg;
-    for (int recompute = 0; recompute < 2; recompute++) {
+    // plain, gradient checkpointing, the transformers' projections made again in backward
+    static const char *const modes[] = {"text UNet, plain", "text UNet, recomputed",
+                                        "text UNet, projections recomputed"};
+    size_t peaks[3];
+    double flops[3];
+    for (int mode = 0; mode < 3; mode++) {
         ldmc_unet plan_model;
         ldmc_unet_init(&plan_model, c);
-        plan_model.recompute = m.unet.recompute = recompute;
+        plan_model.recompute = m.unet.recompute = mode == 1;
+        plan_model.recompute_projections = m.unet.recompute_projections = mode == 2;
         ldmc_step_plan kept = {0};
         ldmc_dry_run plan = ldmc_dry_run_unet_step(&plan_model, LDMC_CPU, B, 8, 8, &kept);
         ldmc_unet_free(&plan_model);
@@ -237,12 +246,34 @@ static void test_memory_plan_matches_a_real_step(void) {
         test_ctx_init(&ctx);
         plan_case_run(&ctx, &pc);
         CHECK(isfinite(pc.loss), "the text model's step");
-        CHECK(plan.flops == ctx.flops, "dry run %.0f FLOP, real step %.0f", plan.flops, ctx.flops);
+        // (a step without a plan keeps every output: nothing is made again)
+        if (mode != 2)
+            CHECK(plan.flops == ctx.flops, "dry run %.0f FLOP, real step %.0f", plan.flops,
+                  ctx.flops);
         ldmc_ctx_free(&ctx);
-        check_replay(&pc, &m.unet.params, &kept,
-                     recompute ? "text UNet, recomputed" : "text UNet, plain");
+        check_replay(&pc, &m.unet.params, &kept, plan.flops, modes[mode]);
+        peaks[mode] = kept.peak, flops[mode] = plan.flops;
         ldmc_plan_free(&kept);
     }
+    m.unet.recompute_projections = false;
+    // Per transformer block: q, k, v of self-attention, q of cross-attention, the feed-forward's
+    // first product (dim -> 2 x ff_hidden), each made once more: 2 x tokens x dim x (4 dim + 2 x
+    // ff_hidden) FLOPs.
+    double made_again = 0;
+    for (int l = 0; l < c->levels; l++) {
+        double dim = (double)c->model_channels * c->channel_mult[l], side = 8 >> l;
+        // the blocks at level l: num_res_blocks transformers down, num_res_blocks + 1 up, and
+        // the middle's at the last level
+        double blocks = ldmc_unet_level_has_attention(c, l)
+                            ? (double)c->transformer_depth[l] * (2 * c->num_res_blocks + 1)
+                            : 0;
+        if (l == c->levels - 1) blocks += c->transformer_depth_middle;
+        made_again += 2 * (B * side * side) * dim * (4 * dim + 2 * 4 * dim) * blocks;
+    }
+    CHECK(fabs(flops[2] - flops[0] - made_again) <= 1e-9 * flops[0],
+          "projections made again: %.0f FLOP more, expected %.0f", flops[2] - flops[0], made_again);
+    CHECK(peaks[2] < peaks[0], "projections made again plan %zu bytes, kept %zu", peaks[2],
+          peaks[0]);
     // the class UNet's step from images (the frozen VAE's encoding kept, its activations
     // dropped), with conditioning dropout, planned by ldmc_plan_step on the same arguments
     static models k;
@@ -251,8 +282,8 @@ static void test_memory_plan_matches_a_real_step(void) {
     batch_init(&t);
     plan_case pc = {.diffusion = &k.step, .b = &t.b, .key = {7, 3, 0, 0, 0, 0}};
     ldmc_step_plan kept = {0};
-    ldmc_plan_step(LDMC_CPU, plan_case_run, &pc, &kept);
-    check_replay(&pc, &k.unet.params, &kept, "class UNet from images");
+    double class_flops = ldmc_plan_step(LDMC_CPU, plan_case_run, &pc, &kept);
+    check_replay(&pc, &k.unet.params, &kept, class_flops, "class UNet from images");
     ldmc_plan_free(&kept);
     models_free(&k);
     // the autoencoder's step
@@ -264,7 +295,7 @@ static void test_memory_plan_matches_a_real_step(void) {
     ldmc_params_alloc(&m.vae.params, LDMC_ROLE_GRAD);
     ldmc_vae_step vs = {.vae = &m.vae, .kl_weight = 1e-6};
     pc = (plan_case){.vae = &vs, .b = &t.b};
-    check_replay(&pc, &m.vae.params, &kept, "VAE");
+    check_replay(&pc, &m.vae.params, &kept, plan.flops, "VAE");
     ldmc_plan_free(&kept);
     models_free(&m);
 }

@@ -284,6 +284,19 @@ static void test_recipe_configs(void) {
     const char *range[] = {"diffusion.t_min=300", "diffusion.t_max=200"};
     CHECK(ldmc_train_config_load(path, range, 2, &o, &err) != 0 && strstr(err.message, "t_min"),
           "%s", err.message);
+    // projections made again: through a memory plan, and for a UNet only
+    const char *no_plan[] = {"train.recompute_projections=true", "train.memory_plan=false"};
+    ldmc_err_clear(&err);
+    CHECK(ldmc_train_config_load(path, no_plan, 2, &o, &err) != 0 &&
+              strstr(err.message, "train.recompute_projections") &&
+              strstr(err.message, "memory_plan: true"),
+          "%s", err.message);
+    ldmc_err_clear(&err);
+    snprintf(path, sizeof path, "%s/demo_vae.yaml", LDMC_CONFIG_DIR);
+    CHECK(ldmc_train_config_load(path, no_plan, 1, &o, &err) != 0 &&
+              strstr(err.message, "a diffusion task"),
+          "%s", err.message);
+    snprintf(path, sizeof path, "%s/demo.yaml", LDMC_CONFIG_DIR);
     // an autoencoder of other than RGB images: refused (every image ldmc reads has 3 channels)
     ldmc_err_clear(&err);
     const char *gray[] = {"vae={in_channels: 1, out_channels: 1, ch: 32, ch_mult: [1], "
@@ -837,6 +850,15 @@ static void text_cache_run(const char *name, const char *model, const char *unco
 static void test_text_sdxl_shaped_run(void) {
     const char *extra = "diffusion: {prediction: eps, offset_noise: 0.05, cond_dropout: 0.3}\n";
     text_run_resumes("sdxl_text", "tiny_unet_text.yaml", "zeros", extra);
+    // the transformers' projections made again in backward: the same run, bit for bit
+    const char *remade[] = {"train.recompute_projections=true"};
+    ldmc_err err = {0};
+    ldmc_train_result r;
+    REQUIRE(
+        run_in_process_set(text_config("sdxl_text_remade", "tiny_unet_text.yaml", "zeros", extra),
+                           NULL, remade, 1, &r, &err) == 0,
+        "%s", err.message);
+    check_same_checkpoint("sdxl_text_straight", "sdxl_text_remade", 4, true);
     text_cache_run("sdxl_text", "tiny_unet_text.yaml", "zeros", extra);
 }
 

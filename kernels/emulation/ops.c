@@ -287,9 +287,9 @@ void ldmc_cuda_silu_forward(uint16_t *y, const uint16_t *x, int64_t n) {
     free(fx), free(fy);
 }
 
-void ldmc_cuda_silu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n) {
+void ldmc_cuda_silu_backward(float *dx, float beta, const float *dy, const uint16_t *x, int64_t n) {
     float *fx = f32_of(x, n);
-    if (dx) silu_backward_f32(dx, dy, fx, n);
+    if (dx) silu_backward_f32(dx, beta, dy, fx, n);
     free(fx);
 }
 
@@ -300,10 +300,10 @@ void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n, int kind)
     free(fx), free(fy);
 }
 
-void ldmc_cuda_gelu_backward(float *dx, const float *dy, const uint16_t *x, int64_t n,
+void ldmc_cuda_gelu_backward(float *dx, float beta, const float *dy, const uint16_t *x, int64_t n,
                              int kind) {
     float *fx = f32_of(x, n);
-    if (dx) gelu_backward_f32(dx, dy, fx, n, kind);
+    if (dx) gelu_backward_f32(dx, beta, dy, fx, n, kind);
     free(fx);
 }
 
@@ -314,9 +314,10 @@ void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t M, int F) {
     free(fx), free(fy);
 }
 
-void ldmc_cuda_geglu_backward(float *dx, const float *dy, const uint16_t *x, int64_t M, int F) {
+void ldmc_cuda_geglu_backward(float *dx, float beta, const float *dy, const uint16_t *x, int64_t M,
+                              int F) {
     float *fx = f32_of(x, M * 2 * F);
-    if (dx) geglu_backward_f32(dx, dy, fx, M, F);
+    if (dx) geglu_backward_f32(dx, beta, dy, fx, M, F);
     free(fx);
 }
 
@@ -344,11 +345,11 @@ void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const uint16_t *w,
     free(fx), free(fw), free(fb), free(fy);
 }
 
-void ldmc_cuda_linear_backward(float *dx, float *dw, float *db, const float *dy, const uint16_t *x,
-                               const uint16_t *w, int64_t M, int in, int out) {
-    if (db) linear_backward_f32(NULL, NULL, db, dy, NULL, NULL, (int)M, in, out); // f32 dy
+void ldmc_cuda_linear_backward(float *dx, float dx_beta, float *dw, float *db, const float *dy,
+                               const uint16_t *x, const uint16_t *w, int64_t M, int in, int out) {
+    if (db) linear_backward_f32(NULL, 1, NULL, db, dy, NULL, NULL, (int)M, in, out); // f32 dy
     float *fx = f32_of(x, M * in), *fw = f32_of(w, (int64_t)out * in), *ry = rounded(dy, M * out);
-    linear_backward_f32(dx, dw, NULL, ry, fx, fw, (int)M, in, out);
+    linear_backward_f32(dx, dx_beta, dw, NULL, ry, fx, fw, (int)M, in, out);
     free(fx), free(fw), free(ry);
 }
 

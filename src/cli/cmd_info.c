@@ -64,6 +64,9 @@ static void print_plan(const ldmc_memory_plan *m, int batch, int H, int W, int h
            gib(fixed + m->activations));
     printf("  activations with gradient checkpointing %9.2f GiB   total %.2f GiB\n",
            gib(m->activations_recomputed), gib(fixed + m->activations_recomputed));
+    if (m->activations_projections)
+        printf("  activations with the projections recomputed %9.2f GiB   total %.2f GiB\n",
+               gib(m->activations_projections), gib(fixed + m->activations_projections));
     printf("  (activations: the step's memory plan, from a dry run of forward, loss and backward;"
            " %.2f GiB if nothing were freed before the step's end; bf16 activations on the GPU"
            " take about half)\n",
@@ -96,8 +99,10 @@ static void print_text_plan(const ldmc_model *models, int n, int batch,
            batch);
     size_t act = unet->activations > peak ? unet->activations : peak;
     size_t act_r = unet->activations_recomputed > peak ? unet->activations_recomputed : peak;
-    printf("  total with the text encoders %.2f GiB, with gradient checkpointing %.2f GiB\n",
-           gib(fixed + act), gib(fixed + act_r));
+    size_t act_p = unet->activations_projections > peak ? unet->activations_projections : peak;
+    printf("  total with the text encoders %.2f GiB, with gradient checkpointing %.2f GiB, with "
+           "the projections recomputed %.2f GiB\n",
+           gib(fixed + act), gib(fixed + act_r), gib(fixed + act_p));
 }
 
 int ldmc_cmd_info(int argc, char **argv) {

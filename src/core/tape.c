@@ -248,7 +248,8 @@ void ldmc_requires_grad(ldmc_tensor *t) { t->requires_grad = true; }
 
 static ldmc_tensor *grad_owner(ldmc_tensor *t) { return t->base ? t->base : t; }
 
-float *ldmc_grad(ldmc_ctx *ctx, ldmc_tensor *t) {
+// t's gradient, allocated on first use: zeroed, or (`fresh`) for an op that writes it.
+static float *grad_alloc(ldmc_ctx *ctx, ldmc_tensor *t, bool fresh) {
     if (!t) return NULL;
     ldmc_tensor *owner = grad_owner(t);
     if (!owner->requires_grad) return NULL;
@@ -259,13 +260,31 @@ float *ldmc_grad(ldmc_ctx *ctx, ldmc_tensor *t) {
                    "a recompute region reads tensor '%s' that was not passed to "
                    "ldmc_recompute as an input; its gradient would be lost",
                    owner->name ? owner->name : "?");
-        owner->grad = data_alloc(ctx, (size_t)ldmc_numel(owner) * sizeof(float), true,
-                                 LDMC_MEM_GRAD, owner->name, &owner->grad_slot);
+        size_t bytes = (size_t)ldmc_numel(owner) * sizeof(float);
+        owner->grad = data_alloc(ctx, bytes, !fresh, LDMC_MEM_GRAD, owner->name, &owner->grad_slot);
+        if (fresh && ctx->poison_fresh_grads && !ctx->dry_run) poison(ctx, owner->grad, bytes);
         // a leaf's gradient is the caller's to read after backward
         if (ctx->plan_out && owner->grad_slot && !owner->producer)
             ctx->plan_out->recs[owner->grad_slot - 1].to_end = true;
     }
     return owner->grad;
+}
+
+float *ldmc_grad(ldmc_ctx *ctx, ldmc_tensor *t) { return grad_alloc(ctx, t, false); }
+
+float ldmc_grad_beta(const ldmc_ctx *ctx, int k) {
+    return k < 32 && (ctx->grad_fresh >> k & 1) ? 0.0f : 1.0f;
+}
+
+// Whether input k of the node gets a fresh gradient its op writes (see ldmc_op_reads.writes).
+static bool grad_fresh(const ldmc_node *node, int k) {
+    ldmc_tensor *x = node->in[k];
+    if (k >= 32 || !(node->op->reads.writes >> k & 1) || !x) return false;
+    ldmc_tensor *u = grad_owner(x);
+    if (!u->requires_grad || u->grad || u->is_param || ldmc_numel(x) != ldmc_numel(u)) return false;
+    for (int j = 0; j < node->n_in; j++)
+        if (j != k && node->in[j] && grad_owner(node->in[j]) == u) return false;
+    return true;
 }
 
 float *ldmc_grad_if_any(const ldmc_tensor *t) {
@@ -293,6 +312,8 @@ static ldmc_node *append_node(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor
     memcpy(node->out, out, (size_t)n_out * sizeof *out);
     node->args = NULL;
     node->backward_flops = 0;
+    node->again_flops = 0;
+    node->remake = op->again != NULL;
     for (int i = 0; i < n_out; i++) {
         out[i]->requires_grad = true;
         out[i]->producer = ctx->n_nodes;
@@ -422,6 +443,7 @@ static void remake(ldmc_ctx *ctx, ldmc_tensor *x) {
             remake(ctx, p->in[i]);
         u->data = data_alloc(ctx, ldmc_nbytes(u), false, LDMC_MEM_DATA, u->name, &u->slot);
         u->remade = true;
+        ctx->flops += p->again_flops;
         if (!ctx->dry_run) p->op->again(ctx, p);
         for (int i = 0; i < p->n_in; i++)
             if (p->in[i]) plan_use(ctx, slot_of(p->in[i]), true);
@@ -477,13 +499,18 @@ static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_
         if (!reached) continue;
         ctx->flops += node->backward_flops; // dry runs too: a plan counts the whole step
         remake_reads(ctx, node);
+        ctx->grad_fresh = 0;
         if (node->op->backward != recompute_backward) {
             if (node->op->reads.pass) pass_through(ctx, node);
-            for (int k = 0; k < node->n_in; k++)
-                ldmc_grad(ctx, node->in[k]);
+            for (int k = 0; k < node->n_in; k++) {
+                bool fresh = grad_fresh(node, k);
+                grad_alloc(ctx, node->in[k], fresh);
+                if (fresh) ctx->grad_fresh |= 1u << k;
+            }
             backward_uses(ctx, node);
         }
         if (ctx->dry_run && node->op->backward != recompute_backward) {
+            ctx->grad_fresh = 0;
             plan_tick(ctx);
             continue;
         }
@@ -498,9 +525,17 @@ static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_
                 ctx->profile->mark = profile_now(ctx); // a re-run's ops time from here
             node->op->backward(ctx, node);
         }
+        ctx->grad_fresh = 0;
         plan_tick(ctx);
     }
     if (hook && first < end) hook->node_done(hook->user, first);
+}
+
+void ldmc_remake_later(ldmc_ctx *ctx, ldmc_tensor *t) {
+    ldmc_tensor *u = grad_owner(t);
+    if (!ctx->recording || !u->producer || u->producer > ctx->n_nodes) return;
+    ldmc_node *node = &ctx->nodes[u->producer - 1];
+    if (node->op->again && node->n_out == 1 && node->out[0] == u) node->remake = true;
 }
 
 bool ldmc_node_is_recompute(const ldmc_node *node) {
@@ -540,7 +575,7 @@ void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_gr
     if (ctx->plan || ctx->plan_out)
         for (int i = 0; i < ctx->n_nodes; i++) {
             const ldmc_node *node = &ctx->nodes[i];
-            if (!node->op->again) continue;
+            if (!node->remake) continue;
             for (int o = 0; o < node->n_out; o++)
                 if (!node->out[o]->base && node->out[o]->slot) node->out[o]->dropped = true;
         }

@@ -3,9 +3,11 @@
 // A context owns two arenas (activation data and gradients; tensor headers and node records) and
 // the tape. While recording, each op appends a node {op, inputs, outputs, args}; ldmc_backward
 // walks the nodes in reverse and calls each op's backward. The gradient rule, for every op:
-// gradients always accumulate (+=) into zero-initialized buffers, so a tensor used twice
-// (residuals, skip concatenations) receives the sum, and parameter gradients accumulate across
-// micro-batches until the trainer zeroes the flat gradient buffer.
+// gradients accumulate (+=) into zero-initialized buffers, so a tensor used twice (residuals,
+// skip concatenations) receives the sum, and parameter gradients accumulate across micro-batches
+// until the trainer zeroes the flat gradient buffer. Two exceptions save the zeroing: an op with
+// `writes` writes an activation gradient its node is the first to reach, and an add hands its
+// gradient on (`pass`); see ldmc_op_reads.
 //
 // Recomputation (what trainers call gradient checkpointing): ldmc_recompute runs a region
 // unrecorded, keeps only its outputs, and re-runs it recorded during backward. Everything the
@@ -60,21 +62,31 @@ typedef struct ldmc_backward_hook {
 // `pass`: the op's backward adds its output's gradient unchanged into each input's (an add), so
 // the first input whose gradient does not exist yet takes the output's gradient buffer itself
 // (no zeroing, no copy); the backward then skips the input whose gradient is dy.
+// `writes` (bit k for input k, k < 32): the op's backward can write input k's gradient instead of
+// adding into it: when that gradient does not exist yet (and is the whole of a tensor no other
+// input of the node shares, not a parameter's), the tape allocates it without zeroing and
+// ldmc_grad_beta(ctx, k) is 0, else 1; the op then writes every element (beta 0: never reading
+// the buffer) or adds its part (beta 1).
 typedef struct ldmc_op_reads {
     bool known;
     uint32_t in, out;
     bool pass;
+    uint32_t writes;
 } ldmc_op_reads;
 // clang-format off
-#define LDMC_READS(in_mask, out_mask) {true, (in_mask), (out_mask), false}
-#define LDMC_READS_PASS(in_mask, out_mask) {true, (in_mask), (out_mask), true}
-#define LDMC_READS_ALL {false, 0, 0, false}
+#define LDMC_READS(in_mask, out_mask) {true, (in_mask), (out_mask), false, 0}
+#define LDMC_READS_PASS(in_mask, out_mask) {true, (in_mask), (out_mask), true, 0}
+#define LDMC_READS_WRITES(in_mask, out_mask, writes_mask) \
+    {true, (in_mask), (out_mask), false, (writes_mask)}
+#define LDMC_READS_ALL {false, 0, 0, false, 0}
 // clang-format on
 
 // `again` (NULL: none) runs a node's forward once more into node->out[0]->data, from its inputs
 // and args, bit for bit as the first time: an output so cheap to recompute (a normalization, an
 // activation) is not kept for backward under a memory plan, but made again, right before the
 // first backward that reads it, into memory of its own (see ldmc_backward_many).
+// An op whose `again` costs as much as the op did (a matrix product) clears its nodes' `remake`:
+// their outputs are made again only where a model asks (ldmc_remake_later), and kept otherwise.
 typedef void (*ldmc_again_fn)(ldmc_ctx *ctx, ldmc_node *node);
 
 typedef struct ldmc_op_info {
@@ -92,6 +104,8 @@ struct ldmc_node {
     int n_out;
     void *args;            // op-specific, allocated with ldmc_node_args
     double backward_flops; // set by the op: what its backward adds to ctx->flops
+    double again_flops;    // set by the op: what making its output again adds to ctx->flops
+    bool remake; // under a memory plan, the output is made again in backward (`again`; see there)
 };
 
 // A region for ldmc_recompute: reads in[0..n_in), writes out[0..n_out) (fresh tensors).
@@ -115,6 +129,11 @@ struct ldmc_ctx {
     // While a recompute region is re-run during backward: the first tensor id of the re-run.
     uint64_t recompute_first_id;
     bool in_recompute;
+    // Models ask for their attention's q, k, v (self-attention) and q (cross-attention), and for
+    // their feed-forward's first product, to be made again in backward (ldmc_remake_later) rather
+    // than kept: a product more each, for the largest activations a transformer keeps. Set for
+    // the duration of a forward by the module that has it on (a UNet's recompute_projections).
+    bool recompute_projections;
     // Matrix-product FLOPs of the ops run (linear, matmul, conv2d, attention; forward and the
     // backward products of the gradients needed), dry runs included: a step's model FLOPs.
     double flops;
@@ -128,6 +147,10 @@ struct ldmc_ctx {
     int64_t plan_tick;
     int plan_cursor, plan_freed; // plan_freed: records (in order of death) already past
     bool plan_poison;            // replay: fill each record with NaN bytes when it dies (tests)
+    // Tests: fill a gradient allocated without zeroing (`writes`) with NaN bytes (host memory).
+    bool poison_fresh_grads;
+    // During a node's backward: bit k when input k's gradient was allocated for it unzeroed.
+    uint32_t grad_fresh;
 };
 
 // data_bytes / meta_bytes: address space reserved for each arena (committed only when touched).
@@ -186,6 +209,9 @@ void ldmc_requires_grad(ldmc_tensor *t);
 float *ldmc_grad(ldmc_ctx *ctx, ldmc_tensor *t);
 // The gradient if one has been allocated, else NULL (no upstream gradient reached it).
 float *ldmc_grad_if_any(const ldmc_tensor *t);
+// In the backward of an op with `writes` (see ldmc_op_reads): 0 when input k's gradient is fresh
+// (unzeroed: write it), 1 when it holds a sum already (add into it).
+float ldmc_grad_beta(const ldmc_ctx *ctx, int k);
 
 // Records a node when recording and some input needs a gradient; returns NULL otherwise.
 // Sets requires_grad on the outputs accordingly. Fatal, naming the op, when the op has no
@@ -207,6 +233,11 @@ void *ldmc_host_scratch(ldmc_ctx *ctx, size_t bytes);
 void ldmc_backward(ldmc_ctx *ctx, ldmc_tensor *loss, const float *seed_grad);
 // The same from several outputs at once (an op with several outputs, or several losses).
 void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_grads, int n);
+
+// Asks that t, a recorded op's output, be made again in backward rather than kept for it, when a
+// memory plan is in use and the op can (`again`); otherwise (not recorded, no `again`, no plan)
+// the output is kept as usual. Whatever reads t in backward gets the same bits either way.
+void ldmc_remake_later(ldmc_ctx *ctx, ldmc_tensor *t);
 
 // Whether the node is a recompute region's (whose re-run reads parameters the tape does not list).
 bool ldmc_node_is_recompute(const ldmc_node *node);

@@ -80,6 +80,10 @@ ldmc_tensor *nn_attention_forward(ldmc_ctx *ctx, const ldmc_params *p, const nn_
     ldmc_tensor *q = project(ctx, p, a, 0, x);
     ldmc_tensor *k = tokens(ctx, project(ctx, p, a, 1, src));
     ldmc_tensor *v = tokens(ctx, project(ctx, p, a, 2, src));
+    if (ctx->recompute_projections) { // a cross-attention's k and v are a few tokens: kept
+        ldmc_remake_later(ctx, q);
+        if (!context) ldmc_remake_later(ctx, k), ldmc_remake_later(ctx, v);
+    }
     ldmc_tensor *o = a->causal ? ldmc_causal_attention(ctx, tokens(ctx, q), k, v, a->heads)
                                : ldmc_attention(ctx, tokens(ctx, q), k, v, a->heads);
     return project(ctx, p, a, 3, q->ndim == 3 ? o : ldmc_reshape(ctx, o, q->ndim, q->shape));
@@ -98,6 +102,7 @@ void nn_feed_forward_init(nn_feed_forward *f, ldmc_params *p, const char *in_nam
 ldmc_tensor *nn_feed_forward_forward(ldmc_ctx *ctx, const ldmc_params *p, const nn_feed_forward *f,
                                      ldmc_tensor *x) {
     ldmc_tensor *h = nn_linear_forward(ctx, p, &f->in, x);
+    if (ctx->recompute_projections) ldmc_remake_later(ctx, h);
     h = f->kind == NN_FF_GEGLU ? ldmc_geglu(ctx, h) : ldmc_gelu(ctx, h, f->kind == NN_FF_GELU_TANH);
     return nn_linear_forward(ctx, p, &f->out, h);
 }

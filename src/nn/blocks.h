@@ -46,7 +46,8 @@ typedef struct nn_attention {
 void nn_attention_init(nn_attention *a, ldmc_params *p, const char *prefix,
                        const nn_attention_options *o);
 // x (B, N, dim) with linear projections, or (B, H, W, dim) with 1x1 convolutions; context
-// (B, L, context_dim) or NULL for self-attention -> x's shape.
+// (B, L, context_dim) or NULL for self-attention -> x's shape. Under ctx->recompute_projections,
+// q (and a self-attention's k and v) are made again in backward, not kept.
 ldmc_tensor *nn_attention_forward(ldmc_ctx *ctx, const ldmc_params *p, const nn_attention *a,
                                   ldmc_tensor *x, ldmc_tensor *context);
 
@@ -66,6 +67,7 @@ typedef struct nn_feed_forward {
 
 void nn_feed_forward_init(nn_feed_forward *f, ldmc_params *p, const char *in_name,
                           const char *out_name, nn_feed_forward_kind kind, int dim, int hidden);
+// Under ctx->recompute_projections, the first product's output is made again in backward.
 ldmc_tensor *nn_feed_forward_forward(ldmc_ctx *ctx, const ldmc_params *p, const nn_feed_forward *f,
                                      ldmc_tensor *x);
 

@@ -261,6 +261,8 @@ ldmc_tensor *ldmc_unet_forward(ldmc_ctx *ctx, const ldmc_unet *u, ldmc_tensor *x
         context = ldmc_reshape(ctx, e, 3, (int64_t[]){e->shape[0], 1, e->shape[1]});
     }
     ldmc_tensor **skips = ldmc_arena_alloc(&ctx->meta, (size_t)u->n_input * sizeof *skips);
+    bool projections_were = ctx->recompute_projections;
+    ctx->recompute_projections = projections_were || u->recompute_projections;
     ldmc_tensor *h = x;
     for (int i = 0; i < u->n_input; i++)
         h = skips[i] = block_forward(ctx, u, &u->input[i], h, emb_act, context);
@@ -269,6 +271,7 @@ ldmc_tensor *ldmc_unet_forward(ldmc_ctx *ctx, const ldmc_unet *u, ldmc_tensor *x
         h = ldmc_concat(ctx, (ldmc_tensor *[]){h, skips[u->n_input - 1 - i]}, 2);
         h = block_forward(ctx, u, &u->output[i], h, emb_act, context);
     }
+    ctx->recompute_projections = projections_were;
     h = ldmc_silu(ctx, nn_norm_forward(ctx, p, &u->out_norm, h));
     return nn_conv_forward(ctx, p, &u->out_conv, h);
 }

@@ -57,6 +57,9 @@ typedef struct ldmc_unet {
     nn_norm out_norm;   // out.0
     nn_conv out_conv;   // out.2
     bool recompute;     // gradient checkpointing: each ResBlock, SpatialTransformer recomputed
+    // The transformers' q, k, v and feed-forward input products made again in backward, not kept
+    // (ldmc_ctx's recompute_projections): less memory for a product more each.
+    bool recompute_projections;
 } ldmc_unet;
 
 // The conditioning of one forward pass. context (B, L, context_dim) for text models, or

@@ -34,6 +34,10 @@ typedef struct ldmc_conv_geom {
 // Fills Ho and Wo: floor((H + pads - k) / stride) + 1. Returns -1 when the window does not fit.
 int ldmc_conv_geom_finish(ldmc_conv_geom *g);
 
+// A gradient's new value from the backward's part v: a fresh (unzeroed) buffer is written
+// (beta 0), one that holds a sum already is added to (beta 1). Never 0 * g: g may be NaN bytes.
+#define GRAD_ADD(beta, g, v) ((beta) != 0 ? (g) + (v) : (v))
+
 #define REAL float
 #define FN(name) name##_f32
 #include "ops/cpu/decl.inc"

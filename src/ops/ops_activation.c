@@ -5,9 +5,11 @@
 static void silu_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_silu_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), BF(x), ldmc_numel(x)));
+        GPU(ldmc_cuda_silu_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]),
+                                    BF(x), ldmc_numel(x)));
     else
-        silu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x));
+        silu_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]), DATA(x),
+                          ldmc_numel(x));
 }
 
 static void silu_compute(ldmc_tensor *y, const ldmc_tensor *x) {
@@ -22,7 +24,7 @@ static void silu_again(ldmc_ctx *ctx, ldmc_node *node) {
     silu_compute(node->out[0], node->in[0]);
 }
 
-static const ldmc_op_info silu_op = {"silu", silu_backward, LDMC_READS(1, 0), silu_again};
+static const ldmc_op_info silu_op = {"silu", silu_backward, LDMC_READS_WRITES(1, 0, 1), silu_again};
 
 ldmc_tensor *ldmc_silu(ldmc_ctx *ctx, ldmc_tensor *x) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
@@ -35,13 +37,14 @@ static void gelu_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
     int kind = *(const int *)node->args;
     if (ON_GPU(x))
-        GPU(ldmc_cuda_gelu_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), BF(x), ldmc_numel(x),
-                                    kind));
+        GPU(ldmc_cuda_gelu_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]),
+                                    BF(x), ldmc_numel(x), kind));
     else
-        gelu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), ldmc_numel(x), kind);
+        gelu_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]), DATA(x),
+                          ldmc_numel(x), kind);
 }
 
-static const ldmc_op_info gelu_op = {"gelu", gelu_backward, LDMC_READS(1, 0), NULL};
+static const ldmc_op_info gelu_op = {"gelu", gelu_backward, LDMC_READS_WRITES(1, 0, 1), NULL};
 
 static ldmc_tensor *gelu(ldmc_ctx *ctx, ldmc_tensor *x, int kind) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
@@ -69,9 +72,11 @@ static void geglu_backward(ldmc_ctx *ctx, ldmc_node *node) {
     int F = (int)(last_dim(x) / 2);
     int64_t M = ldmc_numel(x) / (2 * F);
     if (ON_GPU(x))
-        GPU(ldmc_cuda_geglu_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), BF(x), M, F));
+        GPU(ldmc_cuda_geglu_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]),
+                                     BF(x), M, F));
     else
-        geglu_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), M, F);
+        geglu_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]), DATA(x),
+                           M, F);
 }
 
 static void geglu_compute(ldmc_tensor *y, const ldmc_tensor *x) {
@@ -88,7 +93,8 @@ static void geglu_again(ldmc_ctx *ctx, ldmc_node *node) {
     geglu_compute(node->out[0], node->in[0]);
 }
 
-static const ldmc_op_info geglu_op = {"geglu", geglu_backward, LDMC_READS(1, 0), geglu_again};
+static const ldmc_op_info geglu_op = {"geglu", geglu_backward, LDMC_READS_WRITES(1, 0, 1),
+                                      geglu_again};
 
 ldmc_tensor *ldmc_geglu(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim >= 1 && last_dim(x) % 2 == 0, "geglu", x,

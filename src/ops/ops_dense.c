@@ -15,16 +15,31 @@ static void linear_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0], *w = node->in[1], *b = node->in[2];
     int in = (int)w->shape[1], out = (int)w->shape[0];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_linear_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, w), ldmc_grad(ctx, b),
-                                      DOUT(node->out[0]), BF(x), BF(w), ldmc_numel(x) / in, in,
-                                      out));
+        GPU(ldmc_cuda_linear_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), ldmc_grad(ctx, w),
+                                      ldmc_grad(ctx, b), DOUT(node->out[0]), BF(x), BF(w),
+                                      ldmc_numel(x) / in, in, out));
     else
-        linear_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, w), ldmc_grad(ctx, b),
-                            DOUT(node->out[0]), DATA(x), DATA(w), (int)(ldmc_numel(x) / in), in,
-                            out);
+        linear_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), ldmc_grad(ctx, w),
+                            ldmc_grad(ctx, b), DOUT(node->out[0]), DATA(x), DATA(w),
+                            (int)(ldmc_numel(x) / in), in, out);
 }
 
-static const ldmc_op_info linear_op = {"linear", linear_backward, LDMC_READS(3, 0), NULL};
+static void linear_compute(ldmc_tensor *y, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b) {
+    int in = (int)w->shape[1], out = (int)w->shape[0];
+    int64_t M = ldmc_numel(x) / in;
+    if (ON_GPU(x))
+        GPU(ldmc_cuda_linear_forward(BF(y), BF(x), BF(w), BF(b), M, in, out));
+    else
+        linear_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), (int)M, in, out);
+}
+
+static void linear_again(ldmc_ctx *ctx, ldmc_node *node) {
+    (void)ctx;
+    linear_compute(node->out[0], node->in[0], node->in[1], node->in[2]);
+}
+
+static const ldmc_op_info linear_op = {"linear", linear_backward, LDMC_READS_WRITES(3, 0, 1),
+                                       linear_again};
 
 ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b) {
     OP_CHECK(w->ndim == 2, "linear", w, "the weight must be (out, in)");
@@ -39,18 +54,15 @@ ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_ten
     shape[x->ndim - 1] = w->shape[0];
     ldmc_tensor *y = ldmc_new(ctx, ctx->act_dtype, x->ndim, shape);
     int64_t M = ldmc_numel(x) / w->shape[1];
-    ctx->flops += 2.0 * (double)M * (double)w->shape[1] * (double)w->shape[0];
-    COMPUTE(ctx) {
-        if (ON_GPU(x))
-            GPU(ldmc_cuda_linear_forward(BF(y), BF(x), BF(w), BF(b), M, (int)w->shape[1],
-                                         (int)w->shape[0]));
-        else
-            linear_forward_f32(OUT(y), DATA(x), DATA(w), DATA(b), (int)M, (int)w->shape[1],
-                               (int)w->shape[0]);
-    }
+    double flops = 2.0 * (double)M * (double)w->shape[1] * (double)w->shape[0];
+    ctx->flops += flops;
+    COMPUTE(ctx) { linear_compute(y, x, w, b); }
     ldmc_node *node = RECORD(ctx, &linear_op, y, x, w, b);
-    if (node)
-        node->backward_flops = 2.0 * (double)M * w->shape[1] * w->shape[0] * (needs(x) + needs(w));
+    if (node) {
+        node->backward_flops = flops * (needs(x) + needs(w));
+        node->again_flops = flops;
+        node->remake = false; // a product: made again only where a model asks (ldmc_remake_later)
+    }
     return y;
 }
 

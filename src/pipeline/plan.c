@@ -29,11 +29,11 @@ double ldmc_plan_step(ldmc_device device, void (*run)(ldmc_ctx *ctx, void *user)
     ldmc_ctx_init_dry_run_device(&ctx, device, DRY_RUN_ARENA);
     run(&ctx, user); // without a plan: the bump arena's high-water mark
     size_t unplanned = ctx.data.high_water;
-    double flops = ctx.flops;
     ldmc_ctx_free(&ctx);
     ldmc_ctx_init_dry_run_device(&ctx, device, DRY_RUN_ARENA);
     ldmc_ctx_record_plan(&ctx, plan);
     run(&ctx, user);
+    double flops = ctx.flops; // outputs made again in backward (ldmc_remake_later) included
     ldmc_ctx_finish_plan(&ctx);
     ldmc_ctx_free(&ctx);
     plan->unplanned = unplanned;
@@ -166,5 +166,14 @@ int ldmc_model_plan(const ldmc_model *m, int batch, int H, int W, int f, ldmc_me
     *recompute = true;
     plan->activations_recomputed = step_activations(m, batch, H / step_f, W / step_f).activations;
     *recompute = was;
+    plan->activations_projections = 0;
+    if (m->desc == &ldmc_unet_desc) {
+        ldmc_unet *u = m->module;
+        bool projections_were = u->recompute_projections;
+        u->recompute = false, u->recompute_projections = true;
+        plan->activations_projections =
+            step_activations(m, batch, H / step_f, W / step_f).activations;
+        u->recompute = was, u->recompute_projections = projections_were;
+    }
     return step_f;
 }

@@ -22,6 +22,7 @@ typedef struct ldmc_memory_plan {
     size_t weights, gradients, optimizer; // bytes: f32 weights, f32 gradients, AdamW m and v
     size_t activations;                   // the step's planned activations and their gradients
     size_t activations_recomputed;        // the same with gradient checkpointing
+    size_t activations_projections;       // a UNet's with its projections made again (else 0)
     size_t unplanned;                     // without a plan (nothing freed before the step ends)
 } ldmc_memory_plan;
 
@@ -53,7 +54,8 @@ ldmc_dry_run ldmc_dry_run_text_forward(ldmc_text_encoder *e, ldmc_device device,
 // Records the memory plan of the step `run` makes on `ctx` (any step: it runs on dry-run
 // contexts of `device`, which compute nothing and touch none of their memory, so it may be given
 // the real model and batch: once plainly, for plan->unplanned, once recording). A real context
-// replays the plan with ldmc_ctx_use_plan. Returns the step's matrix-product FLOPs.
+// replays the plan with ldmc_ctx_use_plan. Returns the step's matrix-product FLOPs as the plan
+// runs it (with the products it makes again in backward: ldmc_remake_later).
 double ldmc_plan_step(ldmc_device device, void (*run)(ldmc_ctx *ctx, void *user), void *user,
                       ldmc_step_plan *plan);
 // ldmc_plan_step of the diffusion loss's step on batch b (its allocations depend on the shapes

@@ -244,6 +244,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     ldmc_unet u;
     ldmc_unet_init(&u, cfg);
     u.recompute = o->recompute;
+    u.recompute_projections = o->recompute_projections;
     r->parameters = ldmc_params_count(&u.params, false);
     int h = o->height / 8, w = o->width / 8;
     r->plan = (ldmc_step_plan){0};

@@ -23,6 +23,7 @@ typedef struct ldmc_bench_options {
     int reps, warmup;
     ldmc_device device;
     bool recompute; // gradient checkpointing of every ResBlock and transformer
+    bool recompute_projections; // q, k, v and feed-forward input products made again in backward
     bool profile;
     bool dry_run;
     uint64_t seed;

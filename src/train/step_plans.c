@@ -79,10 +79,13 @@ static const ldmc_step_plan *micro_plan(trainer *T, const ldmc_batch *b, const l
 
 double trainer_micro_step(trainer *T, const ldmc_batch *b, const ldmc_step_key *key,
                           double grad_scale) {
+    // LDMC_PLAN_POISON (tests): what the plan frees, and the gradients backward writes without
+    // zeroing first, are filled with NaN bytes (CPU memory only)
+    bool poison = getenv("LDMC_PLAN_POISON") != NULL;
+    T->ctx.poison_fresh_grads = poison;
     if (!T->cfg->memory_plan) return T->task->micro_step(T, &T->ctx, b, key, grad_scale);
     ldmc_ctx_use_plan(&T->ctx, micro_plan(T, b, key, grad_scale));
-    // LDMC_PLAN_POISON (tests): what the plan frees is filled with NaN bytes (CPU memory only)
-    T->ctx.plan_poison = getenv("LDMC_PLAN_POISON") != NULL;
+    T->ctx.plan_poison = poison;
     double loss = T->task->micro_step(T, &T->ctx, b, key, grad_scale);
     ldmc_ctx_use_plan(&T->ctx, NULL);
     return loss;

@@ -46,6 +46,7 @@ static int diffusion_setup(trainer *T, ldmc_err *err) {
     ldmc_unet_init(&T->unet, &cfg->model.unet);
     T->have_unet = true;
     T->unet.recompute = cfg->recompute;
+    T->unet.recompute_projections = cfg->recompute_projections;
     T->model = ldmc_unet_model(&T->unet);
     T->conditioner = (ldmc_conditioner){.unet = &T->unet.cfg, .dropout = cfg->cond_dropout};
     // (a benchmark's batches bring random text embeddings: `ldmc bench text` times the encoders)

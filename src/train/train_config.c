@@ -295,9 +295,11 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
     }
     const ldmc_cfg *train = ldmc_cfg_get(root, "train");
     if (!train) return LDMC_ERR(err, "%s: a `train:` section is required", c->source_path);
+    // clang-format off
     static const char *const train_keys[] = {
-        "steps",        "seed",    "out",    "checkpoint_every",       "keep",        "log_every",
-        "sample_every", "threads", "device", "gradient_checkpointing", "memory_plan", NULL};
+        "steps", "seed", "out", "checkpoint_every", "keep", "log_every", "sample_every", "threads",
+        "device", "gradient_checkpointing", "memory_plan", "recompute_projections", NULL};
+    // clang-format on
     int64_t seed = 0;
     const char *device = "cpu";
     c->memory_plan = true;
@@ -312,8 +314,13 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
         get_int32(train, "threads", 0, 4096, &c->threads, err) ||
         ldmc_cfg_bool(train, "gradient_checkpointing", false, &c->recompute, err) ||
         ldmc_cfg_bool(train, "memory_plan", false, &c->memory_plan, err) ||
+        ldmc_cfg_bool(train, "recompute_projections", false, &c->recompute_projections, err) ||
         get_string(train, "device", false, &device, err))
         return -1;
+    if (c->recompute_projections && (!c->memory_plan || vae_task))
+        return ldmc_cfg_error(ldmc_cfg_get(train, "recompute_projections"), err,
+                              "recompute_projections is for the UNet's transformers (a diffusion "
+                              "task) and works through the step's memory plan (memory_plan: true)");
     if (ldmc_device_parse(device, &c->device) != 0)
         return ldmc_cfg_error(ldmc_cfg_get(train, "device"), err,
                               "device '%s': expected cpu or cuda", device);

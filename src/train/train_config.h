@@ -75,6 +75,7 @@ typedef struct ldmc_train_config {
     ldmc_device device; // train.device: cpu, or cuda (bf16 activations, fp32 master weights)
     bool recompute;     // train.gradient_checkpointing: blocks recomputed in backward
     bool memory_plan;   // train.memory_plan: steps replay memory plans (core/memplan.h)
+    bool recompute_projections; // train.recompute_projections: transformer products made again
     // sample grids
     int sample_steps;
     double sample_guidance; // classifier-free guidance scale of the previews (1: none)
