@@ -46,11 +46,6 @@ __global__ static void silu_forward_kernel(uint16_t *y, const uint16_t *x, int64
 }
 
 // d/dx x σ(x) = σ(x) (1 + x (1 - σ(x)))
-// beta 0: dx is written, never read (a fresh gradient); 1: added to.
-__device__ static inline float grad_add(float beta, const float *g, float v) {
-    return beta != 0.0f ? *g + v : v;
-}
-
 __global__ static void silu_backward_kernel(float *dx, float beta, const float *dy,
                                             const uint16_t *x, int64_t n) {
     GRID_STRIDE(i, n) {

@@ -99,3 +99,9 @@ __device__ __forceinline__ float block_max(float v, float *shared) {
     v = lane < warps ? shared[lane] : -INFINITY;
     return warp_max(v);
 }
+
+// A gradient's new value from a backward's part v: beta 0, a fresh gradient, is written and never
+// read (its bytes may be anything); beta 1 adds (ldmc_op_reads.writes, src/core/tape.h).
+__device__ static inline float grad_add(float beta, const float *g, float v) {
+    return beta != 0.0f ? *g + v : v;
+}

@@ -222,15 +222,16 @@ void ldmc_cuda_set_conv_slice_elements(int64_t max_elements);
 void ldmc_cuda_group_norm_forward(uint16_t *y, float *mean, float *rstd, const uint16_t *x,
                                   const uint16_t *gamma, const uint16_t *beta, int N, int64_t P,
                                   int C, int G, float eps);
-void ldmc_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
-                                   const uint16_t *x, const float *mean, const float *rstd,
-                                   const uint16_t *gamma, int N, int64_t P, int C, int G);
+void ldmc_cuda_group_norm_backward(float *dx, float dx_beta, float *dgamma, float *dbeta,
+                                   const float *dy, const uint16_t *x, const float *mean,
+                                   const float *rstd, const uint16_t *gamma, int N, int64_t P,
+                                   int C, int G);
 void ldmc_cuda_layer_norm_forward(uint16_t *y, float *mean, float *rstd, const uint16_t *x,
                                   const uint16_t *gamma, const uint16_t *beta, int64_t M, int C,
                                   float eps);
-void ldmc_cuda_layer_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
-                                   const uint16_t *x, const float *mean, const float *rstd,
-                                   const uint16_t *gamma, int64_t M, int C);
+void ldmc_cuda_layer_norm_backward(float *dx, float dx_beta, float *dgamma, float *dbeta,
+                                   const float *dy, const uint16_t *x, const float *mean,
+                                   const float *rstd, const uint16_t *gamma, int64_t M, int C);
 
 // ---- attention (attention.cu): lse (B, H, Nq) f32; never a score matrix for every query -------
 // causal (Nq = Nk): query i attends to keys 0..i; the others' probabilities are 0.

@@ -166,7 +166,7 @@ __global__ static void group_coef_kernel(float *coef, const double *part, const 
     }
 }
 
-__global__ static void group_dx_kernel(float *dx, const float *dy, const uint16_t *x,
+__global__ static void group_dx_kernel(float *dx, float beta, const float *dy, const uint16_t *x,
                                        const float *coef, int64_t PC, int C) {
     const int64_t base = (int64_t)blockIdx.y * PC;
     const float *cn = coef + (int64_t)blockIdx.y * C * 3;
@@ -175,7 +175,8 @@ __global__ static void group_dx_kernel(float *dx, const float *dy, const uint16_
     int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     for (int c = (int)(j % C); j < PC; j += stride, c = c + step < C ? c + step : c + step - C) {
         const int64_t i = base + j;
-        dx[i] += dy[i] * cn[3 * c] + bf16_load(x, i) * cn[3 * c + 1] + cn[3 * c + 2];
+        dx[i] = grad_add(beta, dx + i,
+                         dy[i] * cn[3 * c] + bf16_load(x, i) * cn[3 * c + 1] + cn[3 * c + 2]);
     }
 }
 
@@ -248,11 +249,10 @@ extern "C" void ldmc_cuda_group_norm_forward(uint16_t *y, float *mean, float *rs
 }
 
 // Workspace: part (N, slices, 2, C) doubles, then N C 3 floats (k1, k2, k3).
-extern "C" void ldmc_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta,
-                                              const float *dy, const uint16_t *x,
-                                              const float *mean, const float *rstd,
-                                              const uint16_t *gamma, int N, int64_t P, int C,
-                                              int G) {
+extern "C" void ldmc_cuda_group_norm_backward(float *dx, float dx_beta, float *dgamma, float *dbeta,
+                                              const float *dy, const uint16_t *x, const float *mean,
+                                              const float *rstd, const uint16_t *gamma, int N,
+                                              int64_t P, int C, int G) {
     if (N <= 0 || C <= 0 || G <= 0 || P <= 0 || (!dx && !dgamma && !dbeta)) return;
     LDMC_CHECK(C % G == 0, "group_norm: C = %d is not divisible by G = %d", C, G);
     const slice_geom sg = slice_geom_of(N, P, C);
@@ -270,8 +270,8 @@ extern "C" void ldmc_cuda_group_norm_backward(float *dx, float *dgamma, float *d
     group_coef_kernel<<<dim3((unsigned)G, (unsigned)N), NORM_THREADS, 0, ldmc_stream()>>>(
         coef, part, mean, rstd, gamma, P, C, G, sg.slices);
     CUDA_CHECK_LAUNCH("group_coef_kernel");
-    group_dx_kernel<<<image_grid(P * C, N), NORM_THREADS, 0, ldmc_stream()>>>(dx, dy, x, coef,
-                                                                               P * C, C);
+    group_dx_kernel<<<image_grid(P * C, N), NORM_THREADS, 0, ldmc_stream()>>>(dx, dx_beta, dy, x,
+                                                                              coef, P * C, C);
     CUDA_CHECK_LAUNCH("group_dx_kernel");
 }
 
@@ -308,9 +308,9 @@ __global__ static void layer_norm_forward_kernel(uint16_t *y, float *mean, float
     }
 }
 
-// dx += r (u - mean(u) - x̂ mean(u x̂)) with u = dy γ, per row.
-__global__ static void layer_norm_dx_kernel(float *dx, const float *dy, const uint16_t *x,
-                                            const float *mean, const float *rstd,
+// dx (= or +=, beta 0 or 1) r (u - mean(u) - x̂ mean(u x̂)) with u = dy γ, per row.
+__global__ static void layer_norm_dx_kernel(float *dx, float beta, const float *dy,
+                                            const uint16_t *x, const float *mean, const float *rstd,
                                             const uint16_t *gamma, int64_t M, int C) {
     const int lane = threadIdx.x & 31;
     const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
@@ -330,7 +330,7 @@ __global__ static void layer_norm_dx_kernel(float *dx, const float *dy, const ui
         for (int c = lane; c < C; c += 32) {
             const float xhat = (bf16_load(row, c) - mu) * r;
             const float u = drow[c] * (gamma ? bf16_load(gamma, c) : 1.0f);
-            out[c] += r * (u - mean_u - xhat * mean_ux);
+            out[c] = grad_add(beta, out + c, r * (u - mean_u - xhat * mean_ux));
         }
     }
 }
@@ -373,12 +373,12 @@ extern "C" void ldmc_cuda_layer_norm_forward(uint16_t *y, float *mean, float *rs
 }
 
 // Workspace (dγ or dβ wanted): part (slices, 2, C) doubles, slices <= 1024 of >= 64 rows.
-extern "C" void ldmc_cuda_layer_norm_backward(float *dx, float *dgamma, float *dbeta,
-                                              const float *dy, const uint16_t *x,
-                                              const float *mean, const float *rstd,
-                                              const uint16_t *gamma, int64_t M, int C) {
+extern "C" void ldmc_cuda_layer_norm_backward(float *dx, float dx_beta, float *dgamma, float *dbeta,
+                                              const float *dy, const uint16_t *x, const float *mean,
+                                              const float *rstd, const uint16_t *gamma, int64_t M,
+                                              int C) {
     if (M <= 0 || C <= 0) return;
-    if (dx) LAUNCH_1D(layer_norm_dx_kernel, M * 32, dx, dy, x, mean, rstd, gamma, M, C);
+    if (dx) LAUNCH_1D(layer_norm_dx_kernel, M * 32, dx, dx_beta, dy, x, mean, rstd, gamma, M, C);
     if (!dgamma && !dbeta) return;
     int64_t rows = (M + 1023) / 1024;
     if (rows < 64) rows = 64;

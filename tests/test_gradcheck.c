@@ -64,8 +64,8 @@ static void group_norm_b(const fd_case *c, double **in, const double *dy, double
     double mean[64], rstd[64], *y = malloc((size_t)(c->B * c->M * c->C) * sizeof *y);
     group_norm_forward_f64(y, mean, rstd, in[0], c->affine ? in[1] : NULL, c->affine ? in[2] : NULL,
                            c->B, c->M, c->C, c->G, c->eps);
-    group_norm_backward_f64(d[0], c->affine ? d[1] : NULL, c->affine ? d[2] : NULL, dy, in[0], mean,
-                            rstd, c->affine ? in[1] : NULL, c->B, c->M, c->C, c->G);
+    group_norm_backward_f64(d[0], 1, c->affine ? d[1] : NULL, c->affine ? d[2] : NULL, dy, in[0],
+                            mean, rstd, c->affine ? in[1] : NULL, c->B, c->M, c->C, c->G);
     free(y);
 }
 static void layer_norm_f(const fd_case *c, double **in, double *out) {
@@ -77,8 +77,8 @@ static void layer_norm_b(const fd_case *c, double **in, const double *dy, double
     double mean[64], rstd[64], *y = malloc((size_t)(c->M * c->C) * sizeof *y);
     layer_norm_forward_f64(y, mean, rstd, in[0], c->affine ? in[1] : NULL, c->affine ? in[2] : NULL,
                            c->M, c->C, c->eps);
-    layer_norm_backward_f64(d[0], c->affine ? d[1] : NULL, c->affine ? d[2] : NULL, dy, in[0], mean,
-                            rstd, c->affine ? in[1] : NULL, c->M, c->C);
+    layer_norm_backward_f64(d[0], 1, c->affine ? d[1] : NULL, c->affine ? d[2] : NULL, dy, in[0],
+                            mean, rstd, c->affine ? in[1] : NULL, c->M, c->C);
     free(y);
 }
 static void silu_f(const fd_case *c, double **in, double *out) {

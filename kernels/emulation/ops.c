@@ -395,12 +395,13 @@ void ldmc_cuda_group_norm_forward(uint16_t *y, float *mean, float *rstd, const u
     free(fx), free(fg), free(fb), free(fy);
 }
 
-void ldmc_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
-                                   const uint16_t *x, const float *mean, const float *rstd,
-                                   const uint16_t *gamma, int N, int64_t P, int C, int G) {
+void ldmc_cuda_group_norm_backward(float *dx, float dx_beta, float *dgamma, float *dbeta,
+                                   const float *dy, const uint16_t *x, const float *mean,
+                                   const float *rstd, const uint16_t *gamma, int N, int64_t P,
+                                   int C, int G) {
     int64_t n = (int64_t)N * P * C;
     float *fx = f32_of(x, n), *fg = f32_of(gamma, C);
-    group_norm_backward_f32(dx, dgamma, dbeta, dy, fx, mean, rstd, fg, N, (int)P, C, G);
+    group_norm_backward_f32(dx, dx_beta, dgamma, dbeta, dy, fx, mean, rstd, fg, N, (int)P, C, G);
     free(fx), free(fg);
 }
 
@@ -413,11 +414,11 @@ void ldmc_cuda_layer_norm_forward(uint16_t *y, float *mean, float *rstd, const u
     free(fx), free(fg), free(fb), free(fy);
 }
 
-void ldmc_cuda_layer_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
-                                   const uint16_t *x, const float *mean, const float *rstd,
-                                   const uint16_t *gamma, int64_t M, int C) {
+void ldmc_cuda_layer_norm_backward(float *dx, float dx_beta, float *dgamma, float *dbeta,
+                                   const float *dy, const uint16_t *x, const float *mean,
+                                   const float *rstd, const uint16_t *gamma, int64_t M, int C) {
     float *fx = f32_of(x, M * C), *fg = f32_of(gamma, C);
-    layer_norm_backward_f32(dx, dgamma, dbeta, dy, fx, mean, rstd, fg, (int)M, C);
+    layer_norm_backward_f32(dx, dx_beta, dgamma, dbeta, dy, fx, mean, rstd, fg, (int)M, C);
     free(fx), free(fg);
 }
 

@@ -43,17 +43,17 @@ static void group_norm_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const norm_args *a = node->args;
     ldmc_tensor *x = node->in[0], *gamma = node->in[1], *beta = node->in[2];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_group_norm_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, gamma),
-                                          ldmc_grad(ctx, beta), DOUT(node->out[0]), BF(x), a->mean,
-                                          a->rstd, BF(gamma), a->N, a->P, a->C, a->G));
+        GPU(ldmc_cuda_group_norm_backward(
+            ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), ldmc_grad(ctx, gamma), ldmc_grad(ctx, beta),
+            DOUT(node->out[0]), BF(x), a->mean, a->rstd, BF(gamma), a->N, a->P, a->C, a->G));
     else
-        group_norm_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, gamma), ldmc_grad(ctx, beta),
-                                DOUT(node->out[0]), DATA(x), a->mean, a->rstd, DATA(gamma), a->N,
-                                a->P, a->C, a->G);
+        group_norm_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), ldmc_grad(ctx, gamma),
+                                ldmc_grad(ctx, beta), DOUT(node->out[0]), DATA(x), a->mean, a->rstd,
+                                DATA(gamma), a->N, a->P, a->C, a->G);
 }
 
-static const ldmc_op_info group_norm_op = {"group_norm", group_norm_backward, LDMC_READS(3, 0),
-                                           group_norm_again};
+static const ldmc_op_info group_norm_op = {"group_norm", group_norm_backward,
+                                           LDMC_READS_WRITES(3, 0, 1), group_norm_again};
 
 static void check_affine(const char *op, const ldmc_tensor *p, int64_t C) {
     if (p)
@@ -84,17 +84,17 @@ static void layer_norm_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const norm_args *a = node->args;
     ldmc_tensor *x = node->in[0], *gamma = node->in[1], *beta = node->in[2];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_layer_norm_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, gamma),
-                                          ldmc_grad(ctx, beta), DOUT(node->out[0]), BF(x), a->mean,
-                                          a->rstd, BF(gamma), a->N, a->C));
+        GPU(ldmc_cuda_layer_norm_backward(
+            ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), ldmc_grad(ctx, gamma), ldmc_grad(ctx, beta),
+            DOUT(node->out[0]), BF(x), a->mean, a->rstd, BF(gamma), a->N, a->C));
     else
-        layer_norm_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, gamma), ldmc_grad(ctx, beta),
-                                DOUT(node->out[0]), DATA(x), a->mean, a->rstd, DATA(gamma), a->N,
-                                a->C);
+        layer_norm_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), ldmc_grad(ctx, gamma),
+                                ldmc_grad(ctx, beta), DOUT(node->out[0]), DATA(x), a->mean, a->rstd,
+                                DATA(gamma), a->N, a->C);
 }
 
-static const ldmc_op_info layer_norm_op = {"layer_norm", layer_norm_backward, LDMC_READS(3, 0),
-                                           layer_norm_again};
+static const ldmc_op_info layer_norm_op = {"layer_norm", layer_norm_backward,
+                                           LDMC_READS_WRITES(3, 0, 1), layer_norm_again};
 
 ldmc_tensor *ldmc_layer_norm(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *gamma, ldmc_tensor *beta,
                              double eps) {
