@@ -490,8 +490,10 @@ static void fall_back(conv_plan *p, int d, const char *call, cudnnStatus_t s) {
     log_direction(p, d, "warning: ");
 }
 
-__global__ static void add_bf16_to_f32_kernel(float *dst, const uint16_t *src, int64_t n) {
-    GRID_STRIDE(i, n) { dst[i] += bf16_load(src, i); }
+// dst (= or +=, beta 0 or 1) src.
+__global__ static void add_bf16_to_f32_kernel(float *dst, float beta, const uint16_t *src,
+                                              int64_t n) {
+    GRID_STRIDE(i, n) { dst[i] = grad_add(beta, dst + i, bf16_load(src, i)); }
 }
 
 // xp (N, Hp, Wp, C) = x placed at (pad_top, pad_left), zeros around it.
@@ -506,15 +508,16 @@ __global__ static void pad_kernel(uint16_t *xp, const uint16_t *x, int H, int W,
     }
 }
 
-// dx (N, H, W, C) += the window of dxp (N, Hp, Wp, C) at (top, left), both as f32.
-__global__ static void crop_add_kernel(float *dx, const uint16_t *dxp, int H, int W, int C, int Hp,
-                                       int Wp, int top, int left, int64_t total) {
+// dx (N, H, W, C) (= or +=, beta 0 or 1) the window of dxp (N, Hp, Wp, C) at (top, left), as f32.
+__global__ static void crop_add_kernel(float *dx, float beta, const uint16_t *dxp, int H, int W,
+                                       int C, int Hp, int Wp, int top, int left, int64_t total) {
     GRID_STRIDE(i, total) {
         int c = (int)(i % C);
         int64_t r = i / C;
         int w = (int)(r % W), h = (int)(r / W % H);
         int64_t n = r / ((int64_t)W * H);
-        dx[i] += bf16_load(dxp, ((n * Hp + h + top) * Wp + w + left) * C + c);
+        dx[i] =
+            grad_add(beta, dx + i, bf16_load(dxp, ((n * Hp + h + top) * Wp + w + left) * C + c));
     }
 }
 
@@ -543,9 +546,10 @@ static bool cudnn_forward(conv_plan *p, uint16_t *y, const uint16_t *x, const ui
 }
 
 // The gradients *dx and *dw (either may be NULL) through cuDNN in the directions the plan runs
-// there: each one done is set to NULL, the rest left for the implicit GEMM.
-static void cudnn_backward(conv_plan *p, float **dx, float **dw, const float *dy, const uint16_t *x,
-                           const uint16_t *w) {
+// there: each one done is set to NULL, the rest left for the implicit GEMM. dx_beta 0: *dx is
+// written, not added to.
+static void cudnn_backward(conv_plan *p, float **dx, float dx_beta, float **dw, const float *dy,
+                           const uint16_t *x, const uint16_t *w) {
     const bool data = *dx && use_cudnn(p, BACKWARD_DATA);
     const bool filter = *dw && use_cudnn(p, BACKWARD_FILTER);
     if (!data && !filter) return;
@@ -575,10 +579,10 @@ static void cudnn_backward(conv_plan *p, float **dx, float **dw, const float *dy
         if (s == CUDNN_STATUS_SUCCESS) {
             int64_t n_in = (int64_t)g->N * g->H * g->W * g->C;
             if (p->explicit_pad)
-                LAUNCH_1D(crop_add_kernel, n_in, *dx, dxb, g->H, g->W, g->C, p->Hp, p->Wp,
+                LAUNCH_1D(crop_add_kernel, n_in, *dx, dx_beta, dxb, g->H, g->W, g->C, p->Hp, p->Wp,
                           g->pad_top, g->pad_left, n_in);
             else
-                LAUNCH_1D(add_bf16_to_f32_kernel, n_in, *dx, dxb, n_in);
+                LAUNCH_1D(add_bf16_to_f32_kernel, n_in, *dx, dx_beta, dxb, n_in);
             *dx = nullptr;
         } else {
             fall_back(p, BACKWARD_DATA, "cudnnConvolutionBackwardData", s);
@@ -595,7 +599,7 @@ static void cudnn_backward(conv_plan *p, float **dx, float **dw, const float *dy
             cudnn(), &alpha, p->x, xin, p->y, dyb, af->conv,
             (cudnnConvolutionBwdFilterAlgo_t)af->algo, algo_mem, af->workspace, &beta, p->w, dwb);
         if (s == CUDNN_STATUS_SUCCESS) {
-            LAUNCH_1D(add_bf16_to_f32_kernel, n_w, *dw, dwb, n_w);
+            LAUNCH_1D(add_bf16_to_f32_kernel, n_w, *dw, 1.0f, dwb, n_w);
             *dw = nullptr;
         } else {
             fall_back(p, BACKWARD_FILTER, "cudnnConvolutionBackwardFilter", s);
@@ -618,13 +622,15 @@ static void forward_slice(uint16_t *y, const uint16_t *x, const uint16_t *w,
     gemm_forward(y, x, w, g);
 }
 
-static void backward_slice(float *dx, float *dw, const float *dy, const uint16_t *x,
+static void backward_slice(float *dx, float dx_beta, float *dw, const float *dy, const uint16_t *x,
                            const uint16_t *w, const ldmc_conv_geom *g, int batch) {
 #ifdef LDMC_HAVE_CUDNN
-    cudnn_backward(plan_for(g, batch), &dx, &dw, dy, x, w);
+    cudnn_backward(plan_for(g, batch), &dx, dx_beta, &dw, dy, x, w);
 #else
     (void)batch;
 #endif
+    // the implicit GEMM's taps add up across chunks of rows: a fresh gradient starts at zero
+    if (dx && dx_beta == 0.0f) ldmc_cuda_zero(dx, (size_t)g->N * g->H * g->W * g->C * sizeof *dx);
     if (dx || dw) gemm_backward(dx, dw, dy, x, w, g);
 }
 
@@ -640,8 +646,8 @@ extern "C" void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const u
     if (b) ldmc_cuda_add_bias(y, b, (int64_t)g->N * g->Ho * g->Wo, g->O);
 }
 
-extern "C" void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy,
-                                          const uint16_t *x, const uint16_t *w,
+extern "C" void ldmc_cuda_conv2d_backward(float *dx, float dx_beta, float *dw, float *db,
+                                          const float *dy, const uint16_t *x, const uint16_t *w,
                                           const ldmc_conv_geom *g) {
     if (db) ldmc_cuda_column_sums(db, dy, (int64_t)g->N * g->Ho * g->Wo, g->O); // workspace first
     if (!dx && !dw) return;
@@ -650,7 +656,7 @@ extern "C" void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const
     for (int s = 0; s < slices; s++) { // dw sums the slices in order
         int64_t n0;
         ldmc_conv_geom slice = slice_geom(g, slices, s, &n0);
-        backward_slice(dx ? dx + n0 * x_sample : nullptr, dw, dy + n0 * y_sample, x + n0 * x_sample,
-                       w, &slice, slices > 1 ? g->N : 0);
+        backward_slice(dx ? dx + n0 * x_sample : nullptr, dx_beta, dw, dy + n0 * y_sample,
+                       x + n0 * x_sample, w, &slice, slices > 1 ? g->N : 0);
     }
 }

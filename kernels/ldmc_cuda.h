@@ -205,8 +205,8 @@ void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C);
 // ---- convolution on NHWC bf16: cuDNN, or an implicit GEMM of our own (conv.cu) -----------------
 void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
                               const ldmc_conv_geom *g);
-void ldmc_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const uint16_t *x,
-                               const uint16_t *w, const ldmc_conv_geom *g);
+void ldmc_cuda_conv2d_backward(float *dx, float dx_beta, float *dw, float *db, const float *dy,
+                               const uint16_t *x, const uint16_t *w, const ldmc_conv_geom *g);
 
 // ---- chunk and slice bounds (attention.cu, conv.cu): for tests, which run many chunks of small
 // tensors; the defaults suit training ----------------------------------------------------------

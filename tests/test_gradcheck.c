@@ -53,7 +53,7 @@ static void conv_f(const fd_case *c, double **in, double *out) {
     conv2d_forward_f64(out, in[0], in[1], c->has_bias ? in[2] : NULL, &c->g);
 }
 static void conv_b(const fd_case *c, double **in, const double *dy, double **d) {
-    conv2d_backward_f64(d[0], d[1], c->has_bias ? d[2] : NULL, dy, in[0], in[1], &c->g);
+    conv2d_backward_f64(d[0], 1, d[1], c->has_bias ? d[2] : NULL, dy, in[0], in[1], &c->g);
 }
 static void group_norm_f(const fd_case *c, double **in, double *out) {
     double mean[64], rstd[64];

@@ -121,14 +121,15 @@ ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool tra
 static void conv2d_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0], *w = node->in[1], *b = node->in[2];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_conv2d_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, w), ldmc_grad(ctx, b),
-                                      DOUT(node->out[0]), BF(x), BF(w), node->args));
+        GPU(ldmc_cuda_conv2d_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), ldmc_grad(ctx, w),
+                                      ldmc_grad(ctx, b), DOUT(node->out[0]), BF(x), BF(w),
+                                      node->args));
     else
-        conv2d_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, w), ldmc_grad(ctx, b),
-                            DOUT(node->out[0]), DATA(x), DATA(w), node->args);
+        conv2d_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), ldmc_grad(ctx, w),
+                            ldmc_grad(ctx, b), DOUT(node->out[0]), DATA(x), DATA(w), node->args);
 }
 
-static const ldmc_op_info conv2d_op = {"conv2d", conv2d_backward, LDMC_READS(3, 0), NULL};
+static const ldmc_op_info conv2d_op = {"conv2d", conv2d_backward, LDMC_READS_WRITES(3, 0, 1), NULL};
 
 ldmc_tensor *ldmc_conv2d_padded(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b,
                                 int stride, const int pad[4]) {
