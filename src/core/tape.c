@@ -313,7 +313,7 @@ static ldmc_node *append_node(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor
     node->args = NULL;
     node->backward_flops = 0;
     node->again_flops = 0;
-    node->remake = op->again != NULL;
+    node->remake = false;
     for (int i = 0; i < n_out; i++) {
         out[i]->requires_grad = true;
         out[i]->producer = ctx->n_nodes;
@@ -510,7 +510,6 @@ static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_
             backward_uses(ctx, node);
         }
         if (ctx->dry_run && node->op->backward != recompute_backward) {
-            ctx->grad_fresh = 0;
             plan_tick(ctx);
             continue;
         }
@@ -525,9 +524,9 @@ static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_
                 ctx->profile->mark = profile_now(ctx); // a re-run's ops time from here
             node->op->backward(ctx, node);
         }
-        ctx->grad_fresh = 0;
         plan_tick(ctx);
     }
+    ctx->grad_fresh = 0; // (set for each node before its backward, read only there)
     if (hook && first < end) hook->node_done(hook->user, first);
 }
 
@@ -575,7 +574,8 @@ void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_gr
     if (ctx->plan || ctx->plan_out)
         for (int i = 0; i < ctx->n_nodes; i++) {
             const ldmc_node *node = &ctx->nodes[i];
-            if (!node->remake) continue;
+            // an output cheap to make again (no product) always; a product's where asked
+            if (!node->op->again || (node->again_flops > 0 && !node->remake)) continue;
             for (int o = 0; o < node->n_out; o++)
                 if (!node->out[o]->base && node->out[o]->slot) node->out[o]->dropped = true;
         }

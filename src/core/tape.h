@@ -85,8 +85,8 @@ typedef struct ldmc_op_reads {
 // and args, bit for bit as the first time: an output so cheap to recompute (a normalization, an
 // activation) is not kept for backward under a memory plan, but made again, right before the
 // first backward that reads it, into memory of its own (see ldmc_backward_many).
-// An op whose `again` costs as much as the op did (a matrix product) clears its nodes' `remake`:
-// their outputs are made again only where a model asks (ldmc_remake_later), and kept otherwise.
+// An output whose making again costs a product (the node's again_flops > 0: a linear layer's) is
+// made again only where a model asks (ldmc_remake_later), and kept otherwise.
 typedef void (*ldmc_again_fn)(ldmc_ctx *ctx, ldmc_node *node);
 
 typedef struct ldmc_op_info {
@@ -105,7 +105,7 @@ struct ldmc_node {
     void *args;            // op-specific, allocated with ldmc_node_args
     double backward_flops; // set by the op: what its backward adds to ctx->flops
     double again_flops;    // set by the op: what making its output again adds to ctx->flops
-    bool remake; // under a memory plan, the output is made again in backward (`again`; see there)
+    bool remake; // asked for by ldmc_remake_later (for outputs that cost a product to make again)
 };
 
 // A region for ldmc_recompute: reads in[0..n_in), writes out[0..n_out) (fresh tensors).

@@ -60,8 +60,7 @@ ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_ten
     ldmc_node *node = RECORD(ctx, &linear_op, y, x, w, b);
     if (node) {
         node->backward_flops = flops * (needs(x) + needs(w));
-        node->again_flops = flops;
-        node->remake = false; // a product: made again only where a model asks (ldmc_remake_later)
+        node->again_flops = flops; // a product: made again only where a model asks
     }
     return y;
 }
