@@ -74,15 +74,15 @@ __global__ static void geglu_forward_kernel(uint16_t *y, const uint16_t *x, int6
 }
 
 // Each thread owns one (value, gate) pair of dx, so no two threads touch the same element.
-__global__ static void geglu_backward_kernel(float *dx, float beta, const float *dy,
+// dx f32 or bf16 (ldmc_cuda_grad).
+__global__ static void geglu_backward_kernel(void *dx, bool bf16, float beta, const float *dy,
                                              const uint16_t *x, int64_t MF, int F) {
     GRID_STRIDE(i, MF) {
         int64_t m = i / F, f = i - m * F;
         const uint16_t *row = x + m * 2 * F;
         float a = bf16_load(row, f), gate = bf16_load(row, F + f), g = dy[i];
-        float *drow = dx + m * 2 * F;
-        drow[f] = grad_add(beta, drow + f, g * gelu(gate, 0));
-        drow[F + f] = grad_add(beta, drow + F + f, g * a * gelu_grad(gate, 0));
+        grad_put(dx, bf16, beta, m * 2 * F + f, g * gelu(gate, 0));
+        grad_put(dx, bf16, beta, m * 2 * F + F + f, g * a * gelu_grad(gate, 0));
     }
 }
 
@@ -160,11 +160,11 @@ extern "C" void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t 
     LAUNCH_1D(geglu_forward_kernel, MF, y, x, MF, F);
 }
 
-extern "C" void ldmc_cuda_geglu_backward(float *dx, float beta, const float *dy, const uint16_t *x,
+extern "C" void ldmc_cuda_geglu_backward(ldmc_cuda_grad dx, const float *dy, const uint16_t *x,
                                          int64_t M, int F) {
-    if (!dx) return;
+    if (!dx.p) return;
     int64_t MF = M * F;
-    LAUNCH_1D(geglu_backward_kernel, MF, dx, beta, dy, x, MF, F);
+    LAUNCH_1D(geglu_backward_kernel, MF, dx.p, dx.bf16, dx.beta, dy, x, MF, F);
 }
 
 extern "C" void ldmc_cuda_softmax_forward(uint16_t *y, const uint16_t *x, int64_t M, int C) {

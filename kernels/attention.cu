@@ -7,7 +7,12 @@
 // strided batch (stride D). For each batch element b and chunk of cq queries, all heads at once:
 //   forward:  S = scale Q K^T (f32), softmax rows -> lse and P (bf16), O = P V (bf16, into o);
 //   backward: S again, P = exp(S - lse), dP = dO V^T, dS = P (dP - Δ) with Δ_i = Σ_d dO o,
-//             dq += scale dS K, dk += scale dS^T Q, dv += P^T dO (f32, beta = 1, in place).
+//             dq += scale dS K, dk += scale dS^T Q, dv += P^T dO (f32, in place).
+// A fresh gradient (beta 0: core/tape.h) is written by the first chunk that reaches it (dq: every
+// chunk its own rows; dk, dv: the first chunk, the later ones add). A bf16 gradient (dq, dk, dv
+// for products that read them rounded; dO from a product that wrote it so) is written as
+// cuBLAS's bf16 output; dk and dv, summed over several chunks, go through an f32 accumulator
+// of one batch element first. A bf16 dO is used as is, without its rounded copy.
 // The score tiles (H, cq, ld) live in the workspace; cq keeps them under attention_chunk_bytes
 // (512 MiB unless ldmc_cuda_set_chunk_bytes says otherwise), so no (Nq, Nk) matrix of every query
 // is held. Chunks run in order: dk and dv sum in a fixed order.
@@ -108,10 +113,11 @@ __global__ static void softmax_rows_kernel(uint16_t *p, float *lse, const float 
     }
 }
 
-// Δ (B, H, Nq) = Σ_d dO o per row of each head, and dob = dO as bf16. Δ uses the bf16 dO that
-// the dP GEMM sees: then Σ_j P dP = Δ holds up to o's rounding, and dS = P (dP - Δ) does not
-// pick up dO's rounding as a constant offset per row. One warp per (b, i, h): rows of D values.
-__global__ static void delta_kernel(float *delta, uint16_t *dob, const float *dout,
+// Δ (B, H, Nq) = Σ_d dO o per row of each head, and dob = dO as bf16 (dout f32; a bf16 dout is
+// read as is, dob NULL). Δ uses the bf16 dO that the dP GEMM sees: then Σ_j P dP = Δ holds up to
+// o's rounding, and dS = P (dP - Δ) does not pick up dO's rounding as a constant offset per row.
+// One warp per (b, i, h): rows of D values.
+__global__ static void delta_kernel(float *delta, uint16_t *dob, const void *dout, bool dout_bf16,
                                     const uint16_t *o, int Nq, int H, int D, int64_t total) {
     const int lane = threadIdx.x & 31;
     FOR_EACH_ROW(t, total) { // t = (b Nq + i) H + h
@@ -120,8 +126,9 @@ __global__ static void delta_kernel(float *delta, uint16_t *dob, const float *do
         float acc = 0.0f;
         for (int d = lane; d < D; d += 32) {
             const int64_t e = t * D + d;
-            const uint16_t g = bf16_from(dout[e]);
-            dob[e] = g;
+            const uint16_t g =
+                dout_bf16 ? ((const uint16_t *)dout)[e] : bf16_from(((const float *)dout)[e]);
+            if (dob) dob[e] = g;
             acc += __uint_as_float((uint32_t)g << 16) * bf16_load(o, e);
         }
         acc = warp_sum(acc);
@@ -176,43 +183,60 @@ extern "C" void ldmc_cuda_attention_forward(uint16_t *o, float *lse, const uint1
     }
 }
 
-// Workspace: Δ (B, H, Nq) f32, dO (B, Nq, H*D) bf16, then per chunk S/P (f32), and when dq or
-// dk is wanted dP (f32) and dS (bf16), when dv is P (bf16): 4 to 12 bytes a score.
-extern "C" void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+// Workspace: Δ (B, H, Nq) f32, dO (B, Nq, H*D) bf16 (for an f32 dO), the f32 accumulators of one
+// batch element's dk and dv (bf16 ones over several chunks), then per chunk S/P (f32), and when
+// dq or dk is wanted dP (f32) and dS (bf16), when dv is P (bf16): 4 to 12 bytes a score.
+extern "C" void ldmc_cuda_attention_backward(ldmc_cuda_grad dq, ldmc_cuda_grad dk,
+                                             ldmc_cuda_grad dv, ldmc_cuda_dy dout,
                                              const uint16_t *q, const uint16_t *k,
                                              const uint16_t *v, const uint16_t *o, const float *lse,
                                              int B, int Nq, int Nk, int H, int D, float scale,
                                              bool causal) {
-    if (B <= 0 || Nq <= 0 || Nk <= 0 || H <= 0 || D <= 0 || (!dq && !dk && !dv)) return;
+    if (B <= 0 || Nq <= 0 || Nk <= 0 || H <= 0 || D <= 0 || (!dq.p && !dk.p && !dv.p)) return;
     cublasHandle_t h = (cublasHandle_t)ldmc_cuda_cublas();
-    const bool want_ds = dq || dk, want_p = dv != nullptr;
+    const bool want_ds = dq.p || dk.p, want_p = dv.p != nullptr;
     const int HD = H * D, ld = score_ld(Nk);
     const int cq = query_chunk(Nq, H, ld, 4 + (want_ds ? 4 + 2 : 0) + (want_p ? 2 : 0));
-    const size_t tile = (size_t)H * cq * ld;
+    // dk, dv in bf16 over several chunks: summed in f32 per batch element, then rounded once
+    const bool dk_acc = dk.p && dk.bf16 && cq < Nq, dv_acc = dv.p && dv.bf16 && cq < Nq;
+    const size_t tile = (size_t)H * cq * ld, kv = (size_t)Nk * HD;
     const size_t delta_bytes = align256((size_t)B * H * Nq * sizeof(float));
-    const size_t dob_bytes = align256((size_t)B * Nq * HD * sizeof(uint16_t));
+    const size_t dob_bytes = dout.bf16 ? 0 : align256((size_t)B * Nq * HD * sizeof(uint16_t));
+    const size_t acc_bytes = align256(kv * sizeof(float));
+    const size_t dk_bytes = dk_acc ? acc_bytes : 0, dv_bytes = dv_acc ? acc_bytes : 0;
     const size_t s_bytes = align256(tile * sizeof(float));
     const size_t dp_bytes = want_ds ? align256(tile * sizeof(float)) : 0;
     const size_t ds_bytes = want_ds ? align256(tile * sizeof(uint16_t)) : 0;
     const size_t p_bytes = want_p ? align256(tile * sizeof(uint16_t)) : 0;
-    char *ws = (char *)ldmc_cuda_workspace(delta_bytes + dob_bytes + s_bytes + dp_bytes + ds_bytes +
-                                           p_bytes);
+    char *ws = (char *)ldmc_cuda_workspace(delta_bytes + dob_bytes + dk_bytes + dv_bytes + s_bytes +
+                                           dp_bytes + ds_bytes + p_bytes);
     float *delta = (float *)ws;
-    uint16_t *dob = (uint16_t *)(ws + delta_bytes);
-    float *S = (float *)(ws + delta_bytes + dob_bytes);
+    uint16_t *dob_copy = dout.bf16 ? nullptr : (uint16_t *)(ws + delta_bytes);
+    const uint16_t *dob = dout.bf16 ? (const uint16_t *)dout.p : dob_copy;
+    float *dk_sum = dk_acc ? (float *)(ws + delta_bytes + dob_bytes) : nullptr;
+    float *dv_sum = dv_acc ? (float *)(ws + delta_bytes + dob_bytes + dk_bytes) : nullptr;
+    float *S = (float *)(ws + delta_bytes + dob_bytes + dk_bytes + dv_bytes);
     float *dP = want_ds ? (float *)((char *)S + s_bytes) : nullptr;
     uint16_t *dS = want_ds ? (uint16_t *)((char *)S + s_bytes + dp_bytes) : nullptr;
     uint16_t *P = want_p ? (uint16_t *)((char *)S + s_bytes + dp_bytes + ds_bytes) : nullptr;
 
     const int64_t rows_all = (int64_t)B * Nq * H;
-    LAUNCH_1D(delta_kernel, rows_all * 32, delta, dob, dout, o, Nq, H, D, rows_all);
+    LAUNCH_1D(delta_kernel, rows_all * 32, delta, dob_copy, dout.p, dout.bf16, o, Nq, H, D,
+              rows_all);
     for (int b = 0; b < B; b++) {
         const uint16_t *kb = k + (int64_t)b * Nk * HD, *vb = v + (int64_t)b * Nk * HD;
         const int64_t kvoff = (int64_t)b * Nk * HD;
+        // where this batch element's dk and dv go: the accumulator, or the gradient itself
+        void *dkb = dk_acc ? (void *)dk_sum : grad_at(dk.p, dk.bf16, kvoff);
+        void *dvb = dv_acc ? (void *)dv_sum : grad_at(dv.p, dv.bf16, kvoff);
+        const bool dk_f32 = dk_acc || !dk.bf16, dv_f32 = dv_acc || !dv.bf16;
         for (int i0 = 0; i0 < Nq; i0 += cq) {
             const int rows = Nq - i0 < cq ? Nq - i0 : cq;
             const int64_t qoff = ((int64_t)b * Nq + i0) * HD, lse_off = (int64_t)b * H * Nq + i0;
             const int64_t sstride = (int64_t)cq * ld;
+            // the first chunk writes a fresh (or accumulated) dk and dv, the later ones add
+            const float bk = i0 == 0 ? (dk_acc ? 0.0f : dk.beta) : 1.0f;
+            const float bv = i0 == 0 ? (dv_acc ? 0.0f : dv.beta) : 1.0f;
             scores(h, S, q + qoff, kb, rows, cq, ld, Nk, H, D, scale);
             // dP (rows, Nk) = dO V^T: the same form as S = Q K^T
             if (want_ds)
@@ -222,17 +246,19 @@ extern "C" void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, co
             LAUNCH_1D(score_grads_kernel, total * 32, P, dS, S, dP, lse + lse_off, delta + lse_off,
                       rows, cq, ld, Nk, Nq, i0, causal, total);
             // dv^T (D, Nk) += dO^T (D, rows) P (rows, Nk): the stored P reads as P^T, hence op T
-            if (dv)
+            if (dv.p)
                 gemm_heads(h, CUBLAS_OP_N, CUBLAS_OP_T, D, Nk, rows, 1.0f, dob + qoff, HD, D, P, ld,
-                           sstride, 1.0f, dv + kvoff, true, HD, D, H);
-            // dq^T (D, rows) += scale K^T (D, Nk) dS^T (Nk, rows)
-            if (dq)
+                           sstride, bv, dvb, dv_f32, HD, D, H);
+            // dq^T (D, rows) += scale K^T (D, Nk) dS^T (Nk, rows): each chunk its own rows
+            if (dq.p)
                 gemm_heads(h, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, Nk, scale, kb, HD, D, dS, ld,
-                           sstride, 1.0f, dq + qoff, true, HD, D, H);
+                           sstride, dq.beta, grad_at(dq.p, dq.bf16, qoff), !dq.bf16, HD, D, H);
             // dk^T (D, Nk) += scale Q^T (D, rows) dS (rows, Nk)
-            if (dk)
+            if (dk.p)
                 gemm_heads(h, CUBLAS_OP_N, CUBLAS_OP_T, D, Nk, rows, scale, q + qoff, HD, D, dS, ld,
-                           sstride, 1.0f, dk + kvoff, true, HD, D, H);
+                           sstride, bk, dkb, dk_f32, HD, D, H);
         }
+        if (dk_acc) ldmc_cuda_f32_to_bf16((uint16_t *)dk.p + kvoff, dk_sum, (int64_t)kv);
+        if (dv_acc) ldmc_cuda_f32_to_bf16((uint16_t *)dv.p + kvoff, dv_sum, (int64_t)kv);
     }
 }

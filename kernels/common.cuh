@@ -105,3 +105,17 @@ __device__ __forceinline__ float block_max(float v, float *shared) {
 __device__ static inline float grad_add(float beta, const float *g, float v) {
     return beta != 0.0f ? *g + v : v;
 }
+
+// Element i of a gradient given as ldmc_cuda_grad (ldmc_cuda.h): bf16 written (a bf16 gradient is
+// always fresh), f32 written or added by beta.
+__device__ static inline void grad_put(void *g, bool bf16, float beta, int64_t i, float v) {
+    if (bf16)
+        ((uint16_t *)g)[i] = bf16_from(v);
+    else
+        ((float *)g)[i] = grad_add(beta, (const float *)g + i, v);
+}
+
+// The address of element i of a gradient buffer of either dtype (host code).
+static inline void *grad_at(void *g, bool bf16, int64_t i) {
+    return g ? (char *)g + i * (bf16 ? 2 : 4) : g;
+}

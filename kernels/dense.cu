@@ -1,6 +1,7 @@
 // Linear layers and batched matrix products through cuBLAS: bf16 operands on tensor cores, f32
 // accumulation; forward outputs bf16, gradients accumulate (beta = 1) straight into the f32
-// gradient buffers. CPU twins in src/ops/cpu/dense.inc. Tested by tests/test_cuda.c.
+// gradient buffers, or are written (beta 0, or a bf16 gradient: core/tape.h). CPU twins in
+// src/ops/cpu/dense.inc. Tested by tests/test_cuda.c.
 
 #include "kernels/common.cuh"
 #include "kernels/cublas.cuh"
@@ -28,13 +29,18 @@ extern "C" void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const u
     if (b) ldmc_cuda_add_bias(y, b, M, out);
 }
 
-extern "C" void ldmc_cuda_linear_backward(float *dx, float dx_beta, float *dw, float *db,
-                                          const float *dy, const uint16_t *x, const uint16_t *w,
-                                          int64_t M, int in, int out) {
-    if (db) ldmc_cuda_column_sums(db, dy, M, out); // before the workspace holds dy's copy
-    if (!dx && !dw) return;
-    const uint16_t *dyb = bf16_copy(dy, M * out);
-    if (dx) gemm_rm(false, false, M, in, out, dyb, out, 0, w, in, 0, dx_beta, dx, true, in, 0, 1);
+static void column_sums(float *out, const void *x, bool bf16, int64_t M, int C);
+
+// A bf16 dy (core/tape.h) goes to the products as is; an f32 one through its bf16 copy.
+extern "C" void ldmc_cuda_linear_backward(ldmc_cuda_grad dx, float *dw, float *db, ldmc_cuda_dy dy,
+                                          const uint16_t *x, const uint16_t *w, int64_t M, int in,
+                                          int out) {
+    if (db) column_sums(db, dy.p, dy.bf16, M, out); // before the workspace holds dy's copy
+    if (!dx.p && !dw) return;
+    const uint16_t *dyb =
+        dy.bf16 ? (const uint16_t *)dy.p : bf16_copy((const float *)dy.p, M * out);
+    if (dx.p)
+        gemm_rm(false, false, M, in, out, dyb, out, 0, w, in, 0, dx.beta, dx.p, !dx.bf16, in, 0, 1);
     if (dw) gemm_rm(true, false, out, in, M, dyb, out, 0, x, in, 0, 1.0f, dw, true, in, 0, 1);
 }
 
@@ -69,15 +75,15 @@ extern "C" void ldmc_cuda_bmm_backward(float *da, float *db, const float *dc, co
 // 32 columns and chunk), then the chunks in order. Deterministic, unlike atomics.
 enum { COLSUM_CHUNKS = 256 };
 
-__global__ static void column_partial_kernel(float *partial, const float *x, int64_t M, int C,
-                                             int64_t rows_per_chunk) {
+__global__ static void column_partial_kernel(float *partial, const void *x, bool is_f32, int64_t M,
+                                             int C, int64_t rows_per_chunk) {
     __shared__ float tile[8][33];
     int c = blockIdx.x * 32 + threadIdx.x;
     int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk, r1 = min(M, r0 + rows_per_chunk);
     float s = 0;
     if (c < C)
         for (int64_t r = r0 + threadIdx.y; r < r1; r += 8)
-            s += x[r * C + c];
+            s += load_any(x, is_f32, r * C + c);
     tile[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
@@ -97,12 +103,17 @@ __global__ static void column_final_kernel(float *out, const float *partial, int
 }
 
 extern "C" void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C) {
+    column_sums(out, x, false, M, C);
+}
+
+// out (C) += the column sums of x (M, C), f32 or bf16.
+static void column_sums(float *out, const void *x, bool bf16, int64_t M, int C) {
     if (M <= 0 || C <= 0) return;
     int64_t rows = (M + COLSUM_CHUNKS - 1) / COLSUM_CHUNKS;
     int chunks = (int)((M + rows - 1) / rows);
     float *partial = (float *)ldmc_cuda_workspace((size_t)chunks * C * sizeof(float));
     dim3 grid((unsigned)((C + 31) / 32), (unsigned)chunks), block(32, 8);
-    column_partial_kernel<<<grid, block, 0, ldmc_stream()>>>(partial, x, M, C, rows);
+    column_partial_kernel<<<grid, block, 0, ldmc_stream()>>>(partial, x, !bf16, M, C, rows);
     CUDA_CHECK_LAUNCH("column_partial");
     LAUNCH_1D(column_final_kernel, C, out, partial, chunks, C);
 }

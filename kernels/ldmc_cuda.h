@@ -4,8 +4,10 @@
 // - It runs on ldmc's compute stream (ldmc_cuda_stream()) and returns without waiting; copies to
 //   the host wait for the stream. Failures are fatal with the .cu file and line.
 // - Activations and working weights are bf16, passed as uint16_t bit patterns; all math is f32.
-// - Gradients are f32 and every backward ADDS into them (+=), as the CPU kernels do; a NULL
-//   gradient pointer means "not needed" and is skipped.
+// - Gradients are f32 and a backward ADDS into them (+=), as the CPU kernels do, unless its beta
+//   is 0 (a fresh buffer, written and never read: core/tape.h); a NULL gradient pointer means
+//   "not needed" and is skipped. Some activation gradients are bf16 (core/tape.h: bf16
+//   gradients): the launchers that take them say so with ldmc_cuda_grad and ldmc_cuda_dy.
 // - Shapes and argument meanings are those of the CPU twin of the same name in
 //   src/ops/cpu/decl.inc (images channels-last (N, H, W, C), tokens (B, L, C)).
 // - Temporary memory (bf16 copies of gradients for tensor-core GEMMs, cuDNN workspaces, score
@@ -24,6 +26,19 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+// An activation gradient a backward writes: f32 with beta (0: write, 1: add), or bf16 (always
+// fresh: written, beta 0). p NULL: not needed.
+typedef struct ldmc_cuda_grad {
+    void *p;
+    bool bf16;
+    float beta;
+} ldmc_cuda_grad;
+// An upstream gradient a backward reads: f32, or bf16.
+typedef struct ldmc_cuda_dy {
+    const void *p;
+    bool bf16;
+} ldmc_cuda_dy;
 
 // ---- runtime: device, streams, memory (runtime.cu) -------------------------------------------
 int ldmc_cuda_device_count(void); // 0 when there is no usable device
@@ -182,7 +197,7 @@ void ldmc_cuda_gelu_forward(uint16_t *y, const uint16_t *x, int64_t n, int kind)
 void ldmc_cuda_gelu_backward(float *dx, float beta, const float *dy, const uint16_t *x, int64_t n,
                              int kind);
 void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t M, int F);
-void ldmc_cuda_geglu_backward(float *dx, float beta, const float *dy, const uint16_t *x, int64_t M,
+void ldmc_cuda_geglu_backward(ldmc_cuda_grad dx, const float *dy, const uint16_t *x, int64_t M,
                               int F);
 void ldmc_cuda_softmax_forward(uint16_t *y, const uint16_t *x, int64_t M, int C);
 void ldmc_cuda_softmax_backward(float *dx, const float *dy, const uint16_t *y, int64_t M, int C);
@@ -190,7 +205,8 @@ void ldmc_cuda_softmax_backward(float *dx, const float *dy, const uint16_t *y, i
 // ---- dense: cuBLAS, bf16 in, f32 accumulation (dense.cu) ---------------------------------------
 void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
                               int64_t M, int in, int out);
-void ldmc_cuda_linear_backward(float *dx, float dx_beta, float *dw, float *db, const float *dy,
+// dy bf16: db sums the bf16 values (the products read dy rounded either way).
+void ldmc_cuda_linear_backward(ldmc_cuda_grad dx, float *dw, float *db, ldmc_cuda_dy dy,
                                const uint16_t *x, const uint16_t *w, int64_t M, int in, int out);
 void ldmc_cuda_bmm_forward(uint16_t *c, const uint16_t *a, const uint16_t *b, int B, int M, int N,
                            int K, bool trans_a, bool trans_b);
@@ -238,21 +254,23 @@ void ldmc_cuda_layer_norm_backward(float *dx, float dx_beta, float *dgamma, floa
 void ldmc_cuda_attention_forward(uint16_t *o, float *lse, const uint16_t *q, const uint16_t *k,
                                  const uint16_t *v, int B, int Nq, int Nk, int H, int D,
                                  float scale, bool causal);
-void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                                  const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                                  const uint16_t *o, const float *lse, int B, int Nq, int Nk, int H,
-                                  int D, float scale, bool causal);
+void ldmc_cuda_attention_backward(ldmc_cuda_grad dq, ldmc_cuda_grad dk, ldmc_cuda_grad dv,
+                                  ldmc_cuda_dy dout, const uint16_t *q, const uint16_t *k,
+                                  const uint16_t *v, const uint16_t *o, const float *lse, int B,
+                                  int Nq, int Nk, int H, int D, float scale, bool causal);
 
 // ---- shape, pooling, embeddings (shape.cu) -----------------------------------------------------
 // Columns [src_off, src_off + C) of src (M, src_C) to columns [dst_off, ...) of dst (M, dst_C):
 // copied (bf16) or added (f32 gradients).
 void ldmc_cuda_copy_columns(uint16_t *dst, int dst_C, int dst_off, const uint16_t *src, int src_C,
                             int src_off, int64_t M, int C);
-void ldmc_cuda_add_columns(float *dst, int dst_C, int dst_off, const float *src, int src_C,
-                           int src_off, int64_t M, int C);
+// (beta 0: written)
+void ldmc_cuda_add_columns(float *dst, float beta, int dst_C, int dst_off, const float *src,
+                           int src_C, int src_off, int64_t M, int C);
 void ldmc_cuda_upsample_nearest2x_forward(uint16_t *y, const uint16_t *x, int N, int H, int W,
                                           int C);
-void ldmc_cuda_upsample_nearest2x_backward(float *dx, const float *dy, int N, int H, int W, int C);
+void ldmc_cuda_upsample_nearest2x_backward(float *dx, float beta, const float *dy, int N, int H,
+                                           int W, int C);
 void ldmc_cuda_avg_pool2d_forward(uint16_t *y, const uint16_t *x, const ldmc_conv_geom *g,
                                   bool count_include_pad);
 void ldmc_cuda_avg_pool2d_backward(float *dx, const float *dy, const ldmc_conv_geom *g,

@@ -18,11 +18,13 @@ __global__ static void copy_columns_kernel(uint16_t *dst, int dst_C, int dst_off
     }
 }
 
-__global__ static void add_columns_kernel(float *dst, int dst_C, int dst_off, const float *src,
-                                          int src_C, int src_off, int64_t MC, int C) {
+__global__ static void add_columns_kernel(float *dst, float beta, int dst_C, int dst_off,
+                                          const float *src, int src_C, int src_off, int64_t MC,
+                                          int C) {
     GRID_STRIDE(i, MC) {
         int64_t m = i / C, c = i - m * C;
-        dst[m * dst_C + dst_off + c] += src[m * src_C + src_off + c];
+        float *d = dst + m * dst_C + dst_off + c;
+        *d = grad_add(beta, d, src[m * src_C + src_off + c]);
     }
 }
 
@@ -44,8 +46,8 @@ __global__ static void upsample2x_forward_kernel(uint16_t *y, const uint16_t *x,
 
 // One thread per element of dx (N, H, W, C): its four output gradients, added one at a time in
 // the CPU's order ((0,0), (0,1), (1,0), (1,1)), so the f32 result is the CPU's.
-__global__ static void upsample2x_backward_kernel(float *dx, const float *dy, int H, int W, int C,
-                                                  int64_t total) {
+__global__ static void upsample2x_backward_kernel(float *dx, float beta, const float *dy, int H,
+                                                  int W, int C, int64_t total) {
     GRID_STRIDE(i, total) {
         int64_t r = i / C;
         int c = (int)(i - r * C);
@@ -55,7 +57,7 @@ __global__ static void upsample2x_backward_kernel(float *dx, const float *dy, in
         int64_t n = r / H;
         int64_t row = (int64_t)2 * W * C; // one output row
         int64_t at = ((n * 2 * H + 2 * h) * 2 * W + 2 * w) * C + c;
-        float acc = dx[i];
+        float acc = beta != 0.0f ? dx[i] : 0.0f; // a fresh dx is written
         acc += dy[at];
         acc += dy[at + C];
         acc += dy[at + row];
@@ -243,11 +245,11 @@ extern "C" void ldmc_cuda_copy_columns(uint16_t *dst, int dst_C, int dst_off, co
     LAUNCH_1D(copy_columns_kernel, MC, dst, dst_C, dst_off, src, src_C, src_off, MC, C);
 }
 
-extern "C" void ldmc_cuda_add_columns(float *dst, int dst_C, int dst_off, const float *src,
-                                      int src_C, int src_off, int64_t M, int C) {
+extern "C" void ldmc_cuda_add_columns(float *dst, float beta, int dst_C, int dst_off,
+                                      const float *src, int src_C, int src_off, int64_t M, int C) {
     if (!dst) return;
     int64_t MC = M * C;
-    LAUNCH_1D(add_columns_kernel, MC, dst, dst_C, dst_off, src, src_C, src_off, MC, C);
+    LAUNCH_1D(add_columns_kernel, MC, dst, beta, dst_C, dst_off, src, src_C, src_off, MC, C);
 }
 
 extern "C" void ldmc_cuda_upsample_nearest2x_forward(uint16_t *y, const uint16_t *x, int N, int H,
@@ -256,11 +258,11 @@ extern "C" void ldmc_cuda_upsample_nearest2x_forward(uint16_t *y, const uint16_t
     LAUNCH_1D(upsample2x_forward_kernel, total, y, x, H, W, C, total);
 }
 
-extern "C" void ldmc_cuda_upsample_nearest2x_backward(float *dx, const float *dy, int N, int H,
-                                                      int W, int C) {
+extern "C" void ldmc_cuda_upsample_nearest2x_backward(float *dx, float beta, const float *dy, int N,
+                                                      int H, int W, int C) {
     if (!dx) return;
     int64_t total = (int64_t)N * H * W * C;
-    LAUNCH_1D(upsample2x_backward_kernel, total, dx, dy, H, W, C, total);
+    LAUNCH_1D(upsample2x_backward_kernel, total, dx, beta, dy, H, W, C, total);
 }
 
 extern "C" void ldmc_cuda_avg_pool2d_forward(uint16_t *y, const uint16_t *x,

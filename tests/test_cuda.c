@@ -887,6 +887,15 @@ static void ready(ldmc_params *p) {
     ldmc_params_alloc(p, LDMC_ROLE_ADAM_M);
     ldmc_params_alloc(p, LDMC_ROLE_ADAM_V);
     ldmc_params_init(p, 1234);
+    // The zero-initialized layers (the UNet's last convolution, its residual blocks' second ones,
+    // the transformers' proj_out: SGM's zero_module) drawn at random too: at init, they would
+    // leave every gradient but the last layer's 0 on both devices, and nothing else compared.
+    for (int i = 0; i < p->count; i++) {
+        const ldmc_param *it = &p->items[i];
+        if (it->init == LDMC_INIT_ZERO && it->ndim > 1)
+            test_fill(p->buffers[LDMC_ROLE_WEIGHTS] + it->offset, it->numel, 300 + (uint64_t)i,
+                      it->fan_in > 0 ? 1 / sqrt((double)it->fan_in) : 0.05, 0);
+    }
     // bf16-exact weights: both devices start from the same numbers
     for (size_t i = 0; i < p->total; i++)
         p->buffers[LDMC_ROLE_WEIGHTS][i] =
@@ -1130,6 +1139,77 @@ static void test_recompute_on_the_gpu_changes_nothing(void) {
     ldmc_unet_free(&u);
 }
 
+// bf16 activation gradients (core/tape.h) where a product reads them rounded anyway: the
+// feed-forward's first product's (GEGLU writes it), q's, k's and v's (attention), the attention
+// output's (the output projection writes it). Each is written once and read once, rounded where
+// the f32 one would have been: every parameter's gradient comes out bit for bit as with f32
+// gradients, but the biases of the products whose dy is bf16 (the column sums of the rounded
+// values; here the feed-forward's first, ff.net.0.proj.bias), which stay within bf16's reach.
+// Bit for bit where the kernels' products are emulated; on a GPU, cuBLAS may sum a product with a
+// bf16 output in another order than with an f32 one: within bf16's reach there. Again with
+// attention in chunks of 32 queries (on a GPU; the emulation has no chunks), where dk
+// and dv in bf16 sum the chunks in f32 first.
+static void test_bf16_gradients_change_no_bit(void) {
+    ldmc_model_config mc = test_model_config("tiny_unet_text.yaml");
+    ldmc_unet u;
+    ldmc_unet_init(&u, &mc.unet);
+    ready(&u.params);
+    ldmc_params_to_device(&u.params);
+    size_t n = u.params.total;
+    float *g[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
+    for (int chunked = 0; chunked < 2; chunked++) {
+        // 256 tokens, 2 heads: 2 x 256 scores of 12 bytes a query in backward
+        ldmc_cuda_set_chunk_bytes(chunked ? 2 * 256 * 12 * 32 : 0, 0);
+        int64_t bytes[2], bf16_bytes[2];
+        for (int k = 0; k < 2; k++) {
+            ldmc_ctx gpu;
+            gpu_ctx_init(&gpu);
+            CHECK(gpu.bf16_grads, "a GPU context has bf16 gradients on by default");
+            gpu.bf16_grads = k == 1;
+            ldmc_params_zero_grad(&u.params);
+            unet_step(&gpu, &u, 2, 16, 16);
+            ldmc_cuda_to_host(g[k], u.params.device[LDMC_ROLE_GRAD], n * sizeof(float));
+            bytes[k] = gpu.grad_bytes, bf16_bytes[k] = gpu.grad_bytes_bf16;
+            ldmc_ctx_free(&gpu);
+        }
+        const char *how = chunked ? " (attention in chunks)" : "";
+        CHECK(bf16_bytes[0] == 0 && bf16_bytes[1] > 0,
+              "bf16 gradient bytes%s: %lld with them off, %lld on", how, (long long)bf16_bytes[0],
+              (long long)bf16_bytes[1]);
+        // each bf16 gradient takes half the bytes of its f32 twin
+        CHECK(bytes[0] - bytes[1] == bf16_bytes[1],
+              "gradient bytes%s: %lld in f32, %lld with %lld of them bf16", how,
+              (long long)bytes[0], (long long)bytes[1], (long long)bf16_bytes[1]);
+        int exact = 0, biases = 0;
+        for (int i = 0; i < u.params.count; i++) {
+            const ldmc_param *p = &u.params.items[i];
+            const float *a = g[0] + p->offset, *b = g[1] + p->offset;
+            if (strstr(p->name, "ff.net.0.proj.bias")) {
+                char what[256];
+                snprintf(what, sizeof what, "%s from bf16 dy%s", p->name, how);
+                CHECK_CLOSE(what, b, a, NULL, p->numel, 1e-2);
+                biases++;
+                continue;
+            }
+#ifdef LDMC_CUDA_EMULATED
+            CHECK(memcmp(a, b, (size_t)p->numel * sizeof(float)) == 0,
+                  "%s: its gradient changed with bf16 activation gradients%s", p->name, how);
+#else // cuBLAS may pick another kernel (another order of sums) for a bf16 output
+            char what[256];
+            snprintf(what, sizeof what, "%s with bf16 activation gradients%s", p->name, how);
+            CHECK_CLOSE_SCALED(what, b, a, NULL, p->numel, 1e-2, 1e-6);
+#endif
+            exact++;
+        }
+        CHECK(biases > 0 && exact > biases, "%d parameters compared bit for bit, %d biases", exact,
+              biases);
+    }
+    ldmc_cuda_set_chunk_bytes(0, 0);
+    free(g[0]);
+    free(g[1]);
+    ldmc_unet_free(&u);
+}
+
 int main(int argc, char **argv) {
     if (ldmc_cuda_device_count() == 0) {
         printf("no CUDA device (%s): skipped\n", ldmc_cuda_unavailable_reason());
@@ -1138,7 +1218,7 @@ int main(int argc, char **argv) {
     ldmc_cuda_print_info(stdout);
     enum { N_OPS = sizeof op_cases / sizeof op_cases[0] };
     enum { N_PIECES = sizeof piece_cases / sizeof piece_cases[0] };
-    static test_entry tests[9 + N_OPS + N_PIECES];
+    static test_entry tests[10 + N_OPS + N_PIECES];
     int n = 0;
     tests[n++] = (test_entry)TEST_ENTRY(test_philox_streams_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_bf16_conversions_match_the_cpu);
@@ -1154,5 +1234,6 @@ int main(int argc, char **argv) {
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_vae_step_matches_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_text_encoders_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_recompute_on_the_gpu_changes_nothing);
+    tests[n++] = (test_entry)TEST_ENTRY(test_bf16_gradients_change_no_bit);
     return test_main(argc, argv, tests, n);
 }

@@ -125,8 +125,8 @@ static void attention_b(const fd_case *c, double **in, const double *dy, double 
     double *o = malloc((size_t)c->out_numel * sizeof *o);
     attention_forward_f64(o, lse, in[0], in[1], in[2], c->B, c->Nq, c->Nk, c->H, c->D,
                           1 / sqrt(c->D), c->flag_a);
-    attention_backward_f64(d[0], d[1], d[2], dy, in[0], in[1], in[2], o, lse, c->B, c->Nq, c->Nk,
-                           c->H, c->D, 1 / sqrt(c->D), c->flag_a);
+    attention_backward_f64(d[0], d[1], d[2], 1, 1, 1, dy, in[0], in[1], in[2], o, lse, c->B, c->Nq,
+                           c->Nk, c->H, c->D, 1 / sqrt(c->D), c->flag_a);
     free(lse);
     free(o);
 }
@@ -214,7 +214,7 @@ static void upsample_f(const fd_case *c, double **in, double *out) {
     upsample_nearest2x_forward_f64(out, in[0], c->g.N, c->g.H, c->g.W, c->g.C);
 }
 static void upsample_b(const fd_case *c, double **in, const double *dy, double **d) {
-    upsample_nearest2x_backward_f64(d[0], dy, c->g.N, c->g.H, c->g.W, c->g.C);
+    upsample_nearest2x_backward_f64(d[0], 1, dy, c->g.N, c->g.H, c->g.W, c->g.C);
 }
 static void avg_pool_f(const fd_case *c, double **in, double *out) {
     avg_pool2d_forward_f64(out, in[0], &c->g, c->flag_a);

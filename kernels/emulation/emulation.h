@@ -6,6 +6,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "kernels/ldmc_cuda.h"
 
 // ---- conversions ------------------------------------------------------------------------------
 
@@ -44,3 +45,21 @@ static inline void add_rounded(float *dst, const float *src, int64_t n) {
         dst[i] += ldmc_bf16_to_f32(ldmc_f32_to_bf16(src[i]));
 }
 
+// ---- gradients of either dtype (ldmc_cuda_grad, ldmc_cuda_dy) -----------------------------------
+
+// The f32 buffer a CPU twin writes a gradient into: the gradient itself, or for a bf16 one a
+// temporary (its beta is 0) that grad_done rounds into it. NULL stays NULL.
+static inline float *grad_f32(ldmc_cuda_grad g, int64_t n) {
+    return !g.p ? NULL : g.bf16 ? zeros(n) : (float *)g.p;
+}
+
+static inline void grad_done(ldmc_cuda_grad g, float *f, int64_t n) {
+    if (!g.p || !g.bf16) return;
+    store(g.p, f, n);
+    free(f);
+}
+
+// An upstream gradient as a product sees it: rounded to bf16 (a bf16 one is so already).
+static inline float *dy_rounded(ldmc_cuda_dy d, int64_t n) {
+    return d.bf16 ? f32_of(d.p, n) : rounded(d.p, n);
+}

@@ -314,10 +314,11 @@ void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t M, int F) {
     free(fx), free(fy);
 }
 
-void ldmc_cuda_geglu_backward(float *dx, float beta, const float *dy, const uint16_t *x, int64_t M,
+void ldmc_cuda_geglu_backward(ldmc_cuda_grad dx, const float *dy, const uint16_t *x, int64_t M,
                               int F) {
-    float *fx = f32_of(x, M * 2 * F);
-    if (dx) geglu_backward_f32(dx, beta, dy, fx, M, F);
+    float *fx = f32_of(x, M * 2 * F), *gx = grad_f32(dx, M * 2 * F);
+    if (gx) geglu_backward_f32(gx, dx.beta, dy, fx, M, F);
+    grad_done(dx, gx, M * 2 * F);
     free(fx);
 }
 
@@ -345,11 +346,16 @@ void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const uint16_t *w,
     free(fx), free(fw), free(fb), free(fy);
 }
 
-void ldmc_cuda_linear_backward(float *dx, float dx_beta, float *dw, float *db, const float *dy,
+void ldmc_cuda_linear_backward(ldmc_cuda_grad dx, float *dw, float *db, ldmc_cuda_dy dy,
                                const uint16_t *x, const uint16_t *w, int64_t M, int in, int out) {
-    if (db) linear_backward_f32(NULL, 1, NULL, db, dy, NULL, NULL, (int)M, in, out); // f32 dy
-    float *fx = f32_of(x, M * in), *fw = f32_of(w, (int64_t)out * in), *ry = rounded(dy, M * out);
-    linear_backward_f32(dx, dx_beta, dw, NULL, ry, fx, fw, (int)M, in, out);
+    float *fx = f32_of(x, M * in), *fw = f32_of(w, (int64_t)out * in),
+          *ry = dy_rounded(dy, M * out);
+    // db from dy as it is: f32, or bf16
+    float *fy = dy.bf16 ? f32_of(dy.p, M * out) : (float *)dy.p, *gx = grad_f32(dx, M * in);
+    if (db) linear_backward_f32(NULL, 1, NULL, db, fy, NULL, NULL, (int)M, in, out);
+    linear_backward_f32(gx, dx.beta, dw, NULL, ry, fx, fw, (int)M, in, out);
+    grad_done(dx, gx, M * in);
+    if (dy.bf16) free(fy);
     free(fx), free(fw), free(ry);
 }
 
@@ -437,14 +443,17 @@ void ldmc_cuda_attention_forward(uint16_t *o, float *lse, const uint16_t *q, con
     free(fq), free(fk), free(fv), free(fo);
 }
 
-void ldmc_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                                  const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                                  const uint16_t *o, const float *lse, int B, int Nq, int Nk, int H,
-                                  int D, float scale, bool causal) {
+void ldmc_cuda_attention_backward(ldmc_cuda_grad dq, ldmc_cuda_grad dk, ldmc_cuda_grad dv,
+                                  ldmc_cuda_dy dout, const uint16_t *q, const uint16_t *k,
+                                  const uint16_t *v, const uint16_t *o, const float *lse, int B,
+                                  int Nq, int Nk, int H, int D, float scale, bool causal) {
     int64_t nq = (int64_t)B * Nq * H * D, nk = (int64_t)B * Nk * H * D;
     float *fq = f32_of(q, nq), *fk = f32_of(k, nk), *fv = f32_of(v, nk), *fo = f32_of(o, nq),
-          *rd = rounded(dout, nq);
-    attention_backward_f32(dq, dk, dv, rd, fq, fk, fv, fo, lse, B, Nq, Nk, H, D, scale, causal);
+          *rd = dy_rounded(dout, nq);
+    float *gq = grad_f32(dq, nq), *gk = grad_f32(dk, nk), *gv = grad_f32(dv, nk);
+    attention_backward_f32(gq, gk, gv, dq.beta, dk.beta, dv.beta, rd, fq, fk, fv, fo, lse, B, Nq,
+                           Nk, H, D, scale, causal);
+    grad_done(dq, gq, nq), grad_done(dk, gk, nk), grad_done(dv, gv, nk);
     free(fq), free(fk), free(fv), free(fo), free(rd);
 }
 
@@ -456,9 +465,9 @@ void ldmc_cuda_copy_columns(uint16_t *dst, int dst_C, int dst_off, const uint16_
         memcpy(dst + m * dst_C + dst_off, src + m * src_C + src_off, (size_t)C * sizeof *dst);
 }
 
-void ldmc_cuda_add_columns(float *dst, int dst_C, int dst_off, const float *src, int src_C,
-                           int src_off, int64_t M, int C) {
-    copy_columns_f32(dst, dst_C, dst_off, src, src_C, src_off, M, C, true);
+void ldmc_cuda_add_columns(float *dst, float beta, int dst_C, int dst_off, const float *src,
+                           int src_C, int src_off, int64_t M, int C) {
+    copy_columns_f32(dst, dst_C, dst_off, src, src_C, src_off, M, C, beta != 0);
 }
 
 void ldmc_cuda_upsample_nearest2x_forward(uint16_t *y, const uint16_t *x, int N, int H, int W,
@@ -470,8 +479,9 @@ void ldmc_cuda_upsample_nearest2x_forward(uint16_t *y, const uint16_t *x, int N,
                        x + (((int64_t)n * H + oh / 2) * W + ow / 2) * C, (size_t)C * sizeof *y);
 }
 
-void ldmc_cuda_upsample_nearest2x_backward(float *dx, const float *dy, int N, int H, int W, int C) {
-    if (dx) upsample_nearest2x_backward_f32(dx, dy, N, H, W, C);
+void ldmc_cuda_upsample_nearest2x_backward(float *dx, float beta, const float *dy, int N, int H,
+                                           int W, int C) {
+    if (dx) upsample_nearest2x_backward_f32(dx, beta, dy, N, H, W, C);
 }
 
 void ldmc_cuda_avg_pool2d_forward(uint16_t *y, const uint16_t *x, const ldmc_conv_geom *g,

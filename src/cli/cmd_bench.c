@@ -329,6 +329,8 @@ static int bench_train(int argc, char **argv) {
         print_bytes_json("activations_gib", r.activation_bytes);
         print_bytes_json("activations_unplanned_gib", r.plan.unplanned);
         print_bytes_json("activations_live_gib", r.plan.live_peak);
+        print_bytes_json("activation_gradients_gib", (size_t)r.plan.grad_bytes);
+        print_bytes_json("activation_gradients_bf16_gib", (size_t)r.plan.grad_bytes_bf16);
         print_bytes_json("workspace_gib", r.workspace_bytes);
         print_bytes_json("peak_gib", peak);
         printf(", \"ranks\": %d, \"zero\": %s, \"ema\": %s", o.ranks, o.zero ? "true" : "false",
@@ -366,6 +368,10 @@ static int bench_train(int argc, char **argv) {
            "%.2f GiB if nothing were freed before the step's end)\n",
            (double)r.plan.peak / (1 << 30), (double)r.plan.live_peak / (1 << 30),
            (double)r.plan.unplanned / (1 << 30));
+    printf("  activation gradients allocated in the step: %.2f GiB, %.2f GiB of them bf16 (%.2f "
+           "GiB were all f32)\n",
+           (double)r.plan.grad_bytes / (1 << 30), (double)r.plan.grad_bytes_bf16 / (1 << 30),
+           (double)(r.plan.grad_bytes + r.plan.grad_bytes_bf16) / (1 << 30));
     if (o.dry_run) ldmc_plan_print_peak(&r.plan, stdout, 12);
     ldmc_plan_free(&r.plan);
     if (o.dry_run) return 0;

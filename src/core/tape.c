@@ -10,9 +10,11 @@
 #include "core/error.h"
 
 // Where new tensors go and what ops write: f32 on the CPU, bf16 on the GPU.
+// bf16 activation gradients where the ops allow, on the GPU.
 static void set_device(ldmc_ctx *ctx, ldmc_device device) {
     ctx->device = device;
     ctx->act_dtype = device == LDMC_CUDA ? LDMC_BF16 : LDMC_F32;
+    ctx->bf16_grads = device == LDMC_CUDA;
 }
 
 void ldmc_ctx_init_device(ldmc_ctx *ctx, ldmc_device device, size_t data_bytes, size_t meta_bytes) {
@@ -180,6 +182,7 @@ void ldmc_ctx_reset(ldmc_ctx *ctx) {
     ldmc_arena_reset(&ctx->meta);
     ctx->n_nodes = 0;
     ctx->rng_offset = 0;
+    ctx->grad_bytes = ctx->grad_bytes_bf16 = 0;
     plan_start(ctx);
 }
 
@@ -248,8 +251,9 @@ void ldmc_requires_grad(ldmc_tensor *t) { t->requires_grad = true; }
 
 static ldmc_tensor *grad_owner(ldmc_tensor *t) { return t->base ? t->base : t; }
 
-// t's gradient, allocated on first use: zeroed, or (`fresh`) for an op that writes it.
-static float *grad_alloc(ldmc_ctx *ctx, ldmc_tensor *t, bool fresh) {
+// t's gradient, allocated on first use: zeroed, or (`fresh`) for an op that writes it, in bf16
+// when `bf16` (fresh ones only).
+static void *grad_alloc(ldmc_ctx *ctx, ldmc_tensor *t, bool fresh, bool bf16) {
     if (!t) return NULL;
     ldmc_tensor *owner = grad_owner(t);
     if (!owner->requires_grad) return NULL;
@@ -260,8 +264,11 @@ static float *grad_alloc(ldmc_ctx *ctx, ldmc_tensor *t, bool fresh) {
                    "a recompute region reads tensor '%s' that was not passed to "
                    "ldmc_recompute as an input; its gradient would be lost",
                    owner->name ? owner->name : "?");
-        size_t bytes = (size_t)ldmc_numel(owner) * sizeof(float);
+        size_t bytes = (size_t)ldmc_numel(owner) * (bf16 ? sizeof(uint16_t) : sizeof(float));
         owner->grad = data_alloc(ctx, bytes, !fresh, LDMC_MEM_GRAD, owner->name, &owner->grad_slot);
+        owner->grad_bf16 = bf16;
+        ctx->grad_bytes += (int64_t)bytes;
+        if (bf16) ctx->grad_bytes_bf16 += (int64_t)bytes;
         if (fresh && ctx->poison_fresh_grads && !ctx->dry_run) poison(ctx, owner->grad, bytes);
         // a leaf's gradient is the caller's to read after backward
         if (ctx->plan_out && owner->grad_slot && !owner->producer)
@@ -270,7 +277,21 @@ static float *grad_alloc(ldmc_ctx *ctx, ldmc_tensor *t, bool fresh) {
     return owner->grad;
 }
 
-float *ldmc_grad(ldmc_ctx *ctx, ldmc_tensor *t) { return grad_alloc(ctx, t, false); }
+// Refuses a bf16 gradient to code that reads f32.
+static float *f32_grad(const ldmc_tensor *t, void *g) {
+    LDMC_CHECK(!g || !grad_owner((ldmc_tensor *)t)->grad_bf16,
+               "the gradient of '%s' is bf16 (tape.h: bf16 gradients), and is read here as f32",
+               t->name ? t->name : "?");
+    return g;
+}
+
+float *ldmc_grad(ldmc_ctx *ctx, ldmc_tensor *t) {
+    return f32_grad(t, grad_alloc(ctx, t, false, false));
+}
+
+void *ldmc_grad_any(ldmc_ctx *ctx, ldmc_tensor *t) { return grad_alloc(ctx, t, false, false); }
+
+bool ldmc_grad_is_bf16(const ldmc_tensor *t) { return t && (t->base ? t->base : t)->grad_bf16; }
 
 float ldmc_grad_beta(const ldmc_ctx *ctx, int k) {
     return k < 32 && (ctx->grad_fresh >> k & 1) ? 0.0f : 1.0f;
@@ -287,11 +308,26 @@ static bool grad_fresh(const ldmc_node *node, int k) {
     return true;
 }
 
-float *ldmc_grad_if_any(const ldmc_tensor *t) {
+// Whether input k's fresh gradient is bf16: its only reader is this node, whose op writes it in
+// bf16, and its producer reads it only rounded to bf16 (see ldmc_op_reads).
+static bool grad_bf16(const ldmc_ctx *ctx, const ldmc_node *node, int k) {
+    if (!ctx->bf16_grads || k >= 32 || !(node->op->reads.writes_bf16 >> k & 1)) return false;
+    const ldmc_tensor *u = grad_owner(node->in[k]);
+    if (u->readers != 1 || !u->producer || u->producer > ctx->n_nodes) return false;
+    const ldmc_node *p = &ctx->nodes[u->producer - 1];
+    return p->op->reads.bf16_dy && p->n_out == 1 && grad_owner(p->out[0]) == u;
+}
+
+// The gradient buffer of t if there is one, whatever its dtype.
+static void *grad_raw(const ldmc_tensor *t) {
     if (!t) return NULL;
     const ldmc_tensor *owner = t->base ? t->base : t;
     return owner->requires_grad ? owner->grad : NULL;
 }
+
+float *ldmc_grad_if_any(const ldmc_tensor *t) { return f32_grad(t, grad_raw(t)); }
+
+const void *ldmc_grad_any_if_any(const ldmc_tensor *t) { return grad_raw(t); }
 
 static ldmc_node *append_node(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor **in, int n_in,
                               ldmc_tensor **out, int n_out) {
@@ -319,6 +355,8 @@ static ldmc_node *append_node(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor
         out[i]->producer = ctx->n_nodes;
         grad_owner(out[i])->producer = ctx->n_nodes;
     }
+    for (int i = 0; i < n_in; i++)
+        if (in[i] && !in[i]->is_param) grad_owner(in[i])->readers++;
     return node;
 }
 
@@ -479,7 +517,7 @@ static void pass_through(ldmc_ctx *ctx, const ldmc_node *node) {
         for (int j = 0; j < node->n_in; j++)
             shared = shared || (j != k && node->in[j] && grad_owner(node->in[j]) == x);
         if (shared) continue;
-        x->grad = y->grad, x->grad_slot = y->grad_slot;
+        x->grad = y->grad, x->grad_slot = y->grad_slot, x->grad_bf16 = y->grad_bf16;
         if (ctx->plan_out && x->grad_slot && !x->producer)
             ctx->plan_out->recs[x->grad_slot - 1].to_end = true; // now a leaf's gradient
         return;
@@ -494,7 +532,7 @@ static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_
         ldmc_node *node = &ctx->nodes[i];
         bool reached = false;
         for (int o = 0; o < node->n_out && !reached; o++)
-            reached = ldmc_grad_if_any(node->out[o]) != NULL;
+            reached = grad_raw(node->out[o]) != NULL;
         if (hook && i + 1 < end) hook->node_done(hook->user, i + 1);
         if (!reached) continue;
         ctx->flops += node->backward_flops; // dry runs too: a plan counts the whole step
@@ -504,7 +542,7 @@ static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_
             if (node->op->reads.pass) pass_through(ctx, node);
             for (int k = 0; k < node->n_in; k++) {
                 bool fresh = grad_fresh(node, k);
-                grad_alloc(ctx, node->in[k], fresh);
+                grad_alloc(ctx, node->in[k], fresh, fresh && grad_bf16(ctx, node, k));
                 if (fresh) ctx->grad_fresh |= 1u << k;
             }
             backward_uses(ctx, node);
@@ -624,7 +662,7 @@ static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node) {
 
     bool any = false;
     for (int o = 0; o < node->n_out; o++) {
-        float *g = ldmc_grad_if_any(node->out[o]);
+        void *g = grad_raw(node->out[o]);
         LDMC_CHECK(ldmc_numel(out[o]) == ldmc_numel(node->out[o]),
                    "recompute region output %d changed size on its re-run", o);
         if (g && out[o]->requires_grad) {
@@ -632,6 +670,7 @@ static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node) {
                 grad_owner(out[o]); // the re-run outputs take the region's gradient
             owner->grad = g;
             owner->grad_slot = grad_owner(node->out[o])->grad_slot;
+            owner->grad_bf16 = grad_owner(node->out[o])->grad_bf16;
             any = true;
         }
     }

@@ -7,7 +7,8 @@
 // skip concatenations) receives the sum, and parameter gradients accumulate across micro-batches
 // until the trainer zeroes the flat gradient buffer. Two exceptions save the zeroing: an op with
 // `writes` writes an activation gradient its node is the first to reach, and an add hands its
-// gradient on (`pass`); see ldmc_op_reads.
+// gradient on (`pass`); see ldmc_op_reads. On the GPU, a gradient written once and read only by
+// a product that rounds it is bf16 (ldmc_op_reads: bf16 gradients).
 //
 // Recomputation (what trainers call gradient checkpointing): ldmc_recompute runs a region
 // unrecorded, keeps only its outputs, and re-runs it recorded during backward. Everything the
@@ -67,18 +68,28 @@ typedef struct ldmc_backward_hook {
 // input of the node shares, not a parameter's), the tape allocates it without zeroing and
 // ldmc_grad_beta(ctx, k) is 0, else 1; the op then writes every element (beta 0: never reading
 // the buffer) or adds its part (beta 1).
+// bf16 gradients (GPU contexts, ctx->bf16_grads): `bf16_dy` says the op's backward reads its
+// output's gradient only rounded to bf16 (a product's operand: linear, attention), and
+// `writes_bf16` (bit k, a subset of `writes`) that it can write input k's gradient as bf16. An
+// activation whose producer has `bf16_dy` and whose one reader has `writes_bf16` for it gets a
+// bf16 gradient: written once, read once, rounded where the f32 one would have been (the same
+// bits, at half the bytes, without the rounding pass). ldmc_grad refuses such a gradient; the ops
+// that take them reach it through ldmc_grad_any.
 typedef struct ldmc_op_reads {
     bool known;
     uint32_t in, out;
     bool pass;
-    uint32_t writes;
+    uint32_t writes, writes_bf16;
+    bool bf16_dy;
 } ldmc_op_reads;
 // clang-format off
-#define LDMC_READS(in_mask, out_mask) {true, (in_mask), (out_mask), false, 0}
-#define LDMC_READS_PASS(in_mask, out_mask) {true, (in_mask), (out_mask), true, 0}
+#define LDMC_READS(in_mask, out_mask) {true, (in_mask), (out_mask), false, 0, 0, false}
+#define LDMC_READS_PASS(in_mask, out_mask) {true, (in_mask), (out_mask), true, 0, 0, false}
 #define LDMC_READS_WRITES(in_mask, out_mask, writes_mask) \
-    {true, (in_mask), (out_mask), false, (writes_mask)}
-#define LDMC_READS_ALL {false, 0, 0, false, 0}
+    {true, (in_mask), (out_mask), false, (writes_mask), 0, false}
+#define LDMC_READS_BF16(in_mask, out_mask, writes_mask, writes_bf16_mask, reads_bf16_dy) \
+    {true, (in_mask), (out_mask), false, (writes_mask), (writes_bf16_mask), (reads_bf16_dy)}
+#define LDMC_READS_ALL {false, 0, 0, false, 0, 0, false}
 // clang-format on
 
 // `again` (NULL: none) runs a node's forward once more into node->out[0]->data, from its inputs
@@ -151,6 +162,11 @@ struct ldmc_ctx {
     bool poison_fresh_grads;
     // During a node's backward: bit k when input k's gradient was allocated for it unzeroed.
     uint32_t grad_fresh;
+    // Activation gradients in bf16 where the ops allow (ldmc_op_reads.bf16_dy, writes_bf16): on
+    // by default in GPU contexts, dry runs included; never on the CPU (f32 activations).
+    bool bf16_grads;
+    // Bytes of activation gradients allocated since the context's last reset, and of those bf16.
+    int64_t grad_bytes, grad_bytes_bf16;
 };
 
 // data_bytes / meta_bytes: address space reserved for each arena (committed only when touched).
@@ -206,9 +222,16 @@ ldmc_tensor *ldmc_reshape(ldmc_ctx *ctx, ldmc_tensor *t, int ndim, const int64_t
 void ldmc_requires_grad(ldmc_tensor *t);
 
 // The f32 gradient of t, allocated zeroed on first use; NULL when t is NULL or needs none.
+// Fatal, naming t, when t's gradient is bf16 (see ldmc_op_reads).
 float *ldmc_grad(ldmc_ctx *ctx, ldmc_tensor *t);
-// The gradient if one has been allocated, else NULL (no upstream gradient reached it).
+// The gradient if one has been allocated, else NULL (no upstream gradient reached it). Fatal
+// when it is bf16, as ldmc_grad.
 float *ldmc_grad_if_any(const ldmc_tensor *t);
+// The same for ops that take bf16 gradients (GPU launchers): the buffer, f32 or bf16 as
+// ldmc_grad_is_bf16 says.
+void *ldmc_grad_any(ldmc_ctx *ctx, ldmc_tensor *t);
+const void *ldmc_grad_any_if_any(const ldmc_tensor *t);
+bool ldmc_grad_is_bf16(const ldmc_tensor *t);
 // In the backward of an op with `writes` (see ldmc_op_reads): 0 when input k's gradient is fresh
 // (unzeroed: write it), 1 when it holds a sum already (add into it).
 float ldmc_grad_beta(const ldmc_ctx *ctx, int k);

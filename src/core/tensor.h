@@ -1,7 +1,8 @@
 // Tensors: a dtype, a device, a shape (outermost first), contiguous data. Image-like activations
 // are channels-last, (N, H, W, C); token sequences are (N, L, C). A reshape is a view that shares
-// data and gradient with its base; anything else that moves data is an op. Gradients are f32 and
-// are reached through ldmc_grad (tape.h), never through the field directly.
+// data and gradient with its base; anything else that moves data is an op. Gradients are f32 (on
+// the GPU, some activations' are bf16: tape.h) and are reached through ldmc_grad (tape.h), never
+// through the field directly.
 // Tested by tests/test_core.c.
 #pragma once
 #include <stdbool.h>
@@ -20,7 +21,8 @@ typedef struct ldmc_tensor {
     int ndim;
     int64_t shape[LDMC_MAX_DIMS];
     void *data;
-    float *grad;              // f32, same numel; NULL until needed (see ldmc_grad)
+    float *grad;              // same numel; NULL until needed (see ldmc_grad)
+    bool grad_bf16;           // the gradient's values are bf16 (see tape.h: bf16 gradients)
     struct ldmc_tensor *base; // a view's base tensor (grad lives there), or NULL
     bool requires_grad;
     bool is_param;    // a view into the parameter table's flat buffers
@@ -31,6 +33,7 @@ typedef struct ldmc_tensor {
     // 0: none); whether backward makes it again (`dropped`: its op has `again`) and has done so.
     int32_t slot, grad_slot, producer;
     bool dropped, remade;
+    int32_t readers; // recorded nodes that read the tensor (or a view of it); not for parameters
 } ldmc_tensor;
 
 int64_t ldmc_shape_numel(int ndim, const int64_t *shape);

@@ -66,6 +66,18 @@ static inline bool ON_GPU(const ldmc_tensor *t) { return t->device == LDMC_CUDA;
 // The upstream gradient of an output that backward reached.
 static inline const float *DOUT(const ldmc_tensor *t) { return ldmc_grad_if_any(t); }
 
+#ifdef LDMC_HAVE_CUDA
+// For GPU launchers that take bf16 gradients (core/tape.h): input k's gradient, to write, and an
+// output's upstream gradient, f32 or bf16.
+static inline ldmc_cuda_grad GRAD_ANY(ldmc_ctx *ctx, ldmc_tensor *t, int k) {
+    void *g = ldmc_grad_any(ctx, t);
+    return (ldmc_cuda_grad){g, g && ldmc_grad_is_bf16(t), ldmc_grad_beta(ctx, k)};
+}
+static inline ldmc_cuda_dy DOUT_ANY(const ldmc_tensor *t) {
+    return (ldmc_cuda_dy){ldmc_grad_any_if_any(t), ldmc_grad_is_bf16(t)};
+}
+#endif
+
 // Guards every forward kernel: a dry run (ctx->dry_run, for memory plans) allocates every tensor
 // as a real run would but computes nothing.
 #define COMPUTE(ctx) if (!(ctx)->dry_run)

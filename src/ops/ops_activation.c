@@ -72,8 +72,7 @@ static void geglu_backward(ldmc_ctx *ctx, ldmc_node *node) {
     int F = (int)(last_dim(x) / 2);
     int64_t M = ldmc_numel(x) / (2 * F);
     if (ON_GPU(x))
-        GPU(ldmc_cuda_geglu_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]),
-                                     BF(x), M, F));
+        GPU(ldmc_cuda_geglu_backward(GRAD_ANY(ctx, x, 0), DOUT(node->out[0]), BF(x), M, F));
     else
         geglu_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]), DATA(x),
                            M, F);
@@ -93,7 +92,8 @@ static void geglu_again(ldmc_ctx *ctx, ldmc_node *node) {
     geglu_compute(node->out[0], node->in[0]);
 }
 
-static const ldmc_op_info geglu_op = {"geglu", geglu_backward, LDMC_READS_WRITES(1, 0, 1),
+// On the GPU its input's gradient (the feed-forward's first product's) may be bf16.
+static const ldmc_op_info geglu_op = {"geglu", geglu_backward, LDMC_READS_BF16(1, 0, 1, 1, false),
                                       geglu_again};
 
 ldmc_tensor *ldmc_geglu(ldmc_ctx *ctx, ldmc_tensor *x) {

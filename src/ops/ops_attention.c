@@ -15,16 +15,20 @@ static void attention_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *q = node->in[0], *k = node->in[1], *v = node->in[2], *o = node->out[0];
     const double scale = 1.0 / sqrt((double)a->D);
     if (ON_GPU(q))
-        GPU(ldmc_cuda_attention_backward(ldmc_grad(ctx, q), ldmc_grad(ctx, k), ldmc_grad(ctx, v),
-                                         DOUT(o), BF(q), BF(k), BF(v), BF(o), a->lse, a->B, a->Nq,
-                                         a->Nk, a->H, a->D, (float)scale, a->causal));
+        GPU(ldmc_cuda_attention_backward(
+            GRAD_ANY(ctx, q, 0), GRAD_ANY(ctx, k, 1), GRAD_ANY(ctx, v, 2), DOUT_ANY(o), BF(q),
+            BF(k), BF(v), BF(o), a->lse, a->B, a->Nq, a->Nk, a->H, a->D, (float)scale, a->causal));
     else
-        attention_backward_f32(ldmc_grad(ctx, q), ldmc_grad(ctx, k), ldmc_grad(ctx, v), DOUT(o),
-                               DATA(q), DATA(k), DATA(v), DATA(o), a->lse, a->B, a->Nq, a->Nk, a->H,
-                               a->D, scale, a->causal);
+        attention_backward_f32(ldmc_grad(ctx, q), ldmc_grad(ctx, k), ldmc_grad(ctx, v),
+                               ldmc_grad_beta(ctx, 0), ldmc_grad_beta(ctx, 1),
+                               ldmc_grad_beta(ctx, 2), DOUT(o), DATA(q), DATA(k), DATA(v), DATA(o),
+                               a->lse, a->B, a->Nq, a->Nk, a->H, a->D, scale, a->causal);
 }
 
-static const ldmc_op_info attention_op = {"attention", attention_backward, LDMC_READS(7, 1), NULL};
+// It writes q's, k's and v's gradients (on the GPU, bf16 ones where the tape says), and reads
+// its output's only rounded to bf16 on the GPU.
+static const ldmc_op_info attention_op = {"attention", attention_backward,
+                                          LDMC_READS_BF16(7, 1, 7, 7, true), NULL};
 
 static ldmc_tensor *attention(ldmc_ctx *ctx, ldmc_tensor *q, ldmc_tensor *k, ldmc_tensor *v,
                               int heads, bool causal) {

@@ -15,9 +15,9 @@ static void linear_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0], *w = node->in[1], *b = node->in[2];
     int in = (int)w->shape[1], out = (int)w->shape[0];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_linear_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), ldmc_grad(ctx, w),
-                                      ldmc_grad(ctx, b), DOUT(node->out[0]), BF(x), BF(w),
-                                      ldmc_numel(x) / in, in, out));
+        GPU(ldmc_cuda_linear_backward(GRAD_ANY(ctx, x, 0), ldmc_grad(ctx, w), ldmc_grad(ctx, b),
+                                      DOUT_ANY(node->out[0]), BF(x), BF(w), ldmc_numel(x) / in, in,
+                                      out));
     else
         linear_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), ldmc_grad(ctx, w),
                             ldmc_grad(ctx, b), DOUT(node->out[0]), DATA(x), DATA(w),
@@ -38,7 +38,9 @@ static void linear_again(ldmc_ctx *ctx, ldmc_node *node) {
     linear_compute(node->out[0], node->in[0], node->in[1], node->in[2]);
 }
 
-static const ldmc_op_info linear_op = {"linear", linear_backward, LDMC_READS_WRITES(3, 0, 1),
+// On the GPU both its output's gradient and its input's may be bf16: its products read dy
+// rounded, and write dx once.
+static const ldmc_op_info linear_op = {"linear", linear_backward, LDMC_READS_BF16(3, 0, 1, 1, true),
                                        linear_again};
 
 ldmc_tensor *ldmc_linear(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *w, ldmc_tensor *b) {

@@ -11,12 +11,13 @@ static void copy_cols(const ldmc_tensor *where, void *dst, int dst_C, int dst_of
         copy_columns_f32(dst, dst_C, dst_off, src, src_C, src_off, M, C, false);
 }
 
-static void add_cols(const ldmc_tensor *where, float *dst, int dst_C, int dst_off, const float *src,
-                     int src_C, int src_off, int64_t M, int C) {
+// beta 0: the columns of a fresh gradient are written (ldmc_grad_beta).
+static void add_cols(const ldmc_tensor *where, float *dst, float beta, int dst_C, int dst_off,
+                     const float *src, int src_C, int src_off, int64_t M, int C) {
     if (ON_GPU(where))
-        GPU(ldmc_cuda_add_columns(dst, dst_C, dst_off, src, src_C, src_off, M, C));
+        GPU(ldmc_cuda_add_columns(dst, beta, dst_C, dst_off, src, src_C, src_off, M, C));
     else
-        copy_columns_f32(dst, dst_C, dst_off, src, src_C, src_off, M, C, true);
+        copy_columns_f32(dst, dst_C, dst_off, src, src_C, src_off, M, C, beta != 0);
 }
 
 // The data pointer for a copy kernel, after checking the tensor is where `where` is.
@@ -32,12 +33,14 @@ static void concat_backward(ldmc_ctx *ctx, ldmc_node *node) {
     for (int i = 0; i < node->n_in; i++) {
         int C = (int)last_dim(node->in[i]);
         float *dx = ldmc_grad(ctx, node->in[i]);
-        if (dx) add_cols(y, dx, C, 0, DOUT(y), total, off, M, C);
+        if (dx) add_cols(y, dx, ldmc_grad_beta(ctx, i), C, 0, DOUT(y), total, off, M, C);
         off += C;
     }
 }
 
-static const ldmc_op_info concat_op = {"concat", concat_backward, LDMC_READS(0, 0), NULL};
+// Each input's gradient is its columns of dy, written when fresh (inputs past 31 add).
+static const ldmc_op_info concat_op = {"concat", concat_backward,
+                                       LDMC_READS_WRITES(0, 0, 0xFFFFFFFFu), NULL};
 
 ldmc_tensor *ldmc_concat(ldmc_ctx *ctx, ldmc_tensor **xs, int n) {
     LDMC_CHECK(n >= 1, "concat: needs at least one tensor");
@@ -77,7 +80,7 @@ static void split_backward(ldmc_ctx *ctx, ldmc_node *node) {
     for (int i = 0; i < node->n_out; i++) {
         int C = (int)last_dim(node->out[i]);
         const float *dy = DOUT(node->out[i]); // pieces nobody used have no gradient
-        if (dy) add_cols(x, dx, total, off, dy, C, 0, M, C);
+        if (dy) add_cols(x, dx, 1, total, off, dy, C, 0, M, C);
         off += C;
     }
 }
@@ -112,14 +115,15 @@ static void upsample_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
     int N = (int)x->shape[0], H = (int)x->shape[1], W = (int)x->shape[2], C = (int)x->shape[3];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_upsample_nearest2x_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), N, H, W,
-                                                  C));
+        GPU(ldmc_cuda_upsample_nearest2x_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0),
+                                                  DOUT(node->out[0]), N, H, W, C));
     else
-        upsample_nearest2x_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), N, H, W, C);
+        upsample_nearest2x_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0),
+                                        DOUT(node->out[0]), N, H, W, C);
 }
 
-static const ldmc_op_info upsample_op = {"upsample_nearest2x", upsample_backward, LDMC_READS(0, 0),
-                                         NULL};
+static const ldmc_op_info upsample_op = {"upsample_nearest2x", upsample_backward,
+                                         LDMC_READS_WRITES(0, 0, 1), NULL};
 
 ldmc_tensor *ldmc_upsample_nearest2x(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim == 4, "upsample_nearest2x", x, "the input must be (N, H, W, C)");

@@ -34,6 +34,7 @@ double ldmc_plan_step(ldmc_device device, void (*run)(ldmc_ctx *ctx, void *user)
     ldmc_ctx_record_plan(&ctx, plan);
     run(&ctx, user);
     double flops = ctx.flops; // outputs made again in backward (ldmc_remake_later) included
+    plan->grad_bytes = ctx.grad_bytes, plan->grad_bytes_bf16 = ctx.grad_bytes_bf16;
     ldmc_ctx_finish_plan(&ctx);
     ldmc_ctx_free(&ctx);
     plan->unplanned = unplanned;
