@@ -1107,12 +1107,17 @@ static void test_text_encoders_match_the_cpu(void) {
 // (overlapping copies) and re-runs regions during backward: the same gradients as without it.
 // Gradient checkpointing, and the transformers' projections made again in backward under a
 // memory plan (the GPU's bf16 products once more, into planned memory): the plain gradients.
-static void test_recompute_on_the_gpu_changes_nothing(void) {
+// The tiny text UNet (attention, GEGLU), its weights on the GPU.
+static void tiny_text_unet_on_gpu(ldmc_unet *u) {
     ldmc_model_config mc = test_model_config("tiny_unet_text.yaml");
+    ldmc_unet_init(u, &mc.unet);
+    ready(&u->params);
+    ldmc_params_to_device(&u->params);
+}
+
+static void test_recompute_on_the_gpu_changes_nothing(void) {
     ldmc_unet u;
-    ldmc_unet_init(&u, &mc.unet);
-    ready(&u.params);
-    ldmc_params_to_device(&u.params);
+    tiny_text_unet_on_gpu(&u);
     size_t n = u.params.total;
     float *plain = malloc(n * sizeof *plain), *other = malloc(n * sizeof *other);
     static const char *const what[] = {"", "recomputed gradients", "projections made again"};
@@ -1147,14 +1152,11 @@ static void test_recompute_on_the_gpu_changes_nothing(void) {
 // values; here the feed-forward's first, ff.net.0.proj.bias), which stay within bf16's reach.
 // Bit for bit where the kernels' products are emulated; on a GPU, cuBLAS may sum a product with a
 // bf16 output in another order than with an f32 one: within bf16's reach there. Again with
-// attention in chunks of 32 queries (on a GPU; the emulation has no chunks), where dk
-// and dv in bf16 sum the chunks in f32 first.
+// attention in chunks of 32 queries (the CUDA kernels, on a GPU or in the SIMT build; the
+// emulation has no chunks), where dk and dv in bf16 sum the chunks in f32 first.
 static void test_bf16_gradients_change_no_bit(void) {
-    ldmc_model_config mc = test_model_config("tiny_unet_text.yaml");
     ldmc_unet u;
-    ldmc_unet_init(&u, &mc.unet);
-    ready(&u.params);
-    ldmc_params_to_device(&u.params);
+    tiny_text_unet_on_gpu(&u);
     size_t n = u.params.total;
     float *g[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
     for (int chunked = 0; chunked < 2; chunked++) {
@@ -1187,7 +1189,10 @@ static void test_bf16_gradients_change_no_bit(void) {
             if (strstr(p->name, "ff.net.0.proj.bias")) {
                 char what[256];
                 snprintf(what, sizeof what, "%s from bf16 dy%s", p->name, how);
-                CHECK_CLOSE(what, b, a, NULL, p->numel, 1e-2);
+                // each of its 128 summands rounded to bf16 (2^-9 relative): a sum that cancels
+                // keeps their errors (about 1% of |want| + rms here, the exact figure depending
+                // on the build's order of sums)
+                CHECK_CLOSE(what, b, a, NULL, p->numel, 5e-2);
                 biases++;
                 continue;
             }
