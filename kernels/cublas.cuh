@@ -4,6 +4,7 @@
 #include <cublas_v2.h>
 
 #include "core/error.h"
+#include "kernels/common.cuh" // CUDA_CHECK, for the zeroing of an empty product
 #include "kernels/ldmc_cuda.h"
 
 #define CUBLAS_CHECK(call)                                                                         \
@@ -33,8 +34,16 @@ static inline void gemm_rm(bool trans_a, bool trans_b, int64_t M, int64_t N, int
     cublasOperation_t opb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                       opa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     int m = checked_int(N, "N"), n = checked_int(M, "M"), k = checked_int(K, "K");
-    if (k == 0) { // an empty sum: C = beta C
-        if (beta != 1.0f) LDMC_FATAL("cuBLAS: empty inner dimension with beta %g", beta);
+    if (k == 0) { // an empty sum: C = beta C (beta 0: a fresh gradient, zeroed)
+        if (beta == 0.0f) {
+            const size_t es = c_f32 ? sizeof(float) : sizeof(uint16_t);
+            for (int s = 0; s < batch; s++)
+                CUDA_CHECK(cudaMemset2DAsync((char *)C + (size_t)s * stride_c * es,
+                                             (size_t)ldc * es, 0, (size_t)N * es, (size_t)M,
+                                             (cudaStream_t)ldmc_cuda_stream()));
+        } else if (beta != 1.0f) {
+            LDMC_FATAL("cuBLAS: empty inner dimension with beta %g", beta);
+        }
         return;
     }
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, opb, opa, m, n, k, &alpha, B, CUDA_R_16BF,

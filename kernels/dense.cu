@@ -50,24 +50,24 @@ extern "C" void ldmc_cuda_bmm_forward(uint16_t *c, const uint16_t *a, const uint
             (int64_t)K * N, 0.0f, c, false, N, (int64_t)M * N, B);
 }
 
-extern "C" void ldmc_cuda_bmm_backward(float *da, float *db, const float *dc, const uint16_t *a,
-                                       const uint16_t *b, int B, int M, int N, int K, bool trans_a,
-                                       bool trans_b) {
+extern "C" void ldmc_cuda_bmm_backward(float *da, float *db, float beta_a, float beta_b,
+                                       const float *dc, const uint16_t *a, const uint16_t *b, int B,
+                                       int M, int N, int K, bool trans_a, bool trans_b) {
     if (!da && !db) return;
     const uint16_t *dcb = bf16_copy(dc, (int64_t)B * M * N);
     const int64_t sa = (int64_t)M * K, sb = (int64_t)K * N, sc = (int64_t)M * N;
     const int lda = trans_a ? M : K, ldb = trans_b ? K : N;
     if (da) {
         if (!trans_a) // da (M, K) += dc (M, N) op(b)^T
-            gemm_rm(false, !trans_b, M, K, N, dcb, N, sc, b, ldb, sb, 1.0f, da, true, K, sa, B);
+            gemm_rm(false, !trans_b, M, K, N, dcb, N, sc, b, ldb, sb, beta_a, da, true, K, sa, B);
         else // da (K, M) += op(b) (K, N) dc^T
-            gemm_rm(trans_b, true, K, M, N, b, ldb, sb, dcb, N, sc, 1.0f, da, true, M, sa, B);
+            gemm_rm(trans_b, true, K, M, N, b, ldb, sb, dcb, N, sc, beta_a, da, true, M, sa, B);
     }
     if (db) {
         if (!trans_b) // db (K, N) += op(a)^T dc
-            gemm_rm(!trans_a, false, K, N, M, a, lda, sa, dcb, N, sc, 1.0f, db, true, N, sb, B);
+            gemm_rm(!trans_a, false, K, N, M, a, lda, sa, dcb, N, sc, beta_b, db, true, N, sb, B);
         else // db (N, K) += dc^T op(a)
-            gemm_rm(true, trans_a, N, K, M, dcb, N, sc, a, lda, sa, 1.0f, db, true, K, sb, B);
+            gemm_rm(true, trans_a, N, K, M, dcb, N, sc, a, lda, sa, beta_b, db, true, K, sb, B);
     }
 }
 

@@ -210,9 +210,9 @@ void ldmc_cuda_linear_backward(ldmc_cuda_grad dx, float *dw, float *db, ldmc_cud
                                const uint16_t *x, const uint16_t *w, int64_t M, int in, int out);
 void ldmc_cuda_bmm_forward(uint16_t *c, const uint16_t *a, const uint16_t *b, int B, int M, int N,
                            int K, bool trans_a, bool trans_b);
-void ldmc_cuda_bmm_backward(float *da, float *db, const float *dc, const uint16_t *a,
-                            const uint16_t *b, int B, int M, int N, int K, bool trans_a,
-                            bool trans_b);
+void ldmc_cuda_bmm_backward(float *da, float *db, float beta_a, float beta_b, const float *dc,
+                            const uint16_t *a, const uint16_t *b, int B, int M, int N, int K,
+                            bool trans_a, bool trans_b);
 // y (M, C) += b (C), bf16: the bias of the linear layers and the convolutions
 void ldmc_cuda_add_bias(uint16_t *y, const uint16_t *b, int64_t M, int C);
 // Σ over rows of (M, C) f32 added into out (C): bias gradients

@@ -58,6 +58,61 @@ static void test_first_writes_then_adds(void) {
     ldmc_ctx_free(&ctx);
 }
 
+// An add hands its gradient to both inputs (a residual stream and a branch) where they may share
+// it (src/core/tape.c: pass_through): y = s*s + x with s = silu(x). The branch s*s is read by the
+// add alone and its producer (mul) does not read x, so x takes dy's buffer too, no gradient of its
+// own: fewer gradient bytes. Then out = y + exp(x) with exp(x) made before the branch and so
+// differentiated after mul: y and exp(x) share the outer sum's buffer, and x must not join them
+// (exp's backward would add into the buffer before mul reads it), as the gradient
+// 2 s silu'(x) + 1 + exp(x) shows.
+static void test_adds_share_their_gradient_where_they_may(void) {
+    for (int with_exp = 0; with_exp < 2; with_exp++) {
+        ldmc_ctx ctx;
+        test_ctx_init(&ctx);
+        ldmc_tensor *x = input(&ctx, 1, (int64_t[]){9}, 5);
+        ldmc_tensor *s = ldmc_silu(&ctx, x), *e = with_exp ? ldmc_exp(&ctx, x) : NULL;
+        ldmc_tensor *y = ldmc_add(&ctx, ldmc_mul(&ctx, s, s), x);
+        if (with_exp) y = ldmc_add(&ctx, y, e);
+        ldmc_backward(&ctx, y, NULL);
+        const float *g = ldmc_grad_if_any(x), *xv = x->data;
+        for (int i = 0; i < 9; i++) {
+            double sg = 1 / (1 + exp(-(double)xv[i])), si = xv[i] * sg;
+            double want = 2 * si * sg * (1 + xv[i] * (1 - sg)) + 1 + (with_exp ? exp(xv[i]) : 0);
+            CHECK(fabs(g[i] - want) <= 1e-5 * (1 + fabs(want)), "%s: dy/dx[%d] = %g, want %g",
+                  with_exp ? "with exp(x)" : "x and s*s share", i, g[i], want);
+        }
+        // 9 values a gradient: y's and s's (x shares y's); with exp: the outer sum's, s's and x's
+        // own (the inner sum and exp(x) share the outer sum's)
+        int64_t want_bytes = (with_exp ? 3 : 2) * 9 * (int64_t)sizeof(float);
+        CHECK(ctx.grad_bytes == want_bytes, "%s: %lld bytes of gradients, want %lld",
+              with_exp ? "with exp(x)" : "x and s*s share", (long long)ctx.grad_bytes,
+              (long long)want_bytes);
+        ldmc_ctx_free(&ctx);
+    }
+}
+
+// A holder of a shared buffer whose producer runs late: out = silu(c) + (x + exp(x)). The outer
+// add hands its buffer to silu(c) and to the inner sum; the inner add hands it on to exp(x), but
+// not to x: exp's backward, which runs before silu's, adds into x's gradient, and silu(c) must
+// still read 1 from the buffer (dc = silu'(c), dx = 1 + exp(x)).
+static void test_a_shared_gradient_waits_for_its_last_reader(void) {
+    ldmc_ctx ctx;
+    test_ctx_init(&ctx);
+    ldmc_tensor *c = input(&ctx, 1, (int64_t[]){9}, 6), *x = input(&ctx, 1, (int64_t[]){9}, 7);
+    ldmc_tensor *w = ldmc_silu(&ctx, c), *r = ldmc_exp(&ctx, x);
+    ldmc_tensor *out = ldmc_add(&ctx, w, ldmc_add(&ctx, x, r));
+    ldmc_backward(&ctx, out, NULL);
+    const float *gc = ldmc_grad_if_any(c), *gx = ldmc_grad_if_any(x);
+    const float *cv = c->data, *xv = x->data;
+    for (int i = 0; i < 9; i++) {
+        double sg = 1 / (1 + exp(-(double)cv[i])), dc = sg * (1 + cv[i] * (1 - sg));
+        double dx = 1 + exp((double)xv[i]);
+        CHECK(fabs(gc[i] - dc) <= 1e-5 * (1 + fabs(dc)), "dout/dc[%d] = %g, want %g", i, gc[i], dc);
+        CHECK(fabs(gx[i] - dx) <= 1e-5 * (1 + fabs(dx)), "dout/dx[%d] = %g, want %g", i, gx[i], dx);
+    }
+    ldmc_ctx_free(&ctx);
+}
+
 // Concatenating a tensor with itself and splitting it again: both halves flow back to it.
 static void test_views_and_concat_share_gradients(void) {
     ldmc_ctx ctx;
@@ -313,6 +368,8 @@ int main(int argc, char **argv) {
     static const test_entry tests[] = {
         TEST_ENTRY(test_fan_out_accumulates),
         TEST_ENTRY(test_first_writes_then_adds),
+        TEST_ENTRY(test_adds_share_their_gradient_where_they_may),
+        TEST_ENTRY(test_a_shared_gradient_waits_for_its_last_reader),
         TEST_ENTRY(test_views_and_concat_share_gradients),
         TEST_ENTRY(test_inference_records_nothing),
         TEST_ENTRY(test_op_without_backward_fails_by_name),

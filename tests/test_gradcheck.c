@@ -47,7 +47,8 @@ static void bmm_f(const fd_case *c, double **in, double *out) {
     bmm_forward_f64(out, in[0], in[1], c->B, c->M, c->N, c->K, c->flag_a, c->flag_b);
 }
 static void bmm_b(const fd_case *c, double **in, const double *dy, double **d) {
-    bmm_backward_f64(d[0], d[1], dy, in[0], in[1], c->B, c->M, c->N, c->K, c->flag_a, c->flag_b);
+    bmm_backward_f64(d[0], d[1], 1, 1, dy, in[0], in[1], c->B, c->M, c->N, c->K, c->flag_a,
+                     c->flag_b);
 }
 static void conv_f(const fd_case *c, double **in, double *out) {
     conv2d_forward_f64(out, in[0], in[1], c->has_bias ? in[2] : NULL, &c->g);

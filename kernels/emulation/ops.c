@@ -368,12 +368,12 @@ void ldmc_cuda_bmm_forward(uint16_t *c, const uint16_t *a, const uint16_t *b, in
     free(fa), free(fb), free(fc);
 }
 
-void ldmc_cuda_bmm_backward(float *da, float *db, const float *dc, const uint16_t *a,
-                            const uint16_t *b, int B, int M, int N, int K, bool trans_a,
-                            bool trans_b) {
+void ldmc_cuda_bmm_backward(float *da, float *db, float beta_a, float beta_b, const float *dc,
+                            const uint16_t *a, const uint16_t *b, int B, int M, int N, int K,
+                            bool trans_a, bool trans_b) {
     float *fa = f32_of(a, (int64_t)B * M * K), *fb = f32_of(b, (int64_t)B * K * N),
           *rc = rounded(dc, (int64_t)B * M * N);
-    bmm_backward_f32(da, db, rc, fa, fb, B, M, N, K, trans_a, trans_b);
+    bmm_backward_f32(da, db, beta_a, beta_b, rc, fa, fb, B, M, N, K, trans_a, trans_b);
     free(fa), free(fb), free(rc);
 }
 

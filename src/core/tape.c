@@ -502,25 +502,61 @@ static void remake_reads(ldmc_ctx *ctx, const ldmc_node *node) {
         if (all || reads_bit(r.out, o)) remake(ctx, node->out[o]);
 }
 
-// An op with `pass`: its first input whose gradient does not exist yet (and is the whole of a
-// tensor the output's size, not a parameter's, not shared with another input) takes the output's
-// gradient buffer, which nothing reads after this node.
+// Whether a node in [from - 1, a) reads z (`from` a producer number, node + 1; 0: none).
+static bool read_between(const ldmc_ctx *ctx, const ldmc_tensor *z, int32_t from, int a) {
+    for (int j = from > 0 ? from - 1 : a; j < a; j++)
+        for (int i = 0; i < ctx->nodes[j].n_in; i++)
+            if (ctx->nodes[j].in[i] && grad_owner(ctx->nodes[j].in[i]) == z) return true;
+    return false;
+}
+
+static int32_t earliest(int32_t p, int32_t q) { return !p ? q : !q ? p : p < q ? p : q; }
+
+// An op with `pass` (an add): its inputs' gradients are its output's, dy. An input whose gradient
+// does not exist yet (the whole of a tensor the output's size, not a parameter's, not shared with
+// another input) takes dy's buffer instead of a copy; up to two of them, sharing it. Every holder
+// of the buffer reads it through its producer's backward, after its own readers' backwards have
+// added into it, so no other holder's readers may add into it before then: a holder z joins
+// only if no node from the earliest producer among the buffer's other holders up to this one
+// reads z (a residual stream joins a branch's output: the branch's nodes do not read the
+// stream). A recompute region's output hands its buffer on unchecked: it only takes one alone.
 static void pass_through(ldmc_ctx *ctx, const ldmc_node *node) {
-    ldmc_tensor *y = grad_owner(node->out[0]);
-    for (int k = 0; k < node->n_in; k++) {
+    ldmc_tensor *y = grad_owner(node->out[0]), *take[2] = {NULL, NULL};
+    if (!y->grad) return;
+    const int a = (int)(node - ctx->nodes);
+    const int32_t others = y->grad_share ? *y->grad_share : 0;
+    int n = 0;
+    for (int k = 0; k < node->n_in && n < 2; k++) {
         ldmc_tensor *x = node->in[k] ? grad_owner(node->in[k]) : NULL;
-        if (!x || !x->requires_grad || x->grad || x->is_param || !y->grad ||
-            ldmc_numel(x) != ldmc_numel(y))
+        if (!x || !x->requires_grad || x->grad || x->is_param || ldmc_numel(x) != ldmc_numel(y))
             continue;
         if (ctx->in_recompute && x->id < ctx->recompute_first_id) continue; // (ldmc_grad says why)
         bool shared = false;
         for (int j = 0; j < node->n_in; j++)
             shared = shared || (j != k && node->in[j] && grad_owner(node->in[j]) == x);
         if (shared) continue;
+        bool region = x->producer && ctx->nodes[x->producer - 1].op->backward == recompute_backward;
+        if (region && (others || n)) continue;
+        if (read_between(ctx, x, others, a)) continue;
+        if (n == 1) { // the two must not add into the buffer before each other's producer reads it
+            const ldmc_tensor *u = take[0];
+            bool u_region =
+                u->producer && ctx->nodes[u->producer - 1].op->backward == recompute_backward;
+            if (u_region || read_between(ctx, x, u->producer, a) ||
+                read_between(ctx, u, x->producer, a))
+                continue;
+        }
+        take[n++] = x;
+    }
+    int32_t *share = y->grad_share;
+    if (n == 2 && !share) share = ldmc_arena_calloc(&ctx->meta, sizeof *share);
+    for (int i = 0; i < n; i++) {
+        ldmc_tensor *x = take[i];
         x->grad = y->grad, x->grad_slot = y->grad_slot, x->grad_bf16 = y->grad_bf16;
+        x->grad_share = share;
+        if (share) *share = earliest(*share, x->producer);
         if (ctx->plan_out && x->grad_slot && !x->producer)
             ctx->plan_out->recs[x->grad_slot - 1].to_end = true; // now a leaf's gradient
-        return;
     }
 }
 
@@ -671,6 +707,7 @@ static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node) {
             owner->grad = g;
             owner->grad_slot = grad_owner(node->out[o])->grad_slot;
             owner->grad_bf16 = grad_owner(node->out[o])->grad_bf16;
+            owner->grad_share = grad_owner(node->out[o])->grad_share;
             any = true;
         }
     }

@@ -34,6 +34,9 @@ typedef struct ldmc_tensor {
     int32_t slot, grad_slot, producer;
     bool dropped, remade;
     int32_t readers; // recorded nodes that read the tensor (or a view of it); not for parameters
+    // The gradient buffer is shared with other tensors (an add handed it to both its inputs;
+    // tape.c: pass_through): the earliest producer (node + 1) among its holders. NULL: not shared.
+    int32_t *grad_share;
 } ldmc_tensor;
 
 int64_t ldmc_shape_numel(int ndim, const int64_t *shape);

@@ -78,14 +78,17 @@ static void matmul_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const matmul_args *a = node->args;
     ldmc_tensor *x = node->in[0], *y = node->in[1];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_bmm_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, y), DOUT(node->out[0]), BF(x),
-                                   BF(y), a->B, a->M, a->N, a->K, a->trans_a, a->trans_b));
+        GPU(ldmc_cuda_bmm_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, y), ldmc_grad_beta(ctx, 0),
+                                   ldmc_grad_beta(ctx, 1), DOUT(node->out[0]), BF(x), BF(y), a->B,
+                                   a->M, a->N, a->K, a->trans_a, a->trans_b));
     else
-        bmm_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, y), DOUT(node->out[0]), DATA(x), DATA(y),
-                         a->B, a->M, a->N, a->K, a->trans_a, a->trans_b);
+        bmm_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, y), ldmc_grad_beta(ctx, 0),
+                         ldmc_grad_beta(ctx, 1), DOUT(node->out[0]), DATA(x), DATA(y), a->B, a->M,
+                         a->N, a->K, a->trans_a, a->trans_b);
 }
 
-static const ldmc_op_info matmul_op = {"matmul", matmul_backward, LDMC_READS(3, 0), NULL};
+// Each product writes its operand's gradient when fresh.
+static const ldmc_op_info matmul_op = {"matmul", matmul_backward, LDMC_READS_WRITES(3, 0, 3), NULL};
 
 ldmc_tensor *ldmc_matmul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool trans_a,
                          bool trans_b) {

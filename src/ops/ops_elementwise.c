@@ -241,16 +241,20 @@ typedef struct broadcast_args {
 static void add_broadcast_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const broadcast_args *a = node->args;
     ldmc_tensor *x = node->in[0], *v = node->in[1];
+    const float *dy = DOUT(node->out[0]);
+    // an input whose gradient is dy itself was passed through (`pass`): x, or v when P = 1
+    float *dx = ldmc_grad(ctx, x), *dv = ldmc_grad(ctx, v);
+    if (dx == dy) dx = NULL;
+    if (dv == dy) dv = NULL;
     if (ON_GPU(x))
-        GPU(ldmc_cuda_add_broadcast_backward(ldmc_grad(ctx, x), ldmc_grad(ctx, v),
-                                             DOUT(node->out[0]), a->B, a->P, a->C));
+        GPU(ldmc_cuda_add_broadcast_backward(dx, dv, dy, a->B, a->P, a->C));
     else
-        add_broadcast_backward_f32(ldmc_grad(ctx, x), ldmc_grad(ctx, v), DOUT(node->out[0]), a->B,
-                                   a->P, a->C);
+        add_broadcast_backward_f32(dx, dv, dy, a->B, a->P, a->C);
 }
 
+// x's gradient is dy: x takes dy's buffer when it has none yet (an add's pass).
 static const ldmc_op_info add_broadcast_op = {"add_broadcast", add_broadcast_backward,
-                                              LDMC_READS(0, 0), NULL};
+                                              LDMC_READS_PASS(0, 0), NULL};
 
 ldmc_tensor *ldmc_add_broadcast(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *v) {
     OP_CHECK(x->ndim >= 2, "add_broadcast", x, "x must be (B, ..., C)");
