@@ -234,10 +234,10 @@ awk -v f="$per_image" 'BEGIN { exit !(f > 19.5 && f < 21.5) }' ||
     fail "SDXL base: $per_image TFLOP an image forward + backward, want about 20.6"
 # the memory plan: activations freed after their last use, gradients after their producer's
 # backward, norms' and activations' outputs made again in backward (31.2 GiB planned on
-# 2026-12-03; 124.0 without a plan, 146.1 before some gradients were bf16), placed within 2% of
-# the most bytes live at once
+# 2026-12-03; 111.6 without a plan, 146.1 before some gradients were bf16 and adds shared theirs
+# between both inputs), placed within 2% of the most bytes live at once
 awk -v p="$plain" -v u="$unplanned" -v l="$live" \
-    'BEGIN { exit !(p > 0 && p < 34 && u > 120 && p <= 1.02 * l && l <= p) }' ||
+    'BEGIN { exit !(p > 0 && p < 34 && u > 100 && p <= 1.02 * l && l <= p) }' ||
     fail "SDXL base's memory plan: $plain GiB planned, $live live at once, $unplanned unplanned"
 expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
     --device cuda --dry-run --gradient-checkpointing --json
