@@ -61,8 +61,9 @@ typedef struct ldmc_backward_hook {
 // backward still to run reads it: a bit missing here where backward does read the tensor is a
 // read of freed memory, which tests/test_autograd.c's poisoned replays catch.
 // `pass`: the op's backward adds its output's gradient unchanged into each input's (an add), so
-// the first input whose gradient does not exist yet takes the output's gradient buffer itself
-// (no zeroing, no copy); the backward then skips the input whose gradient is dy.
+// an input whose gradient does not exist yet takes the output's gradient buffer itself (no
+// zeroing, no copy), and a second one shares it where neither adds into it before the other has
+// read it (tape.c: pass_through); the backward then skips every input whose gradient is dy.
 // `writes` (bit k for input k, k < 32): the op's backward can write input k's gradient instead of
 // adding into it: when that gradient does not exist yet (and is the whole of a tensor no other
 // input of the node shares, not a parameter's), the tape allocates it without zeroing and
