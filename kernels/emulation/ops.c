@@ -349,13 +349,12 @@ void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const uint16_t *w,
 void ldmc_cuda_linear_backward(ldmc_cuda_grad dx, float *dw, float *db, ldmc_cuda_dy dy,
                                const uint16_t *x, const uint16_t *w, int64_t M, int in, int out) {
     float *fx = f32_of(x, M * in), *fw = f32_of(w, (int64_t)out * in),
-          *ry = dy_rounded(dy, M * out);
-    // db from dy as it is: f32, or bf16
-    float *fy = dy.bf16 ? f32_of(dy.p, M * out) : (float *)dy.p, *gx = grad_f32(dx, M * in);
-    if (db) linear_backward_f32(NULL, 1, NULL, db, fy, NULL, NULL, (int)M, in, out);
+          *ry = dy_rounded(dy, M * out), *gx = grad_f32(dx, M * in);
+    // db from dy as it is: f32, or bf16 (then its values are ry's)
+    if (db)
+        linear_backward_f32(NULL, 1, NULL, db, dy.bf16 ? ry : dy.p, NULL, NULL, (int)M, in, out);
     linear_backward_f32(gx, dx.beta, dw, NULL, ry, fx, fw, (int)M, in, out);
     grad_done(dx, gx, M * in);
-    if (dy.bf16) free(fy);
     free(fx), free(fw), free(ry);
 }
 

@@ -512,6 +512,11 @@ static bool read_between(const ldmc_ctx *ctx, const ldmc_tensor *z, int32_t from
 
 static int32_t earliest(int32_t p, int32_t q) { return !p ? q : !q ? p : p < q ? p : q; }
 
+// Whether a recompute region made t.
+static bool made_by_region(const ldmc_ctx *ctx, const ldmc_tensor *t) {
+    return t->producer && ldmc_node_is_recompute(&ctx->nodes[t->producer - 1]);
+}
+
 // An op with `pass` (an add): its inputs' gradients are its output's, dy. An input whose gradient
 // does not exist yet (the whole of a tensor the output's size, not a parameter's, not shared with
 // another input) takes dy's buffer instead of a copy; up to two of them, sharing it. Every holder
@@ -535,14 +540,11 @@ static void pass_through(ldmc_ctx *ctx, const ldmc_node *node) {
         for (int j = 0; j < node->n_in; j++)
             shared = shared || (j != k && node->in[j] && grad_owner(node->in[j]) == x);
         if (shared) continue;
-        bool region = x->producer && ctx->nodes[x->producer - 1].op->backward == recompute_backward;
-        if (region && (others || n)) continue;
+        if (made_by_region(ctx, x) && (others || n)) continue;
         if (read_between(ctx, x, others, a)) continue;
         if (n == 1) { // the two must not add into the buffer before each other's producer reads it
             const ldmc_tensor *u = take[0];
-            bool u_region =
-                u->producer && ctx->nodes[u->producer - 1].op->backward == recompute_backward;
-            if (u_region || read_between(ctx, x, u->producer, a) ||
+            if (made_by_region(ctx, u) || read_between(ctx, x, u->producer, a) ||
                 read_between(ctx, u, x->producer, a))
                 continue;
         }
