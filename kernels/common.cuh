@@ -47,6 +47,23 @@ __device__ __forceinline__ uint16_t bf16_from(float x) {
     return (uint16_t)(u >> 16);
 }
 
+// The f32 master weights as their bf16 working copy `hi` (ties away from zero) and the f32's low
+// half `lo`, nothing lost: ldmc_f32_split and ldmc_f32_join (src/core/dtype.c), bit for bit.
+__device__ __forceinline__ uint16_t master_split(float x, uint16_t *lo) {
+    uint32_t u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        *lo = 0;
+        return (uint16_t)((u >> 16) | 0x40u);
+    }
+    *lo = (uint16_t)u;
+    return (uint16_t)((u >> 16) + ((u >> 15) & 1u));
+}
+
+__device__ __forceinline__ float master_join(uint16_t hi, uint16_t lo) {
+    uint32_t top = (uint32_t)hi - (uint32_t)(lo >> 15);
+    return __uint_as_float((top << 16) | lo);
+}
+
 // A value of a tensor that is bf16 or f32 (losses take either).
 __device__ __forceinline__ float load_any(const void *p, bool is_f32, int64_t i) {
     return is_f32 ? ((const float *)p)[i] : bf16_load((const uint16_t *)p, i);

@@ -287,15 +287,18 @@ void ldmc_cuda_timestep_embedding_backward(float *dt, const float *dy, const flo
 // ---- optimizer over the flat parameter buffers (optim.cu) -------------------------------------
 // Σ x² over n f32 values, in double, in a fixed order (the same result on every run).
 double ldmc_cuda_sum_squares(const float *x, size_t n);
+// The f32 master weights are the bf16 working weights (`weights`, rounded ties away from zero)
+// and the f32's low halves (`master_lo`): ldmc_f32_split / ldmc_f32_join (core/dtype.h).
 // One AdamW update of n values, PyTorch's order: master = master * decay - step_size m̂ / ...,
-// then the bf16 working copy from the master.
-void ldmc_cuda_adamw(float *master, uint16_t *weights, const float *grad, float *m, float *v,
+// both halves written.
+void ldmc_cuda_adamw(uint16_t *master_lo, uint16_t *weights, const float *grad, float *m, float *v,
                      int64_t n, float decay, float step_size, float denom_scale, float beta1,
                      float beta2, float eps);
 // ema = d ema + (1 - d) master, with d and 1 - d rounded to f32 from the double, as the CPU does
-void ldmc_cuda_ema(float *ema, const float *master, int64_t n, double decay);
-// Exchanges a and b (n f32 values each).
-void ldmc_cuda_swap_f32(float *a, float *b, int64_t n);
+void ldmc_cuda_ema(float *ema, const uint16_t *master_lo, const uint16_t *weights, int64_t n,
+                   double decay);
+// Exchanges the master (both halves) and n f32 values of `other` (the EMA).
+void ldmc_cuda_master_swap(uint16_t *master_lo, uint16_t *weights, float *other, int64_t n);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,6 @@
 // The optimizer over the flat parameter buffers on the GPU: gradient norm, AdamW with an fp32
-// master copy and bf16 working weights, EMA. CPU twins in src/train/optim.c (same formulas, same
-// order of operations). Tested by tests/test_cuda.c.
+// master (bf16 working weights and the low halves, core/params.h), EMA. CPU twins in
+// src/train/optim.c (same formulas, same order of operations). Tested by tests/test_cuda.c.
 #include "kernels/common.cuh"
 #include "kernels/ldmc_cuda.h"
 
@@ -26,9 +26,10 @@ extern "C" double ldmc_cuda_sum_squares(const float *x, size_t n) {
     return total;
 }
 
-// PyTorch's AdamW, as src/train/optim.c: decoupled decay, then the bias-corrected Adam step.
-__global__ static void adamw_kernel(float *master, uint16_t *weights, const float *grad, float *m,
-                                    float *v, int64_t n, float decay, float step_size,
+// PyTorch's AdamW, as src/train/optim.c: decoupled decay, then the bias-corrected Adam step. The
+// f32 master is the bf16 working weights and the low halves (master_join); the step writes both.
+__global__ static void adamw_kernel(uint16_t *master_lo, uint16_t *weights, const float *grad,
+                                    float *m, float *v, int64_t n, float decay, float step_size,
                                     float denom_scale, float b1, float b2, float eps) {
     GRID_STRIDE(k, n) {
         // explicit roundings, no fused multiply-adds: the CPU's results bit for bit
@@ -38,34 +39,46 @@ __global__ static void adamw_kernel(float *master, uint16_t *weights, const floa
         m[k] = mk;
         v[k] = vk;
         float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(vk), denom_scale), eps);
-        float w = __fsub_rn(__fmul_rn(master[k], decay), __fdiv_rn(__fmul_rn(step_size, mk), denom));
-        master[k] = w;
-        weights[k] = bf16_from(w);
+        float master = master_join(weights[k], master_lo[k]);
+        float w = __fsub_rn(__fmul_rn(master, decay), __fdiv_rn(__fmul_rn(step_size, mk), denom));
+        uint16_t lo;
+        weights[k] = master_split(w, &lo);
+        master_lo[k] = lo;
     }
 }
 
-extern "C" void ldmc_cuda_adamw(float *master, uint16_t *weights, const float *grad, float *m,
+extern "C" void ldmc_cuda_adamw(uint16_t *master_lo, uint16_t *weights, const float *grad, float *m,
                                 float *v, int64_t n, float decay, float step_size,
                                 float denom_scale, float beta1, float beta2, float eps) {
-    LAUNCH_1D(adamw_kernel, n, master, weights, grad, m, v, n, decay, step_size, denom_scale,
+    LAUNCH_1D(adamw_kernel, n, master_lo, weights, grad, m, v, n, decay, step_size, denom_scale,
               beta1, beta2, eps);
 }
 
-__global__ static void ema_kernel(float *ema, const float *master, int64_t n, float d,
-                                  float one_minus) {
-    GRID_STRIDE(k, n) { ema[k] = __fadd_rn(__fmul_rn(d, ema[k]), __fmul_rn(one_minus, master[k])); }
-}
-
-extern "C" void ldmc_cuda_ema(float *ema, const float *master, int64_t n, double decay) {
-    LAUNCH_1D(ema_kernel, n, ema, master, n, (float)decay, (float)(1.0 - decay));
-}
-
-__global__ static void swap_kernel(float *a, float *b, int64_t n) {
+__global__ static void ema_kernel(float *ema, const uint16_t *master_lo, const uint16_t *weights,
+                                  int64_t n, float d, float one_minus) {
     GRID_STRIDE(k, n) {
-        float t = a[k];
-        a[k] = b[k];
-        b[k] = t;
+        float master = master_join(weights[k], master_lo[k]);
+        ema[k] = __fadd_rn(__fmul_rn(d, ema[k]), __fmul_rn(one_minus, master));
     }
 }
 
-extern "C" void ldmc_cuda_swap_f32(float *a, float *b, int64_t n) { LAUNCH_1D(swap_kernel, n, a, b, n); }
+extern "C" void ldmc_cuda_ema(float *ema, const uint16_t *master_lo, const uint16_t *weights,
+                              int64_t n, double decay) {
+    LAUNCH_1D(ema_kernel, n, ema, master_lo, weights, n, (float)decay, (float)(1.0 - decay));
+}
+
+__global__ static void master_swap_kernel(uint16_t *master_lo, uint16_t *weights, float *other,
+                                          int64_t n) {
+    GRID_STRIDE(k, n) {
+        float t = master_join(weights[k], master_lo[k]);
+        uint16_t lo;
+        weights[k] = master_split(other[k], &lo);
+        master_lo[k] = lo;
+        other[k] = t;
+    }
+}
+
+extern "C" void ldmc_cuda_master_swap(uint16_t *master_lo, uint16_t *weights, float *other,
+                                      int64_t n) {
+    LAUNCH_1D(master_swap_kernel, n, master_lo, weights, other, n);
+}

@@ -85,6 +85,47 @@ static void test_half_types_rounding(void) {
 #endif
 }
 
+// The GPU's f32 master as two halves (ldmc_f32_split): every high half with low halves at and
+// around the rounding edge and random ones. The f32 comes back bit for bit; the high half is
+// the bf16 rounding (ties away from zero instead of to even: only a low half of exactly 0x8000).
+static void test_master_split_is_exact(void) {
+    ldmc_rng rng = ldmc_rng_make(11, 0, 0, LDMC_RNG_TEST);
+    static const uint16_t edges[] = {0, 1, 0x7fff, 0x8000, 0x8001, 0xffff};
+    enum { EDGES = sizeof edges / sizeof edges[0], LOWS = EDGES + 4 };
+    int64_t ties = 0;
+    for (uint32_t top = 0; top < 65536; top++) {
+        for (int j = 0; j < LOWS; j++) {
+            uint32_t low = j < EDGES ? edges[j] : ldmc_rng_bits(&rng, top * LOWS + j) & 0xffffu;
+            uint32_t u = top << 16 | low;
+            float x = float_of(u);
+            uint16_t lo, hi = ldmc_f32_split(x, &lo);
+            float back = ldmc_f32_join(hi, lo);
+            if (isnan(x)) {
+                CHECK(isnan(back) && isnan(ldmc_bf16_to_f32(hi)), "NaN %08x: %a, hi %04x", u, back,
+                      hi);
+                continue;
+            }
+            uint32_t ub;
+            memcpy(&ub, &back, 4);
+            CHECK(ub == u, "%08x split into %04x %04x joins to %08x", u, hi, lo, ub);
+            uint16_t even = ldmc_f32_to_bf16(x);
+            if (low == 0x8000 && (top & 1) == 0) {
+                // a tie with an even high half: to even keeps it, away from zero goes one up
+                CHECK(hi == top + 1 && even == top, "tie %08x: %04x (to even %04x)", u, hi, even);
+                ties++;
+            } else {
+                CHECK(hi == even, "%08x: bf16 half %04x, rounded to nearest %04x", u, hi, even);
+            }
+        }
+    }
+    CHECK(ties > 30000, "%lld ties checked", (long long)ties);
+    // the largest finite values round to infinity, and still join back
+    uint16_t lo, hi = ldmc_f32_split(FLT_MAX, &lo);
+    CHECK(hi == 0x7f80 && ldmc_f32_join(hi, lo) == FLT_MAX, "FLT_MAX: %04x %04x", hi, lo);
+    hi = ldmc_f32_split(-0.0f, &lo);
+    CHECK(hi == 0x8000 && lo == 0 && signbit(ldmc_f32_join(hi, lo)), "-0");
+}
+
 static void test_convert(void) {
     float src[5] = {1.0f, -2.5f, 65504.0f, 0.1f, 0.0f}, back[5];
     uint16_t half[5];
@@ -319,6 +360,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_dtype_names_and_sizes),
         TEST_ENTRY(test_half_types_round_trip),
         TEST_ENTRY(test_half_types_rounding),
+        TEST_ENTRY(test_master_split_is_exact),
         TEST_ENTRY(test_convert),
         TEST_ENTRY(test_arena),
         TEST_ENTRY(test_philox_known_answers),

@@ -841,23 +841,90 @@ static void test_adamw_ema_and_norm_match_the_cpu(void) {
         CHECK(e <= 1e-6, "%s after 3 AdamW steps: relative difference %.3g",
               ldmc_param_role_name((ldmc_param_role)r), e);
     }
-    // the bf16 working copy is the master rounded
-    uint16_t *w16 = malloc(cpu.total * sizeof *w16);
+    // the bf16 working copy is the master rounded (its high half: ldmc_f32_split), and the
+    // master's other half is its low bits
+    uint16_t *w16 = malloc(cpu.total * sizeof *w16), *lo16 = malloc(cpu.total * sizeof *lo16);
     ldmc_cuda_to_host(w16, gpu.device[LDMC_ROLE_WEIGHTS], cpu.total * sizeof *w16);
-    int64_t off = 0;
-    for (size_t i = 0; i < cpu.total; i++)
-        off += w16[i] != ldmc_f32_to_bf16(gpu.buffers[LDMC_ROLE_WEIGHTS][i]);
+    ldmc_cuda_to_host(lo16, gpu.device[LDMC_ROLE_MASTER], cpu.total * sizeof *lo16);
+    int64_t off = 0, ties = 0;
+    for (size_t i = 0; i < cpu.total; i++) {
+        uint16_t lo, hi = ldmc_f32_split(gpu.buffers[LDMC_ROLE_WEIGHTS][i], &lo);
+        off += w16[i] != hi || lo16[i] != lo;
+        ties += hi != ldmc_f32_to_bf16(gpu.buffers[LDMC_ROLE_WEIGHTS][i]);
+    }
     CHECK(off == 0, "%lld bf16 weights are not the rounded master", (long long)off);
+    CHECK(ties <= 2, "%lld of %zu working weights are not the master rounded to nearest even",
+          (long long)ties, cpu.total);
     // the frozen parameter did not move
     const ldmc_param *fz = &cpu.items[2];
     for (int64_t i = 0; i < fz->numel; i++)
         CHECK(gpu.buffers[LDMC_ROLE_WEIGHTS][fz->offset + i] ==
                   cpu.buffers[LDMC_ROLE_WEIGHTS][fz->offset + i],
               "frozen value %lld moved", (long long)i);
+    // the EMA swap exchanges the master (both halves) and the EMA exactly
+    size_t bytes = cpu.total * sizeof(float);
+    float *master = malloc(bytes), *ema = malloc(bytes);
+    memcpy(master, gpu.buffers[LDMC_ROLE_WEIGHTS], bytes);
+    memcpy(ema, gpu.buffers[LDMC_ROLE_EMA], bytes);
+    ldmc_params_ema_swap(&gpu);
+    ldmc_params_to_host(&gpu);
+    CHECK(memcmp(gpu.buffers[LDMC_ROLE_WEIGHTS], ema, bytes) == 0 &&
+              memcmp(gpu.buffers[LDMC_ROLE_EMA], master, bytes) == 0,
+          "the EMA swap did not exchange the master and the EMA");
+    ldmc_cuda_to_host(w16, gpu.device[LDMC_ROLE_WEIGHTS], cpu.total * sizeof *w16);
+    for (size_t i = 0; i < cpu.total; i++) {
+        uint16_t lo;
+        CHECK(w16[i] == ldmc_f32_split(ema[i], &lo), "working weight %zu after the EMA swap", i);
+    }
+    free(master);
+    free(ema);
     free(w16);
+    free(lo16);
     free(g);
     ldmc_params_free(&cpu);
     ldmc_params_free(&gpu);
+}
+
+// ZeRO-1's table on the GPU (src/train/dist.h): the master's low halves only for the shard's
+// range, the bf16 working weights whole. Up and down again, the range's f32 weights come back
+// bit for bit; every working weight is its value rounded.
+static void test_sharded_master_round_trip(void) {
+    ldmc_params p = {0};
+    ldmc_params_add(&p, "a", 2, (int64_t[]){40, 13}, 0);
+    ldmc_params_add(&p, "b", 1, (int64_t[]){77}, LDMC_PARAM_NO_DECAY);
+    ldmc_params_add(&p, "c", 2, (int64_t[]){9, 31}, 0);
+    const size_t begin = p.items[1].offset, end = p.items[2].offset;
+    ldmc_params_set_shard(&p, begin, end);
+    ldmc_params_alloc(&p, LDMC_ROLE_WEIGHTS);
+    ldmc_params_alloc(&p, LDMC_ROLE_EMA);
+    test_fill(p.buffers[LDMC_ROLE_WEIGHTS], (int64_t)p.total, 21, 3, 0);
+    float *want = malloc(p.total * sizeof *want);
+    memcpy(want, p.buffers[LDMC_ROLE_WEIGHTS], p.total * sizeof *want);
+    ldmc_params_ema_reset(&p);
+    ldmc_params_to_device(&p);
+    memset(p.buffers[LDMC_ROLE_WEIGHTS], 0, p.total * sizeof(float));
+    ldmc_params_to_host(&p);
+    for (size_t i = 0; i < p.total; i++) {
+        float got = p.buffers[LDMC_ROLE_WEIGHTS][i];
+        if (i >= begin && i < end)
+            CHECK(memcmp(&got, &want[i], 4) == 0, "master %zu: %a, uploaded %a", i, got, want[i]);
+        else
+            CHECK(got == 0, "master %zu outside the shard came down: %a", i, got);
+    }
+    uint16_t *w16 = malloc(p.total * sizeof *w16);
+    ldmc_cuda_to_host(w16, p.device[LDMC_ROLE_WEIGHTS], p.total * sizeof *w16);
+    for (size_t i = 0; i < p.total; i++) {
+        uint16_t lo;
+        CHECK(w16[i] == ldmc_f32_split(want[i], &lo), "working weight %zu", i);
+    }
+    // the shard's EMA swap: the range's master becomes the EMA (here the weights again)
+    ldmc_params_ema_swap(&p);
+    ldmc_params_to_host(&p);
+    for (size_t i = begin; i < end; i++)
+        CHECK(p.buffers[LDMC_ROLE_WEIGHTS][i] == want[i], "swapped master %zu", i);
+    free(w16);
+    free(want);
+    ldmc_params_free(&p);
 }
 
 // ---- whole training steps of the tiny models ----------------------------------------------------
@@ -1223,7 +1290,7 @@ int main(int argc, char **argv) {
     ldmc_cuda_print_info(stdout);
     enum { N_OPS = sizeof op_cases / sizeof op_cases[0] };
     enum { N_PIECES = sizeof piece_cases / sizeof piece_cases[0] };
-    static test_entry tests[10 + N_OPS + N_PIECES];
+    static test_entry tests[11 + N_OPS + N_PIECES];
     int n = 0;
     tests[n++] = (test_entry)TEST_ENTRY(test_philox_streams_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_bf16_conversions_match_the_cpu);
@@ -1234,6 +1301,7 @@ int main(int argc, char **argv) {
         tests[n++] =
             (test_entry){piece_cases[i].op.name, test_pieces_match_the_default, &piece_cases[i]};
     tests[n++] = (test_entry)TEST_ENTRY(test_adamw_ema_and_norm_match_the_cpu);
+    tests[n++] = (test_entry)TEST_ENTRY(test_sharded_master_round_trip);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_class_step_matches_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_text_step_matches_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_vae_step_matches_the_cpu);

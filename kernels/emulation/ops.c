@@ -529,15 +529,49 @@ void ldmc_cuda_timestep_embedding_backward(float *dt, const float *dy, const flo
 
 double ldmc_cuda_sum_squares(const float *x, size_t n) { return sum_squares_f32(x, (int64_t)n); }
 
-void ldmc_cuda_adamw(float *master, uint16_t *weights, const float *grad, float *m, float *v,
+// The master's two halves joined into f32 values and split back, a block at a time, around the
+// CPU's own AdamW, EMA and swap (the same f32 arithmetic as optim.cu's).
+enum { MASTER_BLOCK = 4096 };
+
+static void master_join_n(float *dst, const uint16_t *lo, const uint16_t *hi, int64_t n) {
+    for (int64_t k = 0; k < n; k++)
+        dst[k] = ldmc_f32_join(hi[k], lo[k]);
+}
+
+static void master_split_n(uint16_t *lo, uint16_t *hi, const float *src, int64_t n) {
+    for (int64_t k = 0; k < n; k++)
+        hi[k] = ldmc_f32_split(src[k], &lo[k]);
+}
+
+void ldmc_cuda_adamw(uint16_t *master_lo, uint16_t *weights, const float *grad, float *m, float *v,
                      int64_t n, float decay, float step_size, float denom_scale, float beta1,
                      float beta2, float eps) {
-    adamw_update_f32(master, grad, m, v, n, decay, step_size, denom_scale, beta1, beta2, eps);
-    store(weights, master, n);
+    float w[MASTER_BLOCK];
+    for (int64_t at = 0; at < n; at += MASTER_BLOCK) {
+        int64_t k = n - at < MASTER_BLOCK ? n - at : MASTER_BLOCK;
+        master_join_n(w, master_lo + at, weights + at, k);
+        adamw_update_f32(w, grad + at, m + at, v + at, k, decay, step_size, denom_scale, beta1,
+                         beta2, eps);
+        master_split_n(master_lo + at, weights + at, w, k);
+    }
 }
 
-void ldmc_cuda_ema(float *ema, const float *master, int64_t n, double decay) {
-    ema_update_f32(ema, master, n, decay);
+void ldmc_cuda_ema(float *ema, const uint16_t *master_lo, const uint16_t *weights, int64_t n,
+                   double decay) {
+    float w[MASTER_BLOCK];
+    for (int64_t at = 0; at < n; at += MASTER_BLOCK) {
+        int64_t k = n - at < MASTER_BLOCK ? n - at : MASTER_BLOCK;
+        master_join_n(w, master_lo + at, weights + at, k);
+        ema_update_f32(ema + at, w, k, decay);
+    }
 }
 
-void ldmc_cuda_swap_f32(float *a, float *b, int64_t n) { swap_values_f32(a, b, n); }
+void ldmc_cuda_master_swap(uint16_t *master_lo, uint16_t *weights, float *other, int64_t n) {
+    float w[MASTER_BLOCK];
+    for (int64_t at = 0; at < n; at += MASTER_BLOCK) {
+        int64_t k = n - at < MASTER_BLOCK ? n - at : MASTER_BLOCK;
+        master_join_n(w, master_lo + at, weights + at, k);
+        swap_values_f32(w, other + at, k);
+        master_split_n(master_lo + at, weights + at, w, k);
+    }
+}

@@ -67,6 +67,24 @@ uint16_t ldmc_f32_to_bf16(float x) {
 
 float ldmc_bf16_to_f32(uint16_t x) { return bits_f32((uint32_t)x << 16); }
 
+uint16_t ldmc_f32_split(float x, uint16_t *lo) {
+    uint32_t u = f32_bits(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { // NaN: a quiet one, whatever the low half was
+        *lo = 0;
+        return (uint16_t)((u >> 16) | 0x40u);
+    }
+    *lo = (uint16_t)u;
+    // half up in magnitude: the high half goes up when the low one is 0x8000 or more (the
+    // largest finite values round to infinity, as they do to even)
+    return (uint16_t)((u >> 16) + ((u >> 15) & 1u));
+}
+
+float ldmc_f32_join(uint16_t hi, uint16_t lo) {
+    // the high half came up by one where the low half has its top bit set
+    uint32_t top = (uint32_t)hi - (lo >> 15);
+    return bits_f32((top << 16) | lo);
+}
+
 uint16_t ldmc_f32_to_f16(float x) {
     uint32_t u = f32_bits(x);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);

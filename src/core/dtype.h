@@ -26,6 +26,13 @@ int ldmc_dtype_from_name(const char *name, ldmc_dtype *out);
 
 uint16_t ldmc_f32_to_bf16(float x);
 float ldmc_bf16_to_f32(uint16_t x);
+// An f32 as two 16-bit halves with nothing lost (the GPU's f32 master weights, core/params.h):
+// `hi` is the f32 rounded to bf16, to nearest with ties away from zero (ldmc_f32_to_bf16 rounds
+// ties to even: they differ when the low half is exactly 0x8000), so it serves as the bf16
+// working copy; `lo` is the f32's low half. ldmc_f32_join gives the f32 back bit for bit (a NaN
+// comes back as a quiet NaN). kernels/common.cuh has the same two on the GPU.
+uint16_t ldmc_f32_split(float x, uint16_t *lo);
+float ldmc_f32_join(uint16_t hi, uint16_t lo);
 uint16_t ldmc_f32_to_f16(float x);
 float ldmc_f16_to_f32(uint16_t x);
 

@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 
 #include "core/device.h"
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
 
@@ -228,14 +229,63 @@ int64_t ldmc_params_count(const ldmc_params *p, bool trainable_only) {
     return n;
 }
 
-// A zeroed GPU buffer of a role (f32; the shard's range of a state role).
+// A GPU buffer's element size: the working weights and the master's low halves are 16-bit.
+static size_t device_elem(ldmc_param_role role) {
+    return role == LDMC_ROLE_WEIGHTS || role == LDMC_ROLE_MASTER ? 2 : 4;
+}
+
+// A zeroed GPU buffer of a role (the shard's range of a state role).
 static void device_alloc(ldmc_params *p, ldmc_param_role role) {
     size_t b, e;
     ldmc_params_role_range(p, role, &b, &e);
-    size_t bytes = role_count(p, role) * sizeof(float);
+    size_t bytes = role_count(p, role) * device_elem(role);
     void *m = ldmc_gpu_malloc(bytes);
     ldmc_gpu_zero(m, bytes);
-    p->device[role] = shifted(m, b, sizeof(float));
+    p->device[role] = shifted(m, b, device_elem(role));
+}
+
+// The host's f32 weights to the GPU's two halves, a chunk at a time: the bf16 working weights
+// (all of them) and the master's low halves (its range).
+enum { SPLIT_CHUNK = 1 << 22 };
+
+static void upload_master(ldmc_params *p) {
+    size_t b, e;
+    ldmc_params_role_range(p, LDMC_ROLE_MASTER, &b, &e);
+    uint16_t *hi = malloc(SPLIT_CHUNK * sizeof *hi), *lo = malloc(SPLIT_CHUNK * sizeof *lo);
+    LDMC_CHECK(hi && lo, "out of memory");
+    const float *host = p->buffers[LDMC_ROLE_WEIGHTS];
+    for (size_t at = 0; at < p->total; at += SPLIT_CHUNK) {
+        const size_t k = p->total - at < SPLIT_CHUNK ? p->total - at : SPLIT_CHUNK;
+#pragma omp parallel for schedule(static) if (k > 65536)
+        for (size_t i = 0; i < k; i++)
+            hi[i] = ldmc_f32_split(host[at + i], &lo[i]);
+        ldmc_gpu_upload((uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + at, hi, k * sizeof *hi);
+        const size_t from = at > b ? at : b, to = at + k < e ? at + k : e;
+        if (from < to)
+            ldmc_gpu_upload((uint16_t *)p->device[LDMC_ROLE_MASTER] + from, lo + (from - at),
+                            (to - from) * sizeof *lo);
+    }
+    free(hi);
+    free(lo);
+}
+
+// The master's range, joined from the GPU's two halves, into the host's f32 weights.
+static void download_master(ldmc_params *p) {
+    size_t b, e;
+    ldmc_params_role_range(p, LDMC_ROLE_MASTER, &b, &e);
+    uint16_t *hi = malloc(SPLIT_CHUNK * sizeof *hi), *lo = malloc(SPLIT_CHUNK * sizeof *lo);
+    LDMC_CHECK(hi && lo, "out of memory");
+    float *host = p->buffers[LDMC_ROLE_WEIGHTS];
+    for (size_t at = b; at < e; at += SPLIT_CHUNK) {
+        const size_t k = e - at < SPLIT_CHUNK ? e - at : SPLIT_CHUNK;
+        ldmc_gpu_download(hi, (const uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + at, k * sizeof *hi);
+        ldmc_gpu_download(lo, (const uint16_t *)p->device[LDMC_ROLE_MASTER] + at, k * sizeof *lo);
+#pragma omp parallel for schedule(static) if (k > 65536)
+        for (size_t i = 0; i < k; i++)
+            host[at + i] = ldmc_f32_join(hi[i], lo[i]);
+    }
+    free(hi);
+    free(lo);
 }
 
 void ldmc_params_to_device(ldmc_params *p) {
@@ -244,33 +294,15 @@ void ldmc_params_to_device(ldmc_params *p) {
     LDMC_CHECK(!p->on_device, "parameters already on the GPU");
     LDMC_CHECK(p->buffers[LDMC_ROLE_WEIGHTS] && !p->reserved[LDMC_ROLE_WEIGHTS],
                "parameters moved to the GPU before their weights exist");
-    const size_t n = p->total ? p->total : 1;
-    p->device[LDMC_ROLE_WEIGHTS] = ldmc_gpu_malloc(n * sizeof(uint16_t));
+    device_alloc(p, LDMC_ROLE_WEIGHTS);
     for (int r = LDMC_ROLE_MASTER; r < LDMC_ROLE_COUNT; r++)
-        if (r == LDMC_ROLE_MASTER || (p->buffers[r] && !p->reserved[r])) device_alloc(p, r);
-    // the host weights become the master (its range), the bf16 working copy their rounding
-    // (through the master's buffer when it holds them all, else through a bounded scratch)
-    size_t b, e;
-    ldmc_params_role_range(p, LDMC_ROLE_MASTER, &b, &e);
-    float *master = p->device[LDMC_ROLE_MASTER];
-    const float *host = p->buffers[LDMC_ROLE_WEIGHTS];
-    ldmc_gpu_upload(master + b, host + b, (e - b) * sizeof(float));
-    if (!p->sharded) {
-        ldmc_gpu_f32_to_bf16(p->device[LDMC_ROLE_WEIGHTS], master, (int64_t)p->total);
-    } else {
-        const size_t chunk = (size_t)1 << 24;
-        float *scratch = ldmc_gpu_malloc((p->total < chunk ? n : chunk) * sizeof(float));
-        for (size_t at = 0; at < p->total; at += chunk) {
-            size_t k = p->total - at < chunk ? p->total - at : chunk;
-            ldmc_gpu_upload(scratch, host + at, k * sizeof(float));
-            ldmc_gpu_f32_to_bf16((uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + at, scratch,
-                                 (int64_t)k);
-        }
-        ldmc_device_synchronize(LDMC_CUDA);
-        ldmc_gpu_free(scratch);
-    }
+        if (r == LDMC_ROLE_MASTER || (p->buffers[r] && !p->reserved[r]))
+            device_alloc(p, (ldmc_param_role)r);
+    // the host weights become the master: their bf16 rounding is the working copy
+    upload_master(p);
     for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++) {
         if (!p->device[r]) continue;
+        size_t b, e;
         ldmc_params_role_range(p, r, &b, &e);
         ldmc_gpu_upload((float *)p->device[r] + b, p->buffers[r] + b, (e - b) * sizeof(float));
     }
@@ -292,12 +324,10 @@ void ldmc_params_device_alloc(ldmc_params *p, ldmc_param_role role) {
 
 void ldmc_params_to_host(ldmc_params *p) {
     if (!p->on_device) return;
-    size_t b, e;
-    ldmc_params_role_range(p, LDMC_ROLE_MASTER, &b, &e);
-    ldmc_gpu_download(p->buffers[LDMC_ROLE_WEIGHTS] + b, (float *)p->device[LDMC_ROLE_MASTER] + b,
-                      (e - b) * sizeof(float));
+    download_master(p);
     for (int r = LDMC_ROLE_ADAM_M; r < LDMC_ROLE_COUNT; r++) {
         if (!p->device[r]) continue;
+        size_t b, e;
         ldmc_params_role_range(p, r, &b, &e);
         ldmc_gpu_download(p->buffers[r] + b, (float *)p->device[r] + b, (e - b) * sizeof(float));
     }
@@ -307,7 +337,7 @@ void ldmc_params_free(ldmc_params *p) {
     for (int r = 0; r < LDMC_ROLE_COUNT; r++) {
         size_t b, e;
         ldmc_params_role_range(p, r, &b, &e);
-        ldmc_gpu_free(unshifted(p->device[r], b, r == LDMC_ROLE_WEIGHTS ? 2 : 4));
+        ldmc_gpu_free(unshifted(p->device[r], b, device_elem((ldmc_param_role)r)));
         void *m = unshifted(p->buffers[r], b, sizeof(float));
         if (p->reserved[r])
             munmap(m, reserved_bytes(p, r));

@@ -19,7 +19,7 @@ enum {
 
 typedef enum ldmc_param_role {
     LDMC_ROLE_WEIGHTS, // what the forward reads (f32 on the CPU)
-    LDMC_ROLE_MASTER,  // fp32 master copy (GPU training with bf16 weights)
+    LDMC_ROLE_MASTER,  // fp32 master copy (GPU training: its low halves, see below)
     LDMC_ROLE_GRAD,
     LDMC_ROLE_ADAM_M,
     LDMC_ROLE_ADAM_V,
@@ -54,7 +54,9 @@ typedef struct ldmc_params {
     size_t total;                    // elements per role buffer, padding included
     float *buffers[LDMC_ROLE_COUNT]; // NULL until allocated
     bool reserved[LDMC_ROLE_COUNT];    // address space only (ldmc_params_reserve)
-    // GPU copies (ldmc_params_to_device): WEIGHTS in bf16, every other role in f32. While
+    // GPU copies (ldmc_params_to_device): WEIGHTS in bf16; MASTER the f32 master's low 16 bits,
+    // its high halves being WEIGHTS (rounded, ldmc_f32_split: the master takes 2 bytes a
+    // parameter, not 4, and the working copy costs nothing more); every other role in f32. While
     // on_device, the tensor views point there and the host buffers are the checkpoint side.
     void *device[LDMC_ROLE_COUNT];
     bool on_device;
@@ -97,15 +99,16 @@ void ldmc_params_ema_reset(ldmc_params *p);
 // Zeroes the gradient buffer.
 void ldmc_params_zero_grad(ldmc_params *p);
 ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index);
-// Moves training to the GPU: allocates the GPU buffers (bf16 working weights, an f32 master copy,
-// gradients, and Adam m, v and EMA where the host has them), uploads the host's values (the host
-// weights become the master) and points the tensor views at the GPU. Fatal without CUDA.
+// Moves training to the GPU: allocates the GPU buffers (bf16 working weights, the f32 master's low
+// halves, gradients, and Adam m, v and EMA where the host has them), uploads the host's values
+// (the host weights become the master) and points the tensor views at the GPU. Fatal without
+// CUDA.
 void ldmc_params_to_device(ldmc_params *p);
 // A zeroed GPU buffer for a role the host does not keep (a benchmark's gradients and Adam state),
 // after ldmc_params_to_device; the tensor views are re-bound. Idempotent.
 void ldmc_params_device_alloc(ldmc_params *p, ldmc_param_role role);
-// Copies the GPU's master weights, m, v and EMA into the host buffers (for a checkpoint); with a
-// shard, the master's range only (src/train/dist.h gathers the rest).
+// Copies the GPU's master weights (joined from their halves), m, v and EMA into the host buffers
+// (for a checkpoint); with a shard, the master's range only (src/train/dist.h gathers the rest).
 void ldmc_params_to_host(ldmc_params *p);
 // Count of parameter elements (padding excluded); frozen ones excluded when trainable_only.
 int64_t ldmc_params_count(const ldmc_params *p, bool trainable_only);

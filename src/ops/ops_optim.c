@@ -61,10 +61,10 @@ void ldmc_params_adamw(ldmc_params *p, int index, const ldmc_adamw_coeffs *c) {
                        p->device[LDMC_ROLE_ADAM_V],
                    "AdamW needs gradients, m and v on the GPU");
         GPU(ldmc_cuda_adamw(
-            (float *)p->device[LDMC_ROLE_MASTER] + o, (uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + o,
-            (float *)p->device[LDMC_ROLE_GRAD] + o, (float *)p->device[LDMC_ROLE_ADAM_M] + o,
-            (float *)p->device[LDMC_ROLE_ADAM_V] + o, item->numel, c->decay, c->step_size,
-            c->denom_scale, c->beta1, c->beta2, c->eps));
+            (uint16_t *)p->device[LDMC_ROLE_MASTER] + o,
+            (uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + o, (float *)p->device[LDMC_ROLE_GRAD] + o,
+            (float *)p->device[LDMC_ROLE_ADAM_M] + o, (float *)p->device[LDMC_ROLE_ADAM_V] + o,
+            item->numel, c->decay, c->step_size, c->denom_scale, c->beta1, c->beta2, c->eps));
         return;
     }
     float *w = p->buffers[LDMC_ROLE_WEIGHTS], *g = p->buffers[LDMC_ROLE_GRAD];
@@ -88,7 +88,8 @@ void ldmc_params_ema_update(ldmc_params *p, double decay) {
     if (p->on_device) {
         LDMC_CHECK(p->device[LDMC_ROLE_EMA], "EMA update without an EMA buffer on the GPU");
         GPU(ldmc_cuda_ema((float *)p->device[LDMC_ROLE_EMA] + b,
-                          (const float *)p->device[LDMC_ROLE_MASTER] + b, n, decay));
+                          (const uint16_t *)p->device[LDMC_ROLE_MASTER] + b,
+                          (const uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + b, n, decay));
         return;
     }
     float *w = p->buffers[LDMC_ROLE_WEIGHTS], *e = p->buffers[LDMC_ROLE_EMA];
@@ -102,10 +103,9 @@ void ldmc_params_ema_swap(ldmc_params *p) {
     ema_range(p, &b, &n);
     if (p->on_device) {
         if (!p->device[LDMC_ROLE_EMA]) return;
-        GPU(ldmc_cuda_swap_f32((float *)p->device[LDMC_ROLE_MASTER] + b,
-                               (float *)p->device[LDMC_ROLE_EMA] + b, n));
-        GPU(ldmc_cuda_f32_to_bf16((uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + b,
-                                  (const float *)p->device[LDMC_ROLE_MASTER] + b, n));
+        GPU(ldmc_cuda_master_swap((uint16_t *)p->device[LDMC_ROLE_MASTER] + b,
+                                  (uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + b,
+                                  (float *)p->device[LDMC_ROLE_EMA] + b, n));
         return;
     }
     if (!p->buffers[LDMC_ROLE_EMA]) return;

@@ -169,8 +169,8 @@ static double train_step(ldmc_ctx *ctx, ldmc_unet *u, const bench_step *s, const
 
 // Gradients, Adam m and v where the weights are: the GPU's bf16 and master copies, or the host.
 // One rank's bytes of the parameter roles: the working weights (bf16 on the GPU) and f32 gradients
-// whole; the fp32 master (GPU), Adam m and v and the EMA (o->ema) whole, or under ZeRO-1 the
-// largest of the ranks' parameter-aligned ranges (dist.h).
+// whole; the fp32 master (GPU: its low halves, 2 bytes), Adam m and v and the EMA (o->ema) whole,
+// or under ZeRO-1 the largest of the ranks' parameter-aligned ranges (dist.h).
 static size_t plan_role_bytes(const ldmc_params *p, const ldmc_bench_options *o) {
     const bool gpu = o->device == LDMC_CUDA;
     const int ranks = o->ranks > 1 ? o->ranks : 1;
@@ -184,8 +184,8 @@ static size_t plan_role_bytes(const ldmc_params *p, const ldmc_bench_options *o)
             if (begin[r + 1] - begin[r] > state) state = begin[r + 1] - begin[r];
         free(begin);
     }
-    int state_roles = 2 + gpu + o->ema; // m, v, the master on the GPU, the EMA
-    return p->total * (gpu ? 2 + 4 : 4 + 4) + state * 4 * (size_t)state_roles;
+    int state_roles = 2 + o->ema; // m, v, the EMA; on the GPU the master's low halves (2 bytes)
+    return p->total * (gpu ? 2 + 4 : 4 + 4) + state * (4 * (size_t)state_roles + (gpu ? 2 : 0));
 }
 
 static int alloc_training(ldmc_unet *u, ldmc_device device, ldmc_ctx *ctx, size_t *weight_bytes,
@@ -198,14 +198,14 @@ static int alloc_training(ldmc_unet *u, ldmc_device device, ldmc_ctx *ctx, size_
         *weight_bytes = p->total * 4 * 4;
         return 0;
     }
-    ldmc_params_to_device(p); // bf16 weights and the f32 master
+    ldmc_params_to_device(p); // bf16 weights and the f32 master (their low halves)
     for (int role = LDMC_ROLE_GRAD; role <= LDMC_ROLE_ADAM_V; role++)
         ldmc_params_device_alloc(p, (ldmc_param_role)role);
     size_t free_b;
     if (ldmc_ctx_init_gpu_free(ctx, META_ARENA, &free_b) != 0)
         return LDMC_ERR(err, "%.1f GiB of GPU memory left after the weights",
                         (double)free_b / (1 << 30));
-    *weight_bytes = p->total * (2 + 4 * 4);
+    *weight_bytes = p->total * (2 + 2 + 4 * 3); // bf16 weights, the master's low halves, g, m, v
     return 0;
 }
 
