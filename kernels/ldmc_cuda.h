@@ -287,13 +287,15 @@ void ldmc_cuda_timestep_embedding_backward(float *dt, const float *dy, const flo
 // ---- optimizer over the flat parameter buffers (optim.cu) -------------------------------------
 // Σ x² over n f32 values, in double, in a fixed order (the same result on every run).
 double ldmc_cuda_sum_squares(const float *x, size_t n);
+// The same sum into *dst, a double in GPU memory, without waiting for it.
+void ldmc_cuda_sum_squares_to(double *dst, const float *x, size_t n);
 // The f32 master weights are the bf16 working weights (`weights`, rounded ties away from zero)
 // and the f32's low halves (`master_lo`): ldmc_f32_split / ldmc_f32_join (core/dtype.h).
 // One AdamW update of n values, PyTorch's order: master = master * decay - step_size m̂ / ...,
-// both halves written.
+// both halves written; nothing when `guard` (a double in GPU memory, or NULL) is not finite.
 void ldmc_cuda_adamw(uint16_t *master_lo, uint16_t *weights, const float *grad, float *m, float *v,
                      int64_t n, float decay, float step_size, float denom_scale, float beta1,
-                     float beta2, float eps);
+                     float beta2, float eps, const double *guard);
 // ema = d ema + (1 - d) master, with d and 1 - d rounded to f32 from the double, as the CPU does
 void ldmc_cuda_ema(float *ema, const uint16_t *master_lo, const uint16_t *weights, int64_t n,
                    double decay);

@@ -14,6 +14,26 @@ __global__ static void sum_squares_kernel(double *partial, const float *x, int64
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
+// The block partials summed in a fixed order by one block, into *dst on the device.
+__global__ static void sum_partials_kernel(double *dst, const double *partial, int n) {
+    __shared__ double shared[32];
+    double s = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        s += partial[i];
+    s = block_sum(s, shared);
+    if (threadIdx.x == 0) *dst = s;
+}
+
+extern "C" void ldmc_cuda_sum_squares_to(double *dst, const float *x, size_t n) {
+    int blocks = (int)((n + SQ_THREADS - 1) / SQ_THREADS);
+    blocks = blocks < 1 ? 1 : blocks > SQ_BLOCKS ? SQ_BLOCKS : blocks;
+    double *partial = (double *)ldmc_cuda_workspace(SQ_BLOCKS * sizeof(double));
+    sum_squares_kernel<<<blocks, SQ_THREADS, 0, ldmc_stream()>>>(partial, x, (int64_t)n);
+    CUDA_CHECK_LAUNCH("sum_squares");
+    sum_partials_kernel<<<1, SQ_THREADS, 0, ldmc_stream()>>>(dst, partial, blocks);
+    CUDA_CHECK_LAUNCH("sum_partials");
+}
+
 extern "C" double ldmc_cuda_sum_squares(const float *x, size_t n) {
     double *partial = (double *)ldmc_cuda_workspace(SQ_BLOCKS * sizeof(double));
     double host[SQ_BLOCKS];
@@ -30,7 +50,9 @@ extern "C" double ldmc_cuda_sum_squares(const float *x, size_t n) {
 // f32 master is the bf16 working weights and the low halves (master_join); the step writes both.
 __global__ static void adamw_kernel(uint16_t *master_lo, uint16_t *weights, const float *grad,
                                     float *m, float *v, int64_t n, float decay, float step_size,
-                                    float denom_scale, float b1, float b2, float eps) {
+                                    float denom_scale, float b1, float b2, float eps,
+                                    const double *guard) {
+    if (guard && !isfinite(*guard)) return; // a gradient not finite: the parameter stays
     GRID_STRIDE(k, n) {
         // explicit roundings, no fused multiply-adds: the CPU's results bit for bit
         float g = grad[k];
@@ -49,9 +71,10 @@ __global__ static void adamw_kernel(uint16_t *master_lo, uint16_t *weights, cons
 
 extern "C" void ldmc_cuda_adamw(uint16_t *master_lo, uint16_t *weights, const float *grad, float *m,
                                 float *v, int64_t n, float decay, float step_size,
-                                float denom_scale, float beta1, float beta2, float eps) {
+                                float denom_scale, float beta1, float beta2, float eps,
+                                const double *guard) {
     LAUNCH_1D(adamw_kernel, n, master_lo, weights, grad, m, v, n, decay, step_size, denom_scale,
-              beta1, beta2, eps);
+              beta1, beta2, eps, guard);
 }
 
 __global__ static void ema_kernel(float *ema, const uint16_t *master_lo, const uint16_t *weights,

@@ -10,16 +10,18 @@
 #   1. test_cuda with CUDA_LAUNCH_BLOCKING=1 (a failing kernel is named at its launch): every op,
 #      AdamW/EMA and the tiny models' steps against the CPU;
 #   2. `ldmc bench train` on the SDXL base UNet, batch 8 at 1024x1024, without gradient
-#      checkpointing as PyTorch's eager step (the memory plan: 31.2 GiB of activations, 74.2 GiB
+#      checkpointing as PyTorch's eager step (the memory plan: 31.2 GiB of activations, 69.4 GiB
 #      in all: docs/benchmarks.md; with less than that free, with the projections recomputed,
-#      55.5 GiB; with less than that, with checkpointing),
+#      50.7 GiB; with less than that, with checkpointing),
 #      its time per op kind (--profile) and cuDNN's plan for every convolution shape
 #      (LDMC_CONV_LOG=1, in ldmc-bench.err), after a dry run that prints the memory plan;
 #   3. bench/sdxl_train_torch.py: PyTorch's eager step of the same UNet on the same card (and
 #      compiled with --compile-too, which does not fit the 10 minutes), with its top kernels;
 #   4. test_train_cuda with CUDA_LAUNCH_BLOCKING=1: GPU and CPU runs resume each other's
 #      checkpoints (its CPU runs make it the slowest, and the budget may cut it);
-#   5. what recomputing the projections costs: the same benchmark with --recompute-projections.
+#   5. what recomputing the projections costs: the same benchmark with --recompute-projections;
+#   6. what updating during backward costs: the same benchmark with --fused-backward (59.9 GiB,
+#      no gradient buffer, three launches a parameter in backward, no clipping).
 # Every step runs under `timeout`, within a budget for the whole run (default 540 s, leaving a
 # cold start's extra time within 10 minutes); summary.txt has each step's exit status and time.
 # Everything goes to OUT: $OUT when set (the device runner's folder), else the argument, else
@@ -152,15 +154,15 @@ echo "== ldmc bench train (batch $batch, 1024x1024)"
 step ldmc-plan 40 "$build/ldmc" bench train --config sdxl_base --batch $batch --res 1024 \
     --dry-run --device cuda > "$out/ldmc-plan.txt" 2>&1
 ckpt=""
-if command -v nvidia-smi >/dev/null; then # the plan's 74.2 GiB and ~3 GiB for workspace, libraries
+if command -v nvidia-smi >/dev/null; then # the plan's 69.4 GiB and ~3 GiB for workspace, libraries
     free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits | head -n 1)
-    if [ "${free_mib:-0}" -lt 62000 ]; then
+    if [ "${free_mib:-0}" -lt 57000 ]; then
         ckpt=--gradient-checkpointing
-    elif [ "${free_mib:-0}" -lt 79000 ]; then
+    elif [ "${free_mib:-0}" -lt 74500 ]; then
         ckpt=--recompute-projections
     fi
 fi
-[ -n "$ckpt" ] && echo "  (less than 77 GiB free: with $ckpt)"
+[ -n "$ckpt" ] && echo "  (less than 73 GiB free: with $ckpt)"
 step ldmc-bench 180 env LDMC_CONV_LOG=1 "$build/ldmc" bench train --config sdxl_base \
     --batch $batch --res 1024 --device cuda $ckpt --profile --reps 5 \
     --warmup 2 --json > "$out/ldmc-bench.json" 2> "$out/ldmc-bench.err"
@@ -187,11 +189,20 @@ tail -n 2 "$out/test_train_cuda.log"
 
 # ---- 5. the projections made again in backward --------------------------------------------------
 if [ -z "$ckpt" ]; then
-    echo "== ldmc bench train --recompute-projections (what 55.5 GiB instead of 74.2 costs)"
+    echo "== ldmc bench train --recompute-projections (what 50.7 GiB instead of 69.4 costs)"
     step ldmc-bench-projections 90 "$build/ldmc" bench train --config sdxl_base --batch $batch \
         --res 1024 --device cuda --recompute-projections --reps 3 --warmup 1 --json \
         > "$out/ldmc-bench-projections.json" 2> "$out/ldmc-bench-projections.err"
     cat "$out/ldmc-bench-projections.json"
+fi
+
+# ---- 6. AdamW during backward ----------------------------------------------------------------------
+if [ -z "$ckpt" ] || [ "$ckpt" = --recompute-projections ]; then
+    echo "== ldmc bench train --fused-backward (59.9 GiB without recomputing; 41.1 with it)"
+    step ldmc-bench-fused 90 "$build/ldmc" bench train --config sdxl_base --batch $batch \
+        --res 1024 --device cuda --fused-backward $ckpt --reps 3 --warmup 1 --json \
+        > "$out/ldmc-bench-fused.json" 2> "$out/ldmc-bench-fused.err"
+    cat "$out/ldmc-bench-fused.json"
 fi
 echo "total: $(($(date +%s) - start))s, status $status" | tee -a "$summary"
 exit $status

@@ -269,6 +269,25 @@ awk -v p="$projections" -v r="$remade" -v f="$per_image" \
 bf16_grads=$(sed -n 's/.*"activation_gradients_bf16_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
 awk -v g="$bf16_grads" 'BEGIN { exit !(g > 22.06 && g < 22.075) }' ||
     fail "bf16 activation gradients of the SDXL step: $bf16_grads GiB, 22.066 expected"
+# each parameter updated during backward (optim.fused_backward): no gradient buffer (12 bytes a
+# parameter), the same activations and FLOPs: the step within 64 GiB without recomputing
+# anything (59.9 GiB planned on 2026-12-03); and a real step of it on the CPU
+expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
+    --device cuda --dry-run --fused-backward --json
+grep -q '"recompute_projections": false, "fused_backward": true' /tmp/ldmc_cli_out.$$ ||
+    fail "bench train --fused-backward: not in the JSON"
+fused=$(sed -n 's/.*"peak_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
+fused_weights=$(sed -n 's/.*"weights_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
+fused_acts=$(sed -n 's/.*"activations_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
+fused_flops=$(sed -n 's/.*"tflop_per_image": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
+awk -v p="$fused" -v w="$fused_weights" -v a="$fused_acts" -v b="$plain" -v f="$fused_flops" \
+    -v g="$per_image" 'BEGIN { q = 2.567463684e9 / 2^30;
+    exit !(p > 40 && p <= 64 && w > 11.99 * q && w < 12.05 * q && a < b + 0.1 && f == g) }' ||
+    fail "fused backward: $fused GiB in all, $fused_weights of weights, $fused_acts of activations ($plain without), $fused_flops TFLOP an image ($per_image)"
+expect_status 0 "$ldmc" bench train --config "$configs/tiny_unet_text.yaml" --batch 2 --res 64 \
+    --device cpu --reps 1 --warmup 1 --fused-backward --json
+grep -q '"fused_backward": true.*"img_per_s": [0-9.]*' /tmp/ldmc_cli_out.$$ ||
+    fail "bench train --fused-backward on a tiny UNet"
 # one rank's plan of a data-parallel run: ZeRO-1 over 8 ranks leaves the bf16 weights (2 bytes a
 # parameter) and f32 gradients (4) whole and shares the master's low halves, m, v and EMA (14):
 # about 6 + 14/8 = 7.75 bytes a parameter against 20 for one rank with an EMA

@@ -885,6 +885,72 @@ static void test_adamw_ema_and_norm_match_the_cpu(void) {
     ldmc_params_free(&gpu);
 }
 
+// The update of one parameter during backward (optim.fused_backward): Σ g² into a double in GPU
+// memory, as the CPU sums it, and AdamW from the gradient the parameter's tensor points at, as
+// the CPU's; a gradient with a NaN leaves the parameter, m and v as they were, on both.
+static void test_guarded_adamw_matches_the_cpu(void) {
+    ldmc_params cpu = {0}, gpu = {0};
+    ldmc_params *both[2] = {&cpu, &gpu};
+    for (int k = 0; k < 2; k++) {
+        ldmc_params *p = both[k];
+        ldmc_params_add(p, "w", 2, (int64_t[]){123, 45}, 0);
+        ldmc_params_add(p, "b", 1, (int64_t[]){45}, LDMC_PARAM_NO_DECAY);
+        for (int r = LDMC_ROLE_WEIGHTS; r <= LDMC_ROLE_ADAM_V; r++)
+            if (r != LDMC_ROLE_MASTER) ldmc_params_alloc(p, (ldmc_param_role)r);
+        fill_role(p, LDMC_ROLE_WEIGHTS, 31, 1);
+        fill_role(p, LDMC_ROLE_GRAD, 32, 0.1);
+    }
+    ldmc_params_to_device(&gpu);
+    ldmc_cuda_to_device(gpu.device[LDMC_ROLE_GRAD], cpu.buffers[LDMC_ROLE_GRAD],
+                        cpu.total * sizeof(float));
+    ldmc_adamw opt = {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01};
+    double cpu_sums[2], *gpu_sums = ldmc_gpu_malloc(2 * sizeof(double)), got[2];
+    for (int i = 0; i < 2; i++) {
+        ldmc_adamw_coeffs c = ldmc_adamw_coeffs_at(&opt, 1e-3, 1, cpu.items[i].flags);
+        ldmc_params_adamw(&cpu, i, &c, &cpu_sums[i]);
+        ldmc_params_adamw(&gpu, i, &c, &gpu_sums[i]);
+    }
+    ldmc_cuda_to_host(got, gpu_sums, sizeof got);
+    for (int i = 0; i < 2; i++)
+        CHECK(fabs(got[i] - cpu_sums[i]) <= 1e-12 * cpu_sums[i] && cpu_sums[i] > 0,
+              "Σ g² of %s: GPU %.17g, CPU %.17g", cpu.items[i].name, got[i], cpu_sums[i]);
+    // a NaN in b's gradient: b stays, w moves on
+    float nan = NAN;
+    size_t at = cpu.items[1].offset + 7;
+    cpu.buffers[LDMC_ROLE_GRAD][at] = nan;
+    ldmc_cuda_to_device((float *)gpu.device[LDMC_ROLE_GRAD] + at, &nan, sizeof nan);
+    ldmc_params_to_host(&gpu);
+    size_t bytes = cpu.total * sizeof(float);
+    float *before = malloc(bytes);
+    memcpy(before, gpu.buffers[LDMC_ROLE_WEIGHTS], bytes);
+    for (int i = 0; i < 2; i++) {
+        ldmc_adamw_coeffs c = ldmc_adamw_coeffs_at(&opt, 1e-3, 2, cpu.items[i].flags);
+        ldmc_params_adamw(&cpu, i, &c, &cpu_sums[i]);
+        ldmc_params_adamw(&gpu, i, &c, &gpu_sums[i]);
+    }
+    ldmc_cuda_to_host(got, gpu_sums, sizeof got);
+    CHECK(isnan(cpu_sums[1]) && isnan(got[1]) && isfinite(got[0]), "sums with a NaN: %g %g", got[0],
+          got[1]);
+    ldmc_params_to_host(&gpu);
+    const ldmc_param *b = &cpu.items[1], *w = &cpu.items[0];
+    CHECK(memcmp(gpu.buffers[LDMC_ROLE_WEIGHTS] + b->offset, before + b->offset,
+                 (size_t)b->numel * sizeof(float)) == 0,
+          "a NaN gradient moved the GPU's parameter");
+    CHECK(memcmp(gpu.buffers[LDMC_ROLE_WEIGHTS] + w->offset, before + w->offset,
+                 (size_t)w->numel * sizeof(float)) != 0,
+          "the parameter with a finite gradient did not move");
+    for (int r = LDMC_ROLE_WEIGHTS; r <= LDMC_ROLE_ADAM_V; r++) {
+        if (r == LDMC_ROLE_MASTER || r == LDMC_ROLE_GRAD) continue;
+        double e = rel_l2(gpu.buffers[r], cpu.buffers[r], cpu.total);
+        CHECK(e <= 1e-6, "%s after the guarded updates: relative difference %.3g",
+              ldmc_param_role_name((ldmc_param_role)r), e);
+    }
+    free(before);
+    ldmc_gpu_free(gpu_sums);
+    ldmc_params_free(&cpu);
+    ldmc_params_free(&gpu);
+}
+
 // ZeRO-1's table on the GPU (src/train/dist.h): the master's low halves only for the shard's
 // range, the bf16 working weights whole. Up and down again, the range's f32 weights come back
 // bit for bit; every working weight is its value rounded.
@@ -1290,7 +1356,7 @@ int main(int argc, char **argv) {
     ldmc_cuda_print_info(stdout);
     enum { N_OPS = sizeof op_cases / sizeof op_cases[0] };
     enum { N_PIECES = sizeof piece_cases / sizeof piece_cases[0] };
-    static test_entry tests[11 + N_OPS + N_PIECES];
+    static test_entry tests[12 + N_OPS + N_PIECES];
     int n = 0;
     tests[n++] = (test_entry)TEST_ENTRY(test_philox_streams_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_bf16_conversions_match_the_cpu);
@@ -1302,6 +1368,7 @@ int main(int argc, char **argv) {
             (test_entry){piece_cases[i].op.name, test_pieces_match_the_default, &piece_cases[i]};
     tests[n++] = (test_entry)TEST_ENTRY(test_adamw_ema_and_norm_match_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_sharded_master_round_trip);
+    tests[n++] = (test_entry)TEST_ENTRY(test_guarded_adamw_matches_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_class_step_matches_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_unet_text_step_matches_the_cpu);
     tests[n++] = (test_entry)TEST_ENTRY(test_tiny_vae_step_matches_the_cpu);

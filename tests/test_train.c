@@ -637,6 +637,87 @@ static void test_nonfinite_steps(void) {
     ldmc_train_config_free(&c);
 }
 
+// optim.fused_backward: each parameter updated during backward, its gradient then freed, gives
+// the run the flat gradient buffer gives, bit for bit: weights, Adam m and v, and EMA at every
+// checkpoint (every `every` steps to `last`; clipping off and one micro-batch a step, as it
+// needs). `sets` (n of them) apply to both runs.
+static void fused_run_matches(const char *plain, const char *fused, const char *const *sets, int n,
+                              const char *device, int every, int last) {
+    ldmc_err err = {0};
+    ldmc_train_result r;
+    const char *both[8];
+    for (int i = 0; i < n; i++)
+        both[i] = sets[i];
+    both[n] = device;
+    REQUIRE(run_in_process_set(plain, NULL, both, n + 1, &r, &err) == 0, "%s", err.message);
+    both[n + 1] = "optim.fused_backward=true";
+    REQUIRE(run_in_process_set(fused, NULL, both, n + 2, &r, &err) == 0, "%s", err.message);
+    static const char *const files[] = {"model.safetensors", "optimizer.safetensors",
+                                        "ema.safetensors"};
+    const char *a_name = strrchr(plain, '/') + 1, *b_name = strrchr(fused, '/') + 1;
+    for (int step = every; step <= last; step += every)
+        for (int i = 0; i < 3; i++) {
+            char a[1400], b[1400];
+            snprintf(a, sizeof a, "%s/%.*s/checkpoints/step-%08d/%s", fixture,
+                     (int)strcspn(a_name, "."), a_name, step, files[i]);
+            snprintf(b, sizeof b, "%s/%.*s/checkpoints/step-%08d/%s", fixture,
+                     (int)strcspn(b_name, "."), b_name, step, files[i]);
+            CHECK(test_same_file(a, b), "%s at step %d: %s differs with fused_backward (%s)",
+                  files[i], step, b, device);
+        }
+}
+
+static void test_fused_backward_is_the_same_update(void) {
+    make_fixture();
+    const char *sets[] = {"optim.grad_clip=0", "optim.accumulation=1"};
+    fused_run_matches(tiny_config("fused_plain", false, ""), tiny_config("fused_on", false, ""),
+                      sets, 2, "train.device=cpu", 3, 6);
+    // gradient checkpointing: the parameters read in a recompute region wait for its backward
+    const char *ckpt[] = {"optim.grad_clip=0", "optim.accumulation=1",
+                          "train.gradient_checkpointing=true"};
+    fused_run_matches(tiny_config("fused_ckpt_plain", false, ""),
+                      tiny_config("fused_ckpt_on", false, ""), ckpt, 3, "train.device=cpu", 3, 6);
+    // the autoencoder task
+    fused_run_matches(tiny_config("fused_vae_plain", true, ""),
+                      tiny_config("fused_vae_on", true, ""), sets, 1, "train.device=cpu", 2, 4);
+    // what it cannot do is refused by name
+    ldmc_err err = {0};
+    ldmc_train_config c;
+    const char *clip[] = {"optim.fused_backward=true"};
+    CHECK(ldmc_train_config_load(tiny_config("fused_clip", false, ""), clip, 1, &c, &err) != 0 &&
+              strstr(err.message, "grad_clip: 0"),
+          "fused_backward with grad_clip 1: %s", err.message);
+    const char *accum[] = {"optim.fused_backward=true", "optim.grad_clip=0"};
+    err = (ldmc_err){0};
+    CHECK(ldmc_train_config_load(tiny_config("fused_accum", false, ""), accum, 2, &c, &err) != 0 &&
+              strstr(err.message, "accumulation: 1"),
+          "fused_backward with accumulation 2: %s", err.message);
+    // every gradient NaN (an infinite autoencoder weight): every parameter keeps its value, as a
+    // skipped step's do
+    ldmc_train_result r;
+    err = (ldmc_err){0};
+    const char *nan[] = {"vae_weights=vae_inf.safetensors", "train.steps=3", "optim.grad_clip=0",
+                         "optim.accumulation=1", "optim.fused_backward=true"};
+    REQUIRE(run_in_process_set(tiny_config("fused_nan", false, ""), NULL, nan, 5, &r, &err) == 0,
+            "%s", err.message);
+    CHECK(r.steps == 3 && r.skipped_steps == 3, "%lld skipped of 3", (long long)r.skipped_steps);
+    REQUIRE(run_in_process_set(tiny_config("fused_nan_plain", false, ""), NULL, nan, 4, &r, &err) ==
+                0,
+            "%s", err.message);
+    char a[1400], b[1400];
+    snprintf(a, sizeof a, "%s/fused_nan/checkpoints/step-%08d/model.safetensors", fixture, 3);
+    snprintf(b, sizeof b, "%s/fused_nan_plain/checkpoints/step-%08d/model.safetensors", fixture, 3);
+    CHECK(test_same_file(a, b), "NaN gradients: the fused run's weights moved");
+}
+
+// The same on the GPU (the emulation: the same bits; a real GPU: see test_cuda for its own).
+static void test_gpu_fused_backward_is_the_same_update(void) {
+    make_fixture();
+    const char *sets[] = {"optim.grad_clip=0", "optim.accumulation=1"};
+    fused_run_matches(tiny_config("gpu_fused_plain", false, ""),
+                      tiny_config("gpu_fused_on", false, ""), sets, 2, "train.device=cuda", 3, 6);
+}
+
 // `ldmc cache` of a config into h5, its output into `log`.
 static int build_cache_logged(const ldmc_train_config *c, const char *h5, bool flip,
                               const char *log, ldmc_err *err) {
@@ -996,6 +1077,12 @@ static void test_text_encoders_trained(void) {
     }
     ldmc_safetensors_close(&a);
     ldmc_safetensors_close(&b);
+    // updated during backward (optim.fused_backward), the UNet's and both encoders' tables: the
+    // same run, bit for bit
+    const char *fused_sets[] = {setting, "optim.grad_clip=0", "optim.accumulation=1"};
+    fused_run_matches(text_config("te_fused_plain", "tiny_unet_text.yaml", "zeros", extra),
+                      text_config("te_fused_on", "tiny_unet_text.yaml", "zeros", extra), fused_sets,
+                      3, "train.device=cpu", 2, 4);
 }
 
 // A text model without a vocabulary is refused before anything is written.
@@ -1504,6 +1591,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_gpu_and_cpu_resume_each_other),
         TEST_ENTRY(test_gpu_vae_task),
         TEST_ENTRY(test_gpu_workspace_reserved_up_front),
+        TEST_ENTRY(test_gpu_fused_backward_is_the_same_update),
     };
 #ifdef LDMC_TEST_CUDA
     if (!ldmc_gpu_available()) {
@@ -1523,6 +1611,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_resume_after_kill_is_bit_identical),
         TEST_ENTRY(test_kill_during_checkpoint_write),
         TEST_ENTRY(test_nonfinite_steps),
+        TEST_ENTRY(test_fused_backward_is_the_same_update),
         TEST_ENTRY(test_text_model_needs_a_vocabulary),
         TEST_ENTRY(test_text_sdxl_shaped_run),
         TEST_ENTRY(test_text_refiner_shaped_run),

@@ -529,6 +529,10 @@ void ldmc_cuda_timestep_embedding_backward(float *dt, const float *dy, const flo
 
 double ldmc_cuda_sum_squares(const float *x, size_t n) { return sum_squares_f32(x, (int64_t)n); }
 
+void ldmc_cuda_sum_squares_to(double *dst, const float *x, size_t n) {
+    *dst = sum_squares_f32(x, (int64_t)n);
+}
+
 // The master's two halves joined into f32 values and split back, a block at a time, around the
 // CPU's own AdamW, EMA and swap (the same f32 arithmetic as optim.cu's).
 enum { MASTER_BLOCK = 4096 };
@@ -545,7 +549,8 @@ static void master_split_n(uint16_t *lo, uint16_t *hi, const float *src, int64_t
 
 void ldmc_cuda_adamw(uint16_t *master_lo, uint16_t *weights, const float *grad, float *m, float *v,
                      int64_t n, float decay, float step_size, float denom_scale, float beta1,
-                     float beta2, float eps) {
+                     float beta2, float eps, const double *guard) {
+    if (guard && !isfinite(*guard)) return; // a gradient not finite: the parameter stays
     float w[MASTER_BLOCK];
     for (int64_t at = 0; at < n; at += MASTER_BLOCK) {
         int64_t k = n - at < MASTER_BLOCK ? n - at : MASTER_BLOCK;

@@ -219,11 +219,13 @@ static int bench_step(int argc, char **argv) {
 static const char *train_usage =
     "usage: ldmc bench train --config MODEL [--batch B] [--res H [W]] [--device cuda|cpu]\n"
     "                        [--reps N] [--warmup N] [--gradient-checkpointing]\n"
-    "                        [--recompute-projections] [--profile] [--dry-run]\n"
-    "                        [--ranks N] [--zero] [--ema] [--json]\n"
+    "                        [--recompute-projections] [--fused-backward] [--profile]\n"
+    "                        [--dry-run] [--ranks N] [--zero] [--ema] [--json]\n"
     "  MODEL: a model config (configs/sdxl_base.yaml), or a name in configs/ (sdxl_base)\n"
     "  --recompute-projections makes the transformers' q, k, v and feed-forward input products\n"
     "  again in backward instead of keeping them (train.recompute_projections)\n"
+    "  --fused-backward updates each parameter during backward, its gradient then freed: no\n"
+    "  gradient buffer, and no clipping (optim.fused_backward)\n"
     "  --dry-run plans the step's memory without running it; with --ranks N, one rank's of a\n"
     "  data-parallel run of N ranks (--zero: ZeRO-1, the master, Adam m, v and EMA sharded;\n"
     "  --ema: an fp32 EMA too)\n";
@@ -281,6 +283,8 @@ static int bench_train(int argc, char **argv) {
             o.recompute = true;
         } else if (!strcmp(a, "--recompute-projections")) {
             o.recompute_projections = true;
+        } else if (!strcmp(a, "--fused-backward")) {
+            o.fused_backward = true;
         } else if (!strcmp(a, "--profile")) {
             o.profile = true;
         } else if (!strcmp(a, "--dry-run")) {
@@ -321,10 +325,12 @@ static int bench_train(int argc, char **argv) {
     if (json) {
         printf("{\"config\": \"%s\", \"device\": \"%s\", \"dry_run\": %s, \"batch\": %d, "
                "\"height\": %d, \"width\": %d, \"gradient_checkpointing\": %s, "
-               "\"recompute_projections\": %s, \"parameters\": %lld, \"tflop_per_image\": %.4f",
+               "\"recompute_projections\": %s, \"fused_backward\": %s, \"parameters\": %lld, "
+               "\"tflop_per_image\": %.4f",
                config, dev, o.dry_run ? "true" : "false", o.batch, o.height, o.width,
                o.recompute ? "true" : "false", o.recompute_projections ? "true" : "false",
-               (long long)r.parameters, r.flops / o.batch / 1e12);
+               o.fused_backward ? "true" : "false", (long long)r.parameters,
+               r.flops / o.batch / 1e12);
         print_bytes_json("weights_gib", r.weight_bytes);
         print_bytes_json("activations_gib", r.activation_bytes);
         print_bytes_json("activations_unplanned_gib", r.plan.unplanned);
@@ -351,9 +357,10 @@ static int bench_train(int argc, char **argv) {
         ldmc_plan_free(&r.plan);
         return 0;
     }
-    printf("%s on %s: batch %d at %dx%d%s%s, %.3fB parameters\n", config, dev, o.batch, o.height,
+    printf("%s on %s: batch %d at %dx%d%s%s%s, %.3fB parameters\n", config, dev, o.batch, o.height,
            o.width, o.recompute ? ", gradient checkpointing" : "",
-           o.recompute_projections ? ", projections recomputed" : "", r.parameters / 1e9);
+           o.recompute_projections ? ", projections recomputed" : "",
+           o.fused_backward ? ", AdamW during backward" : "", r.parameters / 1e9);
     printf("  model FLOPs: %.2f TFLOP a step, %.3f an image (forward + backward)\n", r.flops / 1e12,
            r.flops / o.batch / 1e12);
     char per_rank[96] = "";

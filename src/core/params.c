@@ -200,12 +200,23 @@ void ldmc_params_zero_grad(ldmc_params *p) {
         memset(p->buffers[LDMC_ROLE_GRAD], 0, p->total * sizeof(float));
 }
 
+void ldmc_params_update_in_backward(ldmc_params *p,
+                                    void (*update)(void *user, ldmc_params *p, int index),
+                                    void *user) {
+    LDMC_CHECK(!p->buffers[LDMC_ROLE_GRAD] && !p->device[LDMC_ROLE_GRAD],
+               "parameters updated in backward have no gradient buffer");
+    p->update_in_backward = true, p->update = update, p->update_user = user;
+    if (p->buffers[LDMC_ROLE_WEIGHTS] || p->on_device)
+        for (int i = 0; i < p->count; i++)
+            ldmc_params_tensor(p, i);
+}
+
 ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index) {
     LDMC_CHECK(index >= 0 && index < p->count, "parameter index %d of %d", index, p->count);
     ldmc_param *item = &p->items[index];
     // on the GPU: bf16 working weights and f32 gradients there; else the host's f32 buffers
     float *grad = p->on_device ? p->device[LDMC_ROLE_GRAD] : p->buffers[LDMC_ROLE_GRAD];
-    bool trainable = !(item->flags & LDMC_PARAM_FROZEN) && grad;
+    bool trainable = !(item->flags & LDMC_PARAM_FROZEN) && (grad || p->update_in_backward);
     if (p->on_device) {
         uint16_t *w16 = p->device[LDMC_ROLE_WEIGHTS];
         item->tensor = ldmc_tensor_wrap(LDMC_BF16, w16 + item->offset, item->ndim, item->shape);
@@ -215,9 +226,11 @@ ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index) {
         item->tensor = ldmc_tensor_wrap(LDMC_F32, weights ? weights + item->offset : NULL,
                                         item->ndim, item->shape);
     }
-    item->tensor.grad = trainable ? grad + item->offset : NULL;
+    item->tensor.grad = trainable && grad ? grad + item->offset : NULL;
     item->tensor.requires_grad = trainable;
     item->tensor.is_param = true;
+    item->tensor.param_table = p;
+    item->tensor.param_index = index;
     item->tensor.name = item->name;
     return &item->tensor;
 }

@@ -48,7 +48,8 @@ typedef struct ldmc_param {
     ldmc_tensor tensor; // view: data in the weights, gradient in the gradient buffer
 } ldmc_param;
 
-typedef struct ldmc_params {
+typedef struct ldmc_params ldmc_params;
+struct ldmc_params {
     ldmc_param *items;
     int count, cap;
     size_t total;                    // elements per role buffer, padding included
@@ -63,7 +64,13 @@ typedef struct ldmc_params {
     // ZeRO-1 (ldmc_params_set_shard): the optimizer state's range of the layout on this rank
     bool sharded;
     size_t shard_begin, shard_end;
-} ldmc_params;
+    // Updated during backward (ldmc_params_update_in_backward): `update` is called for each
+    // trainable parameter once backward has passed its every use, with its gradient in the
+    // parameter's tensor (in the step's arena; gone after the call).
+    bool update_in_backward;
+    void (*update)(void *user, struct ldmc_params *p, int index);
+    void *update_user;
+};
 
 const char *ldmc_param_role_name(ldmc_param_role role);
 // ZeRO-1 (src/train/dist.h): the optimizer state's roles (MASTER, ADAM_M, ADAM_V, EMA) hold only
@@ -98,6 +105,13 @@ void ldmc_params_init(ldmc_params *p, uint64_t seed);
 void ldmc_params_ema_reset(ldmc_params *p);
 // Zeroes the gradient buffer.
 void ldmc_params_zero_grad(ldmc_params *p);
+// The table is updated during backward (a trainer's optim.fused_backward): it has no gradient
+// buffer (fatal if it has one); its trainable parameters still need gradients, which the tape
+// gives each for the step and hands to `update` (see ldmc_params) after the parameter's last use
+// in backward (core/tape.h). Saves the f32 gradients' 4 bytes a parameter.
+void ldmc_params_update_in_backward(ldmc_params *p,
+                                    void (*update)(void *user, ldmc_params *p, int index),
+                                    void *user);
 ldmc_tensor *ldmc_params_tensor(ldmc_params *p, int index);
 // Moves training to the GPU: allocates the GPU buffers (bf16 working weights, the f32 master's low
 // halves, gradients, and Adam m, v and EMA where the host has them), uploads the host's values

@@ -8,6 +8,7 @@
 
 #include "core/device.h"
 #include "core/error.h"
+#include "core/params.h"
 
 // Where new tensors go and what ops write: f32 on the CPU, bf16 on the GPU.
 // bf16 activation gradients where the ops allow, on the GPU.
@@ -49,6 +50,8 @@ void ldmc_ctx_free(ldmc_ctx *ctx) {
     ldmc_arena_free(&ctx->data);
     ldmc_arena_free(&ctx->meta);
     free(ctx->nodes);
+    free(ctx->seen);
+    free(ctx->due);
     *ctx = (ldmc_ctx){0};
 }
 
@@ -258,20 +261,29 @@ static void *grad_alloc(ldmc_ctx *ctx, ldmc_tensor *t, bool fresh, bool bf16) {
     ldmc_tensor *owner = grad_owner(t);
     if (!owner->requires_grad) return NULL;
     if (!owner->grad) {
-        LDMC_CHECK(!owner->is_param, "parameter '%s' needs a gradient but has no gradient buffer",
+        const bool in_backward =
+            owner->is_param && owner->param_table && owner->param_table->update_in_backward;
+        LDMC_CHECK(!owner->is_param || in_backward,
+                   "parameter '%s' needs a gradient but has no gradient buffer",
                    owner->name ? owner->name : "?");
-        LDMC_CHECK(!ctx->in_recompute || owner->id >= ctx->recompute_first_id,
+        LDMC_CHECK(owner->param_state != 2,
+                   "parameter '%s' needs a gradient after backward updated it (the tape took its "
+                   "last use for an earlier one)",
+                   owner->name ? owner->name : "?");
+        if (in_backward) owner->param_state = 1;
+        LDMC_CHECK(in_backward || !ctx->in_recompute || owner->id >= ctx->recompute_first_id,
                    "a recompute region reads tensor '%s' that was not passed to "
                    "ldmc_recompute as an input; its gradient would be lost",
                    owner->name ? owner->name : "?");
         size_t bytes = (size_t)ldmc_numel(owner) * (bf16 ? sizeof(uint16_t) : sizeof(float));
         owner->grad = data_alloc(ctx, bytes, !fresh, LDMC_MEM_GRAD, owner->name, &owner->grad_slot);
         owner->grad_bf16 = bf16;
-        ctx->grad_bytes += (int64_t)bytes;
+        if (!owner->is_param) ctx->grad_bytes += (int64_t)bytes;
         if (bf16) ctx->grad_bytes_bf16 += (int64_t)bytes;
         if (fresh && ctx->poison_fresh_grads && !ctx->dry_run) poison(ctx, owner->grad, bytes);
-        // a leaf's gradient is the caller's to read after backward
-        if (ctx->plan_out && owner->grad_slot && !owner->producer)
+        // a leaf's gradient is the caller's to read after backward (a parameter's updated in
+        // backward is not: its update is its last use)
+        if (ctx->plan_out && owner->grad_slot && !owner->producer && !owner->is_param)
             ctx->plan_out->recs[owner->grad_slot - 1].to_end = true;
     }
     return owner->grad;
@@ -417,6 +429,27 @@ static void forward_uses(ldmc_ctx *ctx, ldmc_tensor **in, int n_in, ldmc_tensor 
     }
 }
 
+// A recompute region's first run: the parameters of tables updated in backward it reads, each
+// once.
+static void see_region_params(ldmc_ctx *ctx, ldmc_tensor **in, int n_in) {
+    for (int i = 0; i < n_in; i++) {
+        ldmc_tensor *u = in[i] ? grad_owner(in[i]) : NULL;
+        if (!u || !u->is_param || !u->requires_grad || !u->param_table ||
+            !u->param_table->update_in_backward)
+            continue;
+        bool seen = false;
+        for (int j = 0; j < ctx->n_seen && !seen; j++)
+            seen = ctx->seen[j] == u;
+        if (seen) continue;
+        if (ctx->n_seen == ctx->cap_seen) {
+            ctx->cap_seen = ctx->cap_seen ? 2 * ctx->cap_seen : 64;
+            ctx->seen = realloc(ctx->seen, (size_t)ctx->cap_seen * sizeof *ctx->seen);
+            LDMC_CHECK(ctx->seen, "out of memory");
+        }
+        ctx->seen[ctx->n_seen++] = u;
+    }
+}
+
 ldmc_node *ldmc_record(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor **in, int n_in,
                        ldmc_tensor **out, int n_out) {
     profile_forward(ctx, op->name);
@@ -428,6 +461,7 @@ ldmc_node *ldmc_record(ldmc_ctx *ctx, const ldmc_op_info *op, ldmc_tensor **in, 
         if (!out[i]->name) out[i]->name = op->name;
     }
     forward_uses(ctx, in, n_in, out, n_out);
+    if (ctx->region_params) see_region_params(ctx, in, n_in);
     ldmc_node *node = NULL;
     if (ctx->recording && needs) {
         LDMC_CHECK(op->backward, "op '%s' has no backward, but its input '%s' needs a gradient",
@@ -562,16 +596,132 @@ static void pass_through(ldmc_ctx *ctx, const ldmc_node *node) {
     }
 }
 
+// ---- parameters updated during backward ---------------------------------------------------------
+
+// A trainable parameter of a table updated in backward, and the node after whose backward its
+// gradient is complete (-1: after the whole of backward).
+enum { MAX_DUE_TABLES = 16 };
+
+typedef struct param_due {
+    ldmc_tensor *t;
+    int32_t due, table, index;
+} param_due;
+
+static int later_first(const void *a, const void *b) {
+    const param_due *x = a, *y = b;
+    if (x->due != y->due) return x->due > y->due ? -1 : 1;
+    if (x->table != y->table) return x->table < y->table ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+// The table (of tables[0..*n), added when new) of a parameter updated in backward; -1 for
+// anything else.
+static int due_table(ldmc_params **tables, int *n, const ldmc_tensor *x) {
+    const ldmc_tensor *u = x ? grad_owner((ldmc_tensor *)x) : NULL;
+    if (!u || !u->is_param || !u->requires_grad || !u->param_table ||
+        !u->param_table->update_in_backward)
+        return -1;
+    int t = 0;
+    while (t < *n && tables[t] != u->param_table)
+        t++;
+    if (t == *n) {
+        LDMC_CHECK(*n < MAX_DUE_TABLES, "more than %d parameter tables updated in backward",
+                   MAX_DUE_TABLES);
+        tables[(*n)++] = u->param_table;
+    }
+    return t;
+}
+
+// A recompute region's parameters of tables updated in backward (none for other nodes).
+static int region_params(const ldmc_node *node, ldmc_tensor ***params);
+
+// The due list of every trainable parameter of the tables updated in backward that the tape
+// reads, latest first. A parameter is due after the backward of the first node (in forward order)
+// that reads it, a recompute region's node for those its region reads. One that nothing reads (or
+// that backward does not reach) is updated too, with a zero gradient, as the flat buffer's update
+// would be.
+static void plan_param_updates(ldmc_ctx *ctx) {
+    free(ctx->due);
+    ctx->due = NULL, ctx->n_due = ctx->next_due = 0;
+    ldmc_params *tables[MAX_DUE_TABLES];
+    int n_tables = 0;
+    for (int i = 0; i < ctx->n_nodes; i++) {
+        const ldmc_node *node = &ctx->nodes[i];
+        ldmc_tensor **in;
+        for (int k = 0, r = region_params(node, &in); k < r; k++)
+            due_table(tables, &n_tables, in[k]);
+        for (int k = 0; k < node->n_in; k++)
+            due_table(tables, &n_tables, node->in[k]);
+    }
+    if (!n_tables) return;
+    int n = 0, start[MAX_DUE_TABLES];
+    for (int t = 0; t < n_tables; t++)
+        start[t] = n, n += tables[t]->count;
+    int *first = malloc((size_t)n * sizeof *first);
+    param_due *due = malloc((size_t)n * sizeof *due);
+    LDMC_CHECK(first && due, "out of memory");
+    for (int j = 0; j < n; j++)
+        first[j] = -1;
+    for (int i = ctx->n_nodes - 1; i >= 0; i--) { // down: the first reader is written last
+        const ldmc_node *node = &ctx->nodes[i];
+        ldmc_tensor **in;
+        for (int k = 0, r = region_params(node, &in); k < r; k++) {
+            int t = due_table(tables, &n_tables, in[k]);
+            if (t >= 0) first[start[t] + in[k]->param_index] = i;
+        }
+        for (int k = 0; k < node->n_in; k++) {
+            int t = due_table(tables, &n_tables, node->in[k]);
+            if (t >= 0) first[start[t] + grad_owner(node->in[k])->param_index] = i;
+        }
+    }
+    int m = 0;
+    for (int t = 0; t < n_tables; t++)
+        for (int i = 0; i < tables[t]->count; i++) {
+            ldmc_tensor *u = &tables[t]->items[i].tensor;
+            if (!u->requires_grad) continue;
+            u->param_state = 0;
+            due[m++] = (param_due){u, first[start[t] + i], t, i};
+        }
+    free(first);
+    qsort(due, (size_t)m, sizeof *due, later_first);
+    ctx->due = due, ctx->n_due = m;
+}
+
+// The parameters due once backward has passed node `node` (-1: all that are left): each gets its
+// gradient (a zeroed one if backward did not reach it), its table's update (not in dry runs), and
+// its gradient's end (the memory plan's last use).
+static void update_due_params(ldmc_ctx *ctx, int node) {
+    while (ctx->next_due < ctx->n_due && ctx->due[ctx->next_due].due >= node) {
+        ldmc_tensor *u = ctx->due[ctx->next_due++].t;
+        grad_alloc(ctx, u, false, false);
+        ldmc_params *p = u->param_table;
+        if (!ctx->dry_run) p->update(p->update_user, p, u->param_index);
+        plan_use(ctx, u->grad_slot, true);
+        u->grad = NULL, u->grad_slot = 0, u->param_state = 2;
+    }
+}
+
+// After backward: every parameter updated, their states back for the next step.
+static void finish_param_updates(ldmc_ctx *ctx) {
+    update_due_params(ctx, -1);
+    for (int j = 0; j < ctx->n_due; j++)
+        ctx->due[j].t->param_state = 0;
+    free(ctx->due);
+    ctx->due = NULL, ctx->n_due = ctx->next_due = 0;
+}
+
 // The nodes [first, end) backward; `hook` after each (the top-level walk). Each reached node's
 // input gradients are allocated (zeroed) before its backward runs, in input order, in dry runs
 // and real ones alike: a replayed plan sees the same allocations whatever the op's code does.
-static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_hook *hook) {
+static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_hook *hook,
+                         bool top) {
     for (int i = end - 1; i >= first; i--) {
         ldmc_node *node = &ctx->nodes[i];
         bool reached = false;
         for (int o = 0; o < node->n_out && !reached; o++)
             reached = grad_raw(node->out[o]) != NULL;
         if (hook && i + 1 < end) hook->node_done(hook->user, i + 1);
+        if (top && i + 1 < end) update_due_params(ctx, i + 1);
         if (!reached) continue;
         ctx->flops += node->backward_flops; // dry runs too: a plan counts the whole step
         remake_reads(ctx, node);
@@ -604,6 +754,7 @@ static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_
     }
     ctx->grad_fresh = 0; // (set for each node before its backward, read only there)
     if (hook && first < end) hook->node_done(hook->user, first);
+    if (top && first < end) update_due_params(ctx, first);
 }
 
 void ldmc_remake_later(ldmc_ctx *ctx, ldmc_tensor *t) {
@@ -659,7 +810,9 @@ void ldmc_backward_many(ldmc_ctx *ctx, ldmc_tensor **outs, const float **seed_gr
     ctx->recording = false;
     const ldmc_backward_hook *hook = ctx->dry_run ? NULL : ctx->backward_hook;
     if (hook) hook->begin(hook->user, ctx);
-    run_backward(ctx, 0, ctx->n_nodes, hook);
+    plan_param_updates(ctx);
+    run_backward(ctx, 0, ctx->n_nodes, hook, true);
+    finish_param_updates(ctx);
     ctx->recording = was_recording;
 }
 
@@ -679,12 +832,25 @@ typedef struct recompute_args {
     ldmc_region_fn fn;
     void *user;
     uint64_t rng_offset; // the stream position when the region first ran
+    // the parameters of tables updated in backward that the region reads (its first run saw
+    // them): their gradients are made before the re-run, and they are due after its backward
+    ldmc_tensor **params;
+    int n_params;
 } recompute_args;
+
+static int region_params(const ldmc_node *node, ldmc_tensor ***params) {
+    if (!ldmc_node_is_recompute(node)) return 0;
+    const recompute_args *args = node->args;
+    *params = args->params;
+    return args->n_params;
+}
 
 static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const recompute_args *args = node->args;
     for (int i = 0; i < node->n_in; i++)
         ldmc_grad(ctx, node->in[i]); // kept below the mark
+    for (int i = 0; i < args->n_params; i++)
+        grad_alloc(ctx, args->params[i], false, false); // (parameters updated in backward)
     size_t data_mark = ldmc_ctx_data_mark(ctx), meta_mark = ldmc_arena_mark(&ctx->meta);
     uint64_t rng_saved = ctx->rng_offset, first_id_saved = ctx->recompute_first_id;
     bool in_recompute_saved = ctx->in_recompute;
@@ -713,7 +879,7 @@ static void recompute_backward(ldmc_ctx *ctx, ldmc_node *node) {
             any = true;
         }
     }
-    if (any) run_backward(ctx, first, ctx->n_nodes, NULL);
+    if (any) run_backward(ctx, first, ctx->n_nodes, NULL, false);
 
     ctx->n_nodes = first;
     data_release(ctx, data_mark);
@@ -794,7 +960,10 @@ void ldmc_recompute(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor **
     uint64_t rng_offset = ctx->rng_offset;
     size_t mark = ldmc_ctx_data_mark(ctx);
     ctx->recording = false;
+    // (a region inside this first run runs plainly, above: its ops are this region's)
+    ctx->region_params = true, ctx->n_seen = 0;
     fn(ctx, user, in, n_in, out, n_out);
+    ctx->region_params = false;
     ctx->recording = true;
     for (int o = 0; o < n_out; o++) {
         LDMC_CHECK(!out[o]->is_param, "recompute region returns parameter '%s' as output %d",
@@ -808,4 +977,9 @@ void ldmc_recompute(ldmc_ctx *ctx, ldmc_region_fn fn, void *user, ldmc_tensor **
     ldmc_node *node = append_node(ctx, &recompute_op, in, n_in, out, n_out);
     recompute_args *args = ldmc_node_args(ctx, node, sizeof *args);
     *args = (recompute_args){.fn = fn, .user = user, .rng_offset = rng_offset};
+    if (ctx->n_seen) {
+        args->params = ldmc_arena_alloc(&ctx->meta, (size_t)ctx->n_seen * sizeof *args->params);
+        memcpy(args->params, ctx->seen, (size_t)ctx->n_seen * sizeof *args->params);
+        args->n_params = ctx->n_seen;
+    }
 }

@@ -10,6 +10,15 @@
 // gradient on (`pass`); see ldmc_op_reads. On the GPU, a gradient written once and read only by
 // a product that rounds it is bf16 (ldmc_op_reads: bf16 gradients).
 //
+// Parameters updated during backward (ldmc_params_update_in_backward, a trainer's
+// optim.fused_backward): such a table has no gradient buffer. Backward gives each of its trainable
+// parameters a zeroed f32 gradient in the step's arena when the first node (in backward order)
+// needs it, calls the table's `update` once backward has passed the parameter's every use (the
+// backward of its first reader in forward; a recompute region reads those its first run saw, and
+// makes their gradients before its re-run), and frees it: a memory plan gives it the interval
+// from the first write to the update. Parameters backward never reaches are updated at its end with
+// a zero gradient. Dry runs plan the same allocations and call nothing.
+//
 // Recomputation (what trainers call gradient checkpointing): ldmc_recompute runs a region
 // unrecorded, keeps only its outputs, and re-runs it recorded during backward. Everything the
 // region reads that needs a gradient must be passed as an input (or be a parameter); anything else
@@ -168,6 +177,13 @@ struct ldmc_ctx {
     bool bf16_grads;
     // Bytes of activation gradients allocated since the context's last reset, and of those bf16.
     int64_t grad_bytes, grad_bytes_bf16;
+    // During backward: the parameters updated in backward, in the order they are due (tape.c);
+    // during a recompute region's first run: those it reads (`seen`).
+    struct param_due *due;
+    int n_due, next_due;
+    bool region_params;
+    ldmc_tensor **seen;
+    int n_seen, cap_seen;
 };
 
 // data_bytes / meta_bytes: address space reserved for each arena (committed only when touched).

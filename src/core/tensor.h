@@ -15,6 +15,8 @@
 
 typedef enum ldmc_device { LDMC_CPU, LDMC_CUDA } ldmc_device;
 
+struct ldmc_params; // core/params.h
+
 typedef struct ldmc_tensor {
     ldmc_dtype dtype;
     ldmc_device device;
@@ -37,6 +39,13 @@ typedef struct ldmc_tensor {
     // The gradient buffer is shared with other tensors (an add handed it to both its inputs;
     // tape.c: pass_through): the earliest producer (node + 1) among its holders. NULL: not shared.
     int32_t *grad_share;
+    // A parameter's table (core/params.h) and index in it, set by ldmc_params_tensor: a table
+    // updated during backward (ldmc_params_update_in_backward) has no gradient buffer, and the tape
+    // gives the parameter one for the step (tape.h). param_state: 0 before backward needs its
+    // gradient, 1 while backward adds into it, 2 once updated (reset after backward).
+    struct ldmc_params *param_table;
+    int32_t param_index;
+    uint8_t param_state;
 } ldmc_tensor;
 
 int64_t ldmc_shape_numel(int ndim, const int64_t *shape);

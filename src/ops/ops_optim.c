@@ -53,25 +53,31 @@ void ldmc_params_grad_scale(ldmc_params *p, double factor) {
         scale_values_f32(p->buffers[LDMC_ROLE_GRAD], (float)factor, (int64_t)p->total);
 }
 
-void ldmc_params_adamw(ldmc_params *p, int index, const ldmc_adamw_coeffs *c) {
+void ldmc_params_adamw(ldmc_params *p, int index, const ldmc_adamw_coeffs *c, double *sum_sq) {
     const ldmc_param *item = &p->items[index];
     const size_t o = item->offset;
+    const float *g = item->tensor.grad;
+    LDMC_CHECK(g, "AdamW of '%s' without its gradient", item->name);
     if (p->on_device) {
-        LDMC_CHECK(p->device[LDMC_ROLE_GRAD] && p->device[LDMC_ROLE_ADAM_M] &&
-                       p->device[LDMC_ROLE_ADAM_V],
-                   "AdamW needs gradients, m and v on the GPU");
-        GPU(ldmc_cuda_adamw(
-            (uint16_t *)p->device[LDMC_ROLE_MASTER] + o,
-            (uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + o, (float *)p->device[LDMC_ROLE_GRAD] + o,
-            (float *)p->device[LDMC_ROLE_ADAM_M] + o, (float *)p->device[LDMC_ROLE_ADAM_V] + o,
-            item->numel, c->decay, c->step_size, c->denom_scale, c->beta1, c->beta2, c->eps));
+        LDMC_CHECK(p->device[LDMC_ROLE_ADAM_M] && p->device[LDMC_ROLE_ADAM_V],
+                   "AdamW needs m and v on the GPU");
+        if (sum_sq) GPU(ldmc_cuda_sum_squares_to(sum_sq, g, (size_t)item->numel));
+        GPU(ldmc_cuda_adamw((uint16_t *)p->device[LDMC_ROLE_MASTER] + o,
+                            (uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + o, g,
+                            (float *)p->device[LDMC_ROLE_ADAM_M] + o,
+                            (float *)p->device[LDMC_ROLE_ADAM_V] + o, item->numel, c->decay,
+                            c->step_size, c->denom_scale, c->beta1, c->beta2, c->eps, sum_sq));
         return;
     }
-    float *w = p->buffers[LDMC_ROLE_WEIGHTS], *g = p->buffers[LDMC_ROLE_GRAD];
+    float *w = p->buffers[LDMC_ROLE_WEIGHTS];
     float *m = p->buffers[LDMC_ROLE_ADAM_M], *v = p->buffers[LDMC_ROLE_ADAM_V];
-    LDMC_CHECK(w && g && m && v, "AdamW needs weights, gradients, m and v");
-    adamw_update_f32(w + o, g + o, m + o, v + o, item->numel, c->decay, c->step_size,
-                     c->denom_scale, c->beta1, c->beta2, c->eps);
+    LDMC_CHECK(w && m && v, "AdamW needs weights, m and v");
+    if (sum_sq) {
+        *sum_sq = sum_squares_f32(g, item->numel);
+        if (!isfinite(*sum_sq)) return; // a gradient not finite: the parameter stays
+    }
+    adamw_update_f32(w + o, g, m + o, v + o, item->numel, c->decay, c->step_size, c->denom_scale,
+                     c->beta1, c->beta2, c->eps);
 }
 
 // The elements the EMA covers: the shard's under ZeRO-1, else all.

@@ -29,7 +29,12 @@ typedef struct ldmc_adamw_coeffs {
     float denom_scale; // 1 / √(1 - β2^t)
     float beta1, beta2, eps;
 } ldmc_adamw_coeffs;
-void ldmc_params_adamw(ldmc_params *p, int index, const ldmc_adamw_coeffs *c);
+// The gradient is the parameter's tensor's (its place in the gradient buffer, or the one backward
+// gave it: ldmc_params_update_in_backward). With `sum_sq` (a double in GPU memory for a table on
+// the GPU, else on the host), Σ g² of the gradient is written there first and the update is
+// skipped when it is not finite (the parameter, m and v stay as they were): an update during
+// backward, before the whole step's gradient is known finite.
+void ldmc_params_adamw(ldmc_params *p, int index, const ldmc_adamw_coeffs *c, double *sum_sq);
 
 // ema = d ema + (1 - d) weights for every parameter (the f32 master on the GPU); for the shard's
 // under ZeRO-1.

@@ -14,7 +14,7 @@
 
 static void reserve(ldmc_params *p) {
     ldmc_params_reserve(p, LDMC_ROLE_WEIGHTS); // the dry run needs the tensors, not the bytes
-    ldmc_params_reserve(p, LDMC_ROLE_GRAD);
+    if (!p->update_in_backward) ldmc_params_reserve(p, LDMC_ROLE_GRAD); // (else backward's own)
 }
 
 static void *zeroed(size_t n, size_t size) {

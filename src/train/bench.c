@@ -70,10 +70,11 @@ int ldmc_train_bench(const ldmc_train_config *cfg, int height, int width, int re
         b.c_target = b.c_size;
         for (int r = -1; r < reps; r++) { // one warm-up
             double t0 = train_now();
-            ldmc_params_zero_grad(T->model.params);
+            trainer_zero_grad(T);
+            trainer_fused_begin(T, cfg->adamw.lr, T->st.step + 1);
             ldmc_step_key key = {cfg->seed, (uint32_t)T->st.step, 0, 0, 0, 0};
             double loss = trainer_micro_step(T, &b, &key, 1.0);
-            double norm = ldmc_grad_norm(T->model.params);
+            double norm = trainer_grad_norm(T);
             if (isfinite(loss) && isfinite(norm))
                 trainer_update(T, norm, cfg->adamw.lr, T->st.step + 1);
             ldmc_device_synchronize(cfg->device);
@@ -153,16 +154,33 @@ static void bench_step_init(bench_step *s, ldmc_unet *u) {
                                     .conditioner = &s->conditioner};
 }
 
-// One training step (the loss step, clipping at 1, AdamW); returns its milliseconds.
+static const ldmc_adamw bench_adamw = {
+    .lr = 1e-5, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01};
+
+// --fused-backward: each parameter's AdamW update during backward (core/tape.h), at the step in
+// `fused_step`, its Σ g² into `fused_sums` (where the table is).
+static int64_t fused_step;
+static double *fused_sums;
+
+static void fused_update(void *user, ldmc_params *p, int index) {
+    (void)user;
+    ldmc_adamw_coeffs c =
+        ldmc_adamw_coeffs_at(&bench_adamw, bench_adamw.lr, fused_step, p->items[index].flags);
+    ldmc_params_adamw(p, index, &c, fused_sums + index);
+}
+
+// One training step (the loss step, clipping at 1, AdamW; with --fused-backward, AdamW during
+// backward and no clipping); returns its milliseconds.
 static double train_step(ldmc_ctx *ctx, ldmc_unet *u, const bench_step *s, const bench_inputs *in,
                          int64_t step) {
-    static const ldmc_adamw opt = {
-        .lr = 1e-5, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01};
     double t0 = train_now();
     ldmc_params_zero_grad(&u->params);
+    fused_step = step;
     ldmc_diffusion_loss(ctx, &s->step, &in->batch, &(ldmc_step_key){1, (uint32_t)step, 0, 0, 0, 0},
                         1);
-    ldmc_optim_update(&u->params, &opt, 1.0, 0, ldmc_grad_norm(&u->params), opt.lr, step);
+    if (!u->params.update_in_backward)
+        ldmc_optim_update(&u->params, &bench_adamw, 1.0, 0, ldmc_grad_norm(&u->params),
+                          bench_adamw.lr, step);
     ldmc_device_synchronize(ctx->device);
     return 1e3 * (train_now() - t0);
 }
@@ -185,27 +203,36 @@ static size_t plan_role_bytes(const ldmc_params *p, const ldmc_bench_options *o)
         free(begin);
     }
     int state_roles = 2 + o->ema; // m, v, the EMA; on the GPU the master's low halves (2 bytes)
-    return p->total * (gpu ? 2 + 4 : 4 + 4) + state * (4 * (size_t)state_roles + (gpu ? 2 : 0));
+    size_t whole = (gpu ? 2 : 4) + (o->fused_backward ? 0 : 4); // weights; gradients unless fused
+    return p->total * whole + state * (4 * (size_t)state_roles + (gpu ? 2 : 0));
 }
 
-static int alloc_training(ldmc_unet *u, ldmc_device device, ldmc_ctx *ctx, size_t *weight_bytes,
-                          ldmc_err *err) {
+// The table's roles for training where the step runs (no gradient buffer with --fused-backward:
+// the table is updated in backward) and the step's context.
+static int alloc_training(ldmc_unet *u, ldmc_device device, bool fused, ldmc_ctx *ctx,
+                          size_t *weight_bytes, ldmc_err *err) {
     ldmc_params *p = &u->params;
+    const size_t sums = (size_t)(p->count ? p->count : 1) * sizeof(double);
+    if (fused) ldmc_params_update_in_backward(p, fused_update, NULL);
+    const int first = fused ? LDMC_ROLE_ADAM_M : LDMC_ROLE_GRAD;
     if (device == LDMC_CPU) {
-        for (int role = LDMC_ROLE_GRAD; role <= LDMC_ROLE_ADAM_V; role++)
+        for (int role = first; role <= LDMC_ROLE_ADAM_V; role++)
             ldmc_params_alloc(p, (ldmc_param_role)role);
         ldmc_ctx_init(ctx, CPU_ARENA, META_ARENA);
-        *weight_bytes = p->total * 4 * 4;
+        *weight_bytes = p->total * 4 * (fused ? 3 : 4);
+        if (fused) fused_sums = calloc(1, sums);
         return 0;
     }
     ldmc_params_to_device(p); // bf16 weights and the f32 master (their low halves)
-    for (int role = LDMC_ROLE_GRAD; role <= LDMC_ROLE_ADAM_V; role++)
+    for (int role = first; role <= LDMC_ROLE_ADAM_V; role++)
         ldmc_params_device_alloc(p, (ldmc_param_role)role);
+    if (fused) fused_sums = ldmc_gpu_malloc(sums);
     size_t free_b;
     if (ldmc_ctx_init_gpu_free(ctx, META_ARENA, &free_b) != 0)
         return LDMC_ERR(err, "%.1f GiB of GPU memory left after the weights",
                         (double)free_b / (1 << 30));
-    *weight_bytes = p->total * (2 + 2 + 4 * 3); // bf16 weights, the master's low halves, g, m, v
+    // bf16 weights, the master's low halves, (g,) m, v
+    *weight_bytes = p->total * (2 + 2 + 4 * (fused ? 2 : 3));
     return 0;
 }
 
@@ -249,6 +276,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     int h = o->height / 8, w = o->width / 8;
     r->plan = (ldmc_step_plan){0};
     if (o->dry_run) {
+        if (o->fused_backward) ldmc_params_update_in_backward(&u.params, fused_update, NULL);
         ldmc_dry_run plan = ldmc_dry_run_unet_step(&u, o->device, o->batch, h, w, &r->plan);
         r->weight_bytes = plan_role_bytes(&u.params, o);
         r->flops = plan.flops, r->activation_bytes = plan.activations;
@@ -258,7 +286,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     ldmc_params_alloc(&u.params, LDMC_ROLE_WEIGHTS);
     ldmc_params_init(&u.params, o->seed);
     ldmc_ctx ctx;
-    if (alloc_training(&u, o->device, &ctx, &r->weight_bytes, err) != 0) {
+    if (alloc_training(&u, o->device, o->fused_backward, &ctx, &r->weight_bytes, err) != 0) {
         ldmc_unet_free(&u);
         return -1;
     }
@@ -297,6 +325,11 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     inputs_free(&one);
     inputs_free(&in);
     ldmc_ctx_free(&ctx);
+    if (o->device == LDMC_CUDA)
+        ldmc_gpu_free(fused_sums);
+    else
+        free(fused_sums);
+    fused_sums = NULL;
     ldmc_unet_free(&u);
     return 0;
 }

@@ -24,6 +24,8 @@ typedef struct ldmc_bench_options {
     ldmc_device device;
     bool recompute; // gradient checkpointing of every ResBlock and transformer
     bool recompute_projections; // q, k, v and feed-forward input products made again in backward
+    bool fused_backward; // AdamW of each parameter during backward, no gradient buffer (and no
+                         // clipping: optim.fused_backward)
     bool profile;
     bool dry_run;
     uint64_t seed;

@@ -18,21 +18,26 @@ double ldmc_lr_at(const ldmc_lr_schedule *s, int64_t step) {
 
 double ldmc_grad_norm(const ldmc_params *p) { return sqrt(ldmc_params_grad_sum_squares(p)); }
 
-void ldmc_adamw_step(ldmc_params *p, const ldmc_adamw *opt, double lr, int64_t step) {
+ldmc_adamw_coeffs ldmc_adamw_coeffs_at(const ldmc_adamw *opt, double lr, int64_t step,
+                                       unsigned flags) {
     LDMC_CHECK(step >= 1, "AdamW step %lld: steps count from 1", (long long)step);
     const double c1 = 1 - pow(opt->beta1, (double)step), c2 = 1 - pow(opt->beta2, (double)step);
-    ldmc_adamw_coeffs c = {.step_size = (float)(lr / c1),
-                           .denom_scale = (float)(1 / sqrt(c2)),
-                           .beta1 = (float)opt->beta1,
-                           .beta2 = (float)opt->beta2,
-                           .eps = (float)opt->eps};
-    const float decay = (float)(1 - lr * opt->weight_decay);
+    // PyTorch's AdamW: decoupled decay first, w -= lr wd w, then the Adam step.
+    return (ldmc_adamw_coeffs){
+        .decay = (flags & LDMC_PARAM_NO_DECAY) ? 1.0f : (float)(1 - lr * opt->weight_decay),
+        .step_size = (float)(lr / c1),
+        .denom_scale = (float)(1 / sqrt(c2)),
+        .beta1 = (float)opt->beta1,
+        .beta2 = (float)opt->beta2,
+        .eps = (float)opt->eps};
+}
+
+void ldmc_adamw_step(ldmc_params *p, const ldmc_adamw *opt, double lr, int64_t step) {
     for (int i = 0; i < p->count; i++) {
         const ldmc_param *item = &p->items[i];
         if ((item->flags & LDMC_PARAM_FROZEN) || !ldmc_params_owns(p, i)) continue;
-        // PyTorch's AdamW: decoupled decay first, w -= lr wd w, then the Adam step.
-        c.decay = (item->flags & LDMC_PARAM_NO_DECAY) ? 1.0f : decay;
-        ldmc_params_adamw(p, i, &c);
+        ldmc_adamw_coeffs c = ldmc_adamw_coeffs_at(opt, lr, step, item->flags);
+        ldmc_params_adamw(p, i, &c, NULL);
     }
 }
 

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "core/params.h"
+#include "ops/param_ops.h"
 
 typedef struct ldmc_adamw {
     double lr;           // the peak learning rate
@@ -31,6 +32,10 @@ double ldmc_lr_at(const ldmc_lr_schedule *s, int64_t step);
 // The global L2 norm of the trainable gradients (in double, summed in a fixed order).
 double ldmc_grad_norm(const ldmc_params *p);
 
+// The arithmetic's coefficients of AdamW update `step` (from 1: bias correction) at `lr` for a
+// parameter with these flags (LDMC_PARAM_NO_DECAY: no weight decay).
+ldmc_adamw_coeffs ldmc_adamw_coeffs_at(const ldmc_adamw *opt, double lr, int64_t step,
+                                       unsigned flags);
 // One AdamW update of every trainable parameter; `step` counts from 1 (bias correction). Needs
 // the WEIGHTS, GRAD, ADAM_M and ADAM_V buffers.
 void ldmc_adamw_step(ldmc_params *p, const ldmc_adamw *opt, double lr, int64_t step);

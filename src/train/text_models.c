@@ -49,7 +49,7 @@ int ldmc_text_models_load(ldmc_text_models *t, const ldmc_train_config *cfg, ldm
         ldmc_params_alloc(p, LDMC_ROLE_WEIGHTS);
         if (cfg->text_train) { // trained with the UNet: every role the update needs
             ldmc_dist_shard(p, cfg->dist_zero);
-            ldmc_params_alloc(p, LDMC_ROLE_GRAD);
+            if (!cfg->fused_backward) ldmc_params_alloc(p, LDMC_ROLE_GRAD); // (else in backward)
             ldmc_params_alloc(p, LDMC_ROLE_ADAM_M);
             ldmc_params_alloc(p, LDMC_ROLE_ADAM_V);
             if (cfg->ema_decay > 0) ldmc_params_alloc(p, LDMC_ROLE_EMA);

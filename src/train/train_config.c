@@ -248,9 +248,10 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
     }
     const ldmc_cfg *optim = ldmc_cfg_get(root, "optim");
     if (optim) {
-        static const char *const keys[] = {"lr",        "min_lr",       "beta1",     "beta2",
-                                           "eps",       "weight_decay", "warmup",    "schedule",
-                                           "grad_clip", "accumulation", "nonfinite", NULL};
+        static const char *const keys[] = {
+            "lr",           "min_lr",         "beta1",    "beta2",     "eps",
+            "weight_decay", "warmup",         "schedule", "grad_clip", "accumulation",
+            "nonfinite",    "fused_backward", NULL};
         static const char *const shapes[] = {"constant", "cosine", NULL};
         static const char *const nonfinite[] = {"skip", "stop", NULL};
         int shape = 0, nf = 0;
@@ -265,10 +266,21 @@ static int parse(const ldmc_cfg *root, ldmc_train_config *c, ldmc_err *err) {
             get_choice(optim, "schedule", shapes, &shape, err) ||
             get_double(optim, "grad_clip", 0, 1e9, &c->grad_clip, err) ||
             get_int32(optim, "accumulation", 1, 4096, &c->accumulation, err) ||
-            get_choice(optim, "nonfinite", nonfinite, &nf, err))
+            get_choice(optim, "nonfinite", nonfinite, &nf, err) ||
+            ldmc_cfg_bool(optim, "fused_backward", false, &c->fused_backward, err))
             return -1;
         c->lr.shape = (ldmc_lr_shape)shape;
         c->nonfinite = (ldmc_nonfinite)nf;
+        // each parameter is updated during backward, as soon as its gradient is complete: the
+        // update cannot wait for the whole step's gradient
+        if (c->fused_backward && c->grad_clip > 0)
+            return ldmc_cfg_error(ldmc_cfg_get(optim, "fused_backward"), err,
+                                  "fused_backward updates each parameter during backward, before "
+                                  "the global gradient norm exists: it needs grad_clip: 0");
+        if (c->fused_backward && c->accumulation > 1)
+            return ldmc_cfg_error(ldmc_cfg_get(optim, "fused_backward"), err,
+                                  "fused_backward updates each parameter during backward: it "
+                                  "needs accumulation: 1 (the step's gradient in one micro-batch)");
     }
     const ldmc_cfg *ema = ldmc_cfg_get(root, "ema");
     if (ema) {

@@ -58,6 +58,10 @@ typedef struct ldmc_train_config {
     double grad_clip; // 0: off
     int accumulation;
     ldmc_nonfinite nonfinite;
+    // optim.fused_backward: each parameter updated during backward once its gradient is
+    // complete, which then is freed: no gradient buffer (4 bytes a parameter). Needs grad_clip 0,
+    // accumulation 1 and one process.
+    bool fused_backward;
     double ema_decay; // 0: no EMA
     // data parallelism (docs/multigpu.md)
     bool dist_zero;        // dist.zero: ZeRO-1 (optimizer state sharded over ranks)

@@ -51,7 +51,7 @@ static int setup_trained(trainer *T, ldmc_err *err) {
     if (ldmc_params_count(p, true) == 0)
         return LDMC_ERR(err, "%s: every parameter is frozen", cfg->source_path);
     ldmc_dist_shard(p, T->zero);
-    ldmc_params_alloc(p, LDMC_ROLE_GRAD);
+    if (!cfg->fused_backward) ldmc_params_alloc(p, LDMC_ROLE_GRAD); // (else trainer_setup_models)
     ldmc_params_alloc(p, LDMC_ROLE_ADAM_M);
     ldmc_params_alloc(p, LDMC_ROLE_ADAM_V);
     if (cfg->ema_decay > 0) ldmc_params_alloc(p, LDMC_ROLE_EMA);
@@ -76,8 +76,9 @@ static int setup_trained(trainer *T, ldmc_err *err) {
 }
 
 int trainer_setup_models(trainer *T, ldmc_err *err) {
-    if (T->task->setup_models(T, err) != 0) return -1;
-    return setup_trained(T, err);
+    if (T->task->setup_models(T, err) != 0 || setup_trained(T, err) != 0) return -1;
+    if (T->cfg->fused_backward) trainer_fused_setup(T);
+    return 0;
 }
 
 // The step's context on the training device. A GPU run moves the trained table (bf16 working
@@ -96,6 +97,7 @@ int trainer_setup_device(trainer *T, ldmc_err *err) {
                         ldmc_gpu_unavailable_reason());
     ldmc_params_to_device(T->model.params);
     T->task->to_device(T);
+    if (cfg->fused_backward) trainer_fused_setup(T); // the sums where the tables now are
     size_t free_b;
     if (ldmc_ctx_init_gpu_free(&T->ctx, META_ARENA, &free_b) != 0)
         return LDMC_ERR(err,
@@ -133,6 +135,7 @@ void trainer_zero_grad(trainer *T) {
 }
 
 double trainer_grad_norm(const trainer *T) {
+    if (T->cfg->fused_backward) return sqrt(trainer_fused_sum_squares(T));
     double n = ldmc_grad_norm(T->model.params), sum = n * n;
     for (int i = 0; i < trainer_text_trained(T); i++) {
         double e = ldmc_grad_norm(&T->text.enc[i].params);
@@ -143,6 +146,13 @@ double trainer_grad_norm(const trainer *T) {
 
 void trainer_update(trainer *T, double norm, double lr, int64_t updates) {
     const ldmc_train_config *cfg = T->cfg;
+    if (cfg->fused_backward) { // AdamW ran during backward
+        ldmc_params *tables[1 + LDMC_MAX_TEXT_ENCODERS];
+        int n = trainer_tables(T, tables);
+        for (int t = 0; t < n && cfg->ema_decay > 0; t++)
+            ldmc_params_ema_update(tables[t], ldmc_ema_decay(cfg->ema_decay, updates));
+        return;
+    }
     ldmc_optim_update(T->model.params, &cfg->adamw, cfg->grad_clip, cfg->ema_decay, norm, lr,
                       updates);
     // the encoders: the same clipping (by the norm of every gradient together) and schedule,
@@ -164,6 +174,7 @@ void trainer_free(trainer *T) {
     trainer_plans_free(T);
     ldmc_grad_sync_free(T->sync);
     T->sync = NULL;
+    trainer_fused_free(T);
 }
 
 // The gradient reduction over the trained tables, and the watchdog (a group of several ranks).
@@ -189,6 +200,11 @@ static void setup_dist(trainer *T) {
 // logs. Returns 1 when the run is at train.steps already.
 static int setup(trainer *T, const char *resume, ldmc_err *err) {
     const ldmc_train_config *cfg = T->cfg;
+    if (cfg->fused_backward && T->dist->world > 1)
+        return LDMC_ERR(err,
+                        "%s: optim.fused_backward runs on one process: under data parallelism "
+                        "a gradient is reduced over the ranks before its update (%d ranks here)",
+                        cfg->source_path, T->dist->world);
     // rank 0 holds the folder (its lock, logs, checkpoints' shared files); the others wait for it
     int rc = T->lead ? run_dir_open(&T->dir, cfg, resume != NULL, err) : 0;
     if (ldmc_dist_agree(rc, cfg->out, err) != 0 || trainer_setup_models(T, err) != 0) return -1;
@@ -240,6 +256,8 @@ static int train_step(trainer *T, const ldmc_batch **last, double *loss_out, ldm
     const int world = T->dist->world;
     ldmc_dist_test_fault(T->st.step + 1);
     trainer_zero_grad(T);
+    const double lr = ldmc_lr_at(&cfg->lr, T->st.step);
+    trainer_fused_begin(T, lr, T->st.step + 1 - T->st.skipped_steps);
     double loss = 0; // this rank's part of the step's mean loss
     bool finite = true;
     for (int micro = 0; micro < cfg->accumulation; micro++) {
@@ -275,7 +293,6 @@ static int train_step(trainer *T, const ldmc_batch **last, double *loss_out, ldm
     }
     double norm = T->sync ? sqrt(ldmc_grad_sync_sum_squares(T->sync)) : trainer_grad_norm(T);
     finite = finite && isfinite(norm);
-    double lr = ldmc_lr_at(&cfg->lr, T->st.step);
     if (!finite) {
         T->st.skipped_steps++;
         const char *what = isfinite(loss) ? "gradient" : "loss";
@@ -284,8 +301,14 @@ static int train_step(trainer *T, const ldmc_batch **last, double *loss_out, ldm
                             "step %lld: non-finite %s (loss %g, gradient norm %g); stopping as "
                             "optim.nonfinite says (skip would skip the step)",
                             (long long)T->st.step + 1, what, loss, norm);
-        printf("step %lld: non-finite %s, step skipped (%lld so far)\n", (long long)T->st.step + 1,
-               what, (long long)T->st.skipped_steps);
+        if (cfg->fused_backward) // the updates ran during backward, each checking its gradient
+            printf("step %lld: non-finite %s: the parameters whose gradient is not finite kept "
+                   "their values, the others were updated during backward (optim.fused_backward); "
+                   "no EMA update (%lld such steps so far)\n",
+                   (long long)T->st.step + 1, what, (long long)T->st.skipped_steps);
+        else
+            printf("step %lld: non-finite %s, step skipped (%lld so far)\n",
+                   (long long)T->st.step + 1, what, (long long)T->st.skipped_steps);
     } else {
         trainer_update(T, norm, lr, T->st.step + 1 - T->st.skipped_steps);
         if (T->sync) ldmc_grad_sync_gather_weights(T->sync); // ZeRO: every rank's range

@@ -124,6 +124,15 @@ struct trainer {
     bool lead;            // rank 0: logs, previews, the run's folder and files
     ldmc_grad_sync *sync; // NULL on one rank
     bool zero;            // ZeRO-1: the trained tables' optimizer state is sharded
+    // optim.fused_backward: the step's learning rate and update count, for the updates during
+    // backward, and Σ g² of each trained parameter that they write (one array per trained table,
+    // in GPU memory for a table on the GPU)
+    struct {
+        double lr;
+        int64_t updates;
+        double *sums[1 + LDMC_MAX_TEXT_ENCODERS];
+        bool on_device[1 + LDMC_MAX_TEXT_ENCODERS];
+    } fused;
 };
 
 // trainer.c: what a run and a benchmark start with, and end with.
@@ -134,15 +143,25 @@ int trainer_setup_models(trainer *T, ldmc_err *err);
 int trainer_setup_device(trainer *T, ldmc_err *err);
 void trainer_free(trainer *T);
 // The update after a step's micro-batches: clipping, AdamW (update `updates`, from 1), EMA; of
-// the trained model and, with text.train, of the text encoders at their learning rates.
+// the trained model and, with text.train, of the text encoders at their learning rates. With
+// optim.fused_backward, backward did the AdamW part: the EMA only.
 void trainer_update(trainer *T, double norm, double lr, int64_t updates);
+// fused.c, optim.fused_backward: the trained tables updated during backward and the arrays of
+// their parameters' Σ g² where the tables are (again after trainer_setup_device); before a
+// step's micro-batch, the learning rate and update count its updates take (a no-op without
+// fused_backward); the sum of those Σ g² after backward, in table order; the arrays freed.
+void trainer_fused_setup(trainer *T);
+void trainer_fused_begin(trainer *T, double lr, int64_t updates);
+double trainer_fused_sum_squares(const trainer *T);
+void trainer_fused_free(trainer *T);
 // One micro-batch's forward and backward (the task's micro_step) on T->ctx, replaying the memory
 // plan of the batch's shape (made the first time the shape comes) unless train.memory_plan is off.
 double trainer_micro_step(trainer *T, const ldmc_batch *b, const ldmc_step_key *key,
                           double grad_scale);
 void trainer_plans_free(trainer *T); // (trainer_free)
 // How many text encoders are trained (0 unless text.train), their gradients zeroed with the
-// model's, and the norm of every trained gradient together.
+// model's, and the norm of every trained gradient together (with optim.fused_backward, from the
+// sums its updates during backward wrote).
 int trainer_text_trained(const trainer *T);
 void trainer_zero_grad(trainer *T);
 double trainer_grad_norm(const trainer *T);
