@@ -295,6 +295,53 @@ static void test_recompute_gives_identical_gradients(void) {
     ldmc_params_free(&b.params);
 }
 
+// Updates during backward (ldmc_params_update_in_backward): each trainable parameter's update is
+// called once, after its last use, with the whole gradient the flat buffer gets, bit for bit; in
+// the plain chain, with every block a recompute region, and with nested regions (the four blocks
+// share the parameters: each is read in four places). A frozen parameter gets no update.
+typedef struct captured_updates {
+    float *grads;
+    int calls[8];
+} captured_updates;
+
+static void capture_update(void *user, ldmc_params *p, int index) {
+    captured_updates *c = user;
+    const ldmc_param *item = &p->items[index];
+    c->calls[index]++;
+    memcpy(c->grads + item->offset, item->tensor.grad, (size_t)item->numel * sizeof(float));
+}
+
+static void test_updates_in_backward_see_whole_gradients(void) {
+    block plain, fused;
+    block_init(&plain, true);
+    block_init(&fused, false);
+    for (block *b = &plain; b; b = b == &plain ? &fused : NULL)
+        ldmc_params_flag_matching(&b->params, "norm.bias", LDMC_PARAM_FROZEN, true);
+    size_t n = plain.params.total;
+    captured_updates cap = {.grads = calloc(n, sizeof(float))};
+    ldmc_params_update_in_backward(&fused.params, capture_update, &cap);
+    float dx_plain[STEP_NUMEL], dx[STEP_NUMEL];
+    size_t hw;
+    for (chain_mode mode = PLAIN; mode <= NESTED; mode++) {
+        memset(cap.calls, 0, sizeof cap.calls);
+        float loss_plain = run_step(&plain, mode, dx_plain, &hw);
+        float loss = run_step(&fused, mode, dx, &hw);
+        CHECK(loss == loss_plain, "mode %d: loss %g vs %g", mode, loss, loss_plain);
+        CHECK(memcmp(cap.grads, plain.params.buffers[LDMC_ROLE_GRAD], n * sizeof(float)) == 0,
+              "mode %d: the gradients the updates saw differ from the flat buffer's", mode);
+        CHECK(memcmp(dx_plain, dx, sizeof dx) == 0, "mode %d: input gradients differ", mode);
+        for (int i = 0; i < fused.params.count; i++)
+            CHECK(cap.calls[i] == (i == 3 ? 0 : 1), "mode %d: %s updated %d times", mode,
+                  fused.params.items[i].name, cap.calls[i]);
+        for (int i = 0; i < fused.params.count; i++)
+            CHECK(!fused.params.items[i].tensor.grad, "mode %d: %s keeps a gradient after the step",
+                  mode, fused.params.items[i].name);
+    }
+    free(cap.grads);
+    ldmc_params_free(&plain.params);
+    ldmc_params_free(&fused.params);
+}
+
 // Without recompute regions every block's intermediates stay alive until backward; with them only
 // the blocks' outputs do, plus one block re-run at a time during backward.
 static void test_recompute_saves_activation_memory(void) {
@@ -375,6 +422,7 @@ int main(int argc, char **argv) {
         TEST_ENTRY(test_op_without_backward_fails_by_name),
         TEST_ENTRY(test_shape_errors_name_the_op),
         TEST_ENTRY(test_recompute_gives_identical_gradients),
+        TEST_ENTRY(test_updates_in_backward_see_whole_gradients),
         TEST_ENTRY(test_recompute_saves_activation_memory),
         TEST_ENTRY(test_parameter_gradients_accumulate_and_frozen_get_none),
         TEST_ENTRY(test_recompute_misuse_is_caught),

@@ -39,10 +39,11 @@ typedef struct ldmc_tensor {
     // The gradient buffer is shared with other tensors (an add handed it to both its inputs;
     // tape.c: pass_through): the earliest producer (node + 1) among its holders. NULL: not shared.
     int32_t *grad_share;
-    // A parameter's table (core/params.h) and index in it, set by ldmc_params_tensor: a table
-    // updated during backward (ldmc_params_update_in_backward) has no gradient buffer, and the tape
-    // gives the parameter one for the step (tape.h). param_state: 0 before backward needs its
-    // gradient, 1 while backward adds into it, 2 once updated (reset after backward).
+    // A parameter's table (core/params.h; a table stays where it was made, as the models make
+    // theirs in place) and index in it, set by ldmc_params_tensor: a table updated during
+    // backward (ldmc_params_update_in_backward) has no gradient buffer, and the tape gives the
+    // parameter one for the step (tape.h). param_state: 0 before backward needs its gradient, 1
+    // while backward adds into it, 2 once updated (reset after backward).
     struct ldmc_params *param_table;
     int32_t param_index;
     uint8_t param_state;

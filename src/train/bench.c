@@ -169,6 +169,14 @@ static void fused_update(void *user, ldmc_params *p, int index) {
     ldmc_params_adamw(p, index, &c, fused_sums + index);
 }
 
+static void fused_sums_free(ldmc_device device) {
+    if (device == LDMC_CUDA)
+        ldmc_gpu_free(fused_sums);
+    else
+        free(fused_sums);
+    fused_sums = NULL;
+}
+
 // One training step (the loss step, clipping at 1, AdamW; with --fused-backward, AdamW during
 // backward and no clipping); returns its milliseconds.
 static double train_step(ldmc_ctx *ctx, ldmc_unet *u, const bench_step *s, const bench_inputs *in,
@@ -221,6 +229,7 @@ static int alloc_training(ldmc_unet *u, ldmc_device device, bool fused, ldmc_ctx
         ldmc_ctx_init(ctx, CPU_ARENA, META_ARENA);
         *weight_bytes = p->total * 4 * (fused ? 3 : 4);
         if (fused) fused_sums = calloc(1, sums);
+        LDMC_CHECK(!fused || fused_sums, "out of memory");
         return 0;
     }
     ldmc_params_to_device(p); // bf16 weights and the f32 master (their low halves)
@@ -287,6 +296,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     ldmc_params_init(&u.params, o->seed);
     ldmc_ctx ctx;
     if (alloc_training(&u, o->device, o->fused_backward, &ctx, &r->weight_bytes, err) != 0) {
+        fused_sums_free(o->device);
         ldmc_unet_free(&u);
         return -1;
     }
@@ -325,11 +335,7 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
     inputs_free(&one);
     inputs_free(&in);
     ldmc_ctx_free(&ctx);
-    if (o->device == LDMC_CUDA)
-        ldmc_gpu_free(fused_sums);
-    else
-        free(fused_sums);
-    fused_sums = NULL;
+    fused_sums_free(o->device);
     ldmc_unet_free(&u);
     return 0;
 }

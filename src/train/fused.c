@@ -52,7 +52,7 @@ void trainer_fused_begin(trainer *T, double lr, int64_t updates) {
     T->fused.lr = lr, T->fused.updates = updates;
     ldmc_params *tables[1 + LDMC_MAX_TEXT_ENCODERS];
     int n = trainer_tables(T, tables);
-    for (int t = 0; t < n; t++) { // (a parameter backward does not reach is updated, and summed)
+    for (int t = 0; t < n; t++) { // (a frozen parameter's entry stays 0)
         size_t bytes = (size_t)(tables[t]->count ? tables[t]->count : 1) * sizeof(double);
         if (T->fused.on_device[t])
             ldmc_gpu_zero(T->fused.sums[t], bytes);

@@ -301,11 +301,11 @@ static int train_step(trainer *T, const ldmc_batch **last, double *loss_out, ldm
                             "step %lld: non-finite %s (loss %g, gradient norm %g); stopping as "
                             "optim.nonfinite says (skip would skip the step)",
                             (long long)T->st.step + 1, what, loss, norm);
-        if (cfg->fused_backward) // the updates ran during backward, each checking its gradient
-            printf("step %lld: non-finite %s: the parameters whose gradient is not finite kept "
-                   "their values, the others were updated during backward (optim.fused_backward); "
-                   "no EMA update (%lld such steps so far)\n",
-                   (long long)T->st.step + 1, what, (long long)T->st.skipped_steps);
+        if (cfg->fused_backward && isfinite(loss)) // (a non-finite loss skips the backward)
+            printf("step %lld: non-finite gradient: the parameters whose gradient is not finite "
+                   "kept their values, the others were updated during backward "
+                   "(optim.fused_backward); no EMA update (%lld such steps so far)\n",
+                   (long long)T->st.step + 1, (long long)T->st.skipped_steps);
         else
             printf("step %lld: non-finite %s, step skipped (%lld so far)\n",
                    (long long)T->st.step + 1, what, (long long)T->st.skipped_steps);
