@@ -22,6 +22,11 @@ json_number() {  # json_number KEY: the number of "KEY" in the last command's JS
     sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p" /tmp/ldmc_cli_out.$$
 }
 
+sdxl_plan() {  # sdxl_plan [OPTION...]: the SDXL base step, batch 8 at 1024², planned (JSON)
+    expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
+        --device cuda --dry-run --json "$@"
+}
+
 expect_status 2 "$ldmc"
 grep -q "usage: ldmc" /tmp/ldmc_cli_out.$$ || fail "no usage without arguments"
 expect_status 0 "$ldmc" --help
@@ -256,8 +261,7 @@ awk -v a="$ckpt" -v b="$plain" 'BEGIN { exit !(a > 0 && a < 0.6 * b) }' ||
 # the transformers' q, k, v and feed-forward input products made again in backward instead:
 # the step within 64 GiB in all without checkpointing (50.7 GiB planned on 2026-12-03), for
 # 12 more TFLOP of the 160 (2.8 an image)
-expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
-    --device cuda --dry-run --recompute-projections --json
+sdxl_plan --recompute-projections
 grep -q '"gradient_checkpointing": false, "recompute_projections": true' /tmp/ldmc_cli_out.$$ ||
     fail "bench train --recompute-projections: not in the JSON"
 projections=$(json_number peak_gib)
@@ -270,14 +274,13 @@ awk -v p="$projections" -v r="$remade" -v f="$per_image" \
 # v and cross-attention's q (4 d), both attentions' outputs (2 d), over T tokens, and
 # cross-attention's k and v over 77: 10 blocks of d = 640 at T = 4096, 60 of d = 1280 at
 # T = 1024, 2 bytes a value, 8 images: 23693107200 bytes = 22.066 GiB
-bf16_grads=$(sed -n 's/.*"activation_gradients_bf16_gib": \([0-9.]*\).*/\1/p' /tmp/ldmc_cli_out.$$)
+bf16_grads=$(json_number activation_gradients_bf16_gib)
 awk -v g="$bf16_grads" 'BEGIN { exit !(g > 22.06 && g < 22.075) }' ||
     fail "bf16 activation gradients of the SDXL step: $bf16_grads GiB, 22.066 expected"
 # each parameter updated during backward (optim.fused_backward): no gradient buffer (12 bytes a
 # parameter), the same activations and FLOPs: the step within 64 GiB without recomputing
 # anything (59.9 GiB planned on 2026-12-03); and a real step of it on the CPU
-expect_status 0 "$ldmc" bench train --config "$configs/sdxl_base.yaml" --batch 8 --res 1024 \
-    --device cuda --dry-run --fused-backward --json
+sdxl_plan --fused-backward
 grep -q '"recompute_projections": false, "fused_backward": true' /tmp/ldmc_cli_out.$$ ||
     fail "bench train --fused-backward: not in the JSON"
 fused=$(json_number peak_gib)
