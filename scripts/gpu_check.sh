@@ -17,11 +17,11 @@
 #      (LDMC_CONV_LOG=1, in ldmc-bench.err), after a dry run that prints the memory plan;
 #   3. bench/sdxl_train_torch.py: PyTorch's eager step of the same UNet on the same card (and
 #      compiled with --compile-too, which does not fit the 10 minutes), with its top kernels;
-#   4. test_train_cuda with CUDA_LAUNCH_BLOCKING=1: GPU and CPU runs resume each other's
-#      checkpoints (its CPU runs make it the slowest, and the budget may cut it);
-#   5. what recomputing the projections costs: the same benchmark with --recompute-projections;
-#   6. what updating during backward costs: the same benchmark with --fused-backward (59.9 GiB,
-#      no gradient buffer, three launches a parameter in backward, no clipping).
+#   4. what recomputing the projections costs: the same benchmark with --recompute-projections;
+#   5. what updating during backward costs: the same benchmark with --fused-backward (59.9 GiB,
+#      no gradient buffer, three launches a parameter in backward, no clipping);
+#   6. test_train_cuda with CUDA_LAUNCH_BLOCKING=1: GPU and CPU runs resume each other's
+#      checkpoints (its CPU runs make it the slowest: last, where the budget may cut it).
 # Every step runs under `timeout`, within a budget for the whole run (default 540 s, leaving a
 # cold start's extra time within 10 minutes); summary.txt has each step's exit status and time.
 # Everything goes to OUT: $OUT when set (the device runner's folder), else the argument, else
@@ -142,7 +142,7 @@ echo "== environment: $env_file"
 grep -E "^(CUDA|cuBLAS|cuDNN|NCCL): |^  (device|no device)|^torch " "$env_file"
 echo "env: $(($(date +%s) - start))s" >> "$summary"
 
-# ---- 1. the kernels against the CPU ------------------------------------------------------------
+# ---- 1. the kernels against the CPU -------------------------------------------------------------
 echo "== test_cuda (CUDA_LAUNCH_BLOCKING=1)"
 step test_cuda 150 env CUDA_LAUNCH_BLOCKING=1 "$build/tests/test_cuda" > "$out/test_cuda.log" 2>&1
 tail -n 2 "$out/test_cuda.log"
@@ -181,13 +181,7 @@ if [ $compile -eq 1 ]; then
     cat "$out/torch-compile.json"
 fi
 
-# ---- 4. the GPU trainer -------------------------------------------------------------------------
-echo "== test_train_cuda (CUDA_LAUNCH_BLOCKING=1)"
-step test_train_cuda 200 env CUDA_LAUNCH_BLOCKING=1 "$build/tests/test_train_cuda" \
-    > "$out/test_train_cuda.log" 2>&1
-tail -n 2 "$out/test_train_cuda.log"
-
-# ---- 5. the projections made again in backward --------------------------------------------------
+# ---- 4. the projections made again in backward --------------------------------------------------
 if [ -z "$ckpt" ]; then
     echo "== ldmc bench train --recompute-projections (what 50.7 GiB instead of 69.4 costs)"
     step ldmc-bench-projections 90 "$build/ldmc" bench train --config sdxl_base --batch $batch \
@@ -196,7 +190,7 @@ if [ -z "$ckpt" ]; then
     cat "$out/ldmc-bench-projections.json"
 fi
 
-# ---- 6. AdamW during backward ----------------------------------------------------------------------
+# ---- 5. AdamW during backward -------------------------------------------------------------------
 if [ -z "$ckpt" ] || [ "$ckpt" = --recompute-projections ]; then
     echo "== ldmc bench train --fused-backward (59.9 GiB without recomputing; 41.1 with it)"
     step ldmc-bench-fused 90 "$build/ldmc" bench train --config sdxl_base --batch $batch \
@@ -204,5 +198,12 @@ if [ -z "$ckpt" ] || [ "$ckpt" = --recompute-projections ]; then
         > "$out/ldmc-bench-fused.json" 2> "$out/ldmc-bench-fused.err"
     cat "$out/ldmc-bench-fused.json"
 fi
+
+# ---- 6. the GPU trainer (last: its CPU runs are the slowest) ------------------------------------
+echo "== test_train_cuda (CUDA_LAUNCH_BLOCKING=1)"
+step test_train_cuda 200 env CUDA_LAUNCH_BLOCKING=1 "$build/tests/test_train_cuda" \
+    > "$out/test_train_cuda.log" 2>&1
+tail -n 2 "$out/test_train_cuda.log"
+
 echo "total: $(($(date +%s) - start))s, status $status" | tee -a "$summary"
 exit $status
