@@ -135,10 +135,6 @@ void ldmc_gpu_move(void *dst, const void *src, size_t bytes) {
 #endif
 }
 
-void ldmc_gpu_f32_to_bf16(uint16_t *dst, const float *src, int64_t n) {
-    GPU_CALL(ldmc_cuda_f32_to_bf16(dst, src, n));
-}
-
 void ldmc_gpu_add_from_host(float *dst, const float *src, int64_t n, float *scratch) {
 #ifdef LDMC_HAVE_CUDA
     if (src)

@@ -43,7 +43,6 @@ void ldmc_gpu_download(void *dst, const void *src, size_t bytes);
 void ldmc_gpu_zero(void *p, size_t bytes);
 // memmove within GPU memory (overlapping ranges go through the workspace).
 void ldmc_gpu_move(void *dst, const void *src, size_t bytes);
-void ldmc_gpu_f32_to_bf16(uint16_t *dst, const float *src, int64_t n);
 // dst (n f32 values on the GPU) += src (n host values), or += 1 when src is NULL; `scratch` is n
 // f32 values of GPU memory the call may use.
 void ldmc_gpu_add_from_host(float *dst, const float *src, int64_t n, float *scratch);

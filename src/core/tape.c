@@ -254,6 +254,13 @@ void ldmc_requires_grad(ldmc_tensor *t) { t->requires_grad = true; }
 
 static ldmc_tensor *grad_owner(ldmc_tensor *t) { return t->base ? t->base : t; }
 
+// Whether t is a trainable parameter of a table updated in backward
+// (ldmc_params_update_in_backward): its gradient is the tape's to make, and to end at its update.
+static bool updated_in_backward(const ldmc_tensor *t) {
+    return t && t->is_param && t->requires_grad && t->param_table &&
+           t->param_table->update_in_backward;
+}
+
 // t's gradient, allocated on first use: zeroed, or (`fresh`) for an op that writes it, in bf16
 // when `bf16` (fresh ones only).
 static void *grad_alloc(ldmc_ctx *ctx, ldmc_tensor *t, bool fresh, bool bf16) {
@@ -261,8 +268,7 @@ static void *grad_alloc(ldmc_ctx *ctx, ldmc_tensor *t, bool fresh, bool bf16) {
     ldmc_tensor *owner = grad_owner(t);
     if (!owner->requires_grad) return NULL;
     if (!owner->grad) {
-        const bool in_backward =
-            owner->is_param && owner->param_table && owner->param_table->update_in_backward;
+        const bool in_backward = updated_in_backward(owner);
         LDMC_CHECK(!owner->is_param || in_backward,
                    "parameter '%s' needs a gradient but has no gradient buffer",
                    owner->name ? owner->name : "?");
@@ -434,9 +440,7 @@ static void forward_uses(ldmc_ctx *ctx, ldmc_tensor **in, int n_in, ldmc_tensor 
 static void see_region_params(ldmc_ctx *ctx, ldmc_tensor **in, int n_in) {
     for (int i = 0; i < n_in; i++) {
         ldmc_tensor *u = in[i] ? grad_owner(in[i]) : NULL;
-        if (!u || !u->is_param || !u->requires_grad || !u->param_table ||
-            !u->param_table->update_in_backward)
-            continue;
+        if (!updated_in_backward(u)) continue;
         bool seen = false;
         for (int j = 0; j < ctx->n_seen && !seen; j++)
             seen = ctx->seen[j] == u;
@@ -618,9 +622,7 @@ static int later_first(const void *a, const void *b) {
 // anything else.
 static int due_table(ldmc_params **tables, int *n, const ldmc_tensor *x) {
     const ldmc_tensor *u = x ? grad_owner((ldmc_tensor *)x) : NULL;
-    if (!u || !u->is_param || !u->requires_grad || !u->param_table ||
-        !u->param_table->update_in_backward)
-        return -1;
+    if (!updated_in_backward(u)) return -1;
     int t = 0;
     while (t < *n && tables[t] != u->param_table)
         t++;
