@@ -533,19 +533,10 @@ void ldmc_cuda_sum_squares_to(double *dst, const float *x, size_t n) {
     *dst = sum_squares_f32(x, (int64_t)n);
 }
 
-// The master's two halves joined into f32 values and split back, a block at a time, around the
-// CPU's own AdamW, EMA and swap (the same f32 arithmetic as optim.cu's).
+// The master's two halves joined into f32 values and split back (ldmc_f32_join_n,
+// ldmc_f32_split_n), a block at a time, around the CPU's own AdamW, EMA and swap (the same f32
+// arithmetic as optim.cu's).
 enum { MASTER_BLOCK = 4096 };
-
-static void master_join_n(float *dst, const uint16_t *lo, const uint16_t *hi, int64_t n) {
-    for (int64_t k = 0; k < n; k++)
-        dst[k] = ldmc_f32_join(hi[k], lo[k]);
-}
-
-static void master_split_n(uint16_t *lo, uint16_t *hi, const float *src, int64_t n) {
-    for (int64_t k = 0; k < n; k++)
-        hi[k] = ldmc_f32_split(src[k], &lo[k]);
-}
 
 void ldmc_cuda_adamw(uint16_t *master_lo, uint16_t *weights, const float *grad, float *m, float *v,
                      int64_t n, float decay, float step_size, float denom_scale, float beta1,
@@ -554,10 +545,10 @@ void ldmc_cuda_adamw(uint16_t *master_lo, uint16_t *weights, const float *grad, 
     float w[MASTER_BLOCK];
     for (int64_t at = 0; at < n; at += MASTER_BLOCK) {
         int64_t k = n - at < MASTER_BLOCK ? n - at : MASTER_BLOCK;
-        master_join_n(w, master_lo + at, weights + at, k);
+        ldmc_f32_join_n(w, weights + at, master_lo + at, (size_t)k);
         adamw_update_f32(w, grad + at, m + at, v + at, k, decay, step_size, denom_scale, beta1,
                          beta2, eps);
-        master_split_n(master_lo + at, weights + at, w, k);
+        ldmc_f32_split_n(weights + at, master_lo + at, w, (size_t)k);
     }
 }
 
@@ -566,7 +557,7 @@ void ldmc_cuda_ema(float *ema, const uint16_t *master_lo, const uint16_t *weight
     float w[MASTER_BLOCK];
     for (int64_t at = 0; at < n; at += MASTER_BLOCK) {
         int64_t k = n - at < MASTER_BLOCK ? n - at : MASTER_BLOCK;
-        master_join_n(w, master_lo + at, weights + at, k);
+        ldmc_f32_join_n(w, weights + at, master_lo + at, (size_t)k);
         ema_update_f32(ema + at, w, k, decay);
     }
 }
@@ -575,8 +566,8 @@ void ldmc_cuda_master_swap(uint16_t *master_lo, uint16_t *weights, float *other,
     float w[MASTER_BLOCK];
     for (int64_t at = 0; at < n; at += MASTER_BLOCK) {
         int64_t k = n - at < MASTER_BLOCK ? n - at : MASTER_BLOCK;
-        master_join_n(w, master_lo + at, weights + at, k);
+        ldmc_f32_join_n(w, weights + at, master_lo + at, (size_t)k);
         swap_values_f32(w, other + at, k);
-        master_split_n(master_lo + at, weights + at, w, k);
+        ldmc_f32_split_n(weights + at, master_lo + at, w, (size_t)k);
     }
 }

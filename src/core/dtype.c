@@ -85,6 +85,18 @@ float ldmc_f32_join(uint16_t hi, uint16_t lo) {
     return bits_f32((top << 16) | lo);
 }
 
+void ldmc_f32_split_n(uint16_t *hi, uint16_t *lo, const float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++)
+        hi[i] = ldmc_f32_split(x[i], &lo[i]);
+}
+
+void ldmc_f32_join_n(float *x, const uint16_t *hi, const uint16_t *lo, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++)
+        x[i] = ldmc_f32_join(hi[i], lo[i]);
+}
+
 uint16_t ldmc_f32_to_f16(float x) {
     uint32_t u = f32_bits(x);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);

@@ -33,6 +33,9 @@ float ldmc_bf16_to_f32(uint16_t x);
 // comes back as a quiet NaN). kernels/common.cuh has the same two on the GPU.
 uint16_t ldmc_f32_split(float x, uint16_t *lo);
 float ldmc_f32_join(uint16_t hi, uint16_t lo);
+// The same over n values.
+void ldmc_f32_split_n(uint16_t *hi, uint16_t *lo, const float *x, size_t n);
+void ldmc_f32_join_n(float *x, const uint16_t *hi, const uint16_t *lo, size_t n);
 uint16_t ldmc_f32_to_f16(float x);
 float ldmc_f16_to_f32(uint16_t x);
 

@@ -269,9 +269,7 @@ static void upload_master(ldmc_params *p) {
     const float *host = p->buffers[LDMC_ROLE_WEIGHTS];
     for (size_t at = 0; at < p->total; at += SPLIT_CHUNK) {
         const size_t k = p->total - at < SPLIT_CHUNK ? p->total - at : SPLIT_CHUNK;
-#pragma omp parallel for schedule(static) if (k > 65536)
-        for (size_t i = 0; i < k; i++)
-            hi[i] = ldmc_f32_split(host[at + i], &lo[i]);
+        ldmc_f32_split_n(hi, lo, host + at, k);
         ldmc_gpu_upload((uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + at, hi, k * sizeof *hi);
         const size_t from = at > b ? at : b, to = at + k < e ? at + k : e;
         if (from < to)
@@ -293,9 +291,7 @@ static void download_master(ldmc_params *p) {
         const size_t k = e - at < SPLIT_CHUNK ? e - at : SPLIT_CHUNK;
         ldmc_gpu_download(hi, (const uint16_t *)p->device[LDMC_ROLE_WEIGHTS] + at, k * sizeof *hi);
         ldmc_gpu_download(lo, (const uint16_t *)p->device[LDMC_ROLE_MASTER] + at, k * sizeof *lo);
-#pragma omp parallel for schedule(static) if (k > 65536)
-        for (size_t i = 0; i < k; i++)
-            host[at + i] = ldmc_f32_join(hi[i], lo[i]);
+        ldmc_f32_join_n(host + at, hi, lo, k);
     }
     free(hi);
     free(lo);
