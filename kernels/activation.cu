@@ -109,9 +109,9 @@ __global__ static void softmax_forward_kernel(uint16_t *y, const uint16_t *x, in
     }
 }
 
-// dx += y (dy - Σ dy y), y the saved bf16 softmax.
-__global__ static void softmax_backward_kernel(float *dx, const float *dy, const uint16_t *y,
-                                               int64_t M, int C) {
+// dx (+)= y (dy - Σ dy y), y the saved bf16 softmax.
+__global__ static void softmax_backward_kernel(float *dx, float beta, const float *dy,
+                                               const uint16_t *y, int64_t M, int C) {
     __shared__ float shared[32];
     for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
         const uint16_t *yr = y + m * C;
@@ -122,7 +122,7 @@ __global__ static void softmax_backward_kernel(float *dx, const float *dy, const
             dot += dyr[c] * bf16_load(yr, c);
         dot = block_sum(dot, shared);
         for (int c = threadIdx.x; c < C; c += blockDim.x)
-            dxr[c] += bf16_load(yr, c) * (dyr[c] - dot);
+            dxr[c] = grad_add(beta, dxr + c, bf16_load(yr, c) * (dyr[c] - dot));
     }
 }
 
@@ -173,10 +173,10 @@ extern "C" void ldmc_cuda_softmax_forward(uint16_t *y, const uint16_t *x, int64_
     CUDA_CHECK_LAUNCH("softmax_forward_kernel");
 }
 
-extern "C" void ldmc_cuda_softmax_backward(float *dx, const float *dy, const uint16_t *y, int64_t M,
-                                           int C) {
+extern "C" void ldmc_cuda_softmax_backward(float *dx, float beta, const float *dy,
+                                           const uint16_t *y, int64_t M, int C) {
     if (!dx || M <= 0 || C <= 0) return;
-    softmax_backward_kernel<<<softmax_blocks(M), softmax_threads(C), 0, ldmc_stream()>>>(dx, dy, y,
-                                                                                        M, C);
+    softmax_backward_kernel<<<softmax_blocks(M), softmax_threads(C), 0, ldmc_stream()>>>(
+        dx, beta, dy, y, M, C);
     CUDA_CHECK_LAUNCH("softmax_backward_kernel");
 }

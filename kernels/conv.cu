@@ -649,7 +649,8 @@ extern "C" void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const u
 extern "C" void ldmc_cuda_conv2d_backward(float *dx, float dx_beta, float *dw, float *db,
                                           const float *dy, const uint16_t *x, const uint16_t *w,
                                           const ldmc_conv_geom *g) {
-    if (db) ldmc_cuda_column_sums(db, dy, (int64_t)g->N * g->Ho * g->Wo, g->O); // workspace first
+    if (db)
+        ldmc_cuda_column_sums(db, 1.0f, dy, (int64_t)g->N * g->Ho * g->Wo, g->O); // workspace first
     if (!dx && !dw) return;
     const int slices = slice_count(g);
     const int64_t x_sample = (int64_t)g->H * g->W * g->C, y_sample = (int64_t)g->Ho * g->Wo * g->O;

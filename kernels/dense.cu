@@ -29,13 +29,13 @@ extern "C" void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const u
     if (b) ldmc_cuda_add_bias(y, b, M, out);
 }
 
-static void column_sums(float *out, const void *x, bool bf16, int64_t M, int C);
+static void column_sums(float *out, float beta, const void *x, bool bf16, int64_t M, int C);
 
 // A bf16 dy (core/tape.h) goes to the products as is; an f32 one through its bf16 copy.
 extern "C" void ldmc_cuda_linear_backward(ldmc_cuda_grad dx, float *dw, float *db, ldmc_cuda_dy dy,
                                           const uint16_t *x, const uint16_t *w, int64_t M, int in,
                                           int out) {
-    if (db) column_sums(db, dy.p, dy.bf16, M, out); // before the workspace holds dy's copy
+    if (db) column_sums(db, 1.0f, dy.p, dy.bf16, M, out); // before the workspace holds dy's copy
     if (!dx.p && !dw) return;
     const uint16_t *dyb =
         dy.bf16 ? (const uint16_t *)dy.p : bf16_copy((const float *)dy.p, M * out);
@@ -93,27 +93,32 @@ __global__ static void column_partial_kernel(float *partial, const void *x, bool
     }
 }
 
-__global__ static void column_final_kernel(float *out, const float *partial, int chunks, int C) {
+__global__ static void column_final_kernel(float *out, float beta, const float *partial, int chunks,
+                                           int C) {
     GRID_STRIDE(c, C) {
         float s = 0;
         for (int k = 0; k < chunks; k++)
             s += partial[(int64_t)k * C + c];
-        out[c] += s;
+        out[c] = grad_add(beta, out + c, s);
     }
 }
 
-extern "C" void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C) {
-    column_sums(out, x, false, M, C);
+extern "C" void ldmc_cuda_column_sums(float *out, float beta, const float *x, int64_t M, int C) {
+    column_sums(out, beta, x, false, M, C);
 }
 
-// out (C) += the column sums of x (M, C), f32 or bf16.
-static void column_sums(float *out, const void *x, bool bf16, int64_t M, int C) {
-    if (M <= 0 || C <= 0) return;
+// out (C) (+)= the column sums of x (M, C), f32 or bf16 (beta 0: out written).
+static void column_sums(float *out, float beta, const void *x, bool bf16, int64_t M, int C) {
+    if (C <= 0) return;
+    if (M <= 0) {
+        if (beta == 0.0f) ldmc_cuda_fill_f32(out, 0.0f, C);
+        return;
+    }
     int64_t rows = (M + COLSUM_CHUNKS - 1) / COLSUM_CHUNKS;
     int chunks = (int)((M + rows - 1) / rows);
     float *partial = (float *)ldmc_cuda_workspace((size_t)chunks * C * sizeof(float));
     dim3 grid((unsigned)((C + 31) / 32), (unsigned)chunks), block(32, 8);
     column_partial_kernel<<<grid, block, 0, ldmc_stream()>>>(partial, x, !bf16, M, C, rows);
     CUDA_CHECK_LAUNCH("column_partial");
-    LAUNCH_1D(column_final_kernel, C, out, partial, chunks, C);
+    LAUNCH_1D(column_final_kernel, C, out, beta, partial, chunks, C);
 }

@@ -1,6 +1,7 @@
 // Conversions, elementwise arithmetic, per-row ops, dropout and the losses on the GPU: bf16
-// storage, f32 math, f32 gradients added into (+=). CPU twins in src/ops/cpu/elementwise.inc and
-// misc.inc; conversions as src/core/dtype.c. Tested by tests/test_cuda.c.
+// storage, f32 math, f32 gradients written (beta 0) or added into (beta 1). CPU twins in
+// src/ops/cpu/elementwise.inc and misc.inc; conversions as src/core/dtype.c. Tested by
+// tests/test_cuda.c.
 #include "kernels/common.cuh"
 #include "kernels/ldmc_cuda.h"
 #include "kernels/philox.cuh"
@@ -15,8 +16,9 @@ __global__ static void bf16_to_f32_kernel(float *dst, const uint16_t *src, int64
     GRID_STRIDE(i, n) { dst[i] = bf16_load(src, i); }
 }
 
-__global__ static void accumulate_kernel(float *dst, const float *src, float s, int64_t n) {
-    GRID_STRIDE(i, n) { dst[i] += s == 1.0f ? src[i] : src[i] * s; }
+__global__ static void accumulate_kernel(float *dst, float beta, const float *src, float s,
+                                         int64_t n) {
+    GRID_STRIDE(i, n) { dst[i] = grad_add(beta, dst + i, s == 1.0f ? src[i] : src[i] * s); }
 }
 
 __global__ static void scale_kernel(float *x, float s, int64_t n) {
@@ -35,8 +37,8 @@ extern "C" void ldmc_cuda_bf16_to_f32(float *dst, const uint16_t *src, int64_t n
     LAUNCH_1D(bf16_to_f32_kernel, n, dst, src, n);
 }
 
-extern "C" void ldmc_cuda_accumulate(float *dst, const float *src, float s, int64_t n) {
-    if (dst) LAUNCH_1D(accumulate_kernel, n, dst, src, s, n);
+extern "C" void ldmc_cuda_accumulate(float *dst, float beta, const float *src, float s, int64_t n) {
+    if (dst) LAUNCH_1D(accumulate_kernel, n, dst, beta, src, s, n);
 }
 
 extern "C" void ldmc_cuda_scale_f32(float *x, float s, int64_t n) { LAUNCH_1D(scale_kernel, n, x, s, n); }
@@ -57,11 +59,12 @@ __global__ static void binary_kernel(uint16_t *y, const uint16_t *a, const uint1
     }
 }
 
-__global__ static void mul_backward_kernel(float *da, float *db, const float *dy, const uint16_t *a,
-                                           const uint16_t *b, int64_t n) {
+__global__ static void mul_backward_kernel(float *da, float *db, float beta_a, float beta_b,
+                                           const float *dy, const uint16_t *a, const uint16_t *b,
+                                           int64_t n) {
     GRID_STRIDE(i, n) {
-        if (da) da[i] += dy[i] * bf16_load(b, i);
-        if (db) db[i] += dy[i] * bf16_load(a, i);
+        if (da) da[i] = grad_add(beta_a, da + i, dy[i] * bf16_load(b, i));
+        if (db) db[i] = grad_add(beta_b, db + i, dy[i] * bf16_load(a, i));
     }
 }
 
@@ -77,9 +80,9 @@ __global__ static void exp_kernel(uint16_t *y, const uint16_t *x, int64_t n) {
     GRID_STRIDE(i, n) { y[i] = bf16_from(expf(bf16_load(x, i))); }
 }
 
-__global__ static void exp_backward_kernel(float *dx, const float *dy, const uint16_t *y,
-                                           int64_t n) {
-    GRID_STRIDE(i, n) { dx[i] += dy[i] * bf16_load(y, i); }
+__global__ static void exp_backward_kernel(float *dx, float beta, const float *dy,
+                                           const uint16_t *y, int64_t n) {
+    GRID_STRIDE(i, n) { dx[i] = grad_add(beta, dx + i, dy[i] * bf16_load(y, i)); }
 }
 
 __global__ static void clamp_kernel(uint16_t *y, const uint16_t *x, float lo, float hi, int64_t n) {
@@ -89,11 +92,11 @@ __global__ static void clamp_kernel(uint16_t *y, const uint16_t *x, float lo, fl
     }
 }
 
-__global__ static void clamp_backward_kernel(float *dx, const float *dy, const uint16_t *x,
-                                             float lo, float hi, int64_t n) {
+__global__ static void clamp_backward_kernel(float *dx, float beta, const float *dy,
+                                             const uint16_t *x, float lo, float hi, int64_t n) {
     GRID_STRIDE(i, n) {
         float v = bf16_load(x, i);
-        if (v >= lo && v <= hi) dx[i] += dy[i];
+        dx[i] = grad_add(beta, dx + i, v >= lo && v <= hi ? dy[i] : 0.0f);
     }
 }
 
@@ -109,9 +112,10 @@ extern "C" void ldmc_cuda_mul_forward(uint16_t *y, const uint16_t *a, const uint
     LAUNCH_1D(binary_kernel<OP_MUL>, n, y, a, b, n);
 }
 
-extern "C" void ldmc_cuda_mul_backward(float *da, float *db, const float *dy, const uint16_t *a,
-                                       const uint16_t *b, int64_t n) {
-    if (da || db) LAUNCH_1D(mul_backward_kernel, n, da, db, dy, a, b, n);
+extern "C" void ldmc_cuda_mul_backward(float *da, float *db, float beta_a, float beta_b,
+                                       const float *dy, const uint16_t *a, const uint16_t *b,
+                                       int64_t n) {
+    if (da || db) LAUNCH_1D(mul_backward_kernel, n, da, db, beta_a, beta_b, dy, a, b, n);
 }
 
 extern "C" void ldmc_cuda_affine_forward(uint16_t *y, const uint16_t *x, float a, float b,
@@ -128,8 +132,9 @@ extern "C" void ldmc_cuda_exp_forward(uint16_t *y, const uint16_t *x, int64_t n)
     LAUNCH_1D(exp_kernel, n, y, x, n);
 }
 
-extern "C" void ldmc_cuda_exp_backward(float *dx, const float *dy, const uint16_t *y, int64_t n) {
-    if (dx) LAUNCH_1D(exp_backward_kernel, n, dx, dy, y, n);
+extern "C" void ldmc_cuda_exp_backward(float *dx, float beta, const float *dy, const uint16_t *y,
+                                       int64_t n) {
+    if (dx) LAUNCH_1D(exp_backward_kernel, n, dx, beta, dy, y, n);
 }
 
 extern "C" void ldmc_cuda_clamp_forward(uint16_t *y, const uint16_t *x, float lo, float hi,
@@ -137,9 +142,9 @@ extern "C" void ldmc_cuda_clamp_forward(uint16_t *y, const uint16_t *x, float lo
     LAUNCH_1D(clamp_kernel, n, y, x, lo, hi, n);
 }
 
-extern "C" void ldmc_cuda_clamp_backward(float *dx, const float *dy, const uint16_t *x, float lo,
-                                         float hi, int64_t n) {
-    if (dx) LAUNCH_1D(clamp_backward_kernel, n, dx, dy, x, lo, hi, n);
+extern "C" void ldmc_cuda_clamp_backward(float *dx, float beta, const float *dy, const uint16_t *x,
+                                         float lo, float hi, int64_t n) {
+    if (dx) LAUNCH_1D(clamp_backward_kernel, n, dx, beta, dy, x, lo, hi, n);
 }
 
 // ---- per-row ops ----------------------------------------------------------------------------
@@ -155,8 +160,9 @@ __global__ static void sum_rows_kernel(float *y, const uint16_t *x, int64_t n) {
     if (threadIdx.x == 0) y[blockIdx.x] = (float)s;
 }
 
-__global__ static void sum_rows_backward_kernel(float *dx, const float *dy, int64_t n, int64_t total) {
-    GRID_STRIDE(i, total) { dx[i] += dy[i / n]; }
+__global__ static void sum_rows_backward_kernel(float *dx, float beta, const float *dy, int64_t n,
+                                                int64_t total) {
+    GRID_STRIDE(i, total) { dx[i] = grad_add(beta, dx + i, dy[i / n]); }
 }
 
 extern "C" void ldmc_cuda_sum_rows_forward(float *y, const uint16_t *x, int64_t B, int64_t n) {
@@ -165,8 +171,9 @@ extern "C" void ldmc_cuda_sum_rows_forward(float *y, const uint16_t *x, int64_t 
     CUDA_CHECK_LAUNCH("sum_rows");
 }
 
-extern "C" void ldmc_cuda_sum_rows_backward(float *dx, const float *dy, int64_t B, int64_t n) {
-    if (dx) LAUNCH_1D(sum_rows_backward_kernel, B * n, dx, dy, n, B * n);
+extern "C" void ldmc_cuda_sum_rows_backward(float *dx, float beta, const float *dy, int64_t B,
+                                            int64_t n) {
+    if (dx) LAUNCH_1D(sum_rows_backward_kernel, B * n, dx, beta, dy, n, B * n);
 }
 
 __global__ static void embedding_kernel(uint16_t *y, const uint16_t *table, const int64_t *labels,
@@ -208,12 +215,12 @@ extern "C" void ldmc_cuda_add_broadcast_forward(uint16_t *y, const uint16_t *x, 
     LAUNCH_1D(add_broadcast_kernel, total, y, x, v, P, C, total);
 }
 
-extern "C" void ldmc_cuda_add_broadcast_backward(float *dx, float *dv, const float *dy, int B,
-                                                 int64_t P, int C) {
-    if (dx) ldmc_cuda_accumulate(dx, dy, 1.0f, (int64_t)B * P * C);
+extern "C" void ldmc_cuda_add_broadcast_backward(float *dx, float *dv, float beta_x, float beta_v,
+                                                 const float *dy, int B, int64_t P, int C) {
+    if (dx) ldmc_cuda_accumulate(dx, beta_x, dy, 1.0f, (int64_t)B * P * C);
     if (dv)
         for (int b = 0; b < B; b++)
-            ldmc_cuda_column_sums(dv + (int64_t)b * C, dy + (int64_t)b * P * C, P, C);
+            ldmc_cuda_column_sums(dv + (int64_t)b * C, beta_v, dy + (int64_t)b * P * C, P, C);
 }
 
 __global__ static void scale_rows_kernel(uint16_t *y, const uint16_t *x, const float *s, int64_t n,
@@ -221,9 +228,9 @@ __global__ static void scale_rows_kernel(uint16_t *y, const uint16_t *x, const f
     GRID_STRIDE(i, total) { y[i] = bf16_from(bf16_load(x, i) * s[i / n]); }
 }
 
-__global__ static void scale_rows_backward_kernel(float *dx, const float *dy, const float *s,
-                                                  int64_t n, int64_t total) {
-    GRID_STRIDE(i, total) { dx[i] += dy[i] * s[i / n]; }
+__global__ static void scale_rows_backward_kernel(float *dx, float beta, const float *dy,
+                                                  const float *s, int64_t n, int64_t total) {
+    GRID_STRIDE(i, total) { dx[i] = grad_add(beta, dx + i, dy[i] * s[i / n]); }
 }
 
 extern "C" void ldmc_cuda_scale_rows_forward(uint16_t *y, const uint16_t *x, const float *s,
@@ -231,9 +238,9 @@ extern "C" void ldmc_cuda_scale_rows_forward(uint16_t *y, const uint16_t *x, con
     LAUNCH_1D(scale_rows_kernel, B * n, y, x, s, n, B * n);
 }
 
-extern "C" void ldmc_cuda_scale_rows_backward(float *dx, const float *dy, const float *s,
-                                              int64_t B, int64_t n) {
-    if (dx) LAUNCH_1D(scale_rows_backward_kernel, B * n, dx, dy, s, n, B * n);
+extern "C" void ldmc_cuda_scale_rows_backward(float *dx, float beta, const float *dy,
+                                              const float *s, int64_t B, int64_t n) {
+    if (dx) LAUNCH_1D(scale_rows_backward_kernel, B * n, dx, beta, dy, s, n, B * n);
 }
 
 // ---- dropout: the CPU's keep rule on the same Philox values ------------------------------------
@@ -250,11 +257,12 @@ __global__ static void dropout_kernel(uint16_t *y, const uint16_t *x, int64_t n,
     }
 }
 
-__global__ static void dropout_backward_kernel(float *dx, const float *dy, int64_t n, double p,
-                                               float keep_scale, philox_stream s,
+__global__ static void dropout_backward_kernel(float *dx, float beta, const float *dy, int64_t n,
+                                               double p, float keep_scale, philox_stream s,
                                                uint64_t offset) {
     GRID_STRIDE(i, n) {
-        if (dropout_keep(s, offset + (uint64_t)i, p)) dx[i] += dy[i] * keep_scale;
+        float g = dropout_keep(s, offset + (uint64_t)i, p) ? dy[i] * keep_scale : 0.0f;
+        dx[i] = grad_add(beta, dx + i, g);
     }
 }
 
@@ -264,10 +272,10 @@ extern "C" void ldmc_cuda_dropout_forward(uint16_t *y, const uint16_t *x, int64_
               offset);
 }
 
-extern "C" void ldmc_cuda_dropout_backward(float *dx, const float *dy, int64_t n, double p,
-                                           const ldmc_rng *rng, uint64_t offset) {
+extern "C" void ldmc_cuda_dropout_backward(float *dx, float beta, const float *dy, int64_t n,
+                                           double p, const ldmc_rng *rng, uint64_t offset) {
     if (dx)
-        LAUNCH_1D(dropout_backward_kernel, n, dx, dy, n, p, (float)(1.0 / (1.0 - p)),
+        LAUNCH_1D(dropout_backward_kernel, n, dx, beta, dy, n, p, (float)(1.0 / (1.0 - p)),
                   philox_of(rng), offset);
 }
 
@@ -328,9 +336,10 @@ extern "C" void ldmc_cuda_mse_rows_forward(float *out, const void *a, bool a_f32
 
 // d = k (a - b) (MSE: k = 2 g w / count; L1: g sign(a - b) / count, sign(0) = 0)
 template <loss_kind kind>
-__global__ static void loss_backward_kernel(float *da, float *db, const float *g, const void *a,
-                                            bool a_f32, const void *b, bool b_f32, const float *w,
-                                            int64_t n, int64_t total) {
+__global__ static void loss_backward_kernel(float *da, float *db, float beta_a, float beta_b,
+                                            const float *g, const void *a, bool a_f32,
+                                            const void *b, bool b_f32, const float *w, int64_t n,
+                                            int64_t total) {
     const double scale = (double)*g / (double)total;
     GRID_STRIDE(i, total) {
         float u = load_any(a, a_f32, i), v = load_any(b, b_f32, i), d;
@@ -338,27 +347,32 @@ __global__ static void loss_backward_kernel(float *da, float *db, const float *g
             d = u > v ? (float)scale : (u < v ? -(float)scale : 0.0f);
         else
             d = (float)(2.0 * scale * (kind == LOSS_MSE_ROWS ? w[i / n] : 1.0f)) * (u - v);
-        if (da) da[i] += d;
-        if (db) db[i] -= d;
+        if (da) da[i] = grad_add(beta_a, da + i, d);
+        if (db) db[i] = grad_add(beta_b, db + i, -d);
     }
 }
 
-extern "C" void ldmc_cuda_mse_backward(float *da, float *db, const float *g, const void *a,
-                                       bool a_f32, const void *b, bool b_f32, int64_t n) {
+extern "C" void ldmc_cuda_mse_backward(float *da, float *db, float beta_a, float beta_b,
+                                       const float *g, const void *a, bool a_f32, const void *b,
+                                       bool b_f32, int64_t n) {
     if (da || db)
-        LAUNCH_1D(loss_backward_kernel<LOSS_MSE>, n, da, db, g, a, a_f32, b, b_f32, nullptr, n, n);
+        LAUNCH_1D(loss_backward_kernel<LOSS_MSE>, n, da, db, beta_a, beta_b, g, a, a_f32, b, b_f32,
+                  nullptr, n, n);
 }
 
-extern "C" void ldmc_cuda_l1_backward(float *da, float *db, const float *g, const void *a,
-                                      bool a_f32, const void *b, bool b_f32, int64_t n) {
+extern "C" void ldmc_cuda_l1_backward(float *da, float *db, float beta_a, float beta_b,
+                                      const float *g, const void *a, bool a_f32, const void *b,
+                                      bool b_f32, int64_t n) {
     if (da || db)
-        LAUNCH_1D(loss_backward_kernel<LOSS_L1>, n, da, db, g, a, a_f32, b, b_f32, nullptr, n, n);
+        LAUNCH_1D(loss_backward_kernel<LOSS_L1>, n, da, db, beta_a, beta_b, g, a, a_f32, b, b_f32,
+                  nullptr, n, n);
 }
 
-extern "C" void ldmc_cuda_mse_rows_backward(float *da, float *db, const float *g, const void *a,
-                                            bool a_f32, const void *b, bool b_f32, const float *w,
-                                            int64_t B, int64_t n) {
+extern "C" void ldmc_cuda_mse_rows_backward(float *da, float *db, float beta_a, float beta_b,
+                                            const float *g, const void *a, bool a_f32,
+                                            const void *b, bool b_f32, const float *w, int64_t B,
+                                            int64_t n) {
     if (da || db)
-        LAUNCH_1D(loss_backward_kernel<LOSS_MSE_ROWS>, B * n, da, db, g, a, a_f32, b, b_f32, w, n,
-                  B * n);
+        LAUNCH_1D(loss_backward_kernel<LOSS_MSE_ROWS>, B * n, da, db, beta_a, beta_b, g, a, a_f32,
+                  b, b_f32, w, n, B * n);
 }

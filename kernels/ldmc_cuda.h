@@ -133,27 +133,29 @@ void ldmc_cuda_sampler_step(float *x, const float *model_out, float *denoised, c
 // ---- conversions and elementwise ops (elementwise.cu) ----------------------------------------
 void ldmc_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n);
 void ldmc_cuda_bf16_to_f32(float *dst, const uint16_t *src, int64_t n);
-// dst += s * src (f32); dst = s * dst
-void ldmc_cuda_accumulate(float *dst, const float *src, float s, int64_t n);
+// Backward launchers with a beta (0 or 1) write that gradient when it is 0 (a fresh buffer, never
+// read) and add into it when 1 (ldmc_op_reads.writes, src/core/tape.h); the others add.
+// dst (+)= s * src (f32, by beta); dst = s * dst
+void ldmc_cuda_accumulate(float *dst, float beta, const float *src, float s, int64_t n);
 void ldmc_cuda_scale_f32(float *x, float s, int64_t n);
 void ldmc_cuda_fill_f32(float *x, float value, int64_t n);
 void ldmc_cuda_add_forward(uint16_t *y, const uint16_t *a, const uint16_t *b, int64_t n);
 void ldmc_cuda_sub_forward(uint16_t *y, const uint16_t *a, const uint16_t *b, int64_t n);
 void ldmc_cuda_mul_forward(uint16_t *y, const uint16_t *a, const uint16_t *b, int64_t n);
-void ldmc_cuda_mul_backward(float *da, float *db, const float *dy, const uint16_t *a,
-                            const uint16_t *b, int64_t n);
+void ldmc_cuda_mul_backward(float *da, float *db, float beta_a, float beta_b, const float *dy,
+                            const uint16_t *a, const uint16_t *b, int64_t n);
 void ldmc_cuda_affine_forward(uint16_t *y, const uint16_t *x, float a, float b, int64_t n);
 // the same on f32 values (per-sample sums: the VAE's KL is 0.5 Σ(...) - 0.5 n)
 void ldmc_cuda_affine_forward_f32(float *y, const float *x, float a, float b, int64_t n);
 void ldmc_cuda_exp_forward(uint16_t *y, const uint16_t *x, int64_t n);
-// dx += dy * y (y = exp(x), as saved)
-void ldmc_cuda_exp_backward(float *dx, const float *dy, const uint16_t *y, int64_t n);
+// dx (+)= dy * y (y = exp(x), as saved)
+void ldmc_cuda_exp_backward(float *dx, float beta, const float *dy, const uint16_t *y, int64_t n);
 void ldmc_cuda_clamp_forward(uint16_t *y, const uint16_t *x, float lo, float hi, int64_t n);
-void ldmc_cuda_clamp_backward(float *dx, const float *dy, const uint16_t *x, float lo, float hi,
-                              int64_t n);
+void ldmc_cuda_clamp_backward(float *dx, float beta, const float *dy, const uint16_t *x, float lo,
+                              float hi, int64_t n);
 // y (B) f32 = Σ x (B, n)
 void ldmc_cuda_sum_rows_forward(float *y, const uint16_t *x, int64_t B, int64_t n);
-void ldmc_cuda_sum_rows_backward(float *dx, const float *dy, int64_t B, int64_t n);
+void ldmc_cuda_sum_rows_backward(float *dx, float beta, const float *dy, int64_t B, int64_t n);
 // labels: I64 on the device, already checked to lie in [0, N)
 void ldmc_cuda_embedding_forward(uint16_t *y, const uint16_t *table, const int64_t *labels,
                                  int64_t B, int D);
@@ -161,16 +163,16 @@ void ldmc_cuda_embedding_backward(float *dtable, const float *dy, const int64_t 
                                   int D);
 void ldmc_cuda_add_broadcast_forward(uint16_t *y, const uint16_t *x, const uint16_t *v, int B,
                                      int64_t P, int C);
-void ldmc_cuda_add_broadcast_backward(float *dx, float *dv, const float *dy, int B, int64_t P,
-                                      int C);
+void ldmc_cuda_add_broadcast_backward(float *dx, float *dv, float beta_x, float beta_v,
+                                      const float *dy, int B, int64_t P, int C);
 // s: B f32 values on the device
 void ldmc_cuda_scale_rows_forward(uint16_t *y, const uint16_t *x, const float *s, int64_t B,
                                   int64_t n);
-void ldmc_cuda_scale_rows_backward(float *dx, const float *dy, const float *s, int64_t B,
-                                   int64_t n);
+void ldmc_cuda_scale_rows_backward(float *dx, float beta, const float *dy, const float *s,
+                                   int64_t B, int64_t n);
 void ldmc_cuda_dropout_forward(uint16_t *y, const uint16_t *x, int64_t n, double p,
                                const ldmc_rng *rng, uint64_t offset);
-void ldmc_cuda_dropout_backward(float *dx, const float *dy, int64_t n, double p,
+void ldmc_cuda_dropout_backward(float *dx, float beta, const float *dy, int64_t n, double p,
                                 const ldmc_rng *rng, uint64_t offset);
 
 // ---- losses (elementwise.cu): a and b are bf16 or f32 (a_f32, b_f32); results are f32 --------
@@ -182,12 +184,13 @@ void ldmc_cuda_l1_forward(float *out, const void *a, bool a_f32, const void *b, 
 void ldmc_cuda_mse_rows_forward(float *out, const void *a, bool a_f32, const void *b, bool b_f32,
                                 const float *w, int64_t B, int64_t n);
 // g: the device scalar ∂L/∂loss
-void ldmc_cuda_mse_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
-                            const void *b, bool b_f32, int64_t n);
-void ldmc_cuda_l1_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
-                           const void *b, bool b_f32, int64_t n);
-void ldmc_cuda_mse_rows_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
-                                 const void *b, bool b_f32, const float *w, int64_t B, int64_t n);
+void ldmc_cuda_mse_backward(float *da, float *db, float beta_a, float beta_b, const float *g,
+                            const void *a, bool a_f32, const void *b, bool b_f32, int64_t n);
+void ldmc_cuda_l1_backward(float *da, float *db, float beta_a, float beta_b, const float *g,
+                           const void *a, bool a_f32, const void *b, bool b_f32, int64_t n);
+void ldmc_cuda_mse_rows_backward(float *da, float *db, float beta_a, float beta_b, const float *g,
+                                 const void *a, bool a_f32, const void *b, bool b_f32,
+                                 const float *w, int64_t B, int64_t n);
 
 // ---- activations (activation.cu) --------------------------------------------------------------
 void ldmc_cuda_silu_forward(uint16_t *y, const uint16_t *x, int64_t n);
@@ -200,7 +203,8 @@ void ldmc_cuda_geglu_forward(uint16_t *y, const uint16_t *x, int64_t M, int F);
 void ldmc_cuda_geglu_backward(ldmc_cuda_grad dx, const float *dy, const uint16_t *x, int64_t M,
                               int F);
 void ldmc_cuda_softmax_forward(uint16_t *y, const uint16_t *x, int64_t M, int C);
-void ldmc_cuda_softmax_backward(float *dx, const float *dy, const uint16_t *y, int64_t M, int C);
+void ldmc_cuda_softmax_backward(float *dx, float beta, const float *dy, const uint16_t *y,
+                                int64_t M, int C);
 
 // ---- dense: cuBLAS, bf16 in, f32 accumulation (dense.cu) ---------------------------------------
 void ldmc_cuda_linear_forward(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
@@ -215,8 +219,8 @@ void ldmc_cuda_bmm_backward(float *da, float *db, float beta_a, float beta_b, co
                             bool trans_a, bool trans_b);
 // y (M, C) += b (C), bf16: the bias of the linear layers and the convolutions
 void ldmc_cuda_add_bias(uint16_t *y, const uint16_t *b, int64_t M, int C);
-// Σ over rows of (M, C) f32 added into out (C): bias gradients
-void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C);
+// Σ over rows of (M, C) f32 added into out (C) (beta 0: written): bias gradients
+void ldmc_cuda_column_sums(float *out, float beta, const float *x, int64_t M, int C);
 
 // ---- convolution on NHWC bf16: cuDNN, or an implicit GEMM of our own (conv.cu) -----------------
 void ldmc_cuda_conv2d_forward(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,

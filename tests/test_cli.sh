@@ -277,6 +277,15 @@ awk -v p="$projections" -v r="$remade" -v f="$per_image" \
 bf16_grads=$(json_number activation_gradients_bf16_gib)
 awk -v g="$bf16_grads" 'BEGIN { exit !(g > 22.06 && g < 22.075) }' ||
     fail "bf16 activation gradients of the SDXL step: $bf16_grads GiB, 22.066 expected"
+# every op of the SDXL step writes the activation gradients it is first to reach (or passes dy's
+# buffer on): none is zeroed to be added into
+[ "$(json_number activation_gradients_zeroed_bytes)" = 0 ] ||
+    fail "SDXL step: $(json_number activation_gradients_zeroed_bytes) bytes of activation gradients zeroed first"
+# a class-conditional UNet's GPU plan (its label table reserved on the host, as every dry run's)
+expect_status 0 "$ldmc" bench train --config "$configs/tiny_unet_class.yaml" --batch 2 --res 64 \
+    --device cuda --dry-run --json
+[ "$(json_number activation_gradients_zeroed_bytes)" = 0 ] ||
+    fail "class UNet step: activation gradients zeroed first"
 # each parameter updated during backward (optim.fused_backward): no gradient buffer (12 bytes a
 # parameter), the same activations and FLOPs: the step within 64 GiB without recomputing
 # anything (59.9 GiB planned on 2026-12-03); and a real step of it on the CPU

@@ -562,7 +562,11 @@ static void to_host_f32(float *dst, const float *src, int64_t n, ldmc_device dev
         memcpy(dst, src, (size_t)n * sizeof *dst);
 }
 
-static op_result run_op(ldmc_ctx *ctx, const op_case *c, void **host, const float *upstream) {
+// With `second_reader`, every input that needs a gradient is also read by 0.5 x, recorded after
+// the op: that backward runs first, and the op adds into a gradient that holds a sum already
+// (beta 1) instead of writing a fresh one.
+static op_result run_op(ldmc_ctx *ctx, const op_case *c, void **host, const float *upstream,
+                        bool second_reader) {
     ldmc_tensor *in[MAX_IN];
     op_result r = {0};
     for (int i = 0; i < c->n_in; i++) {
@@ -579,7 +583,19 @@ static op_result run_op(ldmc_ctx *ctx, const op_case *c, void **host, const floa
     r.n_out = ldmc_numel(out);
     r.out = malloc((size_t)r.n_out * sizeof *r.out);
     ldmc_read_f32(out, r.out);
-    ldmc_backward(ctx, out, upstream);
+    ldmc_tensor *outs[MAX_IN + 1] = {out};
+    float *seeds[MAX_IN + 1] = {(float *)upstream};
+    int n_outs = 1;
+    for (int i = 0; second_reader && i < c->n_in; i++) {
+        if (!in[i]->requires_grad) continue;
+        int64_t n = ldmc_numel(in[i]);
+        outs[n_outs] = ldmc_scale(ctx, in[i], 0.5);
+        seeds[n_outs] = malloc((size_t)(n ? n : 1) * sizeof(float));
+        test_fill(seeds[n_outs++], n, 500 + (uint64_t)i, 1, 0);
+    }
+    ldmc_backward_many(ctx, outs, (const float **)seeds, n_outs);
+    for (int o = 1; o < n_outs; o++)
+        free(seeds[o]);
     for (int i = 0; i < c->n_in; i++) {
         const float *g = ldmc_grad_if_any(in[i]);
         if (!g) continue;
@@ -659,12 +675,17 @@ static void test_ops_match_the_cpu(void) {
     ldmc_ctx cpu, gpu;
     test_ctx_init(&cpu);
     gpu_ctx_init(&gpu);
-    op_result want = run_op(&cpu, c, host, up), got = run_op(&gpu, c, host, up);
-    check_results(c, "", &got, &want, bf16_rtol(c->factor));
+    for (int second = 0; second < 2; second++) { // gradients written fresh, then added into
+        op_result want = run_op(&cpu, c, host, up, second), got = run_op(&gpu, c, host, up, second);
+        check_results(c, second ? " (added to a gradient that holds a sum)" : "", &got, &want,
+                      bf16_rtol(c->factor));
+        free_result(&want, c->n_in);
+        free_result(&got, c->n_in);
+        ldmc_ctx_reset(&cpu);
+        ldmc_ctx_reset(&gpu);
+    }
     for (int i = 0; i < c->n_in; i++)
         free(host[i]);
-    free_result(&want, c->n_in);
-    free_result(&got, c->n_in);
     free(up);
     ldmc_ctx_free(&cpu);
     ldmc_ctx_free(&gpu);
@@ -766,10 +787,11 @@ static void test_pieces_match_the_default(void) {
     test_ctx_init(&cpu);
     gpu_ctx_init(&usual_ctx);
     gpu_ctx_init(&pieces);
-    op_result want = run_op(&cpu, c, host, up), usual = run_op(&usual_ctx, c, host, up);
+    op_result want = run_op(&cpu, c, host, up, false),
+              usual = run_op(&usual_ctx, c, host, up, false);
     ldmc_cuda_set_chunk_bytes(k->attention_bytes, k->conv_bytes);
     ldmc_cuda_set_conv_slice_elements(k->slice_elements);
-    op_result got = run_op(&pieces, c, host, up);
+    op_result got = run_op(&pieces, c, host, up, false);
     ldmc_cuda_set_chunk_bytes(0, 0);
     ldmc_cuda_set_conv_slice_elements(0);
     check_results(c, "", &got, &want, bf16_rtol(c->factor));

@@ -112,7 +112,7 @@ static void softmax_f(const fd_case *c, double **in, double *out) {
 static void softmax_b(const fd_case *c, double **in, const double *dy, double **d) {
     double *y = malloc((size_t)(c->M * c->C) * sizeof *y);
     softmax_forward_f64(y, in[0], c->M, c->C);
-    softmax_backward_f64(d[0], dy, y, c->M, c->C);
+    softmax_backward_f64(d[0], 1, dy, y, c->M, c->C);
     free(y);
 }
 static void attention_f(const fd_case *c, double **in, double *out) {
@@ -135,50 +135,50 @@ static void add_f(const fd_case *c, double **in, double *out) {
     add_forward_f64(out, in[0], in[1], c->out_numel);
 }
 static void add_b(const fd_case *c, double **in, const double *dy, double **d) {
-    accumulate_f64(d[0], dy, 1.0, c->out_numel);
-    accumulate_f64(d[1], dy, 1.0, c->out_numel);
+    accumulate_f64(d[0], 1, dy, 1.0, c->out_numel);
+    accumulate_f64(d[1], 1, dy, 1.0, c->out_numel);
 }
 static void mul_f(const fd_case *c, double **in, double *out) {
     mul_forward_f64(out, in[0], in[1], c->out_numel);
 }
 static void mul_b(const fd_case *c, double **in, const double *dy, double **d) {
-    mul_backward_f64(d[0], d[1], dy, in[0], in[1], c->out_numel);
+    mul_backward_f64(d[0], d[1], 1, 1, dy, in[0], in[1], c->out_numel);
 }
 static void scale_f(const fd_case *c, double **in, double *out) {
     affine_forward_f64(out, in[0], c->value, 0.25, c->out_numel);
 }
 static void scale_b(const fd_case *c, double **in, const double *dy, double **d) {
-    accumulate_f64(d[0], dy, c->value, c->out_numel);
+    accumulate_f64(d[0], 1, dy, c->value, c->out_numel);
 }
 static void bcast_f(const fd_case *c, double **in, double *out) {
     add_broadcast_forward_f64(out, in[0], in[1], c->B, c->M, c->C);
 }
 static void bcast_b(const fd_case *c, double **in, const double *dy, double **d) {
-    add_broadcast_backward_f64(d[0], d[1], dy, c->B, c->M, c->C);
+    add_broadcast_backward_f64(d[0], d[1], 1, 1, dy, c->B, c->M, c->C);
 }
 static void sub_f(const fd_case *c, double **in, double *out) { sub_forward_f64(out, in[0], in[1], c->out_numel); }
 static void sub_b(const fd_case *c, double **in, const double *dy, double **d) {
-    accumulate_f64(d[0], dy, 1.0, c->out_numel);
-    accumulate_f64(d[1], dy, -1.0, c->out_numel);
+    accumulate_f64(d[0], 1, dy, 1.0, c->out_numel);
+    accumulate_f64(d[1], 1, dy, -1.0, c->out_numel);
 }
 static void exp_f(const fd_case *c, double **in, double *out) { exp_forward_f64(out, in[0], c->out_numel); }
 static void exp_b(const fd_case *c, double **in, const double *dy, double **d) {
     double *y = malloc((size_t)c->out_numel * sizeof *y);
     exp_forward_f64(y, in[0], c->out_numel);
-    mul_backward_f64(d[0], NULL, dy, NULL, y, c->out_numel);
+    mul_backward_f64(d[0], NULL, 1, 1, dy, NULL, y, c->out_numel);
     free(y);
 }
 static void clamp_f(const fd_case *c, double **in, double *out) {
     clamp_forward_f64(out, in[0], -0.5, 0.7, c->out_numel);
 }
 static void clamp_b(const fd_case *c, double **in, const double *dy, double **d) {
-    clamp_backward_f64(d[0], dy, in[0], -0.5, 0.7, c->out_numel);
+    clamp_backward_f64(d[0], 1, dy, in[0], -0.5, 0.7, c->out_numel);
 }
 static void sum_rows_f(const fd_case *c, double **in, double *out) {
     sum_rows_forward_f64(out, in[0], c->B, c->M);
 }
 static void sum_rows_b(const fd_case *c, double **in, const double *dy, double **d) {
-    sum_rows_backward_f64(d[0], dy, c->B, c->M);
+    sum_rows_backward_f64(d[0], 1, dy, c->B, c->M);
 }
 static const int64_t embedding_labels[5] = {3, 0, 3, 6, 1};  // a repeated label accumulates
 static void embedding_f(const fd_case *c, double **in, double *out) {
@@ -193,13 +193,14 @@ static void mse_rows_f(const fd_case *c, double **in, double *out) {
     out[0] = mse_rows_forward_f64(in[0], in[1], row_weights, 3, c->in_numel[0] / 3);
 }
 static void mse_rows_b(const fd_case *c, double **in, const double *dy, double **d) {
-    mse_rows_backward_f64(d[0], d[1], dy[0], in[0], in[1], row_weights, 3, c->in_numel[0] / 3);
+    mse_rows_backward_f64(d[0], d[1], 1, 1, dy[0], in[0], in[1], row_weights, 3,
+                          c->in_numel[0] / 3);
 }
 static void scale_rows_f(const fd_case *c, double **in, double *out) {
     scale_rows_forward_f64(out, in[0], row_weights, 3, c->out_numel / 3);
 }
 static void scale_rows_b(const fd_case *c, double **in, const double *dy, double **d) {
-    scale_rows_backward_f64(d[0], dy, row_weights, 3, c->out_numel / 3);
+    scale_rows_backward_f64(d[0], 1, dy, row_weights, 3, c->out_numel / 3);
 }
 
 // concat of two pieces of K and N channels over M rows, and its inverse, split
@@ -239,20 +240,20 @@ static void mse_f(const fd_case *c, double **in, double *out) {
     out[0] = mse_forward_f64(in[0], in[1], c->in_numel[0]);
 }
 static void mse_b(const fd_case *c, double **in, const double *dy, double **d) {
-    mse_backward_f64(d[0], d[1], dy[0], in[0], in[1], c->in_numel[0]);
+    mse_backward_f64(d[0], d[1], 1, 1, dy[0], in[0], in[1], c->in_numel[0]);
 }
 static void l1_f(const fd_case *c, double **in, double *out) {
     out[0] = l1_forward_f64(in[0], in[1], c->in_numel[0]);
 }
 static void l1_b(const fd_case *c, double **in, const double *dy, double **d) {
-    l1_backward_f64(d[0], d[1], dy[0], in[0], in[1], c->in_numel[0]);
+    l1_backward_f64(d[0], d[1], 1, 1, dy[0], in[0], in[1], c->in_numel[0]);
 }
 static const ldmc_rng dropout_rng = {{77, 0}, {3, 1}};
 static void dropout_f(const fd_case *c, double **in, double *out) {
     dropout_forward_f64(out, in[0], c->in_numel[0], c->value, &dropout_rng, 8);
 }
 static void dropout_b(const fd_case *c, double **in, const double *dy, double **d) {
-    dropout_backward_f64(d[0], dy, c->in_numel[0], c->value, &dropout_rng, 8);
+    dropout_backward_f64(d[0], 1, dy, c->in_numel[0], c->value, &dropout_rng, 8);
 }
 
 // ---- the check ----------------------------------------------------------------------------------
@@ -678,7 +679,7 @@ static void test_fd_case(void) { run_fd(test_arg); }
 // The finite-difference check itself must fail on a wrong gradient: a backward that is off by
 // 1% in one element.
 static void wrong_scale_b(const fd_case *c, double **in, const double *dy, double **d) {
-    accumulate_f64(d[0], dy, c->value, c->out_numel);
+    accumulate_f64(d[0], 1, dy, c->value, c->out_numel);
     d[0][3] *= 1.01;
 }
 static void test_fd_detects_a_wrong_gradient(void) {

@@ -25,7 +25,7 @@ void ldmc_cuda_conv2d_backward(float *dx, float dx_beta, float *dw, float *db, c
                                const uint16_t *x, const uint16_t *w, const ldmc_conv_geom *g) {
     int64_t nx = (int64_t)g->N * g->H * g->W * g->C, nw = (int64_t)g->O * g->kh * g->kw * g->C,
             ny = (int64_t)g->N * g->Ho * g->Wo * g->O;
-    if (db) ldmc_cuda_column_sums(db, dy, ny / g->O, g->O);
+    if (db) ldmc_cuda_column_sums(db, 1.0f, dy, ny / g->O, g->O);
     float *fx = f32_of(x, nx), *fw = f32_of(w, nw), *ry = rounded(dy, ny);
     float *gx = dx ? zeros(nx) : NULL, *gw = dw ? zeros(nw) : NULL;
     conv2d_backward_f32(gx, 1, gw, NULL, ry, fx, fw, g);

@@ -17,8 +17,8 @@ void ldmc_cuda_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) {
         dst[i] = ldmc_bf16_to_f32(src[i]);
 }
 
-void ldmc_cuda_accumulate(float *dst, const float *src, float s, int64_t n) {
-    if (dst) accumulate_f32(dst, src, s, n);
+void ldmc_cuda_accumulate(float *dst, float beta, const float *src, float s, int64_t n) {
+    if (dst) accumulate_f32(dst, beta, src, s, n);
 }
 
 void ldmc_cuda_scale_f32(float *x, float s, int64_t n) {
@@ -120,10 +120,10 @@ void ldmc_cuda_mul_forward(uint16_t *y, const uint16_t *a, const uint16_t *b, in
     binary(mul_forward_f32, y, a, b, n);
 }
 
-void ldmc_cuda_mul_backward(float *da, float *db, const float *dy, const uint16_t *a,
-                            const uint16_t *b, int64_t n) {
+void ldmc_cuda_mul_backward(float *da, float *db, float beta_a, float beta_b, const float *dy,
+                            const uint16_t *a, const uint16_t *b, int64_t n) {
     float *fa = f32_of(a, n), *fb = f32_of(b, n);
-    mul_backward_f32(da, db, dy, fa, fb, n);
+    mul_backward_f32(da, db, beta_a, beta_b, dy, fa, fb, n);
     free(fa), free(fb);
 }
 
@@ -145,9 +145,9 @@ void ldmc_cuda_exp_forward(uint16_t *y, const uint16_t *x, int64_t n) {
     free(fx), free(fy);
 }
 
-void ldmc_cuda_exp_backward(float *dx, const float *dy, const uint16_t *y, int64_t n) {
+void ldmc_cuda_exp_backward(float *dx, float beta, const float *dy, const uint16_t *y, int64_t n) {
     float *fy = f32_of(y, n);
-    if (dx) mul_backward_f32(dx, NULL, dy, NULL, fy, n);
+    if (dx) mul_backward_f32(dx, NULL, beta, 1, dy, NULL, fy, n);
     free(fy);
 }
 
@@ -158,10 +158,10 @@ void ldmc_cuda_clamp_forward(uint16_t *y, const uint16_t *x, float lo, float hi,
     free(fx), free(fy);
 }
 
-void ldmc_cuda_clamp_backward(float *dx, const float *dy, const uint16_t *x, float lo, float hi,
-                              int64_t n) {
+void ldmc_cuda_clamp_backward(float *dx, float beta, const float *dy, const uint16_t *x, float lo,
+                              float hi, int64_t n) {
     float *fx = f32_of(x, n);
-    if (dx) clamp_backward_f32(dx, dy, fx, lo, hi, n);
+    if (dx) clamp_backward_f32(dx, beta, dy, fx, lo, hi, n);
     free(fx);
 }
 
@@ -171,8 +171,8 @@ void ldmc_cuda_sum_rows_forward(float *y, const uint16_t *x, int64_t B, int64_t 
     free(fx);
 }
 
-void ldmc_cuda_sum_rows_backward(float *dx, const float *dy, int64_t B, int64_t n) {
-    if (dx) sum_rows_backward_f32(dx, dy, B, n);
+void ldmc_cuda_sum_rows_backward(float *dx, float beta, const float *dy, int64_t B, int64_t n) {
+    if (dx) sum_rows_backward_f32(dx, beta, dy, B, n);
 }
 
 void ldmc_cuda_embedding_forward(uint16_t *y, const uint16_t *table, const int64_t *labels,
@@ -195,9 +195,9 @@ void ldmc_cuda_add_broadcast_forward(uint16_t *y, const uint16_t *x, const uint1
     free(fx), free(fv), free(fy);
 }
 
-void ldmc_cuda_add_broadcast_backward(float *dx, float *dv, const float *dy, int B, int64_t P,
-                                      int C) {
-    add_broadcast_backward_f32(dx, dv, dy, B, P, C);
+void ldmc_cuda_add_broadcast_backward(float *dx, float *dv, float beta_x, float beta_v,
+                                      const float *dy, int B, int64_t P, int C) {
+    add_broadcast_backward_f32(dx, dv, beta_x, beta_v, dy, B, P, C);
 }
 
 void ldmc_cuda_scale_rows_forward(uint16_t *y, const uint16_t *x, const float *s, int64_t B,
@@ -208,9 +208,9 @@ void ldmc_cuda_scale_rows_forward(uint16_t *y, const uint16_t *x, const float *s
     free(fx), free(fy);
 }
 
-void ldmc_cuda_scale_rows_backward(float *dx, const float *dy, const float *s, int64_t B,
-                                   int64_t n) {
-    if (dx) scale_rows_backward_f32(dx, dy, s, B, n);
+void ldmc_cuda_scale_rows_backward(float *dx, float beta, const float *dy, const float *s,
+                                   int64_t B, int64_t n) {
+    if (dx) scale_rows_backward_f32(dx, beta, dy, s, B, n);
 }
 
 void ldmc_cuda_dropout_forward(uint16_t *y, const uint16_t *x, int64_t n, double p,
@@ -221,9 +221,9 @@ void ldmc_cuda_dropout_forward(uint16_t *y, const uint16_t *x, int64_t n, double
     free(fx), free(fy);
 }
 
-void ldmc_cuda_dropout_backward(float *dx, const float *dy, int64_t n, double p,
+void ldmc_cuda_dropout_backward(float *dx, float beta, const float *dy, int64_t n, double p,
                                 const ldmc_rng *rng, uint64_t offset) {
-    if (dx) dropout_backward_f32(dx, dy, n, p, rng, offset);
+    if (dx) dropout_backward_f32(dx, beta, dy, n, p, rng, offset);
 }
 
 // ---- losses: operands bf16 or f32 ----------------------------------------------------------------
@@ -257,24 +257,25 @@ void ldmc_cuda_mse_rows_forward(float *out, const void *a, bool a_f32, const voi
     free(fa), free(fb);
 }
 
-void ldmc_cuda_mse_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
-                            const void *b, bool b_f32, int64_t n) {
+void ldmc_cuda_mse_backward(float *da, float *db, float beta_a, float beta_b, const float *g,
+                            const void *a, bool a_f32, const void *b, bool b_f32, int64_t n) {
     float *fa = operand(a, a_f32, n), *fb = operand(b, b_f32, n);
-    mse_backward_f32(da, db, *g, fa, fb, n);
+    mse_backward_f32(da, db, beta_a, beta_b, *g, fa, fb, n);
     free(fa), free(fb);
 }
 
-void ldmc_cuda_l1_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
-                           const void *b, bool b_f32, int64_t n) {
+void ldmc_cuda_l1_backward(float *da, float *db, float beta_a, float beta_b, const float *g,
+                           const void *a, bool a_f32, const void *b, bool b_f32, int64_t n) {
     float *fa = operand(a, a_f32, n), *fb = operand(b, b_f32, n);
-    l1_backward_f32(da, db, *g, fa, fb, n);
+    l1_backward_f32(da, db, beta_a, beta_b, *g, fa, fb, n);
     free(fa), free(fb);
 }
 
-void ldmc_cuda_mse_rows_backward(float *da, float *db, const float *g, const void *a, bool a_f32,
-                                 const void *b, bool b_f32, const float *w, int64_t B, int64_t n) {
+void ldmc_cuda_mse_rows_backward(float *da, float *db, float beta_a, float beta_b, const float *g,
+                                 const void *a, bool a_f32, const void *b, bool b_f32,
+                                 const float *w, int64_t B, int64_t n) {
     float *fa = operand(a, a_f32, B * n), *fb = operand(b, b_f32, B * n);
-    mse_rows_backward_f32(da, db, *g, fa, fb, w, B, n);
+    mse_rows_backward_f32(da, db, beta_a, beta_b, *g, fa, fb, w, B, n);
     free(fa), free(fb);
 }
 
@@ -329,9 +330,10 @@ void ldmc_cuda_softmax_forward(uint16_t *y, const uint16_t *x, int64_t M, int C)
     free(fx), free(fy);
 }
 
-void ldmc_cuda_softmax_backward(float *dx, const float *dy, const uint16_t *y, int64_t M, int C) {
+void ldmc_cuda_softmax_backward(float *dx, float beta, const float *dy, const uint16_t *y,
+                                int64_t M, int C) {
     float *fy = f32_of(y, M * C);
-    if (dx) softmax_backward_f32(dx, dy, fy, M, C);
+    if (dx) softmax_backward_f32(dx, beta, dy, fy, M, C);
     free(fy);
 }
 
@@ -382,7 +384,9 @@ void ldmc_cuda_add_bias(uint16_t *y, const uint16_t *b, int64_t M, int C) {
             y[m * C + c] = ldmc_f32_to_bf16(ldmc_bf16_to_f32(y[m * C + c]) + ldmc_bf16_to_f32(b[c]));
 }
 
-void ldmc_cuda_column_sums(float *out, const float *x, int64_t M, int C) {
+void ldmc_cuda_column_sums(float *out, float beta, const float *x, int64_t M, int C) {
+    for (int c = 0; beta == 0 && c < C; c++)
+        out[c] = 0;
     for (int64_t m = 0; m < M; m++)
         for (int c = 0; c < C; c++)
             out[c] += x[m * C + c];

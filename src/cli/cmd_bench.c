@@ -337,6 +337,8 @@ static int bench_train(int argc, char **argv) {
         print_bytes_json("activations_live_gib", r.plan.live_peak);
         print_bytes_json("activation_gradients_gib", (size_t)r.plan.grad_bytes);
         print_bytes_json("activation_gradients_bf16_gib", (size_t)r.plan.grad_bytes_bf16);
+        printf(", \"activation_gradients_zeroed_bytes\": %lld",
+               (long long)r.plan.grad_bytes_zeroed);
         print_bytes_json("workspace_gib", r.workspace_bytes);
         print_bytes_json("peak_gib", peak);
         printf(", \"ranks\": %d, \"zero\": %s, \"ema\": %s", o.ranks, o.zero ? "true" : "false",
@@ -376,9 +378,10 @@ static int bench_train(int argc, char **argv) {
            (double)r.plan.peak / (1 << 30), (double)r.plan.live_peak / (1 << 30),
            (double)r.plan.unplanned / (1 << 30));
     printf("  activation gradients allocated in the step: %.2f GiB, %.2f GiB of them bf16 (%.2f "
-           "GiB were all f32)\n",
+           "GiB were all f32); zeroed before their first sum: %lld bytes\n",
            (double)r.plan.grad_bytes / (1 << 30), (double)r.plan.grad_bytes_bf16 / (1 << 30),
-           (double)(r.plan.grad_bytes + r.plan.grad_bytes_bf16) / (1 << 30));
+           (double)(r.plan.grad_bytes + r.plan.grad_bytes_bf16) / (1 << 30),
+           (long long)r.plan.grad_bytes_zeroed);
     if (o.dry_run) ldmc_plan_print_peak(&r.plan, stdout, 12);
     ldmc_plan_free(&r.plan);
     if (o.dry_run) return 0;

@@ -141,7 +141,7 @@ void ldmc_gpu_add_from_host(float *dst, const float *src, int64_t n, float *scra
         ldmc_cuda_to_device(scratch, src, (size_t)n * sizeof(float));
     else
         ldmc_cuda_fill_f32(scratch, 1.0f, n);
-    ldmc_cuda_accumulate(dst, scratch, 1.0f, n);
+    ldmc_cuda_accumulate(dst, 1.0f, scratch, 1.0f, n);
 #else
     (void)dst, (void)src, (void)n, (void)scratch;
     LDMC_FATAL("GPU gradients: this build of ldmc has no CUDA (LDMC_CUDA=OFF)");

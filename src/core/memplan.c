@@ -142,7 +142,7 @@ void ldmc_plan_finish(ldmc_step_plan *p, int64_t end) {
 void ldmc_plan_clear(ldmc_step_plan *p) {
     p->n = 0;
     p->end = 0, p->peak = 0, p->live_peak = 0, p->live_tick = 0, p->unplanned = 0;
-    p->grad_bytes = 0, p->grad_bytes_bf16 = 0;
+    p->grad_bytes = 0, p->grad_bytes_bf16 = 0, p->grad_bytes_zeroed = 0;
     free(p->by_death);
     p->by_death = NULL;
 }

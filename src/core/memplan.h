@@ -54,8 +54,9 @@ typedef struct ldmc_step_plan {
     size_t unplanned;  // what the step needs when nothing is freed before its end: the bump
                        // arena of a plain dry run (ldmc_plan_step, src/pipeline/plan.h)
     int *by_death;     // record indices ordered by `dies` (replay frees in this order)
-    // Bytes of the activation gradients the step allocates, and of those bf16 (core/tape.h).
-    int64_t grad_bytes, grad_bytes_bf16;
+    // Bytes of the activation gradients the step allocates, of those bf16, and of those zeroed
+    // first (core/tape.h).
+    int64_t grad_bytes, grad_bytes_bf16, grad_bytes_zeroed;
 } ldmc_step_plan;
 
 // Adds a record; returns its slot (index + 1; 0 means "no record").

@@ -185,7 +185,7 @@ void ldmc_ctx_reset(ldmc_ctx *ctx) {
     ldmc_arena_reset(&ctx->meta);
     ctx->n_nodes = 0;
     ctx->rng_offset = 0;
-    ctx->grad_bytes = ctx->grad_bytes_bf16 = 0;
+    ctx->grad_bytes = ctx->grad_bytes_bf16 = ctx->grad_bytes_zeroed = 0;
     plan_start(ctx);
 }
 
@@ -732,8 +732,12 @@ static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_
             if (node->op->reads.pass) pass_through(ctx, node);
             for (int k = 0; k < node->n_in; k++) {
                 bool fresh = grad_fresh(node, k);
+                ldmc_tensor *u = node->in[k] ? grad_owner(node->in[k]) : NULL;
+                bool made = u && !u->grad && !u->is_param && u->requires_grad;
                 grad_alloc(ctx, node->in[k], fresh, fresh && grad_bf16(ctx, node, k));
                 if (fresh) ctx->grad_fresh |= 1u << k;
+                if (made && !fresh)
+                    ctx->grad_bytes_zeroed += ldmc_numel(u) * (int64_t)sizeof(float);
             }
             backward_uses(ctx, node);
         }

@@ -94,7 +94,8 @@ typedef struct ldmc_op_reads {
 } ldmc_op_reads;
 // clang-format off
 #define LDMC_READS(in_mask, out_mask) {true, (in_mask), (out_mask), false, 0, 0, false}
-#define LDMC_READS_PASS(in_mask, out_mask) {true, (in_mask), (out_mask), true, 0, 0, false}
+#define LDMC_READS_PASS_WRITES(in_mask, out_mask, writes_mask) \
+    {true, (in_mask), (out_mask), true, (writes_mask), 0, false}
 #define LDMC_READS_WRITES(in_mask, out_mask, writes_mask) \
     {true, (in_mask), (out_mask), false, (writes_mask), 0, false}
 #define LDMC_READS_BF16(in_mask, out_mask, writes_mask, writes_bf16_mask, reads_bf16_dy) \
@@ -175,8 +176,9 @@ struct ldmc_ctx {
     // Activation gradients in bf16 where the ops allow (ldmc_op_reads.bf16_dy, writes_bf16): on
     // by default in GPU contexts, dry runs included; never on the CPU (f32 activations).
     bool bf16_grads;
-    // Bytes of activation gradients allocated since the context's last reset, and of those bf16.
-    int64_t grad_bytes, grad_bytes_bf16;
+    // Bytes of activation gradients allocated since the context's last reset, of those bf16, and
+    // of those an op's backward found zeroed to add into (its op does not write them).
+    int64_t grad_bytes, grad_bytes_bf16, grad_bytes_zeroed;
     // During backward: the parameters updated in backward, in the order they are due (tape.c);
     // during a recompute region's first run: those it reads (`seen`).
     struct param_due *due;

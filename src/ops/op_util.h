@@ -94,13 +94,13 @@ static inline ldmc_cuda_dy DOUT_ANY(const ldmc_tensor *t) {
     } while (0)
 
 // dst += s src over n gradient values, on the device of tensor t.
-static inline void accumulate_on(const ldmc_tensor *t, float *dst, const float *src, double s,
-                                 int64_t n) {
+static inline void accumulate_on(const ldmc_tensor *t, float *dst, float beta, const float *src,
+                                 double s, int64_t n) {
     if (!dst) return;
     if (ON_GPU(t))
-        GPU(ldmc_cuda_accumulate(dst, src, (float)s, n));
+        GPU(ldmc_cuda_accumulate(dst, beta, src, (float)s, n));
     else
-        accumulate_f32(dst, src, s, n);
+        accumulate_f32(dst, beta, src, s, n);
 }
 
 static inline int64_t last_dim(const ldmc_tensor *t) { return t->ndim ? t->shape[t->ndim - 1] : 1; }

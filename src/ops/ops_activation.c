@@ -113,12 +113,15 @@ static void softmax_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0], *y = node->out[0];
     int C = (int)last_dim(x);
     if (ON_GPU(x))
-        GPU(ldmc_cuda_softmax_backward(ldmc_grad(ctx, x), DOUT(y), BF(y), ldmc_numel(x) / C, C));
+        GPU(ldmc_cuda_softmax_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(y), BF(y),
+                                       ldmc_numel(x) / C, C));
     else
-        softmax_backward_f32(ldmc_grad(ctx, x), DOUT(y), DATA(y), ldmc_numel(x) / C, C);
+        softmax_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(y), DATA(y),
+                             ldmc_numel(x) / C, C);
 }
 
-static const ldmc_op_info softmax_op = {"softmax", softmax_backward, LDMC_READS(0, 1), NULL};
+static const ldmc_op_info softmax_op = {"softmax", softmax_backward, LDMC_READS_WRITES(0, 1, 1),
+                                        NULL};
 
 ldmc_tensor *ldmc_softmax(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim >= 1 && last_dim(x) > 0, "softmax", x, "the last dimension must be non-empty");

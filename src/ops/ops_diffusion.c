@@ -146,13 +146,15 @@ static void concat_rows_backward(ldmc_ctx *ctx, ldmc_node *node) {
     int64_t at = 0;
     for (int i = 0; i < node->n_in; i++) {
         int64_t n = ldmc_numel(node->in[i]);
-        accumulate_on(node->in[i], ldmc_grad(ctx, node->in[i]), dy + at, 1.0, n);
+        accumulate_on(node->in[i], ldmc_grad(ctx, node->in[i]), ldmc_grad_beta(ctx, i), dy + at,
+                      1.0, n);
         at += n;
     }
 }
 
-static const ldmc_op_info concat_rows_op = {"concat_rows", concat_rows_backward, LDMC_READS(0, 0),
-                                            NULL};
+// Each input's gradient is its rows of dy, copied when fresh (inputs past 31 add).
+static const ldmc_op_info concat_rows_op = {"concat_rows", concat_rows_backward,
+                                            LDMC_READS_WRITES(0, 0, 0xFFFFFFFFu), NULL};
 
 ldmc_tensor *ldmc_concat_rows(ldmc_ctx *ctx, ldmc_tensor **xs, int n) {
     LDMC_CHECK(n >= 1, "concat_rows: needs at least one tensor");

@@ -16,11 +16,13 @@ static void add_backward(ldmc_ctx *ctx, ldmc_node *node) {
     int64_t n = ldmc_numel(node->out[0]);
     for (int i = 0; i < 2; i++) {
         float *dx = ldmc_grad(ctx, node->in[i]);
-        if (dx != dy) accumulate_on(node->in[i], dx, dy, 1.0, n); // (dy itself: passed through)
+        if (dx != dy) // (dy itself: passed through)
+            accumulate_on(node->in[i], dx, ldmc_grad_beta(ctx, i), dy, 1.0, n);
     }
 }
 
-static const ldmc_op_info add_op = {"add", add_backward, LDMC_READS_PASS(0, 0), NULL};
+// An input that cannot take dy's buffer gets a copy of dy when its gradient is fresh.
+static const ldmc_op_info add_op = {"add", add_backward, LDMC_READS_PASS_WRITES(0, 0, 3), NULL};
 
 ldmc_tensor *ldmc_add(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     check_same("add", a, b);
@@ -38,14 +40,16 @@ ldmc_tensor *ldmc_add(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
 static void mul_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *a = node->in[0], *b = node->in[1];
     if (ON_GPU(a))
-        GPU(ldmc_cuda_mul_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), BF(a),
-                                   BF(b), ldmc_numel(a)));
+        GPU(ldmc_cuda_mul_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), ldmc_grad_beta(ctx, 0),
+                                   ldmc_grad_beta(ctx, 1), DOUT(node->out[0]), BF(a), BF(b),
+                                   ldmc_numel(a)));
     else
-        mul_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), DATA(a), DATA(b),
+        mul_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), ldmc_grad_beta(ctx, 0),
+                         ldmc_grad_beta(ctx, 1), DOUT(node->out[0]), DATA(a), DATA(b),
                          ldmc_numel(a));
 }
 
-static const ldmc_op_info mul_op = {"mul", mul_backward, LDMC_READS(3, 0), NULL};
+static const ldmc_op_info mul_op = {"mul", mul_backward, LDMC_READS_WRITES(3, 0, 3), NULL};
 
 ldmc_tensor *ldmc_mul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     check_same("mul", a, b);
@@ -63,11 +67,11 @@ ldmc_tensor *ldmc_mul(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
 static void sub_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const float *dy = DOUT(node->out[0]);
     int64_t n = ldmc_numel(node->out[0]);
-    accumulate_on(node->in[0], ldmc_grad(ctx, node->in[0]), dy, 1.0, n);
-    accumulate_on(node->in[1], ldmc_grad(ctx, node->in[1]), dy, -1.0, n);
+    accumulate_on(node->in[0], ldmc_grad(ctx, node->in[0]), ldmc_grad_beta(ctx, 0), dy, 1.0, n);
+    accumulate_on(node->in[1], ldmc_grad(ctx, node->in[1]), ldmc_grad_beta(ctx, 1), dy, -1.0, n);
 }
 
-static const ldmc_op_info sub_op = {"sub", sub_backward, LDMC_READS(0, 0), NULL};
+static const ldmc_op_info sub_op = {"sub", sub_backward, LDMC_READS_WRITES(0, 0, 3), NULL};
 
 ldmc_tensor *ldmc_sub(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
     check_same("sub", a, b);
@@ -84,11 +88,11 @@ ldmc_tensor *ldmc_sub(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b) {
 
 static void affine_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
-    accumulate_on(x, ldmc_grad(ctx, x), DOUT(node->out[0]), *(const double *)node->args,
-                  ldmc_numel(x));
+    accumulate_on(x, ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]),
+                  *(const double *)node->args, ldmc_numel(x));
 }
 
-static const ldmc_op_info affine_op = {"affine", affine_backward, LDMC_READS(0, 0), NULL};
+static const ldmc_op_info affine_op = {"affine", affine_backward, LDMC_READS_WRITES(0, 0, 1), NULL};
 
 ldmc_tensor *ldmc_affine(ldmc_ctx *ctx, ldmc_tensor *x, double a, double b) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
@@ -113,12 +117,14 @@ ldmc_tensor *ldmc_scale(ldmc_ctx *ctx, ldmc_tensor *x, double s) {
 static void exp_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0], *y = node->out[0];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_exp_backward(ldmc_grad(ctx, x), DOUT(y), BF(y), ldmc_numel(x)));
+        GPU(ldmc_cuda_exp_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(y), BF(y),
+                                   ldmc_numel(x)));
     else
-        mul_backward_f32(ldmc_grad(ctx, x), NULL, DOUT(y), NULL, DATA(y), ldmc_numel(x));
+        mul_backward_f32(ldmc_grad(ctx, x), NULL, ldmc_grad_beta(ctx, 0), 1, DOUT(y), NULL, DATA(y),
+                         ldmc_numel(x));
 }
 
-static const ldmc_op_info exp_op = {"exp", exp_backward, LDMC_READS(0, 1), NULL};
+static const ldmc_op_info exp_op = {"exp", exp_backward, LDMC_READS_WRITES(0, 1, 1), NULL};
 
 ldmc_tensor *ldmc_exp(ldmc_ctx *ctx, ldmc_tensor *x) {
     ldmc_tensor *y = ldmc_new_like(ctx, x);
@@ -140,14 +146,14 @@ static void clamp_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const clamp_args *a = node->args;
     ldmc_tensor *x = node->in[0];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_clamp_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), BF(x), (float)a->lo,
-                                     (float)a->hi, ldmc_numel(x)));
+        GPU(ldmc_cuda_clamp_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]),
+                                     BF(x), (float)a->lo, (float)a->hi, ldmc_numel(x)));
     else
-        clamp_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), DATA(x), a->lo, a->hi,
-                           ldmc_numel(x));
+        clamp_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]), DATA(x),
+                           a->lo, a->hi, ldmc_numel(x));
 }
 
-static const ldmc_op_info clamp_op = {"clamp", clamp_backward, LDMC_READS(1, 0), NULL};
+static const ldmc_op_info clamp_op = {"clamp", clamp_backward, LDMC_READS_WRITES(1, 0, 1), NULL};
 
 ldmc_tensor *ldmc_clamp(ldmc_ctx *ctx, ldmc_tensor *x, double lo, double hi) {
     OP_CHECK(lo <= hi, "clamp", x, "the bounds [%g, %g] are reversed", lo, hi);
@@ -167,12 +173,14 @@ static void sum_rows_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
     int64_t B = x->shape[0], n = B ? ldmc_numel(x) / B : 0;
     if (ON_GPU(x))
-        GPU(ldmc_cuda_sum_rows_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), B, n));
+        GPU(ldmc_cuda_sum_rows_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0),
+                                        DOUT(node->out[0]), B, n));
     else
-        sum_rows_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), B, n);
+        sum_rows_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]), B, n);
 }
 
-static const ldmc_op_info sum_rows_op = {"sum_rows", sum_rows_backward, LDMC_READS(0, 0), NULL};
+static const ldmc_op_info sum_rows_op = {"sum_rows", sum_rows_backward, LDMC_READS_WRITES(0, 0, 1),
+                                         NULL};
 
 ldmc_tensor *ldmc_sum_rows(ldmc_ctx *ctx, ldmc_tensor *x) {
     OP_CHECK(x->ndim >= 1, "sum_rows", x, "the input must be (B, ...)");
@@ -204,7 +212,8 @@ ldmc_tensor *ldmc_embedding(ldmc_ctx *ctx, ldmc_tensor *table, ldmc_tensor *labe
     OP_CHECK(table->ndim == 2, "embedding", table, "the table must be (N, D)");
     OP_CHECK(labels->ndim == 1 && labels->dtype == LDMC_I64, "embedding", labels,
              "the labels must be (B) of I64");
-    OP_CHECK(labels->device == table->device, "embedding", labels,
+    // (a dry run's parameters are reserved on the host whatever its device: pipeline/plan.c)
+    OP_CHECK(ctx->dry_run || labels->device == table->device, "embedding", labels,
              "the labels must be on the table's device");
     const int64_t B = labels->shape[0], N = table->shape[0];
     const int64_t *l = labels->data;
@@ -246,15 +255,17 @@ static void add_broadcast_backward(ldmc_ctx *ctx, ldmc_node *node) {
     float *dx = ldmc_grad(ctx, x), *dv = ldmc_grad(ctx, v);
     if (dx == dy) dx = NULL;
     if (dv == dy) dv = NULL;
+    float beta_x = ldmc_grad_beta(ctx, 0), beta_v = ldmc_grad_beta(ctx, 1);
     if (ON_GPU(x))
-        GPU(ldmc_cuda_add_broadcast_backward(dx, dv, dy, a->B, a->P, a->C));
+        GPU(ldmc_cuda_add_broadcast_backward(dx, dv, beta_x, beta_v, dy, a->B, a->P, a->C));
     else
-        add_broadcast_backward_f32(dx, dv, dy, a->B, a->P, a->C);
+        add_broadcast_backward_f32(dx, dv, beta_x, beta_v, dy, a->B, a->P, a->C);
 }
 
-// x's gradient is dy: x takes dy's buffer when it has none yet (an add's pass).
+// x's gradient is dy: x takes dy's buffer when it has none yet (an add's pass), else a copy when
+// fresh; v's, dy's column sums, is written when fresh.
 static const ldmc_op_info add_broadcast_op = {"add_broadcast", add_broadcast_backward,
-                                              LDMC_READS_PASS(0, 0), NULL};
+                                              LDMC_READS_PASS_WRITES(0, 0, 3), NULL};
 
 ldmc_tensor *ldmc_add_broadcast(ldmc_ctx *ctx, ldmc_tensor *x, ldmc_tensor *v) {
     OP_CHECK(x->ndim >= 2, "add_broadcast", x, "x must be (B, ..., C)");
@@ -289,14 +300,16 @@ static void dropout_backward(ldmc_ctx *ctx, ldmc_node *node) {
     const dropout_args *a = node->args;
     ldmc_tensor *x = node->in[0];
     if (ON_GPU(x))
-        GPU(ldmc_cuda_dropout_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), ldmc_numel(x), a->p,
-                                       &a->rng, a->offset));
+        GPU(ldmc_cuda_dropout_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0),
+                                       DOUT(node->out[0]), ldmc_numel(x), a->p, &a->rng,
+                                       a->offset));
     else
-        dropout_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), ldmc_numel(x), a->p, &a->rng,
-                             a->offset);
+        dropout_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]),
+                             ldmc_numel(x), a->p, &a->rng, a->offset);
 }
 
-static const ldmc_op_info dropout_op = {"dropout", dropout_backward, LDMC_READS(0, 0), NULL};
+static const ldmc_op_info dropout_op = {"dropout", dropout_backward, LDMC_READS_WRITES(0, 0, 1),
+                                        NULL};
 
 ldmc_tensor *ldmc_dropout(ldmc_ctx *ctx, ldmc_tensor *x, double p) {
     OP_CHECK(p >= 0 && p < 1, "dropout", x, "p = %g must be in [0, 1)", p);

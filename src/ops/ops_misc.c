@@ -57,11 +57,13 @@ static void mse_backward(ldmc_ctx *ctx, ldmc_node *node) {
         bool fa, fb;
         const void *pa, *pb;
         loss_operands(a, b, &pa, &fa, &pb, &fb);
-        GPU(ldmc_cuda_mse_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), pa, fa,
-                                   pb, fb, ldmc_numel(a)));
+        GPU(ldmc_cuda_mse_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), ldmc_grad_beta(ctx, 0),
+                                   ldmc_grad_beta(ctx, 1), DOUT(node->out[0]), pa, fa, pb, fb,
+                                   ldmc_numel(a)));
         return;
     }
-    mse_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0])[0], DATA(a), DATA(b),
+    mse_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), ldmc_grad_beta(ctx, 0),
+                     ldmc_grad_beta(ctx, 1), DOUT(node->out[0])[0], DATA(a), DATA(b),
                      ldmc_numel(a));
 }
 
@@ -71,16 +73,18 @@ static void l1_backward(ldmc_ctx *ctx, ldmc_node *node) {
         bool fa, fb;
         const void *pa, *pb;
         loss_operands(a, b, &pa, &fa, &pb, &fb);
-        GPU(ldmc_cuda_l1_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]), pa, fa,
-                                  pb, fb, ldmc_numel(a)));
+        GPU(ldmc_cuda_l1_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), ldmc_grad_beta(ctx, 0),
+                                  ldmc_grad_beta(ctx, 1), DOUT(node->out[0]), pa, fa, pb, fb,
+                                  ldmc_numel(a)));
         return;
     }
-    l1_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0])[0], DATA(a), DATA(b),
-                    ldmc_numel(a));
+    l1_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), ldmc_grad_beta(ctx, 0),
+                    ldmc_grad_beta(ctx, 1), DOUT(node->out[0])[0], DATA(a), DATA(b), ldmc_numel(a));
 }
 
-static const ldmc_op_info mse_op = {"mse_loss", mse_backward, LDMC_READS(3, 0), NULL};
-static const ldmc_op_info l1_op = {"l1_loss", l1_backward, LDMC_READS(3, 0), NULL};
+// The losses write their operands' gradients when fresh (the model output's: no zeroing pass).
+static const ldmc_op_info mse_op = {"mse_loss", mse_backward, LDMC_READS_WRITES(3, 0, 3), NULL};
+static const ldmc_op_info l1_op = {"l1_loss", l1_backward, LDMC_READS_WRITES(3, 0, 3), NULL};
 
 static ldmc_tensor *loss(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b, bool l1) {
     const char *name = l1 ? "l1_loss" : "mse_loss";
@@ -140,16 +144,18 @@ static void mse_weighted_backward(ldmc_ctx *ctx, ldmc_node *node) {
         bool fa, fb;
         const void *pa, *pb;
         loss_operands(a, b, &pa, &fa, &pb, &fb);
-        GPU(ldmc_cuda_mse_rows_backward(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0]),
-                                        pa, fa, pb, fb, w, B, ldmc_numel(a) / B));
+        GPU(ldmc_cuda_mse_rows_backward(
+            ldmc_grad(ctx, a), ldmc_grad(ctx, b), ldmc_grad_beta(ctx, 0), ldmc_grad_beta(ctx, 1),
+            DOUT(node->out[0]), pa, fa, pb, fb, w, B, ldmc_numel(a) / B));
         return;
     }
-    mse_rows_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), DOUT(node->out[0])[0], DATA(a),
-                          DATA(b), w, B, ldmc_numel(a) / B);
+    mse_rows_backward_f32(ldmc_grad(ctx, a), ldmc_grad(ctx, b), ldmc_grad_beta(ctx, 0),
+                          ldmc_grad_beta(ctx, 1), DOUT(node->out[0])[0], DATA(a), DATA(b), w, B,
+                          ldmc_numel(a) / B);
 }
 
 static const ldmc_op_info mse_weighted_op = {"mse_loss_weighted", mse_weighted_backward,
-                                             LDMC_READS(3, 0), NULL};
+                                             LDMC_READS_WRITES(3, 0, 3), NULL};
 
 ldmc_tensor *ldmc_mse_loss_weighted(ldmc_ctx *ctx, ldmc_tensor *a, ldmc_tensor *b,
                                     const float *weights) {
@@ -180,14 +186,15 @@ static void scale_rows_backward(ldmc_ctx *ctx, ldmc_node *node) {
     int64_t B = x->shape[0];
     const float *w = ((const rows_args *)node->args)->w;
     if (ON_GPU(x))
-        GPU(ldmc_cuda_scale_rows_backward(ldmc_grad(ctx, x), DOUT(node->out[0]), w, B,
-                                          ldmc_numel(x) / B));
+        GPU(ldmc_cuda_scale_rows_backward(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0),
+                                          DOUT(node->out[0]), w, B, ldmc_numel(x) / B));
     else
-        scale_rows_backward_f32(ldmc_grad(ctx, x), DOUT(node->out[0]), w, B, ldmc_numel(x) / B);
+        scale_rows_backward_f32(ldmc_grad(ctx, x), ldmc_grad_beta(ctx, 0), DOUT(node->out[0]), w, B,
+                                ldmc_numel(x) / B);
 }
 
-static const ldmc_op_info scale_rows_op = {"scale_rows", scale_rows_backward, LDMC_READS(0, 0),
-                                           NULL};
+static const ldmc_op_info scale_rows_op = {"scale_rows", scale_rows_backward,
+                                           LDMC_READS_WRITES(0, 0, 1), NULL};
 
 ldmc_tensor *ldmc_scale_rows(ldmc_ctx *ctx, ldmc_tensor *x, const float *s) {
     OP_CHECK(x->ndim >= 1, "scale_rows", x, "the input must be (B, ...)");

@@ -1,5 +1,7 @@
 // Concatenation and split along channels, nearest 2x upsampling (see ops.h).
 // Kernels: src/ops/cpu/elementwise.inc. Tested by tests/test_ops.c and tests/test_gradcheck.c.
+#include <string.h>
+
 #include "ops/op_util.h"
 
 // Copies (forward, bf16 or f32 by device) or adds (backward, f32 gradients) columns.
@@ -72,20 +74,30 @@ ldmc_tensor *ldmc_concat(ldmc_ctx *ctx, ldmc_tensor **xs, int n) {
     return y;
 }
 
+// Each piece's gradient goes to its columns of a fresh dx, written; pieces nobody used have no
+// gradient, and where one of them leaves columns unwritten dx is zeroed first.
 static void split_backward(ldmc_ctx *ctx, ldmc_node *node) {
     ldmc_tensor *x = node->in[0];
-    float *dx = ldmc_grad(ctx, x);
+    float *dx = ldmc_grad(ctx, x), beta = ldmc_grad_beta(ctx, 0);
     int total = (int)last_dim(x), off = 0;
     int64_t M = ldmc_numel(x) / total;
+    for (int i = 0; i < node->n_out && beta == 0; i++) {
+        if (DOUT(node->out[i]) || ldmc_numel(node->out[i]) == 0) continue;
+        if (ON_GPU(x))
+            GPU(ldmc_cuda_fill_f32(dx, 0.0f, ldmc_numel(x)));
+        else
+            memset(dx, 0, (size_t)ldmc_numel(x) * sizeof *dx);
+        beta = 1;
+    }
     for (int i = 0; i < node->n_out; i++) {
         int C = (int)last_dim(node->out[i]);
-        const float *dy = DOUT(node->out[i]); // pieces nobody used have no gradient
-        if (dy) add_cols(x, dx, 1, total, off, dy, C, 0, M, C);
+        const float *dy = DOUT(node->out[i]);
+        if (dy) add_cols(x, dx, beta, total, off, dy, C, 0, M, C);
         off += C;
     }
 }
 
-static const ldmc_op_info split_op = {"split", split_backward, LDMC_READS(0, 0), NULL};
+static const ldmc_op_info split_op = {"split", split_backward, LDMC_READS_WRITES(0, 0, 1), NULL};
 
 void ldmc_split(ldmc_ctx *ctx, ldmc_tensor *x, const int *sizes, int n, ldmc_tensor **out) {
     OP_CHECK(x->ndim >= 1 && n >= 1, "split", x, "needs a tensor of rank >= 1 and pieces");

@@ -35,6 +35,7 @@ double ldmc_plan_step(ldmc_device device, void (*run)(ldmc_ctx *ctx, void *user)
     run(&ctx, user);
     double flops = ctx.flops; // outputs made again in backward (ldmc_remake_later) included
     plan->grad_bytes = ctx.grad_bytes, plan->grad_bytes_bf16 = ctx.grad_bytes_bf16;
+    plan->grad_bytes_zeroed = ctx.grad_bytes_zeroed;
     ldmc_ctx_finish_plan(&ctx);
     ldmc_ctx_free(&ctx);
     plan->unplanned = unplanned;
