@@ -8,7 +8,8 @@
 #      cuDNN and NCCL of a PyTorch venv as a fallback), `ldmc info` (CUDA, cuBLAS, cuDNN, NCCL
 #      versions as loaded and as built), PyTorch's versions;
 #   1. test_cuda with CUDA_LAUNCH_BLOCKING=1 (a failing kernel is named at its launch): every op,
-#      AdamW/EMA and the tiny models' steps against the CPU;
+#      AdamW/EMA and the tiny models' steps against the CPU; its first three failing tests, if
+#      any, again under compute-sanitizer's memcheck;
 #   2. `ldmc bench train` on the SDXL base UNet, batch 8 at 1024x1024, without gradient
 #      checkpointing as PyTorch's eager step (the memory plan: 31.2 GiB of activations, 69.4 GiB
 #      in all: docs/benchmarks.md; with less than that free, with the projections recomputed,
@@ -146,6 +147,17 @@ echo "env: $(($(date +%s) - start))s" >> "$summary"
 echo "== test_cuda (CUDA_LAUNCH_BLOCKING=1)"
 step test_cuda 150 env CUDA_LAUNCH_BLOCKING=1 "$build/tests/test_cuda" > "$out/test_cuda.log" 2>&1
 tail -n 2 "$out/test_cuda.log"
+# a failure: its failing tests again under compute-sanitizer's memcheck, which names the kernel and
+# the address of a bad access (it sees cudaMalloc's blocks, not the arena's pieces inside them)
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+sed -n 's/^FAIL \(.*\)$/\1/p' "$out/test_cuda.log" | head -n 3 > "$out/test_cuda-failed.txt"
+if [ -s "$out/test_cuda-failed.txt" ] && [ -x "$sanitizer" ]; then
+    echo "== compute-sanitizer memcheck of the first failures (test_cuda-memcheck.log)"
+    while IFS= read -r name; do
+        step "memcheck $name" 60 "$sanitizer" --tool memcheck --print-limit 20 \
+            "$build/tests/test_cuda" "$name" >> "$out/test_cuda-memcheck.log" 2>&1
+    done < "$out/test_cuda-failed.txt"
+fi
 
 # ---- 2. ldmc's SDXL step ------------------------------------------------------------------------
 batch=8
