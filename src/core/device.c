@@ -7,9 +7,7 @@
 #include <strings.h>
 
 #include "core/error.h"
-#ifdef LDMC_HAVE_CUDA
-#include "kernels/ldmc_cuda.h"
-#endif
+#include "kernels/ldmc_cuda.h" // (its workspace bound, ldmc_cuda_workspace_max, in every build)
 #ifdef LDMC_HAVE_NCCL
 #include "kernels/ldmc_nccl.h"
 #endif
@@ -79,12 +77,7 @@ size_t ldmc_gpu_workspace_reserved(void) {
 void ldmc_gpu_workspace_reserve(size_t bytes) { GPU_CALL(ldmc_cuda_workspace_reserve(bytes)); }
 
 size_t ldmc_gpu_workspace_max(int64_t largest) {
-#ifdef LDMC_HAVE_CUDA
-    return ldmc_cuda_workspace_max(largest);
-#else
-    (void)largest;
-    return 0;
-#endif
+    return ldmc_cuda_workspace_max(largest ? largest : LDMC_GPU_LARGEST_DEFAULT);
 }
 
 void ldmc_gpu_print_info(FILE *out) {
@@ -237,8 +230,7 @@ int ldmc_ctx_init_gpu(ldmc_ctx *ctx, size_t meta_bytes, int64_t largest, size_t 
     // what the libraries hold once started, then the workspace at its most: measured, not guessed
     ldmc_cuda_cublas();
     ldmc_cuda_cudnn();
-    ldmc_cuda_workspace_reserve(
-        ldmc_cuda_workspace_max(largest ? largest : LDMC_GPU_LARGEST_DEFAULT));
+    ldmc_cuda_workspace_reserve(ldmc_gpu_workspace_max(largest));
     size_t used, total;
     ldmc_cuda_memory(&used, &total);
     size_t free_b = total - used, headroom = ldmc_gpu_headroom(total);

@@ -30,8 +30,9 @@ size_t ldmc_gpu_workspace_bytes(void);
 size_t ldmc_gpu_workspace_reserved(void);
 // Reserves it at exactly `bytes` now (a request beyond still grows it, said on stderr).
 void ldmc_gpu_workspace_reserve(size_t bytes);
-// The most workspace a step whose largest tensor holds `largest` values can ask for (the
-// kernels' own bounds, docs/gpu.md); 0 in a build without CUDA.
+// The most workspace a step whose largest tensor holds `largest` values (0:
+// LDMC_GPU_LARGEST_DEFAULT) can ask for (the kernels' own bounds, docs/gpu.md): what a GPU run
+// reserves up front, and what a GPU dry run plans, in any build.
 size_t ldmc_gpu_workspace_max(int64_t largest);
 // The CUDA, driver and library versions and the devices (or why there is none), for `ldmc info`.
 void ldmc_gpu_print_info(FILE *out);

@@ -289,6 +289,8 @@ int ldmc_unet_train_bench(const ldmc_unet_config *cfg, const ldmc_bench_options 
         ldmc_dry_run plan = ldmc_dry_run_unet_step(&u, o->device, o->batch, h, w, &r->plan);
         r->weight_bytes = plan_role_bytes(&u.params, o);
         r->flops = plan.flops, r->activation_bytes = plan.activations;
+        // the shared workspace a GPU run reserves up front (ldmc_ctx_init_gpu)
+        if (o->device == LDMC_CUDA) r->workspace_bytes = ldmc_gpu_workspace_max(0);
         ldmc_unet_free(&u);
         return 0;
     }
