@@ -732,12 +732,10 @@ static void run_backward(ldmc_ctx *ctx, int first, int end, const ldmc_backward_
             if (node->op->reads.pass) pass_through(ctx, node);
             for (int k = 0; k < node->n_in; k++) {
                 bool fresh = grad_fresh(node, k);
-                ldmc_tensor *u = node->in[k] ? grad_owner(node->in[k]) : NULL;
-                bool made = u && !u->grad && !u->is_param && u->requires_grad;
+                int64_t before = ctx->grad_bytes; // (counts activations' gradients only)
                 grad_alloc(ctx, node->in[k], fresh, fresh && grad_bf16(ctx, node, k));
                 if (fresh) ctx->grad_fresh |= 1u << k;
-                if (made && !fresh)
-                    ctx->grad_bytes_zeroed += ldmc_numel(u) * (int64_t)sizeof(float);
+                else ctx->grad_bytes_zeroed += ctx->grad_bytes - before;
             }
             backward_uses(ctx, node);
         }
